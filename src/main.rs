@@ -1,0 +1,211 @@
+//! The `hotdog` command: parses the command line, loads the configuration, and wires the stages
+//! together (listener → connections → publisher), with the status server and statsd beside them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use futures_lite::{FutureExt, StreamExt};
+
+use hotdog::config::Config;
+use hotdog::connection::Shared;
+use hotdog::metrics::{self, Metrics};
+use hotdog::publisher::Publisher;
+use hotdog::{listener, runtime, shutdown, status, testmode};
+
+/// Forward syslog over TCP to Kafka, routed and rewritten by the rules in a YAML file.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config", default_value = "hotdog.yml")]
+    config: PathBuf,
+    /// Validate the configuration and exit: 0 when it is valid, 2 with every error otherwise.
+    #[arg(long)]
+    check: bool,
+    /// Run every line of LOGFILE through the rules without Kafka and print what would be sent.
+    #[arg(short = 't', long = "test", value_name = "LOGFILE")]
+    test: Option<PathBuf>,
+    /// With --test: print one JSON object per input line.
+    #[arg(long, requires = "test")]
+    json: bool,
+}
+
+/// Exit code for a configuration that is not valid.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "hotdog: {} error(s) in {}",
+                errors.0.len(),
+                cli.config.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.check {
+        println!(
+            "{}: configuration is valid ({} rules)",
+            cli.config.display(),
+            config.rules.rules().len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = cli.test {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("hotdog: cannot read {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let stdout = std::io::stdout().lock();
+        return match testmode::run(
+            &config.rules,
+            std::io::BufReader::new(file),
+            stdout,
+            cli.json,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hotdog: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    runtime::block_on(threads, serve(config))
+}
+
+/// Runs the forwarder until SIGINT or SIGTERM, then shuts down in order.
+async fn serve(config: Config) -> ExitCode {
+    let Config { global, rules } = config;
+    let metrics = Metrics::new();
+    let publisher = match Publisher::new(&global.kafka.conf, metrics.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("hotdog: global.kafka.conf is not accepted by librdkafka: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut signals =
+        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("hotdog: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let address = format!("{}:{}", global.listen.address, global.listen.port);
+    let tcp = match smol::net::TcpListener::bind(address.as_str()).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hotdog: cannot listen on {address}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(s) = &global.status {
+        let at = format!("{}:{}", s.address, s.port);
+        match status::serve(&at, metrics.clone()) {
+            Ok(_) => log::info!("status server on http://{at}/stats"),
+            Err(e) => {
+                eprintln!("hotdog: cannot start the status server on {at}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let (stop_statsd, statsd_stopped) = async_channel::bounded::<()>(1);
+    let statsd = match &global.metrics.statsd {
+        Some(at) => {
+            match metrics::report_to_statsd(
+                metrics.clone(),
+                at,
+                Duration::from_secs(1),
+                statsd_stopped,
+            ) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    eprintln!("hotdog: cannot send metrics to statsd at {at}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    log::info!(
+        "hotdog {} listening on {address} with {} rules",
+        env!("CARGO_PKG_VERSION"),
+        rules.rules().len()
+    );
+
+    let probe = publisher.probe(Duration::from_millis(global.kafka.timeout_ms));
+    runtime::spawn(async move {
+        match probe.await {
+            Ok(()) => log::info!("Kafka is reachable"),
+            Err(e) => log::warn!("no Kafka broker answered yet ({e}); records wait until one does"),
+        }
+    })
+    .detach();
+
+    let (tx, rx) = async_channel::bounded(channel_capacity(global.kafka.buffer));
+    let publishing = runtime::spawn(publisher.run(rx, global.shutdown_timeout));
+    let (trigger, shutdown) = shutdown::channel();
+    let (done, all_done) = async_channel::bounded::<()>(1);
+    let shared = Arc::new(Shared {
+        rules: Arc::new(rules),
+        metrics: metrics.clone(),
+        tx: tx.clone(),
+        max_message_size: global.listen.max_message_size,
+    });
+    let listening = runtime::spawn(listener::serve(tcp, shared, shutdown, done));
+
+    if let Some(Ok(sig)) = signals.next().await {
+        log::info!("received {sig:?}; shutting down");
+    }
+    trigger.trigger();
+    listening.await;
+    let timeout = global.shutdown_timeout;
+    let finished = async {
+        let _ = all_done.recv().await;
+        true
+    }
+    .or(async {
+        smol::Timer::after(timeout).await;
+        false
+    })
+    .await;
+    if !finished {
+        log::warn!("connections still open after {timeout:?}; closing them");
+    }
+    tx.close();
+    drop(tx);
+    let unacknowledged = publishing.await;
+    stop_statsd.close();
+    if let Some(h) = statsd {
+        let _ = smol::unblock(move || h.join()).await;
+    }
+    log::info!(
+        "summary: received {} lines, forwarded {}, unrouted {}, delivered {}, failed {}, unacknowledged {}",
+        metrics.lines.load(Relaxed),
+        metrics.forwarded.load(Relaxed),
+        metrics.unrouted.load(Relaxed),
+        metrics.delivered.load(Relaxed),
+        metrics.failed.load(Relaxed),
+        unacknowledged
+    );
+    ExitCode::SUCCESS
+}
+
+/// Batches of up to 512 records travel the channel; `buffer` counts records.
+fn channel_capacity(buffer: usize) -> usize {
+    buffer.div_ceil(512).max(1)
+}

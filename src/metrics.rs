@@ -1,0 +1,198 @@
+//! Counters every stage updates, read by the status server and sent to statsd.
+//!
+//! The hot path only adds to atomics (connections add a batch's worth at a time); a reporter
+//! thread sends the changes to statsd through dipstick once a second, under hotdog 0.5's names
+//! (`hotdog.lines`, `hotdog.kafka.submitted.<topic>`, `hotdog.error.*`, ...).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dipstick::{Input, InputScope, Prefixed, Statsd};
+
+/// Counters of what a connection did, added to [`Metrics`] a batch at a time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LineCounts {
+    pub lines: u64,
+    pub unparsed: u64,
+    pub truncated: u64,
+    pub invalid_utf8: u64,
+    pub unrouted: u64,
+    pub forwarded: u64,
+    pub invalid_topics: u64,
+    pub render_errors: u64,
+    pub merge_errors: u64,
+}
+
+/// Counts per Kafka topic.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TopicCounts {
+    pub submitted: u64,
+    pub delivered: u64,
+    pub failed: u64,
+}
+
+/// Every counter hotdog keeps. Shared by all stages.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections open now.
+    pub connections: AtomicI64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    pub lines: AtomicU64,
+    pub unparsed: AtomicU64,
+    pub truncated: AtomicU64,
+    pub invalid_utf8: AtomicU64,
+    pub unrouted: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub invalid_topics: AtomicU64,
+    pub render_errors: AtomicU64,
+    pub merge_errors: AtomicU64,
+    /// Records handed to librdkafka.
+    pub submitted: AtomicU64,
+    /// Records Kafka acknowledged.
+    pub delivered: AtomicU64,
+    /// Records Kafka refused or librdkafka gave up on.
+    pub failed: AtomicU64,
+    topics: Mutex<HashMap<String, TopicCounts>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves counters that are still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    pub fn add_lines(&self, c: &LineCounts) {
+        let add = |a: &AtomicU64, v: u64| {
+            if v > 0 {
+                a.fetch_add(v, Relaxed);
+            }
+        };
+        add(&self.lines, c.lines);
+        add(&self.unparsed, c.unparsed);
+        add(&self.truncated, c.truncated);
+        add(&self.invalid_utf8, c.invalid_utf8);
+        add(&self.unrouted, c.unrouted);
+        add(&self.forwarded, c.forwarded);
+        add(&self.invalid_topics, c.invalid_topics);
+        add(&self.render_errors, c.render_errors);
+        add(&self.merge_errors, c.merge_errors);
+    }
+
+    /// `n` records for `topic` were handed to librdkafka.
+    pub fn submitted(&self, topic: &str, n: u64) {
+        self.submitted.fetch_add(n, Relaxed);
+        self.with_topic(topic, |t| t.submitted += n);
+    }
+
+    /// Kafka acknowledged one record for `topic`.
+    pub fn delivered(&self, topic: &str) {
+        self.delivered.fetch_add(1, Relaxed);
+        self.with_topic(topic, |t| t.delivered += 1);
+    }
+
+    /// A record for `topic` failed for good, for the reason `kind` (a librdkafka error code).
+    pub fn failed(&self, topic: &str, kind: &str) {
+        self.failed.fetch_add(1, Relaxed);
+        self.with_topic(topic, |t| t.failed += 1);
+        *lock(&self.errors).entry(kind.to_string()).or_default() += 1;
+    }
+
+    fn with_topic(&self, topic: &str, f: impl FnOnce(&mut TopicCounts)) {
+        let mut topics = lock(&self.topics);
+        match topics.get_mut(topic) {
+            Some(t) => f(t),
+            None => f(topics.entry(topic.to_string()).or_default()),
+        }
+    }
+
+    /// Every counter under its statsd name (without the `hotdog.` prefix), as `/stats` shows it.
+    pub fn snapshot(&self) -> BTreeMap<String, i64> {
+        let g = |a: &AtomicU64| i64::try_from(a.load(Relaxed)).unwrap_or(i64::MAX);
+        let mut s = BTreeMap::new();
+        s.insert("connections".into(), self.connections.load(Relaxed));
+        for (name, a) in [
+            ("connections.total", &self.connections_total),
+            ("lines", &self.lines),
+            ("lines.forwarded", &self.forwarded),
+            ("lines.unrouted", &self.unrouted),
+            ("lines.truncated", &self.truncated),
+            ("lines.invalid_utf8", &self.invalid_utf8),
+            ("error.log_parse", &self.unparsed),
+            ("error.topic_parse_failed", &self.invalid_topics),
+            ("error.template_render", &self.render_errors),
+            ("error.merge_of_invalid_json", &self.merge_errors),
+            ("kafka.submitted", &self.submitted),
+            ("kafka.delivered", &self.delivered),
+            ("kafka.producer.error", &self.failed),
+        ] {
+            s.insert(name.to_string(), g(a));
+        }
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (topic, t) in lock(&self.topics).iter() {
+            s.insert(format!("kafka.submitted.{topic}"), n(t.submitted));
+            s.insert(format!("kafka.delivered.{topic}"), n(t.delivered));
+            s.insert(format!("kafka.producer.error.{topic}"), n(t.failed));
+        }
+        for (kind, v) in lock(&self.errors).iter() {
+            s.insert(format!("kafka.producer.error.{kind}"), n(*v));
+        }
+        s
+    }
+}
+
+/// Sends the counters to statsd every `every`, as counter increments (and `connections` as a
+/// gauge), until `stop` is closed (then once more). Runs on its own thread.
+pub fn report_to_statsd(
+    metrics: Arc<Metrics>,
+    address: &str,
+    every: Duration,
+    stop: async_channel::Receiver<()>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let scope = Statsd::send_to(address)?.named("hotdog").metrics();
+    std::thread::Builder::new()
+        .name("statsd".into())
+        .spawn(move || {
+            let mut last: BTreeMap<String, i64> = BTreeMap::new();
+            let mut closing = false;
+            loop {
+                let now = metrics.snapshot();
+                for (name, value) in &now {
+                    if name == "connections" {
+                        scope.gauge(name).value(*value);
+                        continue;
+                    }
+                    let before = last.get(name).copied().unwrap_or(0);
+                    if let Ok(delta) = usize::try_from(value - before) {
+                        if delta > 0 {
+                            scope.counter(name).count(delta);
+                        }
+                    }
+                }
+                last = now;
+                if closing {
+                    break;
+                }
+                closing = smol::block_on(async {
+                    futures_lite::future::or(
+                        async {
+                            smol::Timer::after(every).await;
+                            false
+                        },
+                        async {
+                            let _ = stop.recv().await;
+                            true
+                        },
+                    )
+                    .await
+                });
+            }
+        })
+}

@@ -1,0 +1,691 @@
+//! The rules engine: compiled matchers and actions. A [`Message`] goes in, [`Record`]s come out.
+//! No I/O: everything that can go wrong per line is reported in the [`Outcome`], and the caller
+//! counts it.
+//!
+//! Semantics, as in hotdog 0.5: rules are tried in order. A rule whose `field` matches runs its
+//! actions in order, starting from an output that is the message body:
+//! - `replace` renders its template into the output;
+//! - `merge` merges its map (rendered) into the output, which must be a JSON object; when it is
+//!   not, that is counted, the output is left as it was, and no later rule is tried;
+//! - `forward` sends the output to its topic and ends processing of this message;
+//! - `stop` ends processing of this message.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::sync::Arc;
+
+use regex::{CaptureLocations, Regex};
+use serde_json::Value;
+
+use crate::syslog::Message;
+use crate::template::{Lookup, Template, Templates};
+
+/// The part of a message a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Msg,
+    Hostname,
+    Appname,
+    Procid,
+    Msgid,
+    Severity,
+    Facility,
+    Timestamp,
+}
+
+impl Field {
+    pub const NAMES: [&'static str; 8] = [
+        "msg",
+        "hostname",
+        "appname",
+        "procid",
+        "msgid",
+        "severity",
+        "facility",
+        "timestamp",
+    ];
+
+    pub fn from_name(name: &str) -> Option<Field> {
+        Some(match name {
+            "msg" => Field::Msg,
+            "hostname" => Field::Hostname,
+            "appname" => Field::Appname,
+            "procid" => Field::Procid,
+            "msgid" => Field::Msgid,
+            "severity" => Field::Severity,
+            "facility" => Field::Facility,
+            "timestamp" => Field::Timestamp,
+            _ => return None,
+        })
+    }
+
+    fn get<'a>(self, m: &Message<'a>) -> Option<&'a str> {
+        match self {
+            Field::Msg => Some(m.msg),
+            Field::Hostname => m.hostname,
+            Field::Appname => m.appname,
+            Field::Procid => m.procid,
+            Field::Msgid => m.msgid,
+            Field::Severity => m.severity_name(),
+            Field::Facility => m.facility_name(),
+            Field::Timestamp => m.timestamp,
+        }
+    }
+}
+
+/// How a rule decides that it matches.
+pub enum Matcher {
+    /// Named groups become template variables.
+    Regex(Regex),
+    /// The field must be JSON; the rule matches when the expression finds a non-null value,
+    /// which becomes the variable `value` (a string as it is, anything else as JSON).
+    JmesPath(jmespath::Expression<'static>),
+}
+
+impl std::fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Matcher::Regex(r) => write!(f, "regex {:?}", r.as_str()),
+            Matcher::JmesPath(e) => write!(f, "jmespath {:?}", e.as_str()),
+        }
+    }
+}
+
+/// A `merge` map, with every string leaf a template.
+#[derive(Debug, Clone)]
+pub enum MergeValue {
+    Object(Vec<(String, MergeValue)>),
+    Array(Vec<MergeValue>),
+    Template(Template),
+    /// A number, boolean or null written in the config.
+    Json(Value),
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Forward {
+        topic: Template,
+        key: Option<Template>,
+    },
+    Merge(MergeValue),
+    Replace(Template),
+    Stop,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub field: Field,
+    pub matcher: Matcher,
+    pub actions: Vec<Action>,
+    /// Where the rule is written (`file:line`), for `--test` output and logs.
+    pub origin: String,
+}
+
+/// One message for Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: Arc<str>,
+    pub key: Option<String>,
+    pub payload: String,
+}
+
+/// What happened to one message, for the caller to count.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// A record was produced.
+    pub forwarded: bool,
+    /// `merge` met an output that is not a JSON object.
+    pub merge_errors: u32,
+    /// A rendered topic was not a legal Kafka topic name; the default topic was used.
+    pub invalid_topics: u32,
+    /// A template failed to render (it rendered as nothing / the default topic).
+    pub render_errors: u32,
+}
+
+/// Facts about the connection a message came from, available to templates.
+#[derive(Debug, Default, Clone)]
+pub struct Origin {
+    pub peer_addr: Option<String>,
+}
+
+/// The compiled rule set; shared read-only by every connection.
+pub struct Rules {
+    rules: Vec<Rule>,
+    templates: Templates,
+    default_topic: Arc<str>,
+}
+
+impl std::fmt::Debug for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rules")
+            .field("rules", &self.rules)
+            .field("default_topic", &self.default_topic)
+            .finish()
+    }
+}
+
+/// Per-connection scratch space, so matching allocates nothing per line.
+pub struct Scratch {
+    locations: Vec<Option<CaptureLocations>>,
+}
+
+/// True for a name Kafka accepts as a topic.
+pub fn is_legal_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Rules {
+    pub fn new(rules: Vec<Rule>, templates: Templates, default_topic: &str) -> Self {
+        Rules {
+            rules,
+            templates,
+            default_topic: Arc::from(default_topic),
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn default_topic(&self) -> &Arc<str> {
+        &self.default_topic
+    }
+
+    pub fn scratch(&self) -> Scratch {
+        Scratch {
+            locations: self
+                .rules
+                .iter()
+                .map(|r| match &r.matcher {
+                    Matcher::Regex(re) if re.capture_names().flatten().next().is_some() => {
+                        Some(re.capture_locations())
+                    }
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Runs `msg` through the rules, pushing what it forwards onto `out`. When `matched` is given,
+    /// the index of every rule that matched is pushed onto it.
+    pub fn apply(
+        &self,
+        msg: &Message<'_>,
+        origin: &Origin,
+        scratch: &mut Scratch,
+        out: &mut Vec<Record>,
+        mut matched: Option<&mut Vec<usize>>,
+    ) -> Outcome {
+        let mut outcome = Outcome::default();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let Some(hay) = rule.field.get(msg) else {
+                continue;
+            };
+            let mut value = None;
+            let captures = match (&rule.matcher, scratch.locations.get_mut(index)) {
+                (Matcher::Regex(re), Some(Some(locs))) => {
+                    if re.captures_read(locs, hay).is_none() {
+                        continue;
+                    }
+                    Some((re, &*locs))
+                }
+                (Matcher::Regex(re), _) => {
+                    if !re.is_match(hay) {
+                        continue;
+                    }
+                    None
+                }
+                (Matcher::JmesPath(expr), _) => match jmespath_value(expr, hay) {
+                    Some(v) => {
+                        value = Some(v);
+                        None
+                    }
+                    None => continue,
+                },
+            };
+            if let Some(m) = matched.as_deref_mut() {
+                m.push(index);
+            }
+            let vars = Vars {
+                msg,
+                origin,
+                hay,
+                captures,
+                value,
+                now: OnceCell::new(),
+            };
+            match self.run_actions(rule, &vars, &mut outcome) {
+                Flow::Forward(record) => {
+                    out.push(record);
+                    outcome.forwarded = true;
+                    return outcome;
+                }
+                Flow::Stop => return outcome,
+                Flow::Next => {}
+            }
+        }
+        outcome
+    }
+
+    fn run_actions(&self, rule: &Rule, vars: &Vars<'_>, outcome: &mut Outcome) -> Flow {
+        let mut output: Option<String> = None;
+        let mut stop = false;
+        for action in &rule.actions {
+            match action {
+                Action::Replace(t) => match self.templates.render(t, vars) {
+                    Ok(s) => output = Some(s),
+                    Err(_) => outcome.render_errors += 1,
+                },
+                Action::Merge(m) => {
+                    let base = output.as_deref().unwrap_or(vars.msg.msg);
+                    match serde_json::from_str::<Value>(base) {
+                        Ok(Value::Object(mut obj)) => {
+                            if let Value::Object(add) = self.render_merge(m, vars, outcome) {
+                                merge_into(&mut obj, add);
+                            }
+                            output = Some(Value::Object(obj).to_string());
+                        }
+                        _ => {
+                            outcome.merge_errors += 1;
+                            stop = true;
+                        }
+                    }
+                }
+                Action::Forward { topic, key } => {
+                    let topic = self.topic(topic, vars, outcome);
+                    let key = key
+                        .as_ref()
+                        .and_then(|k| match self.templates.render(k, vars) {
+                            Ok(k) => Some(k),
+                            Err(_) => {
+                                outcome.render_errors += 1;
+                                None
+                            }
+                        });
+                    let payload = output.unwrap_or_else(|| vars.msg.msg.to_string());
+                    return Flow::Forward(Record {
+                        topic,
+                        key,
+                        payload,
+                    });
+                }
+                Action::Stop => return Flow::Stop,
+            }
+        }
+        if stop {
+            Flow::Stop
+        } else {
+            Flow::Next
+        }
+    }
+
+    fn topic(&self, t: &Template, vars: &Vars<'_>, outcome: &mut Outcome) -> Arc<str> {
+        if let Some(lit) = t.literal() {
+            return lit.clone();
+        }
+        match self.templates.render(t, vars) {
+            Ok(name) if is_legal_topic(&name) => Arc::from(name),
+            Ok(_) => {
+                outcome.invalid_topics += 1;
+                self.default_topic.clone()
+            }
+            Err(_) => {
+                outcome.render_errors += 1;
+                self.default_topic.clone()
+            }
+        }
+    }
+
+    fn render_merge(&self, m: &MergeValue, vars: &Vars<'_>, outcome: &mut Outcome) -> Value {
+        match m {
+            MergeValue::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), self.render_merge(v, vars, outcome)))
+                    .collect(),
+            ),
+            MergeValue::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|v| self.render_merge(v, vars, outcome))
+                    .collect(),
+            ),
+            MergeValue::Template(t) => match self.templates.render(t, vars) {
+                Ok(s) => Value::String(s),
+                Err(_) => {
+                    outcome.render_errors += 1;
+                    Value::Null
+                }
+            },
+            MergeValue::Json(v) => v.clone(),
+        }
+    }
+}
+
+enum Flow {
+    Forward(Record),
+    Stop,
+    Next,
+}
+
+/// Deep merge: objects merge key by key, anything else replaces.
+fn merge_into(base: &mut serde_json::Map<String, Value>, add: serde_json::Map<String, Value>) {
+    for (k, v) in add {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Object(existing)), Value::Object(more)) => merge_into(existing, more),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn jmespath_value(expr: &jmespath::Expression<'static>, hay: &str) -> Option<String> {
+    let data = jmespath::Variable::from_json(hay).ok()?;
+    let found = expr.search(data).ok()?;
+    if found.is_null() {
+        return None;
+    }
+    match found.as_string() {
+        Some(s) => Some(s.clone()),
+        None => serde_json::to_string(&*found).ok(),
+    }
+}
+
+/// The variables a matched rule's templates see.
+struct Vars<'a> {
+    msg: &'a Message<'a>,
+    origin: &'a Origin,
+    /// What the rule matched against (capture locations index into it).
+    hay: &'a str,
+    captures: Option<(&'a Regex, &'a CaptureLocations)>,
+    value: Option<String>,
+    now: OnceCell<String>,
+}
+
+/// Every built-in variable name, in the order `to_json` writes them.
+pub const VARIABLES: [&str; 15] = [
+    "msg",
+    "version",
+    "iso8601",
+    "value",
+    "hostname",
+    "appname",
+    "procid",
+    "msgid",
+    "severity",
+    "facility",
+    "timestamp",
+    "structured_data",
+    "format",
+    "peer_addr",
+    "priority",
+];
+
+impl Vars<'_> {
+    fn builtin(&self, name: &str) -> Option<Cow<'_, str>> {
+        let m = self.msg;
+        match name {
+            "msg" => Some(Cow::Borrowed(m.msg)),
+            "version" => Some(Cow::Borrowed(env!("CARGO_PKG_VERSION"))),
+            "iso8601" => Some(Cow::Borrowed(self.now.get_or_init(|| {
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+            }))),
+            "value" => self.value.as_deref().map(Cow::Borrowed),
+            "hostname" => m.hostname.map(Cow::Borrowed),
+            "appname" => m.appname.map(Cow::Borrowed),
+            "procid" => m.procid.map(Cow::Borrowed),
+            "msgid" => m.msgid.map(Cow::Borrowed),
+            "severity" => m.severity_name().map(Cow::Borrowed),
+            "facility" => m.facility_name().map(Cow::Borrowed),
+            "timestamp" => m.timestamp.map(Cow::Borrowed),
+            "structured_data" => m.structured_data.map(Cow::Borrowed),
+            "format" => Some(Cow::Borrowed(m.format.as_str())),
+            "peer_addr" => self.origin.peer_addr.as_deref().map(Cow::Borrowed),
+            "priority" => m
+                .facility
+                .zip(m.severity)
+                .map(|(f, s)| Cow::Owned((u16::from(f) * 8 + u16::from(s)).to_string())),
+            _ => None,
+        }
+    }
+}
+
+impl Lookup for Vars<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        if let Some((re, locs)) = self.captures {
+            // Named captures shadow the built-ins, as in hotdog 0.5.
+            if let Some(i) = re.capture_names().position(|n| n == Some(name)) {
+                return locs
+                    .get(i)
+                    .and_then(|(s, e)| self.hay.get(s..e))
+                    .map(Cow::Borrowed);
+            }
+        }
+        self.builtin(name)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut map = serde_json::Map::new();
+        for name in VARIABLES {
+            if let Some(v) = self.builtin(name) {
+                map.insert(name.to_string(), Value::String(v.into_owned()));
+            }
+        }
+        if let Some((re, _)) = self.captures {
+            for name in re.capture_names().flatten() {
+                let v = self.get(name).map(|v| Value::String(v.into_owned()));
+                map.insert(name.to_string(), v.unwrap_or(Value::Null));
+            }
+        }
+        Value::Object(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syslog;
+
+    fn rules(defs: Vec<(Field, Matcher, Vec<Action>)>, t: Templates) -> Rules {
+        let rules = defs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (field, matcher, actions))| Rule {
+                field,
+                matcher,
+                actions,
+                origin: format!("test:{i}"),
+            })
+            .collect();
+        Rules::new(rules, t, "default")
+    }
+
+    fn run(r: &Rules, line: &str) -> (Vec<Record>, Outcome) {
+        let msg = syslog::parse(line);
+        let mut out = Vec::new();
+        let outcome = r.apply(
+            &msg,
+            &Origin {
+                peer_addr: Some("127.0.0.1:5000".into()),
+            },
+            &mut r.scratch(),
+            &mut out,
+            None,
+        );
+        (out, outcome)
+    }
+
+    fn re(s: &str) -> Matcher {
+        Matcher::Regex(Regex::new(s).unwrap())
+    }
+
+    fn fwd(t: &mut Templates, topic: &str) -> Action {
+        Action::Forward {
+            topic: t.compile(topic).unwrap(),
+            key: None,
+        }
+    }
+
+    #[test]
+    fn replace_with_captures_then_forward() {
+        let mut t = Templates::new();
+        let actions = vec![
+            Action::Replace(
+                t.compile("{{name}} said hello to {{hostname}} & {{peer_addr}}")
+                    .unwrap(),
+            ),
+            Action::Forward {
+                topic: t.compile("hello-{{appname}}").unwrap(),
+                key: Some(t.compile("{{name}}").unwrap()),
+            },
+        ];
+        let r = rules(
+            vec![(Field::Msg, re(r"^hello\s+(?P<name>\w+)"), actions)],
+            t,
+        );
+        let (out, outcome) = run(&r, "<13>Oct 11 22:14:15 web1 app[1]: hello bob");
+        assert!(outcome.forwarded);
+        assert_eq!(
+            out,
+            vec![Record {
+                topic: "hello-app".into(),
+                key: Some("bob".into()),
+                payload: "bob said hello to web1 & 127.0.0.1:5000".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn first_forward_wins_and_unmatched_is_unrouted() {
+        let mut t = Templates::new();
+        let a = vec![fwd(&mut t, "first")];
+        let b = vec![fwd(&mut t, "second")];
+        let r = rules(vec![(Field::Msg, re("x"), a), (Field::Msg, re(".*"), b)], t);
+        assert_eq!(run(&r, "<13>x").0[0].topic.as_ref(), "first");
+        assert_eq!(run(&r, "<13>y").0[0].topic.as_ref(), "second");
+        let mut t = Templates::new();
+        let only = vec![fwd(&mut t, "only")];
+        let r = rules(vec![(Field::Msg, re("^never$"), only)], t);
+        let (out, outcome) = run(&r, "<13>something");
+        assert!(out.is_empty());
+        assert!(!outcome.forwarded);
+    }
+
+    #[test]
+    fn stop_ends_processing() {
+        let mut t = Templates::new();
+        let b = vec![fwd(&mut t, "later")];
+        let r = rules(
+            vec![
+                (Field::Msg, re("drop"), vec![Action::Stop]),
+                (Field::Msg, re(".*"), b),
+            ],
+            t,
+        );
+        assert!(run(&r, "<13>drop me").0.is_empty());
+        assert_eq!(run(&r, "<13>keep me").0.len(), 1);
+    }
+
+    #[test]
+    fn jmespath_merge_escapes_and_routes_by_value() {
+        let mut t = Templates::new();
+        let merge = MergeValue::Object(vec![(
+            "meta".into(),
+            MergeValue::Object(vec![
+                (
+                    "host".into(),
+                    MergeValue::Template(t.compile("{{hostname}}").unwrap()),
+                ),
+                (
+                    "raw".into(),
+                    MergeValue::Template(t.compile("{{msg}}").unwrap()),
+                ),
+                ("n".into(), MergeValue::Json(Value::from(3))),
+            ]),
+        )]);
+        let actions = vec![Action::Merge(merge), fwd(&mut t, "{{value}}")];
+        let expr = jmespath::compile("meta.topic").unwrap();
+        let r = rules(vec![(Field::Msg, Matcher::JmesPath(expr), actions)], t);
+        let line = r#"<13>1 - h"q - - - - {"meta":{"topic":"audit","keep":1},"x":"a\"b"}"#;
+        let (out, outcome) = run(&r, line);
+        assert_eq!(outcome.merge_errors, 0);
+        assert_eq!(out[0].topic.as_ref(), "audit");
+        let v: Value = serde_json::from_str(&out[0].payload).unwrap();
+        assert_eq!(v["meta"]["keep"], 1);
+        assert_eq!(v["meta"]["topic"], "audit");
+        assert_eq!(v["meta"]["host"], "h\"q");
+        assert_eq!(v["meta"]["n"], 3);
+        assert_eq!(v["x"], "a\"b");
+        // The raw body, quotes and all, is a JSON string inside valid JSON.
+        assert!(v["meta"]["raw"].as_str().unwrap().starts_with("{\"meta\""));
+        // Not JSON: the rule does not match at all.
+        assert!(run(&r, "<13>not json").0.is_empty());
+    }
+
+    #[test]
+    fn merge_into_non_json_is_counted_and_stops_later_rules() {
+        let mut t = Templates::new();
+        let a = vec![
+            Action::Merge(MergeValue::Object(vec![(
+                "a".into(),
+                MergeValue::Json(Value::from(1)),
+            )])),
+            fwd(&mut t, "same-rule"),
+        ];
+        let r = rules(vec![(Field::Msg, re(".*"), a)], t);
+        let (out, outcome) = run(&r, "<13>plain text");
+        assert_eq!(outcome.merge_errors, 1);
+        // hotdog 0.5 still ran the rule's forward with the unchanged body.
+        assert_eq!(out[0].payload, "plain text");
+    }
+
+    #[test]
+    fn illegal_rendered_topic_goes_to_default() {
+        let mut t = Templates::new();
+        let a = vec![fwd(&mut t, "logs-{{hostname}}")];
+        let r = rules(vec![(Field::Msg, re(".*"), a)], t);
+        let (out, outcome) = run(&r, "<13>Oct 11 22:14:15 bad/host app: x");
+        assert_eq!(out[0].topic.as_ref(), "default");
+        assert_eq!(outcome.invalid_topics, 1);
+        let (out, _) = run(&r, "<13>Oct 11 22:14:15 good.host app: x");
+        assert_eq!(out[0].topic.as_ref(), "logs-good.host");
+    }
+
+    #[test]
+    fn fields_other_than_msg() {
+        let mut t = Templates::new();
+        let a = vec![fwd(&mut t, "errors")];
+        let b = vec![fwd(&mut t, "web")];
+        let r = rules(
+            vec![
+                (Field::Severity, re("^(err|crit)$"), a),
+                (Field::Hostname, re("^web"), b),
+            ],
+            t,
+        );
+        assert_eq!(
+            run(&r, "<11>Oct 11 22:14:15 db1 x: y").0[0].topic.as_ref(),
+            "errors"
+        );
+        assert_eq!(
+            run(&r, "<14>Oct 11 22:14:15 web2 x: y").0[0].topic.as_ref(),
+            "web"
+        );
+        // No hostname: the rule is skipped, not matched against "".
+        assert!(run(&r, "<14>no header").0.is_empty());
+    }
+
+    #[test]
+    fn legal_topics() {
+        assert!(is_legal_topic("logs.app_1-x"));
+        for bad in ["", ".", "..", "a b", "a/b", &"x".repeat(250)] {
+            assert!(!is_legal_topic(bad), "{bad}");
+        }
+    }
+}
