@@ -76,6 +76,8 @@ fn main() -> ExitCode {
             cli.json,
         ) {
             Ok(()) => ExitCode::SUCCESS,
+            // The reader went away (`hotdog -t log | head`): nothing more to say.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("hotdog: {e}");
                 ExitCode::FAILURE

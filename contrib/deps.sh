@@ -1,0 +1,30 @@
+# Sourced by the contrib scripts: installs what building and testing hotdog needs on Debian.
+# Safe to source repeatedly; installs only what is missing.
+
+TANSU_VERSION=0.6.0
+
+# Debian packages that rdkafka's bundled librdkafka needs to build (C compiler, make, OpenSSL,
+# zlib, pkg-config).
+ensure_build_deps() {
+    local missing=()
+    for pkg in build-essential pkg-config libssl-dev zlib1g-dev; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]}" >&2
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+    fi
+}
+
+# The tansu broker (a Kafka-compatible broker in Rust) in ~/.cargo/bin; built once (minutes).
+ensure_tansu() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+        return 0
+    fi
+    echo "building tansu $TANSU_VERSION once (about 13 minutes on 2 cores)" >&2
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+}

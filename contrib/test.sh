@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every hotdog test on a fresh Debian machine with the Rust toolchain.
+#
+# The integration tests need a Kafka-protocol broker: the one in HOTDOG_TEST_KAFKA (host:port)
+# when it is set, otherwise a tansu broker that the tests start themselves (installed here first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. contrib/deps.sh
+ensure_build_deps
+if [ -z "${HOTDOG_TEST_KAFKA:-}" ]; then
+    ensure_tansu
+fi
+cargo test --locked "$@"

@@ -1,0 +1,112 @@
+//! The command line without Kafka: --check, -t, -V, and what a bad config does.
+
+use crate::util::run_hotdog;
+
+#[test]
+fn example_config_is_valid() {
+    let (code, out, err) = run_hotdog(&["--check", "-c", "hotdog.yml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration is valid (4 rules)"), "{out}");
+}
+
+#[test]
+fn hotdog_0_5_config_loads_unchanged_and_routes_the_same() {
+    let (code, out, err) = run_hotdog(&["--check", "-c", "tests/configs/hotdog-0.5.yml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("in.log");
+    std::fs::write(
+        &log,
+        "<13>Oct 11 22:14:15 web1 app: hello world\n\
+         {\"meta\":{\"topic\":\"foo\"}}\n\
+         <13>Oct 11 22:14:15 web1 app: other\n",
+    )
+    .expect("write log");
+    let log = log.to_string_lossy().into_owned();
+    let (code, out, err) =
+        run_hotdog(&["-c", "tests/configs/hotdog-0.5.yml", "-t", &log, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let rec = &lines[0]["records"][0];
+    assert_eq!(rec["topic"], "test");
+    assert_eq!(
+        rec["payload"],
+        "This is the total message: hello world\n\nAnd the name is: world\n"
+    );
+    assert_eq!(lines[0]["syslog"]["hostname"], "web1");
+    let rec = &lines[1]["records"][0];
+    assert_eq!(rec["topic"], "foo");
+    let merged: serde_json::Value =
+        serde_json::from_str(rec["payload"].as_str().expect("payload")).expect("merged JSON");
+    assert_eq!(
+        merged["meta"]["hotdog"]["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(lines[1]["syslog"]["format"], "unparsed");
+    assert_eq!(lines[2]["records"][0]["topic"], "logs-unknown");
+}
+
+#[test]
+fn broken_config_exits_2_and_names_every_line() {
+    for args in [
+        &["--check", "-c", "tests/configs/broken.yml"][..],
+        &["-c", "tests/configs/broken.yml"][..],
+    ] {
+        let (code, out, err) = run_hotdog(args);
+        assert_eq!(code, 2, "{out}{err}");
+        assert!(
+            err.contains("tests/configs/broken.yml:7:5: unknown key `topik` in `global.kafka`; did you mean `topic`?"),
+            "{err}"
+        );
+        assert!(
+            err.contains("tests/configs/broken.yml:9:12: invalid regex"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let (code, _, err) = run_hotdog(&["--check", "-c", "does-not-exist.yml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("does-not-exist.yml: cannot read the configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn test_mode_prints_matches_and_records() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("in.log");
+    std::fs::write(
+        &log,
+        "<13>Oct 11 22:14:15 web1 app[12]: hello bob\n<15>Oct 11 22:14:15 web1 app: noise\n",
+    )
+    .expect("write log");
+    let log = log.to_string_lossy().into_owned();
+    let (code, out, err) = run_hotdog(&["-c", "hotdog.yml", "-t", &log]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("matched rule 0 (hotdog.yml:"), "{out}");
+    assert!(
+        out.contains("-> topic logs-hello key web1 payload bob said hello from web1"),
+        "{out}"
+    );
+    assert!(out.contains("line 2:"), "{out}");
+    assert!(
+        out.contains("unrouted: no rule forwards this line"),
+        "{out}"
+    );
+}
+
+#[test]
+fn version_flag() {
+    let (code, out, _) = run_hotdog(&["-V"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("hotdog {}", env!("CARGO_PKG_VERSION")));
+}

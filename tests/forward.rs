@@ -1,0 +1,260 @@
+//! End to end: syslog over TCP into hotdog, rules applied, records read back from a real broker.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::util::{
+    broker, consume, consume_all, create_topics, send_lines, send_octet_counted, unique_topic,
+    Consumed, Hotdog,
+};
+
+fn read(key: Option<&str>, payload: &str) -> Consumed {
+    Consumed {
+        key: key.map(str::to_string),
+        payload: payload.to_string(),
+        headers: Vec::new(),
+    }
+}
+
+/// Every rule and action kind, in both framings.
+#[test]
+fn each_rule_and_action_kind_reaches_kafka() {
+    let b = broker();
+    let hello = unique_topic("hello");
+    let audit = unique_topic("audit");
+    let errors = unique_topic("errors");
+    let other = unique_topic("other");
+    create_topics(b, &[&hello, &audit, &errors, &other]);
+    let rules = format!(
+        "  - regex: '^hello\\s+(?P<name>\\w+)'\n    actions:\n      - type: replace\n        \
+         template: '{{{{name}}}} said hello from {{{{hostname}}}} & co'\n      - type: forward\n        \
+         topic: '{hello}'\n        key: '{{{{appname}}}}-{{{{name}}}}'\n\
+         \x20 - jmespath: 'meta.kind'\n    actions:\n      - type: merge\n        json:\n          \
+         meta:\n            host: '{{{{hostname}}}}'\n            raw: '{{{{msg}}}}'\n      \
+         - type: forward\n        topic: '{{{{value}}}}'\n\
+         \x20 - regex: '^debug$'\n    field: severity\n    actions:\n      - type: stop\n\
+         \x20 - regex: '^(err|crit)$'\n    field: severity\n    actions:\n      - type: forward\n        \
+         topic: '{errors}'\n\
+         \x20 - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{other}'\n"
+    );
+    let hotdog = Hotdog::start(b, &rules);
+    let json_body = format!(r#"{{"meta":{{"kind":"{audit}"}},"q":"a\"b"}}"#);
+    for (i, framing) in ["newline", "octet"].iter().enumerate() {
+        let lines = vec![
+            format!("<13>Oct 11 22:14:15 web1 app[12]: hello bob{i}"),
+            format!("<14>1 2024-05-01T12:00:00Z db\"1 api 77 - - {json_body}"),
+            "<15>Oct 11 22:14:15 web1 app: a debug line".to_string(),
+            format!("<11>Oct 11 22:14:15 web1 app: disk on fire {framing}"),
+            format!("no syslog header at all {framing}"),
+        ];
+        if *framing == "newline" {
+            send_lines(&hotdog.addr(), &lines);
+        } else {
+            send_octet_counted(&hotdog.addr(), &lines);
+        }
+    }
+    let got = consume_all(b, &hello, 2);
+    assert_eq!(
+        got,
+        vec![
+            read(Some("app-bob0"), "bob0 said hello from web1 & co"),
+            read(Some("app-bob1"), "bob1 said hello from web1 & co"),
+        ]
+    );
+    let got = consume_all(b, &audit, 2);
+    assert_eq!(got.len(), 2, "{got:?}");
+    for r in &got {
+        assert_eq!(r.key, None);
+        let v: serde_json::Value = serde_json::from_str(&r.payload).expect("merge gives JSON");
+        assert_eq!(v["meta"]["kind"], audit.as_str());
+        assert_eq!(v["meta"]["host"], "db\"1");
+        assert_eq!(v["meta"]["raw"], json_body.as_str());
+        assert_eq!(v["q"], "a\"b");
+    }
+    let got = consume_all(b, &errors, 2);
+    assert_eq!(
+        got,
+        vec![
+            read(None, "disk on fire newline"),
+            read(None, "disk on fire octet")
+        ]
+    );
+    let got = consume_all(b, &other, 2);
+    assert_eq!(
+        got,
+        vec![
+            read(None, "no syslog header at all newline"),
+            read(None, "no syslog header at all octet")
+        ]
+    );
+    // The debug lines were stopped, and so are counted as not forwarded.
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", 8, Duration::from_secs(10)),
+        8
+    );
+    assert_eq!(hotdog.stat("lines"), 10);
+    assert_eq!(hotdog.stat("lines.unrouted"), 2);
+    assert_eq!(hotdog.stat("error.log_parse"), 2);
+    let (status, err) = hotdog.stop();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("summary: received 10 lines, forwarded 8, unrouted 2, delivered 8, failed 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unrouted_lines_are_counted_not_sent() {
+    let b = broker();
+    let only = unique_topic("only");
+    create_topics(b, &[&only]);
+    let rules = format!(
+        "  - regex: '^route me'\n    actions:\n      - type: forward\n        topic: '{only}'\n"
+    );
+    let hotdog = Hotdog::start(b, &rules);
+    send_lines(
+        &hotdog.addr(),
+        &[
+            "<13>route me".to_string(),
+            "<13>not me".to_string(),
+            "<13>nor me".to_string(),
+        ],
+    );
+    assert_eq!(consume_all(b, &only, 1), vec![read(None, "route me")]);
+    assert_eq!(hotdog.wait_stat("lines", 3, Duration::from_secs(10)), 3);
+    assert_eq!(hotdog.stat("lines.unrouted"), 2);
+    assert_eq!(hotdog.stat(&format!("kafka.submitted.{only}")), 1);
+}
+
+#[test]
+fn illegal_rendered_topic_goes_to_the_default_topic() {
+    let b = broker();
+    create_topics(b, &["fallback"]);
+    let marker = unique_topic("marker");
+    let rules = "  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'logs-{{hostname}}'\n";
+    let hotdog = Hotdog::start(b, rules);
+    send_lines(
+        &hotdog.addr(),
+        &[format!("<13>Oct 11 22:14:15 bad/host app: {marker}")],
+    );
+    assert_eq!(
+        hotdog.wait_stat("error.topic_parse_failed", 1, Duration::from_secs(10)),
+        1
+    );
+    // The shared fallback topic may hold other tests' records: look for this one.
+    let got = consume(b, "fallback", usize::MAX, Duration::from_secs(5));
+    assert!(got.iter().any(|r| r.payload == marker), "{got:?}");
+}
+
+#[test]
+fn long_lines_are_truncated_and_counted() {
+    let b = broker();
+    let topic = unique_topic("long");
+    create_topics(b, &[&topic]);
+    let extra = "  shutdown_timeout: 10\n";
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let port = crate::util::free_port();
+    let status = crate::util::free_port();
+    let yaml = crate::util::config_yaml(b, port, status, extra, &rules).replacen(
+        "    port: ",
+        "    max_message_size: 100\n    port: ",
+        1,
+    );
+    let hotdog = Hotdog::start_config(&yaml, port, status);
+    let long = format!("<13>{}", "x".repeat(300));
+    send_lines(&hotdog.addr(), &[long.clone(), "<13>short".to_string()]);
+    send_octet_counted(&hotdog.addr(), &[long.clone(), "<13>short".to_string()]);
+    let got = consume_all(b, &topic, 4);
+    let want_long = long[4..100].to_string();
+    assert_eq!(
+        got,
+        vec![
+            read(None, &want_long),
+            read(None, "short"),
+            read(None, &want_long),
+            read(None, "short")
+        ]
+    );
+    assert_eq!(hotdog.stat("lines.truncated"), 2);
+}
+
+/// 10,000 lines over 4 connections at once: every one arrives, exactly once.
+#[test]
+fn ten_thousand_lines_over_four_connections_arrive_exactly_once() {
+    let b = broker();
+    let topic = unique_topic("bulk");
+    create_topics(b, &[&topic]);
+    let rules = format!("  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n");
+    let hotdog = Hotdog::start(b, &rules);
+    let senders: Vec<_> = (0..4)
+        .map(|c| {
+            let addr = hotdog.addr();
+            std::thread::spawn(move || {
+                let lines: Vec<String> = (0..2500)
+                    .map(|i| {
+                        let seq = c * 2500 + i;
+                        format!("<13>1 2024-05-01T12:00:00Z host{c} app - - [x@1 c=\"{c}\"] seq={seq} payload")
+                    })
+                    .collect();
+                if c % 2 == 0 {
+                    send_lines(&addr, &lines);
+                } else {
+                    send_octet_counted(&addr, &lines);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().expect("sender thread");
+    }
+    let got = consume_all(b, &topic, 10_000);
+    assert_eq!(got.len(), 10_000, "expected every line exactly once");
+    let keys: BTreeSet<u32> = got
+        .iter()
+        .map(|r| {
+            r.key
+                .as_deref()
+                .and_then(|k| k.parse().ok())
+                .expect("numeric key")
+        })
+        .collect();
+    assert_eq!(keys.len(), 10_000, "duplicates among the keys");
+    assert_eq!(keys.first(), Some(&0));
+    assert_eq!(keys.last(), Some(&9_999));
+    for r in &got {
+        assert!(r.payload.ends_with(" payload"), "{r:?}");
+    }
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", 10_000, Duration::from_secs(10)),
+        10_000
+    );
+}
+
+/// hotdog starts with no broker reachable, accepts lines, and delivers them once a broker is.
+#[test]
+fn starts_without_a_broker_and_delivers_once_one_is_there() {
+    let b = broker();
+    let topic = unique_topic("late");
+    create_topics(b, &[&topic]);
+    // A forwarding port with nothing behind it yet.
+    let proxy_port = crate::util::free_port();
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let hotdog = Hotdog::start(&format!("127.0.0.1:{proxy_port}"), &rules);
+    let lines: Vec<String> = (0..50).map(|i| format!("<13>late line {i}")).collect();
+    send_lines(&hotdog.addr(), &lines);
+    assert_eq!(hotdog.wait_stat("lines", 50, Duration::from_secs(10)), 50);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        hotdog.stat("kafka.delivered"),
+        0,
+        "delivered with no broker?"
+    );
+    let _proxy = crate::util::Proxy::start(proxy_port, b);
+    let got = consume_all(b, &topic, 50);
+    assert_eq!(got.len(), 50);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.payload, format!("late line {i}"));
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real `hotdog` binary, a real broker, syslog over TCP.
+//! One test binary; helpers in `util`.
+
+mod util;
+
+mod cli;
+mod forward;

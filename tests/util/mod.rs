@@ -1,0 +1,471 @@
+//! Shared helpers for the integration tests: a real Kafka-protocol broker, the real `hotdog`
+//! binary on free loopback ports, syslog senders, and a Kafka reader.
+//!
+//! The broker is the one named by `HOTDOG_TEST_KAFKA` (`host:port`), or else a `tansu` broker
+//! started here with memory storage. When neither is possible the tests fail, loudly.
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helpers"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub const HOTDOG: &str = env!("CARGO_BIN_EXE_hotdog");
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local address").port()
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_for_port(addr: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn tansu_binary() -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from("tansu")];
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Starts a tansu broker on `port` that stops when this test process ends.
+pub fn start_tansu(port: u16) -> Child {
+    let tansu = tansu_binary().unwrap_or_else(|| {
+        panic!(
+            "no Kafka broker for the tests: set HOTDOG_TEST_KAFKA=host:port, or install tansu \
+             (cargo install tansu --version 0.6.0 --locked --features dynostore)"
+        )
+    });
+    let url = format!("tcp://127.0.0.1:{port}");
+    // A watchdog shell ends the broker when the test process is gone, even after a panic.
+    let script = format!(
+        "'{}' broker --listener-url {url} --advertised-listener-url {url} \
+         --storage-engine memory://tansu/ >/dev/null 2>&1 & b=$!; \
+         trap 'kill $b 2>/dev/null' EXIT TERM; \
+         while kill -0 {} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done",
+        tansu.display(),
+        std::process::id()
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        wait_for_port(&addr, Duration::from_secs(20)),
+        "tansu did not start listening on {addr}"
+    );
+    child
+}
+
+/// The broker every test shares: `host:port`.
+pub fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        if let Ok(addr) = std::env::var("HOTDOG_TEST_KAFKA") {
+            assert!(
+                wait_for_port(&addr, Duration::from_secs(10)),
+                "HOTDOG_TEST_KAFKA={addr} does not accept connections"
+            );
+            return addr;
+        }
+        let port = free_port();
+        std::mem::forget(start_tansu(port));
+        format!("127.0.0.1:{port}")
+    })
+}
+
+/// A topic name no other test (or earlier run against the same broker) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates single-partition topics (tansu does not create them on first use).
+pub fn create_topics(broker: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = smol::block_on(admin.create_topics(&new, &opts)).expect("create topics");
+    for r in results {
+        if let Err((topic, code)) = r {
+            assert!(
+                format!("{code:?}").contains("TopicAlreadyExists"),
+                "cannot create topic {topic}: {code:?}"
+            );
+        }
+    }
+}
+
+/// One message read back from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads partition 0 of `topic` from the beginning until `want` messages arrived, or nothing new
+/// came for `quiet` after the last one (or at all within `timeout`).
+pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("hotdog-test-{}", unique_topic("g")))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition list");
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), text(h.value).unwrap_or_default()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Consumed {
+                    key: text(m.key()),
+                    payload: text(m.payload()).unwrap_or_default(),
+                    headers,
+                });
+            }
+            Some(Err(e)) => eprintln!("consumer error on {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// Reads what arrives on `topic` for a while, to show that nothing more than `expected` came.
+pub fn consume_all(broker: &str, topic: &str, expected: usize) -> Vec<Consumed> {
+    let mut got = consume(broker, topic, expected, Duration::from_secs(60));
+    if got.len() == expected {
+        got.extend(
+            consume(broker, topic, expected + 1, Duration::from_secs(2))
+                .into_iter()
+                .skip(expected),
+        );
+    }
+    got
+}
+
+/// A running `hotdog`, killed when dropped.
+pub struct Hotdog {
+    pub child: Child,
+    pub port: u16,
+    pub status_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+/// A config with `global` filled in for a test; `rules` is appended as written.
+pub fn config_yaml(
+    broker: &str,
+    port: u16,
+    status_port: u16,
+    extra_global: &str,
+    rules: &str,
+) -> String {
+    format!(
+        "global:\n  listen:\n    address: '127.0.0.1'\n    port: {port}\n  kafka:\n    conf:\n      \
+         bootstrap.servers: '{broker}'\n      linger.ms: '5'\n    topic: 'fallback'\n    \
+         buffer: 1024\n  status:\n    address: '127.0.0.1'\n    port: {status_port}\n{extra_global}\
+         rules:\n{rules}"
+    )
+}
+
+impl Hotdog {
+    /// Starts hotdog with `rules` (YAML list items) against `broker`, waiting until it listens.
+    pub fn start(broker: &str, rules: &str) -> Hotdog {
+        Self::start_with(broker, "", rules)
+    }
+
+    pub fn start_with(broker: &str, extra_global: &str, rules: &str) -> Hotdog {
+        let port = free_port();
+        let status_port = free_port();
+        let yaml = config_yaml(broker, port, status_port, extra_global, rules);
+        Self::start_config(&yaml, port, status_port)
+    }
+
+    pub fn start_config(yaml: &str, port: u16, status_port: u16) -> Hotdog {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("hotdog.yml");
+        std::fs::write(&config, yaml).expect("write config");
+        let mut child = Command::new(HOTDOG)
+            .arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env_remove("KAFKA_BROKER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hotdog");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    eprintln!("[hotdog] {line}");
+                    if let Ok(mut s) = sink.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(200));
+                let err = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                panic!("hotdog exited ({status}) before listening on {addr}:\n{err}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hotdog did not listen on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Hotdog {
+            child,
+            port,
+            status_port,
+            dir,
+            config,
+            stderr,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What hotdog has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// `GET path` on the status server: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("127.0.0.1:{}", self.status_port), path)
+    }
+
+    /// One counter from `/stats`.
+    pub fn stat(&self, name: &str) -> i64 {
+        let (code, body) = self.http_get("/stats");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("stats JSON");
+        v["stats"][name].as_i64().unwrap_or(0)
+    }
+
+    /// Polls `/stats` until `name` reaches `at_least`.
+    pub fn wait_stat(&self, name: &str, at_least: i64, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.stat(name);
+            if v >= at_least || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `signal` (e.g. "TERM") with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the stderr reader catch up.
+                std::thread::sleep(Duration::from_millis(200));
+                return (status, self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hotdog did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Hotdog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, so the tests need no HTTP client of their own.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the status server");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Sends `lines` newline-delimited over one connection, then closes it.
+pub fn send_lines(addr: &str, lines: &[String]) {
+    let mut s = TcpStream::connect(addr).expect("connect to hotdog");
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    s.write_all(&buf).expect("send");
+    let _ = s.shutdown(Shutdown::Write);
+    // Wait for hotdog to close its side: it has read everything.
+    let _ = s.read_to_end(&mut Vec::new());
+}
+
+/// Sends `lines` RFC 6587 octet-counted over one connection, then closes it.
+pub fn send_octet_counted(addr: &str, lines: &[String]) {
+    let mut s = TcpStream::connect(addr).expect("connect to hotdog");
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(format!("{} {l}", l.len()).as_bytes());
+    }
+    s.write_all(&buf).expect("send");
+    let _ = s.shutdown(Shutdown::Write);
+    let _ = s.read_to_end(&mut Vec::new());
+}
+
+/// Runs the hotdog binary with `args`: (exit code, stdout, stderr).
+pub fn run_hotdog(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(HOTDOG)
+        .args(args)
+        .env_remove("KAFKA_BROKER")
+        .output()
+        .expect("run hotdog");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A TCP forwarder from a local port to the broker, to make the broker appear later.
+pub struct Proxy {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(port: u16, target: &str) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let target = target.to_string();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        if let Ok(upstream) = TcpStream::connect(&target) {
+                            pipe(client, upstream);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Proxy { stop }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    for (mut from, mut to) in [(a, b2), (b, a2)] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Both);
+        });
+    }
+}
