@@ -258,3 +258,98 @@ fn starts_without_a_broker_and_delivers_once_one_is_there() {
         assert_eq!(r.payload, format!("late line {i}"));
     }
 }
+
+/// With the broker unreachable and every queue full, hotdog stops reading: the sender is held
+/// back by TCP, nothing is dropped, and everything arrives once the broker is back.
+#[test]
+fn backpressure_holds_senders_back_and_loses_nothing() {
+    let b = broker();
+    let topic = unique_topic("backpressure");
+    create_topics(b, &[&topic]);
+    let proxy_port = crate::util::free_port();
+    let port = crate::util::free_port();
+    let status = crate::util::free_port();
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let yaml =
+        crate::util::config_yaml(&format!("127.0.0.1:{proxy_port}"), port, status, "", &rules)
+            .replace(
+                "      linger.ms: '5'\n",
+                "      linger.ms: '5'\n      queue.buffering.max.messages: '100'\n",
+            )
+            .replace("buffer: 1024", "buffer: 1");
+    let hotdog = Hotdog::start_config(&yaml, port, status);
+    const N: usize = 100_000;
+    let addr = hotdog.addr();
+    let sender = std::thread::spawn(move || {
+        let lines: Vec<String> = (0..N)
+            .map(|i| format!("<13>backpressure line {i:06} {}", "p".repeat(60)))
+            .collect();
+        send_lines(&addr, &lines);
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let read_so_far = hotdog.stat("lines");
+    assert!(
+        read_so_far < (N / 2) as i64,
+        "hotdog read {read_so_far} lines with nowhere to put them"
+    );
+    assert!(!sender.is_finished(), "the sender was not held back");
+    let _proxy = crate::util::Proxy::start(proxy_port, b);
+    sender.join().expect("sender");
+    let got = consume_all(b, &topic, N);
+    assert_eq!(got.len(), N);
+    for (i, r) in got.iter().enumerate() {
+        assert!(
+            r.payload.starts_with(&format!("backpressure line {i:06} ")),
+            "{i}: {r:?}"
+        );
+    }
+}
+
+/// The counters reach statsd under hotdog 0.5's names.
+#[test]
+fn metrics_reach_statsd() {
+    let b = broker();
+    let topic = unique_topic("statsd");
+    create_topics(b, &[&topic]);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind statsd socket");
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let statsd = udp.local_addr().expect("address");
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let hotdog = Hotdog::start_with(b, &format!("  metrics:\n    statsd: '{statsd}'\n"), &rules);
+    send_lines(&hotdog.addr(), &["<13>one".to_string(), "two".to_string()]);
+    assert_eq!(consume_all(b, &topic, 2).len(), 2);
+    let want = [
+        "hotdog.connections:".to_string(),
+        "hotdog.lines:".to_string(),
+        "hotdog.error.log_parse:".to_string(),
+        "hotdog.kafka.submitted:".to_string(),
+        format!("hotdog.kafka.submitted.{topic}:"),
+        "hotdog.kafka.delivered:".to_string(),
+    ];
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 65536];
+    while std::time::Instant::now() < deadline && !want.iter().all(|w| seen.contains(w.as_str())) {
+        if let Ok(n) = udp.recv(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    }
+    for w in &want {
+        assert!(seen.contains(w.as_str()), "no {w} in:\n{seen}");
+    }
+    // Counters are sent as increments: they add up to what happened.
+    let lines: u64 = seen
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("hotdog.lines:")?
+                .strip_suffix("|c")?
+                .parse()
+                .ok()
+        })
+        .sum();
+    assert_eq!(lines, 2, "{seen}");
+}
