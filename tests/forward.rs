@@ -347,9 +347,40 @@ fn metrics_reach_statsd() {
         .filter_map(|l| {
             l.strip_prefix("hotdog.lines:")?
                 .strip_suffix("|c")?
-                .parse()
+                .parse::<u64>()
                 .ok()
         })
         .sum();
     assert_eq!(lines, 2, "{seen}");
+}
+
+/// SIGTERM while a sender keeps its connection open: what it already sent is delivered, the
+/// summary is logged, and hotdog exits 0.
+#[test]
+fn sigterm_delivers_what_open_connections_sent() {
+    use std::io::Write;
+    let b = broker();
+    let topic = unique_topic("sigterm");
+    create_topics(b, &[&topic]);
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let hotdog = Hotdog::start(b, &rules);
+    let mut open = std::net::TcpStream::connect(hotdog.addr()).expect("connect");
+    let mut text = String::new();
+    for i in 0..1000 {
+        text.push_str(&format!("<13>still open {i}\n"));
+    }
+    open.write_all(text.as_bytes()).expect("send");
+    assert_eq!(
+        hotdog.wait_stat("lines", 1000, Duration::from_secs(10)),
+        1000
+    );
+    let (status, err) = hotdog.stop();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("summary: received 1000 lines, forwarded 1000, unrouted 0, delivered 1000, failed 0, unacknowledged 0"),
+        "{err}"
+    );
+    drop(open);
+    assert_eq!(consume_all(b, &topic, 1000).len(), 1000);
 }
