@@ -28,8 +28,8 @@ pub struct Config {
 /// `global:`
 #[derive(Debug, Clone)]
 pub struct Global {
-    /// `global.listen`: where syslog is received.
-    pub listen: Listen,
+    /// `global.listen`: where syslog is received; one listener or a list of them.
+    pub listen: Vec<Listen>,
     /// `global.kafka`: where records go.
     pub kafka: Kafka,
     /// `global.metrics`: statsd output.
@@ -41,26 +41,64 @@ pub struct Global {
     pub shutdown_timeout: Duration,
 }
 
-/// `global.listen:`
+/// One entry of `global.listen` (which is one mapping, or a list of them).
 #[derive(Debug, Clone)]
 pub struct Listen {
     /// `address`: the address to bind. Default `127.0.0.1`.
     pub address: String,
-    /// `port`: the TCP port. Default 1514.
+    /// `port`: the port. Default 1514.
     pub port: u16,
-    /// `tls`: `cert`, `key` and optional `ca` (PEM files). Empty or absent: plain TCP.
-    pub tls: Option<Tls>,
+    /// `protocol`: `tcp`, `tls` or `udp`. Default `tls` when `tls` is given, else `tcp`.
+    pub protocol: Protocol,
     /// `max_message_size`: the longest frame kept, in bytes; longer ones are truncated to it and
     /// counted. Default 65536.
     pub max_message_size: usize,
 }
 
+/// How a listener receives syslog.
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    Tcp,
+    /// `tls`: `cert`, `key`, optional `ca`, `client_auth`, `handshake_timeout`.
+    Tls(Tls),
+    /// One message per datagram (RFC 5426).
+    Udp,
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls(_) => "tls",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Whether a TLS client must present a certificate signed by `ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
 /// `global.listen.tls:`
 #[derive(Debug, Clone)]
 pub struct Tls {
+    /// `cert`: PEM file with the server certificate, then its chain.
     pub cert: PathBuf,
+    /// `key`: PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
     pub key: PathBuf,
+    /// `ca`: PEM file with the CA certificates that client certificates are verified against.
+    /// Without it, clients are not asked for certificates.
     pub ca: Option<PathBuf>,
+    /// `client_auth`: `required` (default when `ca` is given: a client without a valid
+    /// certificate is refused) or `optional` (anonymous clients are let in; a certificate that is
+    /// presented must still be valid).
+    pub client_auth: ClientAuth,
+    /// `handshake_timeout`: a client that has not finished its handshake by then is cut off.
+    /// Default 10 s.
+    pub handshake_timeout: Duration,
 }
 
 /// `global.kafka:`
@@ -421,7 +459,7 @@ fn decode_global(
 ) -> Option<Global> {
     let mut g = Map::new(cx, node, "global")?;
     let listen = match g.get("listen") {
-        Some(n) => decode_listen(cx, n),
+        Some(n) => decode_listeners(cx, n),
         None => {
             cx.error(node, "`global.listen` is required");
             None
@@ -473,8 +511,29 @@ fn duration(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Duration> {
     }
 }
 
-fn decode_listen(cx: &mut Cx<'_>, node: &Node) -> Option<Listen> {
-    let mut m = Map::new(cx, node, "global.listen")?;
+fn decode_listeners(cx: &mut Cx<'_>, node: &Node) -> Option<Vec<Listen>> {
+    let Some(seq) = node.as_sequence() else {
+        return decode_listen(cx, node, "global.listen").map(|l| vec![l]);
+    };
+    if seq.is_empty() {
+        cx.error(node, "`global.listen` needs at least one listener");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in seq.iter().enumerate() {
+        match decode_listen(cx, item, &format!("global.listen[{i}]")) {
+            Some(l) => out.push(l),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+const PROTOCOLS: [&str; 3] = ["tcp", "tls", "udp"];
+
+fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
+    let mut m = Map::new(cx, node, what)?;
     let address = m
         .string(cx, "address")
         .unwrap_or_else(|| "127.0.0.1".into());
@@ -482,33 +541,101 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node) -> Option<Listen> {
     let max_message_size: usize = m.number(cx, "max_message_size").unwrap_or(64 * 1024);
     if max_message_size == 0 {
         if let Some(n) = m.get("max_message_size") {
-            cx.error(n, "`global.listen.max_message_size` must be at least 1");
+            cx.error(n, format!("`{what}.max_message_size` must be at least 1"));
         }
     }
-    let tls = match m.get("tls") {
-        None => None,
+    let tls_node = match m.get("tls") {
         Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
-        Some(n) => decode_tls(cx, n),
+        other => other,
+    };
+    let tls = tls_node.and_then(|n| decode_tls(cx, n, &format!("{what}.tls")));
+    let protocol = match m.get("protocol") {
+        None => match (tls_node, tls) {
+            (None, _) => Some(Protocol::Tcp),
+            (Some(_), Some(t)) => Some(Protocol::Tls(t)),
+            (Some(_), None) => None,
+        },
+        Some(p) => {
+            let name = scalar(cx, p, &m.path("protocol"))?;
+            match (name.as_str(), tls_node, tls) {
+                ("tcp", None, _) => Some(Protocol::Tcp),
+                ("udp", None, _) => Some(Protocol::Udp),
+                ("tls", Some(_), Some(t)) => Some(Protocol::Tls(t)),
+                ("tls", Some(_), None) => None,
+                ("tls", None, _) => {
+                    cx.error(
+                        p,
+                        format!("`{what}` uses protocol tls but has no `tls` settings (cert, key)"),
+                    );
+                    None
+                }
+                ("tcp" | "udp", Some(t), _) => {
+                    cx.error(
+                        t,
+                        format!("`{what}` has `tls` settings but protocol {name}"),
+                    );
+                    None
+                }
+                (other, _, _) => {
+                    let hint = closest(other, &PROTOCOLS)
+                        .map(|k| format!("did you mean `{k}`? "))
+                        .unwrap_or_default();
+                    cx.error(
+                        p,
+                        format!("unknown protocol `{other}`; {hint}expected one of: tcp, tls, udp"),
+                    );
+                    None
+                }
+            }
+        }
     };
     m.finish(cx);
     Some(Listen {
         address,
         port,
-        tls,
+        protocol: protocol?,
         max_message_size,
     })
 }
 
-fn decode_tls(cx: &mut Cx<'_>, node: &Node) -> Option<Tls> {
-    let mut m = Map::new(cx, node, "global.listen.tls")?;
+fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Tls> {
+    let mut m = Map::new(cx, node, what)?;
     let cert = m.required_string(cx, "cert");
     let key = m.required_string(cx, "key");
     let ca = m.string(cx, "ca").map(PathBuf::from);
+    let client_auth = match m.get("client_auth") {
+        None => Some(ClientAuth::Required),
+        Some(n) => match scalar(cx, n, &m.path("client_auth"))?.as_str() {
+            "required" => Some(ClientAuth::Required),
+            "optional" => Some(ClientAuth::Optional),
+            other => {
+                cx.error(
+                    n,
+                    format!("unknown client_auth `{other}`; expected `required` or `optional`"),
+                );
+                None
+            }
+        },
+    };
+    if ca.is_none() {
+        if let Some(n) = m.get("client_auth") {
+            cx.error(
+                n,
+                format!("`{what}.client_auth` needs a `ca` to verify clients against"),
+            );
+        }
+    }
+    let handshake_timeout = match m.get("handshake_timeout") {
+        Some(n) => duration(cx, n, &m.path("handshake_timeout")),
+        None => Some(Duration::from_secs(10)),
+    };
     m.finish(cx);
     Some(Tls {
         cert: cert?.into(),
         key: key?.into(),
         ca,
+        client_auth: client_auth?,
+        handshake_timeout: handshake_timeout?,
     })
 }
 
@@ -911,15 +1038,56 @@ mod tests {
     #[test]
     fn minimal_with_defaults() {
         let c = parse(MINIMAL).unwrap();
-        assert_eq!(c.global.listen.address, "127.0.0.1");
-        assert_eq!(c.global.listen.port, 1514);
-        assert!(c.global.listen.tls.is_none());
-        assert_eq!(c.global.listen.max_message_size, 65536);
+        let l = &c.global.listen[0];
+        assert_eq!(c.global.listen.len(), 1);
+        assert_eq!(l.address, "127.0.0.1");
+        assert_eq!(l.port, 1514);
+        assert!(matches!(l.protocol, Protocol::Tcp));
+        assert_eq!(l.max_message_size, 65536);
         assert_eq!(c.global.kafka.topic, "logs");
         assert_eq!(c.global.kafka.buffer, 1024);
         assert_eq!(c.global.shutdown_timeout, Duration::from_secs(30));
         assert!(c.global.status.is_none());
         assert!(c.rules.rules().is_empty());
+    }
+
+    #[test]
+    fn listeners_single_and_list() {
+        let single = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 6514\n    tls:\n      cert: c.pem\n      key: k.pem\n      ca: ca.pem\n",
+        );
+        let c = parse(&single).unwrap();
+        let Protocol::Tls(t) = &c.global.listen[0].protocol else {
+            panic!("not tls");
+        };
+        assert_eq!(t.client_auth, ClientAuth::Required);
+        assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+        let list = MINIMAL.replace(
+            "  listen:\n    port: 1514\n",
+            "  listen:\n    - port: 1514\n    - port: 6514\n      tls:\n        cert: c.pem\n        key: k.pem\n        ca: ca.pem\n        client_auth: optional\n        handshake_timeout: 2s\n    - port: 514\n      protocol: udp\n      address: 0.0.0.0\n",
+        );
+        let c = parse(&list).unwrap();
+        let kinds: Vec<_> = c
+            .global
+            .listen
+            .iter()
+            .map(|l| (l.port, l.protocol.name()))
+            .collect();
+        assert_eq!(kinds, [(1514, "tcp"), (6514, "tls"), (514, "udp")]);
+        let Protocol::Tls(t) = &c.global.listen[1].protocol else {
+            panic!("not tls");
+        };
+        assert_eq!(t.client_auth, ClientAuth::Optional);
+        assert_eq!(t.handshake_timeout, Duration::from_secs(2));
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: tsl\n");
+        let joined = errors(&bad).join("\n");
+        assert!(
+            joined.contains("unknown protocol `tsl`; did you mean `tls`?"),
+            "{joined}"
+        );
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: tls\n");
+        assert!(errors(&bad)[0].contains("has no `tls` settings"));
     }
 
     #[test]

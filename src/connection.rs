@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncReadExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::framing::{Framer, Step};
 use crate::metrics::{LineCounts, Metrics};
@@ -28,7 +28,6 @@ pub struct Shared {
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
     pub tx: async_channel::Sender<Batch>,
-    pub max_message_size: usize,
 }
 
 /// The per-connection state of the pipeline (everything but the socket).
@@ -82,6 +81,32 @@ impl Pipeline {
         self.counts.merge_errors += u64::from(outcome.merge_errors);
     }
 
+    /// The connection facts templates see; UDP changes them per datagram.
+    pub fn origin_mut(&mut self) -> &mut Origin {
+        &mut self.origin
+    }
+
+    /// Like [`Pipeline::flush`], but never waits: when the publisher's channel is full the batch
+    /// is dropped (only UDP does this: it cannot push back). Returns how many records were
+    /// dropped.
+    pub fn try_flush(&mut self) -> usize {
+        self.shared.metrics.add_lines(&self.counts);
+        self.counts = LineCounts::default();
+        if self.batch.is_empty() {
+            return 0;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_MAX));
+        match self.shared.tx.try_send(batch) {
+            Ok(()) => 0,
+            Err(e) => e.into_inner().len(),
+        }
+    }
+
+    /// True when lines were handled since the last flush.
+    pub fn has_pending(&self) -> bool {
+        !self.batch.is_empty() || self.counts.lines > 0
+    }
+
     pub fn batch_full(&self) -> bool {
         self.batch.len() >= BATCH_MAX
     }
@@ -100,13 +125,25 @@ impl Pipeline {
 }
 
 /// Reads `stream` until the peer closes it (or, once shutdown has begun, until it has been
-/// quiet for a moment), pushing every frame through the pipeline.
-pub async fn run<S: AsyncRead + Unpin>(
+/// quiet for a moment), pushing every frame through the pipeline, then closes it (for TLS,
+/// with a close_notify).
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    mut pipeline: Pipeline,
+    pipeline: Pipeline,
+    max: usize,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let max = pipeline.shared.max_message_size;
+    let result = read_all(&mut stream, pipeline, max, shutdown).await;
+    let closed = stream.close().await;
+    result.and(closed)
+}
+
+async fn read_all<S: AsyncRead + Unpin>(
+    mut stream: S,
+    mut pipeline: Pipeline,
+    max: usize,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let mut framer = Framer::new(max);
     // Room for one whole frame of the largest size, its length prefix, and a read.
     let mut buf = vec![0u8; max + 16 + READ_SIZE];

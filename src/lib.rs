@@ -18,3 +18,4 @@ pub mod status;
 pub mod syslog;
 pub mod template;
 pub mod testmode;
+pub mod tls;

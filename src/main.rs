@@ -12,9 +12,10 @@ use futures_lite::{FutureExt, StreamExt};
 
 use hotdog::config::Config;
 use hotdog::connection::Shared;
+use hotdog::listener::Listener;
 use hotdog::metrics::{self, Metrics};
 use hotdog::publisher::Publisher;
-use hotdog::{listener, runtime, shutdown, status, testmode};
+use hotdog::{runtime, shutdown, status, testmode};
 
 /// Forward syslog over TCP to Kafka, routed and rewritten by the rules in a YAML file.
 #[derive(Parser, Debug)]
@@ -99,22 +100,29 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut signals =
-        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("hotdog: cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-    let address = format!("{}:{}", global.listen.address, global.listen.port);
-    let tcp = match smol::net::TcpListener::bind(address.as_str()).await {
-        Ok(l) => l,
+    let mut signals = match async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ]) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("hotdog: cannot listen on {address}: {e}");
+            eprintln!("hotdog: cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let mut listeners = Vec::new();
+    for l in &global.listen {
+        match Listener::bind(l).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("hotdog: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let address = names.join(", ");
     if let Some(s) = &global.status {
         let at = format!("{}:{}", s.address, s.port);
         match status::serve(&at, metrics.clone()) {
@@ -166,15 +174,37 @@ async fn serve(config: Config) -> ExitCode {
         rules: Arc::new(rules),
         metrics: metrics.clone(),
         tx: tx.clone(),
-        max_message_size: global.listen.max_message_size,
     });
-    let listening = runtime::spawn(listener::serve(tcp, shared, shutdown, done));
+    let acceptors: Vec<_> = listeners.iter().filter_map(Listener::acceptor).collect();
+    let listening: Vec<_> = listeners
+        .into_iter()
+        .map(|l| runtime::spawn(l.serve(shared.clone(), shutdown.clone(), done.clone())))
+        .collect();
+    drop((shared, done));
 
-    if let Some(Ok(sig)) = signals.next().await {
-        log::info!("received {sig:?}; shutting down");
+    while let Some(sig) = signals.next().await {
+        match sig {
+            Ok(async_signal::Signal::Hup) => {
+                for a in &acceptors {
+                    match a.reload() {
+                        Ok(()) => log::info!("reloaded {}", a.settings().cert.display()),
+                        Err(e) => {
+                            log::error!("TLS reload failed, keeping the old certificates: {e}")
+                        }
+                    }
+                }
+            }
+            Ok(sig) => {
+                log::info!("received {sig:?}; shutting down");
+                break;
+            }
+            Err(e) => log::warn!("signal handling: {e}"),
+        }
     }
     trigger.trigger();
-    listening.await;
+    for l in listening {
+        l.await;
+    }
     let timeout = global.shutdown_timeout;
     let finished = async {
         let _ = all_done.recv().await;

@@ -49,6 +49,14 @@ pub struct Metrics {
     pub invalid_topics: AtomicU64,
     pub render_errors: AtomicU64,
     pub merge_errors: AtomicU64,
+    /// TLS handshakes that completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (untrusted certificate, not TLS at all, ...).
+    pub tls_handshake_failed: AtomicU64,
+    /// TLS handshakes cut off at the handshake timeout.
+    pub tls_handshake_timeout: AtomicU64,
+    /// UDP messages dropped because the queue to the publisher was full.
+    pub udp_dropped: AtomicU64,
     /// Records handed to librdkafka.
     pub submitted: AtomicU64,
     /// Records Kafka acknowledged.
@@ -129,6 +137,10 @@ impl Metrics {
             ("error.topic_parse_failed", &self.invalid_topics),
             ("error.template_render", &self.render_errors),
             ("error.merge_of_invalid_json", &self.merge_errors),
+            ("tls.handshakes", &self.tls_handshakes),
+            ("tls.handshake_failed", &self.tls_handshake_failed),
+            ("tls.handshake_timeout", &self.tls_handshake_timeout),
+            ("udp.dropped", &self.udp_dropped),
             ("kafka.submitted", &self.submitted),
             ("kafka.delivered", &self.delivered),
             ("kafka.producer.error", &self.failed),

@@ -31,10 +31,12 @@ pub enum Field {
     Severity,
     Facility,
     Timestamp,
+    PeerAddr,
+    TlsClientCn,
 }
 
 impl Field {
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 10] = [
         "msg",
         "hostname",
         "appname",
@@ -43,6 +45,8 @@ impl Field {
         "severity",
         "facility",
         "timestamp",
+        "peer_addr",
+        "tls_client_cn",
     ];
 
     pub fn from_name(name: &str) -> Option<Field> {
@@ -55,11 +59,13 @@ impl Field {
             "severity" => Field::Severity,
             "facility" => Field::Facility,
             "timestamp" => Field::Timestamp,
+            "peer_addr" => Field::PeerAddr,
+            "tls_client_cn" => Field::TlsClientCn,
             _ => return None,
         })
     }
 
-    fn get<'a>(self, m: &Message<'a>) -> Option<&'a str> {
+    fn get<'a>(self, m: &Message<'a>, origin: &'a Origin) -> Option<&'a str> {
         match self {
             Field::Msg => Some(m.msg),
             Field::Hostname => m.hostname,
@@ -69,6 +75,8 @@ impl Field {
             Field::Severity => m.severity_name(),
             Field::Facility => m.facility_name(),
             Field::Timestamp => m.timestamp,
+            Field::PeerAddr => origin.peer_addr.as_deref(),
+            Field::TlsClientCn => origin.tls_client_cn.as_deref(),
         }
     }
 }
@@ -145,7 +153,12 @@ pub struct Outcome {
 /// Facts about the connection a message came from, available to templates.
 #[derive(Debug, Default, Clone)]
 pub struct Origin {
+    /// The sender's `address:port`.
     pub peer_addr: Option<String>,
+    /// The subject common name of a verified TLS client certificate.
+    pub tls_client_cn: Option<String>,
+    /// Its subject alternative DNS names, comma-separated.
+    pub tls_client_san: Option<String>,
 }
 
 /// The compiled rule set; shared read-only by every connection.
@@ -213,17 +226,17 @@ impl Rules {
 
     /// Runs `msg` through the rules, pushing what it forwards onto `out`. When `matched` is given,
     /// the index of every rule that matched is pushed onto it.
-    pub fn apply(
+    pub fn apply<'m>(
         &self,
-        msg: &Message<'_>,
-        origin: &Origin,
+        msg: &Message<'m>,
+        origin: &'m Origin,
         scratch: &mut Scratch,
         out: &mut Vec<Record>,
         mut matched: Option<&mut Vec<usize>>,
     ) -> Outcome {
         let mut outcome = Outcome::default();
         for (index, rule) in self.rules.iter().enumerate() {
-            let Some(hay) = rule.field.get(msg) else {
+            let Some(hay) = rule.field.get(msg, origin) else {
                 continue;
             };
             let mut value = None;
@@ -409,7 +422,7 @@ struct Vars<'a> {
 }
 
 /// Every built-in variable name, in the order `to_json` writes them.
-pub const VARIABLES: [&str; 15] = [
+pub const VARIABLES: [&str; 17] = [
     "msg",
     "version",
     "iso8601",
@@ -425,6 +438,8 @@ pub const VARIABLES: [&str; 15] = [
     "format",
     "peer_addr",
     "priority",
+    "tls_client_cn",
+    "tls_client_san",
 ];
 
 impl Vars<'_> {
@@ -447,6 +462,8 @@ impl Vars<'_> {
             "structured_data" => m.structured_data.map(Cow::Borrowed),
             "format" => Some(Cow::Borrowed(m.format.as_str())),
             "peer_addr" => self.origin.peer_addr.as_deref().map(Cow::Borrowed),
+            "tls_client_cn" => self.origin.tls_client_cn.as_deref().map(Cow::Borrowed),
+            "tls_client_san" => self.origin.tls_client_san.as_deref().map(Cow::Borrowed),
             "priority" => m
                 .facility
                 .zip(m.severity)
@@ -513,6 +530,8 @@ mod tests {
             &msg,
             &Origin {
                 peer_addr: Some("127.0.0.1:5000".into()),
+                tls_client_cn: Some("tenant-a".into()),
+                tls_client_san: None,
             },
             &mut r.scratch(),
             &mut out,

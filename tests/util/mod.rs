@@ -469,3 +469,82 @@ fn pipe(a: TcpStream, b: TcpStream) {
         });
     }
 }
+
+/// The test PKI in `certs/`.
+pub fn cert_path(name: &str) -> String {
+    format!("{}/certs/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A TLS client that trusts the test CA, optionally presenting `certs/<client>.pem` and `.key`.
+/// The handshake is driven to its end here; what the server thinks of the client certificate
+/// may only show on the first read (TLS 1.3).
+pub fn tls_connect(
+    addr: &str,
+    client: Option<&str>,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert_path("ca.pem")).expect("ca.pem") {
+        roots.add(c.expect("CA certificate")).expect("add CA");
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(name) => {
+            let certs: Vec<_> = CertificateDer::pem_file_iter(cert_path(&format!("{name}.pem")))
+                .expect("client certificate")
+                .map(|c| c.expect("client certificate PEM"))
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(cert_path(&format!("{name}.key")))
+                .expect("client key");
+            builder
+                .with_client_auth_cert(certs, key)
+                .expect("client auth")
+        }
+    };
+    let name = ServerName::try_from("localhost").expect("server name");
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let sock = TcpStream::connect(addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// Sends `lines` octet-counted over TLS, then closes; an error when the server refused us.
+pub fn send_tls(addr: &str, client: Option<&str>, lines: &[String]) -> std::io::Result<()> {
+    let mut s = tls_connect(addr, client)?;
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(format!("{} {l}", l.len()).as_bytes());
+    }
+    s.write_all(&buf)?;
+    s.flush()?;
+    s.conn.send_close_notify();
+    s.conn.complete_io(&mut s.sock)?;
+    // Wait for the server to close: it has read everything (or it refused us: an error).
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)?;
+    Ok(())
+}
+
+/// The subject CN of the certificate the server presented.
+pub fn server_cn(stream: &rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -> String {
+    let certs = stream
+        .conn
+        .peer_certificates()
+        .expect("server certificates");
+    let (_, cert) = x509_parser::parse_x509_certificate(certs[0].as_ref()).expect("parse");
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    cn
+}
