@@ -6,8 +6,12 @@ TANSU_VERSION=0.6.0
 # Debian packages that rdkafka's bundled librdkafka needs to build (C compiler, make, OpenSSL,
 # zlib, pkg-config).
 ensure_build_deps() {
+    install_missing build-essential pkg-config libssl-dev zlib1g-dev
+}
+
+install_missing() {
     local missing=()
-    for pkg in build-essential pkg-config libssl-dev zlib1g-dev; do
+    for pkg in "$@"; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -17,6 +21,11 @@ ensure_build_deps() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
     fi
+}
+
+# What the integration tests run besides hotdog: rsyslog with its TLS driver.
+ensure_test_deps() {
+    install_missing rsyslog rsyslog-gnutls
 }
 
 # The tansu broker (a Kafka-compatible broker in Rust) in ~/.cargo/bin; built once (minutes).

@@ -3,10 +3,12 @@
 #
 # The integration tests need a Kafka-protocol broker: the one in HOTDOG_TEST_KAFKA (host:port)
 # when it is set, otherwise a tansu broker that the tests start themselves (installed here first).
+# They also run Debian's rsyslogd (installed here with its TLS driver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . contrib/deps.sh
 ensure_build_deps
+ensure_test_deps
 if [ -z "${HOTDOG_TEST_KAFKA:-}" ]; then
     ensure_tansu
 fi

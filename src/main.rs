@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use futures_lite::{FutureExt, StreamExt};
 
-use hotdog::config::Config;
+use hotdog::config::{Config, Protocol};
 use hotdog::connection::Shared;
 use hotdog::listener::Listener;
 use hotdog::metrics::{self, Metrics};
@@ -53,6 +53,25 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // The TLS files are part of the configuration: a bad one is a configuration error.
+    let tls_errors: Vec<String> = config
+        .global
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match &l.protocol {
+            Protocol::Tls(t) => hotdog::tls::server_config(t)
+                .err()
+                .map(|e| format!("{}: global.listen[{i}].tls: {e}", cli.config.display())),
+            _ => None,
+        })
+        .collect();
+    if !tls_errors.is_empty() {
+        for e in &tls_errors {
+            eprintln!("{e}");
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if cli.check {
         println!(
             "{}: configuration is valid ({} rules)",

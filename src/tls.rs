@@ -60,13 +60,17 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder.with_single_cert(certs, key).map_err(|e| {
+    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         format!(
             "{} and {} do not make a usable certificate: {e}",
             tls.cert.display(),
             tls.key.display()
         )
     })?;
+    // No TLS 1.3 session tickets: syslog senders do not resume sessions, and a ticket the sender
+    // never reads makes its kernel answer a plain close with a reset, which throws away the
+    // lines still waiting in our receive buffer.
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

@@ -110,3 +110,13 @@ fn version_flag() {
     assert_eq!(code, 0);
     assert_eq!(out.trim(), format!("hotdog {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn unreadable_tls_files_are_configuration_errors() {
+    let (code, _, err) = run_hotdog(&["--check", "-c", "contrib/hotdog-tls.yml"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("contrib/hotdog-tls.yml: global.listen[1].tls: cannot read certificates from /etc/hotdog/server.pem"),
+        "{err}"
+    );
+}

@@ -5,4 +5,5 @@ mod util;
 
 mod cli;
 mod forward;
+mod rsyslog;
 mod tls;
