@@ -141,3 +141,62 @@ pub fn client_identity(certs: Option<&[CertificateDer<'_>]>) -> ClientIdentity {
         dns_names,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    fn certs(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("certs")
+            .join(name)
+    }
+
+    fn settings(cert: &str, key: &str, ca: Option<&str>) -> Tls {
+        Tls {
+            cert: certs(cert),
+            key: certs(key),
+            ca: ca.map(certs),
+            client_auth: ClientAuth::Required,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn every_key_format_loads() {
+        // SEC1 EC, PKCS#8 EC, PKCS#1 RSA.
+        for (cert, key) in [
+            ("server.pem", "server.key"),
+            ("server2.pem", "server2.key"),
+            ("client-rsa.pem", "client-rsa.key"),
+        ] {
+            let r = server_config(&settings(cert, key, Some("ca.pem")));
+            assert!(r.is_ok(), "{key}: {:?}", r.err());
+        }
+    }
+
+    #[test]
+    fn bad_files_say_which_and_why() {
+        let e = server_config(&settings("server.pem", "nope.key", None)).unwrap_err();
+        assert!(e.contains("nope.key"), "{e}");
+        let e = server_config(&settings("server.pem", "client.key", None)).unwrap_err();
+        assert!(e.contains("do not make a usable certificate"), "{e}");
+        let e = server_config(&settings("generate.sh", "server.key", None)).unwrap_err();
+        assert!(e.contains("no certificate found"), "{e}");
+    }
+
+    #[test]
+    fn identity_of_a_client_certificate() {
+        let cert = CertificateDer::pem_file_iter(certs("client.pem"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let id = client_identity(Some(&[cert]));
+        assert_eq!(id.common_name.as_deref(), Some("tenant-a"));
+        assert_eq!(id.dns_names, ["tenant-a.example.com", "a.example.net"]);
+        assert_eq!(client_identity(None), ClientIdentity::default());
+    }
+}

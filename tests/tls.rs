@@ -213,3 +213,38 @@ fn sighup_reloads_the_certificate_for_new_connections() {
     send_tls(&addr, None, &["<13>after reload".to_string()]).expect("send");
     assert_eq!(consume_all(b, &topic, 1)[0].payload, "after reload");
 }
+
+/// When the queue to Kafka is full, UDP drops, and says how many.
+#[test]
+fn udp_drops_are_counted_when_the_queue_is_full() {
+    let (udp, status) = (free_port(), free_port());
+    // No broker behind this address: nothing drains the queues.
+    let nowhere = free_port();
+    let yaml = format!(
+        "global:\n  listen:\n    - port: {udp}\n      protocol: udp\n  kafka:\n    conf:\n      bootstrap.servers: '127.0.0.1:{nowhere}'\n      queue.buffering.max.messages: '10'\n    buffer: 1\n  status:\n    port: {status}\nrules:\n  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'nowhere'\n"
+    );
+    // No TCP listener to wait for: waiting for the status server does.
+    let hotdog = Hotdog::start_config(&yaml, status, status);
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
+    const N: i64 = 3000;
+    for i in 0..N {
+        sock.send_to(format!("<13>datagram {i}").as_bytes(), ("127.0.0.1", udp))
+            .expect("send");
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (lines, dropped, submitted) = (
+        hotdog.stat("lines"),
+        hotdog.stat("udp.dropped"),
+        hotdog.stat("kafka.submitted"),
+    );
+    assert!(dropped > 0, "nothing dropped with the queue full");
+    assert!(lines > dropped, "{lines} {dropped}");
+    // Every line is either handed to librdkafka, dropped, or still waiting in the small queue.
+    assert!(
+        lines - dropped - submitted <= 2 * 512,
+        "{lines} {dropped} {submitted}"
+    );
+}
