@@ -899,7 +899,32 @@ fn decode_action(
                 Some(k) => Some(template(cx, k, &m.path("key"), templates)?),
                 None => None,
             };
-            topic.map(|topic| Action::Forward { topic, key })
+            let mut headers = Vec::new();
+            if let Some(h) = m.get("headers") {
+                match h.as_mapping() {
+                    Some(map) => {
+                        for (name, value) in map.iter() {
+                            let what = format!("{}.{}", m.path("headers"), name.as_str());
+                            if let Some(t) = template(cx, value, &what, templates) {
+                                headers.push((std::sync::Arc::from(name.as_str()), t));
+                            }
+                        }
+                    }
+                    None => cx.error(
+                        h,
+                        format!(
+                            "expected a mapping of header names to templates for `{}`, found {}",
+                            m.path("headers"),
+                            kind(h)
+                        ),
+                    ),
+                }
+            }
+            topic.map(|topic| Action::Forward {
+                topic,
+                key,
+                headers,
+            })
         }
         "merge" => match m.get("json") {
             Some(j) if j.as_mapping().is_some() => {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::message::{DeliveryResult, Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
@@ -61,6 +61,11 @@ impl Publisher {
         metrics: Arc<Metrics>,
     ) -> Result<Publisher, KafkaError> {
         let mut config = ClientConfig::new();
+        // Retry for as long as it takes unless the operator says otherwise: librdkafka's own
+        // default gives up on a record after five minutes without a broker.
+        if !conf.contains_key("message.timeout.ms") && !conf.contains_key("delivery.timeout.ms") {
+            config.set("message.timeout.ms", "0");
+        }
         for (k, v) in conf {
             config.set(k, v);
         }
@@ -119,6 +124,18 @@ impl Publisher {
                 BaseRecord::to(&record.topic).payload(record.payload.as_str());
             if let Some(k) = &record.key {
                 r = r.key(k.as_str());
+            }
+            if !record.headers.is_empty() {
+                let headers = record.headers.iter().fold(
+                    OwnedHeaders::new_with_capacity(record.headers.len()),
+                    |h, (name, value)| {
+                        h.insert(Header {
+                            key: name,
+                            value: Some(value.as_str()),
+                        })
+                    },
+                );
+                r = r.headers(headers);
             }
             match self.producer.send(r) {
                 Ok(()) => return true,

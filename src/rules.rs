@@ -114,6 +114,8 @@ pub enum Action {
     Forward {
         topic: Template,
         key: Option<Template>,
+        /// Kafka headers: name and the template of the value.
+        headers: Vec<(Arc<str>, Template)>,
     },
     Merge(MergeValue),
     Replace(Template),
@@ -135,6 +137,7 @@ pub struct Record {
     pub topic: Arc<str>,
     pub key: Option<String>,
     pub payload: String,
+    pub headers: Vec<(Arc<str>, String)>,
 }
 
 /// What happened to one message, for the caller to count.
@@ -309,22 +312,30 @@ impl Rules {
                         }
                     }
                 }
-                Action::Forward { topic, key } => {
+                Action::Forward {
+                    topic,
+                    key,
+                    headers,
+                } => {
                     let topic = self.topic(topic, vars, outcome);
-                    let key = key
-                        .as_ref()
-                        .and_then(|k| match self.templates.render(k, vars) {
-                            Ok(k) => Some(k),
-                            Err(_) => {
-                                outcome.render_errors += 1;
-                                None
-                            }
-                        });
+                    let mut render = |t: &Template| match self.templates.render(t, vars) {
+                        Ok(v) => Some(v),
+                        Err(_) => {
+                            outcome.render_errors += 1;
+                            None
+                        }
+                    };
+                    let key = key.as_ref().and_then(&mut render);
+                    let headers = headers
+                        .iter()
+                        .filter_map(|(name, t)| Some((name.clone(), render(t)?)))
+                        .collect();
                     let payload = output.unwrap_or_else(|| vars.msg.msg.to_string());
                     return Flow::Forward(Record {
                         topic,
                         key,
                         payload,
+                        headers,
                     });
                 }
                 Action::Stop => return Flow::Stop,
@@ -548,6 +559,7 @@ mod tests {
         Action::Forward {
             topic: t.compile(topic).unwrap(),
             key: None,
+            headers: Vec::new(),
         }
     }
 
@@ -562,6 +574,10 @@ mod tests {
             Action::Forward {
                 topic: t.compile("hello-{{appname}}").unwrap(),
                 key: Some(t.compile("{{name}}").unwrap()),
+                headers: vec![
+                    ("host".into(), t.compile("{{hostname}}").unwrap()),
+                    ("tenant".into(), t.compile("{{tls_client_cn}}").unwrap()),
+                ],
             },
         ];
         let r = rules(
@@ -575,7 +591,11 @@ mod tests {
             vec![Record {
                 topic: "hello-app".into(),
                 key: Some("bob".into()),
-                payload: "bob said hello to web1 & 127.0.0.1:5000".into()
+                payload: "bob said hello to web1 & 127.0.0.1:5000".into(),
+                headers: vec![
+                    ("host".into(), "web1".into()),
+                    ("tenant".into(), "tenant-a".into())
+                ],
             }]
         );
     }

@@ -66,6 +66,9 @@ pub fn run(
                 rec.key.as_deref().unwrap_or("(none)"),
                 rec.payload
             )?;
+            for (name, value) in &rec.headers {
+                writeln!(out, "     header {name}: {value}")?;
+            }
         }
         if !outcome.forwarded {
             writeln!(out, "  unrouted: no rule forwards this line")?;
@@ -75,7 +78,12 @@ pub fn run(
 }
 
 fn record_json(r: &Record) -> Value {
-    json!({ "topic": &*r.topic, "key": r.key, "payload": r.payload })
+    let headers: serde_json::Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+        .collect();
+    json!({ "topic": &*r.topic, "key": r.key, "payload": r.payload, "headers": headers })
 }
 
 fn message_json(m: &Message<'_>) -> Value {

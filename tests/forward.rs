@@ -384,3 +384,26 @@ fn sigterm_delivers_what_open_connections_sent() {
     drop(open);
     assert_eq!(consume_all(b, &topic, 1000).len(), 1000);
 }
+
+/// `forward` may carry Kafka headers rendered per record.
+#[test]
+fn forward_headers_reach_kafka() {
+    let b = broker();
+    let topic = unique_topic("headers");
+    create_topics(b, &[&topic]);
+    let rules = format!(
+        "  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        headers:\n          hostname: '{{{{hostname}}}}'\n          severity: '{{{{severity}}}}'\n          peer: '{{{{peer_addr}}}}'\n"
+    );
+    let hotdog = Hotdog::start(b, &rules);
+    send_lines(
+        &hotdog.addr(),
+        &["<11>Oct 11 22:14:15 web1 app: with headers".to_string()],
+    );
+    let got = consume_all(b, &topic, 1);
+    assert_eq!(got.len(), 1);
+    let h = &got[0].headers;
+    assert_eq!(h[0], ("hostname".to_string(), "web1".to_string()));
+    assert_eq!(h[1], ("severity".to_string(), "err".to_string()));
+    assert_eq!(h[2].0, "peer");
+    assert!(h[2].1.starts_with("127.0.0.1:"), "{h:?}");
+}
