@@ -117,6 +117,8 @@ pub struct Kafka {
     /// `timeout_ms`: how long to wait for broker metadata at start before logging that no broker
     /// is reachable (hotdog starts anyway and delivers once one is). Default 5000.
     pub timeout_ms: u64,
+    /// `dead_letter`: `topic` and `file` for records Kafka refuses for good.
+    pub dead_letter: crate::deadletter::Settings,
 }
 
 /// `global.metrics:`
@@ -691,6 +693,19 @@ fn decode_kafka(
         }
     }
     let timeout_ms = m.number(cx, "timeout_ms").unwrap_or(5000);
+    let mut dead_letter = crate::deadletter::Settings::default();
+    if let Some(d) = m.get("dead_letter") {
+        if let Some(mut dm) = Map::new(cx, d, "global.kafka.dead_letter") {
+            dead_letter.topic = dm.string(cx, "topic");
+            if let (Some(t), Some(n)) = (&dead_letter.topic, dm.get("topic")) {
+                if !crate::rules::is_legal_topic(t) {
+                    cx.error(n, format!("`{t}` is not a legal Kafka topic name"));
+                }
+            }
+            dead_letter.file = dm.string(cx, "file").map(PathBuf::from);
+            dm.finish(cx);
+        }
+    }
     m.finish(cx);
     if !conf.contains_key("bootstrap.servers") && !conf.contains_key("metadata.broker.list") {
         cx.error(
@@ -703,6 +718,7 @@ fn decode_kafka(
         topic,
         buffer,
         timeout_ms,
+        dead_letter,
     })
 }
 

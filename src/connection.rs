@@ -28,6 +28,8 @@ pub struct Shared {
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
     pub tx: async_channel::Sender<Batch>,
+    /// Where a batch goes when the publisher is gone (shutdown ran out of time).
+    pub dead_letters: crate::deadletter::Sink,
 }
 
 /// The per-connection state of the pipeline (everything but the socket).
@@ -37,6 +39,8 @@ pub struct Pipeline {
     scratch: crate::rules::Scratch,
     batch: Batch,
     counts: LineCounts,
+    /// When the current read happened (ms since the epoch), stamped on its records.
+    read_ms: i64,
 }
 
 impl Pipeline {
@@ -45,6 +49,7 @@ impl Pipeline {
             scratch: shared.rules.scratch(),
             batch: Vec::with_capacity(BATCH_MAX),
             counts: LineCounts::default(),
+            read_ms: 0,
             shared,
             origin,
         }
@@ -67,10 +72,14 @@ impl Pipeline {
         if msg.format == syslog::Format::Unparsed {
             self.counts.unparsed += 1;
         }
+        let before = self.batch.len();
         let outcome =
             self.shared
                 .rules
                 .apply(&msg, &self.origin, &mut self.scratch, &mut self.batch, None);
+        for r in &mut self.batch[before..] {
+            r.read_ms = self.read_ms;
+        }
         if outcome.forwarded {
             self.counts.forwarded += 1;
         } else {
@@ -79,6 +88,11 @@ impl Pipeline {
         self.counts.invalid_topics += u64::from(outcome.invalid_topics);
         self.counts.render_errors += u64::from(outcome.render_errors);
         self.counts.merge_errors += u64::from(outcome.merge_errors);
+    }
+
+    /// Notes the time of a read; the records of its lines carry it.
+    pub fn stamp(&mut self) {
+        self.read_ms = crate::publisher::now_ms();
     }
 
     /// The connection facts templates see; UDP changes them per datagram.
@@ -120,7 +134,20 @@ impl Pipeline {
             return true;
         }
         let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_MAX));
-        self.shared.tx.send(batch).await.is_ok()
+        match self.shared.tx.send(batch).await {
+            Ok(()) => true,
+            Err(async_channel::SendError(batch)) => {
+                // Shutdown ran out of time and the publisher is gone.
+                for record in batch {
+                    self.shared.dead_letters.send(crate::deadletter::DeadLetter {
+                        record,
+                        reason: "shutdown_timeout".into(),
+                        file_only: true,
+                    });
+                }
+                false
+            }
+        }
     }
 }
 
@@ -167,6 +194,7 @@ async fn read_all<S: AsyncRead + Unpin>(
             break;
         }
         end += n;
+        pipeline.stamp();
         loop {
             match framer.next_frame(&buf[start..end]) {
                 Step::Frame {

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod connection;
+pub mod deadletter;
 pub mod framing;
 pub mod listener;
 pub mod metrics;

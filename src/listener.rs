@@ -251,6 +251,7 @@ async fn udp(socket: UdpSocket, shared: Arc<Shared>, max: usize, shutdown: Shutd
             continue;
         }
         pipeline.origin_mut().peer_addr = Some(peer.to_string());
+        pipeline.stamp();
         pipeline.frame(data, truncated);
         if pipeline.batch_full() {
             udp_flush(&mut pipeline, &metrics);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures_lite::{FutureExt, StreamExt};
@@ -14,7 +14,7 @@ use hotdog::config::{Config, Protocol};
 use hotdog::connection::Shared;
 use hotdog::listener::Listener;
 use hotdog::metrics::{self, Metrics};
-use hotdog::publisher::Publisher;
+use hotdog::publisher::{Health, Publisher};
 use hotdog::{runtime, shutdown, status, testmode};
 
 /// Forward syslog over TCP to Kafka, routed and rewritten by the rules in a YAML file.
@@ -37,6 +37,8 @@ struct Cli {
 
 /// Exit code for a configuration that is not valid.
 const EXIT_CONFIG: u8 = 2;
+/// Exit code when shutdown could not deliver everything it had read.
+const EXIT_UNDELIVERED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -112,13 +114,24 @@ fn main() -> ExitCode {
 async fn serve(config: Config) -> ExitCode {
     let Config { global, rules } = config;
     let metrics = Metrics::new();
-    let publisher = match Publisher::new(&global.kafka.conf, metrics.clone()) {
+    let publisher = match Publisher::new(
+        &global.kafka.conf,
+        global.kafka.dead_letter.clone(),
+        metrics.clone(),
+    ) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("hotdog: global.kafka.conf is not accepted by librdkafka: {e}");
+            eprintln!("hotdog: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let health = Arc::new(Health::default());
+    publisher.watch_health(
+        health.clone(),
+        Duration::from_secs(2),
+        Duration::from_millis(global.kafka.timeout_ms.clamp(100, 5000)),
+    );
+    let (tx, rx) = async_channel::bounded(channel_capacity(global.kafka.buffer));
     let mut signals = match async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
@@ -144,7 +157,14 @@ async fn serve(config: Config) -> ExitCode {
     let address = names.join(", ");
     if let Some(s) = &global.status {
         let at = format!("{}:{}", s.address, s.port);
-        match status::serve(&at, metrics.clone()) {
+        let channel = tx.clone();
+        let sources = status::Sources {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            channel_len: Arc::new(move || i64::try_from(channel.len()).unwrap_or(i64::MAX)),
+            kafka_queue_len: publisher.queue_len(),
+        };
+        match status::serve(&at, sources) {
             Ok(_) => log::info!("status server on http://{at}/stats"),
             Err(e) => {
                 eprintln!("hotdog: cannot start the status server on {at}: {e}");
@@ -176,23 +196,16 @@ async fn serve(config: Config) -> ExitCode {
         rules.rules().len()
     );
 
-    let probe = publisher.probe(Duration::from_millis(global.kafka.timeout_ms));
-    runtime::spawn(async move {
-        match probe.await {
-            Ok(()) => log::info!("Kafka is reachable"),
-            Err(e) => log::warn!("no Kafka broker answered yet ({e}); records wait until one does"),
-        }
-    })
-    .detach();
-
-    let (tx, rx) = async_channel::bounded(channel_capacity(global.kafka.buffer));
-    let publishing = runtime::spawn(publisher.run(rx, global.shutdown_timeout));
+    let dead_letters = publisher.dead_letters();
+    let (deadline_tx, deadline_rx) = async_channel::bounded::<Instant>(1);
+    let publishing = runtime::spawn(publisher.run(rx, deadline_rx));
     let (trigger, shutdown) = shutdown::channel();
     let (done, all_done) = async_channel::bounded::<()>(1);
     let shared = Arc::new(Shared {
         rules: Arc::new(rules),
         metrics: metrics.clone(),
         tx: tx.clone(),
+        dead_letters,
     });
     let acceptors: Vec<_> = listeners.iter().filter_map(Listener::acceptor).collect();
     let listening: Vec<_> = listeners
@@ -221,16 +234,18 @@ async fn serve(config: Config) -> ExitCode {
         }
     }
     trigger.trigger();
+    let timeout = global.shutdown_timeout;
+    let deadline = Instant::now() + timeout;
+    let _ = deadline_tx.try_send(deadline);
     for l in listening {
         l.await;
     }
-    let timeout = global.shutdown_timeout;
     let finished = async {
         let _ = all_done.recv().await;
         true
     }
     .or(async {
-        smol::Timer::after(timeout).await;
+        smol::Timer::at(deadline).await;
         false
     })
     .await;
@@ -240,19 +255,32 @@ async fn serve(config: Config) -> ExitCode {
     tx.close();
     drop(tx);
     let unacknowledged = publishing.await;
+    let shutdown_dead_letters = metrics
+        .snapshot()
+        .get("kafka.dead_letter.shutdown_timeout")
+        .copied()
+        .unwrap_or(0);
     stop_statsd.close();
     if let Some(h) = statsd {
         let _ = smol::unblock(move || h.join()).await;
     }
     log::info!(
-        "summary: received {} lines, forwarded {}, unrouted {}, delivered {}, failed {}, unacknowledged {}",
+        "summary: received {} lines, forwarded {}, unrouted {}, delivered {}, failed {}, dead-lettered {}, dropped {}, in flight {}",
         metrics.lines.load(Relaxed),
         metrics.forwarded.load(Relaxed),
         metrics.unrouted.load(Relaxed),
         metrics.delivered.load(Relaxed),
         metrics.failed.load(Relaxed),
-        unacknowledged
+        metrics.dead_lettered.load(Relaxed),
+        metrics.udp_dropped.load(Relaxed),
+        metrics.in_flight(),
     );
+    if shutdown_dead_letters > 0 || unacknowledged > 0 {
+        log::error!(
+            "{shutdown_dead_letters} records were not delivered before the shutdown timeout; they are in the dead-letter file (or the log)"
+        );
+        return ExitCode::from(EXIT_UNDELIVERED);
+    }
     ExitCode::SUCCESS
 }
 

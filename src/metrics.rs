@@ -63,8 +63,46 @@ pub struct Metrics {
     pub delivered: AtomicU64,
     /// Records Kafka refused or librdkafka gave up on.
     pub failed: AtomicU64,
+    /// Records that ended in the dead-letter topic or file (or, with neither, the log).
+    pub dead_lettered: AtomicU64,
+    /// Line read → Kafka acknowledgement, in milliseconds.
+    pub latency: Histogram,
     topics: Mutex<HashMap<String, TopicCounts>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Upper bounds (ms) of the latency histogram's buckets.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000, 300000];
+
+/// A histogram with fixed buckets, updated with atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 12],
+    overflow: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, ms: u64) {
+        match LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b) {
+            Some(i) => self.buckets[i].fetch_add(1, Relaxed),
+            None => self.overflow.fetch_add(1, Relaxed),
+        };
+        self.sum.fetch_add(ms, Relaxed);
+    }
+
+    /// Cumulative counts per bucket (Prometheus style), the total count, and the sum.
+    pub fn read(&self) -> (Vec<(u64, u64)>, u64, u64) {
+        let mut total = 0;
+        let mut out = Vec::new();
+        for (i, b) in LATENCY_BUCKETS_MS.iter().enumerate() {
+            total += self.buckets[i].load(Relaxed);
+            out.push((*b, total));
+        }
+        total += self.overflow.load(Relaxed);
+        (out, total, self.sum.load(Relaxed))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +151,32 @@ impl Metrics {
         *lock(&self.errors).entry(kind.to_string()).or_default() += 1;
     }
 
+    /// Counts why a record was dead-lettered.
+    pub fn dead_letter_reason(&self, reason: &str) {
+        *lock(&self.dead_letter_reasons)
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    /// Lines read that are neither delivered, dead-lettered, discarded (unrouted) nor dropped
+    /// (UDP): still on their way. By construction
+    /// `lines = delivered + dead_lettered + unrouted + dropped + in_flight`.
+    pub fn in_flight(&self) -> i64 {
+        let v = |a: &AtomicU64| i64::try_from(a.load(Relaxed)).unwrap_or(i64::MAX);
+        let delivered = v(&self.delivered);
+        let dead = v(&self.dead_lettered);
+        let unrouted = v(&self.unrouted);
+        let dropped = v(&self.udp_dropped);
+        v(&self.lines) - delivered - dead - unrouted - dropped
+    }
+
+    /// Per-topic counts, for `/metrics`.
+    pub fn topics(&self) -> Vec<(String, TopicCounts)> {
+        let mut t: Vec<_> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    }
+
     fn with_topic(&self, topic: &str, f: impl FnOnce(&mut TopicCounts)) {
         let mut topics = lock(&self.topics);
         match topics.get_mut(topic) {
@@ -144,6 +208,7 @@ impl Metrics {
             ("kafka.submitted", &self.submitted),
             ("kafka.delivered", &self.delivered),
             ("kafka.producer.error", &self.failed),
+            ("kafka.dead_lettered", &self.dead_lettered),
         ] {
             s.insert(name.to_string(), g(a));
         }
@@ -156,6 +221,10 @@ impl Metrics {
         for (kind, v) in lock(&self.errors).iter() {
             s.insert(format!("kafka.producer.error.{kind}"), n(*v));
         }
+        for (reason, v) in lock(&self.dead_letter_reasons).iter() {
+            s.insert(format!("kafka.dead_letter.{reason}"), n(*v));
+        }
+        s.insert("lines.in_flight".into(), self.in_flight());
         s
     }
 }

@@ -3,42 +3,127 @@
 //!
 //! When librdkafka's own queue is full, the publisher waits and retries the same record, so the
 //! channel fills up and the connections stop reading their sockets: backpressure reaches the
-//! senders and nothing is dropped.
+//! senders and nothing is dropped. A record Kafka refuses for good is dead-lettered
+//! ([`crate::deadletter`]).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, Message as _, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::message::{DeliveryResult, Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+use rdkafka::{ClientContext, Timestamp};
 
+use crate::deadletter::{self, DeadLetter, Sink};
 use crate::metrics::Metrics;
 use crate::rules::Record;
 
 /// What the connections send to the publisher.
 pub type Batch = Vec<Record>;
 
-/// Counts delivery reports; runs on librdkafka's polling thread.
+/// Counts delivery reports and dead-letters refused records; runs on librdkafka's thread.
 pub struct Reports {
     metrics: Arc<Metrics>,
+    dead: Sink,
+    /// Set once shutdown ran out of time: refused records go straight to the file.
+    expired: Arc<AtomicBool>,
 }
 
 impl ClientContext for Reports {}
 
 impl ProducerContext for Reports {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let dead_letter = opaque == deadletter::DEAD_LETTER_OPAQUE;
         match result {
-            Ok(m) => self.metrics.delivered(m.topic()),
+            Ok(m) if dead_letter => {
+                self.metrics.dead_lettered.fetch_add(1, Relaxed);
+                log::warn!("dead letter for {} written to {}", original_topic(m), m.topic());
+            }
+            Ok(m) => {
+                self.metrics.delivered(m.topic());
+                if let Timestamp::CreateTime(read) = m.timestamp() {
+                    let now = now_ms();
+                    self.metrics
+                        .latency
+                        .observe(u64::try_from(now - read).unwrap_or(0));
+                }
+            }
             Err((e, m)) => {
+                let kind = error_kind(e);
+                let purged = matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+                );
+                let record = record_of(m);
+                if dead_letter {
+                    log::warn!("the dead-letter topic did not take a record: {e}");
+                    self.dead.send(DeadLetter {
+                        record: Record {
+                            topic: original_topic(m).into(),
+                            ..record
+                        },
+                        reason: format!("dead_letter_topic_{kind}"),
+                        file_only: true,
+                    });
+                    return;
+                }
                 log::warn!("Kafka did not take a record for topic {}: {e}", m.topic());
-                self.metrics.failed(m.topic(), &error_kind(e));
+                self.metrics.failed(m.topic(), &kind);
+                let reason = if purged { "shutdown_timeout".to_string() } else { kind };
+                self.dead.send(DeadLetter {
+                    record,
+                    reason,
+                    file_only: purged || self.expired.load(Relaxed),
+                });
             }
         }
     }
+}
+
+fn original_topic<M: rdkafka::message::Message>(m: &M) -> String {
+    m.headers()
+        .and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "hotdog-original-topic")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter(|h| !h.key.starts_with("hotdog-"))
+                .map(|h| (Arc::from(h.key), h.value.map(text).unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        topic: Arc::from(m.topic()),
+        key: m.key().map(text),
+        payload: m.payload().map(text).unwrap_or_default(),
+        headers,
+        read_ms: match m.timestamp() {
+            Timestamp::CreateTime(t) => t,
+            _ => 0,
+        },
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A short name for an error, used in metric names (`kafka.producer.error.<kind>`).
@@ -49,17 +134,41 @@ pub fn error_kind(e: &KafkaError) -> String {
     }
 }
 
+/// Whether a broker answered lately, and if not, why; for `/health`.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// `Ok` when a broker answered the last probe, else the reason.
+    pub fn get(&self) -> Result<(), String> {
+        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        }
+    }
+
+    fn set(&self, v: Option<String>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
 pub struct Publisher {
     producer: Arc<ThreadedProducer<Reports>>,
     metrics: Arc<Metrics>,
+    dead: Sink,
+    expired: Arc<AtomicBool>,
 }
 
 impl Publisher {
-    /// Creates the producer with every `conf` key. This does not need a reachable broker.
+    /// Creates the producer with every `conf` key (this does not need a reachable broker) and
+    /// the dead-letter writer.
     pub fn new(
         conf: &std::collections::BTreeMap<String, String>,
+        dead_letter: deadletter::Settings,
         metrics: Arc<Metrics>,
-    ) -> Result<Publisher, KafkaError> {
+    ) -> Result<Publisher, String> {
         let mut config = ClientConfig::new();
         // Retry for as long as it takes unless the operator says otherwise: librdkafka's own
         // default gives up on a record after five minutes without a broker.
@@ -69,43 +178,91 @@ impl Publisher {
         for (k, v) in conf {
             config.set(k, v);
         }
-        let producer = config.create_with_context(Reports {
-            metrics: metrics.clone(),
-        })?;
+        let slot = Arc::new(OnceLock::new());
+        let dead = deadletter::start(dead_letter, metrics.clone(), slot.clone())
+            .map_err(|e| format!("cannot start the dead-letter writer: {e}"))?;
+        let expired = Arc::new(AtomicBool::new(false));
+        let producer: ThreadedProducer<Reports> = config
+            .create_with_context(Reports {
+                metrics: metrics.clone(),
+                dead: dead.clone(),
+                expired: expired.clone(),
+            })
+            .map_err(|e| format!("global.kafka.conf is not accepted by librdkafka: {e}"))?;
+        let producer = Arc::new(producer);
+        let _ = slot.set(producer.clone());
         Ok(Publisher {
-            producer: Arc::new(producer),
+            producer,
             metrics,
+            dead,
+            expired,
         })
     }
 
-    /// Asks a broker for metadata, waiting up to `timeout`; the error says why none answered.
-    pub fn probe(
-        &self,
-        timeout: Duration,
-    ) -> impl std::future::Future<Output = Result<(), KafkaError>> + Send + 'static {
-        let producer = self.producer.clone();
-        smol::unblock(move || producer.client().fetch_metadata(None, timeout).map(|_| ()))
+    /// Where connections send records they could not hand over.
+    pub fn dead_letters(&self) -> Sink {
+        self.dead.clone()
+    }
+
+    /// Asks a broker for metadata every `every`, waiting up to `timeout`, and keeps `health`
+    /// up to date. Runs on its own thread until the process ends.
+    pub fn watch_health(&self, health: Arc<Health>, every: Duration, timeout: Duration) {
+        let producer = Arc::downgrade(&self.producer);
+        let _ = std::thread::Builder::new()
+            .name("kafka-health".into())
+            .spawn(move || {
+                let mut first = true;
+                while let Some(p) = producer.upgrade() {
+                    let state = match p.client().fetch_metadata(None, timeout) {
+                        Ok(md) if !md.brokers().is_empty() => None,
+                        Ok(_) => Some("the cluster reported no brokers".to_string()),
+                        Err(e) => Some(format!("no Kafka broker answered within {timeout:?}: {e}")),
+                    };
+                    match (&state, first) {
+                        (None, true) => log::info!("Kafka is reachable"),
+                        (Some(r), true) => log::warn!("{r}; records wait until one does"),
+                        _ => {}
+                    }
+                    first = false;
+                    health.set(state);
+                    drop(p);
+                    std::thread::sleep(every);
+                }
+            });
+    }
+
+    /// Records librdkafka holds (queued or waiting for an acknowledgement).
+    pub fn queue_len(&self) -> Arc<dyn Fn() -> i64 + Send + Sync> {
+        let p = Arc::downgrade(&self.producer);
+        Arc::new(move || p.upgrade().map_or(0, |p| i64::from(p.in_flight_count())))
     }
 
     /// Publishes every batch until the channel is closed (every connection is gone), then
-    /// waits up to `flush_timeout` for Kafka to acknowledge what is still in flight. Returns
-    /// how many records were still unacknowledged at the end.
-    pub async fn run(self, rx: async_channel::Receiver<Batch>, flush_timeout: Duration) -> i32 {
+    /// waits until `deadline` for Kafka to acknowledge what is in flight. What is still not
+    /// acknowledged then is dead-lettered to the file. Returns how many records that was.
+    pub async fn run(
+        self,
+        rx: async_channel::Receiver<Batch>,
+        deadline: async_channel::Receiver<Instant>,
+    ) -> u64 {
+        let mut deadline_at: Option<Instant> = None;
         while let Ok(batch) = rx.recv().await {
+            if deadline_at.is_none() {
+                deadline_at = deadline.try_recv().ok();
+            }
             let mut topic_run: Option<(Arc<str>, u64)> = None;
             for record in batch {
-                if !self.send(&record).await {
+                let topic = record.topic.clone();
+                if !self.send(record, deadline_at).await {
                     continue;
                 }
                 match &mut topic_run {
-                    Some((t, n)) if Arc::ptr_eq(t, &record.topic) || **t == *record.topic => {
-                        *n += 1
-                    }
+                    Some((t, n)) if *t == topic => *n += 1,
                     _ => {
                         if let Some((t, n)) = topic_run.take() {
                             self.metrics.submitted(&t, n);
                         }
-                        topic_run = Some((record.topic.clone(), 1));
+                        topic_run = Some((topic, 1));
                     }
                 }
             }
@@ -113,15 +270,23 @@ impl Publisher {
                 self.metrics.submitted(&t, n);
             }
         }
-        self.flush(flush_timeout).await
+        let deadline_at = match deadline_at {
+            Some(d) => d,
+            None => deadline.recv().await.unwrap_or_else(|_| Instant::now()),
+        };
+        self.finish(deadline_at).await
     }
 
-    /// Hands one record to librdkafka, waiting while its queue is full; false when refused.
-    async fn send(&self, record: &Record) -> bool {
+    /// Hands one record to librdkafka, waiting while its queue is full (until the shutdown
+    /// deadline, if there is one); false when it was dead-lettered instead.
+    async fn send(&self, record: Record, deadline: Option<Instant>) -> bool {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut r: BaseRecord<'_, str, str> =
-                BaseRecord::to(&record.topic).payload(record.payload.as_str());
+            let mut r: BaseRecord<'_, str, str, usize> =
+                BaseRecord::with_opaque_to(&record.topic, 0).payload(record.payload.as_str());
+            if record.read_ms > 0 {
+                r = r.timestamp(record.read_ms);
+            }
             if let Some(k) = &record.key {
                 r = r.key(k.as_str());
             }
@@ -140,23 +305,39 @@ impl Publisher {
             match self.producer.send(r) {
                 Ok(()) => return true,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.dead.send(DeadLetter {
+                            record,
+                            reason: "shutdown_timeout".into(),
+                            file_only: true,
+                        });
+                        return false;
+                    }
                     smol::Timer::after(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
                 Err((e, _)) => {
                     log::warn!("Kafka refused a record for topic {}: {e}", record.topic);
-                    self.metrics.failed(&record.topic, &error_kind(&e));
+                    let kind = error_kind(&e);
+                    self.metrics.failed(&record.topic, &kind);
+                    self.dead.send(DeadLetter {
+                        record,
+                        reason: kind,
+                        file_only: false,
+                    });
                     return false;
                 }
             }
         }
     }
 
-    async fn flush(&self, timeout: Duration) -> i32 {
+    /// Waits for acknowledgements until `deadline`, then purges what is left (its delivery
+    /// reports dead-letter it to the file) and waits for the dead-letter writer.
+    async fn finish(&self, deadline: Instant) -> u64 {
         let producer = self.producer.clone();
-        let deadline = Instant::now() + timeout;
+        let expired = self.expired.clone();
+        let dead = self.dead.clone();
         smol::unblock(move || {
-            // Flush in short steps so that progress is visible in the log.
             while producer.in_flight_count() > 0 && Instant::now() < deadline {
                 let step = deadline
                     .saturating_duration_since(Instant::now())
@@ -168,7 +349,15 @@ impl Publisher {
                     );
                 }
             }
-            producer.in_flight_count()
+            let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
+            if left > 0 {
+                expired.store(true, Relaxed);
+                log::warn!("shutdown timeout: {left} records not acknowledged; dead-lettering them");
+                producer.purge(PurgeConfig::default().queue().inflight());
+                let _ = producer.flush(Duration::from_secs(5));
+            }
+            dead.finish();
+            left
         })
         .await
     }

@@ -138,6 +138,8 @@ pub struct Record {
     pub key: Option<String>,
     pub payload: String,
     pub headers: Vec<(Arc<str>, String)>,
+    /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
+    pub read_ms: i64,
 }
 
 /// What happened to one message, for the caller to count.
@@ -336,6 +338,7 @@ impl Rules {
                         key,
                         payload,
                         headers,
+                        read_ms: 0,
                     });
                 }
                 Action::Stop => return Flow::Stop,
@@ -596,6 +599,7 @@ mod tests {
                     ("host".into(), "web1".into()),
                     ("tenant".into(), "tenant-a".into())
                 ],
+                read_ms: 0,
             }]
         );
     }

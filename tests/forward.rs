@@ -378,7 +378,7 @@ fn sigterm_delivers_what_open_connections_sent() {
     let (status, err) = hotdog.stop();
     assert!(status.success(), "{err}");
     assert!(
-        err.contains("summary: received 1000 lines, forwarded 1000, unrouted 0, delivered 1000, failed 0, unacknowledged 0"),
+        err.contains("summary: received 1000 lines, forwarded 1000, unrouted 0, delivered 1000, failed 0, dead-lettered 0, dropped 0, in flight 0"),
         "{err}"
     );
     drop(open);
