@@ -139,11 +139,13 @@ impl Pipeline {
             Err(async_channel::SendError(batch)) => {
                 // Shutdown ran out of time and the publisher is gone.
                 for record in batch {
-                    self.shared.dead_letters.send(crate::deadletter::DeadLetter {
-                        record,
-                        reason: "shutdown_timeout".into(),
-                        file_only: true,
-                    });
+                    self.shared
+                        .dead_letters
+                        .send(crate::deadletter::DeadLetter {
+                            record,
+                            reason: "shutdown_timeout".into(),
+                            file_only: true,
+                        });
                 }
                 false
             }

@@ -141,9 +141,10 @@ fn produce(
         },
     );
     for _ in 0..1000 {
-        let mut rec: BaseRecord<'_, str, str, usize> = BaseRecord::with_opaque_to(topic, DEAD_LETTER_OPAQUE)
-            .payload(r.payload.as_str())
-            .headers(headers.clone());
+        let mut rec: BaseRecord<'_, str, str, usize> =
+            BaseRecord::with_opaque_to(topic, DEAD_LETTER_OPAQUE)
+                .payload(r.payload.as_str())
+                .headers(headers.clone());
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());
         }
@@ -204,5 +205,8 @@ fn write_file(
 }
 
 fn log_letter(letter: &DeadLetter) {
-    log::error!("dead letter (no dead-letter file configured): {}", json(letter));
+    log::error!(
+        "dead letter (no dead-letter file configured): {}",
+        json(letter)
+    );
 }

@@ -73,7 +73,8 @@ pub struct Metrics {
 }
 
 /// Upper bounds (ms) of the latency histogram's buckets.
-pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000, 300000];
+pub const LATENCY_BUCKETS_MS: [u64; 12] =
+    [1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000, 30000, 300000];
 
 /// A histogram with fixed buckets, updated with atomics.
 #[derive(Debug, Default)]
@@ -172,7 +173,10 @@ impl Metrics {
 
     /// Per-topic counts, for `/metrics`.
     pub fn topics(&self) -> Vec<(String, TopicCounts)> {
-        let mut t: Vec<_> = lock(&self.topics).iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut t: Vec<_> = lock(&self.topics)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         t.sort_by(|a, b| a.0.cmp(&b.0));
         t
     }

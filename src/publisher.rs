@@ -41,7 +41,11 @@ impl ProducerContext for Reports {
         match result {
             Ok(m) if dead_letter => {
                 self.metrics.dead_lettered.fetch_add(1, Relaxed);
-                log::warn!("dead letter for {} written to {}", original_topic(m), m.topic());
+                log::warn!(
+                    "dead letter for {} written to {}",
+                    original_topic(m),
+                    m.topic()
+                );
             }
             Ok(m) => {
                 self.metrics.delivered(m.topic());
@@ -73,7 +77,11 @@ impl ProducerContext for Reports {
                 }
                 log::warn!("Kafka did not take a record for topic {}: {e}", m.topic());
                 self.metrics.failed(m.topic(), &kind);
-                let reason = if purged { "shutdown_timeout".to_string() } else { kind };
+                let reason = if purged {
+                    "shutdown_timeout".to_string()
+                } else {
+                    kind
+                };
                 self.dead.send(DeadLetter {
                     record,
                     reason,
@@ -135,9 +143,18 @@ pub fn error_kind(e: &KafkaError) -> String {
 }
 
 /// Whether a broker answered lately, and if not, why; for `/health`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Health {
     state: Mutex<Option<String>>,
+}
+
+impl Default for Health {
+    /// Unavailable until a broker has answered.
+    fn default() -> Self {
+        Health {
+            state: Mutex::new(Some("no Kafka broker has answered yet".into())),
+        }
+    }
 }
 
 impl Health {
@@ -352,7 +369,9 @@ impl Publisher {
             let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
             if left > 0 {
                 expired.store(true, Relaxed);
-                log::warn!("shutdown timeout: {left} records not acknowledged; dead-lettering them");
+                log::warn!(
+                    "shutdown timeout: {left} records not acknowledged; dead-lettering them"
+                );
                 producer.purge(PurgeConfig::default().queue().inflight());
                 let _ = producer.flush(Duration::from_secs(5));
             }

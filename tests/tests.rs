@@ -4,6 +4,7 @@
 mod util;
 
 mod cli;
+mod delivery;
 mod forward;
 mod rsyslog;
 mod tls;

@@ -58,8 +58,25 @@ fn tansu_binary() -> Option<PathBuf> {
     })
 }
 
+/// A tansu broker started by a test; stopped when dropped, or when the test process ends.
+pub struct Tansu(Child);
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        // SIGTERM, so that the watchdog shell's trap stops the broker.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts a tansu broker on `port` that stops when this test process ends.
-pub fn start_tansu(port: u16) -> Child {
+pub fn start_tansu(port: u16) -> Tansu {
+    start_tansu_advertising(port, port)
+}
+
+/// Starts a tansu broker listening on `port` that tells clients to connect to `advertised`
+/// (a proxy in front of it, for outage tests).
+pub fn start_tansu_advertising(port: u16, advertised: u16) -> Tansu {
     let tansu = tansu_binary().unwrap_or_else(|| {
         panic!(
             "no Kafka broker for the tests: set HOTDOG_TEST_KAFKA=host:port, or install tansu \
@@ -67,9 +84,10 @@ pub fn start_tansu(port: u16) -> Child {
         )
     });
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised_url = format!("tcp://127.0.0.1:{advertised}");
     // A watchdog shell ends the broker when the test process is gone, even after a panic.
     let script = format!(
-        "'{}' broker --listener-url {url} --advertised-listener-url {url} \
+        "'{}' broker --listener-url {url} --advertised-listener-url {advertised_url} \
          --storage-engine memory://tansu/ >/dev/null 2>&1 & b=$!; \
          trap 'kill $b 2>/dev/null' EXIT TERM; \
          while kill -0 {} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done",
@@ -83,11 +101,12 @@ pub fn start_tansu(port: u16) -> Child {
         .spawn()
         .expect("start tansu");
     let addr = format!("127.0.0.1:{port}");
+    let tansu = Tansu(child);
     assert!(
         wait_for_port(&addr, Duration::from_secs(20)),
         "tansu did not start listening on {addr}"
     );
-    child
+    tansu
 }
 
 /// The broker every test shares: `host:port`.
@@ -423,9 +442,11 @@ pub fn run_hotdog(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A TCP forwarder from a local port to the broker, to make the broker appear later.
+/// A TCP forwarder from a local port to the broker, to make the broker appear later or go
+/// away for a while. Dropping it closes the port and every connection through it.
 pub struct Proxy {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
@@ -433,7 +454,8 @@ impl Proxy {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy port");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (flag, open) = (stop.clone(), conns.clone());
         let target = target.to_string();
         std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
@@ -441,6 +463,12 @@ impl Proxy {
                     Ok((client, _)) => {
                         let _ = client.set_nonblocking(false);
                         if let Ok(upstream) = TcpStream::connect(&target) {
+                            if let (Ok(a), Ok(b), Ok(mut list)) =
+                                (client.try_clone(), upstream.try_clone(), open.lock())
+                            {
+                                list.push(a);
+                                list.push(b);
+                            }
                             pipe(client, upstream);
                         }
                     }
@@ -448,13 +476,20 @@ impl Proxy {
                 }
             }
         });
-        Proxy { stop }
+        Proxy { stop, conns }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Ok(list) = self.conns.lock() {
+            for c in list.iter() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+        // Let the accept loop notice and release the port.
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
