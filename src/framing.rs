@@ -199,7 +199,7 @@ fn trim_frame(mut data: &[u8]) -> &[u8] {
 }
 
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
+    memchr::memchr(needle, haystack)
 }
 
 #[cfg(test)]

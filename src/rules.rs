@@ -413,6 +413,10 @@ fn merge_into(base: &mut serde_json::Map<String, Value>, add: serde_json::Map<St
 }
 
 fn jmespath_value(expr: &jmespath::Expression<'static>, hay: &str) -> Option<String> {
+    // Only an object or an array can hold what an expression looks for; skip parsing the rest.
+    if !matches!(hay.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
+        return None;
+    }
     let data = jmespath::Variable::from_json(hay).ok()?;
     let found = expr.search(data).ok()?;
     if found.is_null() {
