@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: hotdog, rsyslog (imptcp -> omkafka) and the kcat floor, each moving the
+same N mixed syslog lines into its own topic of one local tansu broker.
+
+For each it prints lines/s (first byte sent -> last record acknowledged, or the forwarder's CPU
+going idle for rsyslog, which has no delivery counter), CPU-seconds per million lines (from
+/proc, every thread), peak RSS, and whether every sequence number arrived (read back with kcat).
+Run through contrib/bench.sh, which installs what it needs.
+"""
+import argparse
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def lines(n):
+    out = []
+    for i in range(n):
+        k = i % 3
+        if k == 0:
+            out.append(f'<165>1 2024-05-01T12:00:00.123Z web{i%7}.example.com app 1234 ID47 [ex@32473 iut="3"] seq={i} user login ok from 10.0.0.{i%255}')
+        elif k == 1:
+            out.append(f'<34>Oct 11 22:14:15 host{i%9} sshd[4242]: seq={i} Accepted publickey for user{i%100} from 10.1.2.3 port 5555')
+        else:
+            out.append(f'<14>1 2024-05-01T12:00:00Z db1 api 77 - - {{"seq":{i},"meta":{{"topic":"audit"}},"user":"u{i%50}","ok":true}}')
+    return out
+
+
+def cpu_seconds(pid):
+    """utime + stime of the process and every thread, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def send(port, chunks, use_tls=False):
+    """Sends each chunk over its own connection, in parallel."""
+    def one(data):
+        s = socket.create_connection(("127.0.0.1", port))
+        if use_tls:
+            ctx = ssl.create_default_context(cafile=f"{ROOT}/certs/ca.pem")
+            ctx.load_cert_chain(f"{ROOT}/certs/client.pem", f"{ROOT}/certs/client.key")
+            s = ctx.wrap_socket(s, server_hostname="localhost")
+        s.sendall(data)
+        if use_tls:
+            s = s.unwrap()
+        s.close()
+    threads = [threading.Thread(target=one, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def chunks_of(all_lines, connections):
+    parts = [[] for _ in range(connections)]
+    for i, l in enumerate(all_lines):
+        parts[i % connections].append(l)
+    return [("\n".join(p) + "\n").encode() for p in parts]
+
+
+class Broker:
+    def __init__(self, tansu, lib):
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.lib = lib
+        url = f"tcp://{self.addr}"
+        self.proc = subprocess.Popen(
+            [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.tansu = tansu
+        if not wait_port(self.port):
+            sys.exit("tansu did not start")
+
+    def topic(self, name):
+        subprocess.run([self.tansu, "topic", "create", name, "--broker", f"tcp://{self.addr}"],
+                       check=True, stdout=subprocess.DEVNULL)
+        return name
+
+    def count(self, topic, n):
+        """Reads the topic back with kcat: (records, distinct sequence numbers present of n)."""
+        out = subprocess.run([f"{ROOT}/target/release/examples/count", self.addr, topic, str(n)],
+                             capture_output=True, text=True, timeout=900).stdout.split()
+        return int(out[0]), int(out[1])
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def wait_idle(pid, quiet=1.0, timeout=600):
+    """Waits until the process's CPU time stops moving; returns when it last moved."""
+    last = cpu_seconds(pid)
+    last_change = time.time()
+    end = time.time() + timeout
+    while time.time() < end:
+        time.sleep(0.05)
+        now = cpu_seconds(pid)
+        if now != last:
+            last, last_change = now, time.time()
+        elif time.time() - last_change > quiet:
+            return last_change
+    return last_change
+
+
+def row(name, n, seconds, cpu, rss, records, present):
+    ok = "all arrived" if records == n and present == n else f"MISSING: {records} records, {present}/{n} sequence numbers"
+    return {"name": name, "lines_per_s": n / seconds if seconds > 0 else 0.0,
+            "cpu_per_million": cpu / n * 1e6, "rss_mb": rss, "ok": ok}
+
+
+def run_kcat(broker, path, n):
+    topic = broker.topic(f"kcat-{int(time.time()*1000)}")
+    env = dict(os.environ, LD_LIBRARY_PATH=broker.lib)
+    t0 = time.time()
+    p = subprocess.Popen(["kcat", "-P", "-b", broker.addr, "-t", topic, "-l", path,
+                          "-X", "linger.ms=5", "-X", "batch.num.messages=10000"], env=env)
+    peak, cpu = 0.0, 0.0
+    while p.poll() is None:
+        try:
+            peak = max(peak, peak_rss_mb(p.pid))
+            cpu = cpu_seconds(p.pid)
+        except OSError:
+            pass
+        time.sleep(0.01)
+    seconds = time.time() - t0
+    # kcat has exited: its CPU is the last reading (a slight undercount of the floor).
+    records, present = broker.count(topic, n)
+    return row("kcat -P (floor)", n, seconds, cpu, peak, records, present)
+
+
+def run_rsyslog(broker, data_chunks, n, workdir):
+    topic = broker.topic(f"rsyslog-{int(time.time()*1000)}")
+    port = free_port()
+    conf = os.path.join(workdir, "rsyslog.conf")
+    with open(conf, "w") as f:
+        f.write(f'''global(workDirectory="{workdir}")
+module(load="imptcp")
+module(load="omkafka")
+template(name="body" type="string" string="%msg%")
+input(type="imptcp" address="127.0.0.1" port="{port}")
+*.* action(type="omkafka" broker=["{broker.addr}"] topic="{topic}" template="body"
+  confParam=["linger.ms=5", "batch.num.messages=10000"]
+  queue.type="LinkedList" queue.size="1000000")
+''')
+    env = dict(os.environ, LD_LIBRARY_PATH=broker.lib)
+    p = subprocess.Popen(["rsyslogd", "-n", "-f", conf, "-i", os.path.join(workdir, "rs.pid")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_port(port):
+        sys.exit("rsyslogd did not start (is rsyslog-kafka installed?)")
+    time.sleep(0.5)
+    cpu0 = cpu_seconds(p.pid)
+    t0 = time.time()
+    send(port, data_chunks)
+    done = wait_idle(p.pid)
+    cpu = cpu_seconds(p.pid) - cpu0
+    rss = peak_rss_mb(p.pid)
+    p.terminate()
+    p.wait()
+    records, present = broker.count(topic, n)
+    return row(f"rsyslog imptcp->omkafka ({len(data_chunks)} conn)", n, done - t0, cpu, rss,
+               records, present)
+
+
+def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label=""):
+    topic = broker.topic(f"hotdog-{int(time.time()*1000)}")
+    port, status = free_port(), free_port()
+    tls = ""
+    if use_tls:
+        tls = (f"    tls:\n      cert: '{ROOT}/certs/server.pem'\n      key: '{ROOT}/certs/server.key'\n"
+               f"      ca: '{ROOT}/certs/ca.pem'\n")
+    rules = config_rules or f"  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n"
+    rules = rules.replace("TOPIC", topic)
+    conf = os.path.join(workdir, "hotdog.yml")
+    with open(conf, "w") as f:
+        f.write(f"global:\n  listen:\n    port: {port}\n{tls}  kafka:\n    conf:\n"
+                f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
+                f"      batch.num.messages: '10000'\n    topic: '{topic}'\n"
+                f"  status:\n    port: {status}\nrules:\n{rules}")
+    p = subprocess.Popen([f"{ROOT}/target/release/hotdog", "-c", conf],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_port(port):
+        sys.exit("hotdog did not start")
+
+    def stats():
+        with urllib.request.urlopen(f"http://127.0.0.1:{status}/stats") as r:
+            return json.load(r)["stats"]
+
+    time.sleep(0.5)
+    cpu0 = cpu_seconds(p.pid)
+    t0 = time.time()
+    send(port, data_chunks, use_tls)
+    while True:
+        s = stats()
+        if s.get("kafka.delivered", 0) + s.get("kafka.dead_lettered", 0) >= n:
+            break
+        time.sleep(0.005)
+    t1 = time.time()
+    cpu = cpu_seconds(p.pid) - cpu0
+    rss = peak_rss_mb(p.pid)
+    p.terminate()
+    p.wait()
+    records, present = broker.count(topic, n)
+    name = f"hotdog{' TLS' if use_tls else ''}{label} ({len(data_chunks)} conn)"
+    return row(name, n, t1 - t0, cpu, rss, records, present)
+
+
+EXAMPLE_RULES = """  - regex: '^hello\\\\s+(?P<name>\\\\w+)?'
+    actions:
+      - type: replace
+        template: '{{name}} said hello from {{hostname}}'
+      - type: forward
+        topic: 'TOPIC'
+  - jmespath: 'meta.topic'
+    actions:
+      - type: merge
+        json:
+          meta:
+            hotdog:
+              version: '{{version}}'
+              host: '{{hostname}}'
+      - type: forward
+        topic: 'TOPIC'
+  - regex: '.*'
+    actions:
+      - type: forward
+        topic: 'TOPIC'
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("-n", "--lines", type=int, default=300_000)
+    ap.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--tls", action="store_true", help="add hotdog over TLS rows")
+    ap.add_argument("--tansu", default="tansu")
+    ap.add_argument("--librdkafka", required=True, help="folder holding a librdkafka.so.1 >= 2.1")
+    args = ap.parse_args()
+    n = args.lines
+    all_lines = lines(n)
+    with tempfile.TemporaryDirectory() as work:
+        path = os.path.join(work, "lines.log")
+        with open(path, "w") as f:
+            f.write("\n".join(all_lines) + "\n")
+        broker = Broker(args.tansu, args.librdkafka)
+        rows = []
+        try:
+            rows.append(run_kcat(broker, path, n))
+            for c in args.connections:
+                chunks = chunks_of(all_lines, c)
+                rows.append(run_rsyslog(broker, chunks, n, work))
+                rows.append(run_hotdog(broker, chunks, n, work, False))
+                if args.tls:
+                    rows.append(run_hotdog(broker, chunks, n, work, True))
+            rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                   EXAMPLE_RULES, " example rules"))
+        finally:
+            broker.stop()
+    print(f"\n{n} lines, one tansu broker (memory storage)\n")
+    print(f"{'':44} {'lines/s':>10} {'CPU-s/M':>8} {'RSS MB':>7}  check")
+    for r in rows:
+        print(f"{r['name']:44} {r['lines_per_s']:>10,.0f} {r['cpu_per_million']:>8.2f} {r['rss_mb']:>7.1f}  {r['ok']}")
+    by = {r["name"]: r for r in rows}
+    floor = rows[0]
+    print()
+    for c in args.connections:
+        h, rs = by[f"hotdog ({c} conn)"], by[f"rsyslog imptcp->omkafka ({c} conn)"]
+        print(f"{c} conn: hotdog/rsyslog lines/s {h['lines_per_s']/rs['lines_per_s']:.2f}x, "
+              f"CPU {h['cpu_per_million']/rs['cpu_per_million']:.2f}x; "
+              f"hotdog/kcat CPU {h['cpu_per_million']/floor['cpu_per_million']:.2f}x")
+    ex, fa = by["hotdog example rules (1 conn)"], by["hotdog (1 conn)"]
+    print(f"example rules / forward-all CPU: {ex['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+    if any(not r["ok"].startswith("all") for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
