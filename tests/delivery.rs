@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    broker, config_yaml, consume, consume_all, create_topics, free_port, send_lines,
+    broker, config_yaml, consume, consume_all, create_topics, free_port, fresh_topic, send_lines,
     start_tansu_advertising, unique_topic, Hotdog, Proxy,
 };
 
@@ -132,9 +132,7 @@ fn sigterm_without_a_broker_dead_letters_to_the_file() {
 /// SIGTERM in the middle of a stream: every line /stats counted as received is in Kafka.
 #[test]
 fn sigterm_mid_stream_delivers_everything_received() {
-    let b = broker();
-    let topic = unique_topic("midstream");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("midstream");
     let hotdog = Hotdog::start(b, &forward_all(&topic));
     let addr = hotdog.addr();
     let sender = std::thread::spawn(move || {
@@ -186,9 +184,7 @@ fn sigterm_mid_stream_delivers_everything_received() {
 /// first use; a broker with auto-creation on would accept it.)
 #[test]
 fn permanent_errors_go_to_the_dead_letter_topic() {
-    let b = broker();
-    let dead = unique_topic("dead");
-    create_topics(b, &[&dead]);
+    let (b, dead) = fresh_topic("dead");
     let missing = unique_topic("missing");
     let (port, status) = (free_port(), free_port());
     let yaml = config_yaml(b, port, status, "", &forward_all(&missing))

@@ -4,8 +4,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::util::{
-    broker, consume, consume_all, create_topics, send_lines, send_octet_counted, unique_topic,
-    Consumed, Hotdog,
+    broker, consume, consume_all, create_topics, fresh_topic, send_lines, send_octet_counted,
+    unique_topic, Consumed, Hotdog,
 };
 
 fn read(key: Option<&str>, payload: &str) -> Consumed {
@@ -105,9 +105,7 @@ fn each_rule_and_action_kind_reaches_kafka() {
 
 #[test]
 fn unrouted_lines_are_counted_not_sent() {
-    let b = broker();
-    let only = unique_topic("only");
-    create_topics(b, &[&only]);
+    let (b, only) = fresh_topic("only");
     let rules = format!(
         "  - regex: '^route me'\n    actions:\n      - type: forward\n        topic: '{only}'\n"
     );
@@ -148,9 +146,7 @@ fn illegal_rendered_topic_goes_to_the_default_topic() {
 
 #[test]
 fn long_lines_are_truncated_and_counted() {
-    let b = broker();
-    let topic = unique_topic("long");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("long");
     let extra = "  shutdown_timeout: 10\n";
     let rules =
         format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
@@ -182,9 +178,7 @@ fn long_lines_are_truncated_and_counted() {
 /// 10,000 lines over 4 connections at once: every one arrives, exactly once.
 #[test]
 fn ten_thousand_lines_over_four_connections_arrive_exactly_once() {
-    let b = broker();
-    let topic = unique_topic("bulk");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("bulk");
     let rules = format!("  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n");
     let hotdog = Hotdog::start(b, &rules);
     let senders: Vec<_> = (0..4)
@@ -234,9 +228,7 @@ fn ten_thousand_lines_over_four_connections_arrive_exactly_once() {
 /// hotdog starts with no broker reachable, accepts lines, and delivers them once a broker is.
 #[test]
 fn starts_without_a_broker_and_delivers_once_one_is_there() {
-    let b = broker();
-    let topic = unique_topic("late");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("late");
     // A forwarding port with nothing behind it yet.
     let proxy_port = crate::util::free_port();
     let rules =
@@ -263,9 +255,7 @@ fn starts_without_a_broker_and_delivers_once_one_is_there() {
 /// back by TCP, nothing is dropped, and everything arrives once the broker is back.
 #[test]
 fn backpressure_holds_senders_back_and_loses_nothing() {
-    let b = broker();
-    let topic = unique_topic("backpressure");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("backpressure");
     let proxy_port = crate::util::free_port();
     let port = crate::util::free_port();
     let status = crate::util::free_port();
@@ -309,9 +299,7 @@ fn backpressure_holds_senders_back_and_loses_nothing() {
 /// The counters reach statsd under hotdog 0.5's names.
 #[test]
 fn metrics_reach_statsd() {
-    let b = broker();
-    let topic = unique_topic("statsd");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("statsd");
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind statsd socket");
     udp.set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
@@ -359,9 +347,7 @@ fn metrics_reach_statsd() {
 #[test]
 fn sigterm_delivers_what_open_connections_sent() {
     use std::io::Write;
-    let b = broker();
-    let topic = unique_topic("sigterm");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("sigterm");
     let rules =
         format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
     let hotdog = Hotdog::start(b, &rules);
@@ -388,9 +374,7 @@ fn sigterm_delivers_what_open_connections_sent() {
 /// `forward` may carry Kafka headers rendered per record.
 #[test]
 fn forward_headers_reach_kafka() {
-    let b = broker();
-    let topic = unique_topic("headers");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("headers");
     let rules = format!(
         "  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        headers:\n          hostname: '{{{{hostname}}}}'\n          severity: '{{{{severity}}}}'\n          peer: '{{{{peer_addr}}}}'\n"
     );

@@ -7,9 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{
-    broker, cert_path, consume_all, create_topics, free_port, unique_topic, wait_for_port, Hotdog,
-};
+use crate::util::{cert_path, consume_all, free_port, fresh_topic, wait_for_port, Hotdog};
 
 struct Rsyslog(Child);
 
@@ -59,9 +57,7 @@ fn start_rsyslog(dir: &std::path::Path, input_port: u16, hotdog_tls_port: u16) -
 
 #[test]
 fn rsyslog_forwards_over_tls_with_a_client_certificate() {
-    let b = broker();
-    let topic = unique_topic("rsyslog");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("rsyslog");
     let (tls, status) = (free_port(), free_port());
     let yaml = format!(
         "global:\n  listen:\n    port: {tls}\n    tls:\n      cert: '{}'\n      key: '{}'\n      ca: '{}'\n  kafka:\n    conf:\n      bootstrap.servers: '{b}'\n  status:\n    port: {status}\nrules:\n  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}|{{{{tls_client_cn}}}}|{{{{appname}}}}'\n",

@@ -5,8 +5,8 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
 use crate::util::{
-    broker, cert_path, consume_all, create_topics, free_port, send_lines, send_tls, server_cn,
-    tls_connect, unique_topic, Hotdog,
+    broker, cert_path, consume_all, free_port, fresh_topic, send_lines, send_tls, server_cn,
+    tls_connect, Hotdog,
 };
 
 fn listen_yaml(tcp: u16, tls: u16, udp: u16, extra_tls: &str) -> String {
@@ -32,9 +32,7 @@ fn three_listeners(topic: &str, extra_tls: &str) -> (Hotdog, u16, u16) {
 
 #[test]
 fn tls_tcp_and_udp_at_once_with_client_identity() {
-    let b = broker();
-    let topic = unique_topic("listeners");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("listeners");
     let (hotdog, tls, udp) = three_listeners(&topic, "");
     let tls_addr = format!("127.0.0.1:{tls}");
     send_tls(&tls_addr, Some("client"), &["<13>over tls".to_string()]).expect("tls send");
@@ -67,9 +65,7 @@ fn tls_tcp_and_udp_at_once_with_client_identity() {
 
 #[test]
 fn bad_tls_peers_are_refused_and_counted_while_good_ones_flow() {
-    let b = broker();
-    let topic = unique_topic("badpeers");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("badpeers");
     let (hotdog, tls, _) = three_listeners(&topic, "        handshake_timeout: 1s\n");
     let tls_addr = format!("127.0.0.1:{tls}");
     // A client that connects and never says anything.
@@ -117,9 +113,7 @@ fn bad_tls_peers_are_refused_and_counted_while_good_ones_flow() {
 
 #[test]
 fn optional_client_auth_lets_anonymous_clients_in() {
-    let b = broker();
-    let topic = unique_topic("optional");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("optional");
     let (_hotdog, tls, _) = three_listeners(&topic, "        client_auth: optional\n");
     let tls_addr = format!("127.0.0.1:{tls}");
     send_tls(&tls_addr, None, &["<13>anonymous".to_string()]).expect("anonymous send");
@@ -141,9 +135,7 @@ fn optional_client_auth_lets_anonymous_clients_in() {
 
 #[test]
 fn udp_datagrams_arrive_and_nothing_is_dropped_at_a_modest_rate() {
-    let b = broker();
-    let topic = unique_topic("udp");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("udp");
     let (hotdog, _, udp) = three_listeners(&topic, "");
     let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
     const N: usize = 2000;
@@ -164,9 +156,7 @@ fn udp_datagrams_arrive_and_nothing_is_dropped_at_a_modest_rate() {
 
 #[test]
 fn sighup_reloads_the_certificate_for_new_connections() {
-    let b = broker();
-    let topic = unique_topic("reload");
-    create_topics(b, &[&topic]);
+    let (b, topic) = fresh_topic("reload");
     let dir = tempfile::tempdir().expect("temp dir");
     let cert = dir.path().join("cert.pem");
     let key = dir.path().join("key.pem");

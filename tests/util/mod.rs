@@ -140,6 +140,14 @@ pub fn unique_topic(prefix: &str) -> String {
     )
 }
 
+/// The shared broker and a new topic on it.
+pub fn fresh_topic(prefix: &str) -> (&'static str, String) {
+    let b = broker();
+    let topic = unique_topic(prefix);
+    create_topics(b, &[&topic]);
+    (b, topic)
+}
+
 /// Creates single-partition topics (tansu does not create them on first use).
 pub fn create_topics(broker: &str, topics: &[&str]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
