@@ -111,7 +111,8 @@ class Broker:
             sys.exit("tansu did not start")
 
     def topic(self, name):
-        subprocess.run([self.tansu, "topic", "create", name, "--broker", f"tcp://{self.addr}"],
+        subprocess.run([self.tansu, "topic", "create", name, "--partitions", "1",
+                        "--broker", f"tcp://{self.addr}"],
                        check=True, stdout=subprocess.DEVNULL)
         return name
 
