@@ -5,7 +5,6 @@
 //! Every one is counted: nothing disappears without a trace.
 
 use std::io::Write;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,8 +64,13 @@ impl Sink {
     }
 }
 
-/// The delivery opaque of a record produced to the dead-letter topic.
-pub const DEAD_LETTER_OPAQUE: usize = 1;
+/// What a delivery report is about: one of the connections' records, or a dead letter (with the
+/// topic it was meant for).
+#[derive(Debug)]
+pub enum Tag {
+    Record,
+    DeadLetter(String),
+}
 
 /// Starts the dead-letter writer thread. `producer` is set once the producer exists (the
 /// producer's delivery callback needs the sink first).
@@ -99,16 +103,16 @@ pub fn start(
                 }
                 match write_file(&settings, &mut file, &letter) {
                     Ok(true) => {
-                        metrics.dead_lettered.fetch_add(1, Relaxed);
+                        metrics.dead_lettered(&letter.record.topic);
                     }
                     Ok(false) => {
                         log_letter(&letter);
-                        metrics.dead_lettered.fetch_add(1, Relaxed);
+                        metrics.dead_lettered(&letter.record.topic);
                     }
                     Err(e) => {
                         log::error!("cannot write the dead-letter file: {e}");
                         log_letter(&letter);
-                        metrics.dead_lettered.fetch_add(1, Relaxed);
+                        metrics.dead_lettered(&letter.record.topic);
                     }
                 }
             }
@@ -141,10 +145,10 @@ fn produce(
         },
     );
     for _ in 0..1000 {
-        let mut rec: BaseRecord<'_, str, str, usize> =
-            BaseRecord::with_opaque_to(topic, DEAD_LETTER_OPAQUE)
-                .payload(r.payload.as_str())
-                .headers(headers.clone());
+        let tag = Arc::new(Tag::DeadLetter(r.topic.to_string()));
+        let mut rec: BaseRecord<'_, str, str, Arc<Tag>> = BaseRecord::with_opaque_to(topic, tag)
+            .payload(r.payload.as_str())
+            .headers(headers.clone());
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());
         }

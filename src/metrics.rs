@@ -31,6 +31,7 @@ pub struct TopicCounts {
     pub submitted: u64,
     pub delivered: u64,
     pub failed: u64,
+    pub dead_lettered: u64,
 }
 
 /// Every counter hotdog keeps. Shared by all stages.
@@ -152,6 +153,12 @@ impl Metrics {
         *lock(&self.errors).entry(kind.to_string()).or_default() += 1;
     }
 
+    /// A record meant for `topic` ended in the dead-letter topic or file.
+    pub fn dead_lettered(&self, topic: &str) {
+        self.dead_lettered.fetch_add(1, Relaxed);
+        self.with_topic(topic, |t| t.dead_lettered += 1);
+    }
+
     /// Counts why a record was dead-lettered.
     pub fn dead_letter_reason(&self, reason: &str) {
         *lock(&self.dead_letter_reasons)
@@ -221,6 +228,7 @@ impl Metrics {
             s.insert(format!("kafka.submitted.{topic}"), n(t.submitted));
             s.insert(format!("kafka.delivered.{topic}"), n(t.delivered));
             s.insert(format!("kafka.producer.error.{topic}"), n(t.failed));
+            s.insert(format!("kafka.dead_lettered.{topic}"), n(t.dead_lettered));
         }
         for (kind, v) in lock(&self.errors).iter() {
             s.insert(format!("kafka.producer.error.{kind}"), n(*v));

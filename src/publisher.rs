@@ -16,7 +16,7 @@ use rdkafka::message::{DeliveryResult, Header, Headers as _, Message as _, Owned
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::{ClientContext, Timestamp};
 
-use crate::deadletter::{self, DeadLetter, Sink};
+use crate::deadletter::{self, DeadLetter, Sink, Tag};
 use crate::metrics::Metrics;
 use crate::rules::Record;
 
@@ -34,20 +34,19 @@ pub struct Reports {
 impl ClientContext for Reports {}
 
 impl ProducerContext for Reports {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Arc<Tag>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        let dead_letter = opaque == deadletter::DEAD_LETTER_OPAQUE;
-        match result {
-            Ok(m) if dead_letter => {
-                self.metrics.dead_lettered.fetch_add(1, Relaxed);
-                log::warn!(
-                    "dead letter for {} written to {}",
-                    original_topic(m),
-                    m.topic()
-                );
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Arc<Tag>) {
+        let dead_letter = match &*tag {
+            Tag::DeadLetter(original) => Some(original.as_str()),
+            Tag::Record => None,
+        };
+        match (result, dead_letter) {
+            (Ok(m), Some(original)) => {
+                self.metrics.dead_lettered(original);
+                log::warn!("dead letter for {original} written to {}", m.topic());
             }
-            Ok(m) => {
+            (Ok(m), None) => {
                 self.metrics.delivered(m.topic());
                 if let Timestamp::CreateTime(read) = m.timestamp() {
                     let now = now_ms();
@@ -56,18 +55,18 @@ impl ProducerContext for Reports {
                         .observe(u64::try_from(now - read).unwrap_or(0));
                 }
             }
-            Err((e, m)) => {
+            (Err((e, m)), _) => {
                 let kind = error_kind(e);
                 let purged = matches!(
                     e.rdkafka_error_code(),
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
                 );
                 let record = record_of(m);
-                if dead_letter {
+                if let Some(original) = dead_letter {
                     log::warn!("the dead-letter topic did not take a record: {e}");
                     self.dead.send(DeadLetter {
                         record: Record {
-                            topic: original_topic(m).into(),
+                            topic: original.into(),
                             ..record
                         },
                         reason: format!("dead_letter_topic_{kind}"),
@@ -90,17 +89,6 @@ impl ProducerContext for Reports {
             }
         }
     }
-}
-
-fn original_topic<M: rdkafka::message::Message>(m: &M) -> String {
-    m.headers()
-        .and_then(|h| {
-            h.iter()
-                .find(|h| h.key == "hotdog-original-topic")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        })
-        .unwrap_or_default()
 }
 
 fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
@@ -172,6 +160,8 @@ impl Health {
 }
 
 pub struct Publisher {
+    /// Shared by every ordinary record's delivery report (a reference count, no allocation).
+    tag: Arc<Tag>,
     producer: Arc<ThreadedProducer<Reports>>,
     metrics: Arc<Metrics>,
     dead: Sink,
@@ -209,6 +199,7 @@ impl Publisher {
         let producer = Arc::new(producer);
         let _ = slot.set(producer.clone());
         Ok(Publisher {
+            tag: Arc::new(Tag::Record),
             producer,
             metrics,
             dead,
@@ -299,8 +290,9 @@ impl Publisher {
     async fn send(&self, record: Record, deadline: Option<Instant>) -> bool {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut r: BaseRecord<'_, str, str, usize> =
-                BaseRecord::with_opaque_to(&record.topic, 0).payload(record.payload.as_str());
+            let mut r: BaseRecord<'_, str, str, Arc<Tag>> =
+                BaseRecord::with_opaque_to(&record.topic, self.tag.clone())
+                    .payload(record.payload.as_str());
             if record.read_ms > 0 {
                 r = r.timestamp(record.read_ms);
             }

@@ -195,8 +195,8 @@ pub fn prometheus(s: &Sources) -> String {
     metric(
         "dead_lettered_total",
         "counter",
-        "Records that ended in the dead-letter topic or file.",
-        &one(v(&m.dead_lettered)),
+        "Records that ended in the dead-letter topic or file, by the topic they were meant for.",
+        &per(|c| c.dead_lettered),
     );
     metric(
         "queue_depth",

@@ -225,7 +225,9 @@ fn permanent_errors_go_to_the_dead_letter_topic() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("hotdog_dead_lettered_total 1\n"),
+        metrics.contains(&format!(
+            "hotdog_dead_lettered_total{{topic=\"{missing}\"}} 1\n"
+        )),
         "{metrics}"
     );
     assert!(
