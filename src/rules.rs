@@ -245,6 +245,7 @@ impl Rules {
                 continue;
             };
             let mut value = None;
+            let mut parsed = None;
             let captures = match (&rule.matcher, scratch.locations.get_mut(index)) {
                 (Matcher::Regex(re), Some(Some(locs))) => {
                     if re.captures_read(locs, hay).is_none() {
@@ -259,8 +260,10 @@ impl Rules {
                     None
                 }
                 (Matcher::JmesPath(expr), _) => match jmespath_value(expr, hay) {
-                    Some(v) => {
+                    Some((v, json)) => {
                         value = Some(v);
+                        // The message body, parsed once: a `merge` on it starts from this.
+                        parsed = (rule.field == Field::Msg).then_some(json);
                         None
                     }
                     None => continue,
@@ -277,7 +280,7 @@ impl Rules {
                 value,
                 now: OnceCell::new(),
             };
-            match self.run_actions(rule, &vars, &mut outcome) {
+            match self.run_actions(rule, &vars, parsed, &mut outcome) {
                 Flow::Forward(record) => {
                     out.push(record);
                     outcome.forwarded = true;
@@ -290,7 +293,14 @@ impl Rules {
         outcome
     }
 
-    fn run_actions(&self, rule: &Rule, vars: &Vars<'_>, outcome: &mut Outcome) -> Flow {
+    /// `parsed` is the message body as JSON when the matcher already parsed it.
+    fn run_actions(
+        &self,
+        rule: &Rule,
+        vars: &Vars<'_>,
+        mut parsed: Option<Value>,
+        outcome: &mut Outcome,
+    ) -> Flow {
         let mut output: Option<String> = None;
         let mut stop = false;
         for action in &rule.actions {
@@ -300,8 +310,12 @@ impl Rules {
                     Err(_) => outcome.render_errors += 1,
                 },
                 Action::Merge(m) => {
-                    let base = output.as_deref().unwrap_or(vars.msg.msg);
-                    match serde_json::from_str::<Value>(base) {
+                    let base = match (&output, parsed.take()) {
+                        (None, Some(json)) => Ok(json),
+                        (Some(out), _) => serde_json::from_str::<Value>(out),
+                        (None, None) => serde_json::from_str::<Value>(vars.msg.msg),
+                    };
+                    match base {
                         Ok(Value::Object(mut obj)) => {
                             if let Value::Object(add) = self.render_merge(m, vars, outcome) {
                                 merge_into(&mut obj, add);
@@ -412,20 +426,22 @@ fn merge_into(base: &mut serde_json::Map<String, Value>, add: serde_json::Map<St
     }
 }
 
-fn jmespath_value(expr: &jmespath::Expression<'static>, hay: &str) -> Option<String> {
+/// The expression's result on `hay` (a string as it is, anything else as JSON) and `hay` parsed.
+fn jmespath_value(expr: &jmespath::Expression<'static>, hay: &str) -> Option<(String, Value)> {
     // Only an object or an array can hold what an expression looks for; skip parsing the rest.
     if !matches!(hay.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
         return None;
     }
-    let data = jmespath::Variable::from_json(hay).ok()?;
-    let found = expr.search(data).ok()?;
+    let json: Value = serde_json::from_str(hay).ok()?;
+    let found = expr.search(&json).ok()?;
     if found.is_null() {
         return None;
     }
-    match found.as_string() {
-        Some(s) => Some(s.clone()),
-        None => serde_json::to_string(&*found).ok(),
-    }
+    let value = match found.as_string() {
+        Some(s) => s.clone(),
+        None => serde_json::to_string(&*found).ok()?,
+    };
+    Some((value, json))
 }
 
 /// The variables a matched rule's templates see.
