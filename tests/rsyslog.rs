@@ -36,7 +36,12 @@ fn start_rsyslog(dir: &std::path::Path, input_port: u16, hotdog_tls_port: u16) -
     );
     let path = dir.join("rsyslog.conf");
     std::fs::write(&path, conf).expect("write rsyslog.conf");
-    let child = Command::new("rsyslogd")
+    // Debian installs it in /usr/sbin, which is not on every PATH.
+    let binary = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("rsyslogd");
+    let child = Command::new(binary)
         .arg("-n")
         .arg("-f")
         .arg(&path)
