@@ -74,18 +74,12 @@ impl Listener {
             Socket::Udp(socket) => udp(socket, shared, max, shutdown).await,
             Socket::Tcp(listener) => {
                 accept_loop(listener, shutdown.clone(), |stream, peer| {
-                    let pipeline = Pipeline::new(shared.clone(), origin(peer));
+                    let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     let done = done.clone();
-                    let metrics = shared.metrics.clone();
                     async move {
                         let _done = done;
-                        track(
-                            &metrics,
-                            connection::run(stream, pipeline, max, shutdown),
-                            peer,
-                        )
-                        .await;
+                        run_connection(stream, peer, origin(peer), shared, max, shutdown).await;
                     }
                 })
                 .await
@@ -98,43 +92,11 @@ impl Listener {
                     let acceptor = acceptor.clone();
                     async move {
                         let _done = done;
-                        let timeout = acceptor.settings().handshake_timeout;
-                        let handshake = async { Some(acceptor.get().accept(stream).await) }
-                            .or(async {
-                                smol::Timer::after(timeout).await;
-                                None
-                            })
-                            .await;
-                        let metrics = shared.metrics.clone();
-                        let stream = match handshake {
-                            Some(Ok(s)) => s,
-                            Some(Err(e)) => {
-                                metrics.tls_handshake_failed.fetch_add(1, Relaxed);
-                                log::warn!("TLS handshake with {peer} failed: {e}");
-                                return;
-                            }
-                            None => {
-                                metrics.tls_handshake_timeout.fetch_add(1, Relaxed);
-                                log::warn!(
-                                    "TLS handshake with {peer} did not finish within {timeout:?}"
-                                );
-                                return;
-                            }
-                        };
-                        metrics.tls_handshakes.fetch_add(1, Relaxed);
-                        let id = tls::client_identity(stream.get_ref().1.peer_certificates());
-                        let mut origin = origin(peer);
-                        origin.tls_client_cn = id.common_name;
-                        if !id.dns_names.is_empty() {
-                            origin.tls_client_san = Some(id.dns_names.join(","));
+                        if let Some((stream, origin)) =
+                            handshake(&acceptor, stream, peer, &shared.metrics).await
+                        {
+                            run_connection(stream, peer, origin, shared, max, shutdown).await;
                         }
-                        let pipeline = Pipeline::new(shared, origin);
-                        track(
-                            &metrics,
-                            connection::run(stream, pipeline, max, shutdown),
-                            peer,
-                        )
-                        .await;
                     }
                 })
                 .await
@@ -156,18 +118,63 @@ fn origin(peer: SocketAddr) -> Origin {
     }
 }
 
-/// Runs one connection, keeping the connection gauge right.
-async fn track(
-    metrics: &crate::metrics::Metrics,
-    connection: impl std::future::Future<Output = std::io::Result<()>>,
+/// Runs one connection through its own pipeline, keeping the connection gauges right.
+async fn run_connection<S>(
+    stream: S,
     peer: SocketAddr,
-) {
+    origin: Origin,
+    shared: Arc<Shared>,
+    max: usize,
+    shutdown: Shutdown,
+) where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let metrics = shared.metrics.clone();
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
-    if let Err(e) = connection.await {
+    let pipeline = Pipeline::new(shared, origin);
+    if let Err(e) = connection::run(stream, pipeline, max, shutdown).await {
         log::info!("connection from {peer} ended: {e}");
     }
     metrics.connections.fetch_sub(1, Relaxed);
+}
+
+/// The TLS handshake, within the listener's timeout; on success the stream and what the
+/// client's certificate says about it. Failures are counted and logged.
+async fn handshake(
+    acceptor: &Acceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    metrics: &crate::metrics::Metrics,
+) -> Option<(futures_rustls::server::TlsStream<TcpStream>, Origin)> {
+    let timeout = acceptor.settings().handshake_timeout;
+    let handshake = async { Some(acceptor.get().accept(stream).await) }
+        .or(async {
+            smol::Timer::after(timeout).await;
+            None
+        })
+        .await;
+    let stream = match handshake {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            metrics.tls_handshake_failed.fetch_add(1, Relaxed);
+            log::warn!("TLS handshake with {peer} failed: {e}");
+            return None;
+        }
+        None => {
+            metrics.tls_handshake_timeout.fetch_add(1, Relaxed);
+            log::warn!("TLS handshake with {peer} did not finish within {timeout:?}");
+            return None;
+        }
+    };
+    metrics.tls_handshakes.fetch_add(1, Relaxed);
+    let id = tls::client_identity(stream.get_ref().1.peer_certificates());
+    let mut origin = origin(peer);
+    origin.tls_client_cn = id.common_name;
+    if !id.dns_names.is_empty() {
+        origin.tls_client_san = Some(id.dns_names.join(","));
+    }
+    Some((stream, origin))
 }
 
 /// Accepts until shutdown, spawning `handle(stream, peer)` for each connection. Accept errors

@@ -210,10 +210,6 @@ impl Rules {
         &self.rules
     }
 
-    pub fn default_topic(&self) -> &Arc<str> {
-        &self.default_topic
-    }
-
     pub fn scratch(&self) -> Scratch {
         Scratch {
             locations: self

@@ -47,11 +47,6 @@ impl Template {
             _ => None,
         }
     }
-
-    /// True when rendering needs no variables.
-    pub fn is_literal(&self) -> bool {
-        matches!(self, Template::Literal(_))
-    }
 }
 
 /// The registry every template is compiled into; shared, read-only, by every connection.

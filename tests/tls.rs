@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::util::{
     broker, cert_path, consume_all, free_port, fresh_topic, send_lines, send_tls, server_cn,
-    tls_connect, Hotdog,
+    sorted_keys, tls_connect, Hotdog,
 };
 
 fn listen_yaml(tcp: u16, tls: u16, udp: u16, extra_tls: &str) -> String {
@@ -46,11 +46,7 @@ fn tls_tcp_and_udp_at_once_with_client_identity() {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("udp");
     sock.send_to(b"<13>over udp\n", ("127.0.0.1", udp))
         .expect("udp send");
-    let mut keys: Vec<String> = consume_all(b, &topic, 4)
-        .into_iter()
-        .filter_map(|r| r.key)
-        .collect();
-    keys.sort();
+    let keys = sorted_keys(b, &topic, 4);
     assert_eq!(
         keys,
         [
@@ -119,11 +115,7 @@ fn optional_client_auth_lets_anonymous_clients_in() {
     send_tls(&tls_addr, None, &["<13>anonymous".to_string()]).expect("anonymous send");
     send_tls(&tls_addr, Some("client"), &["<13>known".to_string()]).expect("send");
     assert!(send_tls(&tls_addr, Some("untrusted"), &["<13>x".to_string()]).is_err());
-    let mut keys: Vec<String> = consume_all(b, &topic, 2)
-        .into_iter()
-        .filter_map(|r| r.key)
-        .collect();
-    keys.sort();
+    let keys = sorted_keys(b, &topic, 2);
     assert_eq!(
         keys,
         [

@@ -219,6 +219,17 @@ pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec
     out
 }
 
+/// The keys of the first `expected` records on `topic`, sorted (for records whose order across
+/// connections is not defined).
+pub fn sorted_keys(broker: &str, topic: &str, expected: usize) -> Vec<String> {
+    let mut keys: Vec<String> = consume_all(broker, topic, expected)
+        .into_iter()
+        .filter_map(|r| r.key)
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// Reads what arrives on `topic` for a while, to show that nothing more than `expected` came.
 pub fn consume_all(broker: &str, topic: &str, expected: usize) -> Vec<Consumed> {
     let mut got = consume(broker, topic, expected, Duration::from_secs(60));
