@@ -4,11 +4,14 @@ same N mixed syslog lines into its own topic of one local tansu broker.
 
 For each it prints lines/s (first byte sent -> last record acknowledged, or the forwarder's CPU
 going idle for rsyslog, which has no delivery counter), CPU-seconds per million lines (from
-/proc, every thread), peak RSS, and whether every sequence number arrived (read back with kcat).
+/proc, every thread), peak RSS, and whether every sequence number arrived (read back from the
+broker). With --repeat R every row runs R times, interleaved, and the table shows medians (and the
+range of CPU-s/M): on a small machine one run of anything moves by a quarter.
 Run through contrib/bench.sh, which installs what it needs.
 """
 import argparse
 import json
+import statistics
 import os
 import socket
 import ssl
@@ -148,6 +151,19 @@ def row(name, n, seconds, cpu, rss, records, present):
             "cpu_per_million": cpu / n * 1e6, "rss_mb": rss, "ok": ok}
 
 
+def median_row(same):
+    """One row from several runs of it: medians, the CPU range, the largest RSS, and every
+    check (a row passes only when every run of it did)."""
+    cpu = [r["cpu_per_million"] for r in same]
+    bad = [r["ok"] for r in same if not r["ok"].startswith("all")]
+    return {"name": same[0]["name"],
+            "lines_per_s": statistics.median(r["lines_per_s"] for r in same),
+            "cpu_per_million": statistics.median(cpu), "cpu_min": min(cpu), "cpu_max": max(cpu),
+            "rss_mb": max(r["rss_mb"] for r in same),
+            "ok": bad[0] + (f" ({len(bad)} of {len(same)} runs)" if len(same) > 1 else "")
+            if bad else "all arrived"}
+
+
 def run_kcat(broker, path, n):
     topic = broker.topic(f"kcat-{int(time.time()*1000)}")
     env = dict(os.environ, LD_LIBRARY_PATH=broker.lib)
@@ -268,6 +284,8 @@ def main():
     ap.add_argument("-n", "--lines", type=int, default=300_000)
     ap.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--tls", action="store_true", help="add hotdog over TLS rows")
+    ap.add_argument("-r", "--repeat", type=int, default=1,
+                    help="run every row this many times and report medians")
     ap.add_argument("--tansu", default="tansu")
     ap.add_argument("--librdkafka", required=True, help="folder holding a librdkafka.so.1 >= 2.1")
     args = ap.parse_args()
@@ -278,23 +296,32 @@ def main():
         with open(path, "w") as f:
             f.write("\n".join(all_lines) + "\n")
         broker = Broker(args.tansu, args.librdkafka)
-        rows = []
+        runs = []
         try:
-            rows.append(run_kcat(broker, path, n))
-            for c in args.connections:
-                chunks = chunks_of(all_lines, c)
-                rows.append(run_rsyslog(broker, chunks, n, work))
-                rows.append(run_hotdog(broker, chunks, n, work, False))
-                if args.tls:
-                    rows.append(run_hotdog(broker, chunks, n, work, True))
-            rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                   EXAMPLE_RULES, " example rules"))
+            for i in range(args.repeat):
+                rows = [run_kcat(broker, path, n)]
+                for c in args.connections:
+                    chunks = chunks_of(all_lines, c)
+                    rows.append(run_rsyslog(broker, chunks, n, work))
+                    rows.append(run_hotdog(broker, chunks, n, work, False))
+                    if args.tls:
+                        rows.append(run_hotdog(broker, chunks, n, work, True))
+                rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                       EXAMPLE_RULES, " example rules"))
+                if args.repeat > 1:
+                    print(f"run {i + 1}/{args.repeat}: " + ", ".join(
+                        f"{r['name']} {r['cpu_per_million']:.2f}" for r in rows), flush=True)
+                runs.append(rows)
         finally:
             broker.stop()
-    print(f"\n{n} lines, one tansu broker (memory storage)\n")
-    print(f"{'':44} {'lines/s':>10} {'CPU-s/M':>8} {'RSS MB':>7}  check")
+    rows = [median_row([run[i] for run in runs]) for i in range(len(runs[0]))]
+    what = f"median of {args.repeat} runs" if args.repeat > 1 else "one run"
+    print(f"\n{n} lines, one tansu broker (memory storage), {what}\n")
+    print(f"{'':44} {'lines/s':>10} {'CPU-s/M':>8} {'(range)':>11} {'RSS MB':>7}  check")
     for r in rows:
-        print(f"{r['name']:44} {r['lines_per_s']:>10,.0f} {r['cpu_per_million']:>8.2f} {r['rss_mb']:>7.1f}  {r['ok']}")
+        spread = f"{r['cpu_min']:.2f}-{r['cpu_max']:.2f}"
+        print(f"{r['name']:44} {r['lines_per_s']:>10,.0f} {r['cpu_per_million']:>8.2f} "
+              f"{spread:>11} {r['rss_mb']:>7.1f}  {r['ok']}")
     by = {r["name"]: r for r in rows}
     floor = rows[0]
     print()

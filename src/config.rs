@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use marked_yaml::{LoaderOptions, Node};
-use regex::Regex;
 
 use crate::rules::{Action, Field, Matcher, MergeValue, Rule, Rules};
 use crate::template::Templates;
@@ -772,7 +771,7 @@ fn decode_rule(
     let matcher = match (regex, jmespath) {
         (Some(r), None) => {
             let src = scalar(cx, r, &m.path("regex"))?;
-            match Regex::new(&src) {
+            match crate::rules::Pattern::new(&src) {
                 Ok(re) => Some(Matcher::Regex(re)),
                 Err(e) => {
                     cx.error(r, format!("invalid regex in `{}`: {e}", m.path("regex")));

@@ -64,11 +64,11 @@ impl Sink {
     }
 }
 
-/// What a delivery report is about: one of the connections' records, or a dead letter (with the
-/// topic it was meant for).
+/// What a delivery report is about: one of the connections' records (with its topic's counters),
+/// or a dead letter (with the topic it was meant for).
 #[derive(Debug)]
 pub enum Tag {
-    Record,
+    Record(Arc<crate::metrics::TopicCounters>),
     DeadLetter(String),
 }
 

@@ -34,6 +34,27 @@ pub struct TopicCounts {
     pub dead_lettered: u64,
 }
 
+/// The live counters of one topic. The publisher looks them up once per run of records for the
+/// same topic and hands them to every delivery report, so a report only adds to atomics.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
+    submitted: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl TopicCounters {
+    fn read(&self) -> TopicCounts {
+        TopicCounts {
+            submitted: self.submitted.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            dead_lettered: self.dead_lettered.load(Relaxed),
+        }
+    }
+}
+
 /// Every counter hotdog keeps. Shared by all stages.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -68,7 +89,7 @@ pub struct Metrics {
     pub dead_lettered: AtomicU64,
     /// Line read → Kafka acknowledgement, in milliseconds.
     pub latency: Histogram,
-    topics: Mutex<HashMap<String, TopicCounts>>,
+    topics: Mutex<HashMap<String, Arc<TopicCounters>>>,
     errors: Mutex<BTreeMap<String, u64>>,
     dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
 }
@@ -134,29 +155,38 @@ impl Metrics {
         add(&self.merge_errors, c.merge_errors);
     }
 
-    /// `n` records for `topic` were handed to librdkafka.
-    pub fn submitted(&self, topic: &str, n: u64) {
-        self.submitted.fetch_add(n, Relaxed);
-        self.with_topic(topic, |t| t.submitted += n);
+    /// The counters of `topic`, created on first use.
+    pub fn topic(&self, topic: &str) -> Arc<TopicCounters> {
+        let mut topics = lock(&self.topics);
+        match topics.get(topic) {
+            Some(t) => t.clone(),
+            None => topics.entry(topic.to_string()).or_default().clone(),
+        }
     }
 
-    /// Kafka acknowledged one record for `topic`.
-    pub fn delivered(&self, topic: &str) {
+    /// `n` records for the topic of `t` were handed to librdkafka.
+    pub fn submitted(&self, t: &TopicCounters, n: u64) {
+        self.submitted.fetch_add(n, Relaxed);
+        t.submitted.fetch_add(n, Relaxed);
+    }
+
+    /// Kafka acknowledged one record for the topic of `t`.
+    pub fn delivered(&self, t: &TopicCounters) {
         self.delivered.fetch_add(1, Relaxed);
-        self.with_topic(topic, |t| t.delivered += 1);
+        t.delivered.fetch_add(1, Relaxed);
     }
 
     /// A record for `topic` failed for good, for the reason `kind` (a librdkafka error code).
     pub fn failed(&self, topic: &str, kind: &str) {
         self.failed.fetch_add(1, Relaxed);
-        self.with_topic(topic, |t| t.failed += 1);
+        self.topic(topic).failed.fetch_add(1, Relaxed);
         *lock(&self.errors).entry(kind.to_string()).or_default() += 1;
     }
 
     /// A record meant for `topic` ended in the dead-letter topic or file.
     pub fn dead_lettered(&self, topic: &str) {
         self.dead_lettered.fetch_add(1, Relaxed);
-        self.with_topic(topic, |t| t.dead_lettered += 1);
+        self.topic(topic).dead_lettered.fetch_add(1, Relaxed);
     }
 
     /// Counts why a record was dead-lettered.
@@ -182,18 +212,10 @@ impl Metrics {
     pub fn topics(&self) -> Vec<(String, TopicCounts)> {
         let mut t: Vec<_> = lock(&self.topics)
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (k.clone(), v.read()))
             .collect();
         t.sort_by(|a, b| a.0.cmp(&b.0));
         t
-    }
-
-    fn with_topic(&self, topic: &str, f: impl FnOnce(&mut TopicCounts)) {
-        let mut topics = lock(&self.topics);
-        match topics.get_mut(topic) {
-            Some(t) => f(t),
-            None => f(topics.entry(topic.to_string()).or_default()),
-        }
     }
 
     /// Every counter under its statsd name (without the `hotdog.` prefix), as `/stats` shows it.
@@ -224,7 +246,7 @@ impl Metrics {
             s.insert(name.to_string(), g(a));
         }
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for (topic, t) in lock(&self.topics).iter() {
+        for (topic, t) in self.topics() {
             s.insert(format!("kafka.submitted.{topic}"), n(t.submitted));
             s.insert(format!("kafka.delivered.{topic}"), n(t.delivered));
             s.insert(format!("kafka.producer.error.{topic}"), n(t.failed));

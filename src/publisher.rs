@@ -26,6 +26,7 @@ pub type Batch = Vec<Record>;
 /// Counts delivery reports and dead-letters refused records; runs on librdkafka's thread.
 pub struct Reports {
     metrics: Arc<Metrics>,
+    clock: AckClock,
     dead: Sink,
     /// Set once shutdown ran out of time: refused records go straight to the file.
     expired: Arc<AtomicBool>,
@@ -37,9 +38,9 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = Arc<Tag>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Arc<Tag>) {
-        let dead_letter = match &*tag {
-            Tag::DeadLetter(original) => Some(original.as_str()),
-            Tag::Record => None,
+        let (dead_letter, counters) = match &*tag {
+            Tag::DeadLetter(original) => (Some(original.as_str()), None),
+            Tag::Record(counters) => (None, Some(counters)),
         };
         match (result, dead_letter) {
             (Ok(m), Some(original)) => {
@@ -47,9 +48,11 @@ impl ProducerContext for Reports {
                 log::warn!("dead letter for {original} written to {}", m.topic());
             }
             (Ok(m), None) => {
-                self.metrics.delivered(m.topic());
+                if let Some(c) = counters {
+                    self.metrics.delivered(c);
+                }
                 if let Timestamp::CreateTime(read) = m.timestamp() {
-                    let now = now_ms();
+                    let now = self.clock.now(read);
                     self.metrics
                         .latency
                         .observe(u64::try_from(now - read).unwrap_or(0));
@@ -114,6 +117,35 @@ fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
     }
 }
 
+/// The time of acknowledgement for delivery reports. Records read in the same millisecond are
+/// acknowledged together, a run of reports after another: the run shares one clock reading (a
+/// clock reading costs more than the rest of a report), renewed at least every
+/// [`AckClock::REUSE`] reports.
+#[derive(Default)]
+struct AckClock {
+    /// The read time of the last report, the clock reading for it, and how often it was reused.
+    last: Mutex<(i64, i64, u32)>,
+}
+
+impl AckClock {
+    const REUSE: u32 = 64;
+
+    fn now(&self, read_ms: i64) -> i64 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *last {
+            (read, now, uses) if *read == read_ms && *uses < Self::REUSE => {
+                *uses += 1;
+                *now
+            }
+            _ => {
+                let now = now_ms();
+                *last = (read_ms, now, 0);
+                now
+            }
+        }
+    }
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -160,8 +192,6 @@ impl Health {
 }
 
 pub struct Publisher {
-    /// Shared by every ordinary record's delivery report (a reference count, no allocation).
-    tag: Arc<Tag>,
     producer: Arc<ThreadedProducer<Reports>>,
     metrics: Arc<Metrics>,
     dead: Sink,
@@ -192,6 +222,7 @@ impl Publisher {
         let producer: ThreadedProducer<Reports> = config
             .create_with_context(Reports {
                 metrics: metrics.clone(),
+                clock: AckClock::default(),
                 dead: dead.clone(),
                 expired: expired.clone(),
             })
@@ -199,7 +230,6 @@ impl Publisher {
         let producer = Arc::new(producer);
         let _ = slot.set(producer.clone());
         Ok(Publisher {
-            tag: Arc::new(Tag::Record),
             producer,
             metrics,
             dead,
@@ -258,25 +288,23 @@ impl Publisher {
             if deadline_at.is_none() {
                 deadline_at = deadline.try_recv().ok();
             }
-            let mut topic_run: Option<(Arc<str>, u64)> = None;
+            // Records for the same topic come in runs: the topic's counters are looked up once
+            // per run, and every delivery report of the run shares them (a reference count).
+            let mut run: Option<(Arc<str>, Arc<Tag>, u64)> = None;
             for record in batch {
-                let topic = record.topic.clone();
-                if !self.send(record, deadline_at).await {
-                    continue;
+                let same = matches!(&run, Some((t, _, _)) if *t == record.topic);
+                if !same {
+                    self.count_submitted(run.take());
+                    let counters = self.metrics.topic(&record.topic);
+                    run = Some((record.topic.clone(), Arc::new(Tag::Record(counters)), 0));
                 }
-                match &mut topic_run {
-                    Some((t, n)) if *t == topic => *n += 1,
-                    _ => {
-                        if let Some((t, n)) = topic_run.take() {
-                            self.metrics.submitted(&t, n);
-                        }
-                        topic_run = Some((topic, 1));
+                if let Some((_, tag, n)) = &mut run {
+                    if self.send(record, tag, deadline_at).await {
+                        *n += 1;
                     }
                 }
             }
-            if let Some((t, n)) = topic_run {
-                self.metrics.submitted(&t, n);
-            }
+            self.count_submitted(run);
         }
         let deadline_at = match deadline_at {
             Some(d) => d,
@@ -285,13 +313,21 @@ impl Publisher {
         self.finish(deadline_at).await
     }
 
+    fn count_submitted(&self, run: Option<(Arc<str>, Arc<Tag>, u64)>) {
+        if let Some((_, tag, n)) = run {
+            if let Tag::Record(counters) = &*tag {
+                self.metrics.submitted(counters, n);
+            }
+        }
+    }
+
     /// Hands one record to librdkafka, waiting while its queue is full (until the shutdown
     /// deadline, if there is one); false when it was dead-lettered instead.
-    async fn send(&self, record: Record, deadline: Option<Instant>) -> bool {
+    async fn send(&self, record: Record, tag: &Arc<Tag>, deadline: Option<Instant>) -> bool {
         let mut backoff = Duration::from_millis(1);
         loop {
             let mut r: BaseRecord<'_, str, str, Arc<Tag>> =
-                BaseRecord::with_opaque_to(&record.topic, self.tag.clone())
+                BaseRecord::with_opaque_to(&record.topic, tag.clone())
                     .payload(record.payload.as_str());
             if record.read_ms > 0 {
                 r = r.timestamp(record.read_ms);

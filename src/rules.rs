@@ -14,7 +14,8 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::sync::Arc;
 
-use regex::{CaptureLocations, Regex};
+use regex_automata::util::captures::Captures;
+use regex_automata::{meta, Input, PatternID};
 use serde_json::Value;
 
 use crate::syslog::Message;
@@ -81,10 +82,45 @@ impl Field {
     }
 }
 
+/// A compiled regular expression, with the `regex` crate's syntax and semantics. Matching uses
+/// a cache each connection owns (in [`Scratch`]) rather than one shared by every thread.
+pub struct Pattern {
+    re: meta::Regex,
+    source: String,
+}
+
+impl Pattern {
+    /// Compiles `source`; the error explains what is wrong with it and where.
+    pub fn new(source: &str) -> Result<Pattern, String> {
+        match meta::Regex::new(source) {
+            Ok(re) => Ok(Pattern {
+                re,
+                source: source.to_string(),
+            }),
+            Err(e) => Err(e
+                .syntax_error()
+                .map_or_else(|| e.to_string(), ToString::to_string)),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    fn has_names(&self) -> bool {
+        self.re
+            .group_info()
+            .pattern_names(PatternID::ZERO)
+            .flatten()
+            .next()
+            .is_some()
+    }
+}
+
 /// How a rule decides that it matches.
 pub enum Matcher {
     /// Named groups become template variables.
-    Regex(Regex),
+    Regex(Pattern),
     /// The field must be JSON; the rule matches when the expression finds a non-null value,
     /// which becomes the variable `value` (a string as it is, anything else as JSON).
     JmesPath(jmespath::Expression<'static>),
@@ -182,9 +218,11 @@ impl std::fmt::Debug for Rules {
     }
 }
 
-/// Per-connection scratch space, so matching allocates nothing per line.
+/// Per-connection scratch space, so matching allocates nothing per line and shares nothing
+/// with other connections.
 pub struct Scratch {
-    locations: Vec<Option<CaptureLocations>>,
+    /// For each rule with a regex: its cache, and room for its captures when it has named groups.
+    regex: Vec<Option<(meta::Cache, Option<Captures>)>>,
 }
 
 /// True for a name Kafka accepts as a topic.
@@ -212,14 +250,15 @@ impl Rules {
 
     pub fn scratch(&self) -> Scratch {
         Scratch {
-            locations: self
+            regex: self
                 .rules
                 .iter()
                 .map(|r| match &r.matcher {
-                    Matcher::Regex(re) if re.capture_names().flatten().next().is_some() => {
-                        Some(re.capture_locations())
-                    }
-                    _ => None,
+                    Matcher::Regex(p) => Some((
+                        p.re.create_cache(),
+                        p.has_names().then(|| p.re.create_captures()),
+                    )),
+                    Matcher::JmesPath(_) => None,
                 })
                 .collect(),
         }
@@ -236,25 +275,31 @@ impl Rules {
         mut matched: Option<&mut Vec<usize>>,
     ) -> Outcome {
         let mut outcome = Outcome::default();
+        if scratch.regex.len() != self.rules.len() {
+            *scratch = self.scratch();
+        }
         for (index, rule) in self.rules.iter().enumerate() {
             let Some(hay) = rule.field.get(msg, origin) else {
                 continue;
             };
             let mut value = None;
             let mut parsed = None;
-            let captures = match (&rule.matcher, scratch.locations.get_mut(index)) {
-                (Matcher::Regex(re), Some(Some(locs))) => {
-                    if re.captures_read(locs, hay).is_none() {
+            let captures = match (&rule.matcher, scratch.regex.get_mut(index)) {
+                (Matcher::Regex(p), Some(Some((cache, Some(caps))))) => {
+                    p.re.search_captures_with(cache, &Input::new(hay), caps);
+                    if !caps.is_match() {
                         continue;
                     }
-                    Some((re, &*locs))
+                    Some(&*caps)
                 }
-                (Matcher::Regex(re), _) => {
-                    if !re.is_match(hay) {
+                (Matcher::Regex(p), Some(Some((cache, None)))) => {
+                    if !p.re.is_match_with(cache, &Input::new(hay)) {
                         continue;
                     }
                     None
                 }
+                // Not reached: the scratch was made for these rules (checked above).
+                (Matcher::Regex(_), _) => continue,
                 (Matcher::JmesPath(expr), _) => match jmespath_value(expr, hay) {
                     Some((v, json)) => {
                         value = Some(v);
@@ -446,7 +491,7 @@ struct Vars<'a> {
     origin: &'a Origin,
     /// What the rule matched against (capture locations index into it).
     hay: &'a str,
-    captures: Option<(&'a Regex, &'a CaptureLocations)>,
+    captures: Option<&'a Captures>,
     value: Option<String>,
     now: OnceCell<String>,
 }
@@ -505,12 +550,12 @@ impl Vars<'_> {
 
 impl Lookup for Vars<'_> {
     fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        if let Some((re, locs)) = self.captures {
+        if let Some(caps) = self.captures {
             // Named captures shadow the built-ins, as in hotdog 0.5.
-            if let Some(i) = re.capture_names().position(|n| n == Some(name)) {
-                return locs
-                    .get(i)
-                    .and_then(|(s, e)| self.hay.get(s..e))
+            if let Some(i) = caps.group_info().to_index(PatternID::ZERO, name) {
+                return caps
+                    .get_group(i)
+                    .and_then(|span| self.hay.get(span.range()))
                     .map(Cow::Borrowed);
             }
         }
@@ -524,8 +569,8 @@ impl Lookup for Vars<'_> {
                 map.insert(name.to_string(), Value::String(v.into_owned()));
             }
         }
-        if let Some((re, _)) = self.captures {
-            for name in re.capture_names().flatten() {
+        if let Some(caps) = self.captures {
+            for name in caps.group_info().pattern_names(PatternID::ZERO).flatten() {
                 let v = self.get(name).map(|v| Value::String(v.into_owned()));
                 map.insert(name.to_string(), v.unwrap_or(Value::Null));
             }
@@ -571,7 +616,7 @@ mod tests {
     }
 
     fn re(s: &str) -> Matcher {
-        Matcher::Regex(Regex::new(s).unwrap())
+        Matcher::Regex(Pattern::new(s).unwrap())
     }
 
     fn fwd(t: &mut Templates, topic: &str) -> Action {
