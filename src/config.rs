@@ -921,7 +921,7 @@ fn decode_action(
                         for (name, value) in map.iter() {
                             let what = format!("{}.{}", m.path("headers"), name.as_str());
                             if let Some(t) = template(cx, value, &what, templates) {
-                                headers.push((std::sync::Arc::from(name.as_str()), t));
+                                headers.push((crate::template::forever(name), t));
                             }
                         }
                     }

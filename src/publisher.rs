@@ -18,7 +18,7 @@ use rdkafka::{ClientContext, Timestamp};
 
 use crate::deadletter::{self, DeadLetter, Sink, Tag};
 use crate::metrics::Metrics;
-use crate::rules::Record;
+use crate::rules::{Name, Record};
 
 /// What the connections send to the publisher.
 pub type Batch = Vec<Record>;
@@ -69,7 +69,7 @@ impl ProducerContext for Reports {
                     log::warn!("the dead-letter topic did not take a record: {e}");
                     self.dead.send(DeadLetter {
                         record: Record {
-                            topic: original.into(),
+                            topic: original.to_string().into(),
                             ..record
                         },
                         reason: format!("dead_letter_topic_{kind}"),
@@ -101,12 +101,17 @@ fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
         .map(|h| {
             h.iter()
                 .filter(|h| !h.key.starts_with("hotdog-"))
-                .map(|h| (Arc::from(h.key), h.value.map(text).unwrap_or_default()))
+                .map(|h| {
+                    (
+                        h.key.to_string().into(),
+                        h.value.map(text).unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
     Record {
-        topic: Arc::from(m.topic()),
+        topic: m.topic().to_string().into(),
         key: m.key().map(text),
         payload: m.payload().map(text).unwrap_or_default(),
         headers,
@@ -290,7 +295,7 @@ impl Publisher {
             }
             // Records for the same topic come in runs: the topic's counters are looked up once
             // per run, and every delivery report of the run shares them (a reference count).
-            let mut run: Option<(Arc<str>, Arc<Tag>, u64)> = None;
+            let mut run: Option<(Name, Arc<Tag>, u64)> = None;
             for record in batch {
                 let same = matches!(&run, Some((t, _, _)) if *t == record.topic);
                 if !same {
@@ -313,7 +318,7 @@ impl Publisher {
         self.finish(deadline_at).await
     }
 
-    fn count_submitted(&self, run: Option<(Arc<str>, Arc<Tag>, u64)>) {
+    fn count_submitted(&self, run: Option<(Name, Arc<Tag>, u64)>) {
         if let Some((_, tag, n)) = run {
             if let Tag::Record(counters) = &*tag {
                 self.metrics.submitted(counters, n);

@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::sync::Arc;
 
 use regex_automata::util::captures::Captures;
 use regex_automata::{meta, Input, PatternID};
@@ -151,7 +150,7 @@ pub enum Action {
         topic: Template,
         key: Option<Template>,
         /// Kafka headers: name and the template of the value.
-        headers: Vec<(Arc<str>, Template)>,
+        headers: Vec<(&'static str, Template)>,
     },
     Merge(MergeValue),
     Replace(Template),
@@ -170,13 +169,17 @@ pub struct Rule {
 /// One message for Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub topic: Arc<str>,
+    pub topic: Name,
     pub key: Option<String>,
     pub payload: String,
-    pub headers: Vec<(Arc<str>, String)>,
+    pub headers: Vec<(Name, String)>,
     /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
     pub read_ms: i64,
 }
+
+/// A topic or header name: borrowed when it comes from the configuration (see
+/// [`crate::template::forever`]), owned when it was rendered.
+pub type Name = Cow<'static, str>;
 
 /// What happened to one message, for the caller to count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +209,7 @@ pub struct Origin {
 pub struct Rules {
     rules: Vec<Rule>,
     templates: Templates,
-    default_topic: Arc<str>,
+    default_topic: &'static str,
 }
 
 impl std::fmt::Debug for Rules {
@@ -240,7 +243,7 @@ impl Rules {
         Rules {
             rules,
             templates,
-            default_topic: Arc::from(default_topic),
+            default_topic: crate::template::forever(default_topic),
         }
     }
 
@@ -385,7 +388,7 @@ impl Rules {
                     let key = key.as_ref().and_then(&mut render);
                     let headers = headers
                         .iter()
-                        .filter_map(|(name, t)| Some((name.clone(), render(t)?)))
+                        .filter_map(|(name, t)| Some((Cow::Borrowed(*name), render(t)?)))
                         .collect();
                     let payload = output.unwrap_or_else(|| vars.msg.msg.to_string());
                     return Flow::Forward(Record {
@@ -406,19 +409,19 @@ impl Rules {
         }
     }
 
-    fn topic(&self, t: &Template, vars: &Vars<'_>, outcome: &mut Outcome) -> Arc<str> {
+    fn topic(&self, t: &Template, vars: &Vars<'_>, outcome: &mut Outcome) -> Name {
         if let Some(lit) = t.literal() {
-            return lit.clone();
+            return Cow::Borrowed(lit);
         }
         match self.templates.render(t, vars) {
-            Ok(name) if is_legal_topic(&name) => Arc::from(name),
+            Ok(name) if is_legal_topic(&name) => Cow::Owned(name),
             Ok(_) => {
                 outcome.invalid_topics += 1;
-                self.default_topic.clone()
+                Cow::Borrowed(self.default_topic)
             }
             Err(_) => {
                 outcome.render_errors += 1;
-                self.default_topic.clone()
+                Cow::Borrowed(self.default_topic)
             }
         }
     }
@@ -639,8 +642,8 @@ mod tests {
                 topic: t.compile("hello-{{appname}}").unwrap(),
                 key: Some(t.compile("{{name}}").unwrap()),
                 headers: vec![
-                    ("host".into(), t.compile("{{hostname}}").unwrap()),
-                    ("tenant".into(), t.compile("{{tls_client_cn}}").unwrap()),
+                    ("host", t.compile("{{hostname}}").unwrap()),
+                    ("tenant", t.compile("{{tls_client_cn}}").unwrap()),
                 ],
             },
         ];

@@ -114,9 +114,14 @@ fn priority(line: &str) -> Option<(u8, &str)> {
     Some((pri, &rest[end + 1..]))
 }
 
+/// Where the first space is. Fields are short: a plain byte loop beats a general searcher.
+fn space(s: &str) -> Option<usize> {
+    s.bytes().position(|b| b == b' ')
+}
+
 /// Splits off the next space-delimited field; `-` is the NILVALUE.
 fn field(s: &str) -> Option<(Option<&str>, &str)> {
-    let (value, rest) = match s.find(' ') {
+    let (value, rest) = match space(s) {
         Some(i) => (&s[..i], &s[i + 1..]),
         None => (s, ""),
     };
@@ -199,7 +204,7 @@ fn rfc3164(s: &str) -> Message<'_> {
     };
     m.timestamp = Some(timestamp);
     // The hostname is there unless the next word is already the tag (`sshd[12]:` or `su:`).
-    let word_end = rest.find(' ').unwrap_or(rest.len());
+    let word_end = space(rest).unwrap_or(rest.len());
     let word = &rest[..word_end];
     let is_tag = word.ends_with(':') || word.contains('[');
     if !word.is_empty() && !is_tag {
@@ -301,7 +306,7 @@ fn rfc3339_timestamp(s: &str) -> Option<(&str, &str)> {
     if !date_ok {
         return None;
     }
-    let end = s.find(' ').unwrap_or(s.len());
+    let end = space(s).unwrap_or(s.len());
     Some((&s[..end], s.get(end + 1..).unwrap_or("")))
 }
 

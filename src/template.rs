@@ -10,7 +10,6 @@
 //! string literal (`{{json msg}}` gives `"a \"quoted\" line"`), for templates that build JSON.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use handlebars::{
     Context, Handlebars, Helper, HelperResult, JsonRender, Output, RenderContext, RenderError,
@@ -24,10 +23,19 @@ pub trait Lookup {
     fn to_json(&self) -> serde_json::Value;
 }
 
+/// A name or text from the configuration, kept until the process ends. The configuration is
+/// loaded once, so this is bounded; in exchange, the records that carry such a name (a topic, a
+/// header name) carry a plain reference, with no reference count to update on the connection's
+/// thread and again on the publisher's for every record.
+pub fn forever(text: &str) -> &'static str {
+    Box::leak(text.to_string().into_boxed_str())
+}
+
 /// A compiled template.
 #[derive(Debug, Clone)]
 pub enum Template {
-    Literal(Arc<str>),
+    /// Text without a placeholder, kept for the life of the process (see [`forever`]).
+    Literal(&'static str),
     Simple(Vec<Segment>),
     /// The name it is registered under in [`Templates`].
     Handlebars(String),
@@ -41,9 +49,9 @@ pub enum Segment {
 
 impl Template {
     /// The text, when the template is a literal.
-    pub fn literal(&self) -> Option<&Arc<str>> {
+    pub fn literal(&self) -> Option<&'static str> {
         match self {
-            Template::Literal(s) => Some(s),
+            Template::Literal(s) => Some(*s),
             _ => None,
         }
     }
@@ -98,7 +106,7 @@ impl Templates {
     /// (`line:column`, counted from the template's start).
     pub fn compile(&mut self, source: &str) -> Result<Template, String> {
         if !source.contains("{{") {
-            return Ok(Template::Literal(Arc::from(source)));
+            return Ok(Template::Literal(forever(source)));
         }
         // Compile with handlebars in every case: it is the reference for what is valid.
         let name = format!("t{}", self.next);
