@@ -782,7 +782,7 @@ fn decode_rule(
         (None, Some(j)) => {
             let src = scalar(cx, j, &m.path("jmespath"))?;
             match jmespath::compile(&src) {
-                Ok(expr) => Some(Matcher::JmesPath(expr)),
+                Ok(expr) => Some(Matcher::JmesPath(crate::rules::Query::new(expr))),
                 Err(e) => {
                     cx.error(
                         j,
