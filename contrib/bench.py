@@ -74,22 +74,29 @@ def peak_rss_mb(pid):
 
 
 def send(port, chunks, use_tls=False):
-    """Sends each chunk over its own connection, in parallel."""
+    """Sends each chunk over its own connection, in parallel. Returns the errors the
+    connections met (a forwarder that resets a connection loses what it had not read)."""
+    errors = []
+
     def one(data):
-        s = socket.create_connection(("127.0.0.1", port))
-        if use_tls:
-            ctx = ssl.create_default_context(cafile=f"{ROOT}/certs/ca.pem")
-            ctx.load_cert_chain(f"{ROOT}/certs/client.pem", f"{ROOT}/certs/client.key")
-            s = ctx.wrap_socket(s, server_hostname="localhost")
-        s.sendall(data)
-        if use_tls:
-            s = s.unwrap()
-        s.close()
+        try:
+            s = socket.create_connection(("127.0.0.1", port))
+            if use_tls:
+                ctx = ssl.create_default_context(cafile=f"{ROOT}/certs/ca.pem")
+                ctx.load_cert_chain(f"{ROOT}/certs/client.pem", f"{ROOT}/certs/client.key")
+                s = ctx.wrap_socket(s, server_hostname="localhost")
+            s.sendall(data)
+            if use_tls:
+                s = s.unwrap()
+            s.close()
+        except OSError as e:
+            errors.append(f"sender: {e.strerror or e}")
     threads = [threading.Thread(target=one, args=(c,)) for c in chunks]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return errors
 
 
 def chunks_of(all_lines, connections):
@@ -145,8 +152,10 @@ def wait_idle(pid, quiet=1.0, timeout=600):
     return last_change
 
 
-def row(name, n, seconds, cpu, rss, records, present):
+def row(name, n, seconds, cpu, rss, records, present, errors=()):
     ok = "all arrived" if records == n and present == n else f"MISSING: {records} records, {present}/{n} sequence numbers"
+    if errors:
+        ok += f" ({len(errors)} connection(s) failed: {errors[0]})"
     return {"name": name, "lines_per_s": n / seconds if seconds > 0 else 0.0,
             "cpu_per_million": cpu / n * 1e6, "rss_mb": rss, "ok": ok}
 
@@ -202,7 +211,7 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
     time.sleep(0.5)
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
-    send(port, data_chunks)
+    errors = send(port, data_chunks)
     done = wait_idle(p.pid)
     cpu = cpu_seconds(p.pid) - cpu0
     rss = peak_rss_mb(p.pid)
@@ -210,7 +219,7 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
     p.wait()
     records, present = broker.count(topic, n)
     return row(f"rsyslog imptcp->omkafka ({len(data_chunks)} conn)", n, done - t0, cpu, rss,
-               records, present)
+               records, present, errors)
 
 
 def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label=""):
@@ -240,8 +249,8 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     time.sleep(0.5)
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
-    send(port, data_chunks, use_tls)
-    while True:
+    errors = send(port, data_chunks, use_tls)
+    while not errors:
         s = stats()
         if s.get("kafka.delivered", 0) + s.get("kafka.dead_lettered", 0) >= n:
             break
@@ -253,7 +262,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     p.wait()
     records, present = broker.count(topic, n)
     name = f"hotdog{' TLS' if use_tls else ''}{label} ({len(data_chunks)} conn)"
-    return row(name, n, t1 - t0, cpu, rss, records, present)
+    return row(name, n, t1 - t0, cpu, rss, records, present, errors)
 
 
 EXAMPLE_RULES = """  - regex: '^hello\\\\s+(?P<name>\\\\w+)?'
