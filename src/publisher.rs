@@ -430,3 +430,25 @@ impl Publisher {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_clock_shares_a_reading_within_a_run_and_renews_it() {
+        let clock = AckClock::default();
+        let first = clock.now(1000);
+        std::thread::sleep(Duration::from_millis(3));
+        // The same read time: the reading is shared, up to REUSE more times.
+        for _ in 0..AckClock::REUSE {
+            assert_eq!(clock.now(1000), first);
+        }
+        // Then it is renewed even within the run...
+        let renewed = clock.now(1000);
+        assert!(renewed > first, "{renewed} > {first}");
+        std::thread::sleep(Duration::from_millis(3));
+        // ...and at once when the read time changes.
+        assert!(clock.now(1001) > renewed);
+    }
+}
