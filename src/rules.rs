@@ -146,20 +146,16 @@ impl Query {
     /// What the expression finds in `json`: a string as it is, anything else as JSON; `None`
     /// for nothing (JMESPath's null).
     fn find(&self, json: &Value) -> Option<String> {
-        let Some(fields) = &self.fields else {
-            let found = self.expr.search(json).ok()?;
-            if found.is_null() {
-                return None;
+        let found;
+        let v = match &self.fields {
+            Some(fields) => fields
+                .iter()
+                .try_fold(json, |v, name| v.as_object()?.get(name))?,
+            None => {
+                found = serde_json::to_value(&*self.expr.search(json).ok()?).ok()?;
+                &found
             }
-            return match found.as_string() {
-                Some(s) => Some(s.clone()),
-                None => serde_json::to_string(&*found).ok(),
-            };
         };
-        let mut v = json;
-        for name in fields {
-            v = v.as_object()?.get(name)?;
-        }
         match v {
             Value::Null => None,
             Value::String(s) => Some(s.clone()),
@@ -509,12 +505,11 @@ impl Rules {
 
     fn render_merge(&self, m: &MergeValue, vars: &Vars<'_>, outcome: &mut Outcome) -> Value {
         match m {
-            MergeValue::Object(fields) => Value::Object(
-                fields
-                    .iter()
-                    .map(|(k, v)| (k.clone(), self.render_merge(v, vars, outcome)))
-                    .collect(),
-            ),
+            MergeValue::Object(fields) => {
+                let mut object = serde_json::Map::new();
+                self.merge_rendered(&mut object, fields, vars, outcome);
+                Value::Object(object)
+            }
             MergeValue::Array(items) => Value::Array(
                 items
                     .iter()
