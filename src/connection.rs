@@ -1,6 +1,6 @@
 //! One task per connection: read bytes, cut frames, parse, apply the rules, and send the records
-//! to the publisher in batches. When the publisher's channel is full, `send` waits, and this task
-//! stops reading its socket: the sender feels TCP backpressure, nothing is dropped.
+//! to the publisher in batches. When the outbox is full, `send` waits, and this task stops reading
+//! its socket: the sender feels TCP backpressure, nothing is dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,15 +9,14 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::framing::{Framer, Step};
 use crate::metrics::{LineCounts, Metrics};
-use crate::publisher::Batch;
+use crate::publisher::Outbox;
+use crate::record::Batch;
 use crate::rules::{Origin, Rules};
 use crate::shutdown::Shutdown;
 use crate::syslog;
 
 /// How much is read from the socket at once.
 const READ_SIZE: usize = 64 * 1024;
-/// The most records sent to the publisher in one batch.
-const BATCH_MAX: usize = 512;
 /// Frames handled between two cooperative yields, so a flooding sender cannot starve others.
 const YIELD_EVERY: u32 = 256;
 /// During shutdown, a connection that has been quiet this long has sent everything it had.
@@ -27,9 +26,8 @@ const DRAIN_IDLE: Duration = Duration::from_millis(250);
 pub struct Shared {
     pub rules: Arc<Rules>,
     pub metrics: Arc<Metrics>,
-    pub tx: async_channel::Sender<Batch>,
-    /// Where a batch goes when the publisher is gone (shutdown ran out of time).
-    pub dead_letters: crate::deadletter::Sink,
+    /// The way to the publisher.
+    pub outbox: Outbox,
 }
 
 /// The per-connection state of the pipeline (everything but the socket).
@@ -38,6 +36,7 @@ pub struct Pipeline {
     origin: Origin,
     scratch: crate::rules::Scratch,
     batch: Batch,
+    batch_max: usize,
     counts: LineCounts,
     /// When the current read happened (ms since the epoch), stamped on its records.
     read_ms: i64,
@@ -47,7 +46,8 @@ impl Pipeline {
     pub fn new(shared: Arc<Shared>, origin: Origin) -> Self {
         Pipeline {
             scratch: shared.rules.scratch(),
-            batch: Vec::with_capacity(BATCH_MAX),
+            batch: Vec::new(),
+            batch_max: shared.outbox.batch_max(),
             counts: LineCounts::default(),
             read_ms: 0,
             shared,
@@ -92,7 +92,7 @@ impl Pipeline {
 
     /// Notes the time of a read; the records of its lines carry it.
     pub fn stamp(&mut self) {
-        self.read_ms = crate::publisher::now_ms();
+        self.read_ms = crate::record::now_ms();
     }
 
     /// The connection facts templates see; UDP changes them per datagram.
@@ -100,19 +100,18 @@ impl Pipeline {
         &mut self.origin
     }
 
-    /// Like [`Pipeline::flush`], but never waits: when the publisher's channel is full the batch
-    /// is dropped (only UDP does this: it cannot push back). Returns how many records were
-    /// dropped.
+    /// Like [`Pipeline::flush`], but never waits: when the outbox is full the batch is dropped
+    /// (only UDP does this: it cannot push back). Returns how many records were dropped.
     pub fn try_flush(&mut self) -> usize {
         self.shared.metrics.add_lines(&self.counts);
         self.counts = LineCounts::default();
         if self.batch.is_empty() {
             return 0;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_MAX));
-        match self.shared.tx.try_send(batch) {
+        let batch = self.take_batch();
+        match self.shared.outbox.try_send(batch) {
             Ok(()) => 0,
-            Err(e) => e.into_inner().len(),
+            Err(batch) => batch.len(),
         }
     }
 
@@ -122,34 +121,23 @@ impl Pipeline {
     }
 
     pub fn batch_full(&self) -> bool {
-        self.batch.len() >= BATCH_MAX
+        self.batch.len() >= self.batch_max
     }
 
-    /// Sends what is batched to the publisher, waiting while its channel is full. False when the
-    /// publisher is gone.
+    fn take_batch(&mut self) -> Batch {
+        std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_max))
+    }
+
+    /// Sends what is batched to the publisher, waiting while the outbox is full. False when the
+    /// publisher takes nothing more (shutdown ran out of time; the outbox dead-lettered it).
     pub async fn flush(&mut self) -> bool {
         self.shared.metrics.add_lines(&self.counts);
         self.counts = LineCounts::default();
         if self.batch.is_empty() {
             return true;
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_MAX));
-        match self.shared.tx.send(batch).await {
-            Ok(()) => true,
-            Err(async_channel::SendError(batch)) => {
-                // Shutdown ran out of time and the publisher is gone.
-                for record in batch {
-                    self.shared
-                        .dead_letters
-                        .send(crate::deadletter::DeadLetter {
-                            record,
-                            reason: "shutdown_timeout".into(),
-                            file_only: true,
-                        });
-                }
-                false
-            }
-        }
+        let batch = self.take_batch();
+        self.shared.outbox.send(batch).await
     }
 }
 

@@ -1,7 +1,10 @@
-//! hotdog: syslog over TCP in, routed and rewritten by YAML rules, out to Kafka.
+//! hotdog: syslog over TCP, TLS and UDP in, routed and rewritten by YAML rules, out to Kafka.
 //!
-//! The pipeline, one module per stage: [`framing`] → [`syslog`] → [`rules`] (pure, no I/O), then
-//! [`connection`] → [`publisher`] (I/O), wired by `main.rs` from a [`config::Config`].
+//! The pipeline, one module per stage, data flowing one way: [`listener`] → [`connection`]
+//! ([`framing`] → [`syslog`] → [`rules`], pure, no I/O) → [`publisher`] (through its
+//! [`publisher::Outbox`]) → Kafka, and [`deadletter`] for what Kafka will not take. [`record`]
+//! holds the types the later stages share; [`server`] starts and stops them all from a
+//! [`config::Config`]; `main.rs` only parses the command line and maps results to exit codes.
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 
@@ -12,11 +15,14 @@ pub mod framing;
 pub mod listener;
 pub mod metrics;
 pub mod publisher;
+pub mod record;
 pub mod rules;
 pub mod runtime;
+pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod syslog;
 pub mod template;
 pub mod testmode;
+pub mod throttle;
 pub mod tls;

@@ -13,6 +13,7 @@ use crate::connection::{self, Pipeline, Shared};
 use crate::rules::Origin;
 use crate::runtime;
 use crate::shutdown::Shutdown;
+use crate::throttle;
 use crate::tls::{self, Acceptor};
 
 enum Socket {
@@ -29,22 +30,52 @@ pub struct Listener {
     max_message_size: usize,
 }
 
+/// Why a listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {protocol} {address}: {source}")]
+    Bind {
+        protocol: &'static str,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS files would not load (a configuration error).
+    #[error("{0}")]
+    Tls(String),
+}
+
 impl Listener {
     /// Binds the socket and, for TLS, loads the certificates.
-    pub async fn bind(l: &Listen) -> Result<Listener, String> {
+    pub async fn bind(l: &Listen) -> Result<Listener, Error> {
         let address = format!("{}:{}", l.address, l.port);
-        let name = format!("{} {address}", l.protocol.name());
+        let protocol = l.protocol.name();
+        let bind_error = |source| Error::Bind {
+            protocol,
+            address: address.clone(),
+            source,
+        };
         let socket = match &l.protocol {
-            Protocol::Tcp => Socket::Tcp(tcp(&address).await?),
+            Protocol::Tcp => Socket::Tcp(TcpListener::bind(&address).await.map_err(bind_error)?),
             Protocol::Tls(settings) => {
-                let acceptor = Acceptor::new(settings.clone())?;
-                Socket::Tls(tcp(&address).await?, Arc::new(acceptor))
+                let acceptor = Acceptor::new(settings.clone()).map_err(Error::Tls)?;
+                let tcp = TcpListener::bind(&address).await.map_err(bind_error)?;
+                Socket::Tls(tcp, Arc::new(acceptor))
             }
             Protocol::Udp => Socket::Udp(
                 UdpSocket::bind(address.as_str())
                     .await
-                    .map_err(|e| format!("cannot listen on udp {address}: {e}"))?,
+                    .map_err(bind_error)?,
             ),
+        };
+        // The address really bound (port 0 picks a free one).
+        let bound = match &socket {
+            Socket::Tcp(t) | Socket::Tls(t, _) => t.local_addr(),
+            Socket::Udp(u) => u.local_addr(),
+        };
+        let name = match bound {
+            Ok(a) => format!("{protocol} {a}"),
+            Err(_) => format!("{protocol} {address}"),
         };
         Ok(Listener {
             socket,
@@ -105,12 +136,6 @@ impl Listener {
     }
 }
 
-async fn tcp(address: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot listen on tcp {address}: {e}"))
-}
-
 fn origin(peer: SocketAddr) -> Origin {
     Origin {
         peer_addr: Some(peer.to_string()),
@@ -158,12 +183,14 @@ async fn handshake(
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             metrics.tls_handshake_failed.fetch_add(1, Relaxed);
-            log::warn!("TLS handshake with {peer} failed: {e}");
+            throttle::TLS_HANDSHAKE.warn(format_args!("TLS handshake with {peer} failed: {e}"));
             return None;
         }
         None => {
             metrics.tls_handshake_timeout.fetch_add(1, Relaxed);
-            log::warn!("TLS handshake with {peer} did not finish within {timeout:?}");
+            throttle::TLS_HANDSHAKE.warn(format_args!(
+                "TLS handshake with {peer} did not finish within {timeout:?}"
+            ));
             return None;
         }
     };
@@ -245,7 +272,7 @@ async fn udp(socket: UdpSocket, shared: Arc<Shared>, max: usize, shutdown: Shutd
             }
             Some(Some(Ok(r))) => r,
             Some(Some(Err(e))) => {
-                log::warn!("udp receive failed: {e}");
+                throttle::UDP_RECEIVE.warn(format_args!("udp receive failed: {e}"));
                 continue;
             }
         };
@@ -273,6 +300,8 @@ fn udp_flush(pipeline: &mut Pipeline, metrics: &crate::metrics::Metrics) {
     let dropped = pipeline.try_flush();
     if dropped > 0 {
         metrics.udp_dropped.fetch_add(dropped as u64, Relaxed);
-        log::warn!("queue to Kafka full: dropped {dropped} UDP messages");
+        throttle::UDP_DROPPED.warn(format_args!(
+            "queue to Kafka full: dropped {dropped} UDP messages"
+        ));
     }
 }

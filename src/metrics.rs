@@ -5,6 +5,7 @@
 //! (`hotdog.lines`, `hotdog.kafka.submitted.<topic>`, `hotdog.error.*`, ...).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,7 +57,7 @@ impl TopicCounters {
 }
 
 /// Every counter hotdog keeps. Shared by all stages.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     /// Connections open now.
     pub connections: AtomicI64,
@@ -90,6 +91,7 @@ pub struct Metrics {
     /// Line read → Kafka acknowledgement, in milliseconds.
     pub latency: Histogram,
     topics: Mutex<HashMap<String, Arc<TopicCounters>>>,
+    queues: std::sync::OnceLock<[Gauge; 2]>,
     errors: Mutex<BTreeMap<String, u64>>,
     dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
 }
@@ -103,6 +105,7 @@ pub const LATENCY_BUCKETS_MS: [u64; 12] =
 pub struct Histogram {
     buckets: [AtomicU64; 12],
     overflow: AtomicU64,
+    count: AtomicU64,
     sum: AtomicU64,
 }
 
@@ -112,6 +115,7 @@ impl Histogram {
             Some(i) => self.buckets[i].fetch_add(1, Relaxed),
             None => self.overflow.fetch_add(1, Relaxed),
         };
+        self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(ms, Relaxed);
     }
 
@@ -208,7 +212,7 @@ impl Metrics {
         v(&self.lines) - delivered - dead - unrouted - dropped
     }
 
-    /// Per-topic counts, for `/metrics`.
+    /// Per-topic counts.
     pub fn topics(&self) -> Vec<(String, TopicCounts)> {
         let mut t: Vec<_> = lock(&self.topics)
             .iter()
@@ -218,53 +222,395 @@ impl Metrics {
         t
     }
 
+    /// How many records were dead-lettered for `reason` (for example
+    /// [`crate::record::SHUTDOWN_TIMEOUT`]).
+    pub fn dead_lettered_for(&self, reason: &str) -> u64 {
+        lock(&self.dead_letter_reasons)
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Lets reports read the depth of the outbox and of librdkafka's queue.
+    pub fn watch_queues(&self, outbox: Gauge, librdkafka: Gauge) {
+        let _ = self.queues.set([outbox, librdkafka]);
+    }
+
+    fn queue(&self, i: usize) -> i64 {
+        self.queues.get().map_or(0, |q| q[i]())
+    }
+
     /// Every counter under its statsd name (without the `hotdog.` prefix), as `/stats` shows it.
     pub fn snapshot(&self) -> BTreeMap<String, i64> {
-        let g = |a: &AtomicU64| i64::try_from(a.load(Relaxed)).unwrap_or(i64::MAX);
         let mut s = BTreeMap::new();
-        s.insert("connections".into(), self.connections.load(Relaxed));
-        for (name, a) in [
-            ("connections.total", &self.connections_total),
-            ("lines", &self.lines),
-            ("lines.forwarded", &self.forwarded),
-            ("lines.unrouted", &self.unrouted),
-            ("lines.truncated", &self.truncated),
-            ("lines.invalid_utf8", &self.invalid_utf8),
-            ("error.log_parse", &self.unparsed),
-            ("error.topic_parse_failed", &self.invalid_topics),
-            ("error.template_render", &self.render_errors),
-            ("error.merge_of_invalid_json", &self.merge_errors),
-            ("tls.handshakes", &self.tls_handshakes),
-            ("tls.handshake_failed", &self.tls_handshake_failed),
-            ("tls.handshake_timeout", &self.tls_handshake_timeout),
-            ("udp.dropped", &self.udp_dropped),
-            ("kafka.submitted", &self.submitted),
-            ("kafka.delivered", &self.delivered),
-            ("kafka.producer.error", &self.failed),
-            ("kafka.dead_lettered", &self.dead_lettered),
-        ] {
-            s.insert(name.to_string(), g(a));
+        for c in &COUNTERS {
+            s.insert(c.name.to_string(), (c.read)(self));
         }
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for (topic, t) in self.topics() {
-            s.insert(format!("kafka.submitted.{topic}"), n(t.submitted));
-            s.insert(format!("kafka.delivered.{topic}"), n(t.delivered));
-            s.insert(format!("kafka.producer.error.{topic}"), n(t.failed));
-            s.insert(format!("kafka.dead_lettered.{topic}"), n(t.dead_lettered));
+        for f in &FAMILIES {
+            for (label, v) in (f.read)(self) {
+                s.insert(format!("{}.{label}", f.prefix), saturate(v));
+            }
         }
-        for (kind, v) in lock(&self.errors).iter() {
-            s.insert(format!("kafka.producer.error.{kind}"), n(*v));
-        }
-        for (reason, v) in lock(&self.dead_letter_reasons).iter() {
-            s.insert(format!("kafka.dead_letter.{reason}"), n(*v));
-        }
-        s.insert("lines.in_flight".into(), self.in_flight());
         s
     }
 }
 
-/// Sends the counters to statsd every `every`, as counter increments (and `connections` as a
-/// gauge), until `stop` is closed (then once more). Runs on its own thread.
+/// A gauge read from another stage when a report is made.
+pub type Gauge = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+fn saturate(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn get(a: &AtomicU64) -> i64 {
+    saturate(a.load(Relaxed))
+}
+
+/// Whether a value only grows, or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// One value, under its name in `/stats` and statsd, and in `/metrics`.
+pub struct Counter {
+    /// The name in `/stats` and statsd (after `hotdog.`); hotdog 0.5's names.
+    pub name: &'static str,
+    /// The Prometheus name (after `hotdog_`) and its labels; `None` for a total that
+    /// Prometheus sums from a [`Family`] with the same prefix, and for the latency count and sum,
+    /// which `/metrics` has in the histogram `hotdog_delivery_latency_seconds`.
+    pub prometheus: Option<(&'static str, &'static str)>,
+    pub kind: Kind,
+    pub help: &'static str,
+    pub read: fn(&Metrics) -> i64,
+}
+
+/// Values with one label (the topic, an error code, a reason): `<prefix>.<label>` in `/stats`
+/// and statsd, `<prometheus>{<label_name>="<label>"}` in `/metrics`.
+pub struct Family {
+    pub prefix: &'static str,
+    pub prometheus: &'static str,
+    pub label_name: &'static str,
+    pub help: &'static str,
+    pub read: fn(&Metrics) -> Vec<(String, u64)>,
+}
+
+/// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
+/// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
+pub static COUNTERS: [Counter; 24] = [
+    Counter {
+        name: "connections",
+        prometheus: Some(("connections", "")),
+        kind: Kind::Gauge,
+        help: "Connections open now.",
+        read: |m| m.connections.load(Relaxed),
+    },
+    Counter {
+        name: "connections.total",
+        prometheus: Some(("connections_total", "")),
+        kind: Kind::Counter,
+        help: "Connections accepted.",
+        read: |m| get(&m.connections_total),
+    },
+    Counter {
+        name: "lines",
+        prometheus: Some(("lines_received_total", "")),
+        kind: Kind::Counter,
+        help: "Lines read.",
+        read: |m| get(&m.lines),
+    },
+    Counter {
+        name: "lines.forwarded",
+        prometheus: Some(("lines_forwarded_total", "")),
+        kind: Kind::Counter,
+        help: "Lines a rule forwarded.",
+        read: |m| get(&m.forwarded),
+    },
+    Counter {
+        name: "lines.unrouted",
+        prometheus: Some(("lines_unrouted_total", "")),
+        kind: Kind::Counter,
+        help: "Lines no rule forwarded (discarded on purpose).",
+        read: |m| get(&m.unrouted),
+    },
+    Counter {
+        name: "lines.truncated",
+        prometheus: Some(("lines_truncated_total", "")),
+        kind: Kind::Counter,
+        help: "Frames cut to max_message_size.",
+        read: |m| get(&m.truncated),
+    },
+    Counter {
+        name: "lines.invalid_utf8",
+        prometheus: Some(("lines_invalid_utf8_total", "")),
+        kind: Kind::Counter,
+        help: "Frames that were not UTF-8.",
+        read: |m| get(&m.invalid_utf8),
+    },
+    Counter {
+        name: "lines.in_flight",
+        prometheus: Some(("lines_in_flight", "")),
+        kind: Kind::Gauge,
+        help: "Lines read and not yet delivered, dead-lettered, discarded or dropped.",
+        read: Metrics::in_flight,
+    },
+    Counter {
+        name: "error.log_parse",
+        prometheus: Some(("parse_errors_total", "")),
+        kind: Kind::Counter,
+        help: "Lines that were neither RFC 5424 nor RFC 3164.",
+        read: |m| get(&m.unparsed),
+    },
+    Counter {
+        name: "error.topic_parse_failed",
+        prometheus: Some(("topic_errors_total", "")),
+        kind: Kind::Counter,
+        help: "Rendered topics that were not legal topic names.",
+        read: |m| get(&m.invalid_topics),
+    },
+    Counter {
+        name: "error.template_render",
+        prometheus: Some(("template_errors_total", "")),
+        kind: Kind::Counter,
+        help: "Templates that failed to render.",
+        read: |m| get(&m.render_errors),
+    },
+    Counter {
+        name: "error.merge_of_invalid_json",
+        prometheus: Some(("merge_errors_total", "")),
+        kind: Kind::Counter,
+        help: "Merge actions on output that is not a JSON object.",
+        read: |m| get(&m.merge_errors),
+    },
+    Counter {
+        name: "tls.handshakes",
+        prometheus: Some(("tls_handshakes_total", "")),
+        kind: Kind::Counter,
+        help: "TLS handshakes that completed.",
+        read: |m| get(&m.tls_handshakes),
+    },
+    Counter {
+        name: "tls.handshake_failed",
+        prometheus: Some(("tls_handshake_failures_total", "{reason=\"failed\"}")),
+        kind: Kind::Counter,
+        help: "TLS handshakes that failed or were cut off at the timeout.",
+        read: |m| get(&m.tls_handshake_failed),
+    },
+    Counter {
+        name: "tls.handshake_timeout",
+        prometheus: Some(("tls_handshake_failures_total", "{reason=\"timeout\"}")),
+        kind: Kind::Counter,
+        help: "TLS handshakes that failed or were cut off at the timeout.",
+        read: |m| get(&m.tls_handshake_timeout),
+    },
+    Counter {
+        name: "udp.dropped",
+        prometheus: Some(("udp_dropped_total", "")),
+        kind: Kind::Counter,
+        help: "UDP messages dropped with the queue full.",
+        read: |m| get(&m.udp_dropped),
+    },
+    Counter {
+        name: "kafka.submitted",
+        prometheus: None,
+        kind: Kind::Counter,
+        help: "Records handed to librdkafka.",
+        read: |m| get(&m.submitted),
+    },
+    Counter {
+        name: "kafka.delivered",
+        prometheus: None,
+        kind: Kind::Counter,
+        help: "Records Kafka acknowledged.",
+        read: |m| get(&m.delivered),
+    },
+    Counter {
+        name: "kafka.producer.error",
+        prometheus: None,
+        kind: Kind::Counter,
+        help: "Records Kafka refused or librdkafka gave up on.",
+        read: |m| get(&m.failed),
+    },
+    Counter {
+        name: "kafka.dead_lettered",
+        prometheus: None,
+        kind: Kind::Counter,
+        help: "Records that ended in the dead-letter topic or file.",
+        read: |m| get(&m.dead_lettered),
+    },
+    Counter {
+        name: "queue.channel",
+        prometheus: Some(("queue_depth", "{queue=\"channel\"}")),
+        kind: Kind::Gauge,
+        help: "Records waiting: in hotdog's outbox to the publisher, in librdkafka.",
+        read: |m| m.queue(0),
+    },
+    Counter {
+        name: "queue.librdkafka",
+        prometheus: Some(("queue_depth", "{queue=\"librdkafka\"}")),
+        kind: Kind::Gauge,
+        help: "Records waiting: in hotdog's outbox to the publisher, in librdkafka.",
+        read: |m| m.queue(1),
+    },
+    Counter {
+        name: "kafka.latency_ms.count",
+        prometheus: None,
+        kind: Kind::Counter,
+        help: "Records whose acknowledgement was timed (in /metrics: the histogram).",
+        read: |m| get(&m.latency.count),
+    },
+    Counter {
+        name: "kafka.latency_ms.sum",
+        prometheus: None,
+        kind: Kind::Counter,
+        help: "Line read to Kafka acknowledgement, the sum in milliseconds (in /metrics: the histogram).",
+        read: |m| get(&m.latency.sum),
+    },
+];
+
+/// Every labelled family of values (see [`COUNTERS`]).
+pub static FAMILIES: [Family; 6] = [
+    Family {
+        prefix: "kafka.submitted",
+        prometheus: "kafka_submitted_total",
+        label_name: "topic",
+        help: "Records handed to librdkafka.",
+        read: |m| m.per_topic(|c| c.submitted),
+    },
+    Family {
+        prefix: "kafka.delivered",
+        prometheus: "kafka_delivered_total",
+        label_name: "topic",
+        help: "Records Kafka acknowledged.",
+        read: |m| m.per_topic(|c| c.delivered),
+    },
+    Family {
+        prefix: "kafka.producer.error",
+        prometheus: "kafka_failed_total",
+        label_name: "topic",
+        help: "Records Kafka refused or librdkafka gave up on.",
+        read: |m| m.per_topic(|c| c.failed),
+    },
+    Family {
+        prefix: "kafka.producer.error",
+        prometheus: "kafka_errors_total",
+        label_name: "code",
+        help: "Records Kafka refused or librdkafka gave up on, by error code.",
+        read: |m| entries(&m.errors),
+    },
+    Family {
+        prefix: "kafka.dead_lettered",
+        prometheus: "dead_lettered_total",
+        label_name: "topic",
+        help:
+            "Records that ended in the dead-letter topic or file, by the topic they were meant for.",
+        read: |m| m.per_topic(|c| c.dead_lettered),
+    },
+    Family {
+        prefix: "kafka.dead_letter",
+        prometheus: "dead_letters_total",
+        label_name: "reason",
+        help: "Records sent to the dead-letter topic or file, by reason.",
+        read: |m| entries(&m.dead_letter_reasons),
+    },
+];
+
+fn entries(map: &Mutex<BTreeMap<String, u64>>) -> Vec<(String, u64)> {
+    lock(map).iter().map(|(k, v)| (k.clone(), *v)).collect()
+}
+
+impl Metrics {
+    fn per_topic(&self, f: fn(&TopicCounts) -> u64) -> Vec<(String, u64)> {
+        self.topics().into_iter().map(|(t, c)| (t, f(&c))).collect()
+    }
+}
+
+/// The Prometheus text exposition of every value in [`COUNTERS`] and [`FAMILIES`], and the
+/// latency histogram.
+pub fn prometheus(m: &Metrics) -> String {
+    let mut out = String::new();
+    let mut last = "";
+    let mut header = |out: &mut String, name: &'static str, kind: Kind, help: &str| {
+        if name != last {
+            let kind = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+            };
+            let _ = writeln!(
+                out,
+                "# HELP hotdog_{name} {help}\n# TYPE hotdog_{name} {kind}"
+            );
+            last = name;
+        }
+    };
+    for c in &COUNTERS {
+        if let Some((name, labels)) = c.prometheus {
+            header(&mut out, name, c.kind, c.help);
+            let _ = writeln!(out, "hotdog_{name}{labels} {}", (c.read)(m));
+        }
+    }
+    for f in &FAMILIES {
+        header(&mut out, f.prometheus, Kind::Counter, f.help);
+        for (label, v) in (f.read)(m) {
+            let _ = writeln!(
+                out,
+                "hotdog_{}{{{}=\"{label}\"}} {v}",
+                f.prometheus, f.label_name
+            );
+        }
+    }
+    let (buckets, count, sum_ms) = m.latency.read();
+    let name = "hotdog_delivery_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Line read to Kafka acknowledgement.\n# TYPE {name} histogram"
+    );
+    for (le_ms, c) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {c}", le_ms as f64 / 1000.0);
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", sum_ms as f64 / 1000.0);
+    let _ = writeln!(out, "{name}_count {count}");
+    out
+}
+
+/// One value sent to statsd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Update {
+    Gauge(i64),
+    Count(usize),
+}
+
+/// What statsd is sent for the change from `last` to `now`: every gauge, and the counters that
+/// grew, by how much.
+fn statsd_updates(
+    last: &BTreeMap<String, i64>,
+    now: &BTreeMap<String, i64>,
+) -> Vec<(String, Update)> {
+    let gauge = |name: &str| {
+        COUNTERS
+            .iter()
+            .any(|c| c.kind == Kind::Gauge && c.name == name)
+    };
+    let mut out = Vec::new();
+    for (name, value) in now {
+        if gauge(name) {
+            out.push((name.clone(), Update::Gauge(*value)));
+            continue;
+        }
+        let before = last.get(name).copied().unwrap_or(0);
+        if let Ok(delta) = usize::try_from(value - before) {
+            if delta > 0 {
+                out.push((name.clone(), Update::Count(delta)));
+            }
+        }
+    }
+    out
+}
+
+/// Sends the counters to statsd every `every` (see [`statsd_updates`]), until `stop` is closed
+/// (then once more). Runs on its own thread.
 pub fn report_to_statsd(
     metrics: Arc<Metrics>,
     address: &str,
@@ -279,16 +625,10 @@ pub fn report_to_statsd(
             let mut closing = false;
             loop {
                 let now = metrics.snapshot();
-                for (name, value) in &now {
-                    if name == "connections" {
-                        scope.gauge(name).value(*value);
-                        continue;
-                    }
-                    let before = last.get(name).copied().unwrap_or(0);
-                    if let Ok(delta) = usize::try_from(value - before) {
-                        if delta > 0 {
-                            scope.counter(name).count(delta);
-                        }
+                for (name, update) in statsd_updates(&last, &now) {
+                    match update {
+                        Update::Gauge(v) => scope.gauge(&name).value(v),
+                        Update::Count(n) => scope.counter(&name).count(n),
                     }
                 }
                 last = now;
@@ -310,4 +650,117 @@ pub fn report_to_statsd(
                 });
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Metrics` with every counter, gauge and family non-zero.
+    fn busy() -> Metrics {
+        let m = Metrics::default();
+        for a in [
+            &m.connections_total,
+            &m.lines,
+            &m.unparsed,
+            &m.truncated,
+            &m.invalid_utf8,
+            &m.unrouted,
+            &m.forwarded,
+            &m.invalid_topics,
+            &m.render_errors,
+            &m.merge_errors,
+            &m.tls_handshakes,
+            &m.tls_handshake_failed,
+            &m.tls_handshake_timeout,
+            &m.udp_dropped,
+        ] {
+            a.store(1000, Relaxed);
+        }
+        m.connections.store(2, Relaxed);
+        let t = m.topic("logs");
+        m.submitted(&t, 7);
+        m.delivered(&t);
+        m.failed("logs", "msgsizetoolarge");
+        m.dead_lettered("logs");
+        m.dead_letter_reason("msgsizetoolarge");
+        m.latency.observe(3);
+        m.watch_queues(Arc::new(|| 5), Arc::new(|| 6));
+        m
+    }
+
+    /// The names `/metrics` gives its samples, labels included.
+    fn prometheus_samples(text: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn stats_metrics_and_statsd_list_the_same_values() {
+        let m = busy();
+        let stats = m.snapshot();
+        let samples = prometheus_samples(&prometheus(&m));
+        // What Prometheus must show for each /stats name.
+        let mut expected = Vec::new();
+        for c in &COUNTERS {
+            assert!(stats.contains_key(c.name), "/stats lacks {}", c.name);
+            match c.prometheus {
+                Some((name, labels)) => expected.push(format!("hotdog_{name}{labels}")),
+                None if c.name.starts_with("kafka.latency_ms.") => {
+                    expected.push("hotdog_delivery_latency_seconds_sum".into());
+                    expected.push("hotdog_delivery_latency_seconds_count".into());
+                }
+                // A total: Prometheus has it per label, in the family of the same prefix.
+                None => assert!(
+                    FAMILIES.iter().any(|f| f.prefix == c.name),
+                    "{} is in no Prometheus family",
+                    c.name
+                ),
+            }
+        }
+        for f in &FAMILIES {
+            let values = (f.read)(&m);
+            assert!(!values.is_empty(), "{} has no values to compare", f.prefix);
+            for (label, _) in values {
+                assert!(stats.contains_key(&format!("{}.{label}", f.prefix)));
+                expected.push(format!(
+                    "hotdog_{}{{{}=\"{label}\"}}",
+                    f.prometheus, f.label_name
+                ));
+            }
+        }
+        for e in &expected {
+            assert!(samples.contains(e), "/metrics lacks {e}:\n{samples:#?}");
+        }
+        // /metrics has nothing else but the histogram buckets.
+        for s in &samples {
+            assert!(
+                expected.contains(s) || s.starts_with("hotdog_delivery_latency_seconds_bucket"),
+                "/metrics has {s}, which /stats does not"
+            );
+        }
+        // The first statsd report sends every value /stats has (all are non-zero here).
+        let sent: Vec<String> = statsd_updates(&BTreeMap::new(), &stats)
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let listed: Vec<String> = stats.keys().cloned().collect();
+        assert_eq!(sent, listed);
+    }
+
+    #[test]
+    fn statsd_gets_gauges_as_values_and_counters_as_increments() {
+        let m = busy();
+        let first = m.snapshot();
+        m.lines.fetch_add(5, Relaxed);
+        m.connections.store(1, Relaxed);
+        let updates = statsd_updates(&first, &m.snapshot());
+        assert!(updates.contains(&("lines".into(), Update::Count(5))));
+        assert!(updates.contains(&("connections".into(), Update::Gauge(1))));
+        assert!(updates.contains(&("queue.channel".into(), Update::Gauge(5))));
+        // Counters that did not move are not sent.
+        assert!(!updates.iter().any(|(n, _)| n == "lines.unrouted"));
+    }
 }

@@ -1,56 +1,89 @@
-//! The one Kafka publisher task: it owns the librdkafka producer, takes batches of records from
-//! the bounded channel the connections feed, and counts delivery reports.
+//! The Kafka publisher: the one owner of the Kafka producers. Connections hand it batches of
+//! records through an [`Outbox`]; one task takes them and produces them, and librdkafka's thread
+//! counts the delivery reports.
 //!
 //! When librdkafka's own queue is full, the publisher waits and retries the same record, so the
-//! channel fills up and the connections stop reading their sockets: backpressure reaches the
-//! senders and nothing is dropped. A record Kafka refuses for good is dead-lettered
+//! outbox fills up and the connections stop reading their sockets: backpressure reaches the
+//! senders and nothing is dropped. A record Kafka refuses for good is a dead letter: produced to
+//! `global.kafka.dead_letter.topic` (on a producer of its own) or handed to the dead-letter file
 //! ([`crate::deadletter`]).
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use event_listener::Event;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::{ClientContext, Timestamp};
 
-use crate::deadletter::{self, DeadLetter, Sink, Tag};
-use crate::metrics::Metrics;
-use crate::rules::{Name, Record};
+use crate::config;
+use crate::deadletter::{self, Sink};
+use crate::metrics::{Metrics, TopicCounters};
+use crate::record::{self, Batch, DeadLetter, Name, Record, BATCH_MAX};
+use crate::shutdown::Shutdown;
+use crate::throttle;
 
-/// What the connections send to the publisher.
-pub type Batch = Vec<Record>;
+/// Why the publisher could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// librdkafka refused the settings in `global.kafka.conf`.
+    #[error("global.kafka.conf is not accepted by librdkafka: {0}")]
+    Conf(#[source] KafkaError),
+    /// A thread could not be started.
+    #[error("cannot start the dead-letter writer: {0}")]
+    Thread(#[source] std::io::Error),
+}
 
-/// Counts delivery reports and dead-letters refused records; runs on librdkafka's thread.
-pub struct Reports {
+/// librdkafka settings hotdog chooses unless the operator sets them (see [`client_config`]).
+pub const QUEUE_DEFAULTS: [(&str, &str); 2] = [
+    ("queue.buffering.max.messages", "50000"),
+    ("queue.buffering.max.kbytes", "16384"),
+];
+
+/// The librdkafka settings: every `conf` key, and hotdog's defaults for the keys it leaves out.
+fn client_config(conf: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    // Retry for as long as it takes unless the operator says otherwise: librdkafka's own
+    // default gives up on a record after five minutes without a broker.
+    if !conf.contains_key("message.timeout.ms") && !conf.contains_key("delivery.timeout.ms") {
+        config.set("message.timeout.ms", "0");
+    }
+    // What librdkafka may hold, and so hotdog's memory, is bounded by these; its own
+    // defaults (100,000 records, 1 GB) let one burst of large lines take a gigabyte.
+    // Measured: with 50,000 records a 1,000,000-line burst over 16 connections runs at full
+    // speed (1.4-1.7M lines/s) in 27-28 MB; with 10,000, a quarter slower in 22-23 MB.
+    for (key, value) in QUEUE_DEFAULTS {
+        if !conf.contains_key(key) {
+            config.set(key, value);
+        }
+    }
+    for (k, v) in conf {
+        config.set(k, v);
+    }
+    config
+}
+
+/// Counts delivery reports of the connections' records; runs on librdkafka's thread. The
+/// opaque of every record is its topic's counters.
+struct Reports {
     metrics: Arc<Metrics>,
     clock: AckClock,
-    dead: Sink,
-    /// Set once shutdown ran out of time: refused records go straight to the file.
-    expired: Arc<AtomicBool>,
+    dead: Arc<DeadLetters>,
 }
 
 impl ClientContext for Reports {}
 
 impl ProducerContext for Reports {
-    type DeliveryOpaque = Arc<Tag>;
+    type DeliveryOpaque = Arc<TopicCounters>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tag: Arc<Tag>) {
-        let (dead_letter, counters) = match &*tag {
-            Tag::DeadLetter(original) => (Some(original.as_str()), None),
-            Tag::Record(counters) => (None, Some(counters)),
-        };
-        match (result, dead_letter) {
-            (Ok(m), Some(original)) => {
-                self.metrics.dead_lettered(original);
-                log::warn!("dead letter for {original} written to {}", m.topic());
-            }
-            (Ok(m), None) => {
-                if let Some(c) = counters {
-                    self.metrics.delivered(c);
-                }
+    fn delivery(&self, result: &DeliveryResult<'_>, counters: Arc<TopicCounters>) {
+        match result {
+            Ok(m) => {
+                self.metrics.delivered(&counters);
                 if let Timestamp::CreateTime(read) = m.timestamp() {
                     let now = self.clock.now(read);
                     self.metrics
@@ -58,42 +91,74 @@ impl ProducerContext for Reports {
                         .observe(u64::try_from(now - read).unwrap_or(0));
                 }
             }
-            (Err((e, m)), _) => {
+            Err((e, m)) => {
                 let kind = error_kind(e);
                 let purged = matches!(
                     e.rdkafka_error_code(),
                     Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
                 );
-                let record = record_of(m);
-                if let Some(original) = dead_letter {
-                    log::warn!("the dead-letter topic did not take a record: {e}");
-                    self.dead.send(DeadLetter {
-                        record: Record {
-                            topic: original.to_string().into(),
-                            ..record
-                        },
-                        reason: format!("dead_letter_topic_{kind}"),
-                        file_only: true,
-                    });
-                    return;
-                }
-                log::warn!("Kafka did not take a record for topic {}: {e}", m.topic());
+                throttle::KAFKA_REFUSED.warn(format_args!(
+                    "Kafka did not take a record for topic {}: {e}",
+                    m.topic()
+                ));
                 self.metrics.failed(m.topic(), &kind);
-                let reason = if purged {
-                    "shutdown_timeout".to_string()
-                } else {
-                    kind
+                let letter = DeadLetter {
+                    record: record_of(m),
+                    reason: if purged {
+                        record::SHUTDOWN_TIMEOUT.to_string()
+                    } else {
+                        kind
+                    },
+                    file_only: purged,
                 };
-                self.dead.send(DeadLetter {
-                    record,
-                    reason,
-                    file_only: purged || self.expired.load(Relaxed),
-                });
+                smol::block_on(self.dead.send(letter));
             }
         }
     }
 }
 
+/// Counts delivery reports of the dead-letter topic; runs on its producer's thread. The opaque
+/// of every record is the topic it was meant for.
+struct DeadLetterReports {
+    metrics: Arc<Metrics>,
+    file: Sink,
+}
+
+impl ClientContext for DeadLetterReports {}
+
+impl ProducerContext for DeadLetterReports {
+    type DeliveryOpaque = Box<String>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, original: Box<String>) {
+        match result {
+            Ok(m) => {
+                self.metrics.dead_lettered(&original);
+                throttle::DEAD_LETTER.warn(format_args!(
+                    "dead letter for {original} written to {}",
+                    m.topic()
+                ));
+            }
+            Err((e, m)) => {
+                throttle::DEAD_LETTER.warn(format_args!(
+                    "the dead-letter topic did not take a record: {e}"
+                ));
+                let letter = DeadLetter {
+                    record: Record {
+                        topic: Name::Owned(*original),
+                        ..record_of(m)
+                    },
+                    reason: format!("dead_letter_topic_{}", error_kind(e)),
+                    file_only: true,
+                };
+                self.metrics.dead_letter_reason(&letter.reason);
+                smol::block_on(self.file.send(letter));
+            }
+        }
+    }
+}
+
+/// The record a delivery report is about, rebuilt for a dead letter (hotdog's own headers
+/// left out).
 fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let headers = m
@@ -122,6 +187,99 @@ fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
     }
 }
 
+/// Where every dead letter goes: the dead-letter topic when there is one and Kafka may still
+/// be used for it, else the file. Reasons are counted here, once per letter.
+struct DeadLetters {
+    /// The dead-letter topic and the producer that writes to it.
+    topic: Option<(String, ThreadedProducer<DeadLetterReports>)>,
+    file: Sink,
+    metrics: Arc<Metrics>,
+    /// Set once shutdown ran out of time: dead letters go straight to the file.
+    expired: AtomicBool,
+}
+
+/// What became of an attempt to produce a dead letter to the topic.
+enum Attempt {
+    Produced,
+    QueueFull(DeadLetter),
+    ToFile(DeadLetter),
+}
+
+impl DeadLetters {
+    /// How long a dead letter waits for room in the dead-letter producer's queue before it goes
+    /// to the file instead.
+    const QUEUE_FULL_WAIT: Duration = Duration::from_secs(5);
+
+    /// Sends `letter` on; waits (without blocking) while the dead-letter producer's queue or
+    /// the file's queue is full.
+    async fn send(&self, letter: DeadLetter) {
+        self.metrics.dead_letter_reason(&letter.reason);
+        let until = Instant::now() + Self::QUEUE_FULL_WAIT;
+        let mut letter = letter;
+        loop {
+            match self.produce(letter) {
+                Attempt::Produced => return,
+                Attempt::QueueFull(l) if Instant::now() < until => {
+                    letter = l;
+                    smol::Timer::after(Duration::from_millis(5)).await;
+                }
+                Attempt::QueueFull(l) | Attempt::ToFile(l) => {
+                    letter = l;
+                    break;
+                }
+            }
+        }
+        self.file.send(letter).await;
+    }
+
+    fn produce(&self, letter: DeadLetter) -> Attempt {
+        let Some((topic, producer)) = &self.topic else {
+            return Attempt::ToFile(letter);
+        };
+        if letter.file_only || self.expired.load(Ordering::Relaxed) {
+            return Attempt::ToFile(letter);
+        }
+        let r = &letter.record;
+        let headers = r.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(r.headers.len() + 2)
+                .insert(Header {
+                    key: "hotdog-original-topic",
+                    value: Some(r.topic.as_ref()),
+                })
+                .insert(Header {
+                    key: "hotdog-reason",
+                    value: Some(letter.reason.as_str()),
+                }),
+            |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_str()),
+                })
+            },
+        );
+        let mut rec: BaseRecord<'_, str, str, Box<String>> =
+            BaseRecord::with_opaque_to(topic, Box::new(r.topic.to_string()))
+                .payload(r.payload.as_str())
+                .headers(headers);
+        if let Some(k) = &r.key {
+            rec = rec.key(k.as_str());
+        }
+        let sent = producer.send(rec).map_err(|(e, _)| e);
+        match sent {
+            Ok(()) => Attempt::Produced,
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                Attempt::QueueFull(letter)
+            }
+            Err(e) => {
+                throttle::DEAD_LETTER.warn(format_args!(
+                    "the dead-letter topic {topic} refused a record: {e}"
+                ));
+                Attempt::ToFile(letter)
+            }
+        }
+    }
+}
+
 /// The time of acknowledgement for delivery reports. Records read in the same millisecond are
 /// acknowledged together, a run of reports after another: the run shares one clock reading (a
 /// clock reading costs more than the rest of a report), renewed at least every
@@ -143,20 +301,12 @@ impl AckClock {
                 *now
             }
             _ => {
-                let now = now_ms();
+                let now = record::now_ms();
                 *last = (read_ms, now, 0);
                 now
             }
         }
     }
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A short name for an error, used in metric names (`kafka.producer.error.<kind>`).
@@ -196,77 +346,185 @@ impl Health {
     }
 }
 
-/// librdkafka settings hotdog chooses unless the operator sets them (see [`Publisher::new`]).
-pub const QUEUE_DEFAULTS: [(&str, &str); 2] = [
-    ("queue.buffering.max.messages", "50000"),
-    ("queue.buffering.max.kbytes", "16384"),
-];
+/// Counts the records waiting in the outbox, so that `buffer` bounds records, not batches. A
+/// sender takes room for a whole batch at once (or waits), and the publisher gives it back when
+/// it takes the batch out.
+#[derive(Debug)]
+struct Gate {
+    used: AtomicUsize,
+    capacity: usize,
+    freed: Event,
+}
 
+impl Gate {
+    fn new(capacity: usize) -> Gate {
+        Gate {
+            used: AtomicUsize::new(0),
+            capacity,
+            freed: Event::new(),
+        }
+    }
+
+    fn try_take(&self, n: usize) -> bool {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used + n > self.capacity {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    async fn take(&self, n: usize) {
+        loop {
+            if self.try_take(n) {
+                return;
+            }
+            let freed = self.freed.listen();
+            if self.try_take(n) {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        self.freed.notify(usize::MAX);
+    }
+}
+
+/// The way into the publisher, one clone per connection: at most `buffer` records wait in it.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: async_channel::Sender<Batch>,
+    gate: Arc<Gate>,
+    dead: Arc<DeadLetters>,
+}
+
+impl Outbox {
+    /// The most records a sender should put in one batch: a batch must fit in the outbox.
+    pub fn batch_max(&self) -> usize {
+        self.gate.capacity.min(BATCH_MAX)
+    }
+
+    /// Records waiting for the publisher now.
+    pub fn waiting(&self) -> usize {
+        self.gate.used.load(Ordering::Relaxed)
+    }
+
+    /// Hands `batch` to the publisher, waiting while the outbox is full. False when the
+    /// publisher takes nothing more (shutdown ran out of time): the records are dead-lettered.
+    pub async fn send(&self, batch: Batch) -> bool {
+        let n = batch.len();
+        self.gate.take(n).await;
+        match self.tx.send(batch).await {
+            Ok(()) => true,
+            Err(async_channel::SendError(batch)) => {
+                self.gate.give(n);
+                for record in batch {
+                    self.dead.send(DeadLetter::shutdown_timeout(record)).await;
+                }
+                false
+            }
+        }
+    }
+
+    /// Like [`Outbox::send`], but never waits: when the outbox is full (or closed), the batch
+    /// is given back. Only UDP does this: it cannot push back.
+    pub fn try_send(&self, batch: Batch) -> Result<(), Batch> {
+        let n = batch.len();
+        if !self.gate.try_take(n) {
+            return Err(batch);
+        }
+        self.tx.try_send(batch).map_err(|e| {
+            self.gate.give(n);
+            e.into_inner()
+        })
+    }
+
+    /// The publisher takes nothing more: later batches are dead-lettered.
+    pub fn close(&self) {
+        self.tx.close();
+    }
+}
+
+/// The publisher task's side: the producers and the outbox's receiving end.
 pub struct Publisher {
     producer: Arc<ThreadedProducer<Reports>>,
     metrics: Arc<Metrics>,
-    dead: Sink,
-    expired: Arc<AtomicBool>,
+    dead: Arc<DeadLetters>,
+    rx: async_channel::Receiver<Batch>,
+    gate: Arc<Gate>,
 }
 
 impl Publisher {
-    /// Creates the producer with every `conf` key (this does not need a reachable broker) and
-    /// the dead-letter writer.
-    pub fn new(
-        conf: &std::collections::BTreeMap<String, String>,
-        dead_letter: deadletter::Settings,
-        metrics: Arc<Metrics>,
-    ) -> Result<Publisher, String> {
-        let mut config = ClientConfig::new();
-        // Retry for as long as it takes unless the operator says otherwise: librdkafka's own
-        // default gives up on a record after five minutes without a broker.
-        if !conf.contains_key("message.timeout.ms") && !conf.contains_key("delivery.timeout.ms") {
-            config.set("message.timeout.ms", "0");
-        }
-        // What librdkafka may hold, and so hotdog's memory, is bounded by these; its own
-        // defaults (100,000 records, 1 GB) let one burst of large lines take a gigabyte.
-        // Measured: with 50,000 records a 1,000,000-line burst over 16 connections runs at full
-        // speed (1.4-1.7M lines/s) in 27-28 MB; with 10,000, a quarter slower in 22-23 MB.
-        for (key, value) in QUEUE_DEFAULTS {
-            if !conf.contains_key(key) {
-                config.set(key, value);
+    /// Creates the producers with every `conf` key (this does not need a reachable broker), the
+    /// dead-letter writer, and the outbox, which holds at most `kafka.buffer` records.
+    pub fn new(kafka: &config::Kafka, metrics: Arc<Metrics>) -> Result<(Publisher, Outbox), Error> {
+        let config = client_config(&kafka.conf);
+        let file = deadletter::start(kafka.dead_letter.file.clone(), metrics.clone())
+            .map_err(Error::Thread)?;
+        let topic = match &kafka.dead_letter.topic {
+            Some(topic) => {
+                let producer = config
+                    .create_with_context(DeadLetterReports {
+                        metrics: metrics.clone(),
+                        file: file.clone(),
+                    })
+                    .map_err(Error::Conf)?;
+                Some((topic.clone(), producer))
             }
-        }
-        for (k, v) in conf {
-            config.set(k, v);
-        }
-        let slot = Arc::new(OnceLock::new());
-        let dead = deadletter::start(dead_letter, metrics.clone(), slot.clone())
-            .map_err(|e| format!("cannot start the dead-letter writer: {e}"))?;
-        let expired = Arc::new(AtomicBool::new(false));
-        let producer: ThreadedProducer<Reports> = config
+            None => None,
+        };
+        let dead = Arc::new(DeadLetters {
+            topic,
+            file,
+            metrics: metrics.clone(),
+            expired: AtomicBool::new(false),
+        });
+        let producer = config
             .create_with_context(Reports {
                 metrics: metrics.clone(),
                 clock: AckClock::default(),
                 dead: dead.clone(),
-                expired: expired.clone(),
             })
-            .map_err(|e| format!("global.kafka.conf is not accepted by librdkafka: {e}"))?;
-        let producer = Arc::new(producer);
-        let _ = slot.set(producer.clone());
-        Ok(Publisher {
-            producer,
+            .map_err(Error::Conf)?;
+        let (tx, rx) = async_channel::unbounded();
+        let gate = Arc::new(Gate::new(kafka.buffer.max(1)));
+        let outbox = Outbox {
+            tx,
+            gate: gate.clone(),
+            dead: dead.clone(),
+        };
+        let publisher = Publisher {
+            producer: Arc::new(producer),
             metrics,
             dead,
-            expired,
-        })
-    }
-
-    /// Where connections send records they could not hand over.
-    pub fn dead_letters(&self) -> Sink {
-        self.dead.clone()
+            rx,
+            gate,
+        };
+        Ok((publisher, outbox))
     }
 
     /// Asks a broker for metadata every `every`, waiting up to `timeout`, and keeps `health`
     /// up to date. Runs on its own thread until the process ends.
-    pub fn watch_health(&self, health: Arc<Health>, every: Duration, timeout: Duration) {
+    pub fn watch_health(
+        &self,
+        health: Arc<Health>,
+        every: Duration,
+        timeout: Duration,
+    ) -> std::io::Result<()> {
         let producer = Arc::downgrade(&self.producer);
-        let _ = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("kafka-health".into())
             .spawn(move || {
                 let mut first = true;
@@ -286,7 +544,8 @@ impl Publisher {
                     drop(p);
                     std::thread::sleep(every);
                 }
-            });
+            })?;
+        Ok(())
     }
 
     /// Records librdkafka holds (queued or waiting for an acknowledgement).
@@ -295,59 +554,62 @@ impl Publisher {
         Arc::new(move || p.upgrade().map_or(0, |p| i64::from(p.in_flight_count())))
     }
 
-    /// Publishes every batch until the channel is closed (every connection is gone), then
-    /// waits until `deadline` for Kafka to acknowledge what is in flight. What is still not
+    /// Publishes every batch until the outbox is closed and empty, then waits until the
+    /// shutdown deadline for Kafka to acknowledge what is in flight. What is still not
     /// acknowledged then is dead-lettered to the file. Returns how many records that was.
-    pub async fn run(
-        self,
-        rx: async_channel::Receiver<Batch>,
-        deadline: async_channel::Receiver<Instant>,
-    ) -> u64 {
-        let mut deadline_at: Option<Instant> = None;
-        while let Ok(batch) = rx.recv().await {
-            if deadline_at.is_none() {
-                deadline_at = deadline.try_recv().ok();
-            }
-            // Records for the same topic come in runs: the topic's counters are looked up once
-            // per run, and every delivery report of the run shares them (a reference count).
-            let mut run: Option<(Name, Arc<Tag>, u64)> = None;
-            for record in batch {
-                let same = matches!(&run, Some((t, _, _)) if *t == record.topic);
-                if !same {
-                    self.count_submitted(run.take());
-                    let counters = self.metrics.topic(&record.topic);
-                    run = Some((record.topic.clone(), Arc::new(Tag::Record(counters)), 0));
+    pub async fn run(self, shutdown: Shutdown) -> u64 {
+        while let Ok(batch) = self.rx.recv().await {
+            self.gate.give(batch.len());
+            if shutdown.expired() {
+                for record in batch {
+                    self.dead.send(DeadLetter::shutdown_timeout(record)).await;
                 }
-                if let Some((_, tag, n)) = &mut run {
-                    if self.send(record, tag, deadline_at).await {
-                        *n += 1;
-                    }
-                }
+                continue;
             }
-            self.count_submitted(run);
+            self.publish(batch, &shutdown).await;
         }
-        let deadline_at = match deadline_at {
-            Some(d) => d,
-            None => deadline.recv().await.unwrap_or_else(|_| Instant::now()),
-        };
-        self.finish(deadline_at).await
+        let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
+        self.finish(deadline).await
     }
 
-    fn count_submitted(&self, run: Option<(Name, Arc<Tag>, u64)>) {
-        if let Some((_, tag, n)) = run {
-            if let Tag::Record(counters) = &*tag {
-                self.metrics.submitted(counters, n);
+    async fn publish(&self, batch: Batch, shutdown: &Shutdown) {
+        // Records for the same topic come in runs: the topic's counters are looked up once
+        // per run, and every delivery report of the run shares them (a reference count).
+        let mut run: Option<(Name, Arc<TopicCounters>, u64)> = None;
+        for record in batch {
+            let same = matches!(&run, Some((t, _, _)) if *t == record.topic);
+            if !same {
+                self.count_submitted(run.take());
+                let counters = self.metrics.topic(&record.topic);
+                run = Some((record.topic.clone(), counters, 0));
             }
+            if let Some((_, counters, n)) = &mut run {
+                if self.send(record, counters, shutdown).await {
+                    *n += 1;
+                }
+            }
+        }
+        self.count_submitted(run);
+    }
+
+    fn count_submitted(&self, run: Option<(Name, Arc<TopicCounters>, u64)>) {
+        if let Some((_, counters, n)) = run {
+            self.metrics.submitted(&counters, n);
         }
     }
 
     /// Hands one record to librdkafka, waiting while its queue is full (until the shutdown
     /// deadline, if there is one); false when it was dead-lettered instead.
-    async fn send(&self, record: Record, tag: &Arc<Tag>, deadline: Option<Instant>) -> bool {
+    async fn send(
+        &self,
+        record: Record,
+        counters: &Arc<TopicCounters>,
+        shutdown: &Shutdown,
+    ) -> bool {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut r: BaseRecord<'_, str, str, Arc<Tag>> =
-                BaseRecord::with_opaque_to(&record.topic, tag.clone())
+            let mut r: BaseRecord<'_, str, str, Arc<TopicCounters>> =
+                BaseRecord::with_opaque_to(&record.topic, counters.clone())
                     .payload(record.payload.as_str());
             if record.read_ms > 0 {
                 r = r.timestamp(record.read_ms);
@@ -367,30 +629,31 @@ impl Publisher {
                 );
                 r = r.headers(headers);
             }
-            match self.producer.send(r) {
+            let sent = self.producer.send(r).map_err(|(e, _)| e);
+            match sent {
                 Ok(()) => return true,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.dead.send(DeadLetter {
-                            record,
-                            reason: "shutdown_timeout".into(),
-                            file_only: true,
-                        });
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                    if shutdown.expired() {
+                        self.dead.send(DeadLetter::shutdown_timeout(record)).await;
                         return false;
                     }
                     smol::Timer::after(backoff).await;
                     // Short waits: librdkafka's queue drains in milliseconds at full speed.
                     backoff = (backoff * 2).min(Duration::from_millis(10));
                 }
-                Err((e, _)) => {
-                    log::warn!("Kafka refused a record for topic {}: {e}", record.topic);
+                Err(e) => {
+                    throttle::KAFKA_REFUSED.warn(format_args!(
+                        "Kafka refused a record for topic {}: {e}",
+                        record.topic
+                    ));
                     let kind = error_kind(&e);
                     self.metrics.failed(&record.topic, &kind);
-                    self.dead.send(DeadLetter {
+                    let letter = DeadLetter {
                         record,
                         reason: kind,
                         file_only: false,
-                    });
+                    };
+                    self.dead.send(letter).await;
                     return false;
                 }
             }
@@ -398,37 +661,54 @@ impl Publisher {
     }
 
     /// Waits for acknowledgements until `deadline`, then purges what is left (its delivery
-    /// reports dead-letter it to the file) and waits for the dead-letter writer.
+    /// reports dead-letter it to the file) and waits for the dead-letter writer. Returns how
+    /// many of the connections' records were not acknowledged in time.
     async fn finish(&self, deadline: Instant) -> u64 {
         let producer = self.producer.clone();
-        let expired = self.expired.clone();
         let dead = self.dead.clone();
         smol::unblock(move || {
-            while producer.in_flight_count() > 0 && Instant::now() < deadline {
-                let step = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_secs(1));
-                if producer.flush(step).is_err() {
-                    log::info!(
-                        "waiting for Kafka to acknowledge {} records",
-                        producer.in_flight_count()
-                    );
-                }
-            }
-            let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
+            let left = drain(&*producer, deadline, "Kafka");
             if left > 0 {
-                expired.store(true, Relaxed);
+                dead.expired.store(true, Ordering::Relaxed);
                 log::warn!(
                     "shutdown timeout: {left} records not acknowledged; dead-lettering them"
                 );
-                producer.purge(PurgeConfig::default().queue().inflight());
-                let _ = producer.flush(Duration::from_secs(5));
             }
-            dead.finish();
+            // Dead letters of the purge may go nowhere but the file now; the dead-letter topic
+            // gets what time is left (and is purged to the file after it).
+            if let Some((topic, p)) = &dead.topic {
+                let left = drain(p, deadline, topic);
+                if left > 0 {
+                    log::warn!("shutdown timeout: {left} dead letters not acknowledged by {topic}; writing them to the file");
+                }
+            }
+            dead.file.finish();
             left
         })
         .await
     }
+}
+
+/// Flushes `producer` until `deadline`; then purges what is left, so that its delivery reports
+/// dead-letter it. Returns how many records that was.
+fn drain<C: ProducerContext>(producer: &ThreadedProducer<C>, deadline: Instant, what: &str) -> u64 {
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        let step = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
+        if producer.flush(step).is_err() {
+            log::info!(
+                "waiting for {what} to acknowledge {} records",
+                producer.in_flight_count()
+            );
+        }
+    }
+    let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
+    if left > 0 {
+        producer.purge(PurgeConfig::default().queue().inflight());
+        let _ = producer.flush(Duration::from_secs(5));
+    }
+    left
 }
 
 #[cfg(test)]
@@ -450,5 +730,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(3));
         // ...and at once when the read time changes.
         assert!(clock.now(1001) > renewed);
+    }
+
+    #[test]
+    fn the_gate_counts_records_and_wakes_a_waiting_sender() {
+        let gate = Arc::new(Gate::new(10));
+        assert!(gate.try_take(6));
+        assert!(!gate.try_take(5), "6 + 5 records do not fit in 10");
+        assert!(gate.try_take(4));
+        assert!(!gate.try_take(1));
+        let waiting = {
+            let gate = gate.clone();
+            std::thread::spawn(move || smol::block_on(gate.take(3)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "took room that is not there");
+        gate.give(6);
+        waiting.join().expect("the sender woke");
+        assert_eq!(gate.used.load(Ordering::Relaxed), 7);
     }
 }

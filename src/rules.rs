@@ -17,6 +17,7 @@ use regex_automata::util::captures::Captures;
 use regex_automata::{meta, Input, PatternID};
 use serde_json::Value;
 
+use crate::record::{Name, Record};
 use crate::syslog::Message;
 use crate::template::{Lookup, Template, Templates};
 
@@ -213,21 +214,6 @@ pub struct Rule {
     /// Where the rule is written (`file:line`), for `--test` output and logs.
     pub origin: String,
 }
-
-/// One message for Kafka.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub topic: Name,
-    pub key: Option<String>,
-    pub payload: String,
-    pub headers: Vec<(Name, String)>,
-    /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
-    pub read_ms: i64,
-}
-
-/// A topic or header name: borrowed when it comes from the configuration (see
-/// [`crate::template::forever`]), owned when it was rendered.
-pub type Name = Cow<'static, str>;
 
 /// What happened to one message, for the caller to count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -1,24 +1,39 @@
-//! The shutdown signal every task holds: a channel that is never sent on, only closed.
+//! The shutdown signal every task holds: a channel that is never sent on, only closed, and the
+//! deadline by which shutdown must be done.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 /// A handle on the shutdown signal; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     rx: async_channel::Receiver<()>,
+    deadline: Arc<OnceLock<Instant>>,
 }
 
 /// Begins shutdown when [`Trigger::trigger`] is called or when it is dropped.
 #[derive(Debug)]
 pub struct Trigger {
     tx: async_channel::Sender<()>,
+    deadline: Arc<OnceLock<Instant>>,
 }
 
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = async_channel::bounded(1);
-    (Trigger { tx }, Shutdown { rx })
+    let deadline = Arc::new(OnceLock::new());
+    (
+        Trigger {
+            tx,
+            deadline: deadline.clone(),
+        },
+        Shutdown { rx, deadline },
+    )
 }
 
 impl Trigger {
-    pub fn trigger(&self) {
+    /// Begins shutdown, to be done by `deadline`.
+    pub fn trigger(&self, deadline: Instant) {
+        let _ = self.deadline.set(deadline);
         self.tx.close();
     }
 }
@@ -26,6 +41,16 @@ impl Trigger {
 impl Shutdown {
     pub fn is_triggered(&self) -> bool {
         self.rx.is_closed()
+    }
+
+    /// The deadline, once shutdown has begun.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.get().copied()
+    }
+
+    /// True once shutdown has begun and its deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
     }
 
     /// Resolves once shutdown has begun.

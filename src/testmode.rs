@@ -5,7 +5,8 @@ use std::io::{BufRead, Write};
 
 use serde_json::{json, Value};
 
-use crate::rules::{Origin, Record, Rules};
+use crate::record::Record;
+use crate::rules::{Origin, Rules};
 use crate::syslog::{self, Message};
 
 /// Reads `input` line by line and writes a report of each to `out`: readable text, or with

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::{ClientAuth, Tls};
+use crate::config::{ClientAuth, Config, ConfigError, ConfigErrors, Protocol, Tls};
 
 /// Who a client said it is, from its verified certificate.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -72,6 +72,31 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
     // lines still waiting in our receive buffer.
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
+}
+
+/// Reads the certificate files of every TLS listener in `config` (read from `file`): they are
+/// part of the configuration, and a bad one is a configuration error.
+pub fn check_files(config: &Config, file: &str) -> Result<(), ConfigErrors> {
+    let errors: Vec<ConfigError> = config
+        .global
+        .listen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match &l.protocol {
+            Protocol::Tls(t) => server_config(t).err().map(|e| ConfigError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                message: format!("global.listen[{i}].tls: {e}"),
+            }),
+            _ => None,
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// The acceptor of one TLS listener; [`Acceptor::reload`] swaps in new files for new connections.

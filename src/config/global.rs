@@ -1,0 +1,285 @@
+//! Decoding `global:`: listeners, Kafka, metrics, the status server, the shutdown timeout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use marked_yaml::Node;
+
+use super::yaml::{duration, kind, scalar, unknown_name, Cx, Map};
+use super::{
+    ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Protocol, Status, Tls, ENV_OVERRIDES,
+};
+
+pub(super) fn decode(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Global> {
+    let mut g = Map::new(cx, node, "global")?;
+    let listen = match g.get("listen") {
+        Some(n) => decode_listeners(cx, n),
+        None => {
+            cx.error(node, "`global.listen` is required");
+            None
+        }
+    };
+    let kafka = match g.get("kafka") {
+        Some(n) => decode_kafka(cx, n, env),
+        None => {
+            cx.error(node, "`global.kafka` is required");
+            None
+        }
+    };
+    let metrics = match g.get("metrics") {
+        Some(n) => decode_metrics(cx, n),
+        None => Some(Metrics::default()),
+    };
+    let status = match g.get("status") {
+        Some(n) => decode_status(cx, n).map(Some),
+        None => Some(None),
+    };
+    let shutdown_timeout = match g.get("shutdown_timeout") {
+        Some(n) => duration(cx, n, "global.shutdown_timeout"),
+        None => Some(Duration::from_secs(30)),
+    };
+    g.finish(cx);
+    Some(Global {
+        listen: listen?,
+        kafka: kafka?,
+        metrics: metrics?,
+        status: status?,
+        shutdown_timeout: shutdown_timeout?,
+    })
+}
+
+fn decode_listeners(cx: &mut Cx<'_>, node: &Node) -> Option<Vec<Listen>> {
+    let Some(seq) = node.as_sequence() else {
+        return decode_listen(cx, node, "global.listen").map(|l| vec![l]);
+    };
+    if seq.is_empty() {
+        cx.error(node, "`global.listen` needs at least one listener");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in seq.iter().enumerate() {
+        match decode_listen(cx, item, &format!("global.listen[{i}]")) {
+            Some(l) => out.push(l),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+const PROTOCOLS: [&str; 3] = ["tcp", "tls", "udp"];
+
+/// The listener's protocol from `protocol: name` and whether it has `tls` settings.
+fn protocol(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    what: &str,
+    name: &str,
+    tls_node: Option<&Node>,
+    tls: Option<Tls>,
+) -> Option<Protocol> {
+    match (name, tls_node, tls) {
+        ("tcp", None, _) => Some(Protocol::Tcp),
+        ("udp", None, _) => Some(Protocol::Udp),
+        ("tls", Some(_), Some(t)) => Some(Protocol::Tls(t)),
+        ("tls", Some(_), None) => None,
+        ("tls", None, _) => {
+            cx.error(
+                node,
+                format!("`{what}` uses protocol tls but has no `tls` settings (cert, key)"),
+            );
+            None
+        }
+        ("tcp" | "udp", Some(t), _) => {
+            cx.error(
+                t,
+                format!("`{what}` has `tls` settings but protocol {name}"),
+            );
+            None
+        }
+        (other, _, _) => {
+            cx.error(node, unknown_name("protocol", other, &PROTOCOLS));
+            None
+        }
+    }
+}
+
+fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
+    let mut m = Map::new(cx, node, what)?;
+    let address = m
+        .string(cx, "address")
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = m.number(cx, "port").unwrap_or(1514);
+    let max_message_size: usize = m.number(cx, "max_message_size").unwrap_or(64 * 1024);
+    if max_message_size == 0 {
+        if let Some(n) = m.get("max_message_size") {
+            cx.error(n, format!("`{what}.max_message_size` must be at least 1"));
+        }
+    }
+    let tls_node = match m.get("tls") {
+        Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
+        other => other,
+    };
+    let tls = tls_node.and_then(|n| decode_tls(cx, n, &format!("{what}.tls")));
+    let protocol = match m.get("protocol") {
+        None => match (tls_node, tls) {
+            (None, _) => Some(Protocol::Tcp),
+            (Some(_), Some(t)) => Some(Protocol::Tls(t)),
+            (Some(_), None) => None,
+        },
+        Some(p) => scalar(cx, p, &m.path("protocol"))
+            .and_then(|name| protocol(cx, p, what, &name, tls_node, tls)),
+    };
+    m.finish(cx);
+    Some(Listen {
+        address,
+        port,
+        protocol: protocol?,
+        max_message_size,
+    })
+}
+
+fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Tls> {
+    let mut m = Map::new(cx, node, what)?;
+    let cert = m.required_string(cx, "cert");
+    let key = m.required_string(cx, "key");
+    let ca = m.string(cx, "ca").map(PathBuf::from);
+    let client_auth = match m.get("client_auth") {
+        None => Some(ClientAuth::Required),
+        Some(n) => match scalar(cx, n, &m.path("client_auth")).as_deref() {
+            Some("required") => Some(ClientAuth::Required),
+            Some("optional") => Some(ClientAuth::Optional),
+            Some(other) => {
+                cx.error(
+                    n,
+                    format!("unknown client_auth `{other}`; expected `required` or `optional`"),
+                );
+                None
+            }
+            None => None,
+        },
+    };
+    if ca.is_none() {
+        if let Some(n) = m.get("client_auth") {
+            cx.error(
+                n,
+                format!("`{what}.client_auth` needs a `ca` to verify clients against"),
+            );
+        }
+    }
+    let handshake_timeout = match m.get("handshake_timeout") {
+        Some(n) => duration(cx, n, &m.path("handshake_timeout")),
+        None => Some(Duration::from_secs(10)),
+    };
+    m.finish(cx);
+    Some(Tls {
+        cert: cert?.into(),
+        key: key?.into(),
+        ca,
+        client_auth: client_auth?,
+        handshake_timeout: handshake_timeout?,
+    })
+}
+
+fn decode_kafka(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Kafka> {
+    let mut m = Map::new(cx, node, "global.kafka")?;
+    let mut conf = BTreeMap::new();
+    if let Some(c) = m.get("conf") {
+        if let Some(map) = c.as_mapping() {
+            for (k, v) in map.iter() {
+                let what = format!("global.kafka.conf.{}", k.as_str());
+                if let Some(v) = scalar(cx, v, &what) {
+                    conf.insert(k.as_str().to_string(), v);
+                }
+            }
+        } else {
+            cx.error(
+                c,
+                format!(
+                    "expected a mapping of librdkafka settings for `global.kafka.conf`, found {}",
+                    kind(c)
+                ),
+            );
+        }
+    }
+    // hotdog 0.3 and earlier wrote `brokers:`; accept it as `bootstrap.servers`.
+    if let Some(b) = m.string(cx, "brokers") {
+        conf.entry("bootstrap.servers".into()).or_insert(b);
+    }
+    for (var, key) in ENV_OVERRIDES {
+        if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+            conf.insert(key.to_string(), v);
+        }
+    }
+    let topic = m.string(cx, "topic").unwrap_or_else(|| "logs".into());
+    if !crate::rules::is_legal_topic(&topic) {
+        if let Some(n) = m.get("topic") {
+            cx.error(
+                n,
+                format!(
+                    "`{topic}` is not a legal Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"
+                ),
+            );
+        }
+    }
+    let buffer: usize = m.number(cx, "buffer").unwrap_or(1024);
+    if buffer == 0 {
+        if let Some(n) = m.get("buffer") {
+            cx.error(n, "`global.kafka.buffer` must be at least 1");
+        }
+    }
+    let timeout_ms = m.number(cx, "timeout_ms").unwrap_or(5000);
+    let mut dead_letter = DeadLetter::default();
+    if let Some(d) = m.get("dead_letter") {
+        if let Some(mut dm) = Map::new(cx, d, "global.kafka.dead_letter") {
+            dead_letter.topic = dm.string(cx, "topic");
+            if let (Some(t), Some(n)) = (&dead_letter.topic, dm.get("topic")) {
+                if !crate::rules::is_legal_topic(t) {
+                    cx.error(n, format!("`{t}` is not a legal Kafka topic name"));
+                }
+            }
+            dead_letter.file = dm.string(cx, "file").map(PathBuf::from);
+            dm.finish(cx);
+        }
+    }
+    m.finish(cx);
+    if !conf.contains_key("bootstrap.servers") && !conf.contains_key("metadata.broker.list") {
+        cx.error(
+            node,
+            "`global.kafka.conf` needs `bootstrap.servers` (or set KAFKA_BROKER)",
+        );
+    }
+    Some(Kafka {
+        conf,
+        topic,
+        buffer,
+        timeout_ms,
+        dead_letter,
+    })
+}
+
+fn decode_metrics(cx: &mut Cx<'_>, node: &Node) -> Option<Metrics> {
+    let mut m = Map::new(cx, node, "global.metrics")?;
+    let statsd = m.string(cx, "statsd");
+    m.finish(cx);
+    Some(Metrics { statsd })
+}
+
+fn decode_status(cx: &mut Cx<'_>, node: &Node) -> Option<Status> {
+    let mut m = Map::new(cx, node, "global.status")?;
+    let address = m
+        .string(cx, "address")
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = m.number(cx, "port").unwrap_or(8585);
+    m.finish(cx);
+    Some(Status { address, port })
+}

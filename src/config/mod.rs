@@ -1,0 +1,437 @@
+//! `hotdog.yml`: the configuration model, and loading it.
+//!
+//! The file is read into a YAML tree that keeps every node's line and column, then decoded by
+//! hand, so that every error names `file:line:column` and what was expected, unknown keys
+//! suggest the closest known one, and all errors are reported at once rather than the first.
+//! [`yaml`] is the decoding toolkit, [`global`] decodes `global:`, and [`rules`] compiles the
+//! rules (regexes, JMESPath expressions and templates, once).
+//!
+//! A configuration written for hotdog 0.5 loads unchanged; keys added since are optional.
+
+mod global;
+mod rules;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use marked_yaml::{LoaderOptions, Node};
+
+use crate::rules::Rules;
+use crate::template::Templates;
+pub use yaml::{ConfigError, ConfigErrors};
+use yaml::{Cx, Map};
+
+/// The whole configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub global: Global,
+    pub rules: Rules,
+}
+
+/// `global:`
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// `global.listen`: where syslog is received; one listener or a list of them.
+    pub listen: Vec<Listen>,
+    /// `global.kafka`: where records go.
+    pub kafka: Kafka,
+    /// `global.metrics`: statsd output.
+    pub metrics: Metrics,
+    /// `global.status`: the HTTP status server; off when absent.
+    pub status: Option<Status>,
+    /// `global.shutdown_timeout`: how long shutdown waits for open connections and for Kafka to
+    /// acknowledge what was read (seconds, or a duration like `30s`). Default 30 s.
+    pub shutdown_timeout: Duration,
+}
+
+/// One entry of `global.listen` (which is one mapping, or a list of them).
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// `address`: the address to bind. Default `127.0.0.1`.
+    pub address: String,
+    /// `port`: the port. Default 1514.
+    pub port: u16,
+    /// `protocol`: `tcp`, `tls` or `udp`. Default `tls` when `tls` is given, else `tcp`.
+    pub protocol: Protocol,
+    /// `max_message_size`: the longest frame kept, in bytes; longer ones are truncated to it and
+    /// counted. Default 65536.
+    pub max_message_size: usize,
+}
+
+/// How a listener receives syslog.
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    Tcp,
+    /// `tls`: `cert`, `key`, optional `ca`, `client_auth`, `handshake_timeout`.
+    Tls(Tls),
+    /// One message per datagram (RFC 5426).
+    Udp,
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls(_) => "tls",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Whether a TLS client must present a certificate signed by `ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// `global.listen.tls:`
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// `cert`: PEM file with the server certificate, then its chain.
+    pub cert: PathBuf,
+    /// `key`: PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// `ca`: PEM file with the CA certificates that client certificates are verified against.
+    /// Without it, clients are not asked for certificates.
+    pub ca: Option<PathBuf>,
+    /// `client_auth`: `required` (default when `ca` is given: a client without a valid
+    /// certificate is refused) or `optional` (anonymous clients are let in; a certificate that is
+    /// presented must still be valid).
+    pub client_auth: ClientAuth,
+    /// `handshake_timeout`: a client that has not finished its handshake by then is cut off.
+    /// Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+/// `global.kafka:`
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    /// `conf`: every key is handed to librdkafka as it is (`bootstrap.servers`, `linger.ms`, ...).
+    /// The environment variables `KAFKA_BROKER`, `SASL_SCRAM_USERNAME` and
+    /// `SASL_SCRAM_PASSWORD` override `bootstrap.servers`, `sasl.username` and `sasl.password`.
+    pub conf: BTreeMap<String, String>,
+    /// `topic`: the topic for records whose rendered topic is not a legal topic name.
+    /// Default `logs`.
+    pub topic: String,
+    /// `buffer`: how many records may wait between the connections and the Kafka publisher;
+    /// when it is full, connections stop reading (TCP backpressure). Default 1024.
+    pub buffer: usize,
+    /// `timeout_ms`: how long to wait for broker metadata at start before logging that no broker
+    /// is reachable (hotdog starts anyway and delivers once one is). Default 5000.
+    pub timeout_ms: u64,
+    /// `dead_letter`: `topic` and `file` for records Kafka refuses for good.
+    pub dead_letter: DeadLetter,
+}
+
+/// `global.metrics:`
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    /// `statsd`: `host:port` of a statsd server; no statsd output when absent.
+    pub statsd: Option<String>,
+}
+
+/// `global.status:`
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// `address`: default `127.0.0.1`.
+    pub address: String,
+    /// `port`: default 8585.
+    pub port: u16,
+}
+
+/// `global.kafka.dead_letter:`
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetter {
+    /// `topic`: where refused records are produced, with headers `hotdog-original-topic` and
+    /// `hotdog-reason`.
+    pub topic: Option<String>,
+    /// `file`: a JSON-lines file for records that cannot go to the dead-letter topic.
+    pub file: Option<PathBuf>,
+}
+
+/// Environment variables that override `global.kafka.conf` keys.
+pub const ENV_OVERRIDES: [(&str, &str); 3] = [
+    ("KAFKA_BROKER", "bootstrap.servers"),
+    ("SASL_SCRAM_USERNAME", "sasl.username"),
+    ("SASL_SCRAM_PASSWORD", "sasl.password"),
+];
+
+impl Config {
+    /// Reads, validates and compiles `path`, applying the environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: file.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the configuration: {e}"),
+            }])
+        })?;
+        let env = |k: &str| std::env::var(k).ok();
+        Self::parse(&file, &text, env)
+    }
+
+    /// Validates and compiles `text` (named `file` in errors); `env` looks up overrides.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut cx = Cx {
+            file,
+            errors: Vec::new(),
+        };
+        let options = LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true);
+        let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
+            Ok(root) => root,
+            Err(e) => return Err(ConfigErrors(vec![yaml::load_error(file, e)])),
+        };
+        let config = decode_root(&mut cx, &root, &env);
+        match config {
+            Some(c) if cx.errors.is_empty() => Ok(c),
+            _ => {
+                if cx.errors.is_empty() {
+                    cx.error(&root, "the configuration is not valid");
+                }
+                Err(ConfigErrors(cx.errors))
+            }
+        }
+    }
+}
+
+/// The whole file: `global` and `rules`.
+fn decode_root(
+    cx: &mut Cx<'_>,
+    root: &Node,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Config> {
+    let mut top = Map::new(cx, root, "the configuration")?;
+    let global = match top.get("global") {
+        Some(node) => global::decode(cx, node, env),
+        None => {
+            cx.error(root, "`global` is required");
+            None
+        }
+    };
+    let default_topic = global
+        .as_ref()
+        .map(|g| g.kafka.topic.clone())
+        .unwrap_or_else(|| "logs".to_string());
+    let rules = match top.get("rules") {
+        Some(node) => rules::decode(cx, node, &default_topic),
+        None => Some(Rules::new(Vec::new(), Templates::new(), &default_topic)),
+    };
+    top.finish(cx);
+    Some(Config {
+        global: global?,
+        rules: rules?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Action, MergeValue};
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse("test.yml", text, |_| None)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const MINIMAL: &str = "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\n";
+
+    #[test]
+    fn minimal_with_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        let l = &c.global.listen[0];
+        assert_eq!(c.global.listen.len(), 1);
+        assert_eq!(l.address, "127.0.0.1");
+        assert_eq!(l.port, 1514);
+        assert!(matches!(l.protocol, Protocol::Tcp));
+        assert_eq!(l.max_message_size, 65536);
+        assert_eq!(c.global.kafka.topic, "logs");
+        assert_eq!(c.global.kafka.buffer, 1024);
+        assert_eq!(c.global.shutdown_timeout, Duration::from_secs(30));
+        assert!(c.global.status.is_none());
+        assert!(c.rules.rules().is_empty());
+    }
+
+    #[test]
+    fn listeners_single_and_list() {
+        let single = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 6514\n    tls:\n      cert: c.pem\n      key: k.pem\n      ca: ca.pem\n",
+        );
+        let c = parse(&single).unwrap();
+        let Protocol::Tls(t) = &c.global.listen[0].protocol else {
+            panic!("not tls");
+        };
+        assert_eq!(t.client_auth, ClientAuth::Required);
+        assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+        let list = MINIMAL.replace(
+            "  listen:\n    port: 1514\n",
+            "  listen:\n    - port: 1514\n    - port: 6514\n      tls:\n        cert: c.pem\n        key: k.pem\n        ca: ca.pem\n        client_auth: optional\n        handshake_timeout: 2s\n    - port: 514\n      protocol: udp\n      address: 0.0.0.0\n",
+        );
+        let c = parse(&list).unwrap();
+        let kinds: Vec<_> = c
+            .global
+            .listen
+            .iter()
+            .map(|l| (l.port, l.protocol.name()))
+            .collect();
+        assert_eq!(kinds, [(1514, "tcp"), (6514, "tls"), (514, "udp")]);
+        let Protocol::Tls(t) = &c.global.listen[1].protocol else {
+            panic!("not tls");
+        };
+        assert_eq!(t.client_auth, ClientAuth::Optional);
+        assert_eq!(t.handshake_timeout, Duration::from_secs(2));
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: tsl\n");
+        let joined = errors(&bad).join("\n");
+        assert!(
+            joined.contains("unknown protocol `tsl`; did you mean `tls`?"),
+            "{joined}"
+        );
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: tls\n");
+        assert!(errors(&bad)[0].contains("has no `tls` settings"));
+    }
+
+    #[test]
+    fn env_overrides_kafka_conf() {
+        let c = Config::parse("t.yml", MINIMAL, |k| match k {
+            "KAFKA_BROKER" => Some("env:1".into()),
+            "SASL_SCRAM_USERNAME" => Some("u".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.global.kafka.conf["bootstrap.servers"], "env:1");
+        assert_eq!(c.global.kafka.conf["sasl.username"], "u");
+        assert!(!c.global.kafka.conf.contains_key("sasl.password"));
+    }
+
+    #[test]
+    fn unknown_keys_suggest_and_all_errors_are_reported() {
+        let text = "global:\n  listen:\n    prot: 1514\n  kafka:\n    conf:\n      bootstrap.servers: b\n    buffr: 3\nrules:\n  - regex: '('\n    actions:\n      - type: forwrd\n  - jmespath: 'a'\n    fieeld: msg\n    actions:\n      - type: forward\n        topic: 'x'\n        tpic: 'y'\n";
+        let errs = errors(text);
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains(
+                "test.yml:3:5: unknown key `prot` in `global.listen`; did you mean `port`?"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:7:5: unknown key `buffr`"),
+            "{joined}"
+        );
+        assert!(joined.contains("did you mean `buffer`?"), "{joined}");
+        assert!(joined.contains("test.yml:9:12: invalid regex"), "{joined}");
+        assert!(
+            joined
+                .contains("test.yml:11:15: unknown action type `forwrd`; did you mean `forward`?"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:13:5: unknown key `fieeld`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:17:9: unknown key `tpic`"),
+            "{joined}"
+        );
+        assert_eq!(errs.len(), 6, "{joined}");
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let text = "global:\n  listen:\n    port: lots\n  kafka:\n    conf:\n      bootstrap.servers: b\n    topic: 'no spaces'\nrules:\n  - regex: 'x'\n    field: hostnam\n    actions:\n      - type: forward\n        topic: '{{#if}}'\n      - type: merge\n        json: 'not a map'\n";
+        let joined = errors(text).join("\n");
+        assert!(
+            joined.contains("test.yml:3:11: expected a whole number"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:7:12: `no spaces` is not a legal Kafka topic"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:10:12: unknown field `hostnam`"),
+            "{joined}"
+        );
+        assert!(joined.contains("did you mean `hostname`?"), "{joined}");
+        assert!(
+            joined.contains("test.yml:13:16: invalid template"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:15:15: expected a mapping"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_errors_and_odd_documents_do_not_panic() {
+        for text in [
+            "global: [\n",
+            "- a\n- b\n",
+            "a: *nothing\n",
+            "a: &x 1\nb: *x\n",
+            "global:\n  listen: 1\n  listen: 2\n",
+            "",
+            "global: !!str x\n",
+            "rules: 3\nglobal: 4\n",
+        ] {
+            let errs = errors(text);
+            assert!(!errs.is_empty());
+            assert!(errs[0].starts_with("test.yml"), "{errs:?}");
+        }
+    }
+
+    #[test]
+    fn missing_broker_is_reported() {
+        let joined = errors("global:\n  listen: {}\n  kafka: {}\n").join("\n");
+        assert!(joined.contains("bootstrap.servers"), "{joined}");
+    }
+
+    #[test]
+    fn merge_values_keep_their_types() {
+        let text = format!(
+            "{MINIMAL}rules:\n  - regex: '.'\n    actions:\n      - type: merge\n        json:\n          n: 3\n          f: 1.5\n          b: true\n          s: '3'\n          t: '{{{{msg}}}}'\n          l: [1, x]\n      - type: forward\n        topic: t\n"
+        );
+        let c = parse(&text).unwrap();
+        let Action::Merge(MergeValue::Object(fields)) = &c.rules.rules()[0].actions[0] else {
+            panic!("not a merge");
+        };
+        let kinds: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| match v {
+                MergeValue::Json(j) => format!("{k}={j}"),
+                MergeValue::Template(_) => format!("{k}=template"),
+                MergeValue::Array(a) => format!("{k}=array{}", a.len()),
+                MergeValue::Object(_) => format!("{k}=object"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "n=3",
+                "f=1.5",
+                "b=true",
+                "s=template",
+                "t=template",
+                "l=array2"
+            ]
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! A toolkit for decoding a YAML tree that keeps every node's line and column (marked-yaml):
+//! errors that name `file:line:column` and what was expected, and mappings that report every
+//! key nobody asked for, with the closest known key suggested. Knows nothing of hotdog's keys.
+
+use std::fmt;
+use std::time::Duration;
+
+use marked_yaml::Node;
+
+/// One problem in the configuration, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
+    use marked_yaml::LoadError::*;
+    let at = |m: &marked_yaml::Marker, message: String| ConfigError {
+        file: file.to_string(),
+        line: m.line(),
+        column: m.column(),
+        message,
+    };
+    match &e {
+        TopLevelMustBeMapping(m) => at(
+            m,
+            "expected a mapping with `global` and `rules` at the top".into(),
+        ),
+        UnexpectedAnchor(m) => at(m, "YAML anchors are not supported here".into()),
+        MappingKeyMustBeScalar(m) => at(m, "keys must be plain strings".into()),
+        UnexpectedTag(m) => at(m, "YAML tags are not supported here".into()),
+        ScanError(m, err) => at(m, format!("invalid YAML: {}", err.info())),
+        DuplicateKey(inner) => {
+            let key = &inner.key;
+            let (line, column) = key
+                .span()
+                .start()
+                .map(|m| (m.line(), m.column()))
+                .unwrap_or((0, 0));
+            ConfigError {
+                file: file.to_string(),
+                line,
+                column,
+                message: format!("the key `{}` is given twice", key.as_str()),
+            }
+        }
+        _ => ConfigError {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            message: format!("invalid YAML: {e}"),
+        },
+    }
+}
+
+/// The decoding context: the file name and the errors found so far.
+pub(super) struct Cx<'f> {
+    pub(super) file: &'f str,
+    pub(super) errors: Vec<ConfigError>,
+}
+
+impl Cx<'_> {
+    pub(super) fn error(&mut self, node: &Node, message: impl Into<String>) {
+        let (line, column) = position(node);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+}
+
+pub(super) fn position(node: &Node) -> (usize, usize) {
+    node.span()
+        .start()
+        .map(|m| (m.line(), m.column()))
+        .unwrap_or((0, 0))
+}
+
+pub(super) fn kind(node: &Node) -> &'static str {
+    match node {
+        Node::Scalar(_) => "a value",
+        Node::Mapping(_) => "a mapping",
+        Node::Sequence(_) => "a list",
+    }
+}
+
+/// True for an empty value (`key:`), `~` or `null`.
+pub(super) fn is_null(node: &Node) -> bool {
+    match node {
+        Node::Scalar(s) => {
+            s.may_coerce() && matches!(s.as_str(), "" | "~" | "null" | "Null" | "NULL")
+        }
+        _ => false,
+    }
+}
+
+/// A mapping being decoded: remembers which keys were asked for, so the rest can be reported as
+/// unknown, with the closest known key suggested. Decoders ask for every key and report what is
+/// wrong with each before [`Map::finish`], never returning early, so that one bad value does not
+/// hide an unknown key beside it.
+pub(super) struct Map<'n> {
+    node: &'n Node,
+    what: String,
+    known: Vec<&'static str>,
+}
+
+impl<'n> Map<'n> {
+    pub(super) fn new(cx: &mut Cx<'_>, node: &'n Node, what: impl Into<String>) -> Option<Map<'n>> {
+        let what = what.into();
+        if node.as_mapping().is_none() {
+            cx.error(
+                node,
+                format!("expected a mapping for `{what}`, found {}", kind(node)),
+            );
+            return None;
+        }
+        Some(Map {
+            node,
+            what,
+            known: Vec::new(),
+        })
+    }
+
+    /// The value of `key`; `None` when absent or null.
+    pub(super) fn get(&mut self, key: &'static str) -> Option<&'n Node> {
+        self.allow(&[key]);
+        self.node
+            .as_mapping()
+            .and_then(|m| m.get_node(key))
+            .filter(|n| !is_null(n))
+    }
+
+    /// Counts `keys` as known without decoding them (when what they mean cannot be told, for
+    /// example beside an action `type` that is not valid), so they are not reported as unknown.
+    pub(super) fn allow(&mut self, keys: &[&'static str]) {
+        for key in keys {
+            if !self.known.contains(key) {
+                self.known.push(key);
+            }
+        }
+    }
+
+    pub(super) fn path(&self, key: &str) -> String {
+        format!("{}.{key}", self.what)
+    }
+
+    pub(super) fn string(&mut self, cx: &mut Cx<'_>, key: &'static str) -> Option<String> {
+        let node = self.get(key)?;
+        scalar(cx, node, &self.path(key))
+    }
+
+    pub(super) fn required_string(&mut self, cx: &mut Cx<'_>, key: &'static str) -> Option<String> {
+        let v = self.string(cx, key);
+        if v.is_none() && self.get(key).is_none() {
+            cx.error(self.node, format!("`{}` is required", self.path(key)));
+        }
+        v
+    }
+
+    pub(super) fn number<T: std::str::FromStr>(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &'static str,
+    ) -> Option<T> {
+        let node = self.get(key)?;
+        let text = scalar(cx, node, &self.path(key))?;
+        match text.parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                cx.error(
+                    node,
+                    format!(
+                        "expected a whole number in range for `{}`, found `{text}`",
+                        self.path(key)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports every key that was not asked for.
+    pub(super) fn finish(self, cx: &mut Cx<'_>) {
+        let Some(map) = self.node.as_mapping() else {
+            return;
+        };
+        for key in map.keys() {
+            let name = key.as_str();
+            if self.known.contains(&name) {
+                continue;
+            }
+            let suggestion = closest(name, &self.known)
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_else(|| format!("; expected one of: {}", self.known.join(", ")));
+            let node = Node::Scalar(key.clone());
+            cx.error(
+                &node,
+                format!("unknown key `{name}` in `{}`{suggestion}", self.what),
+            );
+        }
+    }
+}
+
+/// The known name closest to `name`, when it is close enough to be a likely typo.
+pub(super) fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(name, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+pub(super) fn scalar(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<String> {
+    match node {
+        Node::Scalar(s) => Some(s.as_str().to_string()),
+        other => {
+            cx.error(
+                other,
+                format!("expected a value for `{what}`, found {}", kind(other)),
+            );
+            None
+        }
+    }
+}
+
+/// The message for a name that is not one of `names`: `unknown <kind> `x`; did you mean `y`?
+/// expected one of: ...`.
+pub(super) fn unknown_name(kind: &str, name: &str, names: &[&str]) -> String {
+    let hint = closest(name, names)
+        .map(|k| format!("did you mean `{k}`? "))
+        .unwrap_or_default();
+    format!(
+        "unknown {kind} `{name}`; {hint}expected one of: {}",
+        names.join(", ")
+    )
+}
+
+/// Seconds (`30`) or a duration (`30s`, `2m`).
+pub(super) fn duration(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Duration> {
+    let text = scalar(cx, node, what)?;
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    match humantime::parse_duration(&text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.error(
+                node,
+                format!("expected seconds or a duration like `30s` for `{what}`: {e}"),
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The types every stage after the rules shares: a [`Record`] for Kafka, the [`Batch`]es
+//! connections hand to the publisher, a [`DeadLetter`], and the clock records are stamped with.
+//! No I/O; below every stage that uses it.
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One message for Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: Name,
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: Vec<(Name, String)>,
+    /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
+    pub read_ms: i64,
+}
+
+/// A topic or header name: borrowed when it comes from the configuration (see
+/// [`crate::template::forever`]), owned when it was rendered.
+pub type Name = Cow<'static, str>;
+
+/// What a connection hands to the publisher at once.
+pub type Batch = Vec<Record>;
+
+/// The most records in one [`Batch`].
+pub const BATCH_MAX: usize = 512;
+
+/// One record that will not reach its topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub record: Record,
+    /// Why, as it appears in `kafka.dead_letter.<reason>`.
+    pub reason: String,
+    /// True when Kafka cannot be used for it (the dead-letter topic refused it, or shutdown
+    /// ran out of time): straight to the file.
+    pub file_only: bool,
+}
+
+impl DeadLetter {
+    /// A record that shutdown had no time left to deliver.
+    pub fn shutdown_timeout(record: Record) -> DeadLetter {
+        DeadLetter {
+            record,
+            reason: SHUTDOWN_TIMEOUT.into(),
+            file_only: true,
+        }
+    }
+}
+
+/// The reason of a dead letter that shutdown had no time left to deliver.
+pub const SHUTDOWN_TIMEOUT: &str = "shutdown_timeout";
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
