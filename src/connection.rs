@@ -244,3 +244,240 @@ async fn read<S: AsyncRead + Unpin>(
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    //! The connection read loop in-process: a byte stream in, records out of the outbox. No
+    //! broker needed; the end-to-end tests in tests/ cover what needs Kafka.
+
+    use std::pin::Pin;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::publisher::{self, Inbox};
+    use crate::record::Record;
+
+    /// A stream that hands out its bytes `chunk` at a time, and takes whatever is written.
+    struct Chunked {
+        data: Vec<u8>,
+        at: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = self.chunk.min(buf.len()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf[..n].copy_from_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Chunked {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What a connection shares, built from `rules` (YAML list items) with an outbox of
+    /// `buffer` records, and the outbox's other end.
+    fn setup(rules: &str, buffer: usize) -> (Arc<Shared>, Inbox) {
+        let text = format!(
+            "global:\n  listen:\n    port: 1\n  kafka:\n    conf:\n      bootstrap.servers: b\n    \
+             buffer: {buffer}\nrules:\n{rules}"
+        );
+        let config = Config::parse("test.yml", &text, |_| None).expect("valid config");
+        let metrics = Metrics::new();
+        let file = crate::deadletter::start(None, metrics.clone()).expect("dead-letter writer");
+        let (outbox, inbox) = publisher::outbox(buffer, file, metrics.clone());
+        let shared = Arc::new(Shared {
+            rules: Arc::new(config.rules),
+            metrics,
+            outbox,
+        });
+        (shared, inbox)
+    }
+
+    /// Runs one connection that sends `data`, `chunk` bytes per read, to its end; every record
+    /// the outbox got.
+    fn run_stream(
+        shared: Arc<Shared>,
+        inbox: &Inbox,
+        data: &[u8],
+        chunk: usize,
+        max: usize,
+    ) -> Vec<Record> {
+        let stream = Chunked {
+            data: data.to_vec(),
+            at: 0,
+            chunk,
+        };
+        let pipeline = Pipeline::new(shared, Origin::default());
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        smol::block_on(async {
+            run(stream, pipeline, max, shutdown)
+                .await
+                .expect("clean end");
+            let mut out = Vec::new();
+            while let Ok(batch) = inbox_try(inbox) {
+                out.extend(batch);
+            }
+            out
+        })
+    }
+
+    fn inbox_try(inbox: &Inbox) -> Result<Batch, ()> {
+        smol::block_on(async {
+            use futures_lite::FutureExt;
+            async { inbox.recv().await.ok_or(()) }
+                .or(async { Err(()) })
+                .await
+        })
+    }
+
+    const FORWARD_ALL: &str = "  - regex: '^route me'\n    actions:\n      - type: forward\n        topic: 'only'\n  - regex: 'topic'\n    actions:\n      - type: forward\n        topic: 'logs-{{hostname}}'\n  - regex: '.*'\n    field: appname\n    actions:\n      - type: forward\n        topic: 'all'\n";
+
+    #[test]
+    fn a_byte_stream_in_records_out_at_every_chunk_size() {
+        let mut data = Vec::new();
+        for line in [
+            "<13>route me",
+            "<13>Oct 11 22:14:15 web1 app[1]: hello",
+            "<13>not me either",
+        ] {
+            data.extend_from_slice(line.as_bytes());
+            data.push(b'\n');
+        }
+        let octet = "<14>1 2024-05-01T12:00:00Z db1 api 77 - - octet-counted";
+        data.extend_from_slice(format!("{} {octet}", octet.len()).as_bytes());
+        data.extend_from_slice(b"<13>Oct 11 22:14:15 bad/host app: topic \xff\n");
+        data.extend_from_slice(b"<13>last line without a newline");
+        for chunk in [1, 2, 7, 64, data.len()] {
+            let (shared, inbox) = setup(FORWARD_ALL, 1024);
+            let metrics = shared.metrics.clone();
+            let got = run_stream(shared, &inbox, &data, chunk, 1000);
+            let routed: Vec<(&str, &str)> = got
+                .iter()
+                .map(|r| (&*r.topic, r.payload.as_str()))
+                .collect();
+            assert_eq!(
+                routed,
+                [
+                    ("only", "route me"),
+                    ("all", "hello"),
+                    ("all", "octet-counted"),
+                    // The rendered topic is not legal: the default topic.
+                    ("logs", "topic \u{fffd}"),
+                ],
+                "chunk {chunk}"
+            );
+            assert!(
+                got.iter().all(|r| r.read_ms > 0),
+                "stamped with the read time"
+            );
+            let count = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+            assert_eq!(count(&metrics.lines), 6, "chunk {chunk}");
+            assert_eq!(count(&metrics.forwarded), 4);
+            assert_eq!(count(&metrics.unrouted), 2);
+            assert_eq!(count(&metrics.unparsed), 0);
+            assert_eq!(count(&metrics.invalid_utf8), 1);
+            assert_eq!(count(&metrics.invalid_topics), 1);
+        }
+    }
+
+    #[test]
+    fn long_lines_are_truncated_and_counted_in_both_framings() {
+        let long = format!("<13>{}", "x".repeat(300));
+        let mut data = format!("{long}\n<13>short\n").into_bytes();
+        data.extend_from_slice(format!("{} {long}9 <13>short", long.len()).as_bytes());
+        let (shared, inbox) = setup(
+            "  - regex: '.*'\n    actions:\n      - type: forward\n        topic: t\n",
+            1024,
+        );
+        let metrics = shared.metrics.clone();
+        let got = run_stream(shared, &inbox, &data, 64, 100);
+        let payloads: Vec<&str> = got.iter().map(|r| r.payload.as_str()).collect();
+        let cut = &long[4..100];
+        assert_eq!(payloads, [cut, "short", cut, "short"]);
+        assert_eq!(metrics.truncated.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn buffer_bounds_the_records_waiting_and_holds_the_sender_back() {
+        let (shared, inbox) = setup(FORWARD_ALL, 3);
+        let metrics = shared.metrics.clone();
+        let outbox = shared.outbox.clone();
+        let data: Vec<u8> = (0..20)
+            .flat_map(|i| format!("<13>route me {i}\n").into_bytes())
+            .collect();
+        let stream = Chunked {
+            data,
+            at: 0,
+            chunk: 4096,
+        };
+        let pipeline = Pipeline::new(shared, Origin::default());
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        let ex = smol::Executor::new();
+        smol::block_on(ex.run(async {
+            let connection = ex.spawn(run(stream, pipeline, 1000, shutdown));
+            // The connection fills the outbox to `buffer` records, and no further.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while outbox.waiting() < 3 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the outbox never filled"
+                );
+                smol::Timer::after(Duration::from_millis(1)).await;
+            }
+            for _ in 0..10 {
+                smol::future::yield_now().await;
+            }
+            assert_eq!(outbox.waiting(), 3);
+            // Held back: it has handed over at most what fits, plus the batch it waits with.
+            assert!(
+                metrics.lines.load(Relaxed) <= 6,
+                "read on with nowhere to put it"
+            );
+            let mut got = 0;
+            while got < 20 {
+                let batch = inbox.recv().await.expect("a batch");
+                assert!(batch.len() <= 3, "a batch of {} with buffer 3", batch.len());
+                assert!(outbox.waiting() <= 3);
+                got += batch.len();
+            }
+            connection.await.expect("clean end");
+            assert_eq!(metrics.lines.load(Relaxed), 20);
+        }));
+    }
+
+    #[test]
+    fn without_room_a_datagram_batch_is_dropped_not_waited_for() {
+        let (shared, _inbox) = setup(FORWARD_ALL, 1);
+        let mut pipeline = Pipeline::new(shared, Origin::default());
+        pipeline.frame(b"<13>route me 1", false);
+        assert_eq!(pipeline.try_flush(), 0);
+        pipeline.frame(b"<13>route me 2", false);
+        assert_eq!(
+            pipeline.try_flush(),
+            1,
+            "the outbox holds one record already"
+        );
+    }
+}

@@ -407,7 +407,29 @@ impl Gate {
 pub struct Outbox {
     tx: async_channel::Sender<Batch>,
     gate: Arc<Gate>,
-    dead: Arc<DeadLetters>,
+    /// Where batches go once the publisher takes nothing more.
+    file: Sink,
+    metrics: Arc<Metrics>,
+}
+
+/// The publisher's end of the [`Outbox`].
+pub struct Inbox {
+    rx: async_channel::Receiver<Batch>,
+    gate: Arc<Gate>,
+}
+
+/// An outbox that holds at most `capacity` records, and its other end. After the shutdown
+/// deadline, batches that can no longer be handed over are written to `file`.
+pub fn outbox(capacity: usize, file: Sink, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
+    let (tx, rx) = async_channel::unbounded();
+    let gate = Arc::new(Gate::new(capacity.max(1)));
+    let outbox = Outbox {
+        tx,
+        gate: gate.clone(),
+        file,
+        metrics,
+    };
+    (outbox, Inbox { rx, gate })
 }
 
 impl Outbox {
@@ -431,7 +453,9 @@ impl Outbox {
             Err(async_channel::SendError(batch)) => {
                 self.gate.give(n);
                 for record in batch {
-                    self.dead.send(DeadLetter::shutdown_timeout(record)).await;
+                    let letter = DeadLetter::shutdown_timeout(record);
+                    self.metrics.dead_letter_reason(&letter.reason);
+                    self.file.send(letter).await;
                 }
                 false
             }
@@ -457,13 +481,21 @@ impl Outbox {
     }
 }
 
+impl Inbox {
+    /// The next batch; `None` once the outbox is closed and empty.
+    pub async fn recv(&self) -> Option<Batch> {
+        let batch = self.rx.recv().await.ok()?;
+        self.gate.give(batch.len());
+        Some(batch)
+    }
+}
+
 /// The publisher task's side: the producers and the outbox's receiving end.
 pub struct Publisher {
     producer: Arc<ThreadedProducer<Reports>>,
     metrics: Arc<Metrics>,
     dead: Arc<DeadLetters>,
-    rx: async_channel::Receiver<Batch>,
-    gate: Arc<Gate>,
+    inbox: Inbox,
 }
 
 impl Publisher {
@@ -485,6 +517,7 @@ impl Publisher {
             }
             None => None,
         };
+        let (outbox, inbox) = outbox(kafka.buffer, file.clone(), metrics.clone());
         let dead = Arc::new(DeadLetters {
             topic,
             file,
@@ -498,19 +531,11 @@ impl Publisher {
                 dead: dead.clone(),
             })
             .map_err(Error::Conf)?;
-        let (tx, rx) = async_channel::unbounded();
-        let gate = Arc::new(Gate::new(kafka.buffer.max(1)));
-        let outbox = Outbox {
-            tx,
-            gate: gate.clone(),
-            dead: dead.clone(),
-        };
         let publisher = Publisher {
             producer: Arc::new(producer),
             metrics,
             dead,
-            rx,
-            gate,
+            inbox,
         };
         Ok((publisher, outbox))
     }
@@ -558,8 +583,7 @@ impl Publisher {
     /// shutdown deadline for Kafka to acknowledge what is in flight. What is still not
     /// acknowledged then is dead-lettered to the file. Returns how many records that was.
     pub async fn run(self, shutdown: Shutdown) -> u64 {
-        while let Ok(batch) = self.rx.recv().await {
-            self.gate.give(batch.len());
+        while let Some(batch) = self.inbox.recv().await {
             if shutdown.expired() {
                 for record in batch {
                     self.dead.send(DeadLetter::shutdown_timeout(record)).await;

@@ -17,11 +17,14 @@ fn forward_all(topic: &str) -> String {
 /// sequence number arrives. Uses its own tansu behind a proxy the test stops and restarts.
 #[test]
 fn broker_outage_in_the_middle_of_a_stream_loses_nothing() {
-    let (real, front) = (free_port(), free_port());
-    let _tansu = start_tansu_advertising(real, front);
+    // The proxy's port is bound first: the broker tells clients to come through it.
+    let proxy = Proxy::bind();
+    let real = free_port();
+    let _tansu = start_tansu_advertising(real, proxy.port);
     let target = format!("127.0.0.1:{real}");
-    let b = format!("127.0.0.1:{front}");
-    let mut proxy = Some(Proxy::start(front, &target));
+    proxy.forward_to(&target);
+    let b = proxy.addr();
+    let mut up = true;
     let topic = unique_topic("outage");
     create_topics(&b, &[&topic]);
     let hotdog = Hotdog::start(&b, &forward_all(&topic));
@@ -36,22 +39,24 @@ fn broker_outage_in_the_middle_of_a_stream_loses_nothing() {
         }
         let t = start.elapsed();
         if t > Duration::from_secs(5) && outage.is_none() {
-            proxy = None; // the broker is unreachable from here
+            proxy.cut(); // the broker is unreachable from here
+            up = false;
             outage = Some(Instant::now());
             eprintln!("outage begins after line {i}");
         }
-        if outage.is_some_and(|o| o.elapsed() > Duration::from_secs(15)) && proxy.is_none() {
+        if outage.is_some_and(|o| o.elapsed() > Duration::from_secs(15)) && !up {
             assert_eq!(
                 hotdog.http_get("/health").0,
                 503,
                 "health during the outage"
             );
-            proxy = Some(Proxy::start(front, &target));
+            proxy.forward_to(&target);
+            up = true;
             eprintln!("outage ends after line {i}");
         }
     }
     drop(conn);
-    assert!(proxy.is_some(), "the stream ended before the outage did");
+    assert!(up, "the stream ended before the outage did");
     let got = consume_all(&b, &topic, N);
     let seqs: BTreeSet<usize> = got
         .iter()
@@ -80,14 +85,12 @@ fn broker_outage_in_the_middle_of_a_stream_loses_nothing() {
 /// the dead-letter file, counted, and the exit code says so.
 #[test]
 fn sigterm_without_a_broker_dead_letters_to_the_file() {
-    let nowhere = free_port();
-    let (port, status) = (free_port(), free_port());
+    // Nothing behind it: every connection is closed at once.
+    let nowhere = Proxy::bind();
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("dead.jsonl");
     let yaml = config_yaml(
-        &format!("127.0.0.1:{nowhere}"),
-        port,
-        status,
+        &nowhere.addr(),
         "  shutdown_timeout: 2\n",
         &forward_all("somewhere"),
     )
@@ -98,7 +101,7 @@ fn sigterm_without_a_broker_dead_letters_to_the_file() {
             file.display()
         ),
     );
-    let hotdog = Hotdog::start_config(&yaml, port, status);
+    let hotdog = Hotdog::start_config(&yaml);
     let lines: Vec<String> = (0..500).map(|i| format!("<13>doomed seq={i}")).collect();
     send_lines(&hotdog.addr(), &lines);
     assert_eq!(hotdog.wait_stat("lines", 500, Duration::from_secs(10)), 500);
@@ -186,8 +189,7 @@ fn sigterm_mid_stream_delivers_everything_received() {
 fn permanent_errors_go_to_the_dead_letter_topic() {
     let (b, dead) = fresh_topic("dead");
     let missing = unique_topic("missing");
-    let (port, status) = (free_port(), free_port());
-    let yaml = config_yaml(b, port, status, "", &forward_all(&missing))
+    let yaml = config_yaml(b, "", &forward_all(&missing))
         .replace(
             "      linger.ms: '5'\n",
             "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
@@ -196,7 +198,7 @@ fn permanent_errors_go_to_the_dead_letter_topic() {
             "    topic: 'fallback'\n",
             &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
         );
-    let hotdog = Hotdog::start_config(&yaml, port, status);
+    let hotdog = Hotdog::start_config(&yaml);
     send_lines(&hotdog.addr(), &["<13>lost cause seq=7".to_string()]);
     let got = consume(b, &dead, 1, Duration::from_secs(60));
     assert_eq!(got.len(), 1, "nothing in the dead-letter topic");
@@ -247,16 +249,15 @@ fn records_too_large_for_kafka_go_to_the_dead_letter_file() {
     let topic = unique_topic("toolarge");
     let dead = unique_topic("dead");
     create_topics(b, &[&topic, &dead]);
-    let (port, status) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("dead.jsonl");
-    let yaml = config_yaml(b, port, status, "", &forward_all(&topic))
+    let yaml = config_yaml(b, "", &forward_all(&topic))
         .replace("      linger.ms: '5'\n", "      linger.ms: '5'\n      message.max.bytes: '2000'\n")
         .replace(
             "    topic: 'fallback'\n",
             &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n      file: '{}'\n", file.display()),
         );
-    let hotdog = Hotdog::start_config(&yaml, port, status);
+    let hotdog = Hotdog::start_config(&yaml);
     let big = format!("<13>seq=1 {}", "b".repeat(5000));
     send_lines(&hotdog.addr(), &[big, "<13>small seq=2".to_string()]);
     assert_eq!(consume_all(b, &topic, 1)[0].payload, "small seq=2");

@@ -63,14 +63,14 @@ fn start_rsyslog(dir: &std::path::Path, input_port: u16, hotdog_tls_port: u16) -
 #[test]
 fn rsyslog_forwards_over_tls_with_a_client_certificate() {
     let (b, topic) = fresh_topic("rsyslog");
-    let (tls, status) = (free_port(), free_port());
     let yaml = format!(
-        "global:\n  listen:\n    port: {tls}\n    tls:\n      cert: '{}'\n      key: '{}'\n      ca: '{}'\n  kafka:\n    conf:\n      bootstrap.servers: '{b}'\n  status:\n    port: {status}\nrules:\n  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}|{{{{tls_client_cn}}}}|{{{{appname}}}}'\n",
+        "global:\n  listen:\n    port: 0\n    tls:\n      cert: '{}'\n      key: '{}'\n      ca: '{}'\n  kafka:\n    conf:\n      bootstrap.servers: '{b}'\n  status:\n    port: 0\nrules:\n  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}|{{{{tls_client_cn}}}}|{{{{appname}}}}'\n",
         cert_path("server.pem"),
         cert_path("server.key"),
         cert_path("ca.pem"),
     );
-    let hotdog = Hotdog::start_config(&yaml, tls, status);
+    let hotdog = Hotdog::start_config(&yaml);
+    let tls = hotdog.port;
     let dir = tempfile::tempdir().expect("temp dir");
     let input = free_port();
     let _rsyslog = start_rsyslog(dir.path(), input, tls);

@@ -353,6 +353,77 @@ mod tests {
         assert_eq!(errs.len(), 6, "{joined}");
     }
 
+    /// A bad value never hides an unknown key beside it (issue 9, point 4): each case has one
+    /// broken value and one typo in the same mapping, and both are reported.
+    #[test]
+    fn a_bad_value_does_not_hide_a_typo_beside_it() {
+        let rule = |action: &str| {
+            format!("{MINIMAL}rules:\n  - regex: '.'\n    actions:\n      - {action}\n")
+        };
+        let cases = [
+            (
+                rule("type: forward\n        topic: t\n        key: '{{#if}}'\n        hedaers: {a: b}"),
+                "invalid template in `rules[0].actions[0].key`",
+                "unknown key `hedaers`",
+            ),
+            (
+                rule("type: [forward]\n        topic: t\n        tpoic: u"),
+                "expected a value for `rules[0].actions[0].type`",
+                "unknown key `tpoic`",
+            ),
+            (
+                rule("topic: t\n        tpye: forward"),
+                "needs a `type`",
+                "unknown key `tpye`",
+            ),
+            (
+                rule("type: frward\n        topic: t\n        jsn: {}"),
+                "unknown action type `frward`",
+                "unknown key `jsn`",
+            ),
+            (
+                format!("{MINIMAL}rules:\n  - regex: [x]\n    feild: msg\n    actions: []\n"),
+                "expected a value for `rules[0].regex`",
+                "unknown key `feild`",
+            ),
+            (
+                format!("{MINIMAL}rules:\n  - regex: x\n    field: [msg]\n    actoins: []\n"),
+                "expected a value for `rules[0].field`",
+                "unknown key `actoins`",
+            ),
+            (
+                MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: [tcp]\n    adress: x\n"),
+                "expected a value for `global.listen.protocol`",
+                "unknown key `adress`",
+            ),
+            (
+                MINIMAL.replace(
+                    "    port: 1514\n",
+                    "    port: 1514\n    tls:\n      cert: c\n      key: k\n      ca: a\n      client_auth: [x]\n      kye: k\n",
+                ),
+                "expected a value for `global.listen.tls.client_auth`",
+                "unknown key `kye`",
+            ),
+        ];
+        for (text, bad, typo) in cases {
+            let joined = errors(&text).join("\n");
+            assert!(joined.contains(bad), "{bad}:\n{joined}");
+            assert!(joined.contains(typo), "{typo}:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn a_forward_action_lists_each_expected_key_once() {
+        let text = format!(
+            "{MINIMAL}rules:\n  - regex: '.'\n    actions:\n      - type: forward\n        topic: t\n        zzzzzzzz: 1\n"
+        );
+        let joined = errors(&text).join("\n");
+        assert!(
+            joined.contains("unknown key `zzzzzzzz` in `rules[0].actions[0]`; expected one of: type, topic, key, headers"),
+            "{joined}"
+        );
+    }
+
     #[test]
     fn bad_values_are_located() {
         let text = "global:\n  listen:\n    port: lots\n  kafka:\n    conf:\n      bootstrap.servers: b\n    topic: 'no spaces'\nrules:\n  - regex: 'x'\n    field: hostnam\n    actions:\n      - type: forward\n        topic: '{{#if}}'\n      - type: merge\n        json: 'not a map'\n";

@@ -25,10 +25,26 @@ use rdkafka::{Offset, TopicPartitionList};
 
 pub const HOTDOG: &str = env!("CARGO_BIN_EXE_hotdog");
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a program that must be told its port (tansu,
+/// rsyslog's input): it is released before that program binds it, so another could take it in
+/// between. hotdog itself binds port 0 and says which port it got; proxies bind port 0 too.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local address").port()
+}
+
+/// Waits until `condition` holds, checking every 50 ms; false when `timeout` passed first.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until `addr` accepts TCP connections.
@@ -246,27 +262,47 @@ pub fn consume_all(broker: &str, topic: &str, expected: usize) -> Vec<Consumed> 
 /// A running `hotdog`, killed when dropped.
 pub struct Hotdog {
     pub child: Child,
+    /// The ports its listeners bound, in the order of `global.listen`.
+    pub ports: Vec<u16>,
+    /// The first listener's port.
     pub port: u16,
+    /// The status server's port (0 when there is none).
     pub status_port: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     stderr: Arc<Mutex<String>>,
 }
 
-/// A config with `global` filled in for a test; `rules` is appended as written.
-pub fn config_yaml(
-    broker: &str,
-    port: u16,
-    status_port: u16,
-    extra_global: &str,
-    rules: &str,
-) -> String {
+/// A config with `global` filled in for a test (one TCP listener and the status server, both
+/// on port 0: hotdog picks free ports and logs them); `rules` is appended as written.
+pub fn config_yaml(broker: &str, extra_global: &str, rules: &str) -> String {
     format!(
-        "global:\n  listen:\n    address: '127.0.0.1'\n    port: {port}\n  kafka:\n    conf:\n      \
+        "global:\n  listen:\n    address: '127.0.0.1'\n    port: 0\n  kafka:\n    conf:\n      \
          bootstrap.servers: '{broker}'\n      linger.ms: '5'\n    topic: 'fallback'\n    \
-         buffer: 1024\n  status:\n    address: '127.0.0.1'\n    port: {status_port}\n{extra_global}\
+         buffer: 1024\n  status:\n    address: '127.0.0.1'\n    port: 0\n{extra_global}\
          rules:\n{rules}"
     )
+}
+
+/// The ports in hotdog's "listening on tcp 127.0.0.1:P, udp 127.0.0.1:Q with N rules" line.
+fn listening_ports(log: &str) -> Option<Vec<u16>> {
+    let line = log.lines().find(|l| l.contains(" listening on "))?;
+    let (_, rest) = line.split_once(" listening on ")?;
+    let (listeners, _) = rest.rsplit_once(" with ")?;
+    listeners
+        .split(", ")
+        .map(|l| l.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+        .collect()
+}
+
+/// The port in hotdog's "status server on http://127.0.0.1:P/stats" line; 0 without one.
+fn status_port(log: &str) -> u16 {
+    log.lines()
+        .find_map(|l| l.split_once("status server on http://"))
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|addr| addr.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Hotdog {
@@ -276,13 +312,12 @@ impl Hotdog {
     }
 
     pub fn start_with(broker: &str, extra_global: &str, rules: &str) -> Hotdog {
-        let port = free_port();
-        let status_port = free_port();
-        let yaml = config_yaml(broker, port, status_port, extra_global, rules);
-        Self::start_config(&yaml, port, status_port)
+        Self::start_config(&config_yaml(broker, extra_global, rules))
     }
 
-    pub fn start_config(yaml: &str, port: u16, status_port: u16) -> Hotdog {
+    /// Starts hotdog with the whole configuration `yaml`, waiting until it listens (its log
+    /// says on which ports).
+    pub fn start_config(yaml: &str) -> Hotdog {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("hotdog.yml");
         std::fs::write(&config, yaml).expect("write config");
@@ -309,23 +344,27 @@ impl Hotdog {
                 }
             });
         }
-        let addr = format!("127.0.0.1:{port}");
+        let log = || stderr.lock().map(|s| s.clone()).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&addr).is_err() {
+        let ports = loop {
+            if let Some(ports) = listening_ports(&log()) {
+                break ports;
+            }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(200));
-                let err = stderr.lock().map(|s| s.clone()).unwrap_or_default();
-                panic!("hotdog exited ({status}) before listening on {addr}:\n{err}");
+                panic!("hotdog exited ({status}) before listening:\n{}", log());
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("hotdog did not listen on {addr}");
+                panic!("hotdog did not say where it listens:\n{}", log());
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let status_port = status_port(&log());
         Hotdog {
             child,
-            port,
+            port: ports[0],
+            ports,
             status_port,
             dir,
             config,
@@ -365,6 +404,11 @@ impl Hotdog {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits until hotdog has logged `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.stderr().contains(text))
     }
 
     /// Sends `signal` (e.g. "TERM") with kill(1).
@@ -461,25 +505,35 @@ pub fn run_hotdog(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A TCP forwarder from a local port to the broker, to make the broker appear later or go
-/// away for a while. Dropping it closes the port and every connection through it.
+/// A TCP forwarder on a port of its own (bound at once, so nothing else can take it) to the
+/// broker, to make the broker appear later or go away for a while. While it has no target it
+/// accepts connections and closes them at once: nothing is there. Dropping it closes the port.
 pub struct Proxy {
+    pub port: u16,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    target: Arc<Mutex<Option<String>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
-    pub fn start(port: u16, target: &str) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy port");
+    /// A proxy with nothing behind it yet.
+    pub fn bind() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
+        let port = listener.local_addr().expect("proxy address").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let target: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (flag, open) = (stop.clone(), conns.clone());
-        let target = target.to_string();
+        let (flag, to, open) = (stop.clone(), target.clone(), conns.clone());
         std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
+                        let target = to.lock().ok().and_then(|t| t.clone());
+                        let Some(target) = target else {
+                            let _ = client.shutdown(Shutdown::Both);
+                            continue;
+                        };
                         let _ = client.set_nonblocking(false);
                         if let Ok(upstream) = TcpStream::connect(&target) {
                             if let (Ok(a), Ok(b), Ok(mut list)) =
@@ -495,20 +549,49 @@ impl Proxy {
                 }
             }
         });
-        Proxy { stop, conns }
+        Proxy {
+            port,
+            stop,
+            target,
+            conns,
+        }
+    }
+
+    /// A proxy to `target` from the start.
+    pub fn start(target: &str) -> Proxy {
+        let p = Proxy::bind();
+        p.forward_to(target);
+        p
+    }
+
+    /// Forwards new connections to `target` from now on.
+    pub fn forward_to(&self, target: &str) {
+        if let Ok(mut t) = self.target.lock() {
+            *t = Some(target.to_string());
+        }
+    }
+
+    /// Cuts every connection through it and forwards nothing until [`Proxy::forward_to`].
+    pub fn cut(&self) {
+        if let Ok(mut t) = self.target.lock() {
+            *t = None;
+        }
+        if let Ok(mut list) = self.conns.lock() {
+            for c in list.drain(..) {
+                let _ = c.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Ok(list) = self.conns.lock() {
-            for c in list.iter() {
-                let _ = c.shutdown(Shutdown::Both);
-            }
-        }
-        // Let the accept loop notice and release the port.
-        std::thread::sleep(Duration::from_millis(100));
+        self.cut();
     }
 }
 
