@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use marked_yaml::Node;
 
-use super::yaml::{duration, kind, scalar, unknown_name, Cx, Map};
+use super::yaml::{duration, every, kind, scalar, unknown_name, Cx, Map};
 use super::{
     ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Protocol, Status, Tls, ENV_OVERRIDES,
 };
@@ -61,15 +61,11 @@ fn decode_listeners(cx: &mut Cx<'_>, node: &Node) -> Option<Vec<Listen>> {
         cx.error(node, "`global.listen` needs at least one listener");
         return None;
     }
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, item) in seq.iter().enumerate() {
-        match decode_listen(cx, item, &format!("global.listen[{i}]")) {
-            Some(l) => out.push(l),
-            None => ok = false,
-        }
-    }
-    ok.then_some(out)
+    every(
+        seq.iter()
+            .enumerate()
+            .map(|(i, item)| decode_listen(cx, item, &format!("global.listen[{i}]"))),
+    )
 }
 
 const PROTOCOLS: [&str; 3] = ["tcp", "tls", "udp"];

@@ -3,7 +3,7 @@
 
 use marked_yaml::Node;
 
-use super::yaml::{is_null, kind, position, scalar, unknown_name, Cx, Map};
+use super::yaml::{every, is_null, kind, position, scalar, unknown_name, Cx, Map};
 use crate::rules::{Action, Field, Matcher, MergeValue, Rule, Rules};
 use crate::template::{Template, Templates};
 
@@ -16,15 +16,12 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, default_topic: &str) -> Optio
         return None;
     };
     let mut templates = Templates::new();
-    let mut rules = Vec::new();
-    let mut ok = true;
-    for (i, rule) in seq.iter().enumerate() {
-        match decode_rule(cx, rule, i, &mut templates) {
-            Some(r) => rules.push(r),
-            None => ok = false,
-        }
-    }
-    ok.then(|| Rules::new(rules, templates, default_topic))
+    let rules = every(
+        seq.iter()
+            .enumerate()
+            .map(|(i, rule)| decode_rule(cx, rule, i, &mut templates)),
+    )?;
+    Some(Rules::new(rules, templates, default_topic))
 }
 
 fn decode_rule(
@@ -132,15 +129,11 @@ fn decode_actions(
         );
         return None;
     };
-    let mut actions = Vec::new();
-    let mut ok = true;
-    for (i, a) in seq.iter().enumerate() {
-        match decode_action(cx, a, &format!("{rule}.actions[{i}]"), templates) {
-            Some(a) => actions.push(a),
-            None => ok = false,
-        }
-    }
-    ok.then_some(actions)
+    every(
+        seq.iter()
+            .enumerate()
+            .map(|(i, a)| decode_action(cx, a, &format!("{rule}.actions[{i}]"), templates)),
+    )
 }
 
 fn decode_action(
@@ -246,16 +239,11 @@ fn decode_headers(
         );
         return None;
     };
-    let mut headers = Vec::new();
-    let mut ok = true;
-    for (name, value) in map.iter() {
+    every(map.iter().map(|(name, value)| {
         let what = format!("{what}.{}", name.as_str());
-        match template(cx, value, &what, templates) {
-            Some(t) => headers.push((crate::template::forever(name), t)),
-            None => ok = false,
-        }
-    }
-    ok.then_some(headers)
+        let t = template(cx, value, &what, templates)?;
+        Some((crate::template::forever(name), t))
+    }))
 }
 
 /// `type: merge`: a `json` mapping.
@@ -311,28 +299,18 @@ fn merge_value(
     templates: &mut Templates,
 ) -> Option<MergeValue> {
     match node {
-        Node::Mapping(map) => {
-            let mut fields = Vec::new();
-            let mut ok = true;
-            for (k, v) in map.iter() {
-                match merge_value(cx, v, &format!("{what}.{}", k.as_str()), templates) {
-                    Some(v) => fields.push((k.as_str().to_string(), v)),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(MergeValue::Object(fields))
-        }
-        Node::Sequence(items) => {
-            let mut out = Vec::new();
-            let mut ok = true;
-            for (i, v) in items.iter().enumerate() {
-                match merge_value(cx, v, &format!("{what}[{i}]"), templates) {
-                    Some(v) => out.push(v),
-                    None => ok = false,
-                }
-            }
-            ok.then_some(MergeValue::Array(out))
-        }
+        Node::Mapping(map) => every(map.iter().map(|(k, v)| {
+            let v = merge_value(cx, v, &format!("{what}.{}", k.as_str()), templates)?;
+            Some((k.as_str().to_string(), v))
+        }))
+        .map(MergeValue::Object),
+        Node::Sequence(items) => every(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| merge_value(cx, v, &format!("{what}[{i}]"), templates)),
+        )
+        .map(MergeValue::Array),
         Node::Scalar(s) => {
             if s.may_coerce() {
                 let text = s.as_str();

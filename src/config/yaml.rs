@@ -271,6 +271,20 @@ pub(super) fn unknown_name(kind: &str, name: &str, names: &[&str]) -> String {
     )
 }
 
+/// Every item decoded, or `None` when any one failed. Every item is decoded either way (no
+/// early return), so each reports its own errors.
+pub(super) fn every<T>(items: impl Iterator<Item = Option<T>>) -> Option<Vec<T>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items {
+        match item {
+            Some(v) => out.push(v),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
 /// Seconds (`30`) or a duration (`30s`, `2m`).
 pub(super) fn duration(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Duration> {
     let text = scalar(cx, node, what)?;
