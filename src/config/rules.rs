@@ -8,50 +8,256 @@ use crate::rules::{Action, Field, Matcher, MergeValue, Rule, Rules};
 use crate::template::{Template, Templates};
 
 pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, default_topic: &str) -> Option<Rules> {
-    let Some(seq) = node.as_sequence() else {
-        cx.error(
-            node,
-            format!("expected a list of rules for `rules`, found {}", kind(node)),
-        );
-        return None;
+    let mut c = Compiler {
+        cx,
+        templates: Templates::new(),
     };
-    let mut templates = Templates::new();
-    let rules = every(
-        seq.iter()
-            .enumerate()
-            .map(|(i, rule)| decode_rule(cx, rule, i, &mut templates)),
-    )?;
-    Some(Rules::new(rules, templates, default_topic))
+    let rules = c.decode_rules(node)?;
+    Some(Rules::new(rules, c.templates, default_topic))
 }
 
-fn decode_rule(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    index: usize,
-    templates: &mut Templates,
-) -> Option<Rule> {
-    let what = format!("rules[{index}]");
-    let mut m = Map::new(cx, node, what.clone())?;
-    let matcher = decode_matcher(cx, &mut m, node, &what);
-    let field = match m.get("field") {
-        None => Some(Field::Msg),
-        Some(f) => decode_field(cx, f, &m.path("field")),
-    };
-    let actions = match m.get("actions") {
-        Some(a) => decode_actions(cx, a, &what, templates),
-        None => {
-            cx.error(node, format!("`{what}` needs `actions`"));
-            None
+/// Compiles rules: the decoding context, and the templates compiled so far (they share one
+/// handlebars registry).
+struct Compiler<'c, 'f> {
+    cx: &'c mut Cx<'f>,
+    templates: Templates,
+}
+
+const ACTION_TYPES: [&str; 4] = ["forward", "merge", "replace", "stop"];
+
+/// Every key some action type takes: counted as known when the `type` itself is not valid, so
+/// that only keys no action takes are reported beside it.
+const ACTION_KEYS: [&str; 5] = ["topic", "key", "headers", "json", "template"];
+
+impl Compiler<'_, '_> {
+    fn decode_rules(&mut self, node: &Node) -> Option<Vec<Rule>> {
+        let Some(seq) = node.as_sequence() else {
+            self.cx.error(
+                node,
+                format!("expected a list of rules for `rules`, found {}", kind(node)),
+            );
+            return None;
+        };
+        every(
+            seq.iter()
+                .enumerate()
+                .map(|(i, rule)| self.decode_rule(rule, i)),
+        )
+    }
+
+    fn decode_rule(&mut self, node: &Node, index: usize) -> Option<Rule> {
+        let what = format!("rules[{index}]");
+        let mut m = Map::new(self.cx, node, what.clone())?;
+        let matcher = decode_matcher(self.cx, &mut m, node, &what);
+        let field = match m.get("field") {
+            None => Some(Field::Msg),
+            Some(f) => decode_field(self.cx, f, &m.path("field")),
+        };
+        let actions = match m.get("actions") {
+            Some(a) => self.decode_actions(a, &what),
+            None => {
+                self.cx.error(node, format!("`{what}` needs `actions`"));
+                None
+            }
+        };
+        m.finish(self.cx);
+        let (line, _) = position(node);
+        Some(Rule {
+            field: field?,
+            matcher: matcher?,
+            actions: actions?,
+            origin: format!("{}:{line}", self.cx.file),
+        })
+    }
+
+    fn decode_actions(&mut self, node: &Node, rule: &str) -> Option<Vec<Action>> {
+        let Some(seq) = node.as_sequence() else {
+            self.cx.error(
+                node,
+                format!("expected a list for `{rule}.actions`, found {}", kind(node)),
+            );
+            return None;
+        };
+        every(
+            seq.iter()
+                .enumerate()
+                .map(|(i, a)| self.decode_action(a, &format!("{rule}.actions[{i}]"))),
+        )
+    }
+
+    fn decode_action(&mut self, node: &Node, what: &str) -> Option<Action> {
+        let mut m = Map::new(self.cx, node, what)?;
+        let type_name = match m.get("type") {
+            Some(t) => scalar(self.cx, t, &m.path("type")).map(|name| (t, name)),
+            None => {
+                self.cx.error(
+                    node,
+                    format!(
+                        "`{what}` needs a `type`: one of {}",
+                        ACTION_TYPES.join(", ")
+                    ),
+                );
+                None
+            }
+        };
+        let action = match type_name.as_ref().map(|(t, name)| (*t, name.as_str())) {
+            Some((_, "forward")) => self.decode_forward(&mut m, node, what),
+            Some((_, "merge")) => self.decode_merge(&mut m, node, what),
+            Some((_, "replace")) => match m.get("template") {
+                Some(t) => self.template(t, &m.path("template")).map(Action::Replace),
+                None => {
+                    self.cx
+                        .error(node, format!("`{what}` (replace) needs a `template`"));
+                    None
+                }
+            },
+            Some((_, "stop")) => Some(Action::Stop),
+            Some((t, other)) => {
+                self.cx
+                    .error(t, unknown_name("action type", other, &ACTION_TYPES));
+                m.allow(&ACTION_KEYS);
+                None
+            }
+            None => {
+                m.allow(&ACTION_KEYS);
+                None
+            }
+        };
+        m.finish(self.cx);
+        action
+    }
+
+    /// `type: forward`: `topic`, and optionally `key` and `headers`.
+    fn decode_forward(&mut self, m: &mut Map<'_>, node: &Node, what: &str) -> Option<Action> {
+        let topic = match m.get("topic") {
+            Some(t) => {
+                let topic = self.template(t, &m.path("topic"));
+                if let Some(lit) = topic.as_ref().and_then(Template::literal) {
+                    if !crate::rules::is_legal_topic(lit) {
+                        self.cx.error(
+                        t,
+                        format!("`{lit}` is not a legal Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"),
+                    );
+                    }
+                }
+                topic
+            }
+            None => {
+                self.cx
+                    .error(node, format!("`{what}` (forward) needs a `topic`"));
+                None
+            }
+        };
+        let key = match m.get("key") {
+            Some(k) => self.template(k, &m.path("key")).map(Some),
+            None => Some(None),
+        };
+        let headers = match m.get("headers") {
+            Some(h) => self.decode_headers(h, &m.path("headers")),
+            None => Some(Vec::new()),
+        };
+        Some(Action::Forward {
+            topic: topic?,
+            key: key?,
+            headers: headers?,
+        })
+    }
+
+    /// `headers:` of a forward action: header names to templates of their values.
+    fn decode_headers(&mut self, node: &Node, what: &str) -> Option<Vec<(&'static str, Template)>> {
+        let Some(map) = node.as_mapping() else {
+            self.cx.error(
+                node,
+                format!(
+                    "expected a mapping of header names to templates for `{what}`, found {}",
+                    kind(node)
+                ),
+            );
+            return None;
+        };
+        every(map.iter().map(|(name, value)| {
+            let what = format!("{what}.{}", name.as_str());
+            let t = self.template(value, &what)?;
+            Some((crate::template::forever(name), t))
+        }))
+    }
+
+    /// `type: merge`: a `json` mapping.
+    fn decode_merge(&mut self, m: &mut Map<'_>, node: &Node, what: &str) -> Option<Action> {
+        match m.get("json") {
+            Some(j) if j.as_mapping().is_some() => {
+                self.merge_value(j, &m.path("json")).map(Action::Merge)
+            }
+            Some(j) => {
+                self.cx.error(
+                    j,
+                    format!(
+                        "expected a mapping for `{}`, found {}",
+                        m.path("json"),
+                        kind(j)
+                    ),
+                );
+                None
+            }
+            None => {
+                self.cx
+                    .error(node, format!("`{what}` (merge) needs a `json` mapping"));
+                None
+            }
         }
-    };
-    m.finish(cx);
-    let (line, _) = position(node);
-    Some(Rule {
-        field: field?,
-        matcher: matcher?,
-        actions: actions?,
-        origin: format!("{}:{line}", cx.file),
-    })
+    }
+
+    fn template(&mut self, node: &Node, what: &str) -> Option<Template> {
+        let src = scalar(self.cx, node, what)?;
+        match self.templates.compile(&src) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.cx
+                    .error(node, format!("invalid template in `{what}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn merge_value(&mut self, node: &Node, what: &str) -> Option<MergeValue> {
+        match node {
+            Node::Mapping(map) => every(map.iter().map(|(k, v)| {
+                let v = self.merge_value(v, &format!("{what}.{}", k.as_str()))?;
+                Some((k.as_str().to_string(), v))
+            }))
+            .map(MergeValue::Object),
+            Node::Sequence(items) => every(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.merge_value(v, &format!("{what}[{i}]"))),
+            )
+            .map(MergeValue::Array),
+            Node::Scalar(s) => {
+                if s.may_coerce() {
+                    let text = s.as_str();
+                    if is_null(node) {
+                        return Some(MergeValue::Json(serde_json::Value::Null));
+                    }
+                    if let Some(b) = s.as_bool() {
+                        return Some(MergeValue::Json(b.into()));
+                    }
+                    if let Ok(n) = text.parse::<i64>() {
+                        return Some(MergeValue::Json(n.into()));
+                    }
+                    if let Some(n) = text
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                        .filter(|_| text.bytes().any(|b| b.is_ascii_digit()))
+                    {
+                        return Some(MergeValue::Json(n.into()));
+                    }
+                }
+                self.template(node, what).map(MergeValue::Template)
+            }
+        }
+    }
 }
 
 /// The rule's `regex` or `jmespath`, compiled.
@@ -108,231 +314,4 @@ fn decode_field(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Field> {
         cx.error(node, unknown_name("field", &name, &Field::NAMES));
     }
     field
-}
-
-const ACTION_TYPES: [&str; 4] = ["forward", "merge", "replace", "stop"];
-
-/// Every key some action type takes: counted as known when the `type` itself is not valid, so
-/// that only keys no action takes are reported beside it.
-const ACTION_KEYS: [&str; 5] = ["topic", "key", "headers", "json", "template"];
-
-fn decode_actions(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    rule: &str,
-    templates: &mut Templates,
-) -> Option<Vec<Action>> {
-    let Some(seq) = node.as_sequence() else {
-        cx.error(
-            node,
-            format!("expected a list for `{rule}.actions`, found {}", kind(node)),
-        );
-        return None;
-    };
-    every(
-        seq.iter()
-            .enumerate()
-            .map(|(i, a)| decode_action(cx, a, &format!("{rule}.actions[{i}]"), templates)),
-    )
-}
-
-fn decode_action(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    what: &str,
-    templates: &mut Templates,
-) -> Option<Action> {
-    let mut m = Map::new(cx, node, what)?;
-    let type_name = match m.get("type") {
-        Some(t) => scalar(cx, t, &m.path("type")).map(|name| (t, name)),
-        None => {
-            cx.error(
-                node,
-                format!(
-                    "`{what}` needs a `type`: one of {}",
-                    ACTION_TYPES.join(", ")
-                ),
-            );
-            None
-        }
-    };
-    let action = match type_name.as_ref().map(|(t, name)| (*t, name.as_str())) {
-        Some((_, "forward")) => decode_forward(cx, &mut m, node, what, templates),
-        Some((_, "merge")) => decode_merge(cx, &mut m, node, what, templates),
-        Some((_, "replace")) => match m.get("template") {
-            Some(t) => template(cx, t, &m.path("template"), templates).map(Action::Replace),
-            None => {
-                cx.error(node, format!("`{what}` (replace) needs a `template`"));
-                None
-            }
-        },
-        Some((_, "stop")) => Some(Action::Stop),
-        Some((t, other)) => {
-            cx.error(t, unknown_name("action type", other, &ACTION_TYPES));
-            m.allow(&ACTION_KEYS);
-            None
-        }
-        None => {
-            m.allow(&ACTION_KEYS);
-            None
-        }
-    };
-    m.finish(cx);
-    action
-}
-
-/// `type: forward`: `topic`, and optionally `key` and `headers`.
-fn decode_forward(
-    cx: &mut Cx<'_>,
-    m: &mut Map<'_>,
-    node: &Node,
-    what: &str,
-    templates: &mut Templates,
-) -> Option<Action> {
-    let topic = match m.get("topic") {
-        Some(t) => {
-            let topic = template(cx, t, &m.path("topic"), templates);
-            if let Some(lit) = topic.as_ref().and_then(Template::literal) {
-                if !crate::rules::is_legal_topic(lit) {
-                    cx.error(
-                        t,
-                        format!("`{lit}` is not a legal Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"),
-                    );
-                }
-            }
-            topic
-        }
-        None => {
-            cx.error(node, format!("`{what}` (forward) needs a `topic`"));
-            None
-        }
-    };
-    let key = match m.get("key") {
-        Some(k) => template(cx, k, &m.path("key"), templates).map(Some),
-        None => Some(None),
-    };
-    let headers = match m.get("headers") {
-        Some(h) => decode_headers(cx, h, &m.path("headers"), templates),
-        None => Some(Vec::new()),
-    };
-    Some(Action::Forward {
-        topic: topic?,
-        key: key?,
-        headers: headers?,
-    })
-}
-
-/// `headers:` of a forward action: header names to templates of their values.
-fn decode_headers(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    what: &str,
-    templates: &mut Templates,
-) -> Option<Vec<(&'static str, Template)>> {
-    let Some(map) = node.as_mapping() else {
-        cx.error(
-            node,
-            format!(
-                "expected a mapping of header names to templates for `{what}`, found {}",
-                kind(node)
-            ),
-        );
-        return None;
-    };
-    every(map.iter().map(|(name, value)| {
-        let what = format!("{what}.{}", name.as_str());
-        let t = template(cx, value, &what, templates)?;
-        Some((crate::template::forever(name), t))
-    }))
-}
-
-/// `type: merge`: a `json` mapping.
-fn decode_merge(
-    cx: &mut Cx<'_>,
-    m: &mut Map<'_>,
-    node: &Node,
-    what: &str,
-    templates: &mut Templates,
-) -> Option<Action> {
-    match m.get("json") {
-        Some(j) if j.as_mapping().is_some() => {
-            merge_value(cx, j, &m.path("json"), templates).map(Action::Merge)
-        }
-        Some(j) => {
-            cx.error(
-                j,
-                format!(
-                    "expected a mapping for `{}`, found {}",
-                    m.path("json"),
-                    kind(j)
-                ),
-            );
-            None
-        }
-        None => {
-            cx.error(node, format!("`{what}` (merge) needs a `json` mapping"));
-            None
-        }
-    }
-}
-
-fn template(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    what: &str,
-    templates: &mut Templates,
-) -> Option<Template> {
-    let src = scalar(cx, node, what)?;
-    match templates.compile(&src) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            cx.error(node, format!("invalid template in `{what}`: {e}"));
-            None
-        }
-    }
-}
-
-fn merge_value(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    what: &str,
-    templates: &mut Templates,
-) -> Option<MergeValue> {
-    match node {
-        Node::Mapping(map) => every(map.iter().map(|(k, v)| {
-            let v = merge_value(cx, v, &format!("{what}.{}", k.as_str()), templates)?;
-            Some((k.as_str().to_string(), v))
-        }))
-        .map(MergeValue::Object),
-        Node::Sequence(items) => every(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| merge_value(cx, v, &format!("{what}[{i}]"), templates)),
-        )
-        .map(MergeValue::Array),
-        Node::Scalar(s) => {
-            if s.may_coerce() {
-                let text = s.as_str();
-                if is_null(node) {
-                    return Some(MergeValue::Json(serde_json::Value::Null));
-                }
-                if let Some(b) = s.as_bool() {
-                    return Some(MergeValue::Json(b.into()));
-                }
-                if let Ok(n) = text.parse::<i64>() {
-                    return Some(MergeValue::Json(n.into()));
-                }
-                if let Some(n) = text
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                    .filter(|_| text.bytes().any(|b| b.is_ascii_digit()))
-                {
-                    return Some(MergeValue::Json(n.into()));
-                }
-            }
-            template(cx, node, what, templates).map(MergeValue::Template)
-        }
-    }
 }
