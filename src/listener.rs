@@ -58,7 +58,11 @@ impl Listener {
         let socket = match &l.protocol {
             Protocol::Tcp => Socket::Tcp(TcpListener::bind(&address).await.map_err(bind_error)?),
             Protocol::Tls(settings) => {
-                let acceptor = Acceptor::new(settings.clone()).map_err(Error::Tls)?;
+                // Reading the files blocks: off the executor.
+                let settings = settings.clone();
+                let acceptor = smol::unblock(move || Acceptor::new(settings))
+                    .await
+                    .map_err(Error::Tls)?;
                 let tcp = TcpListener::bind(&address).await.map_err(bind_error)?;
                 Socket::Tls(tcp, Arc::new(acceptor))
             }

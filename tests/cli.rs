@@ -120,3 +120,44 @@ fn unreadable_tls_files_are_configuration_errors() {
         "{err}"
     );
 }
+
+/// Exit codes mean what README.adoc says (issue 9, point 3): settings librdkafka refuses are a
+/// configuration error (2); a port that is taken is a runtime failure (1). Neither needs a
+/// broker: both fail before hotdog talks to one.
+#[test]
+fn exit_codes_keep_the_kind_of_the_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = |name: &str, listen: &str, conf: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "global:\n  listen:\n{listen}  kafka:\n    conf:\n      bootstrap.servers: '127.0.0.1:1'\n{conf}rules: []\n"
+            ),
+        )
+        .expect("write config");
+        path.to_string_lossy().into_owned()
+    };
+    let refused = config(
+        "refused.yml",
+        "    port: 0\n",
+        "      no.such.librdkafka.setting: 'x'\n",
+    );
+    let (code, out, err) = run_hotdog(&["-c", &refused]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("global.kafka.conf is not accepted by librdkafka"),
+        "{err}"
+    );
+    assert!(err.contains("no.such.librdkafka.setting"), "{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let busy = config("busy.yml", &format!("    port: {port}\n"), "");
+    let (code, out, err) = run_hotdog(&["-c", &busy]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("cannot listen on tcp 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
