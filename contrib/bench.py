@@ -6,7 +6,8 @@ For each it prints lines/s (first byte sent -> last record acknowledged, or the 
 going idle for rsyslog, which has no delivery counter), CPU-seconds per million lines (from
 /proc, every thread), peak RSS, and whether every sequence number arrived (read back from the
 broker). With --repeat R every row runs R times, interleaved, and the table shows medians (and the
-range of CPU-s/M): on a small machine one run of anything moves by a quarter.
+range of CPU-s/M): on a small machine one run of anything moves by a quarter. With --baseline
+BIN, an earlier hotdog build runs beside this one, row for row, for a before/after comparison.
 Run through contrib/bench.sh, which installs what it needs.
 """
 import argparse
@@ -222,7 +223,8 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
                records, present, errors)
 
 
-def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label=""):
+def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label="",
+               binary=None):
     topic = broker.topic(f"hotdog-{int(time.time()*1000)}")
     port, status = free_port(), free_port()
     tls = ""
@@ -237,7 +239,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
                 f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
                 f"      batch.num.messages: '10000'\n    topic: '{topic}'\n"
                 f"  status:\n    port: {status}\nrules:\n{rules}")
-    p = subprocess.Popen([f"{ROOT}/target/release/hotdog", "-c", conf],
+    p = subprocess.Popen([binary or f"{ROOT}/target/release/hotdog", "-c", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not wait_port(port):
         sys.exit("hotdog did not start")
@@ -295,6 +297,9 @@ def main():
     ap.add_argument("--tls", action="store_true", help="add hotdog over TLS rows")
     ap.add_argument("-r", "--repeat", type=int, default=1,
                     help="run every row this many times and report medians")
+    ap.add_argument("--baseline", metavar="HOTDOG",
+                    help="another hotdog binary (an earlier build): its forward-all rows run "
+                         "beside this build's, interleaved, for a before/after comparison")
     ap.add_argument("--tansu", default="tansu")
     ap.add_argument("--librdkafka", required=True, help="folder holding a librdkafka.so.1 >= 2.1")
     args = ap.parse_args()
@@ -313,6 +318,9 @@ def main():
                     chunks = chunks_of(all_lines, c)
                     rows.append(run_rsyslog(broker, chunks, n, work))
                     rows.append(run_hotdog(broker, chunks, n, work, False))
+                    if args.baseline:
+                        rows.append(run_hotdog(broker, chunks, n, work, False, None,
+                                               " baseline", args.baseline))
                     if args.tls:
                         rows.append(run_hotdog(broker, chunks, n, work, True))
                 rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
@@ -342,6 +350,10 @@ def main():
     ex, fa = by["hotdog example rules (1 conn)"], by.get("hotdog (1 conn)")
     if fa:
         print(f"example rules / forward-all CPU: {ex['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+    if args.baseline:
+        print("this build / baseline CPU: " + ", ".join(
+            f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"
+            for c in args.connections))
     if any(not r["ok"].startswith("all") for r in rows):
         sys.exit(1)
 

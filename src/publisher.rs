@@ -22,7 +22,7 @@ use rdkafka::{ClientContext, Timestamp};
 
 use crate::config;
 use crate::deadletter::{self, Sink};
-use crate::metrics::{Metrics, TopicCounters};
+use crate::metrics::{Gauge, Metrics, TopicCounters};
 use crate::record::{self, Batch, DeadLetter, Name, Record, BATCH_MAX};
 use crate::shutdown::Shutdown;
 use crate::throttle;
@@ -574,7 +574,7 @@ impl Publisher {
     }
 
     /// Records librdkafka holds (queued or waiting for an acknowledgement).
-    pub fn queue_len(&self) -> Arc<dyn Fn() -> i64 + Send + Sync> {
+    pub fn queue_len(&self) -> Gauge {
         let p = Arc::downgrade(&self.producer);
         Arc::new(move || p.upgrade().map_or(0, |p| i64::from(p.in_flight_count())))
     }
@@ -754,6 +754,37 @@ mod tests {
         std::thread::sleep(Duration::from_millis(3));
         // ...and at once when the read time changes.
         assert!(clock.now(1001) > renewed);
+    }
+
+    #[test]
+    fn a_closed_outbox_writes_what_it_is_given_to_the_dead_letter_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("dead.jsonl");
+        let metrics = Metrics::new();
+        let file = deadletter::start(Some(path.clone()), metrics.clone()).expect("writer");
+        let (outbox, _inbox) = outbox(10, file.clone(), metrics.clone());
+        outbox.close();
+        let record = Record {
+            topic: "t".into(),
+            key: Some("k".into()),
+            payload: "late".into(),
+            headers: Vec::new(),
+            read_ms: 1,
+        };
+        assert!(!smol::block_on(outbox.send(vec![record])));
+        file.finish();
+        let text = std::fs::read_to_string(&path).expect("dead-letter file");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["topic"], "t");
+        assert_eq!(lines[0]["payload"], "late");
+        assert_eq!(lines[0]["reason"], record::SHUTDOWN_TIMEOUT);
+        assert_eq!(metrics.dead_lettered_for(record::SHUTDOWN_TIMEOUT), 1);
+        assert_eq!(metrics.dead_lettered.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.waiting(), 0, "the room it took is given back");
     }
 
     #[test]

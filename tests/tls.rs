@@ -231,6 +231,16 @@ fn udp_drops_are_counted_when_the_queue_is_full() {
         hotdog.stat("kafka.submitted"),
     );
     assert!(dropped > 0, "nothing dropped with the queue full");
+    // One warning for the first drop, not one per dropped batch: the log cannot flood.
+    let warnings = hotdog
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("UDP") && l.contains("dropped"))
+        .count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} drop warnings for {dropped} drops"
+    );
     assert!(lines > dropped, "{lines} {dropped}");
     // Every line is either handed to librdkafka, dropped, or still waiting: `buffer: 1` is one
     // record in the outbox, and the publisher holds one it retries.
