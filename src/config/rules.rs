@@ -3,7 +3,7 @@
 
 use marked_yaml::Node;
 
-use super::yaml::{every, is_null, kind, position, scalar, unknown_name, Cx, Map};
+use super::yaml::{every, is_null, kind, list, position, scalar, unknown_name, Cx, Map};
 use crate::rules::{Action, Field, Matcher, MergeValue, Rule, Rules};
 use crate::template::{Template, Templates};
 
@@ -31,13 +31,7 @@ const ACTION_KEYS: [&str; 5] = ["topic", "key", "headers", "json", "template"];
 
 impl Compiler<'_, '_> {
     fn decode_rules(&mut self, node: &Node) -> Option<Vec<Rule>> {
-        let Some(seq) = node.as_sequence() else {
-            self.cx.error(
-                node,
-                format!("expected a list of rules for `rules`, found {}", kind(node)),
-            );
-            return None;
-        };
+        let seq = list(self.cx, node, "rules")?;
         every(
             seq.iter()
                 .enumerate()
@@ -71,13 +65,7 @@ impl Compiler<'_, '_> {
     }
 
     fn decode_actions(&mut self, node: &Node, rule: &str) -> Option<Vec<Action>> {
-        let Some(seq) = node.as_sequence() else {
-            self.cx.error(
-                node,
-                format!("expected a list for `{rule}.actions`, found {}", kind(node)),
-            );
-            return None;
-        };
+        let seq = list(self.cx, node, &format!("{rule}.actions"))?;
         every(
             seq.iter()
                 .enumerate()

@@ -271,6 +271,20 @@ pub(super) fn unknown_name(kind: &str, name: &str, names: &[&str]) -> String {
     )
 }
 
+/// The items of a list, or an error saying `what` should have been one.
+pub(super) fn list<'n>(cx: &mut Cx<'_>, node: &'n Node, what: &str) -> Option<&'n [Node]> {
+    match node.as_sequence() {
+        Some(seq) => Some(seq),
+        None => {
+            cx.error(
+                node,
+                format!("expected a list for `{what}`, found {}", kind(node)),
+            );
+            None
+        }
+    }
+}
+
 /// Every item decoded, or `None` when any one failed. Every item is decoded either way (no
 /// early return), so each reports its own errors.
 pub(super) fn every<T>(items: impl Iterator<Item = Option<T>>) -> Option<Vec<T>> {
