@@ -2,6 +2,7 @@
 # Safe to source repeatedly; installs only what is missing.
 
 TANSU_VERSION=0.6.0
+CARGO_DEB_VERSION=3.8.0
 
 # Debian packages that rdkafka's bundled librdkafka needs to build (C compiler, make, OpenSSL,
 # zlib, pkg-config).
@@ -36,4 +37,13 @@ ensure_tansu() {
     fi
     echo "building tansu $TANSU_VERSION once (about 13 minutes on 2 cores)" >&2
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+}
+
+# cargo-deb, which builds the Debian package (contrib/package.sh); built once (a few minutes).
+ensure_cargo_deb() {
+    export PATH="$HOME/.cargo/bin:$PATH"
+    if cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+        return 0
+    fi
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 }

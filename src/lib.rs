@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod deadletter;

@@ -1,31 +1,13 @@
 //! The `hotdog` command: parses the command line, loads the configuration, and maps what
 //! [`hotdog::server::run`] returns to an exit code. Nothing else.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use hotdog::cli::Cli;
 use hotdog::config::Config;
 use hotdog::{runtime, server, testmode, tls};
-
-/// Forward syslog over TCP to Kafka, routed and rewritten by the rules in a YAML file.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    /// The configuration file.
-    #[arg(short = 'c', long = "config", default_value = "hotdog.yml")]
-    config: PathBuf,
-    /// Validate the configuration and exit: 0 when it is valid, 2 with every error otherwise.
-    #[arg(long)]
-    check: bool,
-    /// Run every line of LOGFILE through the rules without Kafka and print what would be sent.
-    #[arg(short = 't', long = "test", value_name = "LOGFILE")]
-    test: Option<PathBuf>,
-    /// With --test: print one JSON object per input line.
-    #[arg(long, requires = "test")]
-    json: bool,
-}
 
 /// Exit code for a runtime failure (a port that is taken, ...).
 const EXIT_FAILURE: u8 = 1;

@@ -144,6 +144,8 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
         rules.rules().len()
     );
 
+    notify_systemd(sd_notify::NotifyState::Ready);
+
     let (trigger, shutdown) = shutdown::channel();
     let publishing = runtime::spawn(publisher.run(shutdown.clone()));
     let (done, all_done) = async_channel::bounded::<()>(1);
@@ -161,6 +163,7 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
     let reporting = runtime::spawn(report_suppressed_logs(shutdown.clone()));
 
     wait_for_stop(signals, &acceptors).await;
+    notify_systemd(sd_notify::NotifyState::Stopping);
     let deadline = deadline_after(global.shutdown_timeout);
     trigger.trigger(deadline);
     let unacknowledged = shut_down(
@@ -178,6 +181,14 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
     let summary = Summary::new(&metrics, unacknowledged);
     log::info!("summary: {summary}");
     Ok(summary)
+}
+
+/// Tells systemd (`Type=notify`) that hotdog is ready, or stopping; nothing when it was not
+/// started by systemd.
+fn notify_systemd(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        log::warn!("cannot notify systemd: {e}");
+    }
 }
 
 /// `timeout` from now, or as far as the clock goes.

@@ -9,6 +9,14 @@ fn example_config_is_valid() {
     assert!(out.contains("configuration is valid (4 rules)"), "{out}");
 }
 
+/// The configuration the Debian package installs as /etc/hotdog/hotdog.yml.
+#[test]
+fn packaged_config_is_valid() {
+    let (code, out, err) = run_hotdog(&["--check", "-c", "packaging/hotdog.yml"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("configuration is valid (1 rules)"), "{out}");
+}
+
 #[test]
 fn hotdog_0_5_config_loads_unchanged_and_routes_the_same() {
     let (code, out, err) = run_hotdog(&["--check", "-c", "tests/configs/hotdog-0.5.yml"]);

@@ -7,4 +7,5 @@ mod cli;
 mod delivery;
 mod forward;
 mod rsyslog;
+mod service;
 mod tls;

@@ -318,6 +318,11 @@ impl Hotdog {
     /// Starts hotdog with the whole configuration `yaml`, waiting until it listens (its log
     /// says on which ports).
     pub fn start_config(yaml: &str) -> Hotdog {
+        Self::start_config_env(yaml, &[])
+    }
+
+    /// Like [`Hotdog::start_config`], with more environment variables.
+    pub fn start_config_env(yaml: &str, env: &[(&str, &str)]) -> Hotdog {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("hotdog.yml");
         std::fs::write(&config, yaml).expect("write config");
@@ -326,6 +331,7 @@ impl Hotdog {
             .arg(&config)
             .env("RUST_LOG", "info")
             .env_remove("KAFKA_BROKER")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

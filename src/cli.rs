@@ -1,0 +1,32 @@
+//! The command line, as clap defines it. In the library so that the man page and the shell
+//! completions are generated from this one definition (`examples/docs.rs`).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Forward syslog over TCP, TLS and UDP to Kafka, routed and rewritten by the rules in a YAML
+/// file.
+#[derive(Parser, Debug)]
+#[command(
+    name = "hotdog",
+    version,
+    about,
+    after_help = "Exit codes: 0 success; 1 a runtime failure; 2 the configuration is not valid; \
+                  3 shutdown could not deliver everything it had read.\n\
+                  Signals: SIGHUP reloads the TLS certificates; SIGINT and SIGTERM shut down."
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(short = 'c', long = "config", default_value = "hotdog.yml", value_hint = clap::ValueHint::FilePath)]
+    pub config: PathBuf,
+    /// Validate the configuration and exit: 0 when it is valid, 2 with every error otherwise.
+    #[arg(long)]
+    pub check: bool,
+    /// Run every line of LOGFILE through the rules without Kafka and print what would be sent.
+    #[arg(short = 't', long = "test", value_name = "LOGFILE", value_hint = clap::ValueHint::FilePath)]
+    pub test: Option<PathBuf>,
+    /// With --test: print one JSON object per input line.
+    #[arg(long, requires = "test")]
+    pub json: bool,
+}
