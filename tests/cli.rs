@@ -169,3 +169,29 @@ fn exit_codes_keep_the_kind_of_the_error() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Values that made hotdog abort or panic later are refused by `--check`, each with its
+/// location (issue 11: sizes and durations have upper bounds).
+#[test]
+fn values_that_would_crash_are_refused_with_their_location() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("huge.yml");
+    std::fs::write(
+        &path,
+        "global:\n  listen:\n    port: 1514\n    max_message_size: 100000000000000\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\n    buffer: 1000000000000000\n  shutdown_timeout: 18446744073709551615\n",
+    )
+    .expect("write config");
+    let path = path.to_string_lossy().into_owned();
+    let (code, out, err) = run_hotdog(&["--check", "-c", &path]);
+    assert_eq!(code, 2, "{out}{err}");
+    for (line, what) in [
+        (4, "`global.listen.max_message_size` must be from 1 to 16777216"),
+        (8, "`global.kafka.buffer` must be from 1 to 1000000"),
+        (9, "`global.shutdown_timeout` must be at most 1day"),
+    ] {
+        assert!(err.contains(&format!("{path}:{line}:")), "line {line}: {err}");
+        assert!(err.contains(what), "{what}: {err}");
+    }
+    assert!(err.contains("3 error(s)"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use marked_yaml::Node;
 
-use super::yaml::{duration, every, kind, scalar, unknown_name, Cx, Map};
+use super::yaml::{every, kind, scalar, unknown_name, Cx, Map};
 use super::{
     ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Protocol, Status, Tls, ENV_OVERRIDES,
 };
@@ -39,10 +39,12 @@ pub(super) fn decode(
         Some(n) => decode_status(cx, n).map(Some),
         None => Some(None),
     };
-    let shutdown_timeout = match g.get("shutdown_timeout") {
-        Some(n) => duration(cx, n, "global.shutdown_timeout"),
-        None => Some(Duration::from_secs(30)),
-    };
+    let shutdown_timeout = g.duration_at_most(
+        cx,
+        "shutdown_timeout",
+        super::MAX_TIMEOUT,
+        Duration::from_secs(30),
+    );
     g.finish(cx);
     Some(Global {
         listen: listen?,
@@ -111,12 +113,12 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         .string(cx, "address")
         .unwrap_or_else(|| "127.0.0.1".into());
     let port = m.number(cx, "port").unwrap_or(1514);
-    let max_message_size: usize = m.number(cx, "max_message_size").unwrap_or(64 * 1024);
-    if max_message_size == 0 {
-        if let Some(n) = m.get("max_message_size") {
-            cx.error(n, format!("`{what}.max_message_size` must be at least 1"));
-        }
-    }
+    let max_message_size = m.number_in(
+        cx,
+        "max_message_size",
+        1..=super::MAX_MESSAGE_SIZE,
+        64 * 1024,
+    );
     let tls_node = match m.get("tls") {
         Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
         other => other,
@@ -168,10 +170,12 @@ fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Tls> {
             );
         }
     }
-    let handshake_timeout = match m.get("handshake_timeout") {
-        Some(n) => duration(cx, n, &m.path("handshake_timeout")),
-        None => Some(Duration::from_secs(10)),
-    };
+    let handshake_timeout = m.duration_at_most(
+        cx,
+        "handshake_timeout",
+        super::MAX_TIMEOUT,
+        Duration::from_secs(10),
+    );
     m.finish(cx);
     Some(Tls {
         cert: cert?.into(),
@@ -227,12 +231,7 @@ fn decode_kafka(
             );
         }
     }
-    let buffer: usize = m.number(cx, "buffer").unwrap_or(1024);
-    if buffer == 0 {
-        if let Some(n) = m.get("buffer") {
-            cx.error(n, "`global.kafka.buffer` must be at least 1");
-        }
-    }
+    let buffer = m.number_in(cx, "buffer", 1..=super::MAX_BUFFER, 1024);
     let timeout_ms = m.number(cx, "timeout_ms").unwrap_or(5000);
     let mut dead_letter = DeadLetter::default();
     if let Some(d) = m.get("dead_letter") {

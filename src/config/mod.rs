@@ -152,6 +152,13 @@ pub struct DeadLetter {
     pub file: Option<PathBuf>,
 }
 
+/// The largest `max_message_size`: every connection may hold a frame this long.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// The largest `buffer`, in records.
+pub const MAX_BUFFER: usize = 1_000_000;
+/// The longest `shutdown_timeout` and `handshake_timeout`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Environment variables that override `global.kafka.conf` keys.
 pub const ENV_OVERRIDES: [(&str, &str); 3] = [
     ("KAFKA_BROKER", "bootstrap.servers"),
@@ -410,6 +417,42 @@ mod tests {
             assert!(joined.contains(bad), "{bad}:\n{joined}");
             assert!(joined.contains(typo), "{typo}:\n{joined}");
         }
+    }
+
+    /// Values that would break the process are refused with their location (issue 11).
+    #[test]
+    fn sizes_and_durations_have_upper_bounds() {
+        let text = MINIMAL
+            .replace(
+                "    port: 1514\n",
+                "    port: 1514\n    max_message_size: 100000000000000\n",
+            )
+            .replace(
+                "      bootstrap.servers: 'b:9092'\n",
+                "      bootstrap.servers: 'b:9092'\n    buffer: 1000000000000000\n",
+            )
+            + "  shutdown_timeout: 18446744073709551615\n";
+        let joined = errors(&text).join("\n");
+        assert!(
+            joined.contains("test.yml:4:23: `global.listen.max_message_size` must be from 1 to 16777216, found 100000000000000"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "`global.kafka.buffer` must be from 1 to 1000000, found 1000000000000000"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("`global.shutdown_timeout` must be at most 1day"),
+            "{joined}"
+        );
+        // The bounds themselves are accepted.
+        let ok = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    max_message_size: 16777216\n",
+        ) + "  shutdown_timeout: 24h\n";
+        assert!(parse(&ok).is_ok());
     }
 
     #[test]

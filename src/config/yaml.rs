@@ -214,6 +214,61 @@ impl<'n> Map<'n> {
         }
     }
 
+    /// A whole number in `range` (`default` when absent); out of range is an error that says
+    /// the range.
+    pub(super) fn number_in(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &'static str,
+        range: std::ops::RangeInclusive<usize>,
+        default: usize,
+    ) -> usize {
+        let Some(v) = self.number::<usize>(cx, key) else {
+            return default;
+        };
+        if !range.contains(&v) {
+            if let Some(n) = self.get(key) {
+                cx.error(
+                    n,
+                    format!(
+                        "`{}` must be from {} to {}, found {v}",
+                        self.path(key),
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            }
+        }
+        v
+    }
+
+    /// A duration of at most `max` (`default` when absent).
+    pub(super) fn duration_at_most(
+        &mut self,
+        cx: &mut Cx<'_>,
+        key: &'static str,
+        max: Duration,
+        default: Duration,
+    ) -> Option<Duration> {
+        let Some(node) = self.get(key) else {
+            return Some(default);
+        };
+        let d = duration(cx, node, &self.path(key))?;
+        if d > max {
+            cx.error(
+                node,
+                format!(
+                    "`{}` must be at most {}, found {}",
+                    self.path(key),
+                    humantime::format_duration(max),
+                    humantime::format_duration(d)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
     /// Reports every key that was not asked for.
     pub(super) fn finish(self, cx: &mut Cx<'_>) {
         let Some(map) = self.node.as_mapping() else {
