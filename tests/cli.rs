@@ -185,13 +185,71 @@ fn values_that_would_crash_are_refused_with_their_location() {
     let (code, out, err) = run_hotdog(&["--check", "-c", &path]);
     assert_eq!(code, 2, "{out}{err}");
     for (line, what) in [
-        (4, "`global.listen.max_message_size` must be from 1 to 16777216"),
+        (
+            4,
+            "`global.listen.max_message_size` must be from 1 to 16777216",
+        ),
         (8, "`global.kafka.buffer` must be from 1 to 1000000"),
         (9, "`global.shutdown_timeout` must be at most 1day"),
     ] {
-        assert!(err.contains(&format!("{path}:{line}:")), "line {line}: {err}");
+        assert!(
+            err.contains(&format!("{path}:{line}:")),
+            "line {line}: {err}"
+        );
         assert!(err.contains(what), "{what}: {err}");
     }
     assert!(err.contains("3 error(s)"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Rules the jmespath crate or handlebars cannot take (a panic, a stack overflow, seconds of
+/// compiling) are refused with their location, and a file's form is read as it is meant: a
+/// UTF-8 byte-order mark is accepted, a second YAML document refused (issue 11).
+#[test]
+fn configs_that_panicked_or_were_misread_are_handled() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let global = "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\n";
+    let check = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write config");
+        let path = path.to_string_lossy().into_owned();
+        let (code, out, err) = run_hotdog(&["--check", "-c", &path]);
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        (code, format!("{out}{err}"), path)
+    };
+    let rule = |matcher: &str, template: &str| {
+        format!("{global}rules:\n  - {matcher}\n    actions:\n      - type: replace\n        template: \"{template}\"\n      - type: stop\n")
+    };
+    let (code, text, path) = check(
+        "number.yml",
+        &rule("jmespath: '[99999999999999999999999]'", "x"),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(&format!("{path}:8:15: invalid JMESPath expression")),
+        "{text}"
+    );
+    let deep = format!("jmespath: '{}a{}'", "(".repeat(20_000), ")".repeat(20_000));
+    let (code, text, _) = check("deep.yml", &rule(&deep, "x"));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("nested deeper than 64"), "{text}");
+    let started = std::time::Instant::now();
+    let (code, text, path) = check(
+        "blocks.yml",
+        &rule("regex: '.'", &"{{#if a}}".repeat(20_000)),
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(&format!("{path}:11:19: invalid template")),
+        "{text}"
+    );
+    eprintln!("20,000 nested blocks refused in {:?}", started.elapsed());
+    let (code, text, _) = check("bom.yml", &format!("\u{feff}{global}"));
+    assert_eq!(code, 0, "{text}");
+    let (code, text, path) = check("two.yml", &format!("{global}---\nrules: 3\n"));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(&format!("{path}:7:1: a second YAML document")),
+        "{text}"
+    );
 }

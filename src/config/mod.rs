@@ -192,6 +192,16 @@ impl Config {
             file,
             errors: Vec::new(),
         };
+        // Editors on some systems start a UTF-8 file with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        if let Some(line) = second_document(text) {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: file.to_string(),
+                line,
+                column: 1,
+                message: "a second YAML document; hotdog reads exactly one (remove this `---` or `...` and what follows, or merge it into the first)".into(),
+            }]));
+        }
         let options = LoaderOptions::default()
             .error_on_duplicate_keys(true)
             .prevent_coercion(true);
@@ -210,6 +220,37 @@ impl Config {
             }
         }
     }
+}
+
+/// The line (from 1) of a document marker that begins a second YAML document: `---` after
+/// content, or content after `...`. The YAML loader would read the first and drop the rest.
+fn second_document(text: &str) -> Option<usize> {
+    let mut content = false;
+    let mut ended = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = |m: &str| line == m || line.starts_with(&format!("{m} "));
+        if is_marker("---") {
+            if content || ended {
+                return Some(i + 1);
+            }
+            // `--- value`: the document starts on the marker's line.
+            content = !line[3..].trim().is_empty() && !line[3..].trim_start().starts_with('#');
+            continue;
+        }
+        if is_marker("...") {
+            ended = true;
+            continue;
+        }
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') || (line.starts_with('%') && !content) {
+            continue;
+        }
+        if ended {
+            return Some(i + 1);
+        }
+        content = true;
+    }
+    None
 }
 
 /// The whole file: `global` and `rules`.
@@ -453,6 +494,22 @@ mod tests {
             "    port: 1514\n    max_message_size: 16777216\n",
         ) + "  shutdown_timeout: 24h\n";
         assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted_and_a_second_document_refused() {
+        assert!(parse(&format!("\u{feff}{MINIMAL}")).is_ok());
+        assert!(parse(&format!("# comment\n---\n{MINIMAL}...\n")).is_ok());
+        let joined = errors(&format!("---\n{MINIMAL}---\nrules: []\n")).join("\n");
+        assert!(
+            joined.contains("test.yml:8:1: a second YAML document"),
+            "{joined}"
+        );
+        let joined = errors(&format!("{MINIMAL}...\nrules: []\n")).join("\n");
+        assert!(
+            joined.contains("test.yml:8:1: a second YAML document"),
+            "{joined}"
+        );
     }
 
     #[test]

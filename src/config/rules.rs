@@ -197,6 +197,13 @@ impl Compiler<'_, '_> {
 
     fn template(&mut self, node: &Node, what: &str) -> Option<Template> {
         let src = scalar(self.cx, node, what)?;
+        if block_depth(&src) > MAX_DEPTH {
+            self.cx.error(
+                node,
+                format!("invalid template in `{what}`: blocks nested deeper than {MAX_DEPTH}"),
+            );
+            return None;
+        }
         match self.templates.compile(&src) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -263,7 +270,26 @@ fn decode_matcher(cx: &mut Cx<'_>, m: &mut Map<'_>, node: &Node, what: &str) -> 
         }
         (None, Some(j)) => {
             let src = scalar(cx, j, &m.path("jmespath"))?;
-            match jmespath::compile(&src) {
+            if let Err(e) = check_jmespath(&src) {
+                cx.error(
+                    j,
+                    format!(
+                        "invalid JMESPath expression in `{}`: {e}",
+                        m.path("jmespath")
+                    ),
+                );
+                return None;
+            }
+            // The jmespath crate panics on some input it should refuse: contained, as an error.
+            let compiled =
+                std::panic::catch_unwind(|| jmespath::compile(&src)).unwrap_or_else(|_| {
+                    Err(jmespath::JmespathError::new(
+                        &src,
+                        0,
+                        jmespath::ErrorReason::Parse("not a valid expression".into()),
+                    ))
+                });
+            match compiled {
                 Ok(expr) => Some(Matcher::JmesPath(crate::rules::Query::new(expr))),
                 Err(e) => {
                     cx.error(
@@ -302,4 +328,90 @@ fn decode_field(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Field> {
         cx.error(node, unknown_name("field", &name, &Field::NAMES));
     }
     field
+}
+
+/// How deep expressions and template blocks may nest: deeper ones would take the compilers
+/// seconds or their whole stack.
+const MAX_DEPTH: usize = 64;
+
+/// What the jmespath crate would panic or recurse without bound on: numbers too large for it,
+/// and brackets nested too deep. Brackets and digits inside quotes and literals do not count.
+fn check_jmespath(src: &str) -> Result<(), String> {
+    let (mut depth, mut deepest, mut digits) = (0usize, 0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in src.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => quote = Some(c),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        deepest = deepest.max(depth);
+        digits = if c.is_ascii_digit() { digits + 1 } else { 0 };
+        if digits > 9 {
+            return Err("a number with more than 9 digits".into());
+        }
+    }
+    if deepest > MAX_DEPTH {
+        return Err(format!("brackets nested deeper than {MAX_DEPTH}"));
+    }
+    Ok(())
+}
+
+/// How deep the `{{#block}}`s of a template nest.
+fn block_depth(src: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut rest = src;
+    while let Some(at) = rest.find("{{") {
+        rest = &rest[at + 2..];
+        let inner = rest.trim_start_matches('~');
+        if inner.starts_with('#') {
+            depth += 1;
+            deepest = deepest.max(depth);
+        } else if inner.starts_with('/') {
+            depth = depth.saturating_sub(1);
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jmespath_that_the_crate_cannot_take_is_refused_before_it() {
+        assert!(check_jmespath("meta.topic").is_ok());
+        assert!(
+            check_jmespath("a[0].b[?c == `12345678901234`]").is_ok(),
+            "inside a literal"
+        );
+        assert!(check_jmespath(
+            "'((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((('"
+        )
+        .is_ok());
+        assert!(check_jmespath("[99999999999999999999999]").is_err());
+        assert!(check_jmespath(&format!("{}a{}", "(".repeat(20_000), ")".repeat(20_000))).is_err());
+        assert!(check_jmespath(&format!("{}a{}", "(".repeat(64), ")".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn template_blocks_are_counted_by_depth() {
+        assert_eq!(
+            block_depth("{{a}} {{#if a}}{{#if b}}x{{/if}}{{/if}}{{#if c}}{{/if}}"),
+            2
+        );
+        assert_eq!(block_depth(&"{{#if a}}".repeat(20_000)), 20_000);
+    }
 }
