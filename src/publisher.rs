@@ -38,6 +38,9 @@ pub enum Error {
     Thread(#[source] std::io::Error),
 }
 
+/// Records produced between two cooperative yields.
+const YIELD_EVERY: usize = 256;
+
 /// librdkafka settings hotdog chooses unless the operator sets them (see [`client_config`]).
 pub const QUEUE_DEFAULTS: [(&str, &str); 2] = [
     ("queue.buffering.max.messages", "50000"),
@@ -600,7 +603,12 @@ impl Publisher {
         // Records for the same topic come in runs: the topic's counters are looked up once
         // per run, and every delivery report of the run shares them (a reference count).
         let mut run: Option<(Name, Arc<TopicCounters>, u64)> = None;
-        for record in batch {
+        for (i, record) in batch.into_iter().enumerate() {
+            // The publisher shares an executor thread with connections and the signal handler:
+            // it yields now and then, as they do.
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                smol::future::yield_now().await;
+            }
             let same = matches!(&run, Some((t, _, _)) if *t == record.topic);
             if !same {
                 self.count_submitted(run.take());

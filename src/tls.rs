@@ -75,7 +75,7 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
 }
 
 /// Reads the certificate files of every TLS listener in `config` (read from `file`): they are
-/// part of the configuration, and a bad one is a configuration error.
+/// part of the configuration, and a bad one is a configuration error, located at its `tls` key.
 pub fn check_files(config: &Config, file: &str) -> Result<(), ConfigErrors> {
     let errors: Vec<ConfigError> = config
         .global
@@ -85,8 +85,8 @@ pub fn check_files(config: &Config, file: &str) -> Result<(), ConfigErrors> {
         .filter_map(|(i, l)| match &l.protocol {
             Protocol::Tls(t) => server_config(t).err().map(|e| ConfigError {
                 file: file.to_string(),
-                line: 0,
-                column: 0,
+                line: t.at.0,
+                column: t.at.1,
                 message: format!("global.listen[{i}].tls: {e}"),
             }),
             _ => None,
@@ -186,6 +186,7 @@ mod tests {
             ca: ca.map(certs),
             client_auth: ClientAuth::Required,
             handshake_timeout: Duration::from_secs(10),
+            at: (0, 0),
         }
     }
 

@@ -124,7 +124,7 @@ fn unreadable_tls_files_are_configuration_errors() {
     let (code, _, err) = run_hotdog(&["--check", "-c", "contrib/hotdog-tls.yml"]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("contrib/hotdog-tls.yml: global.listen[1].tls: cannot read certificates from /etc/hotdog/server.pem"),
+        err.contains("contrib/hotdog-tls.yml:10:7: global.listen[1].tls: cannot read certificates from /etc/hotdog/server.pem"),
         "{err}"
     );
 }

@@ -123,7 +123,8 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
         other => other,
     };
-    let tls = tls_node.and_then(|n| decode_tls(cx, n, &format!("{what}.tls")));
+    let tls_at = m.key_position("tls");
+    let tls = tls_node.and_then(|n| decode_tls(cx, n, &format!("{what}.tls"), tls_at));
     let protocol = match m.get("protocol") {
         None => match (tls_node, tls) {
             (None, _) => Some(Protocol::Tcp),
@@ -142,7 +143,8 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
     })
 }
 
-fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Tls> {
+/// `tls:` settings; `at` is where the `tls` key is, for errors about the files it names.
+fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str, at: (usize, usize)) -> Option<Tls> {
     let mut m = Map::new(cx, node, what)?;
     let cert = m.required_string(cx, "cert");
     let key = m.required_string(cx, "key");
@@ -183,6 +185,7 @@ fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Tls> {
         ca,
         client_auth: client_auth?,
         handshake_timeout: handshake_timeout?,
+        at,
     })
 }
 

@@ -104,6 +104,8 @@ pub struct Tls {
     /// `handshake_timeout`: a client that has not finished its handshake by then is cut off.
     /// Default 10 s.
     pub handshake_timeout: Duration,
+    /// Where the `tls` settings are written (line, column), for errors about their files.
+    pub at: (usize, usize),
 }
 
 /// `global.kafka:`

@@ -165,6 +165,15 @@ impl<'n> Map<'n> {
             .filter(|n| !is_null(n))
     }
 
+    /// Where `key` itself is written (not its value); the mapping's position when it is absent.
+    pub(super) fn key_position(&self, key: &str) -> (usize, usize) {
+        self.node
+            .as_mapping()
+            .and_then(|m| m.keys().find(|k| k.as_str() == key))
+            .and_then(|k| k.span().start().map(|m| (m.line(), m.column())))
+            .unwrap_or_else(|| position(self.node))
+    }
+
     /// Counts `keys` as known without decoding them (when what they mean cannot be told, for
     /// example beside an action `type` that is not valid), so they are not reported as unknown.
     pub(super) fn allow(&mut self, keys: &[&'static str]) {
