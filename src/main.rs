@@ -20,15 +20,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let file = cli.config.display().to_string();
-    let config =
-        match Config::load(&cli.config).and_then(|c| tls::check_files(&c, &file).map(|()| c)) {
-            Ok(c) => c,
-            Err(errors) => {
-                eprintln!("{errors}");
-                eprintln!("hotdog: {} error(s) in {file}", errors.0.len());
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
+    let config = match Config::load(&cli.config, &tls::check) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("hotdog: {} error(s) in {file}", errors.0.len());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if cli.check {
         println!(
             "{file}: configuration is valid ({} rules)",

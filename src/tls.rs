@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::{ClientAuth, Config, ConfigError, ConfigErrors, Protocol, Tls};
+use crate::config::{ClientAuth, Tls};
 
 /// Who a client said it is, from its verified certificate.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -74,29 +74,10 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
-/// Reads the certificate files of every TLS listener in `config` (read from `file`): they are
-/// part of the configuration, and a bad one is a configuration error, located at its `tls` key.
-pub fn check_files(config: &Config, file: &str) -> Result<(), ConfigErrors> {
-    let errors: Vec<ConfigError> = config
-        .global
-        .listen
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| match &l.protocol {
-            Protocol::Tls(t) => server_config(t).err().map(|e| ConfigError {
-                file: file.to_string(),
-                line: t.at.0,
-                column: t.at.1,
-                message: format!("global.listen[{i}].tls: {e}"),
-            }),
-            _ => None,
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
-    }
+/// Whether the files `tls` names make a usable server configuration; for
+/// [`crate::config::Config::load`], so that bad files are configuration errors with the others.
+pub fn check(tls: &Tls) -> Result<(), String> {
+    server_config(tls).map(|_| ())
 }
 
 /// The acceptor of one TLS listener; [`Acceptor::reload`] swaps in new files for new connections.

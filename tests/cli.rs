@@ -253,3 +253,29 @@ fn configs_that_panicked_or_were_misread_are_handled() {
         "{text}"
     );
 }
+
+/// A TLS file that does not load is reported at its listener's `tls` key, together with the
+/// other errors of the file, not after they are fixed (issue 11).
+#[test]
+fn tls_file_errors_come_with_the_rest_and_say_where() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tls.yml");
+    std::fs::write(
+        &path,
+        "global:\n  listen:\n    port: 1\n    tls:\n      cert: /nonexistent/cert.pem\n      key: /nonexistent/key.pem\n    prot: 2\n  kafka:\n    conf:\n      bootstrap.servers: b\n    buffer: lots\n",
+    )
+    .expect("write config");
+    let path = path.to_string_lossy().into_owned();
+    let (code, out, err) = run_hotdog(&["--check", "-c", &path]);
+    assert_eq!(code, 2, "{out}{err}");
+    for expected in [
+        format!(
+            "{path}:4:5: global.listen[0].tls: cannot read certificates from /nonexistent/cert.pem"
+        ),
+        format!("{path}:7:5: unknown key `prot`"),
+        format!("{path}:11:13: expected a whole number"),
+    ] {
+        assert!(err.contains(&expected), "{expected}:\n{err}");
+    }
+    assert!(err.contains("3 error(s)"), "{err}");
+}

@@ -8,24 +8,21 @@ use marked_yaml::Node;
 
 use super::yaml::{every, kind, scalar, unknown_name, Cx, Map};
 use super::{
-    ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Protocol, Status, Tls, ENV_OVERRIDES,
+    ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Outside, Protocol, Status, Tls,
+    ENV_OVERRIDES,
 };
 
-pub(super) fn decode(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Global> {
+pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Global> {
     let mut g = Map::new(cx, node, "global")?;
     let listen = match g.get("listen") {
-        Some(n) => decode_listeners(cx, n),
+        Some(n) => decode_listeners(cx, n).inspect(|l| check_tls_files(cx, l, outside)),
         None => {
             cx.error(node, "`global.listen` is required");
             None
         }
     };
     let kafka = match g.get("kafka") {
-        Some(n) => decode_kafka(cx, n, env),
+        Some(n) => decode_kafka(cx, n, outside.var),
         None => {
             cx.error(node, "`global.kafka` is required");
             None
@@ -53,6 +50,22 @@ pub(super) fn decode(
         status: status?,
         shutdown_timeout: shutdown_timeout?,
     })
+}
+
+/// Whether the files every TLS listener names load; an error is located at its `tls` key.
+fn check_tls_files(cx: &mut Cx<'_>, listeners: &[Listen], outside: &Outside<'_>) {
+    for (i, l) in listeners.iter().enumerate() {
+        if let Protocol::Tls(t) = &l.protocol {
+            if let Err(e) = (outside.check_tls)(t) {
+                cx.errors.push(super::ConfigError {
+                    file: cx.file.to_string(),
+                    line: t.at.0,
+                    column: t.at.1,
+                    message: format!("global.listen[{i}].tls: {e}"),
+                });
+            }
+        }
+    }
 }
 
 fn decode_listeners(cx: &mut Cx<'_>, node: &Node) -> Option<Vec<Listen>> {

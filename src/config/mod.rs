@@ -168,9 +168,20 @@ pub const ENV_OVERRIDES: [(&str, &str); 3] = [
     ("SASL_SCRAM_PASSWORD", "sasl.password"),
 ];
 
+/// What decoding asks of the world outside the file: environment variables, and whether a TLS
+/// listener's files load (the TLS module answers; the configuration does not read them itself).
+pub struct Outside<'a> {
+    pub var: &'a dyn Fn(&str) -> Option<String>,
+    pub check_tls: &'a dyn Fn(&Tls) -> Result<(), String>,
+}
+
 impl Config {
-    /// Reads, validates and compiles `path`, applying the environment overrides.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    /// Reads, validates and compiles `path`, applying the environment overrides; `check_tls`
+    /// says whether the files of a TLS listener load, and its errors come with the others.
+    pub fn load(
+        path: &Path,
+        check_tls: &dyn Fn(&Tls) -> Result<(), String>,
+    ) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError {
@@ -180,15 +191,40 @@ impl Config {
                 message: format!("cannot read the configuration: {e}"),
             }])
         })?;
-        let env = |k: &str| std::env::var(k).ok();
-        Self::parse(&file, &text, env)
+        let var = |k: &str| std::env::var(k).ok();
+        Self::parse_with(
+            &file,
+            &text,
+            &Outside {
+                var: &var,
+                check_tls,
+            },
+        )
     }
 
-    /// Validates and compiles `text` (named `file` in errors); `env` looks up overrides.
+    /// Validates and compiles `text` (named `file` in errors); `env` looks up overrides. TLS
+    /// files are not read.
     pub fn parse(
         file: &str,
         text: &str,
         env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        Self::parse_with(
+            file,
+            text,
+            &Outside {
+                var: &env,
+                check_tls: &|_| Ok(()),
+            },
+        )
+    }
+
+    /// Validates and compiles `text` (named `file` in errors), asking `outside` what the file
+    /// does not say.
+    pub fn parse_with(
+        file: &str,
+        text: &str,
+        outside: &Outside<'_>,
     ) -> Result<Config, ConfigErrors> {
         let mut cx = Cx {
             file,
@@ -211,7 +247,7 @@ impl Config {
             Ok(root) => root,
             Err(e) => return Err(ConfigErrors(vec![yaml::load_error(file, e)])),
         };
-        let config = decode_root(&mut cx, &root, &env);
+        let config = decode_root(&mut cx, &root, outside);
         match config {
             Some(c) if cx.errors.is_empty() => Ok(c),
             _ => {
@@ -256,14 +292,10 @@ fn second_document(text: &str) -> Option<usize> {
 }
 
 /// The whole file: `global` and `rules`.
-fn decode_root(
-    cx: &mut Cx<'_>,
-    root: &Node,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Config> {
+fn decode_root(cx: &mut Cx<'_>, root: &Node, outside: &Outside<'_>) -> Option<Config> {
     let mut top = Map::new(cx, root, "the configuration")?;
     let global = match top.get("global") {
-        Some(node) => global::decode(cx, node, env),
+        Some(node) => global::decode(cx, node, outside),
         None => {
             cx.error(root, "`global` is required");
             None
