@@ -306,7 +306,7 @@ mod tests {
         let config = Config::parse("test.yml", &text, |_| None).expect("valid config");
         let metrics = Metrics::new();
         let file = crate::deadletter::start(None, metrics.clone()).expect("dead-letter writer");
-        let (outbox, inbox) = publisher::outbox(buffer, file, metrics.clone());
+        let (outbox, inbox) = publisher::outbox(buffer, file);
         let shared = Arc::new(Shared {
             rules: Arc::new(config.rules),
             metrics,
@@ -335,20 +335,12 @@ mod tests {
             run(stream, pipeline, max, shutdown)
                 .await
                 .expect("clean end");
+            // The connection is gone, and with it the last sender: the outbox ends.
             let mut out = Vec::new();
-            while let Ok(batch) = inbox_try(inbox) {
+            while let Some(batch) = inbox.recv().await {
                 out.extend(batch);
             }
             out
-        })
-    }
-
-    fn inbox_try(inbox: &Inbox) -> Result<Batch, ()> {
-        smol::block_on(async {
-            use futures_lite::FutureExt;
-            async { inbox.recv().await.ok_or(()) }
-                .or(async { Err(()) })
-                .await
         })
     }
 

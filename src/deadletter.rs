@@ -27,21 +27,14 @@ enum Msg {
 #[derive(Clone)]
 pub struct Sink {
     tx: async_channel::Sender<Msg>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sink {
-    /// Sends from a thread that may block (librdkafka's delivery report thread).
-    pub fn send_blocking(&self, letter: DeadLetter) {
-        if let Err(async_channel::SendError(Msg::Letter(l))) =
-            self.tx.send_blocking(Msg::Letter(letter))
-        {
-            // The writer is gone (only after shutdown): the log is the last place left.
-            log_letter(&l);
-        }
-    }
-
-    /// Sends from a task, waiting (not blocking) while the queue is full.
+    /// Sends from a task, waiting (not blocking) while the queue is full. Counts its reason:
+    /// every dead letter for the file passes here.
     pub async fn send(&self, letter: DeadLetter) {
+        self.metrics.dead_letter_reason(&letter.reason);
         if let Err(async_channel::SendError(Msg::Letter(l))) =
             self.tx.send(Msg::Letter(letter)).await
         {
@@ -61,6 +54,10 @@ impl Sink {
 /// Starts the writer thread for `file` (none: dead letters are logged).
 pub fn start(file: Option<PathBuf>, metrics: Arc<Metrics>) -> std::io::Result<Sink> {
     let (tx, rx) = async_channel::bounded::<Msg>(QUEUE);
+    let sink = Sink {
+        tx,
+        metrics: metrics.clone(),
+    };
     std::thread::Builder::new()
         .name("dead-letter".into())
         .spawn(move || {
@@ -84,7 +81,7 @@ pub fn start(file: Option<PathBuf>, metrics: Arc<Metrics>) -> std::io::Result<Si
                 metrics.dead_lettered(&letter.record.topic);
             }
         })?;
-    Ok(Sink { tx })
+    Ok(sink)
 }
 
 fn json(letter: &DeadLetter) -> serde_json::Value {

@@ -153,11 +153,20 @@ impl ProducerContext for DeadLetterReports {
                     reason: format!("dead_letter_topic_{}", error_kind(e)),
                     file_only: true,
                 };
-                self.metrics.dead_letter_reason(&letter.reason);
                 smol::block_on(self.file.send(letter));
             }
         }
     }
+}
+
+/// `headers` with a record's own headers added.
+fn with_headers(headers: OwnedHeaders, own: &[(Name, String)]) -> OwnedHeaders {
+    own.iter().fold(headers, |h, (name, value)| {
+        h.insert(Header {
+            key: name,
+            value: Some(value.as_str()),
+        })
+    })
 }
 
 /// The record a delivery report is about, rebuilt for a dead letter (hotdog's own headers
@@ -214,9 +223,9 @@ impl DeadLetters {
     const QUEUE_FULL_WAIT: Duration = Duration::from_secs(5);
 
     /// Sends `letter` on; waits (without blocking) while the dead-letter producer's queue or
-    /// the file's queue is full.
+    /// the file's queue is full. Its reason is counted where it goes (the file's sink counts its
+    /// own).
     async fn send(&self, letter: DeadLetter) {
-        self.metrics.dead_letter_reason(&letter.reason);
         let until = Instant::now() + Self::QUEUE_FULL_WAIT;
         let mut letter = letter;
         loop {
@@ -243,7 +252,7 @@ impl DeadLetters {
             return Attempt::ToFile(letter);
         }
         let r = &letter.record;
-        let headers = r.headers.iter().fold(
+        let headers = with_headers(
             OwnedHeaders::new_with_capacity(r.headers.len() + 2)
                 .insert(Header {
                     key: "hotdog-original-topic",
@@ -253,12 +262,7 @@ impl DeadLetters {
                     key: "hotdog-reason",
                     value: Some(letter.reason.as_str()),
                 }),
-            |h, (k, v)| {
-                h.insert(Header {
-                    key: k,
-                    value: Some(v.as_str()),
-                })
-            },
+            &r.headers,
         );
         let mut rec: BaseRecord<'_, str, str, Box<String>> =
             BaseRecord::with_opaque_to(topic, Box::new(r.topic.to_string()))
@@ -269,7 +273,10 @@ impl DeadLetters {
         }
         let sent = producer.send(rec).map_err(|(e, _)| e);
         match sent {
-            Ok(()) => Attempt::Produced,
+            Ok(()) => {
+                self.metrics.dead_letter_reason(&letter.reason);
+                Attempt::Produced
+            }
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 Attempt::QueueFull(letter)
             }
@@ -412,7 +419,6 @@ pub struct Outbox {
     gate: Arc<Gate>,
     /// Where batches go once the publisher takes nothing more.
     file: Sink,
-    metrics: Arc<Metrics>,
 }
 
 /// The publisher's end of the [`Outbox`].
@@ -423,14 +429,13 @@ pub struct Inbox {
 
 /// An outbox that holds at most `capacity` records, and its other end. After the shutdown
 /// deadline, batches that can no longer be handed over are written to `file`.
-pub fn outbox(capacity: usize, file: Sink, metrics: Arc<Metrics>) -> (Outbox, Inbox) {
+pub fn outbox(capacity: usize, file: Sink) -> (Outbox, Inbox) {
     let (tx, rx) = async_channel::unbounded();
     let gate = Arc::new(Gate::new(capacity.max(1)));
     let outbox = Outbox {
         tx,
         gate: gate.clone(),
         file,
-        metrics,
     };
     (outbox, Inbox { rx, gate })
 }
@@ -456,9 +461,7 @@ impl Outbox {
             Err(async_channel::SendError(batch)) => {
                 self.gate.give(n);
                 for record in batch {
-                    let letter = DeadLetter::shutdown_timeout(record);
-                    self.metrics.dead_letter_reason(&letter.reason);
-                    self.file.send(letter).await;
+                    self.file.send(DeadLetter::shutdown_timeout(record)).await;
                 }
                 false
             }
@@ -520,7 +523,7 @@ impl Publisher {
             }
             None => None,
         };
-        let (outbox, inbox) = outbox(kafka.buffer, file.clone(), metrics.clone());
+        let (outbox, inbox) = outbox(kafka.buffer, file.clone());
         let dead = Arc::new(DeadLetters {
             topic,
             file,
@@ -650,16 +653,8 @@ impl Publisher {
                 r = r.key(k.as_str());
             }
             if !record.headers.is_empty() {
-                let headers = record.headers.iter().fold(
-                    OwnedHeaders::new_with_capacity(record.headers.len()),
-                    |h, (name, value)| {
-                        h.insert(Header {
-                            key: name,
-                            value: Some(value.as_str()),
-                        })
-                    },
-                );
-                r = r.headers(headers);
+                let headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                r = r.headers(with_headers(headers, &record.headers));
             }
             let sent = self.producer.send(r).map_err(|(e, _)| e);
             match sent {
@@ -770,7 +765,7 @@ mod tests {
         let path = dir.path().join("dead.jsonl");
         let metrics = Metrics::new();
         let file = deadletter::start(Some(path.clone()), metrics.clone()).expect("writer");
-        let (outbox, _inbox) = outbox(10, file.clone(), metrics.clone());
+        let (outbox, _inbox) = outbox(10, file.clone());
         outbox.close();
         let record = Record {
             topic: "t".into(),
