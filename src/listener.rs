@@ -232,7 +232,10 @@ where
                 runtime::spawn(handle(stream, peer)).detach();
             }
             Some(Err(e)) => {
-                log::error!("accept failed: {e}; retrying in {backoff:?}");
+                throttle::ACCEPT.log(
+                    log::Level::Error,
+                    format_args!("accept failed: {e}; retrying in {backoff:?}"),
+                );
                 smol::Timer::after(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

@@ -88,6 +88,22 @@ pub struct Metrics {
     pub failed: AtomicU64,
     /// Records that ended in the dead-letter topic or file (or, with neither, the log).
     pub dead_lettered: AtomicU64,
+    /// Connections closed at once: over the listener's `max_connections`.
+    pub refused_listener: AtomicU64,
+    /// Connections closed at once: over the listener's `max_connections_per_source`.
+    pub refused_source: AtomicU64,
+    /// TLS connections still in their handshake.
+    pub handshaking: AtomicI64,
+    /// Connections closed after `idle_timeout` without a byte.
+    pub idle_closed: AtomicU64,
+    /// Connections closed for a PROXY protocol header that was malformed, missing, or from
+    /// outside `proxy_protocol.from`.
+    pub proxy_refused: AtomicU64,
+    /// Status server connections closed at once, over its connection cap.
+    pub status_refused: AtomicU64,
+    /// Records sent to `global.kafka.topic` because their own topic would have passed
+    /// `global.kafka.max_topics`.
+    pub topics_over_limit: AtomicU64,
     /// Line read → Kafka acknowledgement, in milliseconds.
     pub latency: Histogram,
     topics: Mutex<HashMap<String, Arc<TopicCounters>>>,
@@ -296,7 +312,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 24] = [
+pub static COUNTERS: [Counter; 31] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -310,6 +326,55 @@ pub static COUNTERS: [Counter; 24] = [
         kind: Kind::Counter,
         help: "Connections accepted.",
         read: |m| get(&m.connections_total),
+    },
+    Counter {
+        name: "connections.handshaking",
+        prometheus: Some(("connections_handshaking", "")),
+        kind: Kind::Gauge,
+        help: "TLS connections still in their handshake (not in `connections` yet).",
+        read: |m| m.handshaking.load(Relaxed),
+    },
+    Counter {
+        name: "connections.refused.listener_limit",
+        prometheus: Some(("connections_refused_total", "{reason=\"listener_limit\"}")),
+        kind: Kind::Counter,
+        help: "Connections closed at once at a limit: a listener's max_connections, max_connections_per_source, a PROXY header refused.",
+        read: |m| get(&m.refused_listener),
+    },
+    Counter {
+        name: "connections.refused.source_limit",
+        prometheus: Some(("connections_refused_total", "{reason=\"source_limit\"}")),
+        kind: Kind::Counter,
+        help: "Connections closed at once at a limit: a listener's max_connections, max_connections_per_source, a PROXY header refused.",
+        read: |m| get(&m.refused_source),
+    },
+    Counter {
+        name: "connections.refused.proxy_protocol",
+        prometheus: Some(("connections_refused_total", "{reason=\"proxy_protocol\"}")),
+        kind: Kind::Counter,
+        help: "Connections closed at once at a limit: a listener's max_connections, max_connections_per_source, a PROXY header refused.",
+        read: |m| get(&m.proxy_refused),
+    },
+    Counter {
+        name: "connections.idle_timeout",
+        prometheus: Some(("connections_idle_closed_total", "")),
+        kind: Kind::Counter,
+        help: "Connections closed after idle_timeout without a byte.",
+        read: |m| get(&m.idle_closed),
+    },
+    Counter {
+        name: "status.refused",
+        prometheus: Some(("status_refused_total", "")),
+        kind: Kind::Counter,
+        help: "Status server connections closed at once, over its cap.",
+        read: |m| get(&m.status_refused),
+    },
+    Counter {
+        name: "kafka.topics_over_limit",
+        prometheus: Some(("topics_over_limit_total", "")),
+        kind: Kind::Counter,
+        help: "Records sent to global.kafka.topic because their topic would pass global.kafka.max_topics.",
+        read: |m| get(&m.topics_over_limit),
     },
     Counter {
         name: "lines",

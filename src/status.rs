@@ -1,13 +1,41 @@
-//! The HTTP status server (tiny_http, on its own thread): `/stats` as JSON (hotdog 0.5's
-//! format), `/metrics` in the Prometheus text format, `/health`.
+//! The HTTP status server: `/stats` as JSON (hotdog 0.5's format), `/metrics` in the Prometheus
+//! text format, `/health`.
+//!
+//! HTTP is hyper's (on smol through smol-hyper), on a thread and executor of its own so that a
+//! busy pipeline never delays `/health`. Nothing a client sends can stop or stall it: headers are
+//! limited to [`MAX_HEADER_BYTES`] (431), a request with a body is answered 413 without reading
+//! it, a client gets [`HEADER_TIMEOUT`] to send its headers and [`CONNECTION_TIME`] in all, at most
+//! [`MAX_CONNECTIONS`] are served at once (more are closed at once, counted in `status.refused`),
+//! and an accept that fails (out of file descriptors) is retried, never fatal.
 
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_lite::FutureExt;
+use http_body_util::Full;
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
-use tiny_http::{Header, Method, Response, Server};
+use smol::{Async, LocalExecutor};
+use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::metrics::Metrics;
 use crate::publisher::Health;
+use crate::throttle;
+
+/// Connections served at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Bytes of request line and headers (hyper's read buffer).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Time a client has to send a request's headers, on a new or a kept-alive connection.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may stay open in all, whatever it does.
+pub const CONNECTION_TIME: Duration = Duration::from_secs(30);
 
 /// What the status server reports on.
 pub struct Sources {
@@ -25,59 +53,135 @@ struct StatsBody {
 /// Binds `address` and serves until the process exits, on its own thread. Returns the address
 /// bound (port 0 picks a free one).
 pub fn serve(address: &str, sources: Sources) -> std::io::Result<String> {
-    let server = Server::http(address).map_err(std::io::Error::other)?;
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| address.to_string(), |a| a.to_string());
+    let listener = TcpListener::bind(address)?;
+    let bound = listener.local_addr()?.to_string();
+    let listener = Async::new(listener)?;
     std::thread::Builder::new()
         .name("status".into())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                let path = request.url().split('?').next().unwrap_or("");
-                let response = match (request.method(), path) {
-                    (Method::Get, "/stats") => json(&StatsBody {
-                        message: "hotdog is running",
-                        version: env!("CARGO_PKG_VERSION"),
-                        stats: sources.metrics.snapshot(),
-                    }),
-                    (Method::Get, "/metrics") => with_type(
-                        text(crate::metrics::prometheus(&sources.metrics), 200),
-                        "text/plain; version=0.0.4",
-                    ),
-                    (Method::Get, "/health") => match sources.health.get() {
-                        Ok(()) => text("ok: a Kafka broker is reachable\n".into(), 200),
-                        Err(reason) => text(format!("unavailable: {reason}\n"), 503),
-                    },
-                    (Method::Get, "/") => text(
-                        "hotdog status server: /stats /metrics /health\n".into(),
-                        200,
-                    ),
-                    _ => text("not found\n".into(), 404),
-                };
-                if let Err(e) = request.respond(response) {
-                    log::debug!("status response failed: {e}");
-                }
-            }
+            let sources = Rc::new(sources);
+            let executor = Rc::new(LocalExecutor::new());
+            smol::block_on(executor.run(accept_loop(listener, executor.clone(), sources)));
         })?;
     Ok(bound)
 }
 
-fn with_type(
-    r: Response<std::io::Cursor<Vec<u8>>>,
-    content_type: &str,
-) -> Response<std::io::Cursor<Vec<u8>>> {
-    match Header::from_bytes("Content-Type", content_type) {
-        Ok(h) => r.with_header(h),
-        Err(()) => r,
+async fn accept_loop(
+    listener: Async<TcpListener>,
+    executor: Rc<LocalExecutor<'static>>,
+    sources: Rc<Sources>,
+) {
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most often: wait for some to be given back.
+                throttle::ACCEPT.warn(format_args!(
+                    "status server: accept failed: {e}; retrying in {backoff:?}"
+                ));
+                smol::Timer::after(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(10);
+        if open.get() >= MAX_CONNECTIONS {
+            sources.metrics.status_refused.fetch_add(1, Relaxed);
+            throttle::REFUSED.warn(format_args!(
+                "status server: {MAX_CONNECTIONS} connections open, closed the one from {peer}"
+            ));
+            continue;
+        }
+        open.set(open.get() + 1);
+        let open = open.clone();
+        let sources = sources.clone();
+        executor
+            .spawn(async move {
+                serve_connection(stream, sources).await;
+                open.set(open.get() - 1);
+            })
+            .detach();
     }
 }
 
-fn text(body: String, code: u16) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(body).with_status_code(code)
+async fn serve_connection(stream: Async<std::net::TcpStream>, sources: Rc<Sources>) {
+    let service = hyper::service::service_fn(move |request| {
+        let response = respond(&request, &sources);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(SmolTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(FuturesIo::new(stream), service);
+    let served = async { Some(connection.await) }
+        .or(async {
+            smol::Timer::after(CONNECTION_TIME).await;
+            None
+        })
+        .await;
+    if let Some(Err(e)) = served {
+        log::debug!("status connection: {e}");
+    }
 }
 
-fn json<T: Serialize>(body: &T) -> Response<std::io::Cursor<Vec<u8>>> {
+fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+    // No request takes a body: one announced is refused unread, and the connection closed, so
+    // a client cannot make the server read or wait for it.
+    let body = request.body();
+    if !body.is_end_stream() && body.size_hint().upper() != Some(0) {
+        let mut response = text(
+            "no request takes a body\n".into(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        );
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/stats") => json(&StatsBody {
+            message: "hotdog is running",
+            version: env!("CARGO_PKG_VERSION"),
+            stats: sources.metrics.snapshot(),
+        }),
+        (&Method::GET, "/metrics") => with_type(
+            text(crate::metrics::prometheus(&sources.metrics), StatusCode::OK),
+            "text/plain; version=0.0.4",
+        ),
+        (&Method::GET, "/health") => match sources.health.get() {
+            Ok(()) => text("ok: a Kafka broker is reachable\n".into(), StatusCode::OK),
+            Err(reason) => text(
+                format!("unavailable: {reason}\n"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        },
+        (&Method::GET, "/") => text(
+            "hotdog status server: /stats /metrics /health\n".into(),
+            StatusCode::OK,
+        ),
+        _ => text("not found\n".into(), StatusCode::NOT_FOUND),
+    }
+}
+
+fn with_type(mut r: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(body: String, code: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response
+}
+
+fn json<T: Serialize>(body: &T) -> Response<Full<Bytes>> {
     let text = serde_json::to_vec(body).unwrap_or_default();
-    with_type(Response::from_data(text), "application/json")
+    with_type(
+        Response::new(Full::new(Bytes::from(text))),
+        "application/json",
+    )
 }

@@ -22,13 +22,26 @@ pub static UDP_RECEIVE: Throttle = Throttle::new("UDP receive errors");
 /// A TLS handshake that failed or timed out.
 pub static TLS_HANDSHAKE: Throttle = Throttle::new("TLS handshake failures");
 
+/// An accept that failed (out of file descriptors, most often).
+pub static ACCEPT: Throttle = Throttle::new("accept failures");
+/// A connection closed at once: a listener's or a source address's limit, the status server's.
+pub static REFUSED: Throttle = Throttle::new("connections refused at a limit");
+/// A PROXY protocol header refused (malformed, or from outside the trusted networks).
+pub static PROXY: Throttle = Throttle::new("PROXY protocol headers refused");
+/// A record sent to `global.kafka.topic` because the cap on distinct topics was reached.
+pub static TOPICS: Throttle = Throttle::new("records over the topic cap");
+
 /// Every throttle, for [`report_suppressed`].
-static ALL: [&Throttle; 5] = [
+static ALL: [&Throttle; 9] = [
     &KAFKA_REFUSED,
     &DEAD_LETTER,
     &UDP_DROPPED,
     &UDP_RECEIVE,
     &TLS_HANDSHAKE,
+    &ACCEPT,
+    &REFUSED,
+    &PROXY,
+    &TOPICS,
 ];
 
 /// One kind of repeated warning.

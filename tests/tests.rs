@@ -8,4 +8,5 @@ mod delivery;
 mod forward;
 mod rsyslog;
 mod service;
+mod status;
 mod tls;

@@ -323,10 +323,24 @@ impl Hotdog {
 
     /// Like [`Hotdog::start_config`], with more environment variables.
     pub fn start_config_env(yaml: &str, env: &[(&str, &str)]) -> Hotdog {
+        Self::start_command(Command::new(HOTDOG), yaml, env)
+    }
+
+    /// Like [`Hotdog::start_config`], with at most `files` open file descriptors (`ulimit -n`).
+    pub fn start_config_nofile(yaml: &str, files: u32) -> Hotdog {
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+            .arg(HOTDOG);
+        Self::start_command(sh, yaml, &[])
+    }
+
+    /// Starts `command` (hotdog, or what execs it) with `-c CONFIG`.
+    fn start_command(mut command: Command, yaml: &str, env: &[(&str, &str)]) -> Hotdog {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("hotdog.yml");
         std::fs::write(&config, yaml).expect("write config");
-        let mut child = Command::new(HOTDOG)
+        let mut child = command
             .arg("-c")
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -456,6 +470,8 @@ impl Drop for Hotdog {
 /// A minimal HTTP/1.0 GET, so the tests need no HTTP client of their own.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the status server");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read response");
