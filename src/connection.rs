@@ -3,7 +3,7 @@
 //! its socket: the sender feels TCP backpressure, nothing is dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -124,8 +124,10 @@ impl Pipeline {
         self.batch.len() >= self.batch_max
     }
 
+    /// The batch, leaving an empty one that allocates only when a record comes: an idle
+    /// connection holds no batch.
     fn take_batch(&mut self) -> Batch {
-        std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_max))
+        std::mem::take(&mut self.batch)
     }
 
     /// Sends what is batched to the publisher, waiting while the outbox is full. False when the
@@ -141,48 +143,106 @@ impl Pipeline {
     }
 }
 
+/// What a connection may do, from its listener's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest frame kept (`max_message_size`).
+    pub max_message_size: usize,
+    /// Close the connection when it has sent nothing this long (`idle_timeout`).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Why a connection ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed it.
+    Closed,
+    /// Shutdown: the peer had been quiet for a moment, or the publisher takes nothing more.
+    Shutdown,
+    /// Nothing was sent for `idle_timeout`.
+    Idle,
+}
+
 /// Reads `stream` until the peer closes it (or, once shutdown has begun, until it has been
 /// quiet for a moment), pushing every frame through the pipeline, then closes it (for TLS,
 /// with a close_notify).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     pipeline: Pipeline,
-    max: usize,
+    limits: Limits,
     shutdown: Shutdown,
-) -> std::io::Result<()> {
-    let result = read_all(&mut stream, pipeline, max, shutdown).await;
+) -> std::io::Result<End> {
+    let result = read_all(&mut stream, pipeline, limits, shutdown).await;
     let closed = stream.close().await;
-    result.and(closed)
+    let end = result?;
+    closed.map(|()| end)
 }
+
+/// The read buffer a connection starts with, and returns to once it has been quiet for
+/// [`SHRINK_AFTER`] with nothing buffered: an idle connection costs little. It grows (to at most
+/// a whole frame of `max_message_size` plus a read) only while a long frame or a fast sender
+/// needs it.
+const SMALL: usize = 2 * 1024;
+/// How long a larger buffer is kept after its last read.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 async fn read_all<S: AsyncRead + Unpin>(
     mut stream: S,
     mut pipeline: Pipeline,
-    max: usize,
+    limits: Limits,
     shutdown: Shutdown,
-) -> std::io::Result<()> {
+) -> std::io::Result<End> {
+    let max = limits.max_message_size;
     let mut framer = Framer::new(max);
     // Room for one whole frame of the largest size, its length prefix, and a read.
-    let mut buf = vec![0u8; max + 16 + READ_SIZE];
+    let largest = max + 16 + READ_SIZE;
+    let mut buf = vec![0u8; SMALL];
     let (mut start, mut end) = (0usize, 0usize);
     let mut since_yield = 0u32;
+    let mut last_data = Instant::now();
     loop {
-        if buf.len() - end < READ_SIZE {
+        if start == end {
+            (start, end) = (0, 0);
+        } else if start > 0 && buf.len() - end < buf.len() / 2 {
             buf.copy_within(start..end, 0);
             end -= start;
             start = 0;
         }
-        let n = match read(&mut stream, &mut buf[end..], &shutdown).await {
-            Some(Ok(n)) => n,
-            Some(Err(e)) => {
+        // Still less than half free: a long frame in progress, or a fast sender.
+        if buf.len() - end < buf.len() / 2 && buf.len() < largest {
+            buf.resize((buf.len() * 2).min(largest), 0);
+        }
+        let idle = limits.idle_timeout.map(|t| (last_data + t, Read::Idle));
+        let shrink = (start == end && buf.len() > SMALL)
+            .then(|| (Instant::now() + SHRINK_AFTER, Read::Shrink));
+        let wake = match (idle, shrink) {
+            (Some(i), Some(s)) => Some(if i.0 <= s.0 { i } else { s }),
+            (i, s) => i.or(s),
+        };
+        let n = match read(&mut stream, &mut buf[end..], &shutdown, wake).await {
+            Ok(Read::Bytes(n)) => n,
+            Ok(Read::Shrink) => {
+                buf = vec![0u8; SMALL];
+                continue;
+            }
+            Ok(Read::Idle) => {
+                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
+                return Ok(End::Idle);
+            }
+            Ok(Read::Quiet) => {
+                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
+                return Ok(End::Shutdown);
+            }
+            Ok(Read::Closed) => {
+                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
+                return Ok(End::Closed);
+            }
+            Err(e) => {
                 pipeline.flush().await;
                 return Err(e);
             }
-            None => 0,
         };
-        if n == 0 {
-            break;
-        }
+        last_data = Instant::now();
         end += n;
         pipeline.stamp();
         loop {
@@ -196,7 +256,7 @@ async fn read_all<S: AsyncRead + Unpin>(
                     start += consumed;
                     since_yield += 1;
                     if pipeline.batch_full() && !pipeline.flush().await {
-                        return Ok(());
+                        return Ok(End::Shutdown);
                     }
                     if since_yield >= YIELD_EVERY {
                         since_yield = 0;
@@ -208,39 +268,68 @@ async fn read_all<S: AsyncRead + Unpin>(
             }
         }
         if !pipeline.flush().await {
-            return Ok(());
+            return Ok(End::Shutdown);
         }
     }
-    if let Some(last) = framer.finish(&buf[start..end]) {
+}
+
+/// The last frame (one without a terminator), and what is batched, to the publisher.
+async fn finish(pipeline: &mut Pipeline, framer: &mut Framer, rest: &[u8]) {
+    if let Some(last) = framer.finish(rest) {
         pipeline.frame(last, false);
     }
     pipeline.flush().await;
-    Ok(())
 }
 
-/// One read; `None` when shutdown has begun and the peer has been quiet for [`DRAIN_IDLE`].
+/// What one [`read`] came to.
+#[derive(Debug)]
+enum Read {
+    Bytes(usize),
+    /// The peer closed the connection.
+    Closed,
+    /// Shutdown has begun and the peer has been quiet for [`DRAIN_IDLE`].
+    Quiet,
+    /// `idle_timeout` passed without a byte.
+    Idle,
+    /// Time to give back a large buffer (nothing was read).
+    Shrink,
+}
+
+/// One read, or what came first: shutdown (then reads go on until the peer is quiet), or `wake`
+/// (a time and what it means).
 async fn read<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut [u8],
     shutdown: &Shutdown,
-) -> Option<std::io::Result<usize>> {
+    wake: Option<(Instant, Read)>,
+) -> std::io::Result<Read> {
     use futures_lite::FutureExt;
+    let bytes = |n: usize| if n == 0 { Read::Closed } else { Read::Bytes(n) };
     if !shutdown.is_triggered() {
-        let r = async { Some(stream.read(&mut *buf).await) }
+        let r = async { Some(stream.read(&mut *buf).await.map(bytes)) }
             .or(async {
                 shutdown.wait().await;
                 None
             })
+            .or(async {
+                match wake {
+                    Some((at, what)) => {
+                        smol::Timer::at(at).await;
+                        Some(Ok(what))
+                    }
+                    None => std::future::pending().await,
+                }
+            })
             .await;
-        if r.is_some() {
+        if let Some(r) = r {
             return r;
         }
     }
     // Shutdown has begun: keep reading until the peer goes quiet.
-    async { Some(stream.read(buf).await) }
+    async { stream.read(buf).await.map(bytes) }
         .or(async {
             smol::Timer::after(DRAIN_IDLE).await;
-            None
+            Ok(Read::Quiet)
         })
         .await
 }
@@ -258,6 +347,13 @@ mod tests {
     use crate::config::Config;
     use crate::publisher::{self, Inbox};
     use crate::record::Record;
+
+    fn limits(max_message_size: usize) -> Limits {
+        Limits {
+            max_message_size,
+            idle_timeout: None,
+        }
+    }
 
     /// A stream that hands out its bytes `chunk` at a time, and takes whatever is written.
     struct Chunked {
@@ -332,7 +428,7 @@ mod tests {
         let pipeline = Pipeline::new(shared, Origin::default());
         let (_trigger, shutdown) = crate::shutdown::channel();
         smol::block_on(async {
-            run(stream, pipeline, max, shutdown)
+            run(stream, pipeline, limits(max), shutdown)
                 .await
                 .expect("clean end");
             // The connection is gone, and with it the last sender: the outbox ends.
@@ -428,7 +524,7 @@ mod tests {
         let (_trigger, shutdown) = crate::shutdown::channel();
         let ex = smol::Executor::new();
         smol::block_on(ex.run(async {
-            let connection = ex.spawn(run(stream, pipeline, 1000, shutdown));
+            let connection = ex.spawn(run(stream, pipeline, limits(1000), shutdown));
             // The connection fills the outbox to `buffer` records, and no further.
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while outbox.waiting() < 3 {

@@ -15,6 +15,7 @@ pub mod deadletter;
 pub mod framing;
 pub mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod publisher;
 pub mod record;
 pub mod rules;

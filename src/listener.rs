@@ -1,20 +1,21 @@
 //! Listeners: accepting TCP and TLS connections (one task each) and receiving UDP datagrams.
 
-use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use futures_lite::FutureExt;
+use futures_lite::{AsyncReadExt, FutureExt};
 use smol::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::config::{Listen, Protocol};
+use crate::config::{Listen, Protocol, ProxyProtocol};
 use crate::connection::{self, Pipeline, Shared};
 use crate::rules::Origin;
-use crate::runtime;
 use crate::shutdown::Shutdown;
 use crate::throttle;
 use crate::tls::{self, Acceptor};
+use crate::{proxy, runtime};
 
 enum Socket {
     Tcp(TcpListener),
@@ -27,7 +28,81 @@ pub struct Listener {
     socket: Socket,
     /// `protocol address:port`, for logs.
     pub name: String,
-    max_message_size: usize,
+    settings: Arc<Settings>,
+}
+
+/// What every connection of one listener shares: its settings, and who is connected.
+struct Settings {
+    limits: connection::Limits,
+    max_connections: usize,
+    max_per_source: Option<usize>,
+    tcp_keepalive: Option<Duration>,
+    proxy_protocol: Option<ProxyProtocol>,
+    /// Connections open now.
+    open: AtomicUsize,
+    /// Connections open now per source address (only with `max_per_source`).
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place under its listener's limits, given back when dropped.
+struct Slot {
+    settings: Arc<Settings>,
+    source: Option<IpAddr>,
+}
+
+impl Settings {
+    /// A place under `max_connections`, or `None` when the listener is full.
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot {
+            settings: self.clone(),
+            source: None,
+        })
+    }
+}
+
+impl Slot {
+    /// Counts the connection against its source address; false when that one is full.
+    fn count_source(&mut self, ip: IpAddr) -> bool {
+        let Some(max) = self.settings.max_per_source else {
+            return true;
+        };
+        let mut per = self
+            .settings
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = per.entry(ip).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        self.source = Some(ip);
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.settings.open.fetch_sub(1, Relaxed);
+        if let Some(ip) = self.source {
+            let mut per = self
+                .settings
+                .per_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 /// Why a listener could not be started.
@@ -81,10 +156,22 @@ impl Listener {
             Ok(a) => format!("{protocol} {a}"),
             Err(_) => format!("{protocol} {address}"),
         };
+        let settings = Settings {
+            limits: connection::Limits {
+                max_message_size: l.max_message_size,
+                idle_timeout: l.idle_timeout,
+            },
+            max_connections: l.max_connections,
+            max_per_source: l.max_connections_per_source,
+            tcp_keepalive: l.tcp_keepalive,
+            proxy_protocol: l.proxy_protocol.clone(),
+            open: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
+        };
         Ok(Listener {
             socket,
             name,
-            max_message_size: l.max_message_size,
+            settings: Arc::new(settings),
         })
     }
 
@@ -104,39 +191,126 @@ impl Listener {
         shutdown: Shutdown,
         done: async_channel::Sender<()>,
     ) {
-        let max = self.max_message_size;
-        match self.socket {
-            Socket::Udp(socket) => udp(socket, shared, max, shutdown).await,
-            Socket::Tcp(listener) => {
-                accept_loop(listener, shutdown.clone(), |stream, peer| {
-                    let shared = shared.clone();
-                    let shutdown = shutdown.clone();
-                    let done = done.clone();
-                    async move {
-                        let _done = done;
-                        run_connection(stream, peer, origin(peer), shared, max, shutdown).await;
-                    }
-                })
-                .await
+        let settings = self.settings;
+        let (listener, acceptor) = match self.socket {
+            Socket::Udp(socket) => {
+                let max = settings.limits.max_message_size;
+                return udp(socket, shared, max, shutdown).await;
             }
-            Socket::Tls(listener, acceptor) => {
-                accept_loop(listener, shutdown.clone(), |stream, peer| {
-                    let shared = shared.clone();
-                    let shutdown = shutdown.clone();
-                    let done = done.clone();
-                    let acceptor = acceptor.clone();
-                    async move {
-                        let _done = done;
-                        if let Some((stream, origin)) =
-                            handshake(&acceptor, stream, peer, &shared.metrics).await
-                        {
-                            run_connection(stream, peer, origin, shared, max, shutdown).await;
-                        }
-                    }
-                })
-                .await
+            Socket::Tcp(listener) => (listener, None),
+            Socket::Tls(listener, acceptor) => (listener, Some(acceptor)),
+        };
+        let name = self.name;
+        accept_loop(listener, shutdown.clone(), |stream, peer| {
+            let Some(slot) = settings.admit() else {
+                shared.metrics.refused_listener.fetch_add(1, Relaxed);
+                throttle::REFUSED.warn(format_args!(
+                    "{name}: {} connections open (max_connections), closed the one from {peer}",
+                    settings.max_connections
+                ));
+                return None;
+            };
+            if let Some(idle) = settings.tcp_keepalive {
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(idle)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_RETRIES);
+                if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                    log::debug!("TCP keepalive on the connection from {peer}: {e}");
+                }
+            }
+            let connection = Connection {
+                settings: settings.clone(),
+                shared: shared.clone(),
+                shutdown: shutdown.clone(),
+                slot,
+                _done: done.clone(),
+            };
+            Some(connection.serve(stream, peer, acceptor.clone()))
+        })
+        .await
+    }
+}
+
+/// Keepalive probes: one every this long once `tcp_keepalive` has passed without traffic ...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and the connection is given up after this many unanswered.
+const KEEPALIVE_RETRIES: u32 = 6;
+/// How long a load balancer has to send its PROXY header, and a client that is not one to send
+/// enough bytes to tell that it is not sending one.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One accepted TCP connection on its way through the listener's checks.
+struct Connection {
+    settings: Arc<Settings>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    slot: Slot,
+    /// Dropped when the connection has finished (see [`Listener::serve`]).
+    _done: async_channel::Sender<()>,
+}
+
+impl Connection {
+    /// The PROXY header, the source address's limit, the TLS handshake, then the pipeline.
+    async fn serve(
+        mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: Option<Arc<Acceptor>>,
+    ) {
+        let metrics = self.shared.metrics.clone();
+        let peer = match &self.settings.proxy_protocol {
+            None => peer,
+            Some(proxy) => match proxy_header(&mut stream, peer, proxy, &self.shutdown).await {
+                Ok(Some(client)) => client,
+                Ok(None) => return,
+                Err(why) => {
+                    metrics.proxy_refused.fetch_add(1, Relaxed);
+                    throttle::PROXY.warn(format_args!("closed the connection from {peer}: {why}"));
+                    return;
+                }
+            },
+        };
+        if !self.slot.count_source(peer.ip()) {
+            metrics.refused_source.fetch_add(1, Relaxed);
+            throttle::REFUSED.warn(format_args!(
+                "{} connections open from {} (max_connections_per_source), closed the one from {peer}",
+                self.settings.max_per_source.unwrap_or_default(),
+                peer.ip()
+            ));
+            return;
+        }
+        match acceptor {
+            None => self.run(stream, peer, origin(peer)).await,
+            Some(acceptor) => {
+                metrics.handshaking.fetch_add(1, Relaxed);
+                let handshake = handshake(&acceptor, stream, peer, &metrics).await;
+                metrics.handshaking.fetch_sub(1, Relaxed);
+                if let Some((stream, origin)) = handshake {
+                    self.run(stream, peer, origin).await;
+                }
             }
         }
+    }
+
+    /// Runs the connection through its own pipeline, keeping the connection gauges right.
+    async fn run<S>(self, stream: S, peer: SocketAddr, origin: Origin)
+    where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    {
+        let metrics = self.shared.metrics.clone();
+        metrics.connections.fetch_add(1, Relaxed);
+        metrics.connections_total.fetch_add(1, Relaxed);
+        let pipeline = Pipeline::new(self.shared, origin);
+        match connection::run(stream, pipeline, self.settings.limits, self.shutdown).await {
+            Ok(connection::End::Idle) => {
+                metrics.idle_closed.fetch_add(1, Relaxed);
+                log::debug!("closed the connection from {peer}: idle_timeout");
+            }
+            Ok(_) => {}
+            Err(e) => log::info!("connection from {peer} ended: {e}"),
+        }
+        metrics.connections.fetch_sub(1, Relaxed);
     }
 }
 
@@ -147,25 +321,76 @@ fn origin(peer: SocketAddr) -> Origin {
     }
 }
 
-/// Runs one connection through its own pipeline, keeping the connection gauges right.
-async fn run_connection<S>(
-    stream: S,
+/// Reads a PROXY protocol header off `stream` (peeking first, so not a byte after it is taken)
+/// and returns the client's address. A connection from `proxy.from` must send one; one from
+/// anywhere else must not (its first bytes are syslog, or TLS). `Ok(None)`: the connection
+/// closed or shutdown began before anything was said.
+async fn proxy_header(
+    stream: &mut TcpStream,
     peer: SocketAddr,
-    origin: Origin,
-    shared: Arc<Shared>,
-    max: usize,
-    shutdown: Shutdown,
-) where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
-{
-    let metrics = shared.metrics.clone();
-    metrics.connections.fetch_add(1, Relaxed);
-    metrics.connections_total.fetch_add(1, Relaxed);
-    let pipeline = Pipeline::new(shared, origin);
-    if let Err(e) = connection::run(stream, pipeline, max, shutdown).await {
-        log::info!("connection from {peer} ended: {e}");
+    proxy: &ProxyProtocol,
+    shutdown: &Shutdown,
+) -> Result<Option<SocketAddr>, String> {
+    let trusted = proxy.trusts(peer.ip());
+    let deadline = Instant::now() + PROXY_TIMEOUT;
+    let mut buf = vec![0u8; 256];
+    let mut seen = 0;
+    loop {
+        let peeked = async { Some(stream.peek(&mut buf).await) }
+            .or(async {
+                shutdown.wait().await;
+                None
+            })
+            .or(async {
+                // The first bytes of a client that is not a load balancer may be long in
+                // coming (an idle syslog connection): only a load balancer is timed.
+                if trusted || seen > 0 {
+                    smol::Timer::at(deadline).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+                Some(Err(std::io::ErrorKind::TimedOut.into()))
+            })
+            .await;
+        let n = match peeked {
+            None | Some(Ok(0)) => return Ok(None),
+            Some(Ok(n)) => n,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(format!(
+                    "no whole PROXY header within {}s",
+                    PROXY_TIMEOUT.as_secs()
+                ))
+            }
+            Some(Err(e)) => return Err(format!("reading its PROXY header: {e}")),
+        };
+        match proxy::parse(&buf[..n]) {
+            proxy::Parsed::Header { len, source } if trusted => {
+                // Take the header, and only the header.
+                stream
+                    .read_exact(&mut buf[..len])
+                    .await
+                    .map_err(|e| format!("reading its PROXY header: {e}"))?;
+                return Ok(Some(source.unwrap_or(peer)));
+            }
+            proxy::Parsed::Header { .. } => {
+                return Err("a PROXY header from outside proxy_protocol.from".into())
+            }
+            proxy::Parsed::NotProxy if trusted => {
+                return Err("no PROXY header from a load balancer (proxy_protocol.from)".into())
+            }
+            proxy::Parsed::NotProxy => return Ok(Some(peer)),
+            proxy::Parsed::Malformed(why) => return Err(why),
+            proxy::Parsed::Incomplete => {
+                if n == buf.len() {
+                    buf.resize((buf.len() * 4).min(proxy::MAX_HEADER), 0);
+                } else {
+                    // Peeking again at once would see the same bytes: wait for more.
+                    smol::Timer::after(Duration::from_millis(5)).await;
+                }
+                seen = n;
+            }
+        }
     }
-    metrics.connections.fetch_sub(1, Relaxed);
 }
 
 /// The TLS handshake, within the listener's timeout; on success the stream and what the
@@ -208,11 +433,12 @@ async fn handshake(
     Some((stream, origin))
 }
 
-/// Accepts until shutdown, spawning `handle(stream, peer)` for each connection. Accept errors
-/// (out of file descriptors and the like) are retried with exponential back-off.
+/// Accepts until shutdown; `handle(stream, peer)` checks the connection and gives the task to
+/// spawn for it, or `None` to close it at once. Accept errors (out of file descriptors and the
+/// like) are retried with exponential back-off.
 async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: Shutdown, mut handle: F)
 where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut backoff = Duration::from_millis(10);
@@ -229,7 +455,9 @@ where
                 backoff = Duration::from_millis(10);
                 let _ = stream.set_nodelay(true);
                 log::debug!("connection from {peer}");
-                runtime::spawn(handle(stream, peer)).detach();
+                if let Some(task) = handle(stream, peer) {
+                    runtime::spawn(task).detach();
+                }
             }
             Some(Err(e)) => {
                 throttle::ACCEPT.log(

@@ -737,10 +737,17 @@ mod tests {
             &m.tls_handshake_failed,
             &m.tls_handshake_timeout,
             &m.udp_dropped,
+            &m.refused_listener,
+            &m.refused_source,
+            &m.idle_closed,
+            &m.proxy_refused,
+            &m.status_refused,
+            &m.topics_over_limit,
         ] {
             a.store(1000, Relaxed);
         }
         m.connections.store(2, Relaxed);
+        m.handshaking.store(3, Relaxed);
         let t = m.topic("logs");
         m.submitted(&t, 7);
         m.delivered(&t);

@@ -8,7 +8,7 @@
 //! `global.kafka.dead_letter.topic` (on a producer of its own) or handed to the dead-letter file
 //! ([`crate::deadletter`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -502,6 +502,53 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
     dead: Arc<DeadLetters>,
     inbox: Inbox,
+    topics: TopicCap,
+}
+
+/// Records in a row for the same topic, as [`Publisher::publish`] sees them.
+struct Run {
+    /// The topic the records were made for.
+    topic: Name,
+    /// True when that topic is over the cap: they go to the fallback topic.
+    over: bool,
+    counters: Arc<TopicCounters>,
+    submitted: u64,
+}
+
+/// The distinct topics records have gone to, at most `max` of them (`global.kafka.max_topics`):
+/// a rule that renders its topic from what senders send cannot make hotdog track, and
+/// librdkafka produce to, an unbounded number. Records for one more go to `fallback`
+/// (`global.kafka.topic`), which is always allowed.
+struct TopicCap {
+    known: Mutex<HashSet<Name>>,
+    max: usize,
+    fallback: Name,
+}
+
+impl TopicCap {
+    fn new(max: usize, fallback: &str) -> TopicCap {
+        TopicCap {
+            known: Mutex::new(HashSet::new()),
+            max,
+            fallback: Name::Owned(fallback.to_string()),
+        }
+    }
+
+    /// Whether records for `topic` may go to it (it is known, or there is room for one more).
+    fn admit(&self, topic: &Name) -> bool {
+        if *topic == self.fallback {
+            return true;
+        }
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.contains(topic) {
+            return true;
+        }
+        if known.len() >= self.max {
+            return false;
+        }
+        known.insert(topic.clone());
+        true
+    }
 }
 
 impl Publisher {
@@ -542,6 +589,7 @@ impl Publisher {
             metrics,
             dead,
             inbox,
+            topics: TopicCap::new(kafka.max_topics, &kafka.topic),
         };
         Ok((publisher, outbox))
     }
@@ -605,31 +653,50 @@ impl Publisher {
     async fn publish(&self, batch: Batch, shutdown: &Shutdown) {
         // Records for the same topic come in runs: the topic's counters are looked up once
         // per run, and every delivery report of the run shares them (a reference count).
-        let mut run: Option<(Name, Arc<TopicCounters>, u64)> = None;
-        for (i, record) in batch.into_iter().enumerate() {
+        let mut run: Option<Run> = None;
+        for (i, mut record) in batch.into_iter().enumerate() {
             // The publisher shares an executor thread with connections and the signal handler:
             // it yields now and then, as they do.
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 smol::future::yield_now().await;
             }
-            let same = matches!(&run, Some((t, _, _)) if *t == record.topic);
+            let same = matches!(&run, Some(r) if r.topic == record.topic);
             if !same {
                 self.count_submitted(run.take());
-                let counters = self.metrics.topic(&record.topic);
-                run = Some((record.topic.clone(), counters, 0));
+                let over = !self.topics.admit(&record.topic);
+                let counters = match over {
+                    true => self.metrics.topic(&self.topics.fallback),
+                    false => self.metrics.topic(&record.topic),
+                };
+                run = Some(Run {
+                    topic: record.topic.clone(),
+                    over,
+                    counters,
+                    submitted: 0,
+                });
             }
-            if let Some((_, counters, n)) = &mut run {
-                if self.send(record, counters, shutdown).await {
-                    *n += 1;
+            if let Some(run) = &mut run {
+                if run.over {
+                    self.metrics
+                        .topics_over_limit
+                        .fetch_add(1, Ordering::Relaxed);
+                    throttle::TOPICS.warn(format_args!(
+                        "{} distinct topics (global.kafka.max_topics): a record for {} goes to {}",
+                        self.topics.max, record.topic, self.topics.fallback
+                    ));
+                    record.topic = self.topics.fallback.clone();
+                }
+                if self.send(record, &run.counters, shutdown).await {
+                    run.submitted += 1;
                 }
             }
         }
         self.count_submitted(run);
     }
 
-    fn count_submitted(&self, run: Option<(Name, Arc<TopicCounters>, u64)>) {
-        if let Some((_, counters, n)) = run {
-            self.metrics.submitted(&counters, n);
+    fn count_submitted(&self, run: Option<Run>) {
+        if let Some(run) = run {
+            self.metrics.submitted(&run.counters, run.submitted);
         }
     }
 
@@ -788,6 +855,19 @@ mod tests {
         assert_eq!(metrics.dead_lettered_for(record::SHUTDOWN_TIMEOUT), 1);
         assert_eq!(metrics.dead_lettered.load(Ordering::Relaxed), 1);
         assert_eq!(outbox.waiting(), 0, "the room it took is given back");
+    }
+
+    #[test]
+    fn topics_past_the_cap_are_refused_and_known_ones_and_the_fallback_always_admitted() {
+        let cap = TopicCap::new(2, "logs");
+        let name = |s: &str| Name::Owned(s.to_string());
+        assert!(cap.admit(&name("a")));
+        assert!(cap.admit(&name("b")));
+        assert!(!cap.admit(&name("c")), "a third topic over a cap of 2");
+        assert!(cap.admit(&name("a")), "a known topic stays admitted");
+        assert!(cap.admit(&Name::Borrowed("b")));
+        assert!(cap.admit(&name("logs")), "the fallback is always admitted");
+        assert!(!cap.admit(&name("d")));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use marked_yaml::Node;
 
 use super::yaml::{every, kind, scalar, unknown_name, Cx, Map};
 use super::{
-    ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Outside, Protocol, Status, Tls,
-    ENV_OVERRIDES,
+    ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Outside, Protocol, ProxyProtocol,
+    Status, Tls, ENV_OVERRIDES,
 };
 
 pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Global> {
@@ -85,6 +85,15 @@ fn decode_listeners(cx: &mut Cx<'_>, node: &Node) -> Option<Vec<Listen>> {
 
 const PROTOCOLS: [&str; 3] = ["tcp", "tls", "udp"];
 
+/// Listener keys about connections, which a UDP listener does not have.
+const STREAM_ONLY: [&str; 5] = [
+    "max_connections",
+    "max_connections_per_source",
+    "tcp_keepalive",
+    "idle_timeout",
+    "proxy_protocol",
+];
+
 /// The listener's protocol from `protocol: name` and whether it has `tls` settings.
 fn protocol(
     cx: &mut Cx<'_>,
@@ -132,6 +141,20 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         1..=super::MAX_MESSAGE_SIZE,
         64 * 1024,
     );
+    let max_connections = m.number_in(cx, "max_connections", 1..=super::MAX_CONNECTIONS, 10_000);
+    let max_connections_per_source = m.get("max_connections_per_source").is_some().then(|| {
+        m.number_in(
+            cx,
+            "max_connections_per_source",
+            1..=super::MAX_CONNECTIONS,
+            0,
+        )
+    });
+    let tcp_keepalive = optional_duration(cx, &mut m, "tcp_keepalive", Some(60));
+    let idle_timeout = optional_duration(cx, &mut m, "idle_timeout", None);
+    let proxy_protocol = m
+        .get("proxy_protocol")
+        .and_then(|n| decode_proxy_protocol(cx, n, &format!("{what}.proxy_protocol")));
     let tls_node = match m.get("tls") {
         Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
         other => other,
@@ -147,13 +170,89 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         Some(p) => scalar(cx, p, &m.path("protocol"))
             .and_then(|name| protocol(cx, p, what, &name, tls_node, tls)),
     };
+    if matches!(protocol, Some(Protocol::Udp)) {
+        for key in STREAM_ONLY {
+            if let Some(n) = m.get(key) {
+                cx.error(
+                    n,
+                    format!("`{what}.{key}` is for tcp and tls listeners, not udp"),
+                );
+            }
+        }
+    }
     m.finish(cx);
     Some(Listen {
         address,
         port,
         protocol: protocol?,
         max_message_size,
+        max_connections,
+        max_connections_per_source,
+        tcp_keepalive: tcp_keepalive?,
+        idle_timeout: idle_timeout?,
+        proxy_protocol,
     })
+}
+
+/// A duration that `0`, `false`, `no` or `off` turns off; `default` in seconds when absent.
+fn optional_duration(
+    cx: &mut Cx<'_>,
+    m: &mut Map<'_>,
+    key: &'static str,
+    default: Option<u64>,
+) -> Option<Option<Duration>> {
+    match m.get(key) {
+        None => Some(default.map(Duration::from_secs)),
+        Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off" | "0") => Some(None),
+        Some(_) => {
+            let d = m.duration_at_most(cx, key, super::MAX_TIMEOUT, Duration::ZERO)?;
+            if d < Duration::from_secs(1) {
+                if let Some(n) = m.get(key) {
+                    cx.error(
+                        n,
+                        format!("`{}` must be at least 1s (or 0 for off)", m.path(key)),
+                    );
+                }
+                return None;
+            }
+            Some(Some(d))
+        }
+    }
+}
+
+/// `proxy_protocol: {from: [network, ...]}`: networks as `10.0.0.0/8` or single addresses.
+fn decode_proxy_protocol(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<ProxyProtocol> {
+    let mut m = Map::new(cx, node, what)?;
+    let from = match m.get("from") {
+        Some(n) => super::yaml::list(cx, n, &m.path("from")).and_then(|items| {
+            every(items.iter().map(|item| {
+                let text = scalar(cx, item, &format!("{what}.from"))?;
+                let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+                    text.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(ipnet::IpNet::from)
+                });
+                if net.is_none() {
+                    cx.error(
+                        item,
+                        format!(
+                            "expected a network like `10.0.0.0/8` or an address in `{what}.from`, found `{text}`"
+                        ),
+                    );
+                }
+                net
+            }))
+        }),
+        None => {
+            cx.error(
+                node,
+                format!("`{what}` needs `from`: the networks of the load balancers that send it"),
+            );
+            None
+        }
+    };
+    m.finish(cx);
+    Some(ProxyProtocol { from: from? })
 }
 
 /// `tls:` settings; `at` is where the `tls` key is, for errors about the files it names.
@@ -248,6 +347,7 @@ fn decode_kafka(
         }
     }
     let buffer = m.number_in(cx, "buffer", 1..=super::MAX_BUFFER, 1024);
+    let max_topics = m.number_in(cx, "max_topics", 1..=super::MAX_TOPICS, 1000);
     let timeout_ms = m.number(cx, "timeout_ms").unwrap_or(5000);
     let mut dead_letter = DeadLetter::default();
     if let Some(d) = m.get("dead_letter") {
@@ -275,6 +375,7 @@ fn decode_kafka(
         buffer,
         timeout_ms,
         dead_letter,
+        max_topics,
     })
 }
 

@@ -58,6 +58,37 @@ pub struct Listen {
     /// `max_message_size`: the longest frame kept, in bytes; longer ones are truncated to it and
     /// counted. Default 65536.
     pub max_message_size: usize,
+    /// `max_connections`: TCP/TLS connections open at once; more are closed as soon as they are
+    /// accepted, and counted. Default 10000.
+    pub max_connections: usize,
+    /// `max_connections_per_source`: connections open at once from one IP address (the one a
+    /// PROXY header carries, behind a load balancer). Default: no limit.
+    pub max_connections_per_source: Option<usize>,
+    /// `tcp_keepalive`: idle time before TCP keepalive probes on accepted connections; `0` or
+    /// `false` turns them off. Default 60 s.
+    pub tcp_keepalive: Option<Duration>,
+    /// `idle_timeout`: a connection that sends nothing this long is closed. Default: never.
+    pub idle_timeout: Option<Duration>,
+    /// `proxy_protocol`: PROXY protocol v1/v2 headers from these networks. Default: none.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// `global.listen.proxy_protocol:`
+#[derive(Debug, Clone)]
+pub struct ProxyProtocol {
+    /// `from`: the networks of the load balancers, which must send a header; a header from
+    /// anywhere else closes the connection.
+    pub from: Vec<ipnet::IpNet>,
+}
+
+impl ProxyProtocol {
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.from.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// How a listener receives syslog.
@@ -126,6 +157,9 @@ pub struct Kafka {
     pub timeout_ms: u64,
     /// `dead_letter`: `topic` and `file` for records Kafka refuses for good.
     pub dead_letter: DeadLetter,
+    /// `max_topics`: distinct topics records may go to; a record for one more goes to `topic`
+    /// and is counted. Default 1000.
+    pub max_topics: usize,
 }
 
 /// `global.metrics:`
@@ -158,8 +192,12 @@ pub struct DeadLetter {
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// The largest `buffer`, in records.
 pub const MAX_BUFFER: usize = 1_000_000;
-/// The longest `shutdown_timeout` and `handshake_timeout`.
+/// The longest `shutdown_timeout`, `handshake_timeout`, `tcp_keepalive` and `idle_timeout`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The largest `max_connections` and `max_connections_per_source`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// The largest `max_topics`.
+pub const MAX_TOPICS: usize = 100_000;
 
 /// Environment variables that override `global.kafka.conf` keys.
 pub const ENV_OVERRIDES: [(&str, &str); 3] = [
