@@ -91,12 +91,11 @@ fn forward_all() -> Rules {
 }
 
 fn apply_all(rules: &Rules, lines: &[String]) -> usize {
-    let mut scratch = rules.scratch();
     let origin = Origin::default();
     let mut out = Vec::with_capacity(512);
     for l in lines {
         let msg = syslog::parse(l);
-        rules.apply(&msg, &origin, &mut scratch, &mut out, None);
+        rules.apply(&msg, &origin, &mut out, None);
         if out.len() >= 512 {
             out.clear();
         }
@@ -106,7 +105,6 @@ fn apply_all(rules: &Rules, lines: &[String]) -> usize {
 
 fn pipeline(rules: &Rules, stream: &[u8]) -> usize {
     let mut framer = Framer::new(64 * 1024);
-    let mut scratch = rules.scratch();
     let origin = Origin::default();
     let mut out = Vec::with_capacity(512);
     let mut pos = 0;
@@ -117,7 +115,7 @@ fn pipeline(rules: &Rules, stream: &[u8]) -> usize {
                 pos += consumed;
                 let line = std::str::from_utf8(data).unwrap_or("");
                 let msg = syslog::parse(line);
-                rules.apply(&msg, &origin, &mut scratch, &mut out, None);
+                rules.apply(&msg, &origin, &mut out, None);
                 if out.len() >= 512 {
                     n += out.len();
                     out.clear();

@@ -34,7 +34,6 @@ pub struct Shared {
 pub struct Pipeline {
     shared: Arc<Shared>,
     origin: Origin,
-    scratch: crate::rules::Scratch,
     batch: Batch,
     batch_max: usize,
     counts: LineCounts,
@@ -45,7 +44,6 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(shared: Arc<Shared>, origin: Origin) -> Self {
         Pipeline {
-            scratch: shared.rules.scratch(),
             batch: Vec::new(),
             batch_max: shared.outbox.batch_max(),
             counts: LineCounts::default(),
@@ -73,10 +71,10 @@ impl Pipeline {
             self.counts.unparsed += 1;
         }
         let before = self.batch.len();
-        let outcome =
-            self.shared
-                .rules
-                .apply(&msg, &self.origin, &mut self.scratch, &mut self.batch, None);
+        let outcome = self
+            .shared
+            .rules
+            .apply(&msg, &self.origin, &mut self.batch, None);
         for r in &mut self.batch[before..] {
             r.read_ms = self.read_ms;
         }

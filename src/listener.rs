@@ -280,14 +280,15 @@ impl Connection {
             ));
             return;
         }
+        // Each kind of connection allocates only the state it needs (a TLS session is large).
         match acceptor {
-            None => self.run(stream, peer, origin(peer)).await,
+            None => Box::pin(self.run(stream, peer, origin(peer))).await,
             Some(acceptor) => {
                 metrics.handshaking.fetch_add(1, Relaxed);
-                let handshake = handshake(&acceptor, stream, peer, &metrics).await;
+                let handshake = Box::pin(handshake(&acceptor, stream, peer, &metrics)).await;
                 metrics.handshaking.fetch_sub(1, Relaxed);
                 if let Some((stream, origin)) = handshake {
-                    self.run(stream, peer, origin).await;
+                    Box::pin(self.run(stream, peer, origin)).await;
                 }
             }
         }

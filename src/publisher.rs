@@ -78,7 +78,20 @@ struct Reports {
     dead: Arc<DeadLetters>,
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
+
+/// librdkafka's errors about the cluster (every broker down, ...), which it repeats many times
+/// a second while they last: logged through a throttle.
+fn client_error(error: KafkaError, reason: &str) {
+    throttle::KAFKA_CLIENT.log(
+        log::Level::Error,
+        format_args!("librdkafka: {error}: {reason}"),
+    );
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Arc<TopicCounters>;
@@ -127,7 +140,11 @@ struct DeadLetterReports {
     file: Sink,
 }
 
-impl ClientContext for DeadLetterReports {}
+impl ClientContext for DeadLetterReports {
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
 
 impl ProducerContext for DeadLetterReports {
     type DeliveryOpaque = Box<String>;

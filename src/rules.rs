@@ -83,7 +83,8 @@ impl Field {
 }
 
 /// A compiled regular expression, with the `regex` crate's syntax and semantics. Matching uses
-/// a cache each connection owns (in [`Scratch`]) rather than one shared by every thread.
+/// the regex's own pool of caches (one per executor thread in practice), not one per
+/// connection: a connection costs the same whatever the rules, and an idle one nothing.
 pub struct Pattern {
     re: meta::Regex,
     source: String,
@@ -255,13 +256,6 @@ impl std::fmt::Debug for Rules {
     }
 }
 
-/// Per-connection scratch space, so matching allocates nothing per line and shares nothing
-/// with other connections.
-pub struct Scratch {
-    /// For each rule with a regex: its cache, and room for its captures when it has named groups.
-    regex: Vec<Option<(meta::Cache, Option<Captures>)>>,
-}
-
 /// True for a name Kafka accepts as a topic.
 pub fn is_legal_topic(name: &str) -> bool {
     (1..=249).contains(&name.len())
@@ -285,59 +279,40 @@ impl Rules {
         &self.rules
     }
 
-    pub fn scratch(&self) -> Scratch {
-        Scratch {
-            regex: self
-                .rules
-                .iter()
-                .map(|r| match &r.matcher {
-                    Matcher::Regex(p) => Some((
-                        p.re.create_cache(),
-                        p.has_names().then(|| p.re.create_captures()),
-                    )),
-                    Matcher::JmesPath(_) => None,
-                })
-                .collect(),
-        }
-    }
-
     /// Runs `msg` through the rules, pushing what it forwards onto `out`. When `matched` is given,
     /// the index of every rule that matched is pushed onto it.
     pub fn apply<'m>(
         &self,
         msg: &Message<'m>,
         origin: &'m Origin,
-        scratch: &mut Scratch,
         out: &mut Vec<Record>,
         mut matched: Option<&mut Vec<usize>>,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        if scratch.regex.len() != self.rules.len() {
-            *scratch = self.scratch();
-        }
         for (index, rule) in self.rules.iter().enumerate() {
             let Some(hay) = rule.field.get(msg, origin) else {
                 continue;
             };
             let mut value = None;
             let mut parsed = None;
-            let captures = match (&rule.matcher, scratch.regex.get_mut(index)) {
-                (Matcher::Regex(p), Some(Some((cache, Some(caps))))) => {
-                    p.re.search_captures_with(cache, &Input::new(hay), caps);
-                    if !caps.is_match() {
+            let caps;
+            let captures = match &rule.matcher {
+                Matcher::Regex(p) => {
+                    let input = Input::new(hay);
+                    if !p.re.is_match(input.clone()) {
                         continue;
                     }
-                    Some(&*caps)
-                }
-                (Matcher::Regex(p), Some(Some((cache, None)))) => {
-                    if !p.re.is_match_with(cache, &Input::new(hay)) {
-                        continue;
+                    // Captures are only looked for in the one rule that matched.
+                    if p.has_names() {
+                        let mut c = p.re.create_captures();
+                        p.re.search_captures(&input, &mut c);
+                        caps = c;
+                        Some(&caps)
+                    } else {
+                        None
                     }
-                    None
                 }
-                // Not reached: the scratch was made for these rules (checked above).
-                (Matcher::Regex(_), _) => continue,
-                (Matcher::JmesPath(query), _) => match jmespath_value(query, hay) {
+                Matcher::JmesPath(query) => match jmespath_value(query, hay) {
                     Some((v, json)) => {
                         value = Some(v);
                         // The message body, parsed once: a `merge` on it starts from this.
@@ -654,7 +629,6 @@ mod tests {
                 tls_client_cn: Some("tenant-a".into()),
                 tls_client_san: None,
             },
-            &mut r.scratch(),
             &mut out,
             None,
         );

@@ -17,7 +17,6 @@ pub fn run(
     mut out: impl Write,
     as_json: bool,
 ) -> std::io::Result<()> {
-    let mut scratch = rules.scratch();
     let origin = Origin::default();
     for (i, line) in input.split(b'\n').enumerate() {
         let line = line?;
@@ -26,13 +25,7 @@ pub fn run(
         let msg = syslog::parse(text);
         let mut records = Vec::new();
         let mut matched = Vec::new();
-        let outcome = rules.apply(
-            &msg,
-            &origin,
-            &mut scratch,
-            &mut records,
-            Some(&mut matched),
-        );
+        let outcome = rules.apply(&msg, &origin, &mut records, Some(&mut matched));
         let number = i + 1;
         if as_json {
             let report = json!({

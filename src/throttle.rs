@@ -31,8 +31,12 @@ pub static PROXY: Throttle = Throttle::new("PROXY protocol headers refused");
 /// A record sent to `global.kafka.topic` because the cap on distinct topics was reached.
 pub static TOPICS: Throttle = Throttle::new("records over the topic cap");
 
+/// librdkafka's errors about the cluster (all brokers down, ...).
+pub static KAFKA_CLIENT: Throttle = Throttle::new("librdkafka errors");
+
 /// Every throttle, for [`report_suppressed`].
-static ALL: [&Throttle; 9] = [
+static ALL: [&Throttle; 10] = [
+    &KAFKA_CLIENT,
     &KAFKA_REFUSED,
     &DEAD_LETTER,
     &UDP_DROPPED,
