@@ -24,9 +24,10 @@ install_missing() {
     fi
 }
 
-# What the integration tests run besides hotdog: rsyslog with its TLS driver.
+# What the integration tests run besides hotdog: rsyslog with its TLS driver, HAProxy (a load
+# balancer that sends PROXY headers), ss (to see socket options).
 ensure_test_deps() {
-    install_missing rsyslog rsyslog-gnutls
+    install_missing rsyslog rsyslog-gnutls haproxy iproute2
 }
 
 # The tansu broker (a Kafka-compatible broker in Rust) in ~/.cargo/bin; built once (minutes).

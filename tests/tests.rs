@@ -6,6 +6,7 @@ mod util;
 mod cli;
 mod delivery;
 mod forward;
+mod limits;
 mod rsyslog;
 mod service;
 mod status;
