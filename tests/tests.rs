@@ -7,6 +7,7 @@ mod cli;
 mod delivery;
 mod forward;
 mod limits;
+mod proxy;
 mod rsyslog;
 mod service;
 mod status;
