@@ -12,13 +12,16 @@ use crate::util::{
     cert_path, consume_all, free_port, fresh_topic, tls_connect, wait_for_port, wait_until, Hotdog,
 };
 
-/// HAProxy in the foreground, killed when dropped.
-struct HaProxy(Child, tempfile::TempDir);
+/// HAProxy in the foreground, killed when dropped (and its configuration removed).
+struct HaProxy {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
 
 impl Drop for HaProxy {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -48,7 +51,7 @@ fn haproxy(routes: &[(u16, String, &str)]) -> HaProxy {
             "haproxy does not listen on {port}"
         );
     }
-    HaProxy(child, dir)
+    HaProxy { child, _dir: dir }
 }
 
 /// A TCP connection to `to` from the loopback address `from`.
