@@ -534,6 +534,55 @@ mod tests {
 
     /// Values that would break the process are refused with their location (issue 11).
     #[test]
+    fn connection_limits_keepalive_and_proxy_protocol_are_decoded_and_checked() {
+        let c = parse(&MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    max_connections: 5\n    max_connections_per_source: 2\n    tcp_keepalive: off\n    idle_timeout: 5m\n    proxy_protocol:\n      from: ['10.0.0.0/8', '192.0.2.7', '::1']\n",
+        ))
+        .unwrap();
+        let l = &c.global.listen[0];
+        assert_eq!(l.max_connections, 5);
+        assert_eq!(l.max_connections_per_source, Some(2));
+        assert_eq!(l.tcp_keepalive, None);
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(300)));
+        let p = l.proxy_protocol.as_ref().unwrap();
+        assert!(p.trusts("10.1.2.3".parse().unwrap()));
+        assert!(p.trusts("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(p.trusts("::1".parse().unwrap()));
+        assert!(!p.trusts("192.0.2.8".parse().unwrap()));
+        // The defaults.
+        let d = &parse(MINIMAL).unwrap().global.listen[0];
+        assert_eq!(
+            (d.max_connections, d.max_connections_per_source),
+            (10_000, None)
+        );
+        assert_eq!(d.tcp_keepalive, Some(Duration::from_secs(60)));
+        assert!(d.idle_timeout.is_none() && d.proxy_protocol.is_none());
+
+        let bad = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    max_connections: 0\n    idle_timeout: 500ms\n    proxy_protocol:\n      from: ['10.0.0.0/33']\n",
+        );
+        let joined = errors(&bad).join("\n");
+        for expected in [
+            "test.yml:4:22: `global.listen.max_connections` must be from 1 to 1000000, found 0",
+            "test.yml:5:19: `global.listen.idle_timeout` must be at least 1s",
+            "test.yml:7:14: expected a network like `10.0.0.0/8` or an address in `global.listen.proxy_protocol.from`, found `10.0.0.0/33`",
+        ] {
+            assert!(joined.contains(expected), "{expected}\n{joined}");
+        }
+        let udp = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    protocol: udp\n    idle_timeout: 5s\n",
+        );
+        let joined = errors(&udp).join("\n");
+        assert!(
+            joined.contains("`global.listen.idle_timeout` is for tcp and tls listeners, not udp"),
+            "{joined}"
+        );
+    }
+
+    #[test]
     fn sizes_and_durations_have_upper_bounds() {
         let text = MINIMAL
             .replace(
