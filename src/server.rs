@@ -162,7 +162,8 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
     drop((shared, done));
     let reporting = runtime::spawn(report_suppressed_logs(shutdown.clone()));
 
-    wait_for_stop(signals, &acceptors).await;
+    let stop = watch_signals(signals, acceptors).map_err(io("cannot start the signal thread"))?;
+    let _ = stop.recv().await;
     notify_systemd(sd_notify::NotifyState::Stopping);
     let deadline = deadline_after(global.shutdown_timeout);
     trigger.trigger(deadline);
@@ -266,25 +267,38 @@ async fn report_suppressed_logs(shutdown: Shutdown) {
     }
 }
 
-/// Handles signals until SIGINT or SIGTERM: SIGHUP reloads the TLS files.
-async fn wait_for_stop(mut signals: async_signal::Signals, acceptors: &[Arc<Acceptor>]) {
-    while let Some(sig) = signals.next().await {
-        match sig {
-            Ok(async_signal::Signal::Hup) => reload_tls(acceptors).await,
-            Ok(sig) => {
-                log::info!("received {sig:?}; shutting down");
-                return;
-            }
-            Err(e) => log::warn!("signal handling: {e}"),
-        }
-    }
+/// Handles signals on a thread of its own, so that no load on the executor can delay them:
+/// SIGHUP reloads the TLS files; the returned channel closes at the first SIGINT or SIGTERM.
+///
+/// The thread lives as long as the process and is idle nearly always: while it waits, it
+/// drives smol's reactor, so timers (the shutdown deadline) and socket events are seen on time
+/// even when every executor thread is busy with a flood.
+fn watch_signals(
+    mut signals: async_signal::Signals,
+    acceptors: Vec<Arc<Acceptor>>,
+) -> std::io::Result<async_channel::Receiver<()>> {
+    let (stop, stopped) = async_channel::bounded::<()>(1);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            smol::block_on(async {
+                while let Some(sig) = signals.next().await {
+                    match sig {
+                        Ok(async_signal::Signal::Hup) => reload_tls(&acceptors),
+                        Ok(sig) if stop.close() => log::info!("received {sig:?}; shutting down"),
+                        Ok(sig) => log::info!("received {sig:?}; already shutting down"),
+                        Err(e) => log::warn!("signal handling: {e}"),
+                    }
+                }
+            });
+        })?;
+    Ok(stopped)
 }
 
-/// Re-reads every TLS listener's files, off the executor (file reads block).
-async fn reload_tls(acceptors: &[Arc<Acceptor>]) {
+/// Re-reads every TLS listener's files (on the signal thread: file reads block).
+fn reload_tls(acceptors: &[Arc<Acceptor>]) {
     for a in acceptors {
-        let acceptor = a.clone();
-        match smol::unblock(move || acceptor.reload()).await {
+        match a.reload() {
             Ok(()) => log::info!("reloaded {}", a.settings().cert.display()),
             Err(e) => log::error!("TLS reload failed, keeping the old certificates: {e}"),
         }

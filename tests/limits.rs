@@ -218,3 +218,84 @@ fn distinct_rendered_topics_are_capped_and_the_rest_go_to_the_default_topic() {
         "a series for a topic over the cap"
     );
 }
+
+#[test]
+fn sigterm_during_a_flood_to_thousands_of_topics_exits_within_the_shutdown_timeout() {
+    let b = broker();
+    let fallback = unique_topic("flood-fallback");
+    create_topics(b, &[&fallback]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dead = dir.path().join("dead.jsonl");
+    let yaml = config_yaml(
+        b,
+        "  shutdown_timeout: 3s\n",
+        "  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'flood-{{hostname}}'\n",
+    )
+    .replace(
+        "    topic: 'fallback'\n",
+        &format!(
+            "    topic: '{fallback}'\n    dead_letter:\n      file: '{}'\n",
+            dead.display()
+        ),
+    );
+    let hotdog = Hotdog::start_config(&yaml);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooders: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = hotdog.addr();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(addr) else {
+                    return;
+                };
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut chunk = String::new();
+                    for _ in 0..100 {
+                        // 35,000 distinct hostnames, so as many topics without the cap.
+                        chunk.push_str(&format!(
+                            "<13>Nov 23 12:00:00 h{} app: flood {t} {i}\n",
+                            i % 35_000
+                        ));
+                        i += 1;
+                    }
+                    if s.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(hotdog.wait_stat("lines", 20_000, Duration::from_secs(30)) >= 20_000);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut hotdog = hotdog;
+    let start = Instant::now();
+    hotdog.signal("TERM");
+    let status = loop {
+        if let Ok(Some(status)) = hotdog.child.try_wait() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    // Let the log reader catch up.
+    std::thread::sleep(Duration::from_millis(200));
+    let err = hotdog.stderr();
+    eprintln!("SIGTERM to exit under a flood: {took:?}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        let _ = f.join();
+    }
+    assert!(status.code().is_some(), "killed by a signal: {err}");
+    // shutdown_timeout (3 s) and at most a second more, whatever the load.
+    assert!(
+        took < Duration::from_secs(4),
+        "SIGTERM under a flood took {took:?}:\n{}",
+        err.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    assert!(err.contains("summary: received"), "{err}");
+}
