@@ -1,0 +1,21 @@
+//! Configuration decoding with rule compilation (regexes, JMESPath, templates): any text is a
+//! configuration or a list of located errors; nothing panics, aborts, overflows or hangs.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match hotdog::config::Config::parse("fuzz.yml", text, |_| None) {
+        Ok(config) => {
+            // A configuration that loads runs a line through its rules.
+            let msg = hotdog::syslog::parse("<13>Nov 23 12:00:00 host app[1]: {\"a\":1} fuzz");
+            let origin = hotdog::rules::Origin::default();
+            let mut out = Vec::new();
+            let _ = config.rules.apply(&msg, &origin, &mut out, None);
+        }
+        Err(errors) => assert!(!errors.0.is_empty(), "refused without an error"),
+    }
+});
