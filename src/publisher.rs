@@ -8,7 +8,7 @@
 //! `global.kafka.dead_letter.topic` (on a producer of its own) or handed to the dead-letter file
 //! ([`crate::deadletter`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -532,39 +532,44 @@ struct Run {
     submitted: u64,
 }
 
-/// The distinct topics records have gone to, at most `max` of them (`global.kafka.max_topics`):
-/// a rule that renders its topic from what senders send cannot make hotdog track, and
-/// librdkafka produce to, an unbounded number. Records for one more go to `fallback`
-/// (`global.kafka.topic`), which is always allowed.
+/// The distinct topics records have gone to, at most `max` of them (`global.kafka.max_topics`),
+/// each with its counters: a rule that renders its topic from what senders send cannot make
+/// hotdog track, and librdkafka produce to, an unbounded number. Records for one more go to
+/// `fallback` (`global.kafka.topic`), which is always allowed. One lookup per run of records
+/// gives both the verdict and the counters.
 struct TopicCap {
-    known: Mutex<HashSet<Name>>,
+    known: Mutex<HashMap<Name, Arc<TopicCounters>>>,
     max: usize,
     fallback: Name,
+    fallback_counters: Arc<TopicCounters>,
 }
 
 impl TopicCap {
-    fn new(max: usize, fallback: &str) -> TopicCap {
+    fn new(max: usize, fallback: &str, metrics: &Metrics) -> TopicCap {
         TopicCap {
-            known: Mutex::new(HashSet::new()),
+            known: Mutex::new(HashMap::new()),
             max,
             fallback: Name::Owned(fallback.to_string()),
+            fallback_counters: metrics.topic(fallback),
         }
     }
 
-    /// Whether records for `topic` may go to it (it is known, or there is room for one more).
-    fn admit(&self, topic: &Name) -> bool {
+    /// The counters of `topic` when records may go to it (it is known, or there is room for
+    /// one more); `None` when it is over the cap.
+    fn admit(&self, topic: &Name, metrics: &Metrics) -> Option<Arc<TopicCounters>> {
         if *topic == self.fallback {
-            return true;
+            return Some(self.fallback_counters.clone());
         }
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.contains(topic) {
-            return true;
+        if let Some(c) = known.get(topic) {
+            return Some(c.clone());
         }
         if known.len() >= self.max {
-            return false;
+            return None;
         }
-        known.insert(topic.clone());
-        true
+        let counters = metrics.topic(topic);
+        known.insert(topic.clone(), counters.clone());
+        Some(counters)
     }
 }
 
@@ -601,12 +606,13 @@ impl Publisher {
                 dead: dead.clone(),
             })
             .map_err(Error::Conf)?;
+        let topics = TopicCap::new(kafka.max_topics, &kafka.topic, &metrics);
         let publisher = Publisher {
             producer: Arc::new(producer),
             metrics,
             dead,
             inbox,
-            topics: TopicCap::new(kafka.max_topics, &kafka.topic),
+            topics,
         };
         Ok((publisher, outbox))
     }
@@ -680,15 +686,11 @@ impl Publisher {
             let same = matches!(&run, Some(r) if r.topic == record.topic);
             if !same {
                 self.count_submitted(run.take());
-                let over = !self.topics.admit(&record.topic);
-                let counters = match over {
-                    true => self.metrics.topic(&self.topics.fallback),
-                    false => self.metrics.topic(&record.topic),
-                };
+                let admitted = self.topics.admit(&record.topic, &self.metrics);
                 run = Some(Run {
                     topic: record.topic.clone(),
-                    over,
-                    counters,
+                    over: admitted.is_none(),
+                    counters: admitted.unwrap_or_else(|| self.topics.fallback_counters.clone()),
                     submitted: 0,
                 });
             }
@@ -876,15 +878,25 @@ mod tests {
 
     #[test]
     fn topics_past_the_cap_are_refused_and_known_ones_and_the_fallback_always_admitted() {
-        let cap = TopicCap::new(2, "logs");
-        let name = |s: &str| Name::Owned(s.to_string());
-        assert!(cap.admit(&name("a")));
-        assert!(cap.admit(&name("b")));
-        assert!(!cap.admit(&name("c")), "a third topic over a cap of 2");
-        assert!(cap.admit(&name("a")), "a known topic stays admitted");
-        assert!(cap.admit(&Name::Borrowed("b")));
-        assert!(cap.admit(&name("logs")), "the fallback is always admitted");
-        assert!(!cap.admit(&name("d")));
+        let metrics = Metrics::default();
+        let cap = TopicCap::new(2, "logs", &metrics);
+        let admit = |s: &str| cap.admit(&Name::Owned(s.to_string()), &metrics).is_some();
+        assert!(admit("a"));
+        assert!(admit("b"));
+        assert!(!admit("c"), "a third topic over a cap of 2");
+        assert!(admit("a"), "a known topic stays admitted");
+        assert!(cap.admit(&Name::Borrowed("b"), &metrics).is_some());
+        assert!(admit("logs"), "the fallback is always admitted");
+        assert!(!admit("d"));
+        // The counters are the metrics' own: what is counted there shows in /stats.
+        let a = cap.admit(&Name::Borrowed("a"), &metrics).expect("admitted");
+        assert!(Arc::ptr_eq(&a, &metrics.topic("a")));
+        let names: Vec<String> = metrics.topics().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            names,
+            ["a", "b", "logs"],
+            "no series for topics over the cap"
+        );
     }
 
     #[test]
