@@ -259,7 +259,17 @@ impl Connection {
         acceptor: Option<Arc<Acceptor>>,
     ) {
         let metrics = self.shared.metrics.clone();
-        let peer = match &self.settings.proxy_protocol {
+        let settings = self.settings.clone();
+        // A load balancer's connection is counted against the client its header names; any
+        // other at once, before it has said anything (it may say nothing for a long time).
+        let balancer = settings
+            .proxy_protocol
+            .as_ref()
+            .filter(|p| p.trusts(peer.ip()));
+        if balancer.is_none() && !self.count_source(peer) {
+            return;
+        }
+        let peer = match &settings.proxy_protocol {
             None => peer,
             Some(proxy) => match proxy_header(&mut stream, peer, proxy, &self.shutdown).await {
                 Ok(Some(client)) => client,
@@ -271,13 +281,7 @@ impl Connection {
                 }
             },
         };
-        if !self.slot.count_source(peer.ip()) {
-            metrics.refused_source.fetch_add(1, Relaxed);
-            throttle::REFUSED.warn(format_args!(
-                "{} connections open from {} (max_connections_per_source), closed the one from {peer}",
-                self.settings.max_per_source.unwrap_or_default(),
-                peer.ip()
-            ));
+        if balancer.is_some() && !self.count_source(peer) {
             return;
         }
         // Each kind of connection allocates only the state it needs (a TLS session is large).
@@ -292,6 +296,21 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Counts the connection against its source address; false (counted and logged) when that
+    /// one has its `max_connections_per_source` already.
+    fn count_source(&mut self, peer: SocketAddr) -> bool {
+        if self.slot.count_source(peer.ip()) {
+            return true;
+        }
+        self.shared.metrics.refused_source.fetch_add(1, Relaxed);
+        throttle::REFUSED.warn(format_args!(
+            "{} connections open from {} (max_connections_per_source), closed the one from {peer}",
+            self.settings.max_per_source.unwrap_or_default(),
+            peer.ip()
+        ));
+        false
     }
 
     /// Runs the connection through its own pipeline, keeping the connection gauges right.

@@ -159,7 +159,7 @@ fn haproxy_passes_the_client_address_over_tcp_and_tls_and_strangers_are_refused(
 fn limits_per_source_count_the_client_behind_the_load_balancer() {
     let (b, topic) = fresh_topic("proxy-limit");
     let yaml = format!(
-        "global:\n  listen:\n    port: 0\n    max_connections_per_source: 1\n    proxy_protocol:\n      from: ['127.0.0.0/8']\n  \
+        "global:\n  listen:\n    port: 0\n    max_connections_per_source: 1\n    proxy_protocol:\n      from: ['127.0.0.1/32']\n  \
          kafka:\n    conf:\n      bootstrap.servers: '{b}'\n  status:\n    port: 0\nrules:\n  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n"
     );
     let hotdog = Hotdog::start_config(&yaml);
@@ -181,7 +181,15 @@ fn limits_per_source_count_the_client_behind_the_load_balancer() {
     assert!(wait_until(Duration::from_secs(10), || {
         hotdog.stat("connections.refused.source_limit") == 1
     }));
-    drop((a, b2, again));
+    // A client straight from elsewhere is counted at once, before it says anything.
+    let silent = connect_from([127, 0, 0, 4], &hotdog.addr());
+    let second = connect_from([127, 0, 0, 4], &hotdog.addr());
+    assert!(
+        refused(second),
+        "a second silent connection from 127.0.0.4 was kept"
+    );
+    assert_eq!(hotdog.stat("connections.refused.source_limit"), 2);
+    drop((a, b2, again, silent));
     let mut got: Vec<String> = consume_all(b, &topic, 2)
         .into_iter()
         .map(|c| c.payload)
