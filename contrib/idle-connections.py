@@ -9,46 +9,19 @@ connections, after they close, and after WAVES more waves of N/2 connections ope
                                 [--waves 3] [--broker HOST:PORT]
 
 Without --broker, hotdog is pointed at a closed port: the lines wait in librdkafka, which
-holds them (a few hundred KB) like any broker outage would.
+holds them like any broker outage would (and so they count in the RSS after closing).
 """
 
 import argparse
-import json
-import os
-import re
 import resource
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
+
+from hotdog_run import Hotdog
 
 # hotdog gives free heap memory back every 5 s: measure after that.
 SETTLE = 6
-
-
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def stats(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as r:
-        return json.load(r)["stats"]
-
-
-def wait_stat(port, name, ok, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = stats(port).get(name, 0)
-        if ok(v):
-            return v
-        time.sleep(0.2)
-    sys.exit(f"{name} never got there (last {v})")
 
 
 def open_idle(addr, n, first):
@@ -80,80 +53,51 @@ def main():
         s.bind(("127.0.0.1", 0))
         broker = f"127.0.0.1:{s.getsockname()[1]}"
         s.close()
-    work = tempfile.mkdtemp(prefix="hotdog-idle-")
-    config = os.path.join(work, "hotdog.yml")
-    with open(config, "w") as f:
-        f.write(
-            "global:\n"
-            "  listen: {address: 127.0.0.1, port: 0, max_connections: 100000}\n"
-            f"  kafka:\n    conf: {{bootstrap.servers: '{broker}'}}\n    topic: logs\n"
-            "  status: {address: 127.0.0.1, port: 0}\n"
-            "rules:\n"
-            "  - regex: '^(?P<word>\\w+)'\n"
-            "    actions:\n"
-            "      - {type: forward, topic: logs}\n"
-        )
-    log = open(os.path.join(work, "hotdog.log"), "w+")
-    hotdog = subprocess.Popen(
-        [a.hotdog, "-c", config],
-        stderr=log,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "RUST_LOG": "warn,hotdog=info"},
+    config = (
+        "global:\n"
+        "  listen: {address: 127.0.0.1, port: 0, max_connections: 100000}\n"
+        f"  kafka:\n    conf: {{bootstrap.servers: '{broker}'}}\n    topic: logs\n"
+        "  status: {address: 127.0.0.1, port: 0}\n"
+        "rules:\n"
+        "  - regex: '^(?P<word>\\w+)'\n"
+        "    actions:\n"
+        "      - {type: forward, topic: logs}\n"
     )
-    try:
-        deadline = time.time() + 30
-        listen = status = None
-        while time.time() < deadline and not (listen and status):
-            log.seek(0)
-            text = log.read()
-            m = re.search(r"listening on tcp 127\.0\.0\.1:(\d+)", text)
-            listen = m and int(m.group(1))
-            m = re.search(r"status server on http://127\.0\.0\.1:(\d+)", text)
-            status = m and int(m.group(1))
-            time.sleep(0.1)
-        if not (listen and status):
-            sys.exit("hotdog did not start:\n" + text)
-        addr = ("127.0.0.1", listen)
+    with Hotdog(a.hotdog, config) as hotdog:
         time.sleep(1)
-        base = rss_kb(hotdog.pid)
-        print(f"baseline: {base / 1024:.1f} MB RSS")
+        base = hotdog.rss_mb()
+        print(f"baseline: {base:.1f} MB RSS")
 
-        conns = open_idle(addr, a.connections, 0)
-        wait_stat(status, "lines", lambda v: v >= a.connections)
-        wait_stat(status, "connections", lambda v: v >= a.connections)
+        conns = open_idle(hotdog.addr, a.connections, 0)
+        hotdog.wait_stat("lines", lambda v: v >= a.connections)
+        hotdog.wait_stat("connections", lambda v: v >= a.connections)
         time.sleep(2)
-        idle = rss_kb(hotdog.pid)
+        idle = hotdog.rss_mb()
         print(
-            f"{a.connections} idle connections: {idle / 1024:.1f} MB RSS "
-            f"({(idle - base) * 1024 / a.connections / 1024:.1f} KB each)"
+            f"{a.connections} idle connections: {idle:.1f} MB RSS "
+            f"({(idle - base) * 1024 / a.connections:.1f} KB each)"
         )
         for c in conns:
             c.close()
-        wait_stat(status, "connections", lambda v: v == 0)
+        hotdog.wait_stat("connections", lambda v: v == 0)
         time.sleep(SETTLE)
-        after = rss_kb(hotdog.pid)
-        print(f"after they closed: {after / 1024:.1f} MB RSS ({after / base:.2f}x baseline)")
+        after = hotdog.rss_mb()
+        print(f"after they closed: {after:.1f} MB RSS ({after / base:.2f}x baseline)")
 
         sent = a.connections
         for w in range(a.waves):
             n = a.connections // 2
-            conns = open_idle(addr, n, sent)
+            conns = open_idle(hotdog.addr, n, sent)
             sent += n
-            wait_stat(status, "lines", lambda v: v >= sent)
+            hotdog.wait_stat("lines", lambda v: v >= sent)
             for c in conns:
                 c.close()
-            wait_stat(status, "connections", lambda v: v == 0)
+            hotdog.wait_stat("connections", lambda v: v == 0)
             time.sleep(SETTLE)
-            print(f"after wave {w + 1} of {n} connections: {rss_kb(hotdog.pid) / 1024:.1f} MB RSS")
-        final = rss_kb(hotdog.pid)
-        print(f"result: idle={idle / 1024:.1f}MB closed={after / 1024:.1f}MB "
-              f"final={final / 1024:.1f}MB baseline={base / 1024:.1f}MB")
-    finally:
-        hotdog.terminate()
-        try:
-            hotdog.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            hotdog.kill()
+            print(f"after wave {w + 1} of {n} connections: {hotdog.rss_mb():.1f} MB RSS")
+        final = hotdog.rss_mb()
+        print(f"result: idle={idle:.1f}MB closed={after:.1f}MB final={final:.1f}MB "
+              f"baseline={base:.1f}MB")
 
 
 if __name__ == "__main__":
