@@ -3,7 +3,7 @@
 #
 # The integration tests need a Kafka-protocol broker: the one in HOTDOG_TEST_KAFKA (host:port)
 # when it is set, otherwise a tansu broker that the tests start themselves (installed here first).
-# They also run Debian's rsyslogd (installed here with its TLS driver).
+# They also run Debian's rsyslogd (installed here with its TLS driver) and HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . contrib/deps.sh
