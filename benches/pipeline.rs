@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the pure stages, in lines per second on one core:
 //! framing, syslog parsing (RFC 5424, RFC 3164, octet-counted), and the rules engine with the
-//! example `hotdog.yml` and with a forward-everything config, and the whole pure pipeline.
+//! example `hotdog.yml`, with a forward-everything config, and with 200 and 1,000 regex rules
+//! that the lines do not match before a catch-all, and the whole pure pipeline.
 //!
 //! `cargo bench --bench pipeline`
 
@@ -82,6 +83,25 @@ fn three_rules() -> Rules {
     rules(&format!(
         "{GLOBAL}rules:\n  - regex: 'Accepted publickey for (?P<user>\\w+)'\n    field: msg\n    actions:\n      - type: replace\n        template: 'login {{{{user}}}} on {{{{hostname}}}}'\n      - type: forward\n        topic: 'logins'\n  - jmespath: 'meta.topic'\n    actions:\n      - type: merge\n        json:\n          meta:\n            host: '{{{{hostname}}}}'\n      - type: forward\n        topic: '{{{{value}}}}'\n  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'logs'\n"
     ))
+}
+
+/// `n` regex rules that the mixed lines do not match (one per application, tenant or device
+/// family, as real rule sets have), then a catch-all forward.
+fn many_rules(n: usize) -> Rules {
+    let mut text = format!("{GLOBAL}rules:\n");
+    for i in 0..n {
+        let re = match i % 4 {
+            0 => format!("^tenant{i}: (?P<rest>.*)"),
+            1 => format!("service-{i} (failed|stopped)"),
+            2 => format!("\\bcode={i}x\\b"),
+            _ => format!("device{i}\\[(?P<unit>\\d+)\\]"),
+        };
+        text.push_str(&format!(
+            "  - regex: '{re}'\n    actions:\n      - type: forward\n        topic: 'r{i}'\n"
+        ));
+    }
+    text.push_str("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'logs'\n");
+    rules(&text)
 }
 
 fn forward_all() -> Rules {
@@ -177,6 +197,12 @@ fn benches(c: &mut Criterion) {
     g.bench_function("three_rules", |b| {
         b.iter(|| apply_all(&three, black_box(&lines)))
     });
+    for n in [200, 1000] {
+        let many = many_rules(n);
+        g.bench_function(format!("{n}_rules_then_catch_all"), |b| {
+            b.iter(|| apply_all(&many, black_box(&lines)))
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("pipeline");

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::cell::OnceCell;
 
 use regex_automata::util::captures::Captures;
-use regex_automata::{meta, Input, PatternID};
+use regex_automata::{meta, Input, PatternID, PatternSet};
 use serde_json::Value;
 
 use crate::record::{Name, Record};
@@ -245,6 +245,73 @@ pub struct Rules {
     rules: Vec<Rule>,
     templates: Templates,
     default_topic: &'static str,
+    /// Runs of consecutive regex rules on the same field, each matched in one pass.
+    groups: Vec<Group>,
+    /// For every rule, the group it is in.
+    group_of: Vec<Option<usize>>,
+}
+
+/// Consecutive regex rules on one field (at least [`GROUP_MIN`]), compiled together into one
+/// multi-pattern regex that says, in one pass over the field, which of them match anywhere:
+/// hundreds of rules that a line does not match cost about one. The rules keep their order
+/// and their own regexes, which find the captures of the first that matches.
+struct Group {
+    /// The index of its first rule; pattern `i` is rule `first + i`.
+    first: usize,
+    set: meta::Regex,
+}
+
+/// The fewest consecutive regex rules matched as one [`Group`]; fewer are tried one by one.
+const GROUP_MIN: usize = 4;
+
+/// Whether a rule can be in a [`Group`]: a regex that cannot match the empty string. One that
+/// can (`.*`, a catch-all) matches nearly every line by itself, and in a group it would keep the
+/// others from being looked for by their literals first.
+fn groupable(rule: &Rule) -> bool {
+    match &rule.matcher {
+        Matcher::Regex(p) => !p.re.is_match(""),
+        Matcher::JmesPath(_) => false,
+    }
+}
+
+/// Finds the runs of at least `min` consecutive regex rules on one field and compiles each into
+/// a [`Group`]; for every rule, the group it is in.
+fn group_runs(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<usize>>) {
+    let mut groups = Vec::new();
+    let mut group_of = vec![None; rules.len()];
+    let mut i = 0;
+    while i < rules.len() {
+        if !groupable(&rules[i]) {
+            i += 1;
+            continue;
+        }
+        let field = rules[i].field;
+        let end = rules[i..]
+            .iter()
+            .position(|r| r.field != field || !groupable(r))
+            .map_or(rules.len(), |n| i + n);
+        if end - i >= min {
+            let sources: Vec<&str> = rules[i..end]
+                .iter()
+                .filter_map(|r| match &r.matcher {
+                    Matcher::Regex(p) => Some(p.as_str()),
+                    Matcher::JmesPath(_) => None,
+                })
+                .collect();
+            // Too large to build as one (a size limit): the rules are tried one by one.
+            if let Ok(set) = meta::Builder::new()
+                .configure(meta::Config::new().match_kind(regex_automata::MatchKind::All))
+                .build_many(&sources)
+            {
+                for g in &mut group_of[i..end] {
+                    *g = Some(groups.len());
+                }
+                groups.push(Group { first: i, set });
+            }
+        }
+        i = end;
+    }
+    (groups, group_of)
 }
 
 impl std::fmt::Debug for Rules {
@@ -268,10 +335,23 @@ pub fn is_legal_topic(name: &str) -> bool {
 
 impl Rules {
     pub fn new(rules: Vec<Rule>, templates: Templates, default_topic: &str) -> Self {
+        Self::grouped(rules, templates, default_topic, GROUP_MIN)
+    }
+
+    /// With runs of `group_min` or more regex rules matched together (`usize::MAX`: never).
+    fn grouped(
+        rules: Vec<Rule>,
+        templates: Templates,
+        default_topic: &str,
+        group_min: usize,
+    ) -> Self {
+        let (groups, group_of) = group_runs(&rules, group_min);
         Rules {
             rules,
             templates,
             default_topic: crate::template::forever(default_topic),
+            groups,
+            group_of,
         }
     }
 
@@ -289,6 +369,8 @@ impl Rules {
         mut matched: Option<&mut Vec<usize>>,
     ) -> Outcome {
         let mut outcome = Outcome::default();
+        // The group last matched, and which of its patterns matched.
+        let mut group: Option<(usize, PatternSet)> = None;
         for (index, rule) in self.rules.iter().enumerate() {
             let Some(hay) = rule.field.get(msg, origin) else {
                 continue;
@@ -299,7 +381,21 @@ impl Rules {
             let captures = match &rule.matcher {
                 Matcher::Regex(p) => {
                     let input = Input::new(hay);
-                    if !p.re.is_match(input.clone()) {
+                    let matches = match self.group_of[index] {
+                        Some(g) => {
+                            let Group { first, set } = &self.groups[g];
+                            if group.as_ref().is_none_or(|(at, _)| *at != g) {
+                                let mut found = PatternSet::new(set.pattern_len());
+                                set.which_overlapping_matches(&input, &mut found);
+                                group = Some((g, found));
+                            }
+                            group.as_ref().is_some_and(|(_, found)| {
+                                PatternID::new(index - first).is_ok_and(|id| found.contains(id))
+                            })
+                        }
+                        None => p.re.is_match(input.clone()),
+                    };
+                    if !matches {
                         continue;
                     }
                     // Captures are only looked for in the one rule that matched.
@@ -617,6 +713,108 @@ mod tests {
             })
             .collect();
         Rules::new(rules, t, "default")
+    }
+
+    /// Rules where rule `i` forwards to topic `t{i}` (with `{{word}}` when it has that capture)
+    /// and matches `patterns[i]` on `fields[i % fields.len()]`.
+    fn numbered(patterns: &[&str], fields: &[Field], group_min: usize) -> Rules {
+        let mut t = Templates::new();
+        let list = patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let topic = if p.contains("?P<word>") {
+                    format!("t{i}-{{{{word}}}}")
+                } else {
+                    format!("t{i}")
+                };
+                Rule {
+                    field: fields[i % fields.len()],
+                    matcher: Matcher::Regex(Pattern::new(p).unwrap()),
+                    actions: vec![Action::Forward {
+                        topic: t.compile(&topic).unwrap(),
+                        key: None,
+                        headers: Vec::new(),
+                    }],
+                    origin: format!("test:{i}"),
+                }
+            })
+            .collect();
+        Rules::grouped(list, t, "default", group_min)
+    }
+
+    #[test]
+    fn rules_matched_as_a_group_route_exactly_as_one_by_one() {
+        let patterns = [
+            r"^never$",
+            r"disk (?P<word>\w+)",
+            r"\bfail(ed|ure)\b",
+            r"^<",
+            r"",
+            r"(?i)ERROR",
+            r"[0-9]{4}",
+            r"^$",
+            r"é",
+            r"x{2,}",
+            r"^\S+$",
+            r"(?P<word>[a-z]+)$",
+        ];
+        let lines = [
+            "<13>Nov 23 12:00:00 web1 app: disk sda failed",
+            "<13>Nov 23 12:00:00 web1 app: an error in 2026",
+            "<13>Nov 23 12:00:00 db2 app: café xx",
+            "plain line with nothing",
+            "",
+            "<13>1 2026-11-23T12:00:00Z host app - - - ERROR failure",
+            "never",
+            "xxxx",
+        ];
+        // Every pattern's own match decides, in order, with the others before it skipped: drop
+        // the first k patterns so that each one gets to be the first that matches somewhere.
+        for k in 0..patterns.len() {
+            for fields in [&[Field::Msg][..], &[Field::Msg, Field::Hostname]] {
+                let one_by_one = numbered(&patterns[k..], fields, usize::MAX);
+                let grouped = numbered(&patterns[k..], fields, 2);
+                if fields.len() == 1 {
+                    assert!(!grouped.groups.is_empty() || patterns.len() - k < 2);
+                }
+                assert!(one_by_one.groups.is_empty());
+                for line in lines {
+                    assert_eq!(
+                        run(&grouped, line),
+                        run(&one_by_one, line),
+                        "patterns from {k}, fields {fields:?}, line {line:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn groups_are_runs_of_regex_rules_on_one_field() {
+        let r = numbered(&["a", "b", "c", "d", "e"], &[Field::Msg], 4);
+        assert_eq!(r.groups.len(), 1);
+        assert_eq!(r.group_of, [Some(0); 5]);
+        // Alternating fields: no run is long enough.
+        let r = numbered(&["a", "b", "c", "d"], &[Field::Msg, Field::Hostname], 2);
+        assert!(r.groups.is_empty());
+        // Two runs of two on one field each, then one by one.
+        let r = numbered(
+            &["a", "b", "c", "d", "e"],
+            &[
+                Field::Msg,
+                Field::Msg,
+                Field::Hostname,
+                Field::Hostname,
+                Field::Msg,
+            ],
+            2,
+        );
+        assert_eq!(r.group_of, [Some(0), Some(0), Some(1), Some(1), None]);
+        assert_eq!(r.groups[1].first, 2);
+        // A regex that matches the empty string (a catch-all) is tried by itself.
+        let r = numbered(&["a", "b", ".*", "c", "d"], &[Field::Msg], 2);
+        assert_eq!(r.group_of, [Some(0), Some(0), None, Some(1), Some(1)]);
     }
 
     fn run(r: &Rules, line: &str) -> (Vec<Record>, Outcome) {
