@@ -23,6 +23,9 @@ pub struct Cli {
     /// Validate the configuration and exit: 0 when it is valid, 2 with every error otherwise.
     #[arg(long)]
     pub check: bool,
+    /// With --check: warnings (rules that can never run) make it exit 2 too.
+    #[arg(long, requires = "check")]
+    pub strict: bool,
     /// Run every line of LOGFILE through the rules without Kafka and print what would be sent.
     #[arg(short = 't', long = "test", value_name = "LOGFILE", value_hint = clap::ValueHint::FilePath)]
     pub test: Option<PathBuf>,

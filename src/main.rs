@@ -44,6 +44,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        let never = config.rules.never_run();
+        for (rule, why) in &never {
+            eprintln!("{}: warning: {why}", rule.origin);
+        }
+        if cli.strict && !never.is_empty() {
+            eprintln!("hotdog: {} warning(s) in {file} (--strict)", never.len());
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!(
             "{file}: configuration is valid ({} rules)",
             config.rules.rules().len()

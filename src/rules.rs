@@ -264,6 +264,36 @@ struct Group {
 /// The fewest consecutive regex rules matched as one [`Group`]; fewer are tried one by one.
 const GROUP_MIN: usize = 4;
 
+impl Matcher {
+    /// Whether both are the same expression, as written.
+    fn same_as(&self, other: &Matcher) -> bool {
+        match (self, other) {
+            (Matcher::Regex(a), Matcher::Regex(b)) => a.as_str() == b.as_str(),
+            (Matcher::JmesPath(a), Matcher::JmesPath(b)) => a.expr.as_str() == b.expr.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// Whether every message that reaches `rule` stops there (it forwards or stops).
+fn ends_processing(rule: &Rule) -> bool {
+    rule.actions
+        .iter()
+        .any(|a| matches!(a, Action::Forward { .. } | Action::Stop))
+}
+
+/// Whether `rule` matches every message: a regex on `msg` (always present) that can match the
+/// empty string and has no anchor or word boundary, so it matches at the start of anything.
+fn matches_everything(rule: &Rule) -> bool {
+    let Matcher::Regex(p) = &rule.matcher else {
+        return false;
+    };
+    rule.field == Field::Msg
+        && regex_syntax::parse(p.as_str()).is_ok_and(|hir| {
+            hir.properties().minimum_len() == Some(0) && hir.properties().look_set().is_empty()
+        })
+}
+
 /// Whether a rule can be in a [`Group`]: a regex that cannot match the empty string. One that
 /// can (`.*`, a catch-all) matches nearly every line by itself, and in a group it would keep the
 /// others from being looked for by their literals first.
@@ -357,6 +387,42 @@ impl Rules {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The rules that can never run, each with why: it comes after a rule that matches every
+    /// message and ends processing, or it matches exactly what an earlier rule that ends
+    /// processing matches (same field, same expression).
+    pub fn never_run(&self) -> Vec<(&Rule, String)> {
+        let mut out = Vec::new();
+        let mut catch_all: Option<&Rule> = None;
+        for (i, rule) in self.rules.iter().enumerate() {
+            if let Some(first) = catch_all {
+                out.push((
+                    rule,
+                    format!(
+                        "rule can never run: the rule at {} before it matches every message and ends processing",
+                        first.origin
+                    ),
+                ));
+                continue;
+            }
+            let earlier = self.rules[..i].iter().find(|e| {
+                e.field == rule.field && ends_processing(e) && e.matcher.same_as(&rule.matcher)
+            });
+            if let Some(e) = earlier {
+                out.push((
+                    rule,
+                    format!(
+                        "rule can never run: the rule at {} matches the same and ends processing",
+                        e.origin
+                    ),
+                ));
+            }
+            if ends_processing(rule) && matches_everything(rule) {
+                catch_all = Some(rule);
+            }
+        }
+        out
     }
 
     /// Runs `msg` through the rules, pushing what it forwards onto `out`. When `matched` is given,
@@ -815,6 +881,40 @@ mod tests {
         // A regex that matches the empty string (a catch-all) is tried by itself.
         let r = numbered(&["a", "b", ".*", "c", "d"], &[Field::Msg], 2);
         assert_eq!(r.group_of, [Some(0), Some(0), None, Some(1), Some(1)]);
+    }
+
+    #[test]
+    fn rules_that_can_never_run_are_found() {
+        let r = numbered(&["a", "b", "a", ".*", "c"], &[Field::Msg], usize::MAX);
+        let never = r.never_run();
+        let found: Vec<(&str, &str)> = never
+            .iter()
+            .map(|(rule, why)| (rule.origin.as_str(), why.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "test:2",
+                    "rule can never run: the rule at test:0 matches the same and ends processing"
+                ),
+                (
+                    "test:4",
+                    "rule can never run: the rule at test:3 before it matches every message and ends processing"
+                ),
+            ]
+        );
+        // Anchored, bounded, or on a field a message may lack: not everything.
+        for pattern in ["^$", "\\b", "x+", "(?m)^"] {
+            let r = numbered(&[pattern, "after"], &[Field::Msg], usize::MAX);
+            assert!(r.never_run().is_empty(), "{pattern}");
+        }
+        let r = numbered(&[".*", "after"], &[Field::Hostname], usize::MAX);
+        assert!(r.never_run().is_empty(), "hostname may be absent");
+        for pattern in ["", "(?s).*", "a*"] {
+            let r = numbered(&[pattern, "after"], &[Field::Msg], usize::MAX);
+            assert_eq!(r.never_run().len(), 1, "{pattern}");
+        }
     }
 
     fn run(r: &Rules, line: &str) -> (Vec<Record>, Outcome) {

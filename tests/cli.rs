@@ -181,6 +181,29 @@ fn exit_codes_keep_the_kind_of_the_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `--check` warns about rules that can never run; `--strict` makes the warnings fail it.
+#[test]
+fn check_warns_about_rules_that_can_never_run() {
+    let text = "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\nrules:\n  - regex: 'disk'\n    actions:\n      - type: forward\n        topic: 'disks'\n  - regex: 'disk'\n    actions:\n      - type: forward\n        topic: 'again'\n  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'logs'\n  - regex: 'late'\n    actions:\n      - type: stop\n";
+    let (code, out, path) = check(text);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("{path}:12: warning: rule can never run: the rule at {path}:8 matches the same and ends processing")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{path}:20: warning: rule can never run: the rule at {path}:16 before it matches every message")),
+        "{out}"
+    );
+    assert!(out.contains("configuration is valid (4 rules)"), "{out}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("hotdog.yml");
+    std::fs::write(&file, text).expect("write config");
+    let (code, _, err) = run_hotdog(&["--check", "--strict", "-c", &file.to_string_lossy()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("2 warning(s)"), "{err}");
+}
+
 /// Values that made hotdog abort or panic later are refused by `--check`, each with its
 /// location (issue 11: sizes and durations have upper bounds).
 #[test]
