@@ -93,7 +93,13 @@ fn test_rules(config: &Config, path: &std::path::Path, json: bool) -> ExitCode {
         }
     };
     let stdout = std::io::stdout().lock();
-    match testmode::run(&config.rules, std::io::BufReader::new(file), stdout, json) {
+    // Frames as long as the first listener keeps.
+    let max = config
+        .global
+        .listen
+        .first()
+        .map_or(64 * 1024, |l| l.max_message_size);
+    match testmode::run(&config.rules, file, max, stdout, json) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`hotdog -t log | head`): nothing more to say.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

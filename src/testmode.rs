@@ -1,74 +1,118 @@
-//! `hotdog -t LOGFILE`: every line of a file through the rules, without Kafka, printing what
-//! matched and what would be sent.
+//! `hotdog -t LOGFILE`: every frame of a file through the rules, without Kafka, printing what
+//! matched and what would be sent. The file is cut into frames by the same framing code as a
+//! connection: newline or octet-counted frames, `max_message_size` truncation, trimming.
 
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 
 use serde_json::{json, Value};
 
+use crate::framing::{Framer, Step};
 use crate::record::Record;
 use crate::rules::{Origin, Rules};
 use crate::syslog::{self, Message};
 
-/// Reads `input` line by line and writes a report of each to `out`: readable text, or with
-/// `as_json` one JSON object per input line.
+/// Reads `input` frame by frame (frames of at most `max` bytes) and writes a report of each to
+/// `out`: readable text, or with `as_json` one JSON object per frame.
 pub fn run(
     rules: &Rules,
-    input: impl BufRead,
+    mut input: impl Read,
+    max: usize,
     mut out: impl Write,
     as_json: bool,
 ) -> std::io::Result<()> {
-    let origin = Origin::default();
-    for (i, line) in input.split(b'\n').enumerate() {
-        let line = line?;
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end_matches(['\r', '\0']);
-        let msg = syslog::parse(text);
-        let mut records = Vec::new();
-        let mut matched = Vec::new();
-        let outcome = rules.apply(&msg, &origin, &mut records, Some(&mut matched));
-        let number = i + 1;
-        if as_json {
-            let report = json!({
-                "line": number,
-                "input": text,
-                "syslog": message_json(&msg),
-                "matched": matched.iter().map(|&r| json!({
-                    "rule": r,
-                    "origin": rules.rules()[r].origin,
-                })).collect::<Vec<_>>(),
-                "records": records.iter().map(record_json).collect::<Vec<_>>(),
-                "unrouted": !outcome.forwarded,
-                "errors": {
-                    "merge_of_invalid_json": outcome.merge_errors,
-                    "topic_parse_failed": outcome.invalid_topics,
-                    "template_render": outcome.render_errors,
-                },
-            });
-            writeln!(out, "{report}")?;
-            continue;
-        }
-        writeln!(out, "line {number}: {text}")?;
-        writeln!(out, "  parsed as {}", msg.format.as_str())?;
-        for &r in &matched {
-            writeln!(out, "  matched rule {r} ({})", rules.rules()[r].origin)?;
-        }
-        for rec in &records {
-            writeln!(
-                out,
-                "  -> topic {} key {} payload {}",
-                rec.topic,
-                rec.key.as_deref().unwrap_or("(none)"),
-                rec.payload
-            )?;
-            for (name, value) in &rec.headers {
-                writeln!(out, "     header {name}: {value}")?;
+    let mut framer = Framer::new(max);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut start = 0;
+    let mut number = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut eof = false;
+    while !eof {
+        let n = input.read(&mut chunk)?;
+        eof = n == 0;
+        buf.drain(..start);
+        start = 0;
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match framer.next_frame(&buf[start..]) {
+                Step::Frame {
+                    data,
+                    truncated,
+                    consumed,
+                } => {
+                    number += 1;
+                    report(rules, data, truncated, number, &mut out, as_json)?;
+                    start += consumed;
+                }
+                Step::Skip { consumed } => start += consumed,
+                Step::NeedMore => break,
             }
         }
-        if !outcome.forwarded {
-            writeln!(out, "  unrouted: no rule forwards this line")?;
-        }
+    }
+    if let Some(last) = framer.finish(&buf[start..]) {
+        report(rules, last, false, number + 1, &mut out, as_json)?;
     }
     out.flush()
+}
+
+/// The report of one frame.
+fn report(
+    rules: &Rules,
+    line: &[u8],
+    truncated: bool,
+    number: usize,
+    out: &mut impl Write,
+    as_json: bool,
+) -> std::io::Result<()> {
+    let origin = Origin::default();
+    let text = String::from_utf8_lossy(line);
+    let msg = syslog::parse(&text);
+    let mut records = Vec::new();
+    let mut matched = Vec::new();
+    let outcome = rules.apply(&msg, &origin, &mut records, Some(&mut matched));
+    if as_json {
+        let report = json!({
+            "line": number,
+            "input": text,
+            "truncated": truncated,
+            "syslog": message_json(&msg),
+            "matched": matched.iter().map(|&r| json!({
+                "rule": r,
+                "origin": rules.rules()[r].origin,
+            })).collect::<Vec<_>>(),
+            "records": records.iter().map(record_json).collect::<Vec<_>>(),
+            "unrouted": !outcome.forwarded,
+            "errors": {
+                "merge_of_invalid_json": outcome.merge_errors,
+                "topic_parse_failed": outcome.invalid_topics,
+                "template_render": outcome.render_errors,
+            },
+        });
+        return writeln!(out, "{report}");
+    }
+    writeln!(out, "line {number}: {text}")?;
+    if truncated {
+        writeln!(out, "  truncated to max_message_size")?;
+    }
+    writeln!(out, "  parsed as {}", msg.format.as_str())?;
+    for &r in &matched {
+        writeln!(out, "  matched rule {r} ({})", rules.rules()[r].origin)?;
+    }
+    for rec in &records {
+        writeln!(
+            out,
+            "  -> topic {} key {} payload {}",
+            rec.topic,
+            rec.key.as_deref().unwrap_or("(none)"),
+            rec.payload
+        )?;
+        for (name, value) in &rec.headers {
+            writeln!(out, "     header {name}: {value}")?;
+        }
+    }
+    if !outcome.forwarded {
+        writeln!(out, "  unrouted: no rule forwards this line")?;
+    }
+    Ok(())
 }
 
 fn record_json(r: &Record) -> Value {

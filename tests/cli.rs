@@ -123,6 +123,34 @@ fn test_mode_prints_matches_and_records() {
     );
 }
 
+/// `-t` cuts its input as a connection does: octet-counted frames (which may hold a newline),
+/// CR and NUL trimmed, a frame longer than `max_message_size` truncated.
+#[test]
+fn test_mode_frames_input_as_a_connection_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("in.log");
+    let counted = "<13>Oct 11 22:14:15 web1 app: two\nlines";
+    let long = format!("<13>Oct 11 22:14:15 web1 app: {}", "x".repeat(70_000));
+    std::fs::write(
+        &log,
+        format!("{} {counted}<13>plain\r\n{long}\n<13>last", counted.len()),
+    )
+    .expect("write log");
+    let (code, out, err) = run_hotdog(&["-c", "hotdog.yml", "-t", &log.to_string_lossy()]);
+    assert_eq!(code, 0, "{err}");
+    let frames: Vec<&str> = out.lines().filter(|l| l.starts_with("line ")).collect();
+    assert_eq!(frames.len(), 4, "{out}");
+    assert_eq!(frames[0], "line 1: <13>Oct 11 22:14:15 web1 app: two");
+    assert_eq!(frames[1], "line 2: <13>plain");
+    assert!(
+        frames[2].len() < 65_600,
+        "not truncated: {} bytes",
+        frames[2].len()
+    );
+    assert!(out.contains("truncated to max_message_size"), "{out}");
+    assert_eq!(frames[3], "line 4: <13>last");
+}
+
 #[test]
 fn version_flag() {
     let (code, out, _) = run_hotdog(&["-V"]);
