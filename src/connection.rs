@@ -304,20 +304,16 @@ async fn read<S: AsyncRead + Unpin>(
     use futures_lite::FutureExt;
     let bytes = |n: usize| if n == 0 { Read::Closed } else { Read::Bytes(n) };
     if !shutdown.is_triggered() {
-        let r = async { Some(stream.read(&mut *buf).await.map(bytes)) }
-            .or(async {
-                shutdown.wait().await;
-                None
-            })
-            .or(async {
+        let r = shutdown
+            .unless(async { stream.read(&mut *buf).await.map(bytes) }.or(async {
                 match wake {
                     Some((at, what)) => {
                         smol::Timer::at(at).await;
-                        Some(Ok(what))
+                        Ok(what)
                     }
                     None => std::future::pending().await,
                 }
-            })
+            }))
             .await;
         if let Some(r) = r {
             return r;

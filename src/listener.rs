@@ -220,7 +220,6 @@ impl Listener {
                 }
             }
             let connection = Connection {
-                settings: settings.clone(),
                 shared: shared.clone(),
                 shutdown: shutdown.clone(),
                 slot,
@@ -242,7 +241,6 @@ const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One accepted TCP connection on its way through the listener's checks.
 struct Connection {
-    settings: Arc<Settings>,
     shared: Arc<Shared>,
     shutdown: Shutdown,
     slot: Slot,
@@ -259,7 +257,7 @@ impl Connection {
         acceptor: Option<Arc<Acceptor>>,
     ) {
         let metrics = self.shared.metrics.clone();
-        let settings = self.settings.clone();
+        let settings = self.slot.settings.clone();
         // A load balancer's connection is counted against the client its header names; any
         // other at once, before it has said anything (it may say nothing for a long time).
         let balancer = settings
@@ -271,7 +269,9 @@ impl Connection {
         }
         let peer = match &settings.proxy_protocol {
             None => peer,
-            Some(proxy) => match proxy_header(&mut stream, peer, proxy, &self.shutdown).await {
+            Some(_) => match proxy_header(&mut stream, peer, balancer.is_some(), &self.shutdown)
+                .await
+            {
                 Ok(Some(client)) => client,
                 Ok(None) => return,
                 Err(why) => {
@@ -307,7 +307,7 @@ impl Connection {
         self.shared.metrics.refused_source.fetch_add(1, Relaxed);
         throttle::REFUSED.warn(format_args!(
             "{} connections open from {} (max_connections_per_source), closed the one from {peer}",
-            self.settings.max_per_source.unwrap_or_default(),
+            self.slot.settings.max_per_source.unwrap_or_default(),
             peer.ip()
         ));
         false
@@ -322,7 +322,7 @@ impl Connection {
         metrics.connections.fetch_add(1, Relaxed);
         metrics.connections_total.fetch_add(1, Relaxed);
         let pipeline = Pipeline::new(self.shared, origin);
-        match connection::run(stream, pipeline, self.settings.limits, self.shutdown).await {
+        match connection::run(stream, pipeline, self.slot.settings.limits, self.shutdown).await {
             Ok(connection::End::Idle) => {
                 metrics.idle_closed.fetch_add(1, Relaxed);
                 log::debug!("closed the connection from {peer}: idle_timeout");
@@ -348,20 +348,15 @@ fn origin(peer: SocketAddr) -> Origin {
 async fn proxy_header(
     stream: &mut TcpStream,
     peer: SocketAddr,
-    proxy: &ProxyProtocol,
+    trusted: bool,
     shutdown: &Shutdown,
 ) -> Result<Option<SocketAddr>, String> {
-    let trusted = proxy.trusts(peer.ip());
     let deadline = Instant::now() + PROXY_TIMEOUT;
     let mut buf = vec![0u8; 256];
     let mut seen = 0;
     loop {
-        let peeked = async { Some(stream.peek(&mut buf).await) }
-            .or(async {
-                shutdown.wait().await;
-                None
-            })
-            .or(async {
+        let peeked = shutdown
+            .unless(async { Some(stream.peek(&mut buf).await) }.or(async {
                 // The first bytes of a client that is not a load balancer may be long in
                 // coming (an idle syslog connection): only a load balancer is timed.
                 if trusted || seen > 0 {
@@ -369,19 +364,19 @@ async fn proxy_header(
                 } else {
                     std::future::pending::<()>().await;
                 }
-                Some(Err(std::io::ErrorKind::TimedOut.into()))
-            })
+                None
+            }))
             .await;
         let n = match peeked {
-            None | Some(Ok(0)) => return Ok(None),
-            Some(Ok(n)) => n,
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            None | Some(Some(Ok(0))) => return Ok(None),
+            Some(Some(Ok(n))) => n,
+            Some(None) => {
                 return Err(format!(
                     "no whole PROXY header within {}s",
                     PROXY_TIMEOUT.as_secs()
                 ))
             }
-            Some(Err(e)) => return Err(format!("reading its PROXY header: {e}")),
+            Some(Some(Err(e))) => return Err(format!("reading its PROXY header: {e}")),
         };
         match proxy::parse(&buf[..n]) {
             proxy::Parsed::Header { len, source } if trusted => {
@@ -454,35 +449,39 @@ async fn handshake(
 }
 
 /// Accepts until shutdown; `handle(stream, peer)` checks the connection and gives the task to
-/// spawn for it, or `None` to close it at once. Accept errors (out of file descriptors and the
-/// like) are retried with exponential back-off.
+/// spawn for it, or `None` to close it at once.
 async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: Shutdown, mut handle: F)
 where
     F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let name = listener
+        .local_addr()
+        .map_or_else(|_| "listener".to_string(), |a| a.to_string());
+    loop {
+        let Some((stream, peer)) = shutdown.unless(accept(&listener, &name)).await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        log::debug!("connection from {peer}");
+        if let Some(task) = handle(stream, peer) {
+            runtime::spawn(task).detach();
+        }
+    }
+}
+
+/// The next connection. Accept errors (out of file descriptors and the like) are logged through
+/// a throttle and retried with exponential back-off, never given up on; `what` names the
+/// listener in the log.
+pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                shutdown.wait().await;
-                None
-            })
-            .await;
-        match accepted {
-            None => return,
-            Some(Ok((stream, peer))) => {
-                backoff = Duration::from_millis(10);
-                let _ = stream.set_nodelay(true);
-                log::debug!("connection from {peer}");
-                if let Some(task) = handle(stream, peer) {
-                    runtime::spawn(task).detach();
-                }
-            }
-            Some(Err(e)) => {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
                 throttle::ACCEPT.log(
                     log::Level::Error,
-                    format_args!("accept failed: {e}; retrying in {backoff:?}"),
+                    format_args!("{what}: accept failed: {e}; retrying in {backoff:?}"),
                 );
                 smol::Timer::after(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -502,19 +501,15 @@ async fn udp(socket: UdpSocket, shared: Arc<Shared>, max: usize, shutdown: Shutd
         // Datagrams are batched like lines read from a stream; a batch waits at most
         // UDP_LINGER for more before it goes to the publisher.
         let pending = pipeline.has_pending();
-        let received = async { Some(Some(socket.recv_from(&mut buf).await)) }
-            .or(async {
-                shutdown.wait().await;
-                None
-            })
-            .or(async {
+        let received = shutdown
+            .unless(async { Some(socket.recv_from(&mut buf).await) }.or(async {
                 if pending {
                     smol::Timer::after(UDP_LINGER).await;
                 } else {
                     std::future::pending::<()>().await;
                 }
-                Some(None)
-            })
+                None
+            }))
             .await;
         let (n, peer) = match received {
             None => {

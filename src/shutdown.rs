@@ -57,4 +57,15 @@ impl Shutdown {
     pub async fn wait(&self) {
         while self.rx.recv().await.is_ok() {}
     }
+
+    /// What `work` comes to, or `None` when shutdown begins first (`work` is then dropped).
+    pub async fn unless<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        use futures_lite::FutureExt;
+        async { Some(work.await) }
+            .or(async {
+                self.wait().await;
+                None
+            })
+            .await
+    }
 }

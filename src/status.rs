@@ -9,7 +9,6 @@
 //! and an accept that fails (out of file descriptors) is retried, never fatal.
 
 use std::convert::Infallible;
-use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,7 +20,8 @@ use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
-use smol::{Async, LocalExecutor};
+use smol::net::{TcpListener, TcpStream};
+use smol::LocalExecutor;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::metrics::Metrics;
@@ -53,9 +53,9 @@ struct StatsBody {
 /// Binds `address` and serves until the process exits, on its own thread. Returns the address
 /// bound (port 0 picks a free one).
 pub fn serve(address: &str, sources: Sources) -> std::io::Result<String> {
-    let listener = TcpListener::bind(address)?;
+    let listener = std::net::TcpListener::bind(address)?;
     let bound = listener.local_addr()?.to_string();
-    let listener = Async::new(listener)?;
+    let listener = TcpListener::try_from(listener)?;
     std::thread::Builder::new()
         .name("status".into())
         .spawn(move || {
@@ -67,26 +67,13 @@ pub fn serve(address: &str, sources: Sources) -> std::io::Result<String> {
 }
 
 async fn accept_loop(
-    listener: Async<TcpListener>,
+    listener: TcpListener,
     executor: Rc<LocalExecutor<'static>>,
     sources: Rc<Sources>,
 ) {
     let open = Rc::new(std::cell::Cell::new(0usize));
-    let mut backoff = Duration::from_millis(10);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors, most often: wait for some to be given back.
-                throttle::ACCEPT.warn(format_args!(
-                    "status server: accept failed: {e}; retrying in {backoff:?}"
-                ));
-                smol::Timer::after(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(10);
+        let (stream, peer) = crate::listener::accept(&listener, "status server").await;
         if open.get() >= MAX_CONNECTIONS {
             sources.metrics.status_refused.fetch_add(1, Relaxed);
             throttle::REFUSED.warn(format_args!(
@@ -106,7 +93,7 @@ async fn accept_loop(
     }
 }
 
-async fn serve_connection(stream: Async<std::net::TcpStream>, sources: Rc<Sources>) {
+async fn serve_connection(stream: TcpStream, sources: Rc<Sources>) {
     let service = hyper::service::service_fn(move |request| {
         let response = respond(&request, &sources);
         async move { Ok::<_, Infallible>(response) }
