@@ -678,8 +678,8 @@ impl Publisher {
         // per run, and every delivery report of the run shares them (a reference count).
         let mut run: Option<Run> = None;
         for (i, mut record) in batch.into_iter().enumerate() {
-            // The publisher shares an executor thread with connections and the signal handler:
-            // it yields now and then, as they do.
+            // The publisher shares the executor's threads with the connections: it yields now
+            // and then, as they do.
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 smol::future::yield_now().await;
             }

@@ -6,7 +6,8 @@
 //! limited to [`MAX_HEADER_BYTES`] (431), a request with a body is answered 413 without reading
 //! it, a client gets [`HEADER_TIMEOUT`] to send its headers and [`CONNECTION_TIME`] in all, at most
 //! [`MAX_CONNECTIONS`] are served at once (more are closed at once, counted in `status.refused`),
-//! and an accept that fails (out of file descriptors) is retried, never fatal.
+//! and an accept that fails (out of file descriptors) is retried, never fatal
+//! ([`crate::listener::accept`], as for the syslog listeners).
 
 use std::convert::Infallible;
 use std::rc::Rc;
