@@ -14,7 +14,7 @@ use clap::Parser;
     about,
     after_help = "Exit codes: 0 success; 1 a runtime failure; 2 the configuration is not valid; \
                   3 shutdown could not deliver everything it had read.\n\
-                  Signals: SIGHUP reloads the TLS certificates; SIGINT and SIGTERM shut down."
+                  Signals: SIGHUP reloads the configuration and the TLS certificates; SIGINT and SIGTERM shut down."
 )]
 pub struct Cli {
     /// The configuration file.
@@ -32,4 +32,8 @@ pub struct Cli {
     /// With --test: print one JSON object per input line.
     #[arg(long, requires = "test")]
     pub json: bool,
+    /// Reload the configuration whenever its file changes (after it has stayed unchanged for
+    /// `global.reload.debounce`), as SIGHUP does.
+    #[arg(long)]
+    pub watch: bool,
 }

@@ -11,7 +11,7 @@ use crate::framing::{Framer, Step};
 use crate::metrics::{LineCounts, Metrics};
 use crate::publisher::Outbox;
 use crate::record::Batch;
-use crate::rules::{Origin, Rules};
+use crate::rules::{Current, Origin, Rules};
 use crate::shutdown::Shutdown;
 use crate::syslog;
 
@@ -24,7 +24,8 @@ const DRAIN_IDLE: Duration = Duration::from_millis(250);
 
 /// What every connection shares.
 pub struct Shared {
-    pub rules: Arc<Rules>,
+    /// The rules in use (replaced on reload).
+    pub rules: Current,
     pub metrics: Arc<Metrics>,
     /// The way to the publisher.
     pub outbox: Outbox,
@@ -33,6 +34,10 @@ pub struct Shared {
 /// The per-connection state of the pipeline (everything but the socket).
 pub struct Pipeline {
     shared: Arc<Shared>,
+    /// The rules this connection applies, and their generation: replaced by the current ones
+    /// between two frames when a reload has put new ones in use.
+    rules: Arc<Rules>,
+    generation: u64,
     origin: Origin,
     batch: Batch,
     batch_max: usize,
@@ -43,7 +48,10 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(shared: Arc<Shared>, origin: Origin) -> Self {
+        let (generation, rules) = shared.rules.get();
         Pipeline {
+            rules,
+            generation,
             batch: Vec::new(),
             batch_max: shared.outbox.batch_max(),
             counts: LineCounts::default(),
@@ -70,11 +78,11 @@ impl Pipeline {
         if msg.format == syslog::Format::Unparsed {
             self.counts.unparsed += 1;
         }
+        if self.shared.rules.generation() != self.generation {
+            (self.generation, self.rules) = self.shared.rules.get();
+        }
         let before = self.batch.len();
-        let outcome = self
-            .shared
-            .rules
-            .apply(&msg, &self.origin, &mut self.batch, None);
+        let outcome = self.rules.apply(&msg, &self.origin, &mut self.batch, None);
         for r in &mut self.batch[before..] {
             r.read_ms = self.read_ms;
         }
@@ -398,7 +406,7 @@ mod tests {
         let file = crate::deadletter::start(None, metrics.clone()).expect("dead-letter writer");
         let (outbox, inbox) = publisher::outbox(buffer, file);
         let shared = Arc::new(Shared {
-            rules: Arc::new(config.rules),
+            rules: Current::new(config.rules),
             metrics,
             outbox,
         });
@@ -435,6 +443,32 @@ mod tests {
     }
 
     const FORWARD_ALL: &str = "  - regex: '^route me'\n    actions:\n      - type: forward\n        topic: 'only'\n  - regex: 'topic'\n    actions:\n      - type: forward\n        topic: 'logs-{{hostname}}'\n  - regex: '.*'\n    field: appname\n    actions:\n      - type: forward\n        topic: 'all'\n";
+
+    #[test]
+    fn rules_replaced_while_a_connection_is_open_apply_from_its_next_frame() {
+        let (shared, inbox) = setup(FORWARD_ALL, 1024);
+        let mut pipeline = Pipeline::new(shared.clone(), Origin::default());
+        pipeline.frame(b"<13>route me first", false);
+        let text = "global:\n  listen:\n    port: 1\n  kafka:\n    conf:\n      bootstrap.servers: b\nrules:\n  - regex: 'route'\n    actions:\n      - type: forward\n        topic: 'new'\n";
+        let config = Config::parse("test.yml", text, |_| None).expect("valid config");
+        assert_eq!(shared.rules.replace(config.rules), 2);
+        // The record already made keeps its routing; the next frame gets the new rules.
+        pipeline.frame(b"<13>route me second", false);
+        let got = smol::block_on(async {
+            assert!(pipeline.flush().await);
+            drop(pipeline);
+            drop(shared);
+            inbox.recv().await.expect("a batch")
+        });
+        let routed: Vec<(&str, &str)> = got
+            .iter()
+            .map(|r| (&*r.topic, r.payload.as_str()))
+            .collect();
+        assert_eq!(
+            routed,
+            [("only", "route me first"), ("new", "route me second")]
+        );
+    }
 
     #[test]
     fn a_byte_stream_in_records_out_at_every_chunk_size() {

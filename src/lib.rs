@@ -4,7 +4,7 @@
 //! ([`framing`] → [`syslog`] → [`rules`], pure, no I/O) → [`publisher`] (through its
 //! [`publisher::Outbox`]) → Kafka, and [`deadletter`] for what Kafka will not take. [`record`]
 //! holds the types the later stages share; [`server`] starts and stops them all from a
-//! [`config::Config`]; `main.rs` only parses the command line and maps results to exit codes.
+//! [`config::Config`] and carries out what a [`reload`] of it changes; `main.rs` only parses the command line and maps results to exit codes.
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 
@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod publisher;
 pub mod record;
+pub mod reload;
 pub mod rules;
 pub mod runtime;
 pub mod server;

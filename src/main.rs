@@ -63,7 +63,11 @@ fn main() -> ExitCode {
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     trim_memory();
-    match runtime::block_on(threads, server::run(config)) {
+    let options = server::Options {
+        config_path: cli.config.clone(),
+        watch: cli.watch,
+    };
+    match runtime::block_on(threads, server::run(config, options)) {
         Ok(summary) if summary.undelivered > 0 => {
             log::error!(
                 "{} records were not delivered before the shutdown timeout; they are in the dead-letter file (or the log)",

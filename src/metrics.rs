@@ -104,6 +104,13 @@ pub struct Metrics {
     /// Records sent to `global.kafka.topic` because their own topic would have passed
     /// `global.kafka.max_topics`.
     pub topics_over_limit: AtomicU64,
+    /// The generation of the configuration in use: 1 at start, one more for every reload that
+    /// put a new one in use.
+    pub config_generation: AtomicU64,
+    /// Reloads that put a new configuration in use.
+    pub config_reloads: AtomicU64,
+    /// Reloads refused (the file was not valid, or a new listener could not start).
+    pub config_reload_failed: AtomicU64,
     /// Line read → Kafka acknowledgement, in milliseconds.
     pub latency: Histogram,
     topics: Mutex<HashMap<String, Arc<TopicCounters>>>,
@@ -312,7 +319,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 31] = [
+pub static COUNTERS: [Counter; 34] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -375,6 +382,27 @@ pub static COUNTERS: [Counter; 31] = [
         kind: Kind::Counter,
         help: "Records sent to global.kafka.topic because their topic would pass global.kafka.max_topics.",
         read: |m| get(&m.topics_over_limit),
+    },
+    Counter {
+        name: "config.generation",
+        prometheus: Some(("config_generation", "")),
+        kind: Kind::Gauge,
+        help: "The generation of the configuration in use (1 at start, one more per reload).",
+        read: |m| get(&m.config_generation),
+    },
+    Counter {
+        name: "config.reloads",
+        prometheus: Some(("config_reloads_total", "")),
+        kind: Kind::Counter,
+        help: "Reloads that put a new configuration in use.",
+        read: |m| get(&m.config_reloads),
+    },
+    Counter {
+        name: "config.reload_failed",
+        prometheus: Some(("config_reload_failures_total", "")),
+        kind: Kind::Counter,
+        help: "Reloads refused: the file was not valid, or a new listener could not start.",
+        read: |m| get(&m.config_reload_failed),
     },
     Counter {
         name: "lines",
@@ -755,6 +783,9 @@ mod tests {
         m.dead_lettered("logs");
         m.dead_letter_reason("msgsizetoolarge");
         m.latency.observe(3);
+        m.config_generation.store(2, Relaxed);
+        m.config_reloads.store(1, Relaxed);
+        m.config_reload_failed.store(1, Relaxed);
         m.watch_queues(Arc::new(|| 5), Arc::new(|| 6));
         m
     }

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use regex_automata::util::captures::Captures;
 use regex_automata::{meta, Input, PatternID, PatternSet};
@@ -251,6 +252,44 @@ pub struct Rules {
     group_of: Vec<Option<usize>>,
 }
 
+/// The rule set in use, replaced whole when the configuration is reloaded. A connection keeps
+/// the [`Rules`] it took and asks for the current ones before each frame (one atomic load when
+/// nothing changed), so no frame is handled half with old and half with new rules.
+pub struct Current {
+    rules: std::sync::Mutex<Arc<Rules>>,
+    /// Counts replacements; 1 for the rules loaded at start.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Current {
+    pub fn new(rules: Rules) -> Current {
+        Current {
+            rules: std::sync::Mutex::new(Arc::new(rules)),
+            generation: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The rules in use and their generation.
+    pub fn get(&self) -> (u64, Arc<Rules>) {
+        let rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        (self.generation(), rules.clone())
+    }
+
+    /// Puts `rules` in use; returns their generation.
+    pub fn replace(&self, rules: Rules) -> u64 {
+        let mut current = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(rules);
+        // Under the lock: `get` never pairs new rules with an old generation or the reverse.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1
+    }
+}
+
 /// Consecutive regex rules on one field (at least [`GROUP_MIN`]), compiled together into one
 /// multi-pattern regex that says, in one pass over the field, which of them match anywhere:
 /// hundreds of rules that a line does not match cost about one. The rules keep their order
@@ -383,6 +422,11 @@ impl Rules {
             groups,
             group_of,
         }
+    }
+
+    /// The topic for records whose rendered topic is not a legal name (`global.kafka.topic`).
+    pub fn set_default_topic(&mut self, topic: &str) {
+        self.default_topic = crate::template::forever(topic);
     }
 
     pub fn rules(&self) -> &[Rule] {

@@ -1,5 +1,6 @@
 //! The running server: starts the stages (publisher, listeners, status server, statsd), handles
-//! signals (SIGHUP reloads the TLS files; SIGINT and SIGTERM shut down), runs the shutdown in
+//! signals (SIGHUP reloads the configuration and the TLS files; SIGINT and SIGTERM shut down),
+//! carries out reloads (new rules in use, listeners started and stopped), runs the shutdown in
 //! order, and returns a [`Summary`] of every line it read.
 
 use std::fmt;
@@ -10,14 +11,17 @@ use std::time::{Duration, Instant};
 use futures_lite::{FutureExt, StreamExt};
 use smol::Task;
 
+use std::path::PathBuf;
+
 use crate::config::{Config, Global};
 use crate::connection::Shared;
 use crate::listener::{self, Listener};
 use crate::metrics::{self, Metrics};
 use crate::publisher::{self, Health, Outbox, Publisher};
+use crate::rules::Current;
 use crate::shutdown::{self, Shutdown};
 use crate::tls::Acceptor;
-use crate::{record, runtime, status, throttle};
+use crate::{record, reload, runtime, status, throttle, tls};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +110,21 @@ const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// How often counters go to statsd.
 const STATSD_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs the forwarder until SIGINT or SIGTERM, then shuts down in order.
-pub async fn run(config: Config) -> Result<Summary, Error> {
+/// How the server was started, beyond the configuration itself.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The configuration file, read again on reload.
+    pub config_path: PathBuf,
+    /// Reload when the file changes (`--watch`; also `global.reload.watch`).
+    pub watch: bool,
+}
+
+/// Runs the forwarder until SIGINT or SIGTERM, reloading the configuration on SIGHUP, `POST
+/// /reload` or (watched) a change of the file, then shuts down in order.
+pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
     let Config { global, rules } = config;
     let metrics = Metrics::new();
+    metrics.config_generation.store(1, Relaxed);
     let (publisher, outbox) = Publisher::new(&global.kafka, metrics.clone())?;
     let health = Arc::new(Health::default());
     publisher
@@ -130,19 +145,29 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
         async_signal::Signal::Hup,
     ])
     .map_err(io("cannot install signal handlers"))?;
-    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
     for l in &global.listen {
-        listeners.push(Listener::bind(l).await?);
+        bound.push(Listener::bind(l).await?);
     }
-    start_status(&global, &metrics, &health)?;
+    let (requests, requested) = reload::requests();
+    let last_error = Arc::new(reload::LastError::default());
+    start_status(&global, &metrics, &health, &requests, &last_error)?;
     let statsd = Statsd::start(&global, &metrics)?;
-    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let names: Vec<&str> = bound.iter().map(|l| l.name.as_str()).collect();
     log::info!(
         "hotdog {} listening on {} with {} rules",
         env!("CARGO_PKG_VERSION"),
         names.join(", "),
         rules.rules().len()
     );
+    if options.watch || global.reload.watch {
+        reload::watch(
+            options.config_path.clone(),
+            global.reload.debounce,
+            requests.clone(),
+        )
+        .map_err(io("cannot start watching the configuration file"))?;
+    }
 
     notify_systemd(sd_notify::NotifyState::Ready);
 
@@ -150,38 +175,214 @@ pub async fn run(config: Config) -> Result<Summary, Error> {
     let publishing = runtime::spawn(publisher.run(shutdown.clone()));
     let (done, all_done) = async_channel::bounded::<()>(1);
     let shared = Arc::new(Shared {
-        rules: Arc::new(rules),
+        rules: Current::new(rules),
         metrics: metrics.clone(),
         outbox: outbox.clone(),
     });
-    let acceptors: Vec<_> = listeners.iter().filter_map(Listener::acceptor).collect();
-    let listening: Vec<_> = listeners
-        .into_iter()
-        .map(|l| runtime::spawn(l.serve(shared.clone(), shutdown.clone(), done.clone())))
-        .collect();
-    drop((shared, done));
+    let mut running = Running {
+        path: options.config_path,
+        global,
+        listeners: Vec::new(),
+        stopped: Vec::new(),
+        shared,
+        shutdown: shutdown.clone(),
+        done,
+        last_error,
+    };
+    for listener in bound {
+        let started = running.start(listener);
+        running.listeners.push(started);
+    }
     let reporting = runtime::spawn(report_suppressed_logs(shutdown.clone()));
 
-    let stop = watch_signals(signals, acceptors).map_err(io("cannot start the signal thread"))?;
-    let _ = stop.recv().await;
+    let stop = watch_signals(signals, requests).map_err(io("cannot start the signal thread"))?;
+    loop {
+        let next = async { requested.recv().await.ok() }
+            .or(async {
+                let _ = stop.recv().await;
+                None
+            })
+            .await;
+        let Some(request) = next else { break };
+        let outcome = running.reload().await;
+        if let Some(reply) = request.reply {
+            let _ = reply.try_send(outcome);
+        }
+    }
     notify_systemd(sd_notify::NotifyState::Stopping);
-    let deadline = deadline_after(global.shutdown_timeout);
+    let timeout = running.global.shutdown_timeout;
+    let deadline = deadline_after(timeout);
     trigger.trigger(deadline);
-    let unacknowledged = shut_down(
-        listening,
-        all_done,
-        &outbox,
-        publishing,
-        deadline,
-        global.shutdown_timeout,
-    )
-    .await;
+    let listening = running.tasks();
+    let unacknowledged =
+        shut_down(listening, all_done, &outbox, publishing, deadline, timeout).await;
     statsd.stop().await;
     reporting.await;
     throttle::report_suppressed();
     let summary = Summary::new(&metrics, unacknowledged);
     log::info!("summary: {summary}");
     Ok(summary)
+}
+
+/// The server's parts that a reload changes.
+struct Running {
+    path: PathBuf,
+    /// The configuration in use (settings that need a restart keep their old values here).
+    global: Global,
+    /// In the order of `global.listen`.
+    listeners: Vec<Listening>,
+    /// Listeners a reload removed, finishing as at shutdown.
+    stopped: Vec<Task<()>>,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    /// Every connection task holds a clone (see [`Listener::serve`]); dropped at shutdown.
+    done: async_channel::Sender<()>,
+    last_error: Arc<reload::LastError>,
+}
+
+/// A listener being served.
+struct Listening {
+    name: String,
+    stop: shutdown::Trigger,
+    task: Task<()>,
+    acceptor: Option<Arc<Acceptor>>,
+}
+
+impl Running {
+    fn start(&self, listener: Listener) -> Listening {
+        let (stop, shutdown) = shutdown::child(&self.shutdown);
+        let name = listener.name.clone();
+        let acceptor = listener.acceptor();
+        let task = runtime::spawn(listener.serve(self.shared.clone(), shutdown, self.done.clone()));
+        Listening {
+            name,
+            stop,
+            task,
+            acceptor,
+        }
+    }
+
+    /// Re-reads the TLS files (as every SIGHUP always has), then the configuration file: when it
+    /// is valid, puts its rules in use, starts and stops listeners, and reports what it could not
+    /// change; when it is not, changes nothing.
+    async fn reload(&mut self) -> Result<reload::Report, reload::Failure> {
+        let acceptors: Vec<_> = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.acceptor.clone())
+            .collect();
+        smol::unblock(move || reload_tls(&acceptors)).await;
+        let metrics = self.shared.metrics.clone();
+        let outcome = self.try_reload().await;
+        match &outcome {
+            Ok(report) => {
+                metrics.config_reloads.fetch_add(1, Relaxed);
+                metrics.config_generation.store(report.generation, Relaxed);
+                self.last_error.set(None);
+                log::info!("reloaded {}: {report}", self.path.display());
+                if !report.restart_needed.is_empty() {
+                    log::warn!(
+                        "{}: these settings changed and keep their old values until hotdog restarts: {}",
+                        self.path.display(),
+                        report.restart_needed.join(", ")
+                    );
+                }
+            }
+            Err(errors) => {
+                metrics.config_reload_failed.fetch_add(1, Relaxed);
+                for e in errors {
+                    log::error!("{e}");
+                }
+                let generation = self.shared.rules.generation();
+                log::error!(
+                    "reload of {} failed with {} error(s); still running generation {generation}",
+                    self.path.display(),
+                    errors.len()
+                );
+                self.last_error.set(Some(errors.join("\n")));
+            }
+        }
+        outcome
+    }
+
+    async fn try_reload(&mut self) -> Result<reload::Report, reload::Failure> {
+        let path = self.path.clone();
+        let config = smol::unblock(move || Config::load(&path, &tls::check))
+            .await
+            .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let Config {
+            global: new,
+            mut rules,
+        } = config;
+        let plan = reload::plan(&self.global, &new);
+        // Every new listener binds before anything changes: one that cannot changes nothing.
+        let mut bound = Vec::new();
+        for (l, running) in new.listen.iter().zip(&plan.listeners) {
+            if running.is_none() {
+                bound.push(Listener::bind(l).await.map_err(|e| vec![e.to_string()])?);
+            }
+        }
+        // The publisher keeps its topic (a change needs a restart), and so do the rules.
+        rules.set_default_topic(&self.global.kafka.topic);
+        let count = rules.rules().len();
+        let generation = self.shared.rules.replace(rules);
+
+        let deadline = deadline_after(new.shutdown_timeout);
+        let mut old: Vec<Option<Listening>> = std::mem::take(&mut self.listeners)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut stopped = Vec::new();
+        for &o in &plan.stop {
+            if let Some(l) = old[o].take() {
+                l.stop.trigger(deadline);
+                stopped.push(l.name);
+                self.stopped.push(l.task);
+            }
+        }
+        let mut started = Vec::new();
+        let mut bound = bound.into_iter();
+        let mut listen = Vec::new();
+        for (l, running) in new.listen.into_iter().zip(plan.listeners) {
+            let kept = running.and_then(|o| Some((old[o].take()?, self.global.listen[o].clone())));
+            match kept {
+                Some((listening, settings)) => {
+                    self.listeners.push(listening);
+                    listen.push(settings);
+                }
+                None => {
+                    let Some(listener) = bound.next() else {
+                        continue;
+                    };
+                    started.push(listener.name.clone());
+                    let listening = self.start(listener);
+                    self.listeners.push(listening);
+                    listen.push(l);
+                }
+            }
+        }
+        self.global.listen = listen;
+        self.global.shutdown_timeout = new.shutdown_timeout;
+        Ok(reload::Report {
+            generation,
+            rules: count,
+            started,
+            stopped,
+            restart_needed: plan.restart,
+        })
+    }
+
+    /// Every listener's task, running or stopped, for the shutdown to wait for; the `done`
+    /// channel of the connections is left to close with their last one.
+    fn tasks(self) -> Vec<Task<()>> {
+        let Running {
+            listeners,
+            mut stopped,
+            ..
+        } = self;
+        stopped.extend(listeners.into_iter().map(|l| l.task));
+        stopped
+    }
 }
 
 /// Tells systemd (`Type=notify`) that hotdog is ready, or stopping; nothing when it was not
@@ -205,6 +406,8 @@ fn start_status(
     global: &Global,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
+    requests: &reload::Requests,
+    last_error: &Arc<reload::LastError>,
 ) -> Result<(), Error> {
     let Some(s) = &global.status else {
         return Ok(());
@@ -213,6 +416,8 @@ fn start_status(
     let sources = status::Sources {
         metrics: metrics.clone(),
         health: health.clone(),
+        reload: requests.clone(),
+        last_reload_error: last_error.clone(),
     };
     let bound = status::serve(&at, sources)
         .map_err(io(format!("cannot start the status server on {at}")))?;
@@ -268,14 +473,14 @@ async fn report_suppressed_logs(shutdown: Shutdown) {
 }
 
 /// Handles signals on a thread of its own, so that no load on the executor can delay them:
-/// SIGHUP reloads the TLS files; the returned channel closes at the first SIGINT or SIGTERM.
+/// SIGHUP asks for a reload; the returned channel closes at the first SIGINT or SIGTERM.
 ///
 /// The thread lives as long as the process and is idle nearly always: while it waits, it
 /// drives smol's reactor, so timers (the shutdown deadline) and socket events are seen on time
 /// even when every executor thread is busy with a flood.
 fn watch_signals(
     mut signals: async_signal::Signals,
-    acceptors: Vec<Arc<Acceptor>>,
+    requests: reload::Requests,
 ) -> std::io::Result<async_channel::Receiver<()>> {
     let (stop, stopped) = async_channel::bounded::<()>(1);
     std::thread::Builder::new()
@@ -284,7 +489,7 @@ fn watch_signals(
             smol::block_on(async {
                 while let Some(sig) = signals.next().await {
                     match sig {
-                        Ok(async_signal::Signal::Hup) => reload_tls(&acceptors),
+                        Ok(async_signal::Signal::Hup) => requests.ask(),
                         Ok(sig) if stop.close() => log::info!("received {sig:?}; shutting down"),
                         Ok(sig) => log::info!("received {sig:?}; already shutting down"),
                         Err(e) => log::warn!("signal handling: {e}"),
@@ -295,7 +500,7 @@ fn watch_signals(
     Ok(stopped)
 }
 
-/// Re-reads every TLS listener's files (on the signal thread: file reads block).
+/// Re-reads every TLS listener's files (blocks: off the executor).
 fn reload_tls(acceptors: &[Arc<Acceptor>]) {
     for a in acceptors {
         match a.reload() {

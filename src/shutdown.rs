@@ -11,8 +11,8 @@ pub struct Shutdown {
     deadline: Arc<OnceLock<Instant>>,
 }
 
-/// Begins shutdown when [`Trigger::trigger`] is called or when it is dropped.
-#[derive(Debug)]
+/// Begins shutdown when [`Trigger::trigger`] is called or when it (every clone) is dropped.
+#[derive(Debug, Clone)]
 pub struct Trigger {
     tx: async_channel::Sender<()>,
     deadline: Arc<OnceLock<Instant>>,
@@ -28,6 +28,30 @@ pub fn channel() -> (Trigger, Shutdown) {
         },
         Shutdown { rx, deadline },
     )
+}
+
+/// A shutdown for one part of the server (a listener that a reload removes): it begins with
+/// `parent`'s, with its deadline, or earlier when its own trigger is pulled.
+pub fn child(parent: &Shutdown) -> (Trigger, Shutdown) {
+    use futures_lite::FutureExt;
+    let (trigger, shutdown) = channel();
+    let (parent, own, pull) = (parent.clone(), shutdown.clone(), trigger.clone());
+    crate::runtime::spawn(async move {
+        let from_parent = async {
+            parent.wait().await;
+            true
+        }
+        .or(async {
+            own.wait().await;
+            false
+        })
+        .await;
+        if from_parent {
+            pull.trigger(parent.deadline().unwrap_or_else(Instant::now));
+        }
+    })
+    .detach();
+    (trigger, shutdown)
 }
 
 impl Trigger {

@@ -1,5 +1,6 @@
 //! The HTTP status server: `/stats` as JSON (hotdog 0.5's format), `/metrics` in the Prometheus
-//! text format, `/health`.
+//! text format, `/health`, and `POST /reload` (reloads the configuration, answers with the
+//! outcome).
 //!
 //! HTTP is hyper's (on smol through smol-hyper), on a thread and executor of its own so that a
 //! busy pipeline never delays `/health`. Nothing a client sends can stop or stall it: headers are
@@ -42,6 +43,9 @@ pub const CONNECTION_TIME: Duration = Duration::from_secs(30);
 pub struct Sources {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Where `POST /reload` asks for a reload.
+    pub reload: crate::reload::Requests,
+    pub last_reload_error: Arc<crate::reload::LastError>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +53,21 @@ struct StatsBody {
     message: &'static str,
     version: &'static str,
     stats: std::collections::BTreeMap<String, i64>,
+    /// Why the last reload changed nothing, until one succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_reload_error: Option<String>,
+}
+
+/// The answer to `POST /reload`.
+#[derive(Serialize)]
+struct ReloadBody {
+    ok: bool,
+    /// The generation in use after the reload.
+    generation: u64,
+    #[serde(flatten)]
+    report: Option<crate::reload::Report>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<String>,
 }
 
 /// Binds `address` and serves until the process exits, on its own thread. Returns the address
@@ -96,8 +115,8 @@ async fn accept_loop(
 
 async fn serve_connection(stream: TcpStream, sources: Rc<Sources>) {
     let service = hyper::service::service_fn(move |request| {
-        let response = respond(&request, &sources);
-        async move { Ok::<_, Infallible>(response) }
+        let sources = sources.clone();
+        async move { Ok::<_, Infallible>(respond(&request, &sources).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(SmolTimer::new())
@@ -115,7 +134,7 @@ async fn serve_connection(stream: TcpStream, sources: Rc<Sources>) {
     }
 }
 
-fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+async fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
     // No request takes a body: one announced is refused unread, and the connection closed, so
     // a client cannot make the server read or wait for it.
     let body = request.body();
@@ -134,24 +153,69 @@ fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Byte
             message: "hotdog is running",
             version: env!("CARGO_PKG_VERSION"),
             stats: sources.metrics.snapshot(),
+            last_reload_error: sources.last_reload_error.get(),
         }),
         (&Method::GET, "/metrics") => with_type(
             text(crate::metrics::prometheus(&sources.metrics), StatusCode::OK),
             "text/plain; version=0.0.4",
         ),
-        (&Method::GET, "/health") => match sources.health.get() {
-            Ok(()) => text("ok: a Kafka broker is reachable\n".into(), StatusCode::OK),
-            Err(reason) => text(
-                format!("unavailable: {reason}\n"),
-                StatusCode::SERVICE_UNAVAILABLE,
-            ),
-        },
+        (&Method::GET, "/health") => {
+            let (mut body, code) = match sources.health.get() {
+                Ok(()) => (
+                    "ok: a Kafka broker is reachable\n".to_string(),
+                    StatusCode::OK,
+                ),
+                Err(reason) => (
+                    format!("unavailable: {reason}\n"),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                ),
+            };
+            // A failed reload leaves hotdog running on the configuration it had: worth
+            // saying, not a reason to be taken out of service.
+            let generation = sources.metrics.config_generation.load(Relaxed);
+            body.push_str(&format!("configuration generation {generation}\n"));
+            if let Some(e) = sources.last_reload_error.get() {
+                body.push_str(&format!("last reload failed:\n{e}\n"));
+            }
+            text(body, code)
+        }
+        (&Method::POST, "/reload") => reload(sources).await,
         (&Method::GET, "/") => text(
-            "hotdog status server: /stats /metrics /health\n".into(),
+            "hotdog status server: /stats /metrics /health; POST /reload\n".into(),
             StatusCode::OK,
         ),
         _ => text("not found\n".into(), StatusCode::NOT_FOUND),
     }
+}
+
+/// Reloads the configuration and answers with what changed (200) or why nothing did (422).
+async fn reload(sources: &Sources) -> Response<Full<Bytes>> {
+    let outcome = sources.reload.reload().await;
+    let generation = sources.metrics.config_generation.load(Relaxed);
+    let (body, code) = match outcome {
+        None => return text("shutting down\n".into(), StatusCode::SERVICE_UNAVAILABLE),
+        Some(Ok(report)) => (
+            ReloadBody {
+                ok: true,
+                generation,
+                report: Some(report),
+                errors: Vec::new(),
+            },
+            StatusCode::OK,
+        ),
+        Some(Err(errors)) => (
+            ReloadBody {
+                ok: false,
+                generation,
+                report: None,
+                errors,
+            },
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    };
+    let mut response = json(&body);
+    *response.status_mut() = code;
+    response
 }
 
 fn with_type(mut r: Response<Full<Bytes>>, content_type: &'static str) -> Response<Full<Bytes>> {

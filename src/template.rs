@@ -23,12 +23,22 @@ pub trait Lookup {
     fn to_json(&self) -> serde_json::Value;
 }
 
-/// A name or text from the configuration, kept until the process ends. The configuration is
-/// loaded once, so this is bounded; in exchange, the records that carry such a name (a topic, a
-/// header name) carry a plain reference, with no reference count to update on the connection's
-/// thread and again on the publisher's for every record.
+/// A name or text from the configuration, kept until the process ends. The same text is kept
+/// once however often the configuration is loaded (it is reloaded live), so what is kept is
+/// bounded by the distinct names ever configured; in exchange, the records that carry such a
+/// name (a topic, a header name) carry a plain reference, with no reference count to update on
+/// the connection's thread and again on the publisher's for every record.
 pub fn forever(text: &str) -> &'static str {
-    Box::leak(text.to_string().into_boxed_str())
+    static KEPT: std::sync::Mutex<Option<std::collections::HashSet<&'static str>>> =
+        std::sync::Mutex::new(None);
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    let kept = kept.get_or_insert_with(Default::default);
+    if let Some(k) = kept.get(text) {
+        return k;
+    }
+    let k: &'static str = Box::leak(text.to_string().into_boxed_str());
+    kept.insert(k);
+    k
 }
 
 /// A compiled template.

@@ -9,7 +9,7 @@ use marked_yaml::Node;
 use super::yaml::{every, kind, scalar, unknown_name, Cx, Map};
 use super::{
     ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Outside, Protocol, ProxyProtocol,
-    Status, Tls, ENV_OVERRIDES,
+    Reload, Status, Tls, ENV_OVERRIDES,
 };
 
 pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Global> {
@@ -42,6 +42,10 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         super::MAX_TIMEOUT,
         Duration::from_secs(30),
     );
+    let reload = match g.get("reload") {
+        Some(n) => decode_reload(cx, n),
+        None => Some(Reload::default()),
+    };
     g.finish(cx);
     Some(Global {
         listen: listen?,
@@ -49,6 +53,7 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         metrics: metrics?,
         status: status?,
         shutdown_timeout: shutdown_timeout?,
+        reload: reload?,
     })
 }
 
@@ -394,4 +399,33 @@ fn decode_status(cx: &mut Cx<'_>, node: &Node) -> Option<Status> {
     let port = m.number(cx, "port").unwrap_or(8585);
     m.finish(cx);
     Some(Status { address, port })
+}
+
+fn decode_reload(cx: &mut Cx<'_>, node: &Node) -> Option<Reload> {
+    let mut m = Map::new(cx, node, "global.reload")?;
+    let watch = match m.get("watch") {
+        None => Some(false),
+        Some(n) => match scalar(cx, n, "global.reload.watch")?.as_str() {
+            "true" | "yes" | "on" => Some(true),
+            "false" | "no" | "off" => Some(false),
+            other => {
+                cx.error(
+                    n,
+                    format!("expected true or false for `global.reload.watch`, found `{other}`"),
+                );
+                None
+            }
+        },
+    };
+    let debounce = m.duration_at_most(
+        cx,
+        "debounce",
+        Duration::from_secs(60),
+        Reload::default().debounce,
+    );
+    m.finish(cx);
+    Some(Reload {
+        watch: watch?,
+        debounce: debounce?,
+    })
 }

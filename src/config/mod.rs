@@ -44,10 +44,32 @@ pub struct Global {
     /// `global.shutdown_timeout`: how long shutdown waits for open connections and for Kafka to
     /// acknowledge what was read (seconds, or a duration like `30s`). Default 30 s.
     pub shutdown_timeout: Duration,
+    /// `global.reload`: reloading when the file changes.
+    pub reload: Reload,
+}
+
+/// `global.reload:`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// `watch`: reload the configuration when its file changes (as `--watch` does). Default
+    /// false.
+    pub watch: bool,
+    /// `debounce`: how long the file must stay unchanged after a change before it is reloaded
+    /// (an editor may save in several writes). Default 500 ms.
+    pub debounce: Duration,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload {
+            watch: false,
+            debounce: Duration::from_millis(500),
+        }
+    }
 }
 
 /// One entry of `global.listen` (which is one mapping, or a list of them).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
     /// `address`: the address to bind. Default `127.0.0.1`.
     pub address: String,
@@ -74,7 +96,7 @@ pub struct Listen {
 }
 
 /// `global.listen.proxy_protocol:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProxyProtocol {
     /// `from`: the networks of the load balancers, which must send a header; a header from
     /// anywhere else closes the connection.
@@ -92,7 +114,7 @@ impl ProxyProtocol {
 }
 
 /// How a listener receives syslog.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Protocol {
     Tcp,
     /// `tls`: `cert`, `key`, optional `ca`, `client_auth`, `handshake_timeout`.
@@ -139,8 +161,19 @@ pub struct Tls {
     pub at: (usize, usize),
 }
 
+/// The same settings, wherever they are written.
+impl PartialEq for Tls {
+    fn eq(&self, other: &Tls) -> bool {
+        self.cert == other.cert
+            && self.key == other.key
+            && self.ca == other.ca
+            && self.client_auth == other.client_auth
+            && self.handshake_timeout == other.handshake_timeout
+    }
+}
+
 /// `global.kafka:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Kafka {
     /// `conf`: every key is handed to librdkafka as it is (`bootstrap.servers`, `linger.ms`, ...).
     /// The environment variables `KAFKA_BROKER`, `SASL_SCRAM_USERNAME` and
@@ -163,14 +196,14 @@ pub struct Kafka {
 }
 
 /// `global.metrics:`
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Metrics {
     /// `statsd`: `host:port` of a statsd server; no statsd output when absent.
     pub statsd: Option<String>,
 }
 
 /// `global.status:`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     /// `address`: default `127.0.0.1`.
     pub address: String,
@@ -179,7 +212,7 @@ pub struct Status {
 }
 
 /// `global.kafka.dead_letter:`
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeadLetter {
     /// `topic`: where refused records are produced, with headers `hotdog-original-topic` and
     /// `hotdog-reason`.

@@ -406,6 +406,25 @@ impl Hotdog {
         http_get(&format!("127.0.0.1:{}", self.status_port), path)
     }
 
+    /// `POST /reload`: (status code, the JSON answer).
+    pub fn reload(&self) -> (u16, serde_json::Value) {
+        let (code, body) = http(
+            &format!("127.0.0.1:{}", self.status_port),
+            "POST",
+            "/reload",
+        );
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (code, v)
+    }
+
+    /// Replaces the configuration file (hotdog reads it on reload).
+    pub fn rewrite_config(&self, yaml: &str) {
+        // Written beside it, then renamed over it, as editors and deploy tools do.
+        let new = self.dir.path().join("hotdog.yml.new");
+        std::fs::write(&new, yaml).expect("write config");
+        std::fs::rename(&new, &self.config).expect("replace config");
+    }
+
     /// One counter from `/stats`.
     pub fn stat(&self, name: &str) -> i64 {
         let (code, body) = self.http_get("/stats");
@@ -469,10 +488,15 @@ impl Drop for Hotdog {
 
 /// A minimal HTTP/1.0 GET, so the tests need no HTTP client of their own.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http(addr, "GET", path)
+}
+
+/// A minimal HTTP/1.0 request without a body: (status code, body).
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the status server");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read response");
     let code = text
