@@ -30,6 +30,7 @@ for f in /usr/bin/hotdog /etc/hotdog/hotdog.yml /usr/lib/systemd/system/hotdog.s
     /usr/share/man/man1/hotdog.1.gz /usr/share/bash-completion/completions/hotdog \
     /usr/share/zsh/vendor-completions/_hotdog /usr/share/fish/vendor_completions.d/hotdog.fish \
     /usr/share/doc/hotdog/README.adoc /usr/share/doc/hotdog/copyright \
+    /usr/share/doc/hotdog/examples/hotdog.yml /usr/share/doc/hotdog/examples/hotdog.test.yml \
     /usr/share/doc/hotdog/contrib/rsyslog/60-hotdog.conf \
     /usr/share/doc/hotdog/contrib/syslog-ng/hotdog.conf /usr/share/doc/hotdog/contrib/hotdog-tls.yml; do
     [ -e "$f" ] || fail "$f is missing"
@@ -52,7 +53,9 @@ grep -q -- '--config' /usr/share/bash-completion/completions/hotdog || fail "bas
 version=$(runuser -u hotdog -- /usr/bin/hotdog --version)
 grep -q "hotdog $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)" <<<"$version" || fail "version: $version"
 runuser -u hotdog -- /usr/bin/hotdog --check -c /etc/hotdog/hotdog.yml || fail "--check on the installed config"
-ok "man page, completions, --version, --check as the hotdog user"
+(cd /usr/share/doc/hotdog/examples && /usr/bin/hotdog test -c hotdog.yml hotdog.test.yml >/dev/null) ||
+    fail "hotdog test on the installed example rules"
+ok "man page, completions, --version, --check as the hotdog user, the example rule tests"
 
 verify=$(systemd-analyze verify /usr/lib/systemd/system/hotdog.service 2>&1) || fail "systemd-analyze verify: $verify"
 [ -z "$verify" ] || fail "systemd-analyze verify says: $verify"

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Forward syslog over TCP, TLS and UDP to Kafka, routed and rewritten by the rules in a YAML
 /// file.
@@ -18,7 +18,7 @@ use clap::Parser;
 )]
 pub struct Cli {
     /// The configuration file.
-    #[arg(short = 'c', long = "config", default_value = "hotdog.yml", value_hint = clap::ValueHint::FilePath)]
+    #[arg(short = 'c', long = "config", default_value = "hotdog.yml", global = true, value_hint = clap::ValueHint::FilePath)]
     pub config: PathBuf,
     /// Validate the configuration and exit: 0 when it is valid, 2 with every error otherwise.
     #[arg(long)]
@@ -36,4 +36,20 @@ pub struct Cli {
     /// `global.reload.debounce`), as SIGHUP does.
     #[arg(long)]
     pub watch: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run rule test cases against the configuration's rules, without Kafka: exit 0 when every
+    /// case passes, 1 when any fails, 2 when a file is not valid.
+    Test {
+        /// Test files (YAML: `tests:`, a list of cases with an input and the records expected).
+        #[arg(required = true, value_name = "TESTS.yml", value_hint = clap::ValueHint::FilePath)]
+        files: Vec<PathBuf>,
+        /// Also write the results as a JUnit XML report to FILE.
+        #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
+        junit: Option<PathBuf>,
+    },
 }

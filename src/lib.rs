@@ -20,6 +20,7 @@ pub mod publisher;
 pub mod record;
 pub mod reload;
 pub mod rules;
+pub mod ruletest;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use hotdog::cli::Cli;
-use hotdog::config::Config;
-use hotdog::{runtime, server, testmode, tls};
+use hotdog::cli::{Cli, Command};
+use hotdog::config::{self, Config};
+use hotdog::{ruletest, runtime, server, testmode, tls};
 
 /// Gives memory that is free inside glibc's heaps back to the system, every few seconds:
 /// without it, what thousands of connections used stays in the process after they close
@@ -58,6 +58,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Test { files, junit }) = &cli.command {
+        return run_tests(&config, files, junit.as_deref());
+    }
     if let Some(path) = cli.test {
         return test_rules(&config, &path, cli.json);
     }
@@ -87,6 +90,65 @@ fn main() -> ExitCode {
     }
 }
 
+/// The longest frame kept, for `-t` and `hotdog test`: the first listener's.
+fn max_message_size(config: &Config) -> usize {
+    config
+        .global
+        .listen
+        .first()
+        .map_or(64 * 1024, |l| l.max_message_size)
+}
+
+/// `hotdog test FILES...`: the rule test cases, against the rules.
+fn run_tests(
+    config: &Config,
+    files: &[std::path::PathBuf],
+    junit: Option<&std::path::Path>,
+) -> ExitCode {
+    // Every file is read, and every error in any of them reported, before a case runs.
+    let mut loaded = Vec::new();
+    let mut invalid = 0;
+    for path in files {
+        match config::load_tests(path) {
+            Ok(t) => loaded.push((path.display().to_string(), t)),
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("hotdog: {} error(s) in {}", errors.0.len(), path.display());
+                invalid += 1;
+            }
+        }
+    }
+    if invalid > 0 {
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut stdout = std::io::stdout().lock();
+    let results = match ruletest::run(
+        &config.rules,
+        &loaded,
+        max_message_size(config),
+        &mut stdout,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hotdog: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    if let Some(path) = junit {
+        let written = std::fs::File::create(path)
+            .and_then(|f| ruletest::junit(&results, std::io::BufWriter::new(f)));
+        if let Err(e) = written {
+            eprintln!("hotdog: cannot write {}: {e}", path.display());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    if results.failed() > 0 {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// `-t LOGFILE`: every line through the rules, printed.
 fn test_rules(config: &Config, path: &std::path::Path, json: bool) -> ExitCode {
     let file = match std::fs::File::open(path) {
@@ -97,13 +159,7 @@ fn test_rules(config: &Config, path: &std::path::Path, json: bool) -> ExitCode {
         }
     };
     let stdout = std::io::stdout().lock();
-    // Frames as long as the first listener keeps.
-    let max = config
-        .global
-        .listen
-        .first()
-        .map_or(64 * 1024, |l| l.max_message_size);
-    match testmode::run(&config.rules, file, max, stdout, json) {
+    match testmode::run(&config.rules, file, max_message_size(config), stdout, json) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`hotdog -t log | head`): nothing more to say.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

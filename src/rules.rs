@@ -239,6 +239,8 @@ pub struct Origin {
     pub tls_client_cn: Option<String>,
     /// Its subject alternative DNS names, comma-separated.
     pub tls_client_san: Option<String>,
+    /// A fixed time for `{{iso8601}}` (rule tests); `None`: the time the template renders.
+    pub clock: Option<std::time::SystemTime>,
 }
 
 /// The compiled rule set; shared read-only by every connection.
@@ -751,7 +753,8 @@ impl Vars<'_> {
             "msg" => Some(Cow::Borrowed(m.msg)),
             "version" => Some(Cow::Borrowed(env!("CARGO_PKG_VERSION"))),
             "iso8601" => Some(Cow::Borrowed(self.now.get_or_init(|| {
-                humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+                let now = self.origin.clock.unwrap_or_else(std::time::SystemTime::now);
+                humantime::format_rfc3339_millis(now).to_string()
             }))),
             "value" => self.value.as_deref().map(Cow::Borrowed),
             "hostname" => m.hostname.map(Cow::Borrowed),
@@ -970,6 +973,7 @@ mod tests {
                 peer_addr: Some("127.0.0.1:5000".into()),
                 tls_client_cn: Some("tenant-a".into()),
                 tls_client_san: None,
+                clock: None,
             },
             &mut out,
             None,

@@ -15,15 +15,30 @@ use crate::syslog::{self, Message};
 /// `out`: readable text, or with `as_json` one JSON object per frame.
 pub fn run(
     rules: &Rules,
-    mut input: impl Read,
+    input: impl Read,
     max: usize,
     mut out: impl Write,
     as_json: bool,
 ) -> std::io::Result<()> {
+    let mut number = 0;
+    each_frame(input, max, |data, truncated| {
+        number += 1;
+        report(rules, data, truncated, number, &mut out, as_json)
+    })?;
+    out.flush()
+}
+
+/// Cuts `input` into frames of at most `max` bytes, as a connection does (newline or
+/// octet-counted frames, trimming, the last frame without a terminator), and calls `f` with
+/// each and whether it was truncated.
+pub fn each_frame(
+    mut input: impl Read,
+    max: usize,
+    mut f: impl FnMut(&[u8], bool) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut framer = Framer::new(max);
     let mut buf: Vec<u8> = Vec::new();
     let mut start = 0;
-    let mut number = 0;
     let mut chunk = vec![0u8; 64 * 1024];
     let mut eof = false;
     while !eof {
@@ -39,8 +54,7 @@ pub fn run(
                     truncated,
                     consumed,
                 } => {
-                    number += 1;
-                    report(rules, data, truncated, number, &mut out, as_json)?;
+                    f(data, truncated)?;
                     start += consumed;
                 }
                 Step::Skip { consumed } => start += consumed,
@@ -49,9 +63,9 @@ pub fn run(
         }
     }
     if let Some(last) = framer.finish(&buf[start..]) {
-        report(rules, last, false, number + 1, &mut out, as_json)?;
+        f(last, false)?;
     }
-    out.flush()
+    Ok(())
 }
 
 /// The report of one frame.

@@ -313,3 +313,91 @@ fn tls_file_errors_come_with_the_rest_and_say_where() {
     }
     assert!(err.contains("3 error(s)"), "{err}");
 }
+
+#[test]
+fn the_shipped_rule_tests_pass_cover_every_rule_and_write_junit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let junit = dir.path().join("junit.xml");
+    let (code, out, err) = run_hotdog(&[
+        "test",
+        "-c",
+        "hotdog.yml",
+        "hotdog.test.yml",
+        "--junit",
+        &junit.to_string_lossy(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("8 passed, 0 failed"), "{out}");
+    assert!(!out.contains("rules no case matched"), "{out}");
+    let xml = std::fs::read_to_string(&junit).expect("junit report");
+    assert!(
+        xml.contains(r#"<testsuite name="hotdog.test.yml" tests="8" failures="0">"#),
+        "{xml}"
+    );
+    assert!(!xml.contains("<failure"), "{xml}");
+}
+
+/// A configuration whose rules read connection facts and the clock.
+const FACTS: &str = "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b'\nrules:\n  - regex: '^audit'\n    actions:\n      - type: forward\n        topic: 'audit-{{tls_client_cn}}'\n        key: '{{peer_addr}}'\n        headers:\n          at: '{{iso8601}}'\n          san: '{{tls_client_san}}'\n  - regex: 'drop'\n    actions:\n      - type: stop\n";
+
+#[test]
+fn rule_tests_fail_with_the_rule_that_matched_and_a_diff() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("hotdog.yml");
+    std::fs::write(&config, FACTS).expect("config");
+    let tests = dir.path().join("t.yml");
+    std::fs::write(
+        &tests,
+        "tests:\n  - name: facts and a fixed clock\n    input: '<13>audit ok'\n    peer_addr: '10.1.2.3:999'\n    tls_client_cn: tenant-a\n    tls_client_san: a.example.com\n    clock: '2030-01-02T03:04:05Z'\n    records:\n      - topic: audit-tenant-a\n        key: '10.1.2.3:999'\n        payload: audit ok\n        headers:\n          at: '2030-01-02T03:04:05.000Z'\n          san: a.example.com\n  - name: wrong topic\n    input: '<13>audit no cert'\n    records:\n      - topic: audit-tenant-b\n  - name: dropped lines make no record\n    input: '<13>please drop me'\n    unrouted: true\n  - name: but this one is routed\n    input: '<13>audit and drop'\n    unrouted: true\n",
+    )
+    .expect("tests");
+    let junit = dir.path().join("junit.xml");
+    let (code, out, err) = run_hotdog(&[
+        "test",
+        "-c",
+        &config.to_string_lossy(),
+        &tests.to_string_lossy(),
+        "--junit",
+        &junit.to_string_lossy(),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("ok   facts and a fixed clock"), "{out}");
+    assert!(out.contains("ok   dropped lines make no record"), "{out}");
+    let file = tests.to_string_lossy();
+    assert!(
+        out.contains(&format!("FAIL wrong topic ({file}:15:5)")),
+        "{out}"
+    );
+    // The rule that matched, then expected against got.
+    let rule = format!("matched rule 0 ({}:8)", config.to_string_lossy());
+    assert!(out.contains(&rule), "{out}");
+    assert!(out.contains(r#"-     "topic": "audit-tenant-b""#), "{out}");
+    // No CN: the rendered topic `audit-` is still legal.
+    assert!(out.contains(r#"+     "topic": "audit-""#), "{out}");
+    assert!(out.contains("FAIL but this one is routed"), "{out}");
+    assert!(out.contains("2 passed, 2 failed"), "{out}");
+    let xml = std::fs::read_to_string(&junit).expect("junit report");
+    assert_eq!(xml.matches("<failure").count(), 2, "{xml}");
+}
+
+#[test]
+fn invalid_rule_test_files_exit_2_with_every_error_located() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tests = dir.path().join("t.yml");
+    std::fs::write(
+        &tests,
+        "tests:\n  - name: two inputs\n    input: a\n    raw: b\n    unrouted: true\n  - nme: typo\n    input: c\n    records:\n      - topic: t\n        payload_json: '{not json'\n",
+    )
+    .expect("tests");
+    let (code, out, err) = run_hotdog(&["test", "-c", "hotdog.yml", &tests.to_string_lossy()]);
+    assert_eq!(code, 2, "{out}{err}");
+    let file = tests.to_string_lossy();
+    for expected in [
+        format!("{file}:4:10: `tests[0]` needs exactly one of `input`, `raw` or `raw_hex`"),
+        format!("{file}:6:5: unknown key `nme` in `tests[1]`; did you mean `name`?"),
+        format!("{file}:10:23: `tests[1].records[0].payload_json` is not JSON"),
+    ] {
+        assert!(err.contains(&expected), "{expected}\n{err}");
+    }
+    assert!(out.is_empty(), "no case runs: {out}");
+}

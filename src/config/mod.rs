@@ -8,6 +8,7 @@
 //!
 //! A configuration written for hotdog 0.5 loads unchanged; keys added since are optional.
 
+pub mod cases;
 mod global;
 mod rules;
 mod yaml;
@@ -297,26 +298,10 @@ impl Config {
         text: &str,
         outside: &Outside<'_>,
     ) -> Result<Config, ConfigErrors> {
+        let root = read_yaml(file, text, "`global` and `rules`")?;
         let mut cx = Cx {
             file,
             errors: Vec::new(),
-        };
-        // Editors on some systems start a UTF-8 file with a byte-order mark.
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        if let Some(line) = second_document(text) {
-            return Err(ConfigErrors(vec![ConfigError {
-                file: file.to_string(),
-                line,
-                column: 1,
-                message: "a second YAML document; hotdog reads exactly one (remove this `---` or `...` and what follows, or merge it into the first)".into(),
-            }]));
-        }
-        let options = LoaderOptions::default()
-            .error_on_duplicate_keys(true)
-            .prevent_coercion(true);
-        let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
-            Ok(root) => root,
-            Err(e) => return Err(ConfigErrors(vec![yaml::load_error(file, e)])),
         };
         let config = decode_root(&mut cx, &root, outside);
         match config {
@@ -329,6 +314,53 @@ impl Config {
             }
         }
     }
+}
+
+/// Reads a rule test file (`hotdog test`), with every error located as for the configuration.
+pub fn load_tests(path: &Path) -> Result<cases::TestFile, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the test file: {e}"),
+        }])
+    })?;
+    let root = read_yaml(&file, &text, "`tests`")?;
+    let mut cx = Cx {
+        file: &file,
+        errors: Vec::new(),
+    };
+    match cases::decode(&mut cx, &root) {
+        Some(t) if cx.errors.is_empty() => Ok(t),
+        _ => {
+            if cx.errors.is_empty() {
+                cx.error(&root, "the test file is not valid");
+            }
+            Err(ConfigErrors(cx.errors))
+        }
+    }
+}
+
+/// One YAML document as a tree that keeps every node's line and column; `top` says what the
+/// top-level mapping holds, for the error when it is not one.
+fn read_yaml(file: &str, text: &str, top: &str) -> Result<Node, ConfigErrors> {
+    // Editors on some systems start a UTF-8 file with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(line) = second_document(text) {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line,
+            column: 1,
+            message: "a second YAML document; hotdog reads exactly one (remove this `---` or `...` and what follows, or merge it into the first)".into(),
+        }]));
+    }
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    marked_yaml::parse_yaml_with_options(0, text, options)
+        .map_err(|e| ConfigErrors(vec![yaml::load_error(file, top, e)]))
 }
 
 /// The line (from 1) of a document marker that begins a second YAML document: `---` after

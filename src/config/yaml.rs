@@ -46,7 +46,8 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-pub(super) fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
+/// The error of a file that is not YAML as expected; `top` says what the top-level mapping holds.
+pub(super) fn load_error(file: &str, top: &str, e: marked_yaml::LoadError) -> ConfigError {
     use marked_yaml::LoadError::*;
     let at = |m: &marked_yaml::Marker, message: String| ConfigError {
         file: file.to_string(),
@@ -55,10 +56,7 @@ pub(super) fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
         message,
     };
     match &e {
-        TopLevelMustBeMapping(m) => at(
-            m,
-            "expected a mapping with `global` and `rules` at the top".into(),
-        ),
+        TopLevelMustBeMapping(m) => at(m, format!("expected a mapping with {top} at the top")),
         UnexpectedAnchor(m) => at(m, "YAML anchors are not supported here".into()),
         MappingKeyMustBeScalar(m) => at(m, "keys must be plain strings".into()),
         UnexpectedTag(m) => at(m, "YAML tags are not supported here".into()),
