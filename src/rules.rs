@@ -292,14 +292,73 @@ impl Current {
     }
 }
 
-/// Consecutive regex rules on one field (at least [`GROUP_MIN`]), compiled together into one
-/// multi-pattern regex that says, in one pass over the field, which of them match anywhere:
-/// hundreds of rules that a line does not match cost about one. The rules keep their order
-/// and their own regexes, which find the captures of the first that matches.
+/// Consecutive regex rules on one field (at least [`GROUP_MIN`]) looked for together, in one
+/// pass over the field, so that hundreds of rules a line does not match cost about one. The
+/// rules keep their order and their own regexes, which decide (and find the captures of) the
+/// first that matches.
 struct Group {
-    /// The index of its first rule; pattern `i` is rule `first + i`.
+    /// The index of its first rule; rule `first + i` is the group's `i`th.
     first: usize,
-    set: meta::Regex,
+    finder: Finder,
+    /// How many rules it has.
+    len: usize,
+}
+
+/// How a [`Group`] tells which of its rules to try.
+enum Finder {
+    /// Every rule has literals one of which must occur in anything it matches: one
+    /// Aho-Corasick pass over the field finds the rules that can match (usually none); only
+    /// their own regexes then run.
+    Literals {
+        ac: aho_corasick::AhoCorasick,
+        /// For every literal, the group's rule it is from.
+        rule_of: Vec<usize>,
+    },
+    /// One multi-pattern regex says which rules match (their patterns have no such literals).
+    Set(meta::Regex),
+}
+
+impl Group {
+    /// The indexes of the group's rules that may match `hay` (`Set`: that do match),
+    /// ascending.
+    fn candidates(&self, hay: &str) -> Vec<usize> {
+        match &self.finder {
+            Finder::Set(set) => {
+                let mut found = PatternSet::new(self.len);
+                set.which_overlapping_matches(&Input::new(hay), &mut found);
+                found.iter().map(|id| self.first + id.as_usize()).collect()
+            }
+            Finder::Literals { ac, rule_of } => {
+                let mut found: Vec<usize> = ac
+                    .find_overlapping_iter(hay)
+                    .map(|m| self.first + rule_of[m.pattern().as_usize()])
+                    .collect();
+                found.sort_unstable();
+                found.dedup();
+                found
+            }
+        }
+    }
+
+    /// Whether a candidate must still be confirmed by the rule's own regex.
+    fn confirms(&self) -> bool {
+        matches!(self.finder, Finder::Literals { .. })
+    }
+}
+
+/// The shortest literal worth looking for first: shorter ones occur in too many lines.
+const MIN_LITERAL: usize = 3;
+
+/// Literals one of which occurs in anything `p` matches (where its matches begin), when there is
+/// a finite set of them, each at least [`MIN_LITERAL`] bytes long.
+fn required_literals(p: &Pattern) -> Option<Vec<Vec<u8>>> {
+    let hir = regex_syntax::parse(p.as_str()).ok()?;
+    let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+    let literals = seq.literals()?;
+    if literals.is_empty() || literals.iter().any(|l| l.as_bytes().len() < MIN_LITERAL) {
+        return None;
+    }
+    Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
 }
 
 /// The fewest consecutive regex rules matched as one [`Group`]; fewer are tried one by one.
@@ -361,28 +420,76 @@ fn group_runs(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<usize>>) {
             .iter()
             .position(|r| r.field != field || !groupable(r))
             .map_or(rules.len(), |n| i + n);
-        if end - i >= min {
-            let sources: Vec<&str> = rules[i..end]
+        // Within the run, rules with literals and rules without them form groups apart.
+        let literals: Vec<Option<Vec<Vec<u8>>>> = rules[i..end]
+            .iter()
+            .map(|r| match &r.matcher {
+                Matcher::Regex(p) => required_literals(p),
+                Matcher::JmesPath(_) => None,
+            })
+            .collect();
+        let mut a = 0;
+        while a < literals.len() {
+            let kind = literals[a].is_some();
+            let b = literals[a..]
                 .iter()
-                .filter_map(|r| match &r.matcher {
-                    Matcher::Regex(p) => Some(p.as_str()),
-                    Matcher::JmesPath(_) => None,
-                })
-                .collect();
-            // Too large to build as one (a size limit): the rules are tried one by one.
-            if let Ok(set) = meta::Builder::new()
-                .configure(meta::Config::new().match_kind(regex_automata::MatchKind::All))
-                .build_many(&sources)
-            {
-                for g in &mut group_of[i..end] {
-                    *g = Some(groups.len());
+                .position(|l| l.is_some() != kind)
+                .map_or(literals.len(), |n| a + n);
+            if b - a >= min {
+                let (first, rules) = (i + a, &rules[i + a..i + b]);
+                let finder = if kind {
+                    literal_finder(&literals[a..b])
+                } else {
+                    set_finder(rules)
+                };
+                // Too large to build (a size limit): the rules are tried one by one.
+                if let Some(finder) = finder {
+                    for g in &mut group_of[first..i + b] {
+                        *g = Some(groups.len());
+                    }
+                    groups.push(Group {
+                        first,
+                        finder,
+                        len: b - a,
+                    });
                 }
-                groups.push(Group { first: i, set });
             }
+            a = b;
         }
         i = end;
     }
     (groups, group_of)
+}
+
+fn literal_finder(literals: &[Option<Vec<Vec<u8>>>]) -> Option<Finder> {
+    let mut all = Vec::new();
+    let mut rule_of = Vec::new();
+    for (r, lits) in literals.iter().enumerate() {
+        for l in lits.iter().flatten() {
+            all.push(l.as_slice());
+            rule_of.push(r);
+        }
+    }
+    let ac = aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::Standard)
+        .build(all)
+        .ok()?;
+    Some(Finder::Literals { ac, rule_of })
+}
+
+fn set_finder(rules: &[Rule]) -> Option<Finder> {
+    let sources: Vec<&str> = rules
+        .iter()
+        .filter_map(|r| match &r.matcher {
+            Matcher::Regex(p) => Some(p.as_str()),
+            Matcher::JmesPath(_) => None,
+        })
+        .collect();
+    meta::Builder::new()
+        .configure(meta::Config::new().match_kind(regex_automata::MatchKind::All))
+        .build_many(&sources)
+        .ok()
+        .map(Finder::Set)
 }
 
 impl std::fmt::Debug for Rules {
@@ -481,33 +588,41 @@ impl Rules {
         mut matched: Option<&mut Vec<usize>>,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        // The group last matched, and which of its patterns matched.
-        let mut group: Option<(usize, PatternSet)> = None;
-        for (index, rule) in self.rules.iter().enumerate() {
-            let Some(hay) = rule.field.get(msg, origin) else {
+        // The group being gone through, and its candidates (rule indexes, ascending) not yet
+        // reached: the rules of a group between two candidates are skipped without a look.
+        let mut group: Option<(usize, std::vec::IntoIter<usize>)> = None;
+        let mut next = 0;
+        while next < self.rules.len() {
+            let mut index = next;
+            next += 1;
+            let Some(hay) = self.rules[index].field.get(msg, origin) else {
                 continue;
             };
+            // In a group: on to its next candidate, or past its end.
+            let mut confirmed = false;
+            if let Some(g) = self.group_of[index] {
+                let this = &self.groups[g];
+                if group.as_ref().is_none_or(|(at, _)| *at != g) {
+                    group = Some((g, this.candidates(hay).into_iter()));
+                }
+                match group.as_mut().and_then(|(_, c)| c.find(|&r| r >= index)) {
+                    Some(r) => index = r,
+                    None => {
+                        next = this.first + this.len;
+                        continue;
+                    }
+                }
+                next = index + 1;
+                confirmed = !this.confirms();
+            }
+            let rule = &self.rules[index];
             let mut value = None;
             let mut parsed = None;
             let caps;
             let captures = match &rule.matcher {
                 Matcher::Regex(p) => {
                     let input = Input::new(hay);
-                    let matches = match self.group_of[index] {
-                        Some(g) => {
-                            let Group { first, set } = &self.groups[g];
-                            if group.as_ref().is_none_or(|(at, _)| *at != g) {
-                                let mut found = PatternSet::new(set.pattern_len());
-                                set.which_overlapping_matches(&input, &mut found);
-                                group = Some((g, found));
-                            }
-                            group.as_ref().is_some_and(|(_, found)| {
-                                PatternID::new(index - first).is_ok_and(|id| found.contains(id))
-                            })
-                        }
-                        None => p.re.is_match(input.clone()),
-                    };
-                    if !matches {
+                    if !confirmed && !p.re.is_match(input.clone()) {
                         continue;
                     }
                     // Captures are only looked for in the one rule that matched.
@@ -928,6 +1043,48 @@ mod tests {
         // A regex that matches the empty string (a catch-all) is tried by itself.
         let r = numbered(&["a", "b", ".*", "c", "d"], &[Field::Msg], 2);
         assert_eq!(r.group_of, [Some(0), Some(0), None, Some(1), Some(1)]);
+    }
+
+    #[test]
+    fn rules_with_literals_are_found_by_them_and_the_rest_by_one_regex() {
+        let r = numbered(
+            &[
+                "^tenant1: (?P<word>.*)",
+                r"service-2 (failed|stopped)",
+                r"\bcode=3x\b",
+                r"(?i)error",
+                r"[0-9]{4}",
+                r"\d+ms$",
+                "x{2,}",
+            ],
+            &[Field::Msg],
+            2,
+        );
+        assert_eq!(
+            r.group_of,
+            [
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(1),
+                Some(1),
+                Some(1)
+            ]
+        );
+        assert!(r.groups[0].confirms() && !r.groups[1].confirms());
+        // Literals found say which rules to try: the one whose literal occurs.
+        assert_eq!(
+            r.groups[0].candidates("a service-2 stopped, code=3xy"),
+            [1, 2]
+        );
+        // ... and its regex decides: `code=3xy` has no word boundary after the x.
+        assert_eq!(
+            run(&r, "<13>a service-2 stopped, code=3xy").0[0].topic,
+            "t1"
+        );
+        assert_eq!(run(&r, "<13>code=3xy took 12ms").0[0].topic, "t5");
+        assert_eq!(run(&r, "<13>an ERROR").0[0].topic, "t3");
     }
 
     #[test]
