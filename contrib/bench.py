@@ -267,6 +267,19 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     return row(name, n, t1 - t0, cpu, rss, records, present, errors)
 
 
+def many_rules(count):
+    """`count` regex rules the lines do not match (one per application, tenant or device family,
+    as real rule sets have; the same as the criterion benches'), then a catch-all forward."""
+    out = []
+    for i in range(count):
+        re = [f"^tenant{i}: (?P<rest>.*)", f"service-{i} (failed|stopped)",
+              f"\\bcode={i}x\\b", f"device{i}\\[(?P<unit>\\d+)\\]"][i % 4]
+        out.append(f"  - regex: '{re}'\n    actions:\n      - type: forward\n"
+                   f"        topic: 'TOPIC'\n")
+    out.append("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'TOPIC'\n")
+    return "".join(out)
+
+
 EXAMPLE_RULES = """  - regex: '^hello\\\\s+(?P<name>\\\\w+)?'
     actions:
       - type: replace
@@ -300,6 +313,11 @@ def main():
     ap.add_argument("--baseline", metavar="HOTDOG",
                     help="another hotdog binary (an earlier build): its forward-all rows run "
                          "beside this build's, interleaved, for a before/after comparison")
+    ap.add_argument("--rules", type=int, nargs="*", default=[200, 1000],
+                    help="add rows with this many regex rules that the lines do not match, then "
+                         "a catch-all (1 conn)")
+    ap.add_argument("--hotdog-only", action="store_true",
+                    help="leave out the rsyslog and kcat rows")
     ap.add_argument("--tansu", default="tansu")
     ap.add_argument("--librdkafka", required=True, help="folder holding a librdkafka.so.1 >= 2.1")
     args = ap.parse_args()
@@ -313,10 +331,11 @@ def main():
         runs = []
         try:
             for i in range(args.repeat):
-                rows = [run_kcat(broker, path, n)]
+                rows = [] if args.hotdog_only else [run_kcat(broker, path, n)]
                 for c in args.connections:
                     chunks = chunks_of(all_lines, c)
-                    rows.append(run_rsyslog(broker, chunks, n, work))
+                    if not args.hotdog_only:
+                        rows.append(run_rsyslog(broker, chunks, n, work))
                     rows.append(run_hotdog(broker, chunks, n, work, False))
                     if args.baseline:
                         rows.append(run_hotdog(broker, chunks, n, work, False, None,
@@ -325,6 +344,9 @@ def main():
                         rows.append(run_hotdog(broker, chunks, n, work, True))
                 rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                        EXAMPLE_RULES, " example rules"))
+                for count in args.rules:
+                    rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                           many_rules(count), f" {count} rules"))
                 if args.repeat > 1:
                     print(f"run {i + 1}/{args.repeat}: " + ", ".join(
                         f"{r['name']} {r['cpu_per_million']:.2f}" for r in rows), flush=True)
@@ -342,7 +364,7 @@ def main():
     by = {r["name"]: r for r in rows}
     floor = rows[0]
     print()
-    for c in args.connections:
+    for c in [] if args.hotdog_only else args.connections:
         h, rs = by[f"hotdog ({c} conn)"], by[f"rsyslog imptcp->omkafka ({c} conn)"]
         print(f"{c} conn: hotdog/rsyslog lines/s {h['lines_per_s']/rs['lines_per_s']:.2f}x, "
               f"CPU {h['cpu_per_million']/rs['cpu_per_million']:.2f}x; "
@@ -350,6 +372,9 @@ def main():
     ex, fa = by["hotdog example rules (1 conn)"], by.get("hotdog (1 conn)")
     if fa:
         print(f"example rules / forward-all CPU: {ex['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+        for count in args.rules:
+            r = by[f"hotdog {count} rules (1 conn)"]
+            print(f"{count} rules / forward-all CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
     if args.baseline:
         print("this build / baseline CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"

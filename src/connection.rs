@@ -444,6 +444,14 @@ mod tests {
 
     const FORWARD_ALL: &str = "  - regex: '^route me'\n    actions:\n      - type: forward\n        topic: 'only'\n  - regex: 'topic'\n    actions:\n      - type: forward\n        topic: 'logs-{{hostname}}'\n  - regex: '.*'\n    field: appname\n    actions:\n      - type: forward\n        topic: 'all'\n";
 
+    /// (topic, payload) of every record.
+    fn routed(records: &[Record]) -> Vec<(&str, &str)> {
+        records
+            .iter()
+            .map(|r| (&*r.topic, r.payload.as_str()))
+            .collect()
+    }
+
     #[test]
     fn rules_replaced_while_a_connection_is_open_apply_from_its_next_frame() {
         let (shared, inbox) = setup(FORWARD_ALL, 1024);
@@ -460,12 +468,8 @@ mod tests {
             drop(shared);
             inbox.recv().await.expect("a batch")
         });
-        let routed: Vec<(&str, &str)> = got
-            .iter()
-            .map(|r| (&*r.topic, r.payload.as_str()))
-            .collect();
         assert_eq!(
-            routed,
+            routed(&got),
             [("only", "route me first"), ("new", "route me second")]
         );
     }
@@ -489,12 +493,8 @@ mod tests {
             let (shared, inbox) = setup(FORWARD_ALL, 1024);
             let metrics = shared.metrics.clone();
             let got = run_stream(shared, &inbox, &data, chunk, 1000);
-            let routed: Vec<(&str, &str)> = got
-                .iter()
-                .map(|r| (&*r.topic, r.payload.as_str()))
-                .collect();
             assert_eq!(
-                routed,
+                routed(&got),
                 [
                     ("only", "route me"),
                     ("all", "hello"),

@@ -254,15 +254,7 @@ impl Config {
         path: &Path,
         check_tls: &dyn Fn(&Tls) -> Result<(), String>,
     ) -> Result<Config, ConfigErrors> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: file.clone(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read the configuration: {e}"),
-            }])
-        })?;
+        let (file, text) = read_file(path, "the configuration")?;
         let var = |k: &str| std::env::var(k).ok();
         Self::parse_with(
             &file,
@@ -318,15 +310,7 @@ impl Config {
 
 /// Reads a rule test file (`hotdog test`), with every error located as for the configuration.
 pub fn load_tests(path: &Path) -> Result<cases::TestFile, ConfigErrors> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            file: file.clone(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the test file: {e}"),
-        }])
-    })?;
+    let (file, text) = read_file(path, "the test file")?;
     let root = read_yaml(&file, &text, "`tests`")?;
     let mut cx = Cx {
         file: &file,
@@ -340,6 +324,20 @@ pub fn load_tests(path: &Path) -> Result<cases::TestFile, ConfigErrors> {
             }
             Err(ConfigErrors(cx.errors))
         }
+    }
+}
+
+/// The file's name (for errors) and text; `what` it is says what could not be read.
+fn read_file(path: &Path, what: &str) -> Result<(String, String), ConfigErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((file, text)),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            message: format!("cannot read {what}: {e}"),
+            file,
+            line: 0,
+            column: 0,
+        }])),
     }
 }
 
