@@ -209,6 +209,8 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
             let _ = reply.try_send(outcome);
         }
     }
+    // Reloads asked for from now on are answered "shutting down".
+    requested.close();
     notify_systemd(sd_notify::NotifyState::Stopping);
     let timeout = running.global.shutdown_timeout;
     let deadline = deadline_after(timeout);
