@@ -74,7 +74,10 @@ impl Pipeline {
         };
         self.counts.lines += 1;
         self.counts.truncated += u64::from(truncated);
-        let msg = syslog::parse(line);
+        let mut msg = syslog::parse(line);
+        if line.len() != data.len() || line.as_bytes() != data {
+            msg.msg_bytes = Some(syslog::original_bytes(data, line, msg.msg));
+        }
         if msg.format == syslog::Format::Unparsed {
             self.counts.unparsed += 1;
         }
@@ -448,7 +451,12 @@ mod tests {
     fn routed(records: &[Record]) -> Vec<(&str, &str)> {
         records
             .iter()
-            .map(|r| (&*r.topic, r.payload.as_str()))
+            .map(|r| {
+                (
+                    &*r.topic,
+                    std::str::from_utf8(&r.payload).unwrap_or("<not UTF-8>"),
+                )
+            })
             .collect()
     }
 
@@ -500,10 +508,12 @@ mod tests {
                     ("all", "hello"),
                     ("all", "octet-counted"),
                     // The rendered topic is not legal: the default topic.
-                    ("logs", "topic \u{fffd}"),
+                    ("logs", "<not UTF-8>"),
                 ],
                 "chunk {chunk}"
             );
+            // The body as it came: the byte that is not UTF-8 is kept, not replaced.
+            assert_eq!(got[3].payload, b"topic \xff", "chunk {chunk}");
             assert!(
                 got.iter().all(|r| r.read_ms > 0),
                 "stamped with the read time"
@@ -529,7 +539,10 @@ mod tests {
         );
         let metrics = shared.metrics.clone();
         let got = run_stream(shared, &inbox, &data, 64, 100);
-        let payloads: Vec<&str> = got.iter().map(|r| r.payload.as_str()).collect();
+        let payloads: Vec<&str> = got
+            .iter()
+            .map(|r| std::str::from_utf8(&r.payload).unwrap_or(""))
+            .collect();
         let cut = &long[4..100];
         assert_eq!(payloads, [cut, "short", cut, "short"]);
         assert_eq!(metrics.truncated.load(Relaxed), 2);

@@ -95,7 +95,7 @@ fn json(letter: &DeadLetter) -> serde_json::Value {
         "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         "topic": &*r.topic,
         "key": r.key,
-        "payload": r.payload,
+        "payload": r.payload_text(),
         "headers": headers,
         "reason": letter.reason,
     })

@@ -207,7 +207,7 @@ fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
     Record {
         topic: m.topic().to_string().into(),
         key: m.key().map(text),
-        payload: m.payload().map(text).unwrap_or_default(),
+        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
         read_ms: match m.timestamp() {
             Timestamp::CreateTime(t) => t,
@@ -281,9 +281,9 @@ impl DeadLetters {
                 }),
             &r.headers,
         );
-        let mut rec: BaseRecord<'_, str, str, Box<String>> =
+        let mut rec: BaseRecord<'_, str, [u8], Box<String>> =
             BaseRecord::with_opaque_to(topic, Box::new(r.topic.to_string()))
-                .payload(r.payload.as_str())
+                .payload(r.payload.as_slice())
                 .headers(headers);
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());
@@ -729,9 +729,9 @@ impl Publisher {
     ) -> bool {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut r: BaseRecord<'_, str, str, Arc<TopicCounters>> =
+            let mut r: BaseRecord<'_, str, [u8], Arc<TopicCounters>> =
                 BaseRecord::with_opaque_to(&record.topic, counters.clone())
-                    .payload(record.payload.as_str());
+                    .payload(record.payload.as_slice());
             if record.read_ms > 0 {
                 r = r.timestamp(record.read_ms);
             }

@@ -10,10 +10,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Record {
     pub topic: Name,
     pub key: Option<String>,
-    pub payload: String,
+    /// The bytes Kafka gets: text, or the original bytes of a body that was not UTF-8, or a
+    /// protobuf message (`format: otlp_proto`).
+    pub payload: Vec<u8>,
     pub headers: Vec<(Name, String)>,
     /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
     pub read_ms: i64,
+}
+
+impl Record {
+    /// The payload as text (invalid UTF-8 replaced), for logs, tests and `-t`.
+    pub fn payload_text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.payload)
+    }
 }
 
 /// A topic or header name: borrowed when it comes from the configuration (see

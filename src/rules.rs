@@ -35,6 +35,10 @@ pub enum Field {
     Timestamp,
     PeerAddr,
     TlsClientCn,
+    /// `sd.ID.PARAM`: one param of the RFC 5424 structured data (the first element with that
+    /// SD-ID, its first param with that name, unescaped). The SD-ID is everything up to the
+    /// last dot, so it may hold dots and `@` (`sd.exampleSDID@32473.iut`).
+    Sd(&'static str, &'static str),
 }
 
 impl Field {
@@ -63,12 +67,21 @@ impl Field {
             "timestamp" => Field::Timestamp,
             "peer_addr" => Field::PeerAddr,
             "tls_client_cn" => Field::TlsClientCn,
-            _ => return None,
+            _ => {
+                let (id, param) = name.strip_prefix("sd.")?.rsplit_once('.')?;
+                if id.is_empty() || param.is_empty() {
+                    return None;
+                }
+                Field::Sd(
+                    crate::template::forever(id),
+                    crate::template::forever(param),
+                )
+            }
         })
     }
 
-    fn get<'a>(self, m: &Message<'a>, origin: &'a Origin) -> Option<&'a str> {
-        match self {
+    fn get<'a>(self, m: &Message<'a>, origin: &'a Origin) -> Option<Cow<'a, str>> {
+        let plain = match self {
             Field::Msg => Some(m.msg),
             Field::Hostname => m.hostname,
             Field::Appname => m.appname,
@@ -79,7 +92,11 @@ impl Field {
             Field::Timestamp => m.timestamp,
             Field::PeerAddr => origin.peer_addr.as_deref(),
             Field::TlsClientCn => origin.tls_client_cn.as_deref(),
-        }
+            Field::Sd(id, param) => {
+                return crate::syslog::sd_value(m.structured_data?, id, param);
+            }
+        };
+        plain.map(Cow::Borrowed)
     }
 }
 
@@ -595,9 +612,10 @@ impl Rules {
         while next < self.rules.len() {
             let mut index = next;
             next += 1;
-            let Some(hay) = self.rules[index].field.get(msg, origin) else {
+            let Some(field) = self.rules[index].field.get(msg, origin) else {
                 continue;
             };
+            let hay: &str = &field;
             // In a group: on to its next candidate, or past its end.
             let mut confirmed = false;
             if let Some(g) = self.group_of[index] {
@@ -729,7 +747,15 @@ impl Rules {
                         .iter()
                         .filter_map(|(name, t)| Some((Cow::Borrowed(*name), render(t)?)))
                         .collect();
-                    let payload = output.unwrap_or_else(|| vars.msg.msg.to_string());
+                    // The body as it came, bytes that are not UTF-8 included.
+                    let payload = match output {
+                        Some(text) => text.into_bytes(),
+                        None => vars
+                            .msg
+                            .msg_bytes
+                            .unwrap_or(vars.msg.msg.as_bytes())
+                            .to_vec(),
+                    };
                     return Flow::Forward(Record {
                         topic,
                         key,
@@ -913,6 +939,22 @@ impl Lookup for Vars<'_> {
             if let Some(v) = self.builtin(name) {
                 map.insert(name.to_string(), Value::String(v.into_owned()));
             }
+        }
+        // `{{sd.ID.PARAM}}` (`{{sd.[exampleSDID@32473].iut}}` for an SD-ID with `@`).
+        if let Some(sd) = self.msg.structured_data {
+            let mut elements = serde_json::Map::new();
+            for (id, params) in crate::syslog::sd_elements(sd) {
+                let element = elements
+                    .entry(id.to_string())
+                    .or_insert_with(|| Value::Object(serde_json::Map::new()));
+                if let Value::Object(e) = element {
+                    for (name, value) in params {
+                        e.entry(name.to_string())
+                            .or_insert_with(|| Value::String(value.into_owned()));
+                    }
+                }
+            }
+            map.insert("sd".into(), Value::Object(elements));
         }
         if let Some(caps) = self.captures {
             for name in caps.group_info().pattern_names(PatternID::ZERO).flatten() {
@@ -1286,7 +1328,7 @@ mod tests {
         let (out, outcome) = run(&r, line);
         assert_eq!(outcome.merge_errors, 0);
         assert_eq!(out[0].topic.as_ref(), "audit");
-        let v: Value = serde_json::from_str(&out[0].payload).unwrap();
+        let v: Value = serde_json::from_slice(&out[0].payload).unwrap();
         assert_eq!(v["meta"]["keep"], 1);
         assert_eq!(v["meta"]["topic"], "audit");
         assert_eq!(v["meta"]["host"], "h\"q");
@@ -1312,7 +1354,7 @@ mod tests {
         let (out, outcome) = run(&r, "<13>plain text");
         assert_eq!(outcome.merge_errors, 1);
         // hotdog 0.5 still ran the rule's forward with the unchanged body.
-        assert_eq!(out[0].payload, "plain text");
+        assert_eq!(out[0].payload, b"plain text");
     }
 
     #[test]

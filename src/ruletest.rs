@@ -157,10 +157,9 @@ fn compare(expect: &Expect, got: &[Record]) -> Option<String> {
 /// A record as JSON; its payload as JSON when the expected one is compared as JSON and it is.
 fn view(r: &Record, expected: Option<&Expected>) -> Value {
     let payload = match expected.and_then(|e| e.payload.as_ref()) {
-        Some(Payload::Json(_)) => {
-            serde_json::from_str(&r.payload).unwrap_or_else(|_| Value::String(r.payload.clone()))
-        }
-        _ => Value::String(r.payload.clone()),
+        Some(Payload::Json(_)) => serde_json::from_slice(&r.payload)
+            .unwrap_or_else(|_| Value::String(r.payload_text().into_owned())),
+        _ => Value::String(r.payload_text().into_owned()),
     };
     let headers: serde_json::Map<String, Value> = r
         .headers

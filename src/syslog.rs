@@ -40,6 +40,10 @@ pub struct Message<'a> {
     /// RFC 5424 structured data, as written (`[id k="v"]...`), `None` for `-`.
     pub structured_data: Option<&'a str>,
     pub msg: &'a str,
+    /// When the frame was not valid UTF-8: the original bytes of `msg` (which holds them with
+    /// U+FFFD in place of what was not UTF-8). A record whose payload is the message body as it
+    /// came carries these.
+    pub msg_bytes: Option<&'a [u8]>,
 }
 
 const SEVERITIES: [&str; 8] = [
@@ -66,6 +70,7 @@ impl<'a> Message<'a> {
             msgid: None,
             structured_data: None,
             msg: line,
+            msg_bytes: None,
         }
     }
 
@@ -87,18 +92,61 @@ pub fn parse(line: &str) -> Message<'_> {
     };
     let facility = Some(pri / 8);
     let severity = Some(pri % 8);
-    if let Some(after_version) = rest.strip_prefix("1 ") {
+    if let Some((version, after_version)) = version(rest) {
         if let Some(mut m) = rfc5424(after_version) {
+            m.version = Some(version);
             m.facility = facility;
             m.severity = severity;
             return m;
         }
-        return Message::unparsed(line);
+        // `1 ` is RFC 5424 for sure: a broken one is not read as anything else. Another
+        // number may just start an RFC 3164 message without a header (`<13>2 disks failed`).
+        if version == 1 {
+            return Message::unparsed(line);
+        }
     }
     let mut m = rfc3164(rest);
     m.facility = facility;
     m.severity = severity;
     m
+}
+
+/// RFC 5424's `VERSION SP`: a number from 1 to 999 without a leading zero.
+fn version(s: &str) -> Option<(u16, &str)> {
+    let end = s.bytes().take(4).position(|b| b == b' ')?;
+    let digits = &s[..end];
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, &s[end + 1..]))
+}
+
+/// The bytes of `raw` that `part` (a slice of `lossy`, which is `raw` with what was not UTF-8
+/// replaced by U+FFFD, and which ends where `lossy` ends) was made from.
+pub fn original_bytes<'r>(raw: &'r [u8], lossy: &str, part: &str) -> &'r [u8] {
+    let offset = (part.as_ptr() as usize).wrapping_sub(lossy.as_ptr() as usize);
+    if offset > lossy.len() {
+        return raw;
+    }
+    // Walk both: valid runs are the same bytes; each invalid run became one U+FFFD (3 bytes).
+    let (mut in_lossy, mut in_raw) = (0usize, 0usize);
+    for chunk in raw.utf8_chunks() {
+        let valid = chunk.valid().len();
+        if offset <= in_lossy + valid {
+            return &raw[in_raw + (offset - in_lossy)..];
+        }
+        in_lossy += valid;
+        in_raw += valid;
+        let invalid = chunk.invalid().len();
+        if invalid > 0 {
+            if offset < in_lossy + 3 {
+                return &raw[in_raw..];
+            }
+            in_lossy += 3;
+            in_raw += invalid;
+        }
+    }
+    &raw[raw.len().min(in_raw)..]
 }
 
 /// `<PRI>` with PRI in 0..=191, and the rest of the line.
@@ -119,28 +167,34 @@ fn space(s: &str) -> Option<usize> {
     s.bytes().position(|b| b == b' ')
 }
 
-/// Splits off the next space-delimited field; `-` is the NILVALUE.
-fn field(s: &str) -> Option<(Option<&str>, &str)> {
+/// Splits off the next space-delimited header field of at most `max` printable US-ASCII
+/// characters (RFC 5424's `1*maxPRINTUSASCII`); `-` is the NILVALUE.
+fn field(s: &str, max: usize) -> Option<(Option<&str>, &str)> {
     let (value, rest) = match space(s) {
         Some(i) => (&s[..i], &s[i + 1..]),
         None => (s, ""),
     };
-    if value.is_empty() {
+    if value.is_empty() || value.len() > max || !value.bytes().all(|b| (33..=126).contains(&b)) {
         return None;
     }
     Some(((value != "-").then_some(value), rest))
 }
 
+/// RFC 5424 after `VERSION SP`: `TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP
+/// STRUCTURED-DATA [SP MSG]`, each field within the ABNF's limits.
 fn rfc5424(s: &str) -> Option<Message<'_>> {
-    let (timestamp, s) = field(s)?;
-    let (hostname, s) = field(s)?;
-    let (appname, s) = field(s)?;
-    let (procid, s) = field(s)?;
-    let (msgid, s) = field(s)?;
+    let (timestamp, s) = field(s, 32)?;
+    if timestamp.is_some_and(|t| !is_rfc5424_timestamp(t)) {
+        return None;
+    }
+    let (hostname, s) = field(s, 255)?;
+    let (appname, s) = field(s, 48)?;
+    let (procid, s) = field(s, 128)?;
+    let (msgid, s) = field(s, 32)?;
     let (structured_data, msg) = if let Some(rest) = s.strip_prefix('-') {
         (None, rest)
     } else {
-        let len = structured_data_len(s)?;
+        let len = scan_structured_data(s, &mut |_| {})?;
         (Some(&s[..len]), &s[len..])
     };
     let msg = match msg.strip_prefix(' ') {
@@ -161,29 +215,167 @@ fn rfc5424(s: &str) -> Option<Message<'_>> {
         msgid,
         structured_data,
         msg,
+        msg_bytes: None,
     })
 }
 
-/// The length of the SD-ELEMENTs at the start of `s` (`[id k="v" ...]...`), honouring the
-/// `\"`, `\\` and `\]` escapes inside values.
-fn structured_data_len(s: &str) -> Option<usize> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while bytes.get(i) == Some(&b'[') {
-        let mut in_value = false;
-        i += 1;
-        loop {
-            match *bytes.get(i)? {
-                b'\\' if in_value => i += 1,
-                b'"' => in_value = !in_value,
-                b']' if !in_value => break,
-                _ => {}
-            }
+/// RFC 5424's `FULL-DATE "T" FULL-TIME`: `2003-10-11T22:14:15.003Z` or with an offset
+/// (`-07:00`), at most 6 digits of fraction, `T` and `Z` upper case.
+fn is_rfc5424_timestamp(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shape = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && b.get(10) == Some(&b'T')
+        && digits(11..13)
+        && b.get(13) == Some(&b':')
+        && digits(14..16)
+        && b.get(16) == Some(&b':')
+        && digits(17..19);
+    if !shape {
+        return false;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
+        }
+        if !(1..=6).contains(&(i - start)) {
+            return false;
+        }
+    }
+    match &b[i..] {
+        b"Z" => true,
+        [b'+' | b'-', ..] => {
+            b.len() == i + 6 && digits(i + 1..i + 3) && b[i + 3] == b':' && digits(i + 4..i + 6)
+        }
+        _ => false,
+    }
+}
+
+/// A part of structured data, as [`scan_structured_data`] reads it.
+enum Sd<'a> {
+    /// An SD-ELEMENT begins, with this SD-ID.
+    Element(&'a str),
+    /// One of its SD-PARAMs: name and value, still escaped (see [`unescape`]).
+    Param(&'a str, &'a str),
+}
+
+/// Reads RFC 5424 `1*SD-ELEMENT` at the start of `s` and returns its length; `None` when it
+/// breaks the grammar. `visit` sees every element and param as it is read.
+fn scan_structured_data<'a>(s: &'a str, visit: &mut dyn FnMut(Sd<'a>)) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    // `SD-NAME`: 1 to 32 printable US-ASCII characters but `=`, space, `]` and `"`.
+    let name = |i: usize| -> Option<usize> {
+        let len = b[i..]
+            .iter()
+            .take(33)
+            .position(|&c| !(33..=126).contains(&c) || matches!(c, b'=' | b']' | b'"'))
+            .unwrap_or(b.len() - i);
+        (1..=32).contains(&len).then_some(i + len)
+    };
+    while b.get(i) == Some(&b'[') {
+        let id_end = name(i + 1)?;
+        visit(Sd::Element(&s[i + 1..id_end]));
+        i = id_end;
+        loop {
+            match b.get(i)? {
+                b']' => break,
+                b' ' => {
+                    let name_end = name(i + 1)?;
+                    let param_name = &s[i + 1..name_end];
+                    if b.get(name_end..name_end + 2) != Some(b"=\"") {
+                        return None;
+                    }
+                    let start = name_end + 2;
+                    let mut j = start;
+                    loop {
+                        match b.get(j)? {
+                            b'\\' => j += 2,
+                            b'"' => break,
+                            // An unescaped `]` in a value breaks the grammar.
+                            b']' => return None,
+                            _ => j += 1,
+                        }
+                    }
+                    visit(Sd::Param(param_name, s.get(start..j)?));
+                    i = j + 1;
+                }
+                _ => return None,
+            }
         }
         i += 1;
     }
     (i > 0).then_some(i)
+}
+
+/// A PARAM-VALUE without its escapes: `\"`, `\\` and `\]` stand for the character after the
+/// backslash; a backslash before anything else is kept, as RFC 5424 says.
+fn unescape(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.contains('\\') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some(e @ ('"' | '\\' | ']')) => out.push(e),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// One SD-ELEMENT: its SD-ID and its params in order, values unescaped.
+pub type SdElement<'a> = (&'a str, Vec<(&'a str, std::borrow::Cow<'a, str>)>);
+
+/// The SD-ELEMENTs of `structured_data` (as [`Message::structured_data`] holds it), in order.
+/// Structured data is only taken apart when a rule, a template or a record format asks.
+pub fn sd_elements(structured_data: &str) -> Vec<SdElement<'_>> {
+    let mut out: Vec<SdElement<'_>> = Vec::new();
+    // The message's parser has already checked the grammar.
+    let _ = scan_structured_data(structured_data, &mut |part| match part {
+        Sd::Element(id) => out.push((id, Vec::new())),
+        Sd::Param(name, raw) => {
+            if let Some((_, params)) = out.last_mut() {
+                params.push((name, unescape(raw)));
+            }
+        }
+    });
+    out
+}
+
+/// The value of param `name` of the first element `id` of `structured_data`.
+pub fn sd_value<'a>(
+    structured_data: &'a str,
+    id: &str,
+    name: &str,
+) -> Option<std::borrow::Cow<'a, str>> {
+    let mut current = "";
+    let mut found = None;
+    let _ = scan_structured_data(structured_data, &mut |part| match part {
+        Sd::Element(i) => current = i,
+        Sd::Param(n, raw) if found.is_none() && current == id && n == name => {
+            found = Some(unescape(raw));
+        }
+        Sd::Param(..) => {}
+    });
+    found
 }
 
 const MONTHS: [&str; 12] = [
@@ -355,6 +547,140 @@ mod tests {
             assert_eq!(m.format, Format::Unparsed, "{line}");
             assert_eq!(m.msg, line);
         }
+    }
+
+    #[test]
+    fn rfc5424_versions_follow_the_abnf() {
+        let m = parse("<13>2 - - - - - - next version");
+        assert_eq!(
+            (m.format, m.version, m.msg),
+            (Format::Rfc5424, Some(2), "next version")
+        );
+        let m = parse("<13>999 - - - - - -");
+        assert_eq!(m.version, Some(999));
+        // Not a VERSION (leading zero, four digits): read as RFC 3164 without a header.
+        for line in ["<13>01 - - - - - - x", "<13>1000 - - - - - - x"] {
+            let m = parse(line);
+            assert_eq!((m.format, m.version), (Format::Rfc3164, None), "{line}");
+        }
+        // A number that is not followed by an RFC 5424 header is the start of a message.
+        let m = parse("<13>2 disks failed");
+        assert_eq!((m.format, m.msg), (Format::Rfc3164, "2 disks failed"));
+        // `1 ` is RFC 5424 for sure: broken, it is the whole line, unparsed.
+        let m = parse("<13>1 disks failed");
+        assert_eq!((m.format, m.msg), (Format::Unparsed, "<13>1 disks failed"));
+    }
+
+    #[test]
+    fn rfc5424_header_fields_keep_their_length_limits_and_characters() {
+        let at = |host: &str, app: &str, proc_: &str, id: &str| {
+            parse(&format!("<13>1 - {host} {app} {proc_} {id} - m")).format
+        };
+        let (h, a, p, i) = (
+            "h".repeat(255),
+            "a".repeat(48),
+            "p".repeat(128),
+            "i".repeat(32),
+        );
+        assert_eq!(at(&h, &a, &p, &i), Format::Rfc5424);
+        assert_eq!(at(&format!("{h}h"), &a, &p, &i), Format::Unparsed);
+        assert_eq!(at(&h, &format!("{a}a"), &p, &i), Format::Unparsed);
+        assert_eq!(at(&h, &a, &format!("{p}p"), &i), Format::Unparsed);
+        assert_eq!(at(&h, &a, &p, &format!("{i}i")), Format::Unparsed);
+        // PRINTUSASCII only: no control characters, no non-ASCII.
+        assert_eq!(at("ho\u{7f}st", "a", "p", "i"), Format::Unparsed);
+        assert_eq!(at("hôst", "a", "p", "i"), Format::Unparsed);
+    }
+
+    #[test]
+    fn rfc5424_timestamps_follow_the_abnf() {
+        for ok in [
+            "2003-10-11T22:14:15.003Z",
+            "2003-10-11T22:14:15Z",
+            "2003-08-24T05:14:15.000003-07:00",
+            "1985-04-12T23:20:50.52+05:30",
+        ] {
+            let line = format!("<13>1 {ok} h a - - -");
+            let m = parse(&line);
+            assert_eq!((m.format, m.timestamp), (Format::Rfc5424, Some(ok)), "{ok}");
+        }
+        for bad in [
+            "2003-10-11t22:14:15Z",
+            "2003-10-11T22:14:15z",
+            "2003-08-24T05:14:15.0000003-07:00",
+            "2003-10-11T22:14:15",
+            "2003-10-11T22:14:15.Z",
+            "2003-10-11T22:14:15+0700",
+            "Oct 11 22:14:15",
+        ] {
+            let line = format!("<13>1 {bad} h a - - -");
+            let m = parse(&line);
+            assert_eq!(m.format, Format::Unparsed, "{bad}");
+        }
+    }
+
+    #[test]
+    fn structured_data_follows_the_abnf_and_is_unescaped_on_demand() {
+        let line = r#"<13>1 - h a - - [ex@32473 iut="3" q="say \"hi\" \\ \] \n"][origin ip="10.0.0.1" ip="10.0.0.2"][empty] body"#;
+        let m = parse(line);
+        assert_eq!(m.format, Format::Rfc5424);
+        assert_eq!(m.msg, "body");
+        let sd = m.structured_data.expect("structured data");
+        let elements = sd_elements(sd);
+        let flat: Vec<(&str, Vec<(&str, &str)>)> = elements
+            .iter()
+            .map(|(id, ps)| (*id, ps.iter().map(|(n, v)| (*n, v.as_ref())).collect()))
+            .collect();
+        assert_eq!(
+            flat,
+            [
+                ("ex@32473", vec![("iut", "3"), ("q", r#"say "hi" \ ] \n"#)]),
+                ("origin", vec![("ip", "10.0.0.1"), ("ip", "10.0.0.2")]),
+                ("empty", vec![]),
+            ]
+        );
+        assert_eq!(sd_value(sd, "origin", "ip").as_deref(), Some("10.0.0.1"));
+        assert_eq!(
+            sd_value(sd, "ex@32473", "q").as_deref(),
+            Some(r#"say "hi" \ ] \n"#)
+        );
+        assert_eq!(sd_value(sd, "origin", "none"), None);
+        for bad in [
+            r#"[id k="unescaped ] bracket"]"#,
+            r#"[id k="v" ]"#,
+            "[id k=v]",
+            r#"[id k="unterminated]"#,
+            &format!(r#"[{} k="v"]"#, "x".repeat(33)),
+            r#"[i=d k="v"]"#,
+            "[]",
+            r#"[id k="v"]x"#,
+        ] {
+            let line = format!("<13>1 - h a - - {bad}");
+            let m = parse(&line);
+            assert_eq!(m.format, Format::Unparsed, "{bad}");
+        }
+        // A BOM starts a UTF-8 MSG; it is not part of the text.
+        let m = parse("<13>1 - h a - - - \u{feff}text");
+        assert_eq!(m.msg, "text");
+    }
+
+    #[test]
+    fn the_original_bytes_of_a_part_of_a_lossy_line_are_found() {
+        for raw in [
+            &b"<13>Oct 11 22:14:15 h app: caf\xe9 ok"[..],
+            b"<13>Oct 11 22:14:15 \xff\xfe app: body \xc3",
+            b"<13>1 - h a - - - \xef\xbb\xbfbom then \x80",
+            b"<13>\xe9",
+        ] {
+            let lossy = String::from_utf8_lossy(raw);
+            let m = parse(&lossy);
+            let original = original_bytes(raw, &lossy, m.msg);
+            assert_eq!(String::from_utf8_lossy(original), m.msg, "{raw:?}");
+            assert!(raw.ends_with(original));
+        }
+        let raw = b"<13>Oct 11 22:14:15 h app: caf\xe9";
+        let lossy = String::from_utf8_lossy(raw);
+        assert_eq!(original_bytes(raw, &lossy, parse(&lossy).msg), b"caf\xe9");
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn report(
             "  -> topic {} key {} payload {}",
             rec.topic,
             rec.key.as_deref().unwrap_or("(none)"),
-            rec.payload
+            rec.payload_text()
         )?;
         for (name, value) in &rec.headers {
             writeln!(out, "     header {name}: {value}")?;
@@ -135,7 +135,7 @@ fn record_json(r: &Record) -> Value {
         .iter()
         .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
         .collect();
-    json!({ "topic": &*r.topic, "key": r.key, "payload": r.payload, "headers": headers })
+    json!({ "topic": &*r.topic, "key": r.key, "payload": r.payload_text(), "headers": headers })
 }
 
 fn message_json(m: &Message<'_>) -> Value {
