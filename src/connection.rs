@@ -101,7 +101,12 @@ impl Pipeline {
 
     /// Notes the time of a read; the records of its lines carry it.
     pub fn stamp(&mut self) {
-        self.read_ms = crate::record::now_ms();
+        let now = std::time::SystemTime::now();
+        self.read_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        // Templates (`{{iso8601}}`) and structured records say when the line was read.
+        self.origin.clock = Some(now);
     }
 
     /// The connection facts templates see; UDP changes them per datagram.

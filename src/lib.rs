@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod deadletter;
+pub mod format;
 pub mod framing;
 pub mod listener;
 pub mod metrics;

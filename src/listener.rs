@@ -38,6 +38,8 @@ struct Settings {
     max_per_source: Option<usize>,
     tcp_keepalive: Option<Duration>,
     proxy_protocol: Option<ProxyProtocol>,
+    /// The `timezone` of its senders' RFC 3164 timestamps.
+    zone: Option<jiff::tz::TimeZone>,
     /// Connections open now.
     open: AtomicUsize,
     /// Connections open now per source address (only with `max_per_source`).
@@ -165,6 +167,7 @@ impl Listener {
             max_per_source: l.max_connections_per_source,
             tcp_keepalive: l.tcp_keepalive,
             proxy_protocol: l.proxy_protocol.clone(),
+            zone: l.timezone.as_ref().map(|t| t.zone.clone()),
             open: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
         };
@@ -195,7 +198,11 @@ impl Listener {
         let (listener, acceptor) = match self.socket {
             Socket::Udp(socket) => {
                 let max = settings.limits.max_message_size;
-                return udp(socket, shared, max, shutdown).await;
+                let origin = Origin {
+                    zone: settings.zone.clone(),
+                    ..Origin::default()
+                };
+                return udp(socket, shared, origin, max, shutdown).await;
             }
             Socket::Tcp(listener) => (listener, None),
             Socket::Tls(listener, acceptor) => (listener, Some(acceptor)),
@@ -286,10 +293,15 @@ impl Connection {
         }
         // Each kind of connection allocates only the state it needs (a TLS session is large).
         match acceptor {
-            None => Box::pin(self.run(stream, peer, origin(peer))).await,
+            None => {
+                let origin = origin(peer, &settings);
+                Box::pin(self.run(stream, peer, origin)).await
+            }
             Some(acceptor) => {
                 metrics.handshaking.fetch_add(1, Relaxed);
-                let handshake = Box::pin(handshake(&acceptor, stream, peer, &metrics)).await;
+                let origin = origin(peer, &settings);
+                let handshake =
+                    Box::pin(handshake(&acceptor, stream, peer, origin, &metrics)).await;
                 metrics.handshaking.fetch_sub(1, Relaxed);
                 if let Some((stream, origin)) = handshake {
                     Box::pin(self.run(stream, peer, origin)).await;
@@ -334,9 +346,10 @@ impl Connection {
     }
 }
 
-fn origin(peer: SocketAddr) -> Origin {
+fn origin(peer: SocketAddr, settings: &Settings) -> Origin {
     Origin {
         peer_addr: Some(peer.to_string()),
+        zone: settings.zone.clone(),
         ..Origin::default()
     }
 }
@@ -414,6 +427,7 @@ async fn handshake(
     acceptor: &Acceptor,
     stream: TcpStream,
     peer: SocketAddr,
+    mut origin: Origin,
     metrics: &crate::metrics::Metrics,
 ) -> Option<(futures_rustls::server::TlsStream<TcpStream>, Origin)> {
     let timeout = acceptor.settings().handshake_timeout;
@@ -440,7 +454,6 @@ async fn handshake(
     };
     metrics.tls_handshakes.fetch_add(1, Relaxed);
     let id = tls::client_identity(stream.get_ref().1.peer_certificates());
-    let mut origin = origin(peer);
     origin.tls_client_cn = id.common_name;
     if !id.dns_names.is_empty() {
         origin.tls_client_san = Some(id.dns_names.join(","));
@@ -492,9 +505,15 @@ pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAdd
 
 /// One message per datagram (RFC 5426). UDP cannot push back: when the publisher's queue is full
 /// the datagram is dropped and counted in `udp.dropped`.
-async fn udp(socket: UdpSocket, shared: Arc<Shared>, max: usize, shutdown: Shutdown) {
+async fn udp(
+    socket: UdpSocket,
+    shared: Arc<Shared>,
+    origin: Origin,
+    max: usize,
+    shutdown: Shutdown,
+) {
     let metrics = shared.metrics.clone();
-    let mut pipeline = Pipeline::new(shared, Origin::default());
+    let mut pipeline = Pipeline::new(shared, origin);
     // One byte more than the limit tells a datagram that was cut.
     let mut buf = vec![0u8; max.max(1) + 1];
     loop {

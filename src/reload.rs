@@ -82,6 +82,7 @@ fn listener_changes(old: &Listen, new: &Listen, at: &str, plan: &mut Plan) {
         ("tcp_keepalive", old.tcp_keepalive != new.tcp_keepalive),
         ("idle_timeout", old.idle_timeout != new.idle_timeout),
         ("proxy_protocol", old.proxy_protocol != new.proxy_protocol),
+        ("timezone", old.timezone != new.timezone),
     ];
     for (key, changed) in fields {
         if changed {

@@ -18,6 +18,7 @@ use regex_automata::util::captures::Captures;
 use regex_automata::{meta, Input, PatternID, PatternSet};
 use serde_json::Value;
 
+use crate::format::RecordFormat;
 use crate::record::{Name, Record};
 use crate::syslog::Message;
 use crate::template::{Lookup, Template, Templates};
@@ -219,6 +220,8 @@ pub enum Action {
         key: Option<Template>,
         /// Kafka headers: name and the template of the value.
         headers: Vec<(&'static str, Template)>,
+        /// What the payload is: the output as it is, or a structured event around it.
+        format: crate::format::RecordFormat,
     },
     Merge(MergeValue),
     Replace(Template),
@@ -256,8 +259,11 @@ pub struct Origin {
     pub tls_client_cn: Option<String>,
     /// Its subject alternative DNS names, comma-separated.
     pub tls_client_san: Option<String>,
-    /// A fixed time for `{{iso8601}}` (rule tests); `None`: the time the template renders.
+    /// When the line was read (a fixed time in rule tests): what `{{iso8601}}` renders and
+    /// what structured records say; `None`: the time the template renders.
     pub clock: Option<std::time::SystemTime>,
+    /// The listener's `timezone`, for RFC 3164 timestamps (which have none); `None`: UTC.
+    pub zone: Option<jiff::tz::TimeZone>,
 }
 
 /// The compiled rule set; shared read-only by every connection.
@@ -733,6 +739,7 @@ impl Rules {
                     topic,
                     key,
                     headers,
+                    format,
                 } => {
                     let topic = self.topic(topic, vars, outcome);
                     let mut render = |t: &Template| match self.templates.render(t, vars) {
@@ -747,14 +754,23 @@ impl Rules {
                         .iter()
                         .filter_map(|(name, t)| Some((Cow::Borrowed(*name), render(t)?)))
                         .collect();
-                    // The body as it came, bytes that are not UTF-8 included.
-                    let payload = match output {
-                        Some(text) => text.into_bytes(),
-                        None => vars
+                    let payload = match (format, output) {
+                        (RecordFormat::Raw, Some(text)) => text.into_bytes(),
+                        // The body as it came, bytes that are not UTF-8 included.
+                        (RecordFormat::Raw, None) => vars
                             .msg
                             .msg_bytes
                             .unwrap_or(vars.msg.msg.as_bytes())
                             .to_vec(),
+                        (format, output) => {
+                            let event = crate::format::Event {
+                                msg: vars.msg,
+                                origin: vars.origin,
+                                invalid_utf8: output.is_none() && vars.msg.msg_bytes.is_some(),
+                                body: output.as_deref().unwrap_or(vars.msg.msg),
+                            };
+                            crate::format::payload(*format, &event)
+                        }
                     };
                     return Flow::Forward(Record {
                         topic,
@@ -867,7 +883,7 @@ struct Vars<'a> {
 }
 
 /// Every built-in variable name, in the order `to_json` writes them.
-pub const VARIABLES: [&str; 17] = [
+pub const VARIABLES: [&str; 18] = [
     "msg",
     "version",
     "iso8601",
@@ -879,6 +895,7 @@ pub const VARIABLES: [&str; 17] = [
     "severity",
     "facility",
     "timestamp",
+    "timestamp_rfc3339",
     "structured_data",
     "format",
     "peer_addr",
@@ -905,6 +922,8 @@ impl Vars<'_> {
             "severity" => m.severity_name().map(Cow::Borrowed),
             "facility" => m.facility_name().map(Cow::Borrowed),
             "timestamp" => m.timestamp.map(Cow::Borrowed),
+            "timestamp_rfc3339" => crate::format::message_time(m, self.origin)
+                .map(|t| Cow::Owned(crate::format::rfc3339(&t))),
             "structured_data" => m.structured_data.map(Cow::Borrowed),
             "format" => Some(Cow::Borrowed(m.format.as_str())),
             "peer_addr" => self.origin.peer_addr.as_deref().map(Cow::Borrowed),
@@ -1005,6 +1024,7 @@ mod tests {
                         topic: t.compile(&topic).unwrap(),
                         key: None,
                         headers: Vec::new(),
+                        format: RecordFormat::Raw,
                     }],
                     origin: format!("test:{i}"),
                 }
@@ -1173,6 +1193,7 @@ mod tests {
                 tls_client_cn: Some("tenant-a".into()),
                 tls_client_san: None,
                 clock: None,
+                zone: None,
             },
             &mut out,
             None,
@@ -1229,6 +1250,7 @@ mod tests {
             topic: t.compile(topic).unwrap(),
             key: None,
             headers: Vec::new(),
+            format: RecordFormat::Raw,
         }
     }
 
@@ -1247,6 +1269,7 @@ mod tests {
                     ("host", t.compile("{{hostname}}").unwrap()),
                     ("tenant", t.compile("{{tls_client_cn}}").unwrap()),
                 ],
+                format: RecordFormat::Raw,
             },
         ];
         let r = rules(

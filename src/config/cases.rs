@@ -133,6 +133,7 @@ fn decode_case(
             tls_client_cn,
             tls_client_san,
             clock: clock?,
+            zone: None,
         },
         expect: expect?,
     })

@@ -160,6 +160,24 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
     let proxy_protocol = m
         .get("proxy_protocol")
         .and_then(|n| decode_proxy_protocol(cx, n, &format!("{what}.proxy_protocol")));
+    let timezone = match m.get("timezone") {
+        None => Some(None),
+        Some(n) => scalar(cx, n, &m.path("timezone")).and_then(|name| {
+            match jiff::tz::TimeZone::get(&name) {
+                Ok(zone) => Some(Some(super::Timezone { name, zone })),
+                Err(e) => {
+                    cx.error(
+                        n,
+                        format!(
+                            "`{}`: `{name}` is not an IANA time zone (like `Europe/Paris` or `UTC`): {e}",
+                            m.path("timezone")
+                        ),
+                    );
+                    None
+                }
+            }
+        }),
+    };
     let tls_node = match m.get("tls") {
         Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
         other => other,
@@ -196,6 +214,7 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         tcp_keepalive: tcp_keepalive?,
         idle_timeout: idle_timeout?,
         proxy_protocol,
+        timezone: timezone?,
     })
 }
 

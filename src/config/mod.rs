@@ -94,6 +94,22 @@ pub struct Listen {
     pub idle_timeout: Option<Duration>,
     /// `proxy_protocol`: PROXY protocol v1/v2 headers from these networks. Default: none.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// `timezone`: the IANA time zone (`Europe/Paris`) that senders' RFC 3164 timestamps, which
+    /// carry none, are read in. Default: UTC.
+    pub timezone: Option<Timezone>,
+}
+
+/// A time zone by its IANA name.
+#[derive(Debug, Clone)]
+pub struct Timezone {
+    pub name: String,
+    pub zone: jiff::tz::TimeZone,
+}
+
+impl PartialEq for Timezone {
+    fn eq(&self, other: &Timezone) -> bool {
+        self.name == other.name
+    }
 }
 
 /// `global.listen.proxy_protocol:`

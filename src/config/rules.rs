@@ -4,6 +4,7 @@
 use marked_yaml::Node;
 
 use super::yaml::{every, is_null, kind, list, position, scalar, unknown_name, Cx, Map};
+use crate::format::RecordFormat;
 use crate::rules::{Action, Field, Matcher, MergeValue, Rule, Rules};
 use crate::template::{Template, Templates};
 
@@ -27,7 +28,7 @@ const ACTION_TYPES: [&str; 4] = ["forward", "merge", "replace", "stop"];
 
 /// Every key some action type takes: counted as known when the `type` itself is not valid, so
 /// that only keys no action takes are reported beside it.
-const ACTION_KEYS: [&str; 5] = ["topic", "key", "headers", "json", "template"];
+const ACTION_KEYS: [&str; 6] = ["topic", "key", "headers", "format", "json", "template"];
 
 impl Compiler<'_, '_> {
     fn decode_rules(&mut self, node: &Node) -> Option<Vec<Rule>> {
@@ -144,10 +145,25 @@ impl Compiler<'_, '_> {
             Some(h) => self.decode_headers(h, &m.path("headers")),
             None => Some(Vec::new()),
         };
+        let format = match m.get("format") {
+            None => Some(RecordFormat::Raw),
+            Some(n) => {
+                let name = scalar(self.cx, n, &m.path("format"));
+                name.and_then(|name| {
+                    let f = RecordFormat::from_name(&name);
+                    if f.is_none() {
+                        self.cx
+                            .error(n, unknown_name("format", &name, &RecordFormat::NAMES));
+                    }
+                    f
+                })
+            }
+        };
         Some(Action::Forward {
             topic: topic?,
             key: key?,
             headers: headers?,
+            format: format?,
         })
     }
 

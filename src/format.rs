@@ -1,0 +1,664 @@
+//! What a forwarded record's payload is (`forward`'s `format`): the action output as it is
+//! (`raw`), or a structured event around it for consumers that should not parse syslog again:
+//! hotdog's JSON envelope (`json`, described by `schema/record-v1.json`), or an OpenTelemetry
+//! `ExportLogsServiceRequest` (`otlp_json`, `otlp_proto`) as the Collector's Kafka receiver reads
+//! it, with the attributes named as its syslog receiver names them. Also the message's time,
+//! normalised to RFC 3339. Pure: no I/O.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use crate::rules::Origin;
+use crate::syslog::{self, Message};
+
+/// `forward`'s `format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecordFormat {
+    /// The action output (or the message body) as bytes.
+    #[default]
+    Raw,
+    Json,
+    OtlpJson,
+    OtlpProto,
+}
+
+impl RecordFormat {
+    pub const NAMES: [&'static str; 4] = ["raw", "json", "otlp_json", "otlp_proto"];
+
+    pub fn from_name(name: &str) -> Option<RecordFormat> {
+        Some(match name {
+            "raw" => RecordFormat::Raw,
+            "json" => RecordFormat::Json,
+            "otlp_json" => RecordFormat::OtlpJson,
+            "otlp_proto" => RecordFormat::OtlpProto,
+            _ => return None,
+        })
+    }
+}
+
+/// The version of the JSON envelope (`schema_version`); `schema/record-v1.json` describes it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What a structured record is made of.
+pub struct Event<'a> {
+    pub msg: &'a Message<'a>,
+    pub origin: &'a Origin,
+    /// The action output, or the message body when there was none.
+    pub body: &'a str,
+    /// True when the body is the message body as it came and that was not valid UTF-8 (`body`
+    /// then has U+FFFD in place of what was not).
+    pub invalid_utf8: bool,
+}
+
+/// When the line was read (the origin's clock), or now.
+fn read_at(origin: &Origin) -> SystemTime {
+    origin.clock.unwrap_or_else(SystemTime::now)
+}
+
+/// The message's timestamp as an instant in its own offset: an RFC 5424 / RFC 3339 timestamp as
+/// written; an RFC 3164 one (`Mmm dd hh:mm:ss`, perhaps `.fff` and a year) in the listener's
+/// time zone (UTC by default), in the year written or else the year that puts it nearest to
+/// when hotdog read the line (a December 31 line read on January 1 is from the old year).
+pub fn message_time(msg: &Message<'_>, origin: &Origin) -> Option<jiff::Zoned> {
+    let text = msg.timestamp?;
+    if let Ok(t) = text.parse::<jiff::Timestamp>() {
+        // Keep the offset the sender wrote.
+        let offset = offset_of(text)?;
+        return Some(t.to_zoned(jiff::tz::TimeZone::fixed(offset)));
+    }
+    let zone = origin.zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
+    let read = jiff::Timestamp::try_from(read_at(origin)).ok()?;
+    bsd_time(text, &zone, read)
+}
+
+/// The offset at the end of an RFC 3339 timestamp (`Z`, `+02:00`).
+fn offset_of(text: &str) -> Option<jiff::tz::Offset> {
+    if text.ends_with(['Z', 'z']) {
+        return Some(jiff::tz::Offset::UTC);
+    }
+    let sign_at = text.rfind(['+', '-'])?;
+    let (sign, rest) = text[sign_at..].split_at(1);
+    let (h, m) = rest.split_once(':')?;
+    let seconds = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
+    jiff::tz::Offset::from_seconds(if sign == "-" { -seconds } else { seconds }).ok()
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// `Mmm dd hh:mm:ss[.fff][ yyyy]` in `zone`, the year from the text or nearest to `read`.
+fn bsd_time(text: &str, zone: &jiff::tz::TimeZone, read: jiff::Timestamp) -> Option<jiff::Zoned> {
+    let mut words = text.split_whitespace();
+    let name = words.next()?;
+    let month = MONTHS.iter().position(|m| *m == name)? + 1;
+    let day: i8 = words.next()?.parse().ok()?;
+    let time = words.next()?;
+    let year: Option<i16> = words.next().and_then(|y| y.parse().ok());
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut parts = hms.split(':').map(|p| p.parse::<i8>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    let nanos: i32 = if fraction.is_empty() {
+        0
+    } else {
+        let digits = &fraction[..fraction.len().min(9)];
+        digits.parse::<i32>().ok()? * 10i32.pow(9 - digits.len() as u32)
+    };
+    let at = |year: i16| {
+        jiff::civil::DateTime::new(year, month as i8, day, h, m, s, nanos)
+            .ok()
+            .and_then(|dt| dt.to_zoned(zone.clone()).ok())
+    };
+    if let Some(y) = year {
+        return at(y);
+    }
+    let this = read.to_zoned(zone.clone()).year();
+    [this - 1, this, this + 1]
+        .into_iter()
+        .filter_map(at)
+        .min_by_key(|z| (z.timestamp().as_second() - read.as_second()).unsigned_abs())
+}
+
+/// The message's time in RFC 3339 with its offset (`2024-05-01T12:00:00.123+02:00`).
+pub fn rfc3339(z: &jiff::Zoned) -> String {
+    let offset = z.offset();
+    let base = z.datetime().strftime("%Y-%m-%dT%H:%M:%S%.f").to_string();
+    if offset == jiff::tz::Offset::UTC {
+        format!("{base}Z")
+    } else {
+        let secs = offset.seconds();
+        let sign = if secs < 0 { '-' } else { '+' };
+        let secs = secs.unsigned_abs();
+        format!("{base}{sign}{:02}:{:02}", secs / 3600, secs % 3600 / 60)
+    }
+}
+
+/// The payload of a record in `format` (not `Raw`).
+pub fn payload(format: RecordFormat, event: &Event<'_>) -> Vec<u8> {
+    match format {
+        RecordFormat::Raw => event.body.as_bytes().to_vec(),
+        RecordFormat::Json => serde_json::to_vec(&envelope(event)).unwrap_or_default(),
+        RecordFormat::OtlpJson => {
+            serde_json::to_vec(&otlp::json(&otlp::request(event))).unwrap_or_default()
+        }
+        RecordFormat::OtlpProto => prost::Message::encode_to_vec(&otlp::request(event)),
+    }
+}
+
+/// Structured data as `{SD-ID: {param: value}}`; a param given more than once in an element
+/// keeps every value, as a list.
+fn structured_data(sd: &str) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (id, params) in syslog::sd_elements(sd) {
+        let element = out
+            .entry(id.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(element) = element else {
+            continue;
+        };
+        for (name, value) in params {
+            let value = Value::String(value.into_owned());
+            match element.get_mut(name) {
+                None => {
+                    element.insert(name.to_string(), value);
+                }
+                Some(Value::Array(values)) => values.push(value),
+                Some(first) => {
+                    let first = first.take();
+                    element.insert(name.to_string(), Value::Array(vec![first, value]));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The body: a JSON object when it is one, else text.
+fn body_value(body: &str) -> Value {
+    if body.trim_start().starts_with('{') {
+        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(body) {
+            return v;
+        }
+    }
+    Value::String(body.to_string())
+}
+
+/// hotdog's JSON envelope, version 1: what is absent is left out.
+fn envelope(e: &Event<'_>) -> Value {
+    let m = e.msg;
+    let mut v = Map::new();
+    let mut put = |k: &str, value: Value| {
+        v.insert(k.to_string(), value);
+    };
+    put("schema_version", json!(SCHEMA_VERSION));
+    put(
+        "received",
+        json!(humantime::format_rfc3339_millis(read_at(e.origin)).to_string()),
+    );
+    if let Some(t) = message_time(m, e.origin) {
+        put("timestamp", json!(rfc3339(&t)));
+    }
+    let text = |s: Option<&str>| s.map(|s| json!(s));
+    for (k, value) in [
+        ("timestamp_text", text(m.timestamp)),
+        ("hostname", text(m.hostname)),
+        ("appname", text(m.appname)),
+        ("procid", text(m.procid)),
+        ("msgid", text(m.msgid)),
+        ("severity", text(m.severity_name())),
+        ("severity_code", m.severity.map(|s| json!(s))),
+        ("facility", text(m.facility_name())),
+        ("facility_code", m.facility.map(|f| json!(f))),
+        (
+            "priority",
+            m.facility
+                .zip(m.severity)
+                .map(|(f, s)| json!(u16::from(f) * 8 + u16::from(s))),
+        ),
+        ("version", m.version.map(|n| json!(n))),
+    ] {
+        if let Some(value) = value {
+            put(k, value);
+        }
+    }
+    put("syslog_format", json!(m.format.as_str()));
+    if let Some(sd) = m.structured_data {
+        put("structured_data", Value::Object(structured_data(sd)));
+    }
+    put("message", body_value(e.body));
+    if e.invalid_utf8 {
+        put("message_invalid_utf8", json!(true));
+    }
+    if let Some(p) = &e.origin.peer_addr {
+        put("peer_addr", json!(p));
+    }
+    if let Some(cn) = &e.origin.tls_client_cn {
+        put("tls_client_cn", json!(cn));
+    }
+    if let Some(san) = &e.origin.tls_client_san {
+        put("tls_client_san", json!(san.split(',').collect::<Vec<_>>()));
+    }
+    Value::Object(v)
+}
+
+/// The OpenTelemetry logs data model: the protobuf messages of
+/// `opentelemetry/proto/collector/logs/v1` (and what they use) that hotdog fills, with the
+/// official field numbers, and their OTLP/JSON form.
+pub mod otlp {
+    use super::*;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportLogsServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_logs: Vec<ResourceLogs>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceLogs {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_logs: Vec<ScopeLogs>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeLogs {
+        #[prost(message, optional, tag = "1")]
+        pub scope: Option<InstrumentationScope>,
+        #[prost(message, repeated, tag = "2")]
+        pub log_records: Vec<LogRecord>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InstrumentationScope {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub version: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LogRecord {
+        #[prost(fixed64, tag = "1")]
+        pub time_unix_nano: u64,
+        #[prost(fixed64, tag = "11")]
+        pub observed_time_unix_nano: u64,
+        #[prost(int32, tag = "2")]
+        pub severity_number: i32,
+        #[prost(string, tag = "3")]
+        pub severity_text: String,
+        #[prost(message, optional, tag = "5")]
+        pub body: Option<AnyValue>,
+        #[prost(message, repeated, tag = "6")]
+        pub attributes: Vec<KeyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<AnyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AnyValue {
+        #[prost(oneof = "Value", tags = "1, 2, 3, 5, 6")]
+        pub value: Option<Value>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Value {
+        #[prost(string, tag = "1")]
+        StringValue(String),
+        #[prost(bool, tag = "2")]
+        BoolValue(bool),
+        #[prost(int64, tag = "3")]
+        IntValue(i64),
+        #[prost(message, tag = "5")]
+        ArrayValue(ArrayValue),
+        #[prost(message, tag = "6")]
+        KvlistValue(KeyValueList),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ArrayValue {
+        #[prost(message, repeated, tag = "1")]
+        pub values: Vec<AnyValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValueList {
+        #[prost(message, repeated, tag = "1")]
+        pub values: Vec<KeyValue>,
+    }
+
+    fn any(v: Value) -> Option<AnyValue> {
+        Some(AnyValue { value: Some(v) })
+    }
+
+    fn kv(key: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: any(v),
+        }
+    }
+
+    /// Syslog severity 0..=7 as the Collector's syslog parser maps it onto
+    /// `SeverityNumber` (FATAL, ERROR3, ERROR2, ERROR, WARN, INFO2, INFO, DEBUG).
+    const SEVERITY_NUMBER: [i32; 8] = [21, 19, 18, 17, 13, 10, 9, 5];
+
+    fn nanos(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    /// A JSON value as an `AnyValue` (objects as key-value lists).
+    fn from_json(v: &serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::String(s) => Value::StringValue(s.clone()),
+            serde_json::Value::Bool(b) => Value::BoolValue(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::IntValue(i),
+                None => Value::StringValue(n.to_string()),
+            },
+            serde_json::Value::Array(items) => Value::ArrayValue(ArrayValue {
+                values: items.iter().filter_map(|i| any(from_json(i))).collect(),
+            }),
+            serde_json::Value::Object(map) => Value::KvlistValue(KeyValueList {
+                values: map.iter().map(|(k, v)| kv(k, from_json(v))).collect(),
+            }),
+            serde_json::Value::Null => Value::StringValue(String::new()),
+        }
+    }
+
+    /// One log record, in one scope (`hotdog`), in one resource (`host.name`: the hostname).
+    pub fn request(e: &Event<'_>) -> ExportLogsServiceRequest {
+        let m = e.msg;
+        let mut attributes = Vec::new();
+        let mut text = |k: &str, v: Option<&str>| {
+            if let Some(v) = v {
+                attributes.push(kv(k, Value::StringValue(v.to_string())));
+            }
+        };
+        // The names the Collector's syslog receiver gives them.
+        text("hostname", m.hostname);
+        text("appname", m.appname);
+        text("proc_id", m.procid);
+        text("msg_id", m.msgid);
+        text("hotdog.peer_addr", e.origin.peer_addr.as_deref());
+        text("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref());
+        if let (Some(f), Some(s)) = (m.facility, m.severity) {
+            attributes.push(kv(
+                "priority",
+                Value::IntValue(i64::from(f) * 8 + i64::from(s)),
+            ));
+            attributes.push(kv("facility", Value::IntValue(i64::from(f))));
+        }
+        if let Some(v) = m.version {
+            attributes.push(kv("version", Value::IntValue(i64::from(v))));
+        }
+        if let Some(sd) = m.structured_data {
+            let sd = serde_json::Value::Object(structured_data(sd));
+            attributes.push(kv("structured_data", from_json(&sd)));
+        }
+        if e.invalid_utf8 {
+            attributes.push(kv("hotdog.invalid_utf8", Value::BoolValue(true)));
+        }
+        let time = message_time(m, e.origin)
+            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
+            .unwrap_or(0);
+        let body = match body_value(e.body) {
+            serde_json::Value::String(s) => Value::StringValue(s),
+            object => from_json(&object),
+        };
+        let record = LogRecord {
+            time_unix_nano: time,
+            observed_time_unix_nano: nanos(read_at(e.origin)),
+            severity_number: m.severity.map_or(0, |s| SEVERITY_NUMBER[usize::from(s)]),
+            severity_text: m.severity_name().unwrap_or_default().to_string(),
+            body: any(body),
+            attributes,
+        };
+        let resource = Resource {
+            attributes: m
+                .hostname
+                .map(|h| vec![kv("host.name", Value::StringValue(h.to_string()))])
+                .unwrap_or_default(),
+        };
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(resource),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope {
+                        name: "hotdog".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    }),
+                    log_records: vec![record],
+                }],
+            }],
+        }
+    }
+
+    fn any_json(v: &AnyValue) -> serde_json::Value {
+        match &v.value {
+            Some(Value::StringValue(s)) => json!({ "stringValue": s }),
+            Some(Value::BoolValue(b)) => json!({ "boolValue": b }),
+            // OTLP/JSON writes 64-bit integers as strings.
+            Some(Value::IntValue(i)) => json!({ "intValue": i.to_string() }),
+            Some(Value::ArrayValue(a)) => {
+                json!({ "arrayValue": { "values": a.values.iter().map(any_json).collect::<Vec<_>>() } })
+            }
+            Some(Value::KvlistValue(l)) => {
+                json!({ "kvlistValue": { "values": kvs_json(&l.values) } })
+            }
+            None => json!({}),
+        }
+    }
+
+    fn kvs_json(kvs: &[KeyValue]) -> Vec<serde_json::Value> {
+        kvs.iter()
+            .map(|kv| json!({ "key": kv.key, "value": kv.value.as_ref().map(any_json) }))
+            .collect()
+    }
+
+    /// The OTLP/JSON form: field names in lowerCamelCase, 64-bit integers as strings.
+    pub fn json(r: &ExportLogsServiceRequest) -> serde_json::Value {
+        let resource_logs: Vec<serde_json::Value> = r
+            .resource_logs
+            .iter()
+            .map(|rl| {
+                let scope_logs: Vec<serde_json::Value> = rl
+                    .scope_logs
+                    .iter()
+                    .map(|sl| {
+                        let records: Vec<serde_json::Value> = sl
+                            .log_records
+                            .iter()
+                            .map(|lr| {
+                                json!({
+                                    "timeUnixNano": lr.time_unix_nano.to_string(),
+                                    "observedTimeUnixNano": lr.observed_time_unix_nano.to_string(),
+                                    "severityNumber": lr.severity_number,
+                                    "severityText": lr.severity_text,
+                                    "body": lr.body.as_ref().map(any_json),
+                                    "attributes": kvs_json(&lr.attributes),
+                                })
+                            })
+                            .collect();
+                        json!({
+                            "scope": sl.scope.as_ref().map(|s| json!({ "name": s.name, "version": s.version })),
+                            "logRecords": records,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "resource": { "attributes": rl.resource.as_ref().map(|r| kvs_json(&r.attributes)).unwrap_or_default() },
+                    "scopeLogs": scope_logs,
+                })
+            })
+            .collect();
+        json!({ "resourceLogs": resource_logs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(read: &str, zone: Option<&str>) -> Origin {
+        Origin {
+            clock: Some(SystemTime::from(read.parse::<jiff::Timestamp>().unwrap())),
+            zone: zone.map(|z| jiff::tz::TimeZone::get(z).unwrap()),
+            ..Origin::default()
+        }
+    }
+
+    fn time_of(line: &str, origin: &Origin) -> Option<String> {
+        message_time(&syslog::parse(line), origin).map(|z| rfc3339(&z))
+    }
+
+    #[test]
+    fn rfc3164_years_are_the_nearest_to_when_the_line_was_read() {
+        let new_year = at("2025-01-01T00:00:30Z", None);
+        assert_eq!(
+            time_of("<13>Dec 31 23:59:59 h a: late", &new_year).as_deref(),
+            Some("2024-12-31T23:59:59Z")
+        );
+        assert_eq!(
+            time_of("<13>Jan  1 00:00:10 h a: on time", &new_year).as_deref(),
+            Some("2025-01-01T00:00:10Z")
+        );
+        // A clock a little ahead of hotdog's, on New Year's Eve.
+        let eve = at("2024-12-31T23:59:50Z", None);
+        assert_eq!(
+            time_of("<13>Jan  1 00:00:05 h a: early", &eve).as_deref(),
+            Some("2025-01-01T00:00:05Z")
+        );
+        // A year written after the time wins; fractions are kept.
+        assert_eq!(
+            time_of("<13>Mar  1 01:02:03.456 2019 sw1 LINK: down", &new_year).as_deref(),
+            Some("2019-03-01T01:02:03.456Z")
+        );
+        // February 29 only exists in a leap year: the nearest one that has it.
+        let leap = at("2024-03-01T00:00:00Z", None);
+        assert_eq!(
+            time_of("<13>Feb 29 12:00:00 h a: x", &leap).as_deref(),
+            Some("2024-02-29T12:00:00Z")
+        );
+    }
+
+    #[test]
+    fn rfc3164_times_are_read_in_the_listeners_zone() {
+        let paris = at("2024-07-01T12:00:00Z", Some("Europe/Paris"));
+        assert_eq!(
+            time_of("<13>Jul  1 14:00:00 h a: summer", &paris).as_deref(),
+            Some("2024-07-01T14:00:00+02:00")
+        );
+        let ny = at("2024-01-15T12:00:00Z", Some("America/New_York"));
+        assert_eq!(
+            time_of("<13>Jan 15 07:00:00 h a: winter", &ny).as_deref(),
+            Some("2024-01-15T07:00:00-05:00")
+        );
+    }
+
+    #[test]
+    fn rfc5424_and_rfc3339_times_keep_their_offset() {
+        let o = at("2024-07-01T12:00:00Z", Some("Europe/Paris"));
+        assert_eq!(
+            time_of("<13>1 2003-08-24T05:14:15.000003-07:00 h a - - -", &o).as_deref(),
+            Some("2003-08-24T05:14:15.000003-07:00")
+        );
+        assert_eq!(
+            time_of("<13>2024-05-01T12:00:00.123+02:00 web1 nginx: x", &o).as_deref(),
+            Some("2024-05-01T12:00:00.123+02:00")
+        );
+        assert_eq!(time_of("<13>1 - h a - - -", &o), None);
+    }
+
+    #[test]
+    fn the_json_envelope_has_every_field_and_leaves_out_what_is_absent() {
+        let line = r#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog - ID47 [ex@32473 iut="3" a="1" a="2"][origin ip="10.0.0.1"] {"k": [1, 2]}"#;
+        let msg = syslog::parse(line);
+        let mut origin = at("2003-10-11T22:14:16Z", None);
+        origin.peer_addr = Some("10.0.0.9:514".into());
+        origin.tls_client_san = Some("a.example.com,b.example.com".into());
+        let event = Event {
+            msg: &msg,
+            origin: &origin,
+            body: msg.msg,
+            invalid_utf8: false,
+        };
+        let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event)).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "schema_version": 1,
+                "received": "2003-10-11T22:14:16.000Z",
+                "timestamp": "2003-10-11T22:14:15.003Z",
+                "timestamp_text": "2003-10-11T22:14:15.003Z",
+                "hostname": "web1",
+                "appname": "evntslog",
+                "msgid": "ID47",
+                "severity": "notice",
+                "severity_code": 5,
+                "facility": "local4",
+                "facility_code": 20,
+                "priority": 165,
+                "version": 1,
+                "syslog_format": "rfc5424",
+                "structured_data": {
+                    "ex@32473": {"iut": "3", "a": ["1", "2"]},
+                    "origin": {"ip": "10.0.0.1"}
+                },
+                "message": {"k": [1, 2]},
+                "peer_addr": "10.0.0.9:514",
+                "tls_client_san": ["a.example.com", "b.example.com"]
+            })
+        );
+    }
+
+    #[test]
+    fn otlp_records_follow_the_collectors_syslog_mapping() {
+        let msg = syslog::parse("<11>1 2024-05-01T12:00:00Z web1 app 42 - - failed");
+        let origin = at("2024-05-01T12:00:01Z", None);
+        let event = Event {
+            msg: &msg,
+            origin: &origin,
+            body: msg.msg,
+            invalid_utf8: false,
+        };
+        let bytes = payload(RecordFormat::OtlpProto, &event);
+        let r: otlp::ExportLogsServiceRequest = prost::Message::decode(&bytes[..]).unwrap();
+        let lr = &r.resource_logs[0].scope_logs[0].log_records[0];
+        assert_eq!(lr.time_unix_nano, 1_714_564_800_000_000_000);
+        assert_eq!(lr.observed_time_unix_nano, 1_714_564_801_000_000_000);
+        assert_eq!((lr.severity_number, lr.severity_text.as_str()), (17, "err"));
+        let v: Value = serde_json::from_slice(&payload(RecordFormat::OtlpJson, &event)).unwrap();
+        let record = &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
+        assert_eq!(record["timeUnixNano"], "1714564800000000000");
+        assert_eq!(record["body"], json!({"stringValue": "failed"}));
+        assert_eq!(
+            v["resourceLogs"][0]["resource"]["attributes"][0],
+            json!({"key": "host.name", "value": {"stringValue": "web1"}})
+        );
+        let keys: Vec<&str> = record["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            ["hostname", "appname", "proc_id", "priority", "facility", "version"]
+        );
+    }
+}
