@@ -28,6 +28,19 @@ install_missing() {
 # balancer that sends PROXY headers), ss (to see socket options).
 ensure_test_deps() {
     install_missing rsyslog rsyslog-gnutls haproxy iproute2
+    ensure_python_test_deps
+}
+
+# The JSON Schema validator and the OpenTelemetry protobuf definitions, from PyPI: the tests check
+# hotdog's structured records with them (tests/check_records.py).
+ensure_python_test_deps() {
+    if python3 -c 'import jsonschema, opentelemetry.proto.collector.logs.v1.logs_service_pb2' 2>/dev/null; then
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || install_missing python3
+    python3 -m pip --version >/dev/null 2>&1 || install_missing python3-pip
+    python3 -m pip install --quiet jsonschema opentelemetry-proto ||
+        python3 -m pip install --quiet --break-system-packages jsonschema opentelemetry-proto
 }
 
 # The tansu broker (a Kafka-compatible broker in Rust) in ~/.cargo/bin; built once (minutes).

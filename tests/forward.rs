@@ -12,6 +12,7 @@ fn read(key: Option<&str>, payload: &str) -> Consumed {
     Consumed {
         key: key.map(str::to_string),
         payload: payload.to_string(),
+        bytes: payload.as_bytes().to_vec(),
         headers: Vec::new(),
     }
 }

@@ -8,6 +8,7 @@ mod delivery;
 mod forward;
 mod limits;
 mod proxy;
+mod records;
 mod reload;
 mod rsyslog;
 mod service;

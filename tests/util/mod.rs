@@ -191,6 +191,8 @@ pub fn create_topics(broker: &str, topics: &[&str]) {
 pub struct Consumed {
     pub key: Option<String>,
     pub payload: String,
+    /// The payload's bytes as they are (`payload` replaces what is not UTF-8).
+    pub bytes: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }
 
@@ -225,6 +227,7 @@ pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec
                 out.push(Consumed {
                     key: text(m.key()),
                     payload: text(m.payload()).unwrap_or_default(),
+                    bytes: m.payload().unwrap_or_default().to_vec(),
                     headers,
                 });
             }
