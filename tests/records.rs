@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::util::{broker, consume_all, fresh_topic, Consumed, Hotdog};
+use crate::util::{consume_all, fresh_topic, Consumed, Hotdog};
 
 /// The lines every format test sends: RFC 5424 with structured data and escapes, RFC 3164
 /// without and with a year, a JSON body, a body that is not UTF-8, a line that is not syslog.
