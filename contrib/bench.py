@@ -316,6 +316,8 @@ def main():
     ap.add_argument("--rules", type=int, nargs="*", default=[200, 1000],
                     help="add rows with this many regex rules that the lines do not match, then "
                          "a catch-all (1 conn)")
+    ap.add_argument("--formats", nargs="*", default=["json", "otlp_proto"],
+                    help="add forward-all rows in these record formats (1 conn)")
     ap.add_argument("--hotdog-only", action="store_true",
                     help="leave out the rsyslog and kcat rows")
     ap.add_argument("--tansu", default="tansu")
@@ -347,6 +349,11 @@ def main():
                 for count in args.rules:
                     rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                            many_rules(count), f" {count} rules"))
+                for fmt in args.formats:
+                    rules = ("  - regex: '.*'\n    actions:\n      - type: forward\n"
+                             f"        topic: 'TOPIC'\n        format: {fmt}\n")
+                    rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                           rules, f" format {fmt}"))
                 if args.repeat > 1:
                     print(f"run {i + 1}/{args.repeat}: " + ", ".join(
                         f"{r['name']} {r['cpu_per_million']:.2f}" for r in rows), flush=True)
@@ -375,6 +382,9 @@ def main():
         for count in args.rules:
             r = by[f"hotdog {count} rules (1 conn)"]
             print(f"{count} rules / forward-all CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+        for fmt in args.formats:
+            r = by[f"hotdog format {fmt} (1 conn)"]
+            print(f"format {fmt} / raw CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
     if args.baseline:
         print("this build / baseline CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"

@@ -13,8 +13,40 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+/// The sequence number of a text payload, of a JSON one, or of an OpenTelemetry protobuf
+/// record (`format: otlp_proto`) whose body holds one.
 fn seq(payload: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(payload).ok()?;
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(seq_in)
+        .or_else(|| seq_in_otlp(payload))
+}
+
+fn seq_in_otlp(payload: &[u8]) -> Option<u64> {
+    use hotdog::format::otlp::{ExportLogsServiceRequest, Value};
+    let request: ExportLogsServiceRequest = prost::Message::decode(payload).ok()?;
+    let record = request
+        .resource_logs
+        .first()?
+        .scope_logs
+        .first()?
+        .log_records
+        .first()?;
+    match record.body.as_ref()?.value.as_ref()? {
+        Value::StringValue(text) => seq_in(text),
+        Value::KvlistValue(list) => list
+            .values
+            .iter()
+            .find(|kv| kv.key == "seq")
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::IntValue(n) => u64::try_from(*n).ok(),
+                _ => None,
+            }),
+        _ => None,
+    }
+}
+
+fn seq_in(text: &str) -> Option<u64> {
     let at = text.find("seq")?;
     let digits: String = text[at + 3..]
         .trim_start_matches(['=', '"', ':'])
