@@ -122,12 +122,16 @@ fn run_tests(
         return ExitCode::from(EXIT_CONFIG);
     }
     let mut stdout = std::io::stdout().lock();
-    let results = match ruletest::run(
-        &config.rules,
-        &loaded,
-        max_message_size(config),
-        &mut stdout,
-    ) {
+    let reading = ruletest::Reading {
+        max_message_size: max_message_size(config),
+        zone: config
+            .global
+            .listen
+            .first()
+            .and_then(|l| l.timezone.as_ref())
+            .map(|t| t.zone.clone()),
+    };
+    let results = match ruletest::run(&config.rules, &loaded, &reading, &mut stdout) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("hotdog: {e}");

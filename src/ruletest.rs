@@ -38,19 +38,26 @@ impl Results {
     }
 }
 
-/// Runs every case of `files` (name, cases) against `rules`, frames of at most `max` bytes,
-/// printing each result to `out`.
+/// How the cases' input is read: as by the configuration's first listener.
+pub struct Reading {
+    /// Frames of at most this many bytes.
+    pub max_message_size: usize,
+    /// RFC 3164 timestamps in this zone (UTC when `None`).
+    pub zone: Option<jiff::tz::TimeZone>,
+}
+
+/// Runs every case of `files` (name, cases) against `rules`, printing each result to `out`.
 pub fn run(
     rules: &Rules,
     files: &[(String, TestFile)],
-    max: usize,
+    reading: &Reading,
     out: &mut impl Write,
 ) -> std::io::Result<Results> {
     let mut results = Results::default();
     let mut covered = BTreeSet::new();
     for (file, tests) in files {
         for case in &tests.cases {
-            let (records, matched) = apply(rules, case, max);
+            let (records, matched) = apply(rules, case, reading);
             covered.extend(matched.iter().copied());
             let failure = compare(&case.expect, &records).map(|diff| {
                 let mut text = format!(
@@ -103,14 +110,19 @@ pub fn run(
 }
 
 /// The records the case's input makes, and the rules that matched (in order, without repeats).
-fn apply(rules: &Rules, case: &Case, max: usize) -> (Vec<Record>, Vec<usize>) {
+fn apply(rules: &Rules, case: &Case, reading: &Reading) -> (Vec<Record>, Vec<usize>) {
     let mut records = Vec::new();
     let mut matched = Vec::new();
+    let mut origin = case.origin.clone();
+    origin.zone = origin.zone.or_else(|| reading.zone.clone());
     // Reading from memory cannot fail, and the callback does not.
-    let _ = testmode::each_frame(&case.input[..], max, |data, _| {
+    let _ = testmode::each_frame(&case.input[..], reading.max_message_size, |data, _| {
         let text = String::from_utf8_lossy(data);
-        let msg = syslog::parse(&text);
-        rules.apply(&msg, &case.origin, &mut records, Some(&mut matched));
+        let mut msg = syslog::parse(&text);
+        if text.as_bytes() != data {
+            msg.msg_bytes = Some(syslog::original_bytes(data, &text, msg.msg));
+        }
+        rules.apply(&msg, &origin, &mut records, Some(&mut matched));
         Ok(())
     });
     let mut seen = BTreeSet::new();

@@ -1,12 +1,38 @@
-//! Syslog parsing: any line parses (RFC 5424, RFC 3164 or unparsed) without panicking, and every
-//! field it finds is a part of the line.
+//! Syslog parsing and what is made of a message: any line parses (RFC 5424, RFC 3164 or
+//! unparsed) without panicking, every field it finds is a part of the line, the original bytes
+//! of the body are a suffix of the input, structured data comes apart, and every record format
+//! (JSON, OTLP) is made from it.
 #![no_main]
 
+use hotdog::format::{self, Event, RecordFormat};
+use hotdog::rules::Origin;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let line = String::from_utf8_lossy(data);
-    let msg = hotdog::syslog::parse(&line);
+    let mut msg = hotdog::syslog::parse(&line);
     let _ = (msg.severity_name(), msg.facility_name());
     assert!(msg.msg.len() <= line.len());
+    let original = hotdog::syslog::original_bytes(data, &line, msg.msg);
+    assert!(data.ends_with(original));
+    if original != msg.msg.as_bytes() {
+        msg.msg_bytes = Some(original);
+    }
+    if let Some(sd) = msg.structured_data {
+        let _ = hotdog::syslog::sd_elements(sd);
+    }
+    let origin = Origin {
+        zone: jiff::tz::TimeZone::get("Europe/Paris").ok(),
+        ..Origin::default()
+    };
+    let _ = format::message_time(&msg, &origin);
+    let event = Event {
+        msg: &msg,
+        origin: &origin,
+        body: msg.msg,
+        invalid_utf8: msg.msg_bytes.is_some(),
+    };
+    for f in [RecordFormat::Json, RecordFormat::OtlpJson, RecordFormat::OtlpProto] {
+        let _ = format::payload(f, &event);
+    }
 });

@@ -452,6 +452,67 @@ mod tests {
     const MINIMAL: &str = "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\n";
 
     #[test]
+    fn structured_data_fields_formats_and_time_zones() {
+        let text = format!(
+            "{MINIMAL}    timezone: Europe/Paris\nrules:\n  - regex: '^10\\.'\n    field: sd.origin@123.ip\n    actions:\n      - type: replace\n        template: '{{{{sd.[origin@123].ip}}}} at {{{{timestamp_rfc3339}}}}'\n      - type: forward\n        topic: t\n        format: raw\n"
+        )
+        .replace("    port: 1514\n  kafka", "    port: 1514\n    timezone: Europe/Paris\n  kafka")
+        .replace("    timezone: Europe/Paris\nrules", "rules");
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.global.listen[0]
+                .timezone
+                .as_ref()
+                .map(|t| t.name.as_str()),
+            Some("Europe/Paris")
+        );
+        let origin = crate::rules::Origin {
+            zone: c.global.listen[0].timezone.as_ref().map(|t| t.zone.clone()),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let line = r#"<13>1 2024-05-01T12:00:00+02:00 h a - - [origin@123 ip="10.1.2.3"] x"#;
+        let outcome = c
+            .rules
+            .apply(&crate::syslog::parse(line), &origin, &mut out, None);
+        assert!(outcome.forwarded);
+        assert_eq!(
+            out[0].payload_text(),
+            "10.1.2.3 at 2024-05-01T12:00:00+02:00"
+        );
+        // Another SD value does not match; no structured data skips the rule.
+        for other in [
+            r#"<13>1 - h a - - [origin@123 ip="192.0.2.1"] x"#,
+            "<13>1 - h a - - - x",
+        ] {
+            let mut out = Vec::new();
+            let outcome = c
+                .rules
+                .apply(&crate::syslog::parse(other), &origin, &mut out, None);
+            assert!(!outcome.forwarded, "{other}");
+        }
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    timezone: Mars/Olympus\n")
+            + "rules:\n  - regex: 'x'\n    field: sd.nodot\n    actions:\n      - type: forward\n        topic: t\n        format: protobuf\n";
+        let errs = errors(&bad).join("\n");
+        assert!(
+            errs.contains(
+                "test.yml:4:15: `global.listen.timezone`: `Mars/Olympus` is not an IANA time zone"
+            ),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("unknown field `sd.nodot`") && errs.contains("or `sd.SD-ID.PARAM`"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "unknown format `protobuf`; expected one of: raw, json, otlp_json, otlp_proto"
+            ),
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn minimal_with_defaults() {
         let c = parse(MINIMAL).unwrap();
         let l = &c.global.listen[0];

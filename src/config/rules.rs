@@ -341,7 +341,13 @@ fn decode_field(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Field> {
     let name = scalar(cx, node, what)?;
     let field = Field::from_name(&name);
     if field.is_none() {
-        cx.error(node, unknown_name("field", &name, &Field::NAMES));
+        cx.error(
+            node,
+            format!(
+                "{}, or `sd.SD-ID.PARAM` (a structured data parameter)",
+                unknown_name("field", &name, &Field::NAMES)
+            ),
+        );
     }
     field
 }
