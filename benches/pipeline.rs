@@ -10,6 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use hotdog::config::Config;
+use hotdog::format::{Event, RecordFormat};
 use hotdog::framing::{Framer, Step};
 use hotdog::rules::{Origin, Rules};
 use hotdog::syslog;
@@ -201,6 +202,38 @@ fn benches(c: &mut Criterion) {
         let many = many_rules(n);
         g.bench_function(format!("{n}_rules_then_catch_all"), |b| {
             b.iter(|| apply_all(&many, black_box(&lines)))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("format");
+    g.throughput(Throughput::Elements(LINES as u64));
+    let origin = Origin {
+        clock: Some(std::time::SystemTime::now()),
+        ..Origin::default()
+    };
+    for format in [
+        RecordFormat::Raw,
+        RecordFormat::Json,
+        RecordFormat::OtlpProto,
+        RecordFormat::OtlpJson,
+    ] {
+        g.bench_function(format!("{format:?}"), |b| {
+            b.iter(|| {
+                lines
+                    .iter()
+                    .map(|l| {
+                        let msg = syslog::parse(l);
+                        let event = Event {
+                            msg: &msg,
+                            origin: &origin,
+                            body: msg.msg,
+                            invalid_utf8: false,
+                        };
+                        hotdog::format::payload(format, &event).len()
+                    })
+                    .sum::<usize>()
+            })
         });
     }
     g.finish();

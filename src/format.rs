@@ -7,8 +7,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
-
 use crate::rules::Origin;
 use crate::syslog::{self, Message};
 
@@ -120,6 +118,19 @@ fn bsd_time(text: &str, zone: &jiff::tz::TimeZone, read: jiff::Timestamp) -> Opt
         .min_by_key(|z| (z.timestamp().as_second() - read.as_second()).unsigned_abs())
 }
 
+/// The message's time in RFC 3339 with its offset, for templates and the JSON envelope: an
+/// RFC 5424 timestamp is one already (the parser checked it) and is taken as written.
+pub fn normalised_time<'m>(
+    msg: &Message<'m>,
+    origin: &Origin,
+) -> Option<std::borrow::Cow<'m, str>> {
+    let text = msg.timestamp?;
+    if msg.format == syslog::Format::Rfc5424 {
+        return Some(std::borrow::Cow::Borrowed(text));
+    }
+    message_time(msg, origin).map(|z| std::borrow::Cow::Owned(rfc3339(&z)))
+}
+
 /// The message's time in RFC 3339 with its offset (`2024-05-01T12:00:00.123+02:00`).
 pub fn rfc3339(z: &jiff::Zoned) -> String {
     let offset = z.offset();
@@ -134,112 +145,186 @@ pub fn rfc3339(z: &jiff::Zoned) -> String {
     }
 }
 
-/// The payload of a record in `format` (not `Raw`).
+/// `value` as JSON, in a buffer sized for the body and what goes around it.
+fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.body.len() + 512);
+    match serde_json::to_writer(&mut out, value) {
+        Ok(()) => out,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The payload of a record in `format`.
 pub fn payload(format: RecordFormat, event: &Event<'_>) -> Vec<u8> {
     match format {
         RecordFormat::Raw => event.body.as_bytes().to_vec(),
-        RecordFormat::Json => serde_json::to_vec(&envelope(event)).unwrap_or_default(),
-        RecordFormat::OtlpJson => {
-            serde_json::to_vec(&otlp::json(&otlp::request(event))).unwrap_or_default()
-        }
+        RecordFormat::Json => json_bytes(&Envelope::of(event), event),
+        RecordFormat::OtlpJson => json_bytes(&otlp::request(event), event),
         RecordFormat::OtlpProto => prost::Message::encode_to_vec(&otlp::request(event)),
     }
 }
 
-/// Structured data as `{SD-ID: {param: value}}`; a param given more than once in an element
-/// keeps every value, as a list.
-fn structured_data(sd: &str) -> Map<String, Value> {
-    let mut out = Map::new();
+/// Structured data grouped: every SD-ID once, its params once each with every value given.
+fn grouped_sd(sd: &str) -> Vec<(&str, Vec<(&str, Vec<std::borrow::Cow<'_, str>>)>)> {
+    let mut out: Vec<(&str, Vec<(&str, Vec<std::borrow::Cow<'_, str>>)>)> = Vec::new();
     for (id, params) in syslog::sd_elements(sd) {
-        let element = out
-            .entry(id.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-        let Value::Object(element) = element else {
-            continue;
+        let at = match out.iter().position(|(i, _)| *i == id) {
+            Some(at) => at,
+            None => {
+                out.push((id, Vec::new()));
+                out.len() - 1
+            }
         };
+        let element = &mut out[at].1;
         for (name, value) in params {
-            let value = Value::String(value.into_owned());
-            match element.get_mut(name) {
-                None => {
-                    element.insert(name.to_string(), value);
-                }
-                Some(Value::Array(values)) => values.push(value),
-                Some(first) => {
-                    let first = first.take();
-                    element.insert(name.to_string(), Value::Array(vec![first, value]));
-                }
+            match element.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, values)) => values.push(value),
+                None => element.push((name, vec![value])),
             }
         }
     }
     out
 }
 
-/// The body: a JSON object when it is one, else text.
-fn body_value(body: &str) -> Value {
-    if body.trim_start().starts_with('{') {
-        if let Ok(v @ Value::Object(_)) = serde_json::from_str::<Value>(body) {
-            return v;
+/// Structured data as JSON: `{SD-ID: {param: value}}`; a param given more than once in an
+/// element keeps every value, as a list.
+struct SdJson<'a>(&'a str);
+
+impl serde::Serialize for SdJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Params<'p, 'a>(&'p [(&'a str, Vec<std::borrow::Cow<'a, str>>)]);
+        impl serde::Serialize for Params<'_, '_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (name, values) in self.0 {
+                    match &values[..] {
+                        [one] => map.serialize_entry(name, one)?,
+                        many => map.serialize_entry(name, many)?,
+                    }
+                }
+                map.end()
+            }
         }
+        let grouped = grouped_sd(self.0);
+        let mut map = s.serialize_map(Some(grouped.len()))?;
+        for (id, params) in &grouped {
+            map.serialize_entry(id, &Params(params))?;
+        }
+        map.end()
     }
-    Value::String(body.to_string())
 }
 
-/// hotdog's JSON envelope, version 1: what is absent is left out.
-fn envelope(e: &Event<'_>) -> Value {
-    let m = e.msg;
-    let mut v = Map::new();
-    let mut put = |k: &str, value: Value| {
-        v.insert(k.to_string(), value);
-    };
-    put("schema_version", json!(SCHEMA_VERSION));
-    put(
-        "received",
-        json!(humantime::format_rfc3339_millis(read_at(e.origin)).to_string()),
-    );
-    if let Some(t) = message_time(m, e.origin) {
-        put("timestamp", json!(rfc3339(&t)));
+/// A body that is a JSON object, as written (checked, not rebuilt).
+fn json_object(body: &str) -> Option<&serde_json::value::RawValue> {
+    if !body.trim_start().starts_with('{') {
+        return None;
     }
-    let text = |s: Option<&str>| s.map(|s| json!(s));
-    for (k, value) in [
-        ("timestamp_text", text(m.timestamp)),
-        ("hostname", text(m.hostname)),
-        ("appname", text(m.appname)),
-        ("procid", text(m.procid)),
-        ("msgid", text(m.msgid)),
-        ("severity", text(m.severity_name())),
-        ("severity_code", m.severity.map(|s| json!(s))),
-        ("facility", text(m.facility_name())),
-        ("facility_code", m.facility.map(|f| json!(f))),
-        (
-            "priority",
-            m.facility
+    serde_json::from_str::<&serde_json::value::RawValue>(body).ok()
+}
+
+/// The message: a JSON object embedded as it is, or text.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Body<'a> {
+    Object(&'a serde_json::value::RawValue),
+    Text(&'a str),
+}
+
+/// When the line was read, RFC 3339 UTC with milliseconds.
+struct Received(SystemTime);
+
+impl serde::Serialize for Received {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+/// TLS SANs, kept comma-separated by the listener, as a list.
+struct Sans<'a>(&'a str);
+
+impl serde::Serialize for Sans<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.split(','))
+    }
+}
+
+/// hotdog's JSON envelope, version 1 (`schema/record-v1.json`): what is absent is left out.
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    schema_version: u32,
+    received: Received,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp_text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    appname: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    procid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msgid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    severity: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    severity_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    facility: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    facility_code: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u16>,
+    syslog_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    structured_data: Option<SdJson<'a>>,
+    message: Body<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    message_invalid_utf8: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_addr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_client_cn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_client_san: Option<Sans<'a>>,
+}
+
+impl<'a> Envelope<'a> {
+    fn of(e: &'a Event<'a>) -> Envelope<'a> {
+        let m = e.msg;
+        Envelope {
+            schema_version: SCHEMA_VERSION,
+            received: Received(read_at(e.origin)),
+            timestamp: normalised_time(m, e.origin),
+            timestamp_text: m.timestamp,
+            hostname: m.hostname,
+            appname: m.appname,
+            procid: m.procid,
+            msgid: m.msgid,
+            severity: m.severity_name(),
+            severity_code: m.severity,
+            facility: m.facility_name(),
+            facility_code: m.facility,
+            priority: m
+                .facility
                 .zip(m.severity)
-                .map(|(f, s)| json!(u16::from(f) * 8 + u16::from(s))),
-        ),
-        ("version", m.version.map(|n| json!(n))),
-    ] {
-        if let Some(value) = value {
-            put(k, value);
+                .map(|(f, s)| u16::from(f) * 8 + u16::from(s)),
+            version: m.version,
+            syslog_format: m.format.as_str(),
+            structured_data: m.structured_data.map(SdJson),
+            message: match json_object(e.body) {
+                Some(raw) => Body::Object(raw),
+                None => Body::Text(e.body),
+            },
+            message_invalid_utf8: e.invalid_utf8,
+            peer_addr: e.origin.peer_addr.as_deref(),
+            tls_client_cn: e.origin.tls_client_cn.as_deref(),
+            tls_client_san: e.origin.tls_client_san.as_deref().map(Sans),
         }
     }
-    put("syslog_format", json!(m.format.as_str()));
-    if let Some(sd) = m.structured_data {
-        put("structured_data", Value::Object(structured_data(sd)));
-    }
-    put("message", body_value(e.body));
-    if e.invalid_utf8 {
-        put("message_invalid_utf8", json!(true));
-    }
-    if let Some(p) = &e.origin.peer_addr {
-        put("peer_addr", json!(p));
-    }
-    if let Some(cn) = &e.origin.tls_client_cn {
-        put("tls_client_cn", json!(cn));
-    }
-    if let Some(san) = &e.origin.tls_client_san {
-        put("tls_client_san", json!(san.split(',').collect::<Vec<_>>()));
-    }
-    Value::Object(v)
 }
 
 /// The OpenTelemetry logs data model: the protobuf messages of
@@ -248,13 +333,20 @@ fn envelope(e: &Event<'_>) -> Value {
 pub mod otlp {
     use super::*;
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    /// OTLP/JSON writes 64-bit integers as strings.
+    fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct ExportLogsServiceRequest {
         #[prost(message, repeated, tag = "1")]
         pub resource_logs: Vec<ResourceLogs>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct ResourceLogs {
         #[prost(message, optional, tag = "1")]
         pub resource: Option<Resource>,
@@ -262,13 +354,15 @@ pub mod otlp {
         pub scope_logs: Vec<ScopeLogs>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct Resource {
         #[prost(message, repeated, tag = "1")]
         pub attributes: Vec<KeyValue>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct ScopeLogs {
         #[prost(message, optional, tag = "1")]
         pub scope: Option<InstrumentationScope>,
@@ -276,7 +370,8 @@ pub mod otlp {
         pub log_records: Vec<LogRecord>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct InstrumentationScope {
         #[prost(string, tag = "1")]
         pub name: String,
@@ -284,11 +379,14 @@ pub mod otlp {
         pub version: String,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct LogRecord {
         #[prost(fixed64, tag = "1")]
+        #[serde(serialize_with = "as_text")]
         pub time_unix_nano: u64,
         #[prost(fixed64, tag = "11")]
+        #[serde(serialize_with = "as_text")]
         pub observed_time_unix_nano: u64,
         #[prost(int32, tag = "2")]
         pub severity_number: i32,
@@ -300,7 +398,8 @@ pub mod otlp {
         pub attributes: Vec<KeyValue>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct KeyValue {
         #[prost(string, tag = "1")]
         pub key: String,
@@ -308,19 +407,23 @@ pub mod otlp {
         pub value: Option<AnyValue>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct AnyValue {
         #[prost(oneof = "Value", tags = "1, 2, 3, 5, 6")]
+        #[serde(flatten)]
         pub value: Option<Value>,
     }
 
-    #[derive(Clone, PartialEq, prost::Oneof)]
+    #[derive(Clone, PartialEq, prost::Oneof, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub enum Value {
         #[prost(string, tag = "1")]
         StringValue(String),
         #[prost(bool, tag = "2")]
         BoolValue(bool),
         #[prost(int64, tag = "3")]
+        #[serde(serialize_with = "as_text")]
         IntValue(i64),
         #[prost(message, tag = "5")]
         ArrayValue(ArrayValue),
@@ -328,13 +431,15 @@ pub mod otlp {
         KvlistValue(KeyValueList),
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct ArrayValue {
         #[prost(message, repeated, tag = "1")]
         pub values: Vec<AnyValue>,
     }
 
-    #[derive(Clone, PartialEq, prost::Message)]
+    #[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct KeyValueList {
         #[prost(message, repeated, tag = "1")]
         pub values: Vec<KeyValue>,
@@ -407,8 +512,32 @@ pub mod otlp {
             attributes.push(kv("version", Value::IntValue(i64::from(v))));
         }
         if let Some(sd) = m.structured_data {
-            let sd = serde_json::Value::Object(structured_data(sd));
-            attributes.push(kv("structured_data", from_json(&sd)));
+            let elements = grouped_sd(sd)
+                .into_iter()
+                .map(|(id, params)| {
+                    let params = params
+                        .into_iter()
+                        .map(|(name, mut values)| {
+                            let value = if values.len() == 1 {
+                                Value::StringValue(values.remove(0).into_owned())
+                            } else {
+                                Value::ArrayValue(ArrayValue {
+                                    values: values
+                                        .into_iter()
+                                        .filter_map(|v| any(Value::StringValue(v.into_owned())))
+                                        .collect(),
+                                })
+                            };
+                            kv(name, value)
+                        })
+                        .collect();
+                    kv(id, Value::KvlistValue(KeyValueList { values: params }))
+                })
+                .collect();
+            attributes.push(kv(
+                "structured_data",
+                Value::KvlistValue(KeyValueList { values: elements }),
+            ));
         }
         if e.invalid_utf8 {
             attributes.push(kv("hotdog.invalid_utf8", Value::BoolValue(true)));
@@ -416,9 +545,11 @@ pub mod otlp {
         let time = message_time(m, e.origin)
             .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
             .unwrap_or(0);
-        let body = match body_value(e.body) {
-            serde_json::Value::String(s) => Value::StringValue(s),
-            object => from_json(&object),
+        let object = json_object(e.body)
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok());
+        let body = match object {
+            Some(object) => from_json(&object),
+            None => Value::StringValue(e.body.to_string()),
         };
         let record = LogRecord {
             time_unix_nano: time,
@@ -447,72 +578,12 @@ pub mod otlp {
             }],
         }
     }
-
-    fn any_json(v: &AnyValue) -> serde_json::Value {
-        match &v.value {
-            Some(Value::StringValue(s)) => json!({ "stringValue": s }),
-            Some(Value::BoolValue(b)) => json!({ "boolValue": b }),
-            // OTLP/JSON writes 64-bit integers as strings.
-            Some(Value::IntValue(i)) => json!({ "intValue": i.to_string() }),
-            Some(Value::ArrayValue(a)) => {
-                json!({ "arrayValue": { "values": a.values.iter().map(any_json).collect::<Vec<_>>() } })
-            }
-            Some(Value::KvlistValue(l)) => {
-                json!({ "kvlistValue": { "values": kvs_json(&l.values) } })
-            }
-            None => json!({}),
-        }
-    }
-
-    fn kvs_json(kvs: &[KeyValue]) -> Vec<serde_json::Value> {
-        kvs.iter()
-            .map(|kv| json!({ "key": kv.key, "value": kv.value.as_ref().map(any_json) }))
-            .collect()
-    }
-
-    /// The OTLP/JSON form: field names in lowerCamelCase, 64-bit integers as strings.
-    pub fn json(r: &ExportLogsServiceRequest) -> serde_json::Value {
-        let resource_logs: Vec<serde_json::Value> = r
-            .resource_logs
-            .iter()
-            .map(|rl| {
-                let scope_logs: Vec<serde_json::Value> = rl
-                    .scope_logs
-                    .iter()
-                    .map(|sl| {
-                        let records: Vec<serde_json::Value> = sl
-                            .log_records
-                            .iter()
-                            .map(|lr| {
-                                json!({
-                                    "timeUnixNano": lr.time_unix_nano.to_string(),
-                                    "observedTimeUnixNano": lr.observed_time_unix_nano.to_string(),
-                                    "severityNumber": lr.severity_number,
-                                    "severityText": lr.severity_text,
-                                    "body": lr.body.as_ref().map(any_json),
-                                    "attributes": kvs_json(&lr.attributes),
-                                })
-                            })
-                            .collect();
-                        json!({
-                            "scope": sl.scope.as_ref().map(|s| json!({ "name": s.name, "version": s.version })),
-                            "logRecords": records,
-                        })
-                    })
-                    .collect();
-                json!({
-                    "resource": { "attributes": rl.resource.as_ref().map(|r| kvs_json(&r.attributes)).unwrap_or_default() },
-                    "scopeLogs": scope_logs,
-                })
-            })
-            .collect();
-        json!({ "resourceLogs": resource_logs })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn at(read: &str, zone: Option<&str>) -> Origin {
         Origin {
@@ -626,6 +697,10 @@ mod tests {
         );
     }
 
+    fn record_of(v: &Value) -> &Value {
+        &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    }
+
     #[test]
     fn otlp_records_follow_the_collectors_syslog_mapping() {
         let msg = syslog::parse("<11>1 2024-05-01T12:00:00Z web1 app 42 - - failed");
@@ -643,6 +718,7 @@ mod tests {
         assert_eq!(lr.observed_time_unix_nano, 1_714_564_801_000_000_000);
         assert_eq!((lr.severity_number, lr.severity_text.as_str()), (17, "err"));
         let v: Value = serde_json::from_slice(&payload(RecordFormat::OtlpJson, &event)).unwrap();
+        assert_eq!(record_of(&v)["observedTimeUnixNano"], "1714564801000000000");
         let record = &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
         assert_eq!(record["timeUnixNano"], "1714564800000000000");
         assert_eq!(record["body"], json!({"stringValue": "failed"}));

@@ -922,8 +922,7 @@ impl Vars<'_> {
             "severity" => m.severity_name().map(Cow::Borrowed),
             "facility" => m.facility_name().map(Cow::Borrowed),
             "timestamp" => m.timestamp.map(Cow::Borrowed),
-            "timestamp_rfc3339" => crate::format::message_time(m, self.origin)
-                .map(|t| Cow::Owned(crate::format::rfc3339(&t))),
+            "timestamp_rfc3339" => crate::format::normalised_time(m, self.origin),
             "structured_data" => m.structured_data.map(Cow::Borrowed),
             "format" => Some(Cow::Borrowed(m.format.as_str())),
             "peer_addr" => self.origin.peer_addr.as_deref().map(Cow::Borrowed),
