@@ -164,9 +164,12 @@ pub fn payload(format: RecordFormat, event: &Event<'_>) -> Vec<u8> {
     }
 }
 
+/// One SD-ELEMENT's params, each once with every value it was given.
+type Params<'a> = Vec<(&'a str, Vec<std::borrow::Cow<'a, str>>)>;
+
 /// Structured data grouped: every SD-ID once, its params once each with every value given.
-fn grouped_sd(sd: &str) -> Vec<(&str, Vec<(&str, Vec<std::borrow::Cow<'_, str>>)>)> {
-    let mut out: Vec<(&str, Vec<(&str, Vec<std::borrow::Cow<'_, str>>)>)> = Vec::new();
+fn grouped_sd(sd: &str) -> Vec<(&str, Params<'_>)> {
+    let mut out: Vec<(&str, Params<'_>)> = Vec::new();
     for (id, params) in syslog::sd_elements(sd) {
         let at = match out.iter().position(|(i, _)| *i == id) {
             Some(at) => at,
