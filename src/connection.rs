@@ -42,8 +42,6 @@ pub struct Pipeline {
     batch: Batch,
     batch_max: usize,
     counts: LineCounts,
-    /// When the current read happened (ms since the epoch), stamped on its records.
-    read_ms: i64,
 }
 
 impl Pipeline {
@@ -55,7 +53,6 @@ impl Pipeline {
             batch: Vec::new(),
             batch_max: shared.outbox.batch_max(),
             counts: LineCounts::default(),
-            read_ms: 0,
             shared,
             origin,
         }
@@ -63,21 +60,13 @@ impl Pipeline {
 
     /// Parses one frame and applies the rules to it.
     pub fn frame(&mut self, data: &[u8], truncated: bool) {
-        let lossy;
-        let line = match std::str::from_utf8(data) {
-            Ok(s) => s,
-            Err(_) => {
-                self.counts.invalid_utf8 += 1;
-                lossy = String::from_utf8_lossy(data);
-                &lossy
-            }
-        };
+        let text = String::from_utf8_lossy(data);
+        if let std::borrow::Cow::Owned(_) = text {
+            self.counts.invalid_utf8 += 1;
+        }
         self.counts.lines += 1;
         self.counts.truncated += u64::from(truncated);
-        let mut msg = syslog::parse(line);
-        if line.len() != data.len() || line.as_bytes() != data {
-            msg.msg_bytes = Some(syslog::original_bytes(data, line, msg.msg));
-        }
+        let msg = syslog::parse_frame(data, &text);
         if msg.format == syslog::Format::Unparsed {
             self.counts.unparsed += 1;
         }
@@ -86,8 +75,9 @@ impl Pipeline {
         }
         let before = self.batch.len();
         let outcome = self.rules.apply(&msg, &self.origin, &mut self.batch, None);
+        let read_ms = self.origin.clock.map_or(0, crate::record::epoch_ms);
         for r in &mut self.batch[before..] {
-            r.read_ms = self.read_ms;
+            r.read_ms = read_ms;
         }
         if outcome.forwarded {
             self.counts.forwarded += 1;
@@ -101,12 +91,9 @@ impl Pipeline {
 
     /// Notes the time of a read; the records of its lines carry it.
     pub fn stamp(&mut self) {
-        let now = std::time::SystemTime::now();
-        self.read_ms = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        // Templates (`{{iso8601}}`) and structured records say when the line was read.
-        self.origin.clock = Some(now);
+        // Templates (`{{iso8601}}`), structured records and the Kafka timestamp say when the
+        // line was read.
+        self.origin.clock = Some(std::time::SystemTime::now());
     }
 
     /// The connection facts templates see; UDP changes them per datagram.

@@ -592,30 +592,20 @@ pub mod otlp {
         pb.0
     }
 
-    fn write_record(r: &mut Pb, e: &Event<'_>) {
+    /// A log record's attribute value, borrowed from the message.
+    enum Attr<'a> {
+        Text(&'a str),
+        Int(u64),
+        True,
+        /// Structured data (written as a key-value list of key-value lists).
+        Sd(&'a str),
+    }
+
+    /// A log record's attributes, in order: the names the Collector's syslog receiver gives
+    /// them, then hotdog's own.
+    fn attributes<'a>(e: &'a Event<'a>) -> Vec<(&'static str, Attr<'a>)> {
         let m = e.msg;
-        let time = message_time(m, e.origin)
-            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
-            .unwrap_or(0);
-        // Fields in tag order, as prost writes them; zero values are left out.
-        if time != 0 {
-            r.fixed64(1, time);
-        }
-        let severity = m.severity.map_or(0, |s| SEVERITY_NUMBER[usize::from(s)]);
-        if severity != 0 {
-            r.varint(2, severity as u64);
-        }
-        if let Some(text) = m.severity_name() {
-            r.text(3, text);
-        }
-        r.message(5, |any| {
-            match json_object(e.body)
-                .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
-            {
-                Some(object) => write_json(any, &object),
-                None => any.text(1, e.body),
-            }
-        });
+        let mut out = Vec::with_capacity(12);
         for (k, v) in [
             ("hostname", m.hostname),
             ("appname", m.appname),
@@ -625,121 +615,149 @@ pub mod otlp {
             ("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref()),
         ] {
             if let Some(v) = v {
-                r.attribute(k, |any| any.text(1, v));
+                out.push((k, Attr::Text(v)));
             }
         }
         if let (Some(f), Some(s)) = (m.facility, m.severity) {
-            let priority = u64::from(f) * 8 + u64::from(s);
-            r.attribute("priority", |any| any.varint(3, priority));
-            r.attribute("facility", |any| any.varint(3, u64::from(f)));
+            out.push(("priority", Attr::Int(u64::from(f) * 8 + u64::from(s))));
+            out.push(("facility", Attr::Int(u64::from(f))));
         }
         if let Some(v) = m.version {
-            r.attribute("version", |any| any.varint(3, u64::from(v)));
+            out.push(("version", Attr::Int(u64::from(v))));
         }
         if let Some(sd) = m.structured_data {
-            r.attribute("structured_data", |any| {
-                any.message(6, |elements| {
-                    for (id, params) in grouped_sd(sd) {
-                        elements.message(1, |kv| {
-                            kv.text(1, id);
-                            kv.message(2, |any| {
-                                any.message(6, |list| {
-                                    for (name, values) in &params {
-                                        list.message(1, |kv| {
-                                            kv.text(1, name);
-                                            kv.message(2, |any| match &values[..] {
-                                                [one] => any.text(1, one),
-                                                many => any.message(5, |a| {
-                                                    for v in many {
-                                                        a.message(1, |any| any.text(1, v));
-                                                    }
-                                                }),
-                                            });
-                                        });
-                                    }
-                                });
-                            });
-                        });
-                    }
-                });
-            });
+            out.push(("structured_data", Attr::Sd(sd)));
         }
         if e.invalid_utf8 {
-            r.attribute("hotdog.invalid_utf8", |any| any.varint(2, 1));
+            out.push(("hotdog.invalid_utf8", Attr::True));
+        }
+        out
+    }
+
+    /// The message's time in nanoseconds since the epoch; 0 when it has none.
+    fn time_nanos(e: &Event<'_>) -> u64 {
+        message_time(e.msg, e.origin)
+            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
+            .unwrap_or(0)
+    }
+
+    /// The body when it is a JSON object (it becomes a key-value list).
+    fn json_body(body: &str) -> Option<serde_json::Value> {
+        json_object(body).and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
+
+    fn severity_number(m: &Message<'_>) -> i32 {
+        m.severity.map_or(0, |s| SEVERITY_NUMBER[usize::from(s)])
+    }
+
+    fn write_record(r: &mut Pb, e: &Event<'_>) {
+        let m = e.msg;
+        // Fields in tag order, as prost writes them; zero values are left out.
+        let time = time_nanos(e);
+        if time != 0 {
+            r.fixed64(1, time);
+        }
+        let severity = severity_number(m);
+        if severity != 0 {
+            r.varint(2, severity as u64);
+        }
+        if let Some(text) = m.severity_name() {
+            r.text(3, text);
+        }
+        r.message(5, |any| match json_body(e.body) {
+            Some(object) => write_json(any, &object),
+            None => any.text(1, e.body),
+        });
+        for (key, value) in attributes(e) {
+            r.attribute(key, |any| match value {
+                Attr::Text(t) => any.text(1, t),
+                Attr::Int(i) => any.varint(3, i),
+                Attr::True => any.varint(2, 1),
+                Attr::Sd(sd) => write_sd(any, sd),
+            });
         }
         r.fixed64(11, nanos(read_at(e.origin)));
+    }
+
+    /// Structured data as an `AnyValue`: a key-value list of key-value lists; a param given
+    /// more than once has the array of its values.
+    fn write_sd(any: &mut Pb, sd: &str) {
+        any.message(6, |elements| {
+            for (id, params) in grouped_sd(sd) {
+                elements.message(1, |kv| {
+                    kv.text(1, id);
+                    kv.message(2, |any| {
+                        any.message(6, |list| {
+                            for (name, values) in &params {
+                                list.message(1, |kv| {
+                                    kv.text(1, name);
+                                    kv.message(2, |any| match &values[..] {
+                                        [one] => any.text(1, one),
+                                        many => any.message(5, |a| {
+                                            for v in many {
+                                                a.message(1, |any| any.text(1, v));
+                                            }
+                                        }),
+                                    });
+                                });
+                            }
+                        });
+                    });
+                });
+            }
+        });
+    }
+
+    /// Structured data as the `Value` [`write_sd`] writes.
+    fn sd_value(sd: &str) -> Value {
+        let elements = grouped_sd(sd)
+            .into_iter()
+            .map(|(id, params)| {
+                let params = params
+                    .into_iter()
+                    .map(|(name, mut values)| {
+                        let value = if values.len() == 1 {
+                            Value::StringValue(values.remove(0).into_owned())
+                        } else {
+                            Value::ArrayValue(ArrayValue {
+                                values: values
+                                    .into_iter()
+                                    .filter_map(|v| any(Value::StringValue(v.into_owned())))
+                                    .collect(),
+                            })
+                        };
+                        kv(name, value)
+                    })
+                    .collect();
+                kv(id, Value::KvlistValue(KeyValueList { values: params }))
+            })
+            .collect();
+        Value::KvlistValue(KeyValueList { values: elements })
     }
 
     /// One log record, in one scope (`hotdog`), in one resource (`host.name`: the hostname).
     pub fn request(e: &Event<'_>) -> ExportLogsServiceRequest {
         let m = e.msg;
-        let mut attributes = Vec::new();
-        let mut text = |k: &str, v: Option<&str>| {
-            if let Some(v) = v {
-                attributes.push(kv(k, Value::StringValue(v.to_string())));
-            }
-        };
-        // The names the Collector's syslog receiver gives them.
-        text("hostname", m.hostname);
-        text("appname", m.appname);
-        text("proc_id", m.procid);
-        text("msg_id", m.msgid);
-        text("hotdog.peer_addr", e.origin.peer_addr.as_deref());
-        text("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref());
-        if let (Some(f), Some(s)) = (m.facility, m.severity) {
-            attributes.push(kv(
-                "priority",
-                Value::IntValue(i64::from(f) * 8 + i64::from(s)),
-            ));
-            attributes.push(kv("facility", Value::IntValue(i64::from(f))));
-        }
-        if let Some(v) = m.version {
-            attributes.push(kv("version", Value::IntValue(i64::from(v))));
-        }
-        if let Some(sd) = m.structured_data {
-            let elements = grouped_sd(sd)
-                .into_iter()
-                .map(|(id, params)| {
-                    let params = params
-                        .into_iter()
-                        .map(|(name, mut values)| {
-                            let value = if values.len() == 1 {
-                                Value::StringValue(values.remove(0).into_owned())
-                            } else {
-                                Value::ArrayValue(ArrayValue {
-                                    values: values
-                                        .into_iter()
-                                        .filter_map(|v| any(Value::StringValue(v.into_owned())))
-                                        .collect(),
-                                })
-                            };
-                            kv(name, value)
-                        })
-                        .collect();
-                    kv(id, Value::KvlistValue(KeyValueList { values: params }))
-                })
-                .collect();
-            attributes.push(kv(
-                "structured_data",
-                Value::KvlistValue(KeyValueList { values: elements }),
-            ));
-        }
-        if e.invalid_utf8 {
-            attributes.push(kv("hotdog.invalid_utf8", Value::BoolValue(true)));
-        }
-        let time = message_time(m, e.origin)
-            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
-            .unwrap_or(0);
-        let object = json_object(e.body)
-            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok());
-        let body = match object {
+        let attributes = attributes(e)
+            .into_iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    Attr::Text(t) => Value::StringValue(t.to_string()),
+                    Attr::Int(i) => Value::IntValue(i as i64),
+                    Attr::True => Value::BoolValue(true),
+                    Attr::Sd(sd) => sd_value(sd),
+                };
+                kv(key, value)
+            })
+            .collect();
+        let body = match json_body(e.body) {
             Some(object) => from_json(&object),
             None => Value::StringValue(e.body.to_string()),
         };
         let record = LogRecord {
-            time_unix_nano: time,
+            time_unix_nano: time_nanos(e),
             observed_time_unix_nano: nanos(read_at(e.origin)),
-            severity_number: m.severity.map_or(0, |s| SEVERITY_NUMBER[usize::from(s)]),
+            severity_number: severity_number(m),
             severity_text: m.severity_name().unwrap_or_default().to_string(),
             body: any(body),
             attributes,

@@ -90,15 +90,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The longest frame kept, for `-t` and `hotdog test`: the first listener's.
-fn max_message_size(config: &Config) -> usize {
-    config
-        .global
-        .listen
-        .first()
-        .map_or(64 * 1024, |l| l.max_message_size)
-}
-
 /// `hotdog test FILES...`: the rule test cases, against the rules.
 fn run_tests(
     config: &Config,
@@ -122,15 +113,7 @@ fn run_tests(
         return ExitCode::from(EXIT_CONFIG);
     }
     let mut stdout = std::io::stdout().lock();
-    let reading = ruletest::Reading {
-        max_message_size: max_message_size(config),
-        zone: config
-            .global
-            .listen
-            .first()
-            .and_then(|l| l.timezone.as_ref())
-            .map(|t| t.zone.clone()),
-    };
+    let reading = ruletest::Reading::of(&config.global);
     let results = match ruletest::run(&config.rules, &loaded, &reading, &mut stdout) {
         Ok(r) => r,
         Err(e) => {
@@ -163,7 +146,8 @@ fn test_rules(config: &Config, path: &std::path::Path, json: bool) -> ExitCode {
         }
     };
     let stdout = std::io::stdout().lock();
-    match testmode::run(&config.rules, file, max_message_size(config), stdout, json) {
+    let max = ruletest::Reading::of(&config.global).max_message_size;
+    match testmode::run(&config.rules, file, max, stdout, json) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`hotdog -t log | head`): nothing more to say.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -38,12 +38,25 @@ impl Results {
     }
 }
 
-/// How the cases' input is read: as by the configuration's first listener.
+/// How input is read without a connection (`hotdog test`, `-t`): as by the configuration's
+/// first listener.
 pub struct Reading {
     /// Frames of at most this many bytes.
     pub max_message_size: usize,
     /// RFC 3164 timestamps in this zone (UTC when `None`).
     pub zone: Option<jiff::tz::TimeZone>,
+}
+
+impl Reading {
+    pub fn of(global: &crate::config::Global) -> Reading {
+        let first = global.listen.first();
+        Reading {
+            max_message_size: first.map_or(64 * 1024, |l| l.max_message_size),
+            zone: first
+                .and_then(|l| l.timezone.as_ref())
+                .map(|t| t.zone.clone()),
+        }
+    }
 }
 
 /// Runs every case of `files` (name, cases) against `rules`, printing each result to `out`.
@@ -118,10 +131,7 @@ fn apply(rules: &Rules, case: &Case, reading: &Reading) -> (Vec<Record>, Vec<usi
     // Reading from memory cannot fail, and the callback does not.
     let _ = testmode::each_frame(&case.input[..], reading.max_message_size, |data, _| {
         let text = String::from_utf8_lossy(data);
-        let mut msg = syslog::parse(&text);
-        if text.as_bytes() != data {
-            msg.msg_bytes = Some(syslog::original_bytes(data, &text, msg.msg));
-        }
+        let msg = syslog::parse_frame(data, &text);
         rules.apply(&msg, &origin, &mut records, Some(&mut matched));
         Ok(())
     });

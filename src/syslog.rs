@@ -121,6 +121,16 @@ fn version(s: &str) -> Option<(u16, &str)> {
     Some((digits.parse().ok()?, &s[end + 1..]))
 }
 
+/// Parses a frame read as bytes, given `text`, its `String::from_utf8_lossy`: when bytes had to
+/// be replaced, the message keeps the original bytes of its body ([`Message::msg_bytes`]).
+pub fn parse_frame<'a>(frame: &'a [u8], text: &'a std::borrow::Cow<'a, str>) -> Message<'a> {
+    let mut m = parse(text);
+    if let std::borrow::Cow::Owned(_) = text {
+        m.msg_bytes = Some(original_bytes(frame, text, m.msg));
+    }
+    m
+}
+
 /// The bytes of `raw` that `part` (a slice of `lossy`, which is `raw` with what was not UTF-8
 /// replaced by U+FFFD, and which ends where `lossy` ends) was made from.
 pub fn original_bytes<'r>(raw: &'r [u8], lossy: &str, part: &str) -> &'r [u8] {

@@ -79,7 +79,7 @@ fn report(
 ) -> std::io::Result<()> {
     let origin = Origin::default();
     let text = String::from_utf8_lossy(line);
-    let msg = syslog::parse(&text);
+    let msg = syslog::parse_frame(line, &text);
     let mut records = Vec::new();
     let mut matched = Vec::new();
     let outcome = rules.apply(&msg, &origin, &mut records, Some(&mut matched));

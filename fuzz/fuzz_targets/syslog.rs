@@ -10,14 +10,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let line = String::from_utf8_lossy(data);
-    let mut msg = hotdog::syslog::parse(&line);
+    let msg = hotdog::syslog::parse_frame(data, &line);
     let _ = (msg.severity_name(), msg.facility_name());
     assert!(msg.msg.len() <= line.len());
-    let original = hotdog::syslog::original_bytes(data, &line, msg.msg);
-    assert!(data.ends_with(original));
-    if original != msg.msg.as_bytes() {
-        msg.msg_bytes = Some(original);
-    }
+    assert!(data.ends_with(msg.msg_bytes.unwrap_or(msg.msg.as_bytes())));
     if let Some(sd) = msg.structured_data {
         let _ = hotdog::syslog::sd_elements(sd);
     }
