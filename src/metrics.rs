@@ -104,6 +104,10 @@ pub struct Metrics {
     /// Records sent to `global.kafka.topic` because their own topic would have passed
     /// `global.kafka.max_topics`.
     pub topics_over_limit: AtomicU64,
+    /// Fatal errors of a producer (the idempotent producer's guarantees could not be kept).
+    pub producer_fatal: AtomicU64,
+    /// Producers made again after a fatal error.
+    pub producer_restarts: AtomicU64,
     /// The generation of the configuration in use: 1 at start, one more for every reload that
     /// put a new one in use.
     pub config_generation: AtomicU64,
@@ -319,7 +323,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 34] = [
+pub static COUNTERS: [Counter; 36] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -382,6 +386,20 @@ pub static COUNTERS: [Counter; 34] = [
         kind: Kind::Counter,
         help: "Records sent to global.kafka.topic because their topic would pass global.kafka.max_topics.",
         read: |m| get(&m.topics_over_limit),
+    },
+    Counter {
+        name: "kafka.producer.fatal",
+        prometheus: Some(("kafka_producer_fatal_total", "")),
+        kind: Kind::Counter,
+        help: "Fatal errors of a Kafka producer; each is followed by a new producer.",
+        read: |m| get(&m.producer_fatal),
+    },
+    Counter {
+        name: "kafka.producer.restarts",
+        prometheus: Some(("kafka_producer_restarts_total", "")),
+        kind: Kind::Counter,
+        help: "Kafka producers made again after a fatal error, their undelivered records sent again.",
+        read: |m| get(&m.producer_restarts),
     },
     Counter {
         name: "config.generation",
@@ -771,6 +789,8 @@ mod tests {
             &m.proxy_refused,
             &m.status_refused,
             &m.topics_over_limit,
+            &m.producer_fatal,
+            &m.producer_restarts,
         ] {
             a.store(1000, Relaxed);
         }

@@ -6,23 +6,25 @@
 //! outbox fills up and the connections stop reading their sockets: backpressure reaches the
 //! senders and nothing is dropped. A record Kafka refuses for good is a dead letter: produced to
 //! `global.kafka.dead_letter.topic` (on a producer of its own) or handed to the dead-letter file
-//! ([`crate::deadletter`]).
+//! ([`crate::deadletter`]). When a producer hits a fatal error ([`crate::producer`]), the
+//! publisher makes a new one and sends again, oldest first, every record the old one did not
+//! deliver; records Kafka acknowledged are never sent again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
-use rdkafka::{ClientContext, Timestamp};
+use rdkafka::ClientContext;
 
 use crate::config;
 use crate::deadletter::{self, Sink};
 use crate::metrics::{Gauge, Metrics, TopicCounters};
+use crate::producer::{self, Generation, Renewable, TestHook};
 use crate::record::{self, Batch, DeadLetter, Name, Record, BATCH_MAX};
 use crate::shutdown::Shutdown;
 use crate::throttle;
@@ -41,71 +43,89 @@ pub enum Error {
 /// Records produced between two cooperative yields.
 const YIELD_EVERY: usize = 256;
 
-/// librdkafka settings hotdog chooses unless the operator sets them (see [`client_config`]).
-pub const QUEUE_DEFAULTS: [(&str, &str); 2] = [
-    ("queue.buffering.max.messages", "50000"),
-    ("queue.buffering.max.kbytes", "16384"),
-];
+/// How long a producer that hit a fatal error is given to hear the answers to what it has in
+/// flight before those records are sent again on the new one (outside shutdown).
+const FATAL_DRAIN: Duration = Duration::from_secs(30);
 
-/// The librdkafka settings: every `conf` key, and hotdog's defaults for the keys it leaves out.
-fn client_config(conf: &BTreeMap<String, String>) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    // Retry for as long as it takes unless the operator says otherwise: librdkafka's own
-    // default gives up on a record after five minutes without a broker.
-    if !conf.contains_key("message.timeout.ms") && !conf.contains_key("delivery.timeout.ms") {
-        config.set("message.timeout.ms", "0");
-    }
-    // What librdkafka may hold, and so hotdog's memory, is bounded by these; its own
-    // defaults (100,000 records, 1 GB) let one burst of large lines take a gigabyte.
-    // Measured: with 50,000 records a 1,000,000-line burst over 16 connections runs at full
-    // speed (1.4-1.7M lines/s) in 27-28 MB; with 10,000, a quarter slower in 22-23 MB.
-    for (key, value) in QUEUE_DEFAULTS {
-        if !conf.contains_key(key) {
-            config.set(key, value);
-        }
-    }
-    for (k, v) in conf {
-        config.set(k, v);
-    }
-    config
+/// Records a producer did not deliver because it hit a fatal error, to be sent again on the
+/// next one.
+type Pending<T> = Arc<Mutex<Vec<T>>>;
+
+fn take<T>(pending: &Pending<T>) -> Vec<T> {
+    std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn keep<T>(pending: &Pending<T>, item: T) {
+    pending.lock().unwrap_or_else(|p| p.into_inner()).push(item);
+}
+
+/// What the publisher keeps with each record it hands to librdkafka, for its delivery report:
+/// its topic's counters, and what a failed report no longer says (librdkafka gives no
+/// timestamp for a record that failed) or never did (the order it was produced in).
+struct Tag {
+    counters: Arc<TopicCounters>,
+    read_ms: i64,
+    /// The publisher's count of records produced: records sent again go oldest first.
+    seq: u64,
 }
 
 /// Counts delivery reports of the connections' records; runs on librdkafka's thread. The
-/// opaque of every record is its topic's counters.
+/// opaque of every record is its [`Tag`].
 struct Reports {
     metrics: Arc<Metrics>,
     clock: AckClock,
     dead: Arc<DeadLetters>,
+    generation: Arc<Generation>,
+    pending: Pending<(u64, Record)>,
 }
 
 impl ClientContext for Reports {
     fn error(&self, error: KafkaError, reason: &str) {
-        client_error(error, reason);
+        client_error(&self.generation, error, reason);
     }
 }
 
 /// librdkafka's errors about the cluster (every broker down, ...), which it repeats many times
-/// a second while they last: logged through a throttle.
-fn client_error(error: KafkaError, reason: &str) {
+/// a second while they last: logged through a throttle. A fatal error also marks the producer
+/// for renewal.
+fn client_error(generation: &Generation, error: KafkaError, reason: &str) {
+    if generation.on_error() {
+        log::error!("librdkafka: {error}: {reason}");
+        return;
+    }
     throttle::KAFKA_CLIENT.log(
         log::Level::Error,
         format_args!("librdkafka: {error}: {reason}"),
     );
 }
 
-impl ProducerContext for Reports {
-    type DeliveryOpaque = Arc<TopicCounters>;
+/// True when a failed delivery report is about a record to send again on a new producer:
+/// its producer hit a fatal error (librdkafka then fails what it still had queued), or the
+/// record was purged before the shutdown deadline, which only a renewal does.
+fn to_resend(generation: &Generation, error: &KafkaError, expired: &AtomicBool) -> bool {
+    let purged = matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    );
+    (generation.is_fatal() || purged) && !expired.load(Ordering::Acquire)
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, counters: Arc<TopicCounters>) {
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<Tag>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
         match result {
-            Ok(m) => {
-                self.metrics.delivered(&counters);
-                if let Timestamp::CreateTime(read) = m.timestamp() {
-                    let now = self.clock.now(read);
+            Ok(_) => {
+                self.metrics.delivered(&tag.counters);
+                if tag.read_ms > 0 {
+                    let now = self.clock.now(tag.read_ms);
                     self.metrics
                         .latency
-                        .observe(u64::try_from(now - read).unwrap_or(0));
+                        .observe(u64::try_from(now - tag.read_ms).unwrap_or(0));
                 }
+            }
+            Err((e, m)) if to_resend(&self.generation, e, &self.dead.expired) => {
+                keep(&self.pending, (tag.seq, record_of(m, tag.read_ms, true)));
             }
             Err((e, m)) => {
                 let kind = error_kind(e);
@@ -119,7 +139,7 @@ impl ProducerContext for Reports {
                 ));
                 self.metrics.failed(m.topic(), &kind);
                 let letter = DeadLetter {
-                    record: record_of(m),
+                    record: record_of(m, tag.read_ms, false),
                     reason: if purged {
                         record::SHUTDOWN_TIMEOUT.to_string()
                     } else {
@@ -133,23 +153,34 @@ impl ProducerContext for Reports {
     }
 }
 
+/// What the dead-letter producer keeps with each dead letter: the topic it was meant for and
+/// the time its line was read.
+struct Letter {
+    original: String,
+    read_ms: i64,
+}
+
 /// Counts delivery reports of the dead-letter topic; runs on its producer's thread. The opaque
-/// of every record is the topic it was meant for.
+/// of every record is its [`Letter`].
 struct DeadLetterReports {
     metrics: Arc<Metrics>,
     file: Sink,
+    generation: Arc<Generation>,
+    pending: Pending<DeadLetter>,
+    expired: Arc<AtomicBool>,
 }
 
 impl ClientContext for DeadLetterReports {
     fn error(&self, error: KafkaError, reason: &str) {
-        client_error(error, reason);
+        client_error(&self.generation, error, reason);
     }
 }
 
 impl ProducerContext for DeadLetterReports {
-    type DeliveryOpaque = Box<String>;
+    type DeliveryOpaque = Box<Letter>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, original: Box<String>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, letter: Box<Letter>) {
+        let Letter { original, read_ms } = *letter;
         match result {
             Ok(m) => {
                 self.metrics.dead_lettered(&original);
@@ -158,14 +189,31 @@ impl ProducerContext for DeadLetterReports {
                     m.topic()
                 ));
             }
+            Err((e, m)) if to_resend(&self.generation, e, &self.expired) => {
+                let reason = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "hotdog-reason"))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                let letter = DeadLetter {
+                    record: Record {
+                        topic: Name::Owned(original),
+                        ..record_of(m, read_ms, false)
+                    },
+                    reason,
+                    file_only: false,
+                };
+                keep(&self.pending, letter);
+            }
             Err((e, m)) => {
                 throttle::DEAD_LETTER.warn(format_args!(
                     "the dead-letter topic did not take a record: {e}"
                 ));
                 let letter = DeadLetter {
                     record: Record {
-                        topic: Name::Owned(*original),
-                        ..record_of(m)
+                        topic: Name::Owned(original),
+                        ..record_of(m, read_ms, false)
                     },
                     reason: format!("dead_letter_topic_{}", error_kind(e)),
                     file_only: true,
@@ -186,15 +234,15 @@ fn with_headers(headers: OwnedHeaders, own: &[(Name, String)]) -> OwnedHeaders {
     })
 }
 
-/// The record a delivery report is about, rebuilt for a dead letter (hotdog's own headers
-/// left out).
-fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
+/// The record a delivery report is about, read at `read_ms`, rebuilt to be sent again
+/// (`all_headers`) or for a dead letter (hotdog's own `hotdog-` headers left out).
+fn record_of<M: rdkafka::message::Message>(m: &M, read_ms: i64, all_headers: bool) -> Record {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let headers = m
         .headers()
         .map(|h| {
             h.iter()
-                .filter(|h| !h.key.starts_with("hotdog-"))
+                .filter(|h| all_headers || !h.key.starts_with("hotdog-"))
                 .map(|h| {
                     (
                         h.key.to_string().into(),
@@ -209,10 +257,7 @@ fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
         key: m.key().map(text),
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
-        read_ms: match m.timestamp() {
-            Timestamp::CreateTime(t) => t,
-            _ => 0,
-        },
+        read_ms,
     }
 }
 
@@ -220,11 +265,14 @@ fn record_of<M: rdkafka::message::Message>(m: &M) -> Record {
 /// be used for it, else the file. Reasons are counted here, once per letter.
 struct DeadLetters {
     /// The dead-letter topic and the producer that writes to it.
-    topic: Option<(String, ThreadedProducer<DeadLetterReports>)>,
+    topic: Option<(String, Renewable<DeadLetterReports>)>,
     file: Sink,
     metrics: Arc<Metrics>,
     /// Set once shutdown ran out of time: dead letters go straight to the file.
-    expired: AtomicBool,
+    expired: Arc<AtomicBool>,
+    /// Dead letters the dead-letter producer did not write because it hit a fatal error.
+    pending: Pending<DeadLetter>,
+    hook: TestHook,
 }
 
 /// What became of an attempt to produce a dead letter to the topic.
@@ -262,12 +310,13 @@ impl DeadLetters {
     }
 
     fn produce(&self, letter: DeadLetter) -> Attempt {
-        let Some((topic, producer)) = &self.topic else {
+        let Some((topic, renewable)) = &self.topic else {
             return Attempt::ToFile(letter);
         };
-        if letter.file_only || self.expired.load(Ordering::Relaxed) {
+        if letter.file_only || self.expired.load(Ordering::Acquire) {
             return Attempt::ToFile(letter);
         }
+        let producer = renewable.current();
         let r = &letter.record;
         let headers = with_headers(
             OwnedHeaders::new_with_capacity(r.headers.len() + 2)
@@ -281,10 +330,16 @@ impl DeadLetters {
                 }),
             &r.headers,
         );
-        let mut rec: BaseRecord<'_, str, [u8], Box<String>> =
-            BaseRecord::with_opaque_to(topic, Box::new(r.topic.to_string()))
-                .payload(r.payload.as_slice())
-                .headers(headers);
+        let letter_tag = Box::new(Letter {
+            original: r.topic.to_string(),
+            read_ms: r.read_ms,
+        });
+        let mut rec: BaseRecord<'_, str, [u8], Box<Letter>> =
+            BaseRecord::with_opaque_to(topic, letter_tag).payload(r.payload.as_slice());
+        rec = rec.headers(headers);
+        if r.read_ms > 0 {
+            rec = rec.timestamp(r.read_ms);
+        }
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());
         }
@@ -292,10 +347,18 @@ impl DeadLetters {
         match sent {
             Ok(()) => {
                 self.metrics.dead_letter_reason(&letter.reason);
+                if self.hook.count(1) {
+                    producer::inject_fatal(&producer);
+                }
                 Attempt::Produced
             }
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 Attempt::QueueFull(letter)
+            }
+            // Kept for the next producer, which the publisher makes.
+            Err(_) if renewable.is_fatal() => {
+                keep(&self.pending, letter);
+                Attempt::Produced
             }
             Err(e) => {
                 throttle::DEAD_LETTER.warn(format_args!(
@@ -348,6 +411,8 @@ pub fn error_kind(e: &KafkaError) -> String {
 #[derive(Debug)]
 pub struct Health {
     state: Mutex<Option<String>>,
+    /// Set while a producer that hit a fatal error is being replaced.
+    fatal: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -355,13 +420,18 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             state: Mutex::new(Some("no Kafka broker has answered yet".into())),
+            fatal: Mutex::new(None),
         }
     }
 }
 
 impl Health {
-    /// `Ok` when a broker answered the last probe, else the reason.
+    /// `Ok` when a broker answered the last probe and no producer is being replaced, else the
+    /// reason.
     pub fn get(&self) -> Result<(), String> {
+        if let Some(fatal) = &*self.fatal.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(fatal.clone());
+        }
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             None => Ok(()),
             Some(reason) => Err(reason.clone()),
@@ -370,6 +440,10 @@ impl Health {
 
     fn set(&self, v: Option<String>) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    fn set_fatal(&self, v: Option<String>) {
+        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = v;
     }
 }
 
@@ -515,7 +589,16 @@ impl Inbox {
 
 /// The publisher task's side: the producers and the outbox's receiving end.
 pub struct Publisher {
-    producer: Arc<ThreadedProducer<Reports>>,
+    producer: Arc<Renewable<Reports>>,
+    /// Records to send again on the next producer (see [`Publisher::renew_if_fatal`]), with
+    /// the order they were first produced in.
+    pending: Pending<(u64, Record)>,
+    /// Records produced so far, for their [`Tag`].
+    produced: std::sync::atomic::AtomicU64,
+    /// Notified when a producer hits a fatal error.
+    wake: Arc<Event>,
+    health: Arc<Health>,
+    hook: TestHook,
     metrics: Arc<Metrics>,
     dead: Arc<DeadLetters>,
     inbox: Inbox,
@@ -577,18 +660,34 @@ impl Publisher {
     /// Creates the producers with every `conf` key (this does not need a reachable broker), the
     /// dead-letter writer, and the outbox, which holds at most `kafka.buffer` records.
     pub fn new(kafka: &config::Kafka, metrics: Arc<Metrics>) -> Result<(Publisher, Outbox), Error> {
-        let config = client_config(&kafka.conf);
+        let (config, idempotence_off) = producer::client_config(&kafka.conf);
+        if let Some(why) = idempotence_off {
+            log::warn!(
+                "the idempotent producer is off because {why}: a record whose acknowledgement \
+                 is lost may be written twice (set enable.idempotence: 'false' to say so and \
+                 silence this)"
+            );
+        }
         let file = deadletter::start(kafka.dead_letter.file.clone(), metrics.clone())
             .map_err(Error::Thread)?;
+        let wake = Arc::new(Event::new());
+        let expired = Arc::new(AtomicBool::new(false));
+        let dead_pending: Pending<DeadLetter> = Arc::default();
         let topic = match &kafka.dead_letter.topic {
             Some(topic) => {
-                let producer = config
-                    .create_with_context(DeadLetterReports {
+                let (config, metrics, file) = (config.clone(), metrics.clone(), file.clone());
+                let (pending, expired) = (dead_pending.clone(), expired.clone());
+                let renewable = Renewable::new("the dead-letter topic", wake.clone(), move |g| {
+                    config.create_with_context(DeadLetterReports {
                         metrics: metrics.clone(),
                         file: file.clone(),
+                        generation: g,
+                        pending: pending.clone(),
+                        expired: expired.clone(),
                     })
-                    .map_err(Error::Conf)?;
-                Some((topic.clone(), producer))
+                })
+                .map_err(Error::Conf)?;
+                Some((topic.clone(), renewable))
             }
             None => None,
         };
@@ -597,18 +696,32 @@ impl Publisher {
             topic,
             file,
             metrics: metrics.clone(),
-            expired: AtomicBool::new(false),
+            expired,
+            pending: dead_pending,
+            hook: TestHook::from_env("HOTDOG_TEST_DEAD_LETTER_FATAL_AFTER"),
         });
-        let producer = config
-            .create_with_context(Reports {
-                metrics: metrics.clone(),
-                clock: AckClock::default(),
-                dead: dead.clone(),
+        let pending: Pending<(u64, Record)> = Arc::default();
+        let producer = {
+            let (metrics, dead, pending) = (metrics.clone(), dead.clone(), pending.clone());
+            Renewable::new("Kafka", wake.clone(), move |g| {
+                config.create_with_context(Reports {
+                    metrics: metrics.clone(),
+                    clock: AckClock::default(),
+                    dead: dead.clone(),
+                    generation: g,
+                    pending: pending.clone(),
+                })
             })
-            .map_err(Error::Conf)?;
+            .map_err(Error::Conf)?
+        };
         let topics = TopicCap::new(kafka.max_topics, &kafka.topic, &metrics);
         let publisher = Publisher {
             producer: Arc::new(producer),
+            pending,
+            produced: std::sync::atomic::AtomicU64::new(0),
+            wake,
+            health: Arc::new(Health::default()),
+            hook: TestHook::from_env("HOTDOG_TEST_KAFKA_FATAL_AFTER"),
             metrics,
             dead,
             inbox,
@@ -617,20 +730,22 @@ impl Publisher {
         Ok((publisher, outbox))
     }
 
-    /// Asks a broker for metadata every `every`, waiting up to `timeout`, and keeps `health`
+    /// What `/health` shows of Kafka: kept up to date by [`Publisher::watch_health`] and by
+    /// the renewal of a producer.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Asks a broker for metadata every `every`, waiting up to `timeout`, and keeps the health
     /// up to date. Runs on its own thread until the process ends.
-    pub fn watch_health(
-        &self,
-        health: Arc<Health>,
-        every: Duration,
-        timeout: Duration,
-    ) -> std::io::Result<()> {
+    pub fn watch_health(&self, every: Duration, timeout: Duration) -> std::io::Result<()> {
         let producer = Arc::downgrade(&self.producer);
+        let health = self.health.clone();
         std::thread::Builder::new()
             .name("kafka-health".into())
             .spawn(move || {
                 let mut first = true;
-                while let Some(p) = producer.upgrade() {
+                while let Some(p) = producer.upgrade().map(|r| r.current()) {
                     let state = match p.client().fetch_metadata(None, timeout) {
                         Ok(md) if !md.brokers().is_empty() => None,
                         Ok(_) => Some("the cluster reported no brokers".to_string()),
@@ -650,17 +765,43 @@ impl Publisher {
         Ok(())
     }
 
-    /// Records librdkafka holds (queued or waiting for an acknowledgement).
+    /// Records librdkafka holds (queued or waiting for an acknowledgement), and records kept to
+    /// be sent again on a new producer.
     pub fn queue_len(&self) -> Gauge {
         let p = Arc::downgrade(&self.producer);
-        Arc::new(move || p.upgrade().map_or(0, |p| i64::from(p.in_flight_count())))
+        let pending = Arc::downgrade(&self.pending);
+        Arc::new(move || {
+            let held = p
+                .upgrade()
+                .map_or(0, |p| i64::from(p.current().in_flight_count()));
+            let kept = pending.upgrade().map_or(0, |k| {
+                i64::try_from(k.lock().unwrap_or_else(|p| p.into_inner()).len()).unwrap_or(0)
+            });
+            held + kept
+        })
     }
 
     /// Publishes every batch until the outbox is closed and empty, then waits until the
     /// shutdown deadline for Kafka to acknowledge what is in flight. What is still not
     /// acknowledged then is dead-lettered to the file. Returns how many records that was.
     pub async fn run(self, shutdown: Shutdown) -> u64 {
-        while let Some(batch) = self.inbox.recv().await {
+        loop {
+            self.renew_if_fatal(&shutdown).await;
+            // A fatal error while waiting for the next batch wakes the loop.
+            let woken = self.wake.listen();
+            if self.any_fatal() && !shutdown.expired() {
+                continue;
+            }
+            let next = futures_lite::future::or(async { Some(self.inbox.recv().await) }, async {
+                woken.await;
+                None
+            })
+            .await;
+            let batch = match next {
+                None => continue,
+                Some(None) => break,
+                Some(Some(batch)) => batch,
+            };
             if shutdown.expired() {
                 for record in batch {
                     self.dead.send(DeadLetter::shutdown_timeout(record)).await;
@@ -669,11 +810,16 @@ impl Publisher {
             }
             self.publish(batch, &shutdown).await;
         }
-        let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
-        self.finish(deadline).await
+        self.finish(&shutdown).await
+    }
+
+    fn any_fatal(&self) -> bool {
+        self.producer.is_fatal() || self.dead.topic.as_ref().is_some_and(|(_, r)| r.is_fatal())
     }
 
     async fn publish(&self, batch: Batch, shutdown: &Shutdown) {
+        let n = batch.len();
+        let mut producer = self.producer.current();
         // Records for the same topic come in runs: the topic's counters are looked up once
         // per run, and every delivery report of the run shares them (a reference count).
         let mut run: Option<Run> = None;
@@ -705,12 +851,18 @@ impl Publisher {
                     ));
                     record.topic = self.topics.fallback.clone();
                 }
-                if self.send(record, &run.counters, shutdown).await {
+                if self
+                    .send(record, &run.counters, &mut producer, shutdown)
+                    .await
+                {
                     run.submitted += 1;
                 }
             }
         }
         self.count_submitted(run);
+        if self.hook.count(n as u64) {
+            producer::inject_fatal(&producer);
+        }
     }
 
     fn count_submitted(&self, run: Option<Run>) {
@@ -719,19 +871,44 @@ impl Publisher {
         }
     }
 
-    /// Hands one record to librdkafka, waiting while its queue is full (until the shutdown
-    /// deadline, if there is one); false when it was dead-lettered instead.
+    /// Hands one record to librdkafka; false when it was dead-lettered instead. When the
+    /// producer hit a fatal error, the record waits for the new one, which `producer` is then.
     async fn send(
         &self,
         record: Record,
         counters: &Arc<TopicCounters>,
+        producer: &mut Arc<ThreadedProducer<Reports>>,
         shutdown: &Shutdown,
     ) -> bool {
+        match self.produce(producer, record, counters, shutdown).await {
+            Sent::Produced => true,
+            Sent::DeadLettered => false,
+            Sent::Fatal(record) => {
+                self.renew_then(shutdown, Some(record)).await;
+                *producer = self.producer.current();
+                true
+            }
+        }
+    }
+
+    /// Hands one record to `producer`, waiting while its queue is full (until the shutdown
+    /// deadline, if there is one).
+    async fn produce(
+        &self,
+        producer: &ThreadedProducer<Reports>,
+        record: Record,
+        counters: &Arc<TopicCounters>,
+        shutdown: &Shutdown,
+    ) -> Sent {
         let mut backoff = Duration::from_millis(1);
         loop {
-            let mut r: BaseRecord<'_, str, [u8], Arc<TopicCounters>> =
-                BaseRecord::with_opaque_to(&record.topic, counters.clone())
-                    .payload(record.payload.as_slice());
+            let tag = Box::new(Tag {
+                counters: counters.clone(),
+                read_ms: record.read_ms,
+                seq: self.produced.fetch_add(1, Ordering::Relaxed),
+            });
+            let mut r: BaseRecord<'_, str, [u8], Box<Tag>> =
+                BaseRecord::with_opaque_to(&record.topic, tag).payload(record.payload.as_slice());
             if record.read_ms > 0 {
                 r = r.timestamp(record.read_ms);
             }
@@ -742,18 +919,19 @@ impl Publisher {
                 let headers = OwnedHeaders::new_with_capacity(record.headers.len());
                 r = r.headers(with_headers(headers, &record.headers));
             }
-            let sent = self.producer.send(r).map_err(|(e, _)| e);
+            let sent = producer.send(r).map_err(|(e, _)| e);
             match sent {
-                Ok(()) => return true,
+                Ok(()) => return Sent::Produced,
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                     if shutdown.expired() {
                         self.dead.send(DeadLetter::shutdown_timeout(record)).await;
-                        return false;
+                        return Sent::DeadLettered;
                     }
                     smol::Timer::after(backoff).await;
                     // Short waits: librdkafka's queue drains in milliseconds at full speed.
                     backoff = (backoff * 2).min(Duration::from_millis(10));
                 }
+                Err(_) if self.producer.is_fatal() => return Sent::Fatal(record),
                 Err(e) => {
                     throttle::KAFKA_REFUSED.warn(format_args!(
                         "Kafka refused a record for topic {}: {e}",
@@ -767,30 +945,139 @@ impl Publisher {
                         file_only: false,
                     };
                     self.dead.send(letter).await;
-                    return false;
+                    return Sent::DeadLettered;
                 }
             }
         }
     }
 
-    /// Waits for acknowledgements until `deadline`, then purges what is left (its delivery
-    /// reports dead-letter it to the file) and waits for the dead-letter writer. Returns how
-    /// many of the connections' records were not acknowledged in time.
-    async fn finish(&self, deadline: Instant) -> u64 {
-        let producer = self.producer.clone();
+    /// Replaces every producer that hit a fatal error, and sends again, oldest first, what it
+    /// did not deliver. Not after the shutdown deadline: then what is kept goes to the file.
+    async fn renew_if_fatal(&self, shutdown: &Shutdown) {
+        self.renew_then(shutdown, None).await;
+    }
+
+    /// [`Publisher::renew_if_fatal`], and `last` (a record the fatal producer refused to take,
+    /// newer than all it failed) sent after what it failed.
+    async fn renew_then(&self, shutdown: &Shutdown, mut last: Option<Record>) {
+        while self.producer.is_fatal() && !shutdown.expired() {
+            self.renewing(&self.producer.current(), self.producer.what);
+            self.producer.renew(renew_deadline(shutdown)).await;
+            let mut records = take(&self.pending);
+            // librdkafka reports what it failed queue by queue, newer records possibly before
+            // older ones: in the order they were first produced.
+            records.sort_by_key(|(seq, _)| *seq);
+            let mut records: Vec<Record> = records.into_iter().map(|(_, r)| r).collect();
+            records.extend(last.take());
+            log::info!(
+                "a new Kafka producer is in use; sending {} records again",
+                records.len()
+            );
+            self.metrics
+                .producer_restarts
+                .fetch_add(1, Ordering::Relaxed);
+            let producer = self.producer.current();
+            let mut records = records.into_iter();
+            while let Some(record) = records.next() {
+                let counters = self
+                    .topics
+                    .admit(&record.topic, &self.metrics)
+                    .unwrap_or_else(|| self.topics.fallback_counters.clone());
+                if let Sent::Fatal(record) =
+                    self.produce(&producer, record, &counters, shutdown).await
+                {
+                    // The new one failed too: everything left waits for the next, before
+                    // what that one fails.
+                    keep(&self.pending, (0, record));
+                    records.for_each(|r| keep(&self.pending, (0, r)));
+                    break;
+                }
+            }
+        }
+        // Shutdown ran out of time first: it goes to the file with the rest.
+        if let Some(record) = last {
+            keep(&self.pending, (u64::MAX, record));
+        }
+        if let Some((_, renewable)) = &self.dead.topic {
+            while renewable.is_fatal() && !shutdown.expired() {
+                self.renewing(&renewable.current(), renewable.what);
+                renewable.renew(renew_deadline(shutdown)).await;
+                let letters = take(&self.dead.pending);
+                log::info!(
+                    "a new dead-letter producer is in use; sending {} dead letters again",
+                    letters.len()
+                );
+                self.metrics
+                    .producer_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+                for letter in letters {
+                    self.dead.send(letter).await;
+                }
+            }
+        }
+        if !self.any_fatal() {
+            self.health.set_fatal(None);
+        }
+    }
+
+    /// Says that the producer for `what` hit a fatal error and is being replaced.
+    fn renewing<C: ProducerContext>(&self, producer: &ThreadedProducer<C>, what: &str) {
+        let reason = Renewable::fatal_error(producer);
+        log::error!(
+            "the producer for {what} hit a fatal error ({reason}): making a new one and sending \
+             again what it did not deliver"
+        );
+        self.metrics.producer_fatal.fetch_add(1, Ordering::Relaxed);
+        self.health.set_fatal(Some(format!(
+            "the producer for {what} hit a fatal error ({reason}); a new one is being made"
+        )));
+    }
+
+    /// Waits for acknowledgements until the shutdown deadline (making new producers after
+    /// fatal errors), then purges what is left (its delivery reports dead-letter it to the
+    /// file) and waits for the dead-letter writer. Returns how many of the connections' records
+    /// were not acknowledged in time.
+    async fn finish(&self, shutdown: &Shutdown) -> u64 {
+        let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
+        loop {
+            let producer = self.producer.current();
+            smol::unblock(move || flush_until(&producer, deadline, "Kafka")).await;
+            if self.any_fatal() && Instant::now() < deadline {
+                self.renew_if_fatal(shutdown).await;
+                continue;
+            }
+            break;
+        }
+        let producer = self.producer.current();
         let dead = self.dead.clone();
+        let pending = self.pending.clone();
         smol::unblock(move || {
-            let left = drain(&*producer, deadline, "Kafka");
+            // From here on, whatever fails goes to the file.
+            dead.expired.store(true, Ordering::Release);
+            let mut left = purge(&producer);
+            let kept = take(&pending);
+            left += kept.len() as u64;
+            for (_, record) in kept {
+                smol::block_on(dead.file.send(DeadLetter::shutdown_timeout(record)));
+            }
             if left > 0 {
-                dead.expired.store(true, Ordering::Relaxed);
                 log::warn!(
-                    "shutdown timeout: {left} records not acknowledged; dead-lettering them"
+                    "shutdown timeout: {left} records not acknowledged; dead-lettered them"
                 );
             }
             // Dead letters of the purge may go nowhere but the file now; the dead-letter topic
             // gets what time is left (and is purged to the file after it).
-            if let Some((topic, p)) = &dead.topic {
-                let left = drain(p, deadline, topic);
+            if let Some((topic, renewable)) = &dead.topic {
+                let p = renewable.current();
+                flush_until(&p, deadline, topic);
+                let mut left = purge(&p);
+                for letter in take(&dead.pending) {
+                    left += 1;
+                    smol::block_on(dead.file.send(DeadLetter {
+                        file_only: true,
+                        ..letter
+                    }));
+                }
                 if left > 0 {
                     log::warn!("shutdown timeout: {left} dead letters not acknowledged by {topic}; writing them to the file");
                 }
@@ -802,9 +1089,23 @@ impl Publisher {
     }
 }
 
-/// Flushes `producer` until `deadline`; then purges what is left, so that its delivery reports
-/// dead-letter it. Returns how many records that was.
-fn drain<C: ProducerContext>(producer: &ThreadedProducer<C>, deadline: Instant, what: &str) -> u64 {
+/// What became of a record handed to a producer.
+enum Sent {
+    Produced,
+    DeadLettered,
+    /// The producer hit a fatal error: the record waits for the next one.
+    Fatal(Record),
+}
+
+/// How long a producer that hit a fatal error may wait for the answers to what it has in
+/// flight: [`FATAL_DRAIN`], or less when shutdown ends sooner.
+fn renew_deadline(shutdown: &Shutdown) -> Instant {
+    let drain = Instant::now() + FATAL_DRAIN;
+    shutdown.deadline().map_or(drain, |d| d.min(drain))
+}
+
+/// Flushes `producer` until nothing is in flight or `deadline`.
+fn flush_until<C: ProducerContext>(producer: &ThreadedProducer<C>, deadline: Instant, what: &str) {
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
         let step = deadline
             .saturating_duration_since(Instant::now())
@@ -816,6 +1117,11 @@ fn drain<C: ProducerContext>(producer: &ThreadedProducer<C>, deadline: Instant, 
             );
         }
     }
+}
+
+/// Purges what `producer` still holds, so that its delivery reports dead-letter it. Returns
+/// how many records that was.
+fn purge<C: ProducerContext>(producer: &ThreadedProducer<C>) -> u64 {
     let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
     if left > 0 {
         producer.purge(PurgeConfig::default().queue().inflight());

@@ -126,10 +126,9 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
     let metrics = Metrics::new();
     metrics.config_generation.store(1, Relaxed);
     let (publisher, outbox) = Publisher::new(&global.kafka, metrics.clone())?;
-    let health = Arc::new(Health::default());
+    let health = publisher.health();
     publisher
         .watch_health(
-            health.clone(),
             HEALTH_EVERY,
             Duration::from_millis(global.kafka.timeout_ms.clamp(100, 5000)),
         )

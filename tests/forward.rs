@@ -14,6 +14,7 @@ fn read(key: Option<&str>, payload: &str) -> Consumed {
         payload: payload.to_string(),
         bytes: payload.as_bytes().to_vec(),
         headers: Vec::new(),
+        timestamp: None,
     }
 }
 

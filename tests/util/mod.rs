@@ -186,19 +186,39 @@ pub fn create_topics(broker: &str, topics: &[&str]) {
     }
 }
 
-/// One message read back from Kafka.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One message read back from Kafka. Two are equal when what hotdog made of a line is (the
+/// timestamp, the time hotdog read it, is left out).
+#[derive(Debug, Clone, Eq)]
 pub struct Consumed {
     pub key: Option<String>,
     pub payload: String,
     /// The payload's bytes as they are (`payload` replaces what is not UTF-8).
     pub bytes: Vec<u8>,
     pub headers: Vec<(String, String)>,
+    /// The Kafka message timestamp (ms), when it has one.
+    pub timestamp: Option<i64>,
+}
+
+impl PartialEq for Consumed {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.key, &self.bytes, &self.headers) == (&other.key, &other.bytes, &other.headers)
+    }
 }
 
 /// Reads partition 0 of `topic` from the beginning until `want` messages arrived, or nothing new
 /// came for `quiet` after the last one (or at all within `timeout`).
 pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec<Consumed> {
+    read_partition(broker, topic, timeout, |got, _| got >= want)
+}
+
+/// Reads partition 0 of `topic` from the beginning until `done(messages so far, time since
+/// the last one)` or `timeout`.
+fn read_partition(
+    broker: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(usize, Duration) -> bool,
+) -> Vec<Consumed> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", broker)
         .set("group.id", format!("hotdog-test-{}", unique_topic("g")))
@@ -212,9 +232,11 @@ pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec
     consumer.assign(&tpl).expect("assign");
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
-    while out.len() < want && Instant::now() < deadline {
+    let mut last = Instant::now();
+    while !done(out.len(), last.elapsed()) && Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
+                last = Instant::now();
                 let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
                 let headers = m
                     .headers()
@@ -229,6 +251,7 @@ pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec
                     payload: text(m.payload()).unwrap_or_default(),
                     bytes: m.payload().unwrap_or_default().to_vec(),
                     headers,
+                    timestamp: m.timestamp().to_millis(),
                 });
             }
             Some(Err(e)) => eprintln!("consumer error on {topic}: {e}"),
@@ -236,6 +259,21 @@ pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec
         }
     }
     out
+}
+
+/// Reads partition 0 of `topic` from the beginning until at least `at_least` messages came
+/// and then nothing new for `quiet` (or `timeout` passed): every message there, duplicates
+/// included.
+pub fn consume_until_quiet(
+    broker: &str,
+    topic: &str,
+    at_least: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> Vec<Consumed> {
+    read_partition(broker, topic, timeout, |got, since_last| {
+        got >= at_least && since_last >= quiet
+    })
 }
 
 /// The keys of the first `expected` records on `topic`, sorted (for records whose order across
@@ -560,6 +598,8 @@ pub fn run_hotdog(args: &[&str]) -> (i32, String, String) {
 pub struct Proxy {
     pub port: u16,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, what the target answers is thrown away (see [`Proxy::lose_answers`]).
+    losing: Arc<std::sync::atomic::AtomicBool>,
     target: Arc<Mutex<Option<String>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -573,7 +613,8 @@ impl Proxy {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let target: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (flag, to, open) = (stop.clone(), target.clone(), conns.clone());
+        let losing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, to, open, lose) = (stop.clone(), target.clone(), conns.clone(), losing.clone());
         std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -591,7 +632,7 @@ impl Proxy {
                                 list.push(a);
                                 list.push(b);
                             }
-                            pipe(client, upstream);
+                            pipe(client, upstream, lose.clone());
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -601,6 +642,7 @@ impl Proxy {
         Proxy {
             port,
             stop,
+            losing,
             target,
             conns,
         }
@@ -632,6 +674,14 @@ impl Proxy {
         }
     }
 
+    /// From now on (`true`) requests still reach the target but its answers are thrown away,
+    /// as a network that loses packets one way would; `false` ends that for new connections.
+    /// A connection that lost part of an answer cannot be understood again: it keeps losing
+    /// them until the client gives up on it and connects again.
+    pub fn lose_answers(&self, on: bool) {
+        self.losing.store(on, Ordering::Relaxed);
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -644,16 +694,32 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+/// Copies `client` → `upstream` and back; answers (upstream → client) are lost while `losing`.
+fn pipe(client: TcpStream, upstream: TcpStream, losing: Arc<std::sync::atomic::AtomicBool>) {
+    let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
         return;
     };
-    for (mut from, mut to) in [(a, b2), (b, a2)] {
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from, &mut to);
-            let _ = to.shutdown(Shutdown::Both);
-        });
-    }
+    let mut requests = (client, u2);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut requests.0, &mut requests.1);
+        let _ = requests.1.shutdown(Shutdown::Both);
+    });
+    let (mut from, mut to) = (upstream, c2);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut lost = false;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            lost = lost || losing.load(Ordering::Relaxed);
+            if !lost && to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
 }
 
 /// The test PKI in `certs/`.

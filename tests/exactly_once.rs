@@ -1,0 +1,272 @@
+//! Exactly once into Kafka: a network that loses the broker's answers makes librdkafka send
+//! records again; the idempotent producer (hotdog's default) keeps the broker from writing them
+//! twice. And a producer that hits a fatal error is replaced without losing a record.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    config_yaml, consume, consume_until_quiet, create_topics, free_port, fresh_topic, send_lines,
+    start_tansu_advertising, unique_topic, Hotdog, Proxy, Tansu,
+};
+
+fn forward_all(topic: &str) -> String {
+    format!("  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n")
+}
+
+/// What arrived for sequence numbers `0..n`, read back from the keys of `records`.
+struct Tally {
+    delivered: usize,
+    missing: Vec<usize>,
+    duplicated: usize,
+    /// True when the keys are in the order they were sent (a duplicate aside).
+    in_order: bool,
+    /// The first places where they are not: (earlier key, later key).
+    inversions: Vec<(usize, usize)>,
+    /// True when the records' timestamps (the time hotdog read the line) never go back.
+    read_order: bool,
+}
+
+fn tally(records: &[crate::util::Consumed], n: usize) -> Tally {
+    let seqs: Vec<usize> = records
+        .iter()
+        .filter_map(|r| r.key.as_deref()?.parse().ok())
+        .collect();
+    let mut seen = vec![0usize; n];
+    for &s in &seqs {
+        if s < n {
+            seen[s] += 1;
+        }
+    }
+    let first_seen: Vec<usize> = {
+        let mut once = vec![false; n];
+        seqs.iter()
+            .copied()
+            .filter(|&s| s < n && !std::mem::replace(&mut once[s], true))
+            .collect()
+    };
+    Tally {
+        delivered: seqs.len(),
+        missing: (0..n).filter(|&i| seen[i] == 0).collect(),
+        duplicated: seen.iter().map(|&c| c.saturating_sub(1)).sum(),
+        in_order: first_seen.windows(2).all(|w| w[0] < w[1]),
+        inversions: first_seen
+            .windows(2)
+            .filter(|w| w[0] > w[1])
+            .map(|w| (w[0], w[1]))
+            .take(10)
+            .collect(),
+        read_order: records.windows(2).all(|w| w[0].timestamp <= w[1].timestamp),
+    }
+}
+
+/// A tansu broker of the test's own behind a proxy (it tells clients to come through the
+/// proxy), and a topic on it.
+fn proxied_broker(prefix: &str) -> (Proxy, Tansu, String) {
+    let proxy = Proxy::bind();
+    let real = free_port();
+    let tansu = start_tansu_advertising(real, proxy.port);
+    proxy.forward_to(&format!("127.0.0.1:{real}"));
+    let topic = unique_topic(prefix);
+    create_topics(&proxy.addr(), &[&topic]);
+    (proxy, tansu, topic)
+}
+
+/// Sends `n` lines at 10,000 a second over one connection; the broker's answers are lost from
+/// 2 s to 8 s (librdkafka gives up on a request after `socket.timeout.ms: 3000` and sends it
+/// again). Returns what arrived.
+fn stream_losing_answers(idempotence: Option<&str>) -> (Tally, Hotdog) {
+    const N: usize = 60_000;
+    let (proxy, _tansu, topic) = proxied_broker("lost-answers");
+    let mut yaml = config_yaml(&proxy.addr(), "", &forward_all(&topic)).replace(
+        "      linger.ms: '5'\n",
+        "      linger.ms: '5'\n      socket.timeout.ms: '3000'\n",
+    );
+    if let Some(v) = idempotence {
+        yaml = yaml.replace(
+            "      linger.ms: '5'\n",
+            &format!("      linger.ms: '5'\n      enable.idempotence: '{v}'\n"),
+        );
+    }
+    let hotdog = Hotdog::start_config(&yaml);
+    let mut conn = std::net::TcpStream::connect(hotdog.addr()).expect("connect");
+    let start = Instant::now();
+    let mut losing = false;
+    for chunk in 0..N / 100 {
+        let mut text = String::new();
+        for i in chunk * 100..(chunk + 1) * 100 {
+            text.push_str(&format!("<13>lost answers seq={i}\n"));
+        }
+        conn.write_all(text.as_bytes()).expect("send");
+        if !losing && start.elapsed() >= Duration::from_secs(2) {
+            proxy.lose_answers(true);
+            losing = true;
+            eprintln!("answers lost from line {}", chunk * 100);
+        }
+        let due = start + Duration::from_millis(10 * (chunk as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    drop(conn);
+    std::thread::sleep((start + Duration::from_secs(8)).saturating_duration_since(Instant::now()));
+    proxy.lose_answers(false);
+    eprintln!("answers pass again after {:?}", start.elapsed());
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", N as i64, Duration::from_secs(90)),
+        N as i64,
+        "hotdog did not hear Kafka acknowledge every line"
+    );
+    let got = consume_until_quiet(
+        &proxy.addr(),
+        &topic,
+        N,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    let t = tally(&got, N);
+    eprintln!(
+        "enable.idempotence {}: sent {N}, records in Kafka {}, missing {}, duplicated {}, in order {}",
+        idempotence.unwrap_or("(hotdog's default)"),
+        t.delivered,
+        t.missing.len(),
+        t.duplicated,
+        t.in_order
+    );
+    (t, hotdog)
+}
+
+/// With hotdog's defaults, records whose acknowledgements were lost are written once.
+#[test]
+fn lost_answers_from_the_broker_write_no_record_twice() {
+    let (t, hotdog) = stream_losing_answers(None);
+    assert!(
+        t.missing.is_empty(),
+        "missing {:?}",
+        &t.missing[..t.missing.len().min(20)]
+    );
+    assert_eq!(t.duplicated, 0, "duplicates in Kafka");
+    assert!(t.in_order, "records out of order: {:?}", t.inversions);
+    assert_eq!(t.delivered, 60_000);
+    assert_eq!(hotdog.stat("kafka.producer.fatal"), 0);
+    assert_eq!(hotdog.stat("lines.in_flight"), 0);
+}
+
+/// The same with the idempotent producer turned off by the operator: librdkafka's retries
+/// write records twice. (This shows the test above can tell the difference.)
+#[test]
+fn without_idempotence_lost_answers_write_records_twice() {
+    let (t, hotdog) = stream_losing_answers(Some("false"));
+    assert!(t.missing.is_empty(), "missing {}", t.missing.len());
+    assert!(t.duplicated > 0, "no duplicate without idempotence");
+    assert!(
+        !hotdog.stderr().contains("the idempotent producer is off"),
+        "an operator's own choice is not warned about"
+    );
+}
+
+/// A fatal error of the producer (injected through librdkafka's test hook after 20,000
+/// records) in the middle of a stream: a new producer sends what the old one had not
+/// delivered; nothing is lost or written twice, and the event is counted and logged.
+#[test]
+fn a_fatal_producer_error_is_followed_by_a_new_producer_and_loses_nothing() {
+    const N: usize = 60_000;
+    let (b, topic) = fresh_topic("fatal");
+    let yaml = config_yaml(b, "", &forward_all(&topic));
+    let hotdog = Hotdog::start_config_env(&yaml, &[("HOTDOG_TEST_KAFKA_FATAL_AFTER", "20000")]);
+    let mut conn = std::net::TcpStream::connect(hotdog.addr()).expect("connect");
+    let start = Instant::now();
+    for chunk in 0..N / 500 {
+        let mut text = String::new();
+        for i in chunk * 500..(chunk + 1) * 500 {
+            text.push_str(&format!("<13>fatal seq={i}\n"));
+        }
+        conn.write_all(text.as_bytes()).expect("send");
+        let due = start + Duration::from_millis(10 * (chunk as u64 + 1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    drop(conn);
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", N as i64, Duration::from_secs(60)),
+        N as i64
+    );
+    let got = consume_until_quiet(
+        b,
+        &topic,
+        N,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    let t = tally(&got, N);
+    eprintln!(
+        "fatal error: sent {N}, records in Kafka {}, missing {}, duplicated {}, in order {} \
+         (first inversions {:?}), in read order {}",
+        t.delivered,
+        t.missing.len(),
+        t.duplicated,
+        t.in_order,
+        t.inversions,
+        t.read_order
+    );
+    assert!(
+        t.missing.is_empty(),
+        "missing {:?}",
+        &t.missing[..t.missing.len().min(20)]
+    );
+    assert_eq!(t.duplicated, 0);
+    // Sent again in the order they were first sent, with the time they were read.
+    assert!(t.in_order, "records out of order: {:?}", t.inversions);
+    assert!(t.read_order, "records' timestamps out of read order");
+    assert_eq!(hotdog.stat("kafka.producer.fatal"), 1);
+    assert_eq!(hotdog.stat("kafka.producer.restarts"), 1);
+    assert_eq!(hotdog.stat("lines.in_flight"), 0);
+    assert_eq!(hotdog.stat("kafka.dead_lettered"), 0);
+    assert!(hotdog.wait_log("hit a fatal error", Duration::from_secs(1)));
+    assert!(hotdog.wait_log("a new Kafka producer is in use", Duration::from_secs(1)));
+    assert_eq!(hotdog.http_get("/health").0, 200);
+    let (_, metrics) = hotdog.http_get("/metrics");
+    assert!(
+        metrics.contains("hotdog_kafka_producer_restarts_total 1\n"),
+        "{metrics}"
+    );
+}
+
+/// The dead-letter topic's producer gets the same treatment: after its fatal error every
+/// dead letter still reaches the dead-letter topic.
+#[test]
+fn a_fatal_error_of_the_dead_letter_producer_loses_no_dead_letter() {
+    const N: usize = 300;
+    let (b, dead) = fresh_topic("dead-fatal");
+    let missing = unique_topic("missing");
+    let yaml = config_yaml(b, "", &forward_all(&missing))
+        .replace(
+            "      linger.ms: '5'\n",
+            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
+        )
+        .replace(
+            "    topic: 'fallback'\n",
+            &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
+        );
+    let hotdog = Hotdog::start_config_env(&yaml, &[("HOTDOG_TEST_DEAD_LETTER_FATAL_AFTER", "100")]);
+    let lines: Vec<String> = (0..N)
+        .map(|i| format!("<13>no such topic seq={i}"))
+        .collect();
+    send_lines(&hotdog.addr(), &lines);
+    assert_eq!(
+        hotdog.wait_stat("kafka.dead_lettered", N as i64, Duration::from_secs(60)),
+        N as i64
+    );
+    let got = consume(b, &dead, N, Duration::from_secs(30));
+    let t = tally(&got, N);
+    assert!(t.missing.is_empty(), "missing {:?}", t.missing);
+    assert_eq!(hotdog.stat("kafka.producer.fatal"), 1);
+    assert_eq!(hotdog.stat("kafka.producer.restarts"), 1);
+    assert_eq!(hotdog.stat("lines.in_flight"), 0);
+    assert!(hotdog.wait_log(
+        "the producer for the dead-letter topic hit a fatal error",
+        Duration::from_secs(1)
+    ));
+    // The reason travels with a letter sent again.
+    assert!(got.iter().all(|r| r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "hotdog-reason" && v.contains("unknown"))));
+}
