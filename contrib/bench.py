@@ -224,7 +224,7 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
 
 
 def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label="",
-               binary=None):
+               binary=None, conf_extra=""):
     topic = broker.topic(f"hotdog-{int(time.time()*1000)}")
     port, status = free_port(), free_port()
     tls = ""
@@ -237,7 +237,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     with open(conf, "w") as f:
         f.write(f"global:\n  listen:\n    port: {port}\n{tls}  kafka:\n    conf:\n"
                 f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
-                f"      batch.num.messages: '10000'\n    topic: '{topic}'\n"
+                f"      batch.num.messages: '10000'\n{conf_extra}    topic: '{topic}'\n"
                 f"  status:\n    port: {status}\nrules:\n{rules}")
     p = subprocess.Popen([binary or f"{ROOT}/target/release/hotdog", "-c", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -318,6 +318,9 @@ def main():
                          "a catch-all (1 conn)")
     ap.add_argument("--formats", nargs="*", default=["json", "otlp_proto"],
                     help="add forward-all rows in these record formats (1 conn)")
+    ap.add_argument("--no-idempotence-rows", action="store_true",
+                    help="leave out the rows with enable.idempotence: 'false' (hotdog's default "
+                         "is the idempotent producer)")
     ap.add_argument("--hotdog-only", action="store_true",
                     help="leave out the rsyslog and kcat rows")
     ap.add_argument("--tansu", default="tansu")
@@ -339,6 +342,10 @@ def main():
                     if not args.hotdog_only:
                         rows.append(run_rsyslog(broker, chunks, n, work))
                     rows.append(run_hotdog(broker, chunks, n, work, False))
+                    if not args.no_idempotence_rows:
+                        rows.append(run_hotdog(broker, chunks, n, work, False, None,
+                                               " idempotence off", None,
+                                               "      enable.idempotence: 'false'\n"))
                     if args.baseline:
                         rows.append(run_hotdog(broker, chunks, n, work, False, None,
                                                " baseline", args.baseline))
@@ -385,6 +392,10 @@ def main():
         for fmt in args.formats:
             r = by[f"hotdog format {fmt} (1 conn)"]
             print(f"format {fmt} / raw CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+    if not args.no_idempotence_rows:
+        print("idempotence on / off CPU: " + ", ".join(
+            f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog idempotence off ({c} conn)']['cpu_per_million']:.2f}x"
+            for c in args.connections))
     if args.baseline:
         print("this build / baseline CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"

@@ -25,9 +25,10 @@ install_missing() {
 }
 
 # What the integration tests run besides hotdog: rsyslog with its TLS driver, HAProxy (a load
-# balancer that sends PROXY headers), ss (to see socket options).
+# balancer that sends PROXY headers), ss (to see socket options), faketime (to move hotdog's clock
+# across New Year).
 ensure_test_deps() {
-    install_missing rsyslog rsyslog-gnutls haproxy iproute2
+    install_missing rsyslog rsyslog-gnutls haproxy iproute2 faketime
     ensure_python_test_deps
 }
 

@@ -1135,6 +1135,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn health_fails_while_a_producer_is_replaced_whatever_the_probe_says() {
+        let health = Health::default();
+        assert!(health.get().is_err(), "no broker has answered yet");
+        health.set(None);
+        assert_eq!(health.get(), Ok(()));
+        health.set_fatal(Some("fatal: fenced".into()));
+        assert_eq!(health.get(), Err("fatal: fenced".to_string()));
+        health.set(Some("no broker".into()));
+        assert_eq!(
+            health.get(),
+            Err("fatal: fenced".to_string()),
+            "the fatal error first"
+        );
+        health.set_fatal(None);
+        assert_eq!(health.get(), Err("no broker".to_string()));
+    }
+
+    #[test]
     fn ack_clock_shares_a_reading_within_a_run_and_renews_it() {
         let clock = AckClock::default();
         let first = clock.now(1000);

@@ -86,6 +86,68 @@ fn nearest_year_of_oct_11() -> i64 {
     }
 }
 
+/// RFC 3164 lines across New Year, with hotdog's clock moved by Debian's `faketime` (its wall
+/// clock only): a December 31 line read on January 1 belongs to the old year, a January 1
+/// line read on December 31 (a sender a little ahead) to the new one. The records validate
+/// against the schema, and `received` shows the moved clock.
+#[test]
+fn rfc3164_years_across_new_year_are_the_ones_nearest_the_time_of_reading() {
+    let schema = format!("{}/schema/record-v1.json", env!("CARGO_MANIFEST_DIR"));
+    for (now, cases) in [
+        (
+            "2027-01-01 00:00:20",
+            vec![
+                (
+                    "<13>Dec 31 23:59:50 h app: last of the old year",
+                    "2026-12-31T23:59:50Z",
+                ),
+                (
+                    "<13>Jan  1 00:00:05 h app: first of the new",
+                    "2027-01-01T00:00:05Z",
+                ),
+            ],
+        ),
+        (
+            "2026-12-31 23:59:50",
+            vec![
+                (
+                    "<13>Jan  1 00:00:05 h app: a sender ahead",
+                    "2027-01-01T00:00:05Z",
+                ),
+                ("<13>Dec 31 23:59:45 h app: on time", "2026-12-31T23:59:45Z"),
+            ],
+        ),
+    ] {
+        let (b, topic) = fresh_topic("new-year");
+        let yaml = format!(
+            "global:\n  listen:\n    port: 0\n  kafka:\n    conf:\n      bootstrap.servers: '{b}'\n      linger.ms: '5'\n  status:\n    port: 0\nrules:\n  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        format: json\n"
+        );
+        let hotdog = Hotdog::start_wrapped(
+            &["faketime", "-f", &format!("@{now}")],
+            &yaml,
+            &[("TZ", "UTC"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
+        );
+        let lines: Vec<String> = cases.iter().map(|(l, _)| l.to_string()).collect();
+        crate::util::send_lines(&hotdog.addr(), &lines);
+        let got = consume_all(b, &topic, lines.len());
+        assert_eq!(got.len(), lines.len(), "records in Kafka");
+        let texts: Vec<String> = got.iter().map(|r| r.payload.clone()).collect();
+        assert_eq!(
+            check(&["json", &schema], &texts).trim(),
+            format!("ok {}", lines.len())
+        );
+        for (text, (line, expected)) in texts.iter().zip(&cases) {
+            let v: Value = serde_json::from_str(text).expect("JSON");
+            let day = now.split(' ').next().unwrap_or_default();
+            assert!(
+                v["received"].as_str().is_some_and(|r| r.starts_with(day)),
+                "hotdog's clock was not moved to {now}: {v}"
+            );
+            assert_eq!(v["timestamp"], *expected, "{line} read at {now}");
+        }
+    }
+}
+
 #[test]
 fn json_records_validate_against_the_shipped_schema_and_carry_every_field() {
     let got = records_in("json");
