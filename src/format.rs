@@ -67,7 +67,59 @@ pub fn message_time(msg: &Message<'_>, origin: &Origin) -> Option<jiff::Zoned> {
     }
     let zone = origin.zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
     let read = jiff::Timestamp::try_from(read_at(origin)).ok()?;
-    bsd_time(text, &zone, read)
+    bsd_cached(text, &zone, read, |c| {
+        c.zoned
+            .get_or_insert_with(|| bsd_time(text, &zone, read))
+            .clone()
+    })
+}
+
+/// The last RFC 3164 time worked out on this thread. The lines of a burst mostly share their
+/// timestamp text, their listener's zone and the second they were read in, so their time.
+struct BsdTime {
+    text: String,
+    zone: String,
+    read_second: i64,
+    zoned: Option<Option<jiff::Zoned>>,
+    rfc3339: Option<Option<String>>,
+}
+
+thread_local! {
+    static BSD_TIME: std::cell::RefCell<Option<BsdTime>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on the cached time of `text` in `zone` read at `read`, renewed first when it is
+/// for another text, zone or second. A zone without an IANA name is never cached.
+fn bsd_cached<T>(
+    text: &str,
+    zone: &jiff::tz::TimeZone,
+    read: jiff::Timestamp,
+    f: impl FnOnce(&mut BsdTime) -> T,
+) -> T {
+    let Some(name) = zone.iana_name() else {
+        return f(&mut BsdTime {
+            text: String::new(),
+            zone: String::new(),
+            read_second: 0,
+            zoned: None,
+            rfc3339: None,
+        });
+    };
+    let second = read.as_second();
+    BSD_TIME.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        let same = matches!(&*cache, Some(c) if c.read_second == second && c.text == text && c.zone == name);
+        if !same {
+            *cache = None;
+        }
+        f(cache.get_or_insert_with(|| BsdTime {
+            text: text.to_string(),
+            zone: name.to_string(),
+            read_second: second,
+            zoned: None,
+            rfc3339: None,
+        }))
+    })
 }
 
 /// The offset at the end of an RFC 3339 timestamp (`Z`, `+02:00`).
@@ -128,7 +180,19 @@ pub fn normalised_time<'m>(
     if msg.format == syslog::Format::Rfc5424 {
         return Some(std::borrow::Cow::Borrowed(text));
     }
-    message_time(msg, origin).map(|z| std::borrow::Cow::Owned(rfc3339(&z)))
+    if text.parse::<jiff::Timestamp>().is_ok() {
+        return message_time(msg, origin).map(|z| std::borrow::Cow::Owned(rfc3339(&z)));
+    }
+    let zone = origin.zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
+    let read = jiff::Timestamp::try_from(read_at(origin)).ok()?;
+    bsd_cached(text, &zone, read, |c| {
+        if c.rfc3339.is_none() {
+            let zoned = c.zoned.get_or_insert_with(|| bsd_time(text, &zone, read));
+            c.rfc3339 = Some(zoned.as_ref().map(rfc3339));
+        }
+        c.rfc3339.clone().flatten()
+    })
+    .map(std::borrow::Cow::Owned)
 }
 
 /// The message's time in RFC 3339 with its offset (`2024-05-01T12:00:00.123+02:00`).
@@ -158,7 +222,7 @@ fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> Vec<u8> {
 pub fn payload(format: RecordFormat, event: &Event<'_>) -> Vec<u8> {
     match format {
         RecordFormat::Raw => event.body.as_bytes().to_vec(),
-        RecordFormat::Json => json_bytes(&Envelope::of(event), event),
+        RecordFormat::Json => envelope(event),
         RecordFormat::OtlpJson => json_bytes(&otlp::request(event), event),
         RecordFormat::OtlpProto => otlp::encode(event),
     }
@@ -227,6 +291,7 @@ fn json_object(body: &str) -> Option<&serde_json::value::RawValue> {
 }
 
 /// The message: a JSON object embedded as it is, or text.
+#[cfg(test)]
 #[derive(serde::Serialize)]
 #[serde(untagged)]
 enum Body<'a> {
@@ -235,8 +300,10 @@ enum Body<'a> {
 }
 
 /// When the line was read, RFC 3339 UTC with milliseconds.
+#[cfg(test)]
 struct Received(SystemTime);
 
+#[cfg(test)]
 impl serde::Serialize for Received {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_millis(self.0))
@@ -244,15 +311,155 @@ impl serde::Serialize for Received {
 }
 
 /// TLS SANs, kept comma-separated by the listener, as a list.
+#[cfg(test)]
 struct Sans<'a>(&'a str);
 
+#[cfg(test)]
 impl serde::Serialize for Sans<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.0.split(','))
     }
 }
 
-/// hotdog's JSON envelope, version 1 (`schema/record-v1.json`): what is absent is left out.
+/// hotdog's JSON envelope, version 1 (`schema/record-v1.json`), written straight into the
+/// payload: the keys as they are (none needs escaping), values escaped only when they have
+/// something to escape (what serde_json escapes: `"`, `\\` and control characters), and what is
+/// absent left out. [`Envelope`], serialised by serde, is the reference it is tested against.
+fn envelope(e: &Event<'_>) -> Vec<u8> {
+    let m = e.msg;
+    let mut o = JsonObject::new(e.body.len() + 512);
+    o.number("schema_version", u64::from(SCHEMA_VERSION));
+    o.key("received");
+    o.raw(b"\"");
+    let _ = std::io::Write::write_fmt(
+        &mut o.out,
+        format_args!("{}", humantime::format_rfc3339_millis(read_at(e.origin))),
+    );
+    o.raw(b"\"");
+    o.text("timestamp", normalised_time(m, e.origin).as_deref());
+    o.text("timestamp_text", m.timestamp);
+    o.text("hostname", m.hostname);
+    o.text("appname", m.appname);
+    o.text("procid", m.procid);
+    o.text("msgid", m.msgid);
+    o.text("severity", m.severity_name());
+    o.optional_number("severity_code", m.severity.map(u64::from));
+    o.text("facility", m.facility_name());
+    o.optional_number("facility_code", m.facility.map(u64::from));
+    o.optional_number(
+        "priority",
+        m.facility
+            .zip(m.severity)
+            .map(|(f, s)| u64::from(f) * 8 + u64::from(s)),
+    );
+    o.optional_number("version", m.version.map(u64::from));
+    o.text("syslog_format", Some(m.format.as_str()));
+    if let Some(sd) = m.structured_data {
+        o.key("structured_data");
+        let _ = serde_json::to_writer(&mut o.out, &SdJson(sd));
+    }
+    o.key("message");
+    match json_object(e.body) {
+        Some(raw) => o.raw(raw.get().as_bytes()),
+        None => o.string(e.body),
+    }
+    if e.invalid_utf8 {
+        o.key("message_invalid_utf8");
+        o.raw(b"true");
+    }
+    o.text("peer_addr", e.origin.peer_addr.as_deref());
+    o.text("tls_client_cn", e.origin.tls_client_cn.as_deref());
+    if let Some(sans) = e.origin.tls_client_san.as_deref() {
+        o.key("tls_client_san");
+        o.raw(b"[");
+        for (i, san) in sans.split(',').enumerate() {
+            if i > 0 {
+                o.raw(b",");
+            }
+            o.string(san);
+        }
+        o.raw(b"]");
+    }
+    o.finish()
+}
+
+/// A JSON object written into a buffer, member by member.
+struct JsonObject {
+    out: Vec<u8>,
+    empty: bool,
+}
+
+impl JsonObject {
+    fn new(capacity: usize) -> JsonObject {
+        let mut out = Vec::with_capacity(capacity);
+        out.push(b'{');
+        JsonObject { out, empty: true }
+    }
+
+    /// Starts a member: `key` must need no escaping (hotdog's own names).
+    fn key(&mut self, key: &'static str) {
+        if !std::mem::replace(&mut self.empty, false) {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// A JSON string, escaped as serde_json escapes it.
+    fn string(&mut self, s: &str) {
+        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.out.push(b'"');
+            self.out.extend_from_slice(s.as_bytes());
+            self.out.push(b'"');
+        } else {
+            let _ = serde_json::to_writer(&mut self.out, s);
+        }
+    }
+
+    /// A string member, left out when absent.
+    fn text(&mut self, key: &'static str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.key(key);
+            self.string(v);
+        }
+    }
+
+    fn number(&mut self, key: &'static str, n: u64) {
+        self.key(key);
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.out.extend_from_slice(&digits[at..]);
+    }
+
+    fn optional_number(&mut self, key: &'static str, n: Option<u64>) {
+        if let Some(n) = n {
+            self.number(key, n);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+/// hotdog's JSON envelope, version 1, as serde writes it: the reference [`envelope`] is tested
+/// against.
+#[cfg(test)]
 #[derive(serde::Serialize)]
 struct Envelope<'a> {
     schema_version: u32,
@@ -295,6 +502,7 @@ struct Envelope<'a> {
     tls_client_san: Option<Sans<'a>>,
 }
 
+#[cfg(test)]
 impl<'a> Envelope<'a> {
     fn of(e: &'a Event<'a>) -> Envelope<'a> {
         let m = e.msg;
@@ -801,6 +1009,36 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_rfc3164_time_is_only_reused_for_the_same_text_zone_and_second() {
+        let line = "<13>Dec 31 23:59:59 h a: x";
+        let paris = at("2025-01-01T00:00:30Z", Some("Europe/Paris"));
+        let utc = at("2025-01-01T00:00:30Z", None);
+        let later = at("2025-09-01T00:00:30Z", None);
+        for _ in 0..2 {
+            assert_eq!(
+                time_of(line, &paris).as_deref(),
+                Some("2024-12-31T23:59:59+01:00")
+            );
+            assert_eq!(time_of(line, &utc).as_deref(), Some("2024-12-31T23:59:59Z"));
+            // Eight months on, the nearest December 31 is the one to come.
+            assert_eq!(
+                time_of(line, &later).as_deref(),
+                Some("2025-12-31T23:59:59Z")
+            );
+            assert_eq!(
+                time_of("<13>Dec 31 23:59:58 h a: x", &utc).as_deref(),
+                Some("2024-12-31T23:59:58Z")
+            );
+            // message_time (OTLP) and normalised_time share the cache.
+            let msg = syslog::parse(line);
+            assert_eq!(
+                message_time(&msg, &paris).map(|z| rfc3339(&z)).as_deref(),
+                Some("2024-12-31T23:59:59+01:00")
+            );
+        }
+    }
+
+    #[test]
     fn rfc3164_years_are_the_nearest_to_when_the_line_was_read() {
         let new_year = at("2025-01-01T00:00:30Z", None);
         assert_eq!(
@@ -898,6 +1136,39 @@ mod tests {
                 "tls_client_san": ["a.example.com", "b.example.com"]
             })
         );
+    }
+
+    #[test]
+    fn the_envelope_written_by_hand_is_what_serde_writes() {
+        let lines: [&[u8]; 7] = [
+            br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [ex@32473 iut="3" a="1" a="2"][origin ip="10.0.0.1"] An application event"#,
+            b"<34>Oct 11 22:14:15 mymachine su[123]: 'su root' \"failed\" \\ tab\there",
+            br#"<14>1 2024-05-01T12:00:00+02:00 api1 orders - - - {"id": 7, "ok": true}"#,
+            b"<13>Oct 11 22:14:15 h app: caf\xe9 \x01",
+            b"no priority at all",
+            b"<13>1 - - - - - -",
+            "<13>Oct 11 22:14:15 h \u{e9}t\u{e9}: \u{1F600} \u{7f}".as_bytes(),
+        ];
+        for line in lines {
+            let lossy = String::from_utf8_lossy(line);
+            let msg = syslog::parse(&lossy);
+            let mut origin = at("2003-10-11T22:14:16.5Z", Some("Europe/Paris"));
+            origin.peer_addr = Some("10.0.0.9:514".into());
+            origin.tls_client_cn = Some("client \"one\"".into());
+            origin.tls_client_san = Some("a.example.com,b.example.com".into());
+            let event = Event {
+                msg: &msg,
+                origin: &origin,
+                body: msg.msg,
+                invalid_utf8: matches!(lossy, std::borrow::Cow::Owned(_)),
+            };
+            let by_hand = payload(RecordFormat::Json, &event);
+            let by_serde = json_bytes(&Envelope::of(&event), &event);
+            assert_eq!(
+                String::from_utf8_lossy(&by_hand),
+                String::from_utf8_lossy(&by_serde)
+            );
+        }
     }
 
     fn record_of(v: &Value) -> &Value {
