@@ -321,6 +321,10 @@ def main():
     ap.add_argument("--no-idempotence-rows", action="store_true",
                     help="leave out the rows with enable.idempotence: 'false' (hotdog's default "
                          "is the idempotent producer)")
+    ap.add_argument("--padded", type=int, metavar="BYTES", default=0,
+                    help="add a raw forward-all row whose payloads are BYTES longer (a "
+                         "template pads them): what moving payloads that large costs, formats "
+                         "aside (394 bytes in all is the bench lines' json envelope)")
     ap.add_argument("--hotdog-only", action="store_true",
                     help="leave out the rsyslog and kcat rows")
     ap.add_argument("--tansu", default="tansu")
@@ -361,6 +365,12 @@ def main():
                              f"        topic: 'TOPIC'\n        format: {fmt}\n")
                     rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                            rules, f" format {fmt}"))
+                if args.padded:
+                    rules = ("  - regex: '.*'\n    actions:\n      - type: replace\n"
+                             f"        template: '{{{{msg}}}} {'x' * args.padded}'\n"
+                             "      - type: forward\n        topic: 'TOPIC'\n")
+                    rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                           rules, f" raw padded +{args.padded} B"))
                 if args.repeat > 1:
                     print(f"run {i + 1}/{args.repeat}: " + ", ".join(
                         f"{r['name']} {r['cpu_per_million']:.2f}" for r in rows), flush=True)
@@ -392,6 +402,10 @@ def main():
         for fmt in args.formats:
             r = by[f"hotdog format {fmt} (1 conn)"]
             print(f"format {fmt} / raw CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+        if args.padded:
+            r = by[f"hotdog raw padded +{args.padded} B (1 conn)"]
+            print(f"raw padded +{args.padded} B / raw CPU: "
+                  f"{r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
     if not args.no_idempotence_rows:
         print("idempotence on / off CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog idempotence off ({c} conn)']['cpu_per_million']:.2f}x"

@@ -5,13 +5,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    broker, config_yaml, consume, consume_all, create_topics, free_port, fresh_topic, send_lines,
-    start_tansu_advertising, unique_topic, Hotdog, Proxy,
+    broker, config_yaml, consume, consume_all, create_topics, forward_all, free_port, fresh_topic,
+    send_lines, start_tansu_advertising, unique_topic, unknown_topic_config, Hotdog, Proxy,
 };
-
-fn forward_all(topic: &str) -> String {
-    format!("  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n")
-}
 
 /// The broker goes away for 15 s in the middle of a paced stream and comes back: every
 /// sequence number arrives. Uses its own tansu behind a proxy the test stops and restarts.
@@ -189,15 +185,7 @@ fn sigterm_mid_stream_delivers_everything_received() {
 fn permanent_errors_go_to_the_dead_letter_topic() {
     let (b, dead) = fresh_topic("dead");
     let missing = unique_topic("missing");
-    let yaml = config_yaml(b, "", &forward_all(&missing))
-        .replace(
-            "      linger.ms: '5'\n",
-            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
-        )
-        .replace(
-            "    topic: 'fallback'\n",
-            &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
-        );
+    let yaml = unknown_topic_config(b, &missing, &dead);
     let hotdog = Hotdog::start_config(&yaml);
     send_lines(&hotdog.addr(), &["<13>lost cause seq=7".to_string()]);
     let got = consume(b, &dead, 1, Duration::from_secs(60));

@@ -6,13 +6,9 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    config_yaml, consume, consume_until_quiet, create_topics, free_port, fresh_topic, send_lines,
-    start_tansu_advertising, unique_topic, Hotdog, Proxy, Tansu,
+    config_yaml, consume, consume_until_quiet, create_topics, forward_all, free_port, fresh_topic,
+    send_lines, start_tansu_advertising, unique_topic, unknown_topic_config, Hotdog, Proxy, Tansu,
 };
-
-fn forward_all(topic: &str) -> String {
-    format!("  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n")
-}
 
 /// What arrived for sequence numbers `0..n`, read back from the keys of `records`.
 struct Tally {
@@ -236,15 +232,7 @@ fn a_fatal_error_of_the_dead_letter_producer_loses_no_dead_letter() {
     const N: usize = 300;
     let (b, dead) = fresh_topic("dead-fatal");
     let missing = unique_topic("missing");
-    let yaml = config_yaml(b, "", &forward_all(&missing))
-        .replace(
-            "      linger.ms: '5'\n",
-            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
-        )
-        .replace(
-            "    topic: 'fallback'\n",
-            &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
-        );
+    let yaml = unknown_topic_config(b, &missing, &dead);
     let hotdog = Hotdog::start_config_env(&yaml, &[("HOTDOG_TEST_DEAD_LETTER_FATAL_AFTER", "100")]);
     let lines: Vec<String> = (0..N)
         .map(|i| format!("<13>no such topic seq={i}"))

@@ -325,6 +325,26 @@ pub fn config_yaml(broker: &str, extra_global: &str, rules: &str) -> String {
     )
 }
 
+/// A rule that forwards every line with a `seq=N` to `topic`, keyed by N.
+pub fn forward_all(topic: &str) -> String {
+    format!("  - regex: 'seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n")
+}
+
+/// A config whose lines all go to `missing`, a topic the broker does not have (tansu never
+/// creates one on first use), with `dead` as the dead-letter topic: every line becomes a dead
+/// letter within a second.
+pub fn unknown_topic_config(broker: &str, missing: &str, dead: &str) -> String {
+    config_yaml(broker, "", &forward_all(missing))
+        .replace(
+            "      linger.ms: '5'\n",
+            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
+        )
+        .replace(
+            "    topic: 'fallback'\n",
+            &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
+        )
+}
+
 /// The ports in hotdog's "listening on tcp 127.0.0.1:P, udp 127.0.0.1:Q with N rules" line.
 fn listening_ports(log: &str) -> Option<Vec<u16>> {
     let line = log.lines().find(|l| l.contains(" listening on "))?;
