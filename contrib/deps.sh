@@ -25,10 +25,9 @@ install_missing() {
 }
 
 # What the integration tests run besides hotdog: rsyslog with its TLS driver, HAProxy (a load
-# balancer that sends PROXY headers), ss (to see socket options), faketime (to move hotdog's clock
-# across New Year).
+# balancer that sends PROXY headers), ss (to see socket options).
 ensure_test_deps() {
-    install_missing rsyslog rsyslog-gnutls haproxy iproute2 faketime
+    install_missing rsyslog rsyslog-gnutls haproxy iproute2
     ensure_python_test_deps
 }
 

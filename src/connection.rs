@@ -93,7 +93,7 @@ impl Pipeline {
     pub fn stamp(&mut self) {
         // Templates (`{{iso8601}}`), structured records and the Kafka timestamp say when the
         // line was read.
-        self.origin.clock = Some(std::time::SystemTime::now());
+        self.origin.clock = Some(crate::record::now());
     }
 
     /// The connection facts templates see; UDP changes them per datagram.

@@ -51,7 +51,7 @@ pub struct Event<'a> {
 
 /// When the line was read (the origin's clock), or now.
 fn read_at(origin: &Origin) -> SystemTime {
-    origin.clock.unwrap_or_else(SystemTime::now)
+    origin.clock.unwrap_or_else(crate::record::now)
 }
 
 /// The message's timestamp as an instant in its own offset: an RFC 5424 / RFC 3339 timestamp as

@@ -60,9 +60,31 @@ impl DeadLetter {
 /// The reason of a dead letter that shutdown had no time left to deliver.
 pub const SHUTDOWN_TIMEOUT: &str = "shutdown_timeout";
 
-/// Milliseconds since the epoch.
+/// Milliseconds since the epoch, by [`now`].
 pub fn now_ms() -> i64 {
-    epoch_ms(SystemTime::now())
+    epoch_ms(now())
+}
+
+/// The time lines are stamped with when they are read: the system clock. A test hook moves it:
+/// with `HOTDOG_TEST_CLOCK` set to an RFC 3339 time, the clock reads that time when first
+/// asked and runs on from there (the integration tests use it to read lines across New Year;
+/// never set it in production).
+pub fn now() -> SystemTime {
+    static SHIFT: std::sync::OnceLock<Option<(bool, std::time::Duration)>> =
+        std::sync::OnceLock::new();
+    let real = SystemTime::now();
+    let shift = SHIFT.get_or_init(|| {
+        let target = humantime::parse_rfc3339(&std::env::var("HOTDOG_TEST_CLOCK").ok()?).ok()?;
+        Some(match target.duration_since(real) {
+            Ok(ahead) => (true, ahead),
+            Err(behind) => (false, behind.duration()),
+        })
+    });
+    match shift {
+        None => real,
+        Some((true, by)) => real + *by,
+        Some((false, by)) => real - *by,
+    }
 }
 
 /// `t` in milliseconds since the epoch.

@@ -159,20 +159,20 @@ fn without_idempotence_lost_answers_write_records_twice() {
     );
 }
 
-/// A fatal error of the producer (injected through librdkafka's test hook after 20,000
+/// A fatal error of the producer (injected through librdkafka's test hook after 10,000
 /// records) in the middle of a stream: a new producer sends what the old one had not
 /// delivered; nothing is lost or written twice, and the event is counted and logged.
 #[test]
 fn a_fatal_producer_error_is_followed_by_a_new_producer_and_loses_nothing() {
-    const N: usize = 60_000;
+    const N: usize = 30_000;
     let (b, topic) = fresh_topic("fatal");
     let yaml = config_yaml(b, "", &forward_all(&topic));
-    let hotdog = Hotdog::start_config_env(&yaml, &[("HOTDOG_TEST_KAFKA_FATAL_AFTER", "20000")]);
+    let hotdog = Hotdog::start_config_env(&yaml, &[("HOTDOG_TEST_KAFKA_FATAL_AFTER", "10000")]);
     let mut conn = std::net::TcpStream::connect(hotdog.addr()).expect("connect");
     let start = Instant::now();
-    for chunk in 0..N / 500 {
+    for chunk in 0..N / 100 {
         let mut text = String::new();
-        for i in chunk * 500..(chunk + 1) * 500 {
+        for i in chunk * 100..(chunk + 1) * 100 {
             text.push_str(&format!("<13>fatal seq={i}\n"));
         }
         conn.write_all(text.as_bytes()).expect("send");

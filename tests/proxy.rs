@@ -172,7 +172,7 @@ fn limits_per_source_count_the_client_behind_the_load_balancer() {
     a.write_all(b"<13>from a\n").expect("send");
     b2.write_all(b"<13>from b\n").expect("send");
     assert_eq!(
-        hotdog.wait_stat("connections", 2, Duration::from_secs(10)),
+        hotdog.wait_stat("connections", 2, Duration::from_secs(30)),
         2
     );
     // A second connection of one client is over its limit.

@@ -387,14 +387,6 @@ impl Hotdog {
         Self::start_command(Command::new(HOTDOG), yaml, env)
     }
 
-    /// Like [`Hotdog::start_config_env`], run by `wrapper` (a command that runs the program
-    /// and arguments after it, such as `faketime`).
-    pub fn start_wrapped(wrapper: &[&str], yaml: &str, env: &[(&str, &str)]) -> Hotdog {
-        let mut command = Command::new(wrapper[0]);
-        command.args(&wrapper[1..]).arg(HOTDOG);
-        Self::start_command(command, yaml, env)
-    }
-
     /// Like [`Hotdog::start_config`], with at most `files` open file descriptors (`ulimit -n`).
     pub fn start_config_nofile(yaml: &str, files: u32) -> Hotdog {
         let mut sh = Command::new("sh");
