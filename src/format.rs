@@ -850,8 +850,12 @@ pub mod otlp {
     }
 
     /// The body when it is a JSON object (it becomes a key-value list).
+    /// The body as a JSON object, when it is one: parsed once (what [`json_object`] accepts).
     fn json_body(body: &str) -> Option<serde_json::Value> {
-        json_object(body).and_then(|raw| serde_json::from_str(raw.get()).ok())
+        if !body.trim_start().starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(body).ok()
     }
 
     fn severity_number(m: &Message<'_>) -> i32 {
