@@ -60,66 +60,79 @@ fn read_at(origin: &Origin) -> SystemTime {
 /// when hotdog read the line (a December 31 line read on January 1 is from the old year).
 pub fn message_time(msg: &Message<'_>, origin: &Origin) -> Option<jiff::Zoned> {
     let text = msg.timestamp?;
-    if let Ok(t) = text.parse::<jiff::Timestamp>() {
-        // Keep the offset the sender wrote.
-        let offset = offset_of(text)?;
-        return Some(t.to_zoned(jiff::tz::TimeZone::fixed(offset)));
+    match written_time(text) {
+        Some(written) => written,
+        None => bsd_cached(text, origin, BsdTime::zoned)?,
     }
-    let zone = origin.zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
-    let read = jiff::Timestamp::try_from(read_at(origin)).ok()?;
-    bsd_cached(text, &zone, read, |c| {
-        c.zoned
-            .get_or_insert_with(|| bsd_time(text, &zone, read))
-            .clone()
-    })
 }
 
-/// The last RFC 3164 time worked out on this thread. The lines of a burst mostly share their
+/// `Some` when `text` is an RFC 3339 timestamp: the instant in the offset the sender wrote.
+fn written_time(text: &str) -> Option<Option<jiff::Zoned>> {
+    let t = text.parse::<jiff::Timestamp>().ok()?;
+    Some(offset_of(text).map(|offset| t.to_zoned(jiff::tz::TimeZone::fixed(offset))))
+}
+
+/// The RFC 3164 time last worked out on this thread. The lines of a burst mostly share their
 /// timestamp text, their listener's zone and the second they were read in, so their time.
 struct BsdTime {
     text: String,
-    zone: String,
-    read_second: i64,
+    zone: jiff::tz::TimeZone,
+    read: jiff::Timestamp,
     zoned: Option<Option<jiff::Zoned>>,
     rfc3339: Option<Option<String>>,
+}
+
+impl BsdTime {
+    fn zoned(&mut self) -> Option<jiff::Zoned> {
+        let (text, zone, read) = (&self.text, &self.zone, self.read);
+        self.zoned
+            .get_or_insert_with(|| bsd_time(text, zone, read))
+            .clone()
+    }
+
+    fn rfc3339(&mut self) -> Option<String> {
+        if self.rfc3339.is_none() {
+            self.rfc3339 = Some(self.zoned().as_ref().map(rfc3339));
+        }
+        self.rfc3339.clone().flatten()
+    }
+
+    /// True when it is the time of `text` in `zone` read at `read`: the same text, zone (by
+    /// IANA name) and second.
+    fn is_for(&self, text: &str, zone: &jiff::tz::TimeZone, read: jiff::Timestamp) -> bool {
+        self.read.as_second() == read.as_second()
+            && self.text == text
+            && self.zone.iana_name() == zone.iana_name()
+    }
 }
 
 thread_local! {
     static BSD_TIME: std::cell::RefCell<Option<BsdTime>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` on the cached time of `text` in `zone` read at `read`, renewed first when it is
-/// for another text, zone or second. A zone without an IANA name is never cached.
-fn bsd_cached<T>(
-    text: &str,
-    zone: &jiff::tz::TimeZone,
-    read: jiff::Timestamp,
-    f: impl FnOnce(&mut BsdTime) -> T,
-) -> T {
-    let Some(name) = zone.iana_name() else {
-        return f(&mut BsdTime {
-            text: String::new(),
-            zone: String::new(),
-            read_second: 0,
-            zoned: None,
-            rfc3339: None,
-        });
+/// Runs `f` on the time of the RFC 3164 `text` read by `origin` (in its listener's zone, UTC
+/// by default), from this thread's cache when that is for the same text, zone and second. A
+/// zone without an IANA name is never cached. `None` when the read time is out of range.
+fn bsd_cached<T>(text: &str, origin: &Origin, f: impl FnOnce(&mut BsdTime) -> T) -> Option<T> {
+    let zone = origin.zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
+    let read = jiff::Timestamp::try_from(read_at(origin)).ok()?;
+    let fresh = |zone| BsdTime {
+        text: text.to_string(),
+        zone,
+        read,
+        zoned: None,
+        rfc3339: None,
     };
-    let second = read.as_second();
-    BSD_TIME.with(|cell| {
+    if zone.iana_name().is_none() {
+        return Some(f(&mut fresh(zone)));
+    }
+    Some(BSD_TIME.with(|cell| {
         let mut cache = cell.borrow_mut();
-        let same = matches!(&*cache, Some(c) if c.read_second == second && c.text == text && c.zone == name);
-        if !same {
+        if !cache.as_ref().is_some_and(|c| c.is_for(text, &zone, read)) {
             *cache = None;
         }
-        f(cache.get_or_insert_with(|| BsdTime {
-            text: text.to_string(),
-            zone: name.to_string(),
-            read_second: second,
-            zoned: None,
-            rfc3339: None,
-        }))
-    })
+        f(cache.get_or_insert_with(|| fresh(zone)))
+    }))
 }
 
 /// The offset at the end of an RFC 3339 timestamp (`Z`, `+02:00`).
@@ -180,19 +193,10 @@ pub fn normalised_time<'m>(
     if msg.format == syslog::Format::Rfc5424 {
         return Some(std::borrow::Cow::Borrowed(text));
     }
-    if text.parse::<jiff::Timestamp>().is_ok() {
-        return message_time(msg, origin).map(|z| std::borrow::Cow::Owned(rfc3339(&z)));
+    match written_time(text) {
+        Some(written) => written.map(|z| std::borrow::Cow::Owned(rfc3339(&z))),
+        None => bsd_cached(text, origin, BsdTime::rfc3339)?.map(std::borrow::Cow::Owned),
     }
-    let zone = origin.zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
-    let read = jiff::Timestamp::try_from(read_at(origin)).ok()?;
-    bsd_cached(text, &zone, read, |c| {
-        if c.rfc3339.is_none() {
-            let zoned = c.zoned.get_or_insert_with(|| bsd_time(text, &zone, read));
-            c.rfc3339 = Some(zoned.as_ref().map(rfc3339));
-        }
-        c.rfc3339.clone().flatten()
-    })
-    .map(std::borrow::Cow::Owned)
 }
 
 /// The message's time in RFC 3339 with its offset (`2024-05-01T12:00:00.123+02:00`).

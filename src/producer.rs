@@ -11,7 +11,7 @@
 //! what the old producer has in flight, and makes a new one with the same settings.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -211,29 +211,21 @@ impl<C: ProducerContext + 'static> Renewable<C> {
     /// the answers to what it has in flight, which its context hands on as it always does
     /// (what failed is the caller's to resend: librdkafka has already failed what was still
     /// queued); then purges what is left and makes a new producer, retrying every second if
-    /// that fails. Returns the fatal error.
-    pub async fn renew(&self, deadline: Instant) -> String
+    /// that fails.
+    pub async fn renew(&self, deadline: Instant)
     where
         C: Send + Sync,
     {
         let old = self.current();
-        let reason = Self::fatal_error(&old);
         let what = self.what;
         let drained = old.clone();
         smol::unblock(move || {
-            while drained.in_flight_count() > 0 && Instant::now() < deadline {
-                let step = deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(Duration::from_secs(1));
-                let _ = drained.flush(step);
-            }
-            if drained.in_flight_count() > 0 {
+            flush_until(&drained, deadline, what);
+            let left = purge(&drained);
+            if left > 0 {
                 log::warn!(
-                    "{} records in flight to {what} were not answered in time; sending them again",
-                    drained.in_flight_count()
+                    "{left} records in flight to {what} were not answered in time; sending them again"
                 );
-                drained.purge(PurgeConfig::default().queue().inflight());
-                let _ = drained.flush(Duration::from_secs(5));
             }
         })
         .await;
@@ -253,8 +245,37 @@ impl<C: ProducerContext + 'static> Renewable<C> {
         *self.lock() = (Arc::new(producer), generation);
         // librdkafka's destructor waits for its threads: not on the executor.
         smol::unblock(move || drop(old)).await;
-        reason
     }
+}
+
+/// Flushes `producer` until nothing is in flight or `deadline`.
+pub fn flush_until<C: ProducerContext>(
+    producer: &ThreadedProducer<C>,
+    deadline: Instant,
+    what: &str,
+) {
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        let step = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
+        if producer.flush(step).is_err() {
+            log::info!(
+                "waiting for {what} to acknowledge {} records",
+                producer.in_flight_count()
+            );
+        }
+    }
+}
+
+/// Purges what `producer` still holds (its delivery reports say what becomes of it) and waits
+/// for those reports. Returns how many records that was.
+pub fn purge<C: ProducerContext>(producer: &ThreadedProducer<C>) -> u64 {
+    let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
+    if left > 0 {
+        producer.purge(PurgeConfig::default().queue().inflight());
+        let _ = producer.flush(Duration::from_secs(5));
+    }
+    left
 }
 
 /// The address of `producer`'s librdkafka handle, for its [`Generation`].
@@ -285,7 +306,7 @@ pub fn inject_fatal<C: ProducerContext>(producer: &ThreadedProducer<C>) {
 #[derive(Debug)]
 pub struct TestHook {
     after: Option<u64>,
-    count: std::sync::atomic::AtomicU64,
+    count: AtomicU64,
 }
 
 impl TestHook {
@@ -294,7 +315,7 @@ impl TestHook {
         let after = std::env::var(name).ok().and_then(|v| v.trim().parse().ok());
         TestHook {
             after,
-            count: std::sync::atomic::AtomicU64::new(0),
+            count: AtomicU64::new(0),
         }
     }
 
@@ -375,7 +396,7 @@ mod tests {
     fn a_test_hook_fires_once_when_its_count_is_reached() {
         let hook = TestHook {
             after: Some(10),
-            count: std::sync::atomic::AtomicU64::new(0),
+            count: AtomicU64::new(0),
         };
         assert!(!hook.count(4));
         assert!(!hook.count(4));

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use event_listener::Event;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, Headers as _, Message as _, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::config;
 use crate::deadletter::{self, Sink};
 use crate::metrics::{Gauge, Metrics, TopicCounters};
-use crate::producer::{self, Generation, Renewable, TestHook};
+use crate::producer::{self, flush_until, purge, Generation, Renewable, TestHook};
 use crate::record::{self, Batch, DeadLetter, Name, Record, BATCH_MAX};
 use crate::shutdown::Shutdown;
 use crate::throttle;
@@ -103,11 +103,15 @@ fn client_error(generation: &Generation, error: KafkaError, reason: &str) {
 /// its producer hit a fatal error (librdkafka then fails what it still had queued), or the
 /// record was purged before the shutdown deadline, which only a renewal does.
 fn to_resend(generation: &Generation, error: &KafkaError, expired: &AtomicBool) -> bool {
-    let purged = matches!(
+    (generation.is_fatal() || purged(error)) && !expired.load(Ordering::Acquire)
+}
+
+/// True when librdkafka failed a record because it was purged, not because of Kafka.
+fn purged(error: &KafkaError) -> bool {
+    matches!(
         error.rdkafka_error_code(),
         Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-    );
-    (generation.is_fatal() || purged) && !expired.load(Ordering::Acquire)
+    )
 }
 
 impl ProducerContext for Reports {
@@ -129,10 +133,7 @@ impl ProducerContext for Reports {
             }
             Err((e, m)) => {
                 let kind = error_kind(e);
-                let purged = matches!(
-                    e.rdkafka_error_code(),
-                    Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
-                );
+                let purged = purged(e);
                 throttle::KAFKA_REFUSED.warn(format_args!(
                     "Kafka did not take a record for topic {}: {e}",
                     m.topic()
@@ -181,6 +182,11 @@ impl ProducerContext for DeadLetterReports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, letter: Box<Letter>) {
         let Letter { original, read_ms } = *letter;
+        // The record as it was meant for its own topic.
+        let original_record = |m: &rdkafka::message::BorrowedMessage<'_>| Record {
+            topic: Name::Owned(original.clone()),
+            ..record_of(m, read_ms, false)
+        };
         match result {
             Ok(m) => {
                 self.metrics.dead_lettered(&original);
@@ -197,10 +203,7 @@ impl ProducerContext for DeadLetterReports {
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default();
                 let letter = DeadLetter {
-                    record: Record {
-                        topic: Name::Owned(original),
-                        ..record_of(m, read_ms, false)
-                    },
+                    record: original_record(m),
                     reason,
                     file_only: false,
                 };
@@ -211,10 +214,7 @@ impl ProducerContext for DeadLetterReports {
                     "the dead-letter topic did not take a record: {e}"
                 ));
                 let letter = DeadLetter {
-                    record: Record {
-                        topic: Name::Owned(original),
-                        ..record_of(m, read_ms, false)
-                    },
+                    record: original_record(m),
                     reason: format!("dead_letter_topic_{}", error_kind(e)),
                     file_only: true,
                 };
@@ -901,12 +901,12 @@ impl Publisher {
         shutdown: &Shutdown,
     ) -> Sent {
         let mut backoff = Duration::from_millis(1);
+        let mut tag = Box::new(Tag {
+            counters: counters.clone(),
+            read_ms: record.read_ms,
+            seq: self.produced.fetch_add(1, Ordering::Relaxed),
+        });
         loop {
-            let tag = Box::new(Tag {
-                counters: counters.clone(),
-                read_ms: record.read_ms,
-                seq: self.produced.fetch_add(1, Ordering::Relaxed),
-            });
             let mut r: BaseRecord<'_, str, [u8], Box<Tag>> =
                 BaseRecord::with_opaque_to(&record.topic, tag).payload(record.payload.as_slice());
             if record.read_ms > 0 {
@@ -919,10 +919,16 @@ impl Publisher {
                 let headers = OwnedHeaders::new_with_capacity(record.headers.len());
                 r = r.headers(with_headers(headers, &record.headers));
             }
-            let sent = producer.send(r).map_err(|(e, _)| e);
-            match sent {
+            let error = match producer.send(r) {
                 Ok(()) => return Sent::Produced,
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                Err((e, refused)) => {
+                    // The tag goes with the next try.
+                    tag = refused.delivery_opaque;
+                    e
+                }
+            };
+            match error {
+                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                     if shutdown.expired() {
                         self.dead.send(DeadLetter::shutdown_timeout(record)).await;
                         return Sent::DeadLettered;
@@ -931,8 +937,8 @@ impl Publisher {
                     // Short waits: librdkafka's queue drains in milliseconds at full speed.
                     backoff = (backoff * 2).min(Duration::from_millis(10));
                 }
-                Err(_) if self.producer.is_fatal() => return Sent::Fatal(record),
-                Err(e) => {
+                _ if self.producer.is_fatal() => return Sent::Fatal(record),
+                e => {
                     throttle::KAFKA_REFUSED.warn(format_args!(
                         "Kafka refused a record for topic {}: {e}",
                         record.topic
@@ -961,8 +967,7 @@ impl Publisher {
     /// newer than all it failed) sent after what it failed.
     async fn renew_then(&self, shutdown: &Shutdown, mut last: Option<Record>) {
         while self.producer.is_fatal() && !shutdown.expired() {
-            self.renewing(&self.producer.current(), self.producer.what);
-            self.producer.renew(renew_deadline(shutdown)).await;
+            self.replace(&self.producer, shutdown).await;
             let mut records = take(&self.pending);
             // librdkafka reports what it failed queue by queue, newer records possibly before
             // older ones: in the order they were first produced.
@@ -973,9 +978,6 @@ impl Publisher {
                 "a new Kafka producer is in use; sending {} records again",
                 records.len()
             );
-            self.metrics
-                .producer_restarts
-                .fetch_add(1, Ordering::Relaxed);
             let producer = self.producer.current();
             let mut records = records.into_iter();
             while let Some(record) = records.next() {
@@ -1000,16 +1002,12 @@ impl Publisher {
         }
         if let Some((_, renewable)) = &self.dead.topic {
             while renewable.is_fatal() && !shutdown.expired() {
-                self.renewing(&renewable.current(), renewable.what);
-                renewable.renew(renew_deadline(shutdown)).await;
+                self.replace(renewable, shutdown).await;
                 let letters = take(&self.dead.pending);
                 log::info!(
                     "a new dead-letter producer is in use; sending {} dead letters again",
                     letters.len()
                 );
-                self.metrics
-                    .producer_restarts
-                    .fetch_add(1, Ordering::Relaxed);
                 for letter in letters {
                     self.dead.send(letter).await;
                 }
@@ -1020,9 +1018,15 @@ impl Publisher {
         }
     }
 
-    /// Says that the producer for `what` hit a fatal error and is being replaced.
-    fn renewing<C: ProducerContext>(&self, producer: &ThreadedProducer<C>, what: &str) {
-        let reason = Renewable::fatal_error(producer);
+    /// Replaces a producer that hit a fatal error (see [`Renewable::renew`]), saying so in the
+    /// log, the counters and `/health` (which the caller clears once nothing is fatal).
+    async fn replace<C: ProducerContext + Send + Sync>(
+        &self,
+        renewable: &Renewable<C>,
+        shutdown: &Shutdown,
+    ) {
+        let what = renewable.what;
+        let reason = Renewable::fatal_error(&renewable.current());
         log::error!(
             "the producer for {what} hit a fatal error ({reason}): making a new one and sending \
              again what it did not deliver"
@@ -1031,6 +1035,10 @@ impl Publisher {
         self.health.set_fatal(Some(format!(
             "the producer for {what} hit a fatal error ({reason}); a new one is being made"
         )));
+        renewable.renew(renew_deadline(shutdown)).await;
+        self.metrics
+            .producer_restarts
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits for acknowledgements until the shutdown deadline (making new producers after
@@ -1102,32 +1110,6 @@ enum Sent {
 fn renew_deadline(shutdown: &Shutdown) -> Instant {
     let drain = Instant::now() + FATAL_DRAIN;
     shutdown.deadline().map_or(drain, |d| d.min(drain))
-}
-
-/// Flushes `producer` until nothing is in flight or `deadline`.
-fn flush_until<C: ProducerContext>(producer: &ThreadedProducer<C>, deadline: Instant, what: &str) {
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
-        let step = deadline
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_secs(1));
-        if producer.flush(step).is_err() {
-            log::info!(
-                "waiting for {what} to acknowledge {} records",
-                producer.in_flight_count()
-            );
-        }
-    }
-}
-
-/// Purges what `producer` still holds, so that its delivery reports dead-letter it. Returns
-/// how many records that was.
-fn purge<C: ProducerContext>(producer: &ThreadedProducer<C>) -> u64 {
-    let left = u64::try_from(producer.in_flight_count()).unwrap_or(0);
-    if left > 0 {
-        producer.purge(PurgeConfig::default().queue().inflight());
-        let _ = producer.flush(Duration::from_secs(5));
-    }
-    left
 }
 
 #[cfg(test)]
