@@ -2,6 +2,7 @@
 //! to the publisher in batches. When the outbox is full, `send` waits, and this task stops reading
 //! its socket: the sender feels TCP backpressure, nothing is dropped.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::framing::{Framer, Step};
 use crate::metrics::{LineCounts, Metrics};
 use crate::publisher::Outbox;
-use crate::record::Batch;
+use crate::record::{Awaited, Batch, Standing};
+use crate::relp;
 use crate::rules::{Current, Origin, Rules};
 use crate::shutdown::Shutdown;
 use crate::syslog;
@@ -60,6 +62,16 @@ impl Pipeline {
 
     /// Parses one frame and applies the rules to it.
     pub fn frame(&mut self, data: &[u8], truncated: bool) {
+        self.frame_for(data, truncated, None);
+    }
+
+    /// [`Pipeline::frame`] for a message whose sender waits to hear it is safe: each of its
+    /// records carries a share of `awaited`.
+    pub fn awaited_frame(&mut self, data: &[u8], awaited: &Arc<Awaited>) {
+        self.frame_for(data, false, Some(awaited));
+    }
+
+    fn frame_for(&mut self, data: &[u8], truncated: bool, awaited: Option<&Arc<Awaited>>) {
         let text = String::from_utf8_lossy(data);
         if let std::borrow::Cow::Owned(_) = text {
             self.counts.invalid_utf8 += 1;
@@ -78,6 +90,9 @@ impl Pipeline {
         let read_ms = self.origin.clock.map_or(0, crate::record::epoch_ms);
         for r in &mut self.batch[before..] {
             r.read_ms = read_ms;
+            if let Some(a) = awaited {
+                r.ack = a.share();
+            }
         }
         if outcome.forwarded {
             self.counts.forwarded += 1;
@@ -156,6 +171,8 @@ pub struct Limits {
 /// Why a connection ended without an error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {
+    /// A RELP session broke the protocol (why): closed with a `serverclose` that says so.
+    Refused(String),
     /// The peer closed it.
     Closed,
     /// Shutdown: the peer had been quiet for a moment, or the publisher takes nothing more.
@@ -329,6 +346,352 @@ async fn read<S: AsyncRead + Unpin>(
             Ok(Read::Quiet)
         })
         .await
+}
+
+/// The most RELP messages a session may have unanswered: past it the session reads no more
+/// until answers go out, and its sender waits (librelp's client window is 128 by default).
+const RELP_WINDOW: usize = 16 * 1024;
+/// How long a RELP client has to take an answer hotdog writes before its session is closed.
+const RELP_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A RELP command waiting for its turn to be answered: answers go out in the order the
+/// commands came.
+enum Turn {
+    /// A `syslog` message, answered `200 OK` once it is safe.
+    Message(Arc<Awaited>),
+    /// A response made already (to `open`).
+    Answer(Vec<u8>),
+    /// `close`: answered, then the session ends.
+    Close,
+}
+
+/// What [`RelpSession::answer`] came to.
+enum Answered {
+    /// Everything ready is answered; the rest waits.
+    Waiting,
+    /// `close` is answered: the session is over.
+    Closed,
+    /// A record of this message was neither delivered nor dead-lettered: it must not be
+    /// acknowledged, nor anything after it.
+    Lost(u32),
+}
+
+/// What woke a RELP session.
+enum Woke {
+    Read(std::io::Result<usize>),
+    /// A message became safe (or lost).
+    Heard,
+    Shutdown,
+    Deadline,
+    Idle,
+}
+
+/// One RELP session (librelp's client, rsyslog's omrelp): frames are cut with [`relp::cut`],
+/// `syslog` messages go through the pipeline like lines, and each is answered `200 OK` only
+/// once every record it made is in Kafka or a dead letter (or it made none). Answers go out in
+/// the order of the commands. On shutdown the session reads no more and answers what becomes
+/// safe until the deadline; what is still unanswered then its sender sends again.
+pub async fn run_relp<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    pipeline: Pipeline,
+    limits: Limits,
+    shutdown: Shutdown,
+) -> std::io::Result<End> {
+    let metrics = pipeline.shared.metrics.clone();
+    metrics.relp_sessions.fetch_add(1, Relaxed);
+    metrics.relp_sessions_total.fetch_add(1, Relaxed);
+    let mut session = RelpSession {
+        pipeline,
+        metrics: metrics.clone(),
+        protocol: relp::Session::default(),
+        turns: std::collections::VecDeque::new(),
+        done: Arc::new(event_listener::Event::new()),
+        out: Vec::new(),
+    };
+    let result = session.serve(&mut stream, limits, &shutdown).await;
+    session.pipeline.flush().await;
+    let unanswered = session
+        .turns
+        .iter()
+        .filter(|(_, t)| matches!(t, Turn::Message(_)))
+        .count() as u64;
+    if unanswered > 0 {
+        metrics.relp_unacknowledged.fetch_add(unanswered, Relaxed);
+        metrics
+            .relp_outstanding
+            .fetch_sub(i64::try_from(unanswered).unwrap_or(i64::MAX), Relaxed);
+    }
+    metrics.relp_sessions.fetch_sub(1, Relaxed);
+    let closed = stream.close().await;
+    let end = result?;
+    closed.map(|()| end)
+}
+
+struct RelpSession {
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+    protocol: relp::Session,
+    /// Commands not answered yet, oldest first, with their transaction numbers.
+    turns: std::collections::VecDeque<(u32, Turn)>,
+    /// Notified when a message of this session becomes safe or lost.
+    done: Arc<event_listener::Event>,
+    /// Answers to write.
+    out: Vec<u8>,
+}
+
+impl RelpSession {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        limits: Limits,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<End> {
+        let max = limits.max_message_size;
+        // Room for one whole frame of the largest size, its header, and a read.
+        let largest = max + 64 + READ_SIZE;
+        let mut buf = vec![0u8; SMALL];
+        let (mut start, mut end) = (0usize, 0usize);
+        let mut last_data = Instant::now();
+        // False once the peer sent `close`, or shutdown began: nothing more is read.
+        let mut reading = true;
+        loop {
+            let heard = self.done.listen();
+            let answered = self.answer();
+            if let Answered::Lost(txnr) = answered {
+                let why = format!(
+                    "a record of message {txnr} was neither delivered nor dead-lettered; \
+                     closing the session so that its sender sends it again"
+                );
+                log::error!("RELP: {why}");
+                relp::serverclose(&mut self.out, &why);
+            }
+            self.write(stream).await?;
+            match answered {
+                Answered::Lost(_) => return Ok(End::Shutdown),
+                Answered::Closed => return Ok(End::Closed),
+                Answered::Waiting => {}
+            }
+            if !reading && self.turns.is_empty() {
+                if shutdown.is_triggered() {
+                    relp::serverclose(&mut self.out, "hotdog is shutting down");
+                    self.write(stream).await?;
+                }
+                return Ok(End::Shutdown);
+            }
+            if start == end {
+                (start, end) = (0, 0);
+            } else if start > 0 && buf.len() - end < buf.len() / 2 {
+                buf.copy_within(start..end, 0);
+                end -= start;
+                start = 0;
+            }
+            if buf.len() - end < buf.len() / 2 && buf.len() < largest {
+                buf.resize((buf.len() * 2).min(largest), 0);
+            }
+            let can_read = reading && self.turns.len() < RELP_WINDOW;
+            let idle = limits
+                .idle_timeout
+                .filter(|_| self.turns.is_empty())
+                .map(|t| last_data + t);
+            let woke = wait_relp(stream, &mut buf[end..], can_read, heard, shutdown, idle).await;
+            match woke {
+                Woke::Heard => {}
+                Woke::Shutdown => reading = false,
+                Woke::Deadline => {
+                    relp::serverclose(&mut self.out, "hotdog is shutting down");
+                    self.write(stream).await?;
+                    return Ok(End::Shutdown);
+                }
+                Woke::Idle => {
+                    relp::serverclose(&mut self.out, "idle_timeout");
+                    self.write(stream).await?;
+                    return Ok(End::Idle);
+                }
+                // The peer is gone: nothing it sent and is not answered can be answered now.
+                Woke::Read(Ok(0)) => return Ok(End::Closed),
+                Woke::Read(Err(e)) => return Err(e),
+                Woke::Read(Ok(n)) => {
+                    last_data = Instant::now();
+                    end += n;
+                    self.pipeline.stamp();
+                    let mut since_yield = 0u32;
+                    loop {
+                        let (frame, consumed) = match relp::cut(&buf[start..end], max) {
+                            relp::Cut::Frame { frame, consumed } => (frame, consumed),
+                            relp::Cut::NeedMore => break,
+                            relp::Cut::Malformed(why) => return self.refuse(stream, why).await,
+                        };
+                        let txnr = frame.txnr;
+                        match self.protocol.command(&frame) {
+                            Ok(relp::Step::Open(answer)) => {
+                                let mut response = Vec::new();
+                                relp::respond(&mut response, txnr, &answer);
+                                self.turns.push_back((txnr, Turn::Answer(response)));
+                            }
+                            Ok(relp::Step::Syslog(data)) => {
+                                let awaited = Awaited::new(self.done.clone());
+                                self.pipeline.awaited_frame(data, &awaited);
+                                awaited.release();
+                                self.turns.push_back((txnr, Turn::Message(awaited)));
+                                self.metrics.relp_messages.fetch_add(1, Relaxed);
+                                self.metrics.relp_outstanding.fetch_add(1, Relaxed);
+                            }
+                            Ok(relp::Step::Close) => {
+                                self.turns.push_back((txnr, Turn::Close));
+                                reading = false;
+                            }
+                            Ok(relp::Step::Hint) => {}
+                            Err(why) => return self.refuse(stream, why).await,
+                        }
+                        start += consumed;
+                        if self.pipeline.batch_full() && !self.pipeline.flush().await {
+                            reading = false;
+                        }
+                        if !reading {
+                            break;
+                        }
+                        since_yield += 1;
+                        if since_yield >= YIELD_EVERY {
+                            since_yield = 0;
+                            smol::future::yield_now().await;
+                        }
+                    }
+                    if !self.pipeline.flush().await {
+                        reading = false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers, in order, every command from the oldest up to the first message not safe yet.
+    fn answer(&mut self) -> Answered {
+        let mut acknowledged = 0u64;
+        let mut answered = Answered::Waiting;
+        while let Some((txnr, turn)) = self.turns.front() {
+            let txnr = *txnr;
+            match turn {
+                Turn::Message(a) => match a.standing() {
+                    Standing::Waiting => break,
+                    Standing::Lost => {
+                        answered = Answered::Lost(txnr);
+                        break;
+                    }
+                    Standing::Safe => {
+                        relp::ok(&mut self.out, txnr);
+                        acknowledged += 1;
+                    }
+                },
+                Turn::Answer(response) => self.out.extend_from_slice(response),
+                Turn::Close => {
+                    relp::respond(&mut self.out, txnr, b"");
+                    answered = Answered::Closed;
+                }
+            }
+            self.turns.pop_front();
+            if matches!(answered, Answered::Closed) {
+                break;
+            }
+        }
+        if acknowledged > 0 {
+            self.metrics
+                .relp_acknowledged
+                .fetch_add(acknowledged, Relaxed);
+            self.metrics
+                .relp_outstanding
+                .fetch_sub(i64::try_from(acknowledged).unwrap_or(i64::MAX), Relaxed);
+        }
+        answered
+    }
+
+    /// Writes the answers made so far; a peer that takes none of them for
+    /// [`RELP_WRITE_TIMEOUT`] is gone.
+    async fn write<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        use futures_lite::FutureExt;
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let out = &self.out;
+        async {
+            stream.write_all(out).await?;
+            stream.flush().await
+        }
+        .or(async {
+            smol::Timer::after(RELP_WRITE_TIMEOUT).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the RELP client took no answer for 30s",
+            ))
+        })
+        .await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    /// Ends the session for a frame or command that breaks the protocol: what is safe is
+    /// answered, then a `serverclose` says why.
+    async fn refuse<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        why: String,
+    ) -> std::io::Result<End> {
+        self.metrics.relp_refused.fetch_add(1, Relaxed);
+        self.pipeline.flush().await;
+        if let Answered::Waiting | Answered::Lost(_) = self.answer() {
+            relp::serverclose(&mut self.out, &why);
+        }
+        // The peer may be gone already; the session ends either way.
+        let _ = self.write(stream).await;
+        Ok(End::Refused(why))
+    }
+}
+
+/// Waits for what comes first: bytes (when `can_read`), a message settled, shutdown (or, once
+/// it began, its deadline), or the idle time.
+async fn wait_relp<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    can_read: bool,
+    heard: event_listener::EventListener,
+    shutdown: &Shutdown,
+    idle: Option<Instant>,
+) -> Woke {
+    use futures_lite::FutureExt;
+    let read = async {
+        if can_read {
+            Woke::Read(stream.read(buf).await)
+        } else {
+            std::future::pending().await
+        }
+    };
+    let stop = async {
+        match shutdown.deadline() {
+            Some(deadline) if shutdown.is_triggered() => {
+                smol::Timer::at(deadline).await;
+                Woke::Deadline
+            }
+            _ => {
+                shutdown.wait().await;
+                Woke::Shutdown
+            }
+        }
+    };
+    let idle = async {
+        match idle {
+            Some(at) => {
+                smol::Timer::at(at).await;
+                Woke::Idle
+            }
+            None => std::future::pending().await,
+        }
+    };
+    read.or(async {
+        heard.await;
+        Woke::Heard
+    })
+    .or(stop)
+    .or(idle)
+    .await
 }
 
 #[cfg(test)]

@@ -70,9 +70,18 @@ pub fn start(file: Option<PathBuf>, metrics: Arc<Metrics>) -> std::io::Result<Si
                         continue;
                     }
                 };
+                let mut letter = letter;
+                let ack = std::mem::take(&mut letter.record.ack);
                 match write_file(file.as_ref(), &mut open, &letter) {
-                    Ok(true) => {}
-                    Ok(false) => log_letter(&letter),
+                    // Written, or logged whole where no file is configured: either way where
+                    // the operator said dead letters go, so a sender waiting for it hears so.
+                    Ok(true) => ack.settle(),
+                    Ok(false) => {
+                        log_letter(&letter);
+                        ack.settle();
+                    }
+                    // Not where it should be: a sender waiting for it is never told it is safe
+                    // (the dropped share says so), and sends it again.
                     Err(e) => {
                         log::error!("cannot write the dead-letter file: {e}");
                         log_letter(&letter);

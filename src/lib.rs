@@ -1,7 +1,7 @@
-//! hotdog: syslog over TCP, TLS and UDP in, routed and rewritten by YAML rules, out to Kafka.
+//! hotdog: syslog over TCP, TLS, RELP and UDP in, routed and rewritten by YAML rules, out to Kafka.
 //!
 //! The pipeline, one module per stage, data flowing one way: [`listener`] → [`connection`]
-//! ([`framing`] → [`syslog`] → [`rules`], pure, no I/O) → [`publisher`] (through its
+//! ([`framing`] or [`relp`] → [`syslog`] → [`rules`], pure, no I/O) → [`publisher`] (through its
 //! [`publisher::Outbox`]) → Kafka, and [`deadletter`] for what Kafka will not take. [`record`]
 //! holds the types the later stages share; [`server`] starts and stops them all from a
 //! [`config::Config`] and carries out what a [`reload`] of it changes; `main.rs` only parses the command line and maps results to exit codes.
@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod publisher;
 pub mod record;
 pub mod reload;
+pub mod relp;
 pub mod rules;
 pub mod ruletest;
 pub mod runtime;

@@ -1,4 +1,5 @@
-//! Listeners: accepting TCP and TLS connections (one task each) and receiving UDP datagrams.
+//! Listeners: accepting TCP, TLS and RELP connections (one task each) and receiving UDP
+//! datagrams.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,8 +19,8 @@ use crate::tls::{self, Acceptor};
 use crate::{proxy, runtime};
 
 enum Socket {
-    Tcp(TcpListener),
-    Tls(TcpListener, Arc<Acceptor>),
+    /// TCP, with TLS when there is an acceptor.
+    Stream(TcpListener, Option<Arc<Acceptor>>),
     Udp(UdpSocket),
 }
 
@@ -40,6 +41,8 @@ struct Settings {
     proxy_protocol: Option<ProxyProtocol>,
     /// The `timezone` of its senders' RFC 3164 timestamps.
     zone: Option<jiff::tz::TimeZone>,
+    /// RELP sessions, not syslog streams.
+    relp: bool,
     /// Connections open now.
     open: AtomicUsize,
     /// Connections open now per source address (only with `max_per_source`).
@@ -133,25 +136,30 @@ impl Listener {
             source,
         };
         let socket = match &l.protocol {
-            Protocol::Tcp => Socket::Tcp(TcpListener::bind(&address).await.map_err(bind_error)?),
-            Protocol::Tls(settings) => {
-                // Reading the files blocks: off the executor.
-                let settings = settings.clone();
-                let acceptor = smol::unblock(move || Acceptor::new(settings))
-                    .await
-                    .map_err(Error::Tls)?;
-                let tcp = TcpListener::bind(&address).await.map_err(bind_error)?;
-                Socket::Tls(tcp, Arc::new(acceptor))
-            }
             Protocol::Udp => Socket::Udp(
                 UdpSocket::bind(address.as_str())
                     .await
                     .map_err(bind_error)?,
             ),
+            stream => {
+                let acceptor = match stream.tls() {
+                    Some(settings) => {
+                        // Reading the files blocks: off the executor.
+                        let settings = settings.clone();
+                        let acceptor = smol::unblock(move || Acceptor::new(settings))
+                            .await
+                            .map_err(Error::Tls)?;
+                        Some(Arc::new(acceptor))
+                    }
+                    None => None,
+                };
+                let tcp = TcpListener::bind(&address).await.map_err(bind_error)?;
+                Socket::Stream(tcp, acceptor)
+            }
         };
         // The address really bound (port 0 picks a free one).
         let bound = match &socket {
-            Socket::Tcp(t) | Socket::Tls(t, _) => t.local_addr(),
+            Socket::Stream(t, _) => t.local_addr(),
             Socket::Udp(u) => u.local_addr(),
         };
         let name = match bound {
@@ -168,6 +176,7 @@ impl Listener {
             tcp_keepalive: l.tcp_keepalive,
             proxy_protocol: l.proxy_protocol.clone(),
             zone: l.timezone.as_ref().map(|t| t.zone.clone()),
+            relp: matches!(l.protocol, Protocol::Relp(_)),
             open: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
         };
@@ -181,8 +190,8 @@ impl Listener {
     /// The TLS acceptor, for reloading on SIGHUP.
     pub fn acceptor(&self) -> Option<Arc<Acceptor>> {
         match &self.socket {
-            Socket::Tls(_, a) => Some(a.clone()),
-            _ => None,
+            Socket::Stream(_, a) => a.clone(),
+            Socket::Udp(_) => None,
         }
     }
 
@@ -204,8 +213,7 @@ impl Listener {
                 };
                 return udp(socket, shared, origin, max, shutdown).await;
             }
-            Socket::Tcp(listener) => (listener, None),
-            Socket::Tls(listener, acceptor) => (listener, Some(acceptor)),
+            Socket::Stream(listener, acceptor) => (listener, acceptor),
         };
         let name = self.name;
         accept_loop(listener, shutdown.clone(), |stream, peer| {
@@ -334,10 +342,19 @@ impl Connection {
         metrics.connections.fetch_add(1, Relaxed);
         metrics.connections_total.fetch_add(1, Relaxed);
         let pipeline = Pipeline::new(self.shared, origin);
-        match connection::run(stream, pipeline, self.slot.settings.limits, self.shutdown).await {
+        let settings = &self.slot.settings;
+        let ended = if settings.relp {
+            connection::run_relp(stream, pipeline, settings.limits, self.shutdown).await
+        } else {
+            connection::run(stream, pipeline, settings.limits, self.shutdown).await
+        };
+        match ended {
             Ok(connection::End::Idle) => {
                 metrics.idle_closed.fetch_add(1, Relaxed);
                 log::debug!("closed the connection from {peer}: idle_timeout");
+            }
+            Ok(connection::End::Refused(why)) => {
+                throttle::RELP.warn(format_args!("closed the RELP session from {peer}: {why}"));
             }
             Ok(_) => {}
             Err(e) => log::info!("connection from {peer} ended: {e}"),

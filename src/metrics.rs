@@ -104,6 +104,21 @@ pub struct Metrics {
     /// Records sent to `global.kafka.topic` because their own topic would have passed
     /// `global.kafka.max_topics`.
     pub topics_over_limit: AtomicU64,
+    /// RELP sessions open now.
+    pub relp_sessions: AtomicI64,
+    /// RELP sessions opened since start.
+    pub relp_sessions_total: AtomicU64,
+    /// RELP `syslog` messages received.
+    pub relp_messages: AtomicU64,
+    /// RELP messages answered `200 OK`: every record they made is in Kafka or a dead letter.
+    pub relp_acknowledged: AtomicU64,
+    /// RELP messages received and not yet answered.
+    pub relp_outstanding: AtomicI64,
+    /// RELP messages left unanswered when their session ended (the peer left, a protocol
+    /// error, shutdown): their senders send them again.
+    pub relp_unacknowledged: AtomicU64,
+    /// RELP sessions closed for a frame or command that breaks the protocol.
+    pub relp_refused: AtomicU64,
     /// Fatal errors of a producer (the idempotent producer's guarantees could not be kept).
     pub producer_fatal: AtomicU64,
     /// Producers made again after a fatal error.
@@ -323,7 +338,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 36] = [
+pub static COUNTERS: [Counter; 43] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -386,6 +401,55 @@ pub static COUNTERS: [Counter; 36] = [
         kind: Kind::Counter,
         help: "Records sent to global.kafka.topic because their topic would pass global.kafka.max_topics.",
         read: |m| get(&m.topics_over_limit),
+    },
+    Counter {
+        name: "relp.sessions",
+        prometheus: Some(("relp_sessions", "")),
+        kind: Kind::Gauge,
+        help: "RELP sessions open now.",
+        read: |m| m.relp_sessions.load(Relaxed),
+    },
+    Counter {
+        name: "relp.sessions.total",
+        prometheus: Some(("relp_sessions_total", "")),
+        kind: Kind::Counter,
+        help: "RELP sessions opened.",
+        read: |m| get(&m.relp_sessions_total),
+    },
+    Counter {
+        name: "relp.messages",
+        prometheus: Some(("relp_messages_total", "")),
+        kind: Kind::Counter,
+        help: "RELP syslog messages received.",
+        read: |m| get(&m.relp_messages),
+    },
+    Counter {
+        name: "relp.acknowledged",
+        prometheus: Some(("relp_acknowledged_total", "")),
+        kind: Kind::Counter,
+        help: "RELP messages answered 200 OK: every record they made is in Kafka or a dead letter.",
+        read: |m| get(&m.relp_acknowledged),
+    },
+    Counter {
+        name: "relp.outstanding",
+        prometheus: Some(("relp_outstanding", "")),
+        kind: Kind::Gauge,
+        help: "RELP messages received and not yet answered.",
+        read: |m| m.relp_outstanding.load(Relaxed),
+    },
+    Counter {
+        name: "relp.unacknowledged",
+        prometheus: Some(("relp_unacknowledged_total", "")),
+        kind: Kind::Counter,
+        help: "RELP messages left unanswered when their session ended; their senders send them again.",
+        read: |m| get(&m.relp_unacknowledged),
+    },
+    Counter {
+        name: "relp.refused",
+        prometheus: Some(("relp_refused_total", "")),
+        kind: Kind::Counter,
+        help: "RELP sessions closed for a frame or command that breaks the protocol.",
+        read: |m| get(&m.relp_refused),
     },
     Counter {
         name: "kafka.producer.fatal",

@@ -25,7 +25,7 @@ use crate::config;
 use crate::deadletter::{self, Sink};
 use crate::metrics::{Gauge, Metrics, TopicCounters};
 use crate::producer::{self, flush_until, purge, Generation, Renewable, TestHook};
-use crate::record::{self, Batch, DeadLetter, Name, Record, BATCH_MAX};
+use crate::record::{self, Ack, Batch, DeadLetter, Name, Record, BATCH_MAX};
 use crate::shutdown::Shutdown;
 use crate::throttle;
 
@@ -67,6 +67,8 @@ struct Tag {
     read_ms: i64,
     /// The publisher's count of records produced: records sent again go oldest first.
     seq: u64,
+    /// The record's share of a message its sender waits for (RELP).
+    ack: Ack,
 }
 
 /// Counts delivery reports of the connections' records; runs on librdkafka's thread. The
@@ -118,18 +120,29 @@ impl ProducerContext for Reports {
     type DeliveryOpaque = Box<Tag>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
+        let Tag {
+            counters,
+            read_ms,
+            seq,
+            ack,
+        } = *tag;
         match result {
             Ok(_) => {
-                self.metrics.delivered(&tag.counters);
-                if tag.read_ms > 0 {
-                    let now = self.clock.now(tag.read_ms);
+                self.metrics.delivered(&counters);
+                ack.settle();
+                if read_ms > 0 {
+                    let now = self.clock.now(read_ms);
                     self.metrics
                         .latency
-                        .observe(u64::try_from(now - tag.read_ms).unwrap_or(0));
+                        .observe(u64::try_from(now - read_ms).unwrap_or(0));
                 }
             }
             Err((e, m)) if to_resend(&self.generation, e, &self.dead.expired) => {
-                keep(&self.pending, (tag.seq, record_of(m, tag.read_ms, true)));
+                let record = Record {
+                    ack,
+                    ..record_of(m, read_ms, true)
+                };
+                keep(&self.pending, (seq, record));
             }
             Err((e, m)) => {
                 let kind = error_kind(e);
@@ -140,7 +153,10 @@ impl ProducerContext for Reports {
                 ));
                 self.metrics.failed(m.topic(), &kind);
                 let letter = DeadLetter {
-                    record: record_of(m, tag.read_ms, false),
+                    record: Record {
+                        ack,
+                        ..record_of(m, read_ms, false)
+                    },
                     reason: if purged {
                         record::SHUTDOWN_TIMEOUT.to_string()
                     } else {
@@ -159,6 +175,7 @@ impl ProducerContext for Reports {
 struct Letter {
     original: String,
     read_ms: i64,
+    ack: Ack,
 }
 
 /// Counts delivery reports of the dead-letter topic; runs on its producer's thread. The opaque
@@ -181,15 +198,21 @@ impl ProducerContext for DeadLetterReports {
     type DeliveryOpaque = Box<Letter>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, letter: Box<Letter>) {
-        let Letter { original, read_ms } = *letter;
+        let Letter {
+            original,
+            read_ms,
+            ack,
+        } = *letter;
         // The record as it was meant for its own topic.
-        let original_record = |m: &rdkafka::message::BorrowedMessage<'_>| Record {
+        let original_record = |m: &rdkafka::message::BorrowedMessage<'_>, ack| Record {
             topic: Name::Owned(original.clone()),
+            ack,
             ..record_of(m, read_ms, false)
         };
         match result {
             Ok(m) => {
                 self.metrics.dead_lettered(&original);
+                ack.settle();
                 throttle::DEAD_LETTER.warn(format_args!(
                     "dead letter for {original} written to {}",
                     m.topic()
@@ -203,7 +226,7 @@ impl ProducerContext for DeadLetterReports {
                     .map(|v| String::from_utf8_lossy(v).into_owned())
                     .unwrap_or_default();
                 let letter = DeadLetter {
-                    record: original_record(m),
+                    record: original_record(m, ack),
                     reason,
                     file_only: false,
                 };
@@ -214,7 +237,7 @@ impl ProducerContext for DeadLetterReports {
                     "the dead-letter topic did not take a record: {e}"
                 ));
                 let letter = DeadLetter {
-                    record: original_record(m),
+                    record: original_record(m, ack),
                     reason: format!("dead_letter_topic_{}", error_kind(e)),
                     file_only: true,
                 };
@@ -258,6 +281,7 @@ fn record_of<M: rdkafka::message::Message>(m: &M, read_ms: i64, all_headers: boo
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
         read_ms,
+        ack: Ack::default(),
     }
 }
 
@@ -309,7 +333,7 @@ impl DeadLetters {
         self.file.send(letter).await;
     }
 
-    fn produce(&self, letter: DeadLetter) -> Attempt {
+    fn produce(&self, mut letter: DeadLetter) -> Attempt {
         let Some((topic, renewable)) = &self.topic else {
             return Attempt::ToFile(letter);
         };
@@ -317,6 +341,7 @@ impl DeadLetters {
             return Attempt::ToFile(letter);
         }
         let producer = renewable.current();
+        let ack = std::mem::take(&mut letter.record.ack);
         let r = &letter.record;
         let headers = with_headers(
             OwnedHeaders::new_with_capacity(r.headers.len() + 2)
@@ -333,6 +358,7 @@ impl DeadLetters {
         let letter_tag = Box::new(Letter {
             original: r.topic.to_string(),
             read_ms: r.read_ms,
+            ack,
         });
         let mut rec: BaseRecord<'_, str, [u8], Box<Letter>> =
             BaseRecord::with_opaque_to(topic, letter_tag).payload(r.payload.as_slice());
@@ -343,7 +369,17 @@ impl DeadLetters {
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());
         }
-        let sent = producer.send(rec).map_err(|(e, _)| e);
+        let sent = producer
+            .send(rec)
+            .map_err(|(e, refused)| (e, refused.delivery_opaque));
+        let sent = match sent {
+            Ok(()) => Ok(()),
+            Err((e, refused)) => {
+                // Refused: the record's share goes back with it.
+                letter.record.ack = refused.ack;
+                Err(e)
+            }
+        };
         match sent {
             Ok(()) => {
                 self.metrics.dead_letter_reason(&letter.reason);
@@ -896,7 +932,7 @@ impl Publisher {
     async fn produce(
         &self,
         producer: &ThreadedProducer<Reports>,
-        record: Record,
+        mut record: Record,
         counters: &Arc<TopicCounters>,
         shutdown: &Shutdown,
     ) -> Sent {
@@ -905,6 +941,7 @@ impl Publisher {
             counters: counters.clone(),
             read_ms: record.read_ms,
             seq: self.produced.fetch_add(1, Ordering::Relaxed),
+            ack: std::mem::take(&mut record.ack),
         });
         loop {
             let mut r: BaseRecord<'_, str, [u8], Box<Tag>> =
@@ -927,9 +964,15 @@ impl Publisher {
                     e
                 }
             };
+            // A record that leaves takes its share of a waiting message back from the tag.
+            let mut leave = |mut record: Record| {
+                record.ack = std::mem::take(&mut tag.ack);
+                record
+            };
             match error {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                     if shutdown.expired() {
+                        let record = leave(record);
                         self.dead.send(DeadLetter::shutdown_timeout(record)).await;
                         return Sent::DeadLettered;
                     }
@@ -937,8 +980,9 @@ impl Publisher {
                     // Short waits: librdkafka's queue drains in milliseconds at full speed.
                     backoff = (backoff * 2).min(Duration::from_millis(10));
                 }
-                _ if self.producer.is_fatal() => return Sent::Fatal(record),
+                _ if self.producer.is_fatal() => return Sent::Fatal(leave(record)),
                 e => {
+                    let record = leave(record);
                     throttle::KAFKA_REFUSED.warn(format_args!(
                         "Kafka refused a record for topic {}: {e}",
                         record.topic
@@ -1165,6 +1209,7 @@ mod tests {
             payload: "late".into(),
             headers: Vec::new(),
             read_ms: 1,
+            ack: Default::default(),
         };
         assert!(!smol::block_on(outbox.send(vec![record])));
         file.finish();

@@ -1,8 +1,11 @@
 //! The types every stage after the rules shares: a [`Record`] for Kafka, the [`Batch`]es
-//! connections hand to the publisher, a [`DeadLetter`], and the clock records are stamped with.
-//! No I/O; below every stage that uses it.
+//! connections hand to the publisher, a [`DeadLetter`], the [`Ack`] a record carries for a
+//! sender that waits to hear it is safe, and the clock records are stamped with. No I/O; below
+//! every stage that uses it.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One message for Kafka.
@@ -16,6 +19,9 @@ pub struct Record {
     pub headers: Vec<(Name, String)>,
     /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
     pub read_ms: i64,
+    /// For a message whose sender waits for its acknowledgement (RELP): settled once Kafka
+    /// acknowledged the record or it was written as a dead letter. Empty for every other.
+    pub ack: Ack,
 }
 
 impl Record {
@@ -92,4 +98,150 @@ pub fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// A message a sender waits to hear is safe (a RELP `syslog` command): safe once every record
+/// it produced is [settled](Ack::settle). Its session holds it, and each record carries an
+/// [`Ack`] share of it; `done` is notified when the last share is settled, or when one is lost.
+#[derive(Debug)]
+pub struct Awaited {
+    /// Shares not yet settled, the session's own hold counted.
+    remaining: AtomicUsize,
+    /// A share was dropped without being settled: a record neither delivered nor
+    /// dead-lettered. The message must never be acknowledged.
+    lost: AtomicBool,
+    done: Arc<event_listener::Event>,
+}
+
+/// Where an [`Awaited`] message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Waiting,
+    Safe,
+    Lost,
+}
+
+impl Awaited {
+    /// A message with its session's hold on it; `done` is notified when it is safe or lost.
+    pub fn new(done: Arc<event_listener::Event>) -> Arc<Awaited> {
+        Arc::new(Awaited {
+            remaining: AtomicUsize::new(1),
+            lost: AtomicBool::new(false),
+            done,
+        })
+    }
+
+    /// A share for one more record of the message.
+    pub fn share(self: &Arc<Self>) -> Ack {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+        Ack(Some(self.clone()))
+    }
+
+    /// The session lets go of its hold: the message is safe once its records are.
+    pub fn release(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify(usize::MAX);
+        }
+    }
+
+    pub fn standing(&self) -> Standing {
+        if self.lost.load(Ordering::Acquire) {
+            Standing::Lost
+        } else if self.remaining.load(Ordering::Acquire) == 0 {
+            Standing::Safe
+        } else {
+            Standing::Waiting
+        }
+    }
+}
+
+/// A record's share of an [`Awaited`] message, or nothing. Settled by the stage that last
+/// holds the record: the delivery report, the dead-letter topic's report or the dead-letter
+/// file. Dropped unsettled, it marks the message lost. A clone is one more share.
+#[derive(Debug, Default)]
+pub struct Ack(Option<Arc<Awaited>>);
+
+impl Ack {
+    /// The record is safe: in Kafka, or written as a dead letter.
+    pub fn settle(mut self) {
+        if let Some(a) = self.0.take() {
+            a.release();
+        }
+    }
+
+    /// True when some sender waits for this record.
+    pub fn is_awaited(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Clone for Ack {
+    fn clone(&self) -> Ack {
+        match &self.0 {
+            Some(a) => a.share(),
+            None => Ack(None),
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.lost.store(true, Ordering::Release);
+            a.done.notify(usize::MAX);
+        }
+    }
+}
+
+/// Two records are equal for what they hold; who waits for them does not count.
+impl PartialEq for Ack {
+    fn eq(&self, _: &Ack) -> bool {
+        true
+    }
+}
+
+impl Eq for Ack {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_safe_once_its_session_and_every_record_let_go() {
+        let done = Arc::new(event_listener::Event::new());
+        let m = Awaited::new(done.clone());
+        let (a, b) = (m.share(), m.share());
+        let c = b.clone();
+        m.release();
+        assert_eq!(m.standing(), Standing::Waiting);
+        a.settle();
+        b.settle();
+        assert_eq!(m.standing(), Standing::Waiting, "the clone is a share too");
+        let heard = done.listen();
+        c.settle();
+        assert_eq!(m.standing(), Standing::Safe);
+        assert!(
+            event_listener::Listener::wait_timeout(heard, std::time::Duration::from_secs(1))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_message_without_records_is_safe_when_released() {
+        let m = Awaited::new(Arc::new(event_listener::Event::new()));
+        m.release();
+        assert_eq!(m.standing(), Standing::Safe);
+    }
+
+    #[test]
+    fn a_record_dropped_unsettled_loses_its_message_for_good() {
+        let m = Awaited::new(Arc::new(event_listener::Event::new()));
+        let (a, b) = (m.share(), m.share());
+        m.release();
+        drop(a);
+        b.settle();
+        assert_eq!(m.standing(), Standing::Lost);
+        // An empty share is nobody's: dropping it changes nothing.
+        drop(Ack::default());
+    }
 }

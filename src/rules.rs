@@ -778,6 +778,7 @@ impl Rules {
                         payload,
                         headers,
                         read_ms: 0,
+                        ack: crate::record::Ack::default(),
                     });
                 }
                 Action::Stop => return Flow::Stop,
@@ -1288,6 +1289,7 @@ mod tests {
                     ("tenant".into(), "tenant-a".into())
                 ],
                 read_ms: 0,
+                ack: Default::default(),
             }]
         );
     }

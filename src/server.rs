@@ -68,6 +68,10 @@ pub struct Summary {
     pub in_flight: i64,
     /// Records read that shutdown could not deliver in time (they are dead letters).
     pub undelivered: u64,
+    /// RELP sessions there were, and the messages left unanswered when theirs ended (their
+    /// senders send them again).
+    pub relp_sessions: u64,
+    pub relp_unacknowledged: u64,
 }
 
 impl Summary {
@@ -84,6 +88,8 @@ impl Summary {
             undelivered: m
                 .dead_lettered_for(record::SHUTDOWN_TIMEOUT)
                 .max(unacknowledged),
+            relp_sessions: m.relp_sessions_total.load(Relaxed),
+            relp_unacknowledged: m.relp_unacknowledged.load(Relaxed),
         }
     }
 }
@@ -101,7 +107,15 @@ impl fmt::Display for Summary {
             self.dead_lettered,
             self.dropped,
             self.in_flight
-        )
+        )?;
+        if self.relp_sessions > 0 {
+            write!(
+                f,
+                ", RELP messages left unacknowledged {} (their senders send them again)",
+                self.relp_unacknowledged
+            )?;
+        }
+        Ok(())
     }
 }
 

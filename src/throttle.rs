@@ -34,9 +34,13 @@ pub static TOPICS: Throttle = Throttle::new("records over the topic cap");
 /// librdkafka's errors about the cluster (all brokers down, ...).
 pub static KAFKA_CLIENT: Throttle = Throttle::new("librdkafka errors");
 
+/// A RELP session closed for a frame or command that breaks the protocol.
+pub static RELP: Throttle = Throttle::new("RELP sessions refused");
+
 /// Every throttle, for [`report_suppressed`].
-static ALL: [&Throttle; 10] = [
+static ALL: [&Throttle; 11] = [
     &KAFKA_CLIENT,
+    &RELP,
     &KAFKA_REFUSED,
     &DEAD_LETTER,
     &UDP_DROPPED,

@@ -60,7 +60,7 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
 /// Whether the files every TLS listener names load; an error is located at its `tls` key.
 fn check_tls_files(cx: &mut Cx<'_>, listeners: &[Listen], outside: &Outside<'_>) {
     for (i, l) in listeners.iter().enumerate() {
-        if let Protocol::Tls(t) = &l.protocol {
+        if let Some(t) = l.protocol.tls() {
             if let Err(e) = (outside.check_tls)(t) {
                 cx.errors.push(super::ConfigError {
                     file: cx.file.to_string(),
@@ -88,7 +88,7 @@ fn decode_listeners(cx: &mut Cx<'_>, node: &Node) -> Option<Vec<Listen>> {
     )
 }
 
-const PROTOCOLS: [&str; 3] = ["tcp", "tls", "udp"];
+const PROTOCOLS: [&str; 4] = ["tcp", "tls", "relp", "udp"];
 
 /// Listener keys about connections, which a UDP listener does not have.
 const STREAM_ONLY: [&str; 5] = [
@@ -112,7 +112,9 @@ fn protocol(
         ("tcp", None, _) => Some(Protocol::Tcp),
         ("udp", None, _) => Some(Protocol::Udp),
         ("tls", Some(_), Some(t)) => Some(Protocol::Tls(t)),
-        ("tls", Some(_), None) => None,
+        ("relp", None, _) => Some(Protocol::Relp(None)),
+        ("relp", Some(_), Some(t)) => Some(Protocol::Relp(Some(t))),
+        ("tls" | "relp", Some(_), None) => None,
         ("tls", None, _) => {
             cx.error(
                 node,
@@ -198,7 +200,7 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
             if let Some(n) = m.get(key) {
                 cx.error(
                     n,
-                    format!("`{what}.{key}` is for tcp and tls listeners, not udp"),
+                    format!("`{what}.{key}` is for tcp, tls and relp listeners, not udp"),
                 );
             }
         }

@@ -76,7 +76,8 @@ pub struct Listen {
     pub address: String,
     /// `port`: the port. Default 1514.
     pub port: u16,
-    /// `protocol`: `tcp`, `tls` or `udp`. Default `tls` when `tls` is given, else `tcp`.
+    /// `protocol`: `tcp`, `tls`, `relp` or `udp`. Default `tls` when `tls` is given, else
+    /// `tcp`.
     pub protocol: Protocol,
     /// `max_message_size`: the longest frame kept, in bytes; longer ones are truncated to it and
     /// counted. Default 65536.
@@ -138,6 +139,8 @@ pub enum Protocol {
     Tls(Tls),
     /// One message per datagram (RFC 5426).
     Udp,
+    /// `relp`: RELP sessions (librelp, rsyslog's omrelp), over TLS when `tls` is given.
+    Relp(Option<Tls>),
 }
 
 impl Protocol {
@@ -146,6 +149,16 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Tls(_) => "tls",
             Protocol::Udp => "udp",
+            Protocol::Relp(None) => "relp",
+            Protocol::Relp(Some(_)) => "relp+tls",
+        }
+    }
+
+    /// The TLS settings of a listener that has them.
+    pub fn tls(&self) -> Option<&Tls> {
+        match self {
+            Protocol::Tls(t) | Protocol::Relp(Some(t)) => Some(t),
+            _ => None,
         }
     }
 }
