@@ -24,10 +24,10 @@ install_missing() {
     fi
 }
 
-# What the integration tests run besides hotdog: rsyslog with its TLS driver, HAProxy (a load
+# What the integration tests run besides hotdog: rsyslog with its TLS driver and omrelp (RELP), HAProxy (a load
 # balancer that sends PROXY headers), ss (to see socket options).
 ensure_test_deps() {
-    install_missing rsyslog rsyslog-gnutls haproxy iproute2
+    install_missing rsyslog rsyslog-gnutls rsyslog-relp haproxy iproute2
     ensure_python_test_deps
 }
 

@@ -7,54 +7,9 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     config_yaml, consume, consume_until_quiet, create_topics, forward_all, free_port, fresh_topic,
-    send_lines, start_tansu_advertising, unique_topic, unknown_topic_config, Hotdog, Proxy, Tansu,
+    send_lines, start_tansu_advertising, tally, unique_topic, unknown_topic_config, Hotdog, Proxy,
+    Tally, Tansu,
 };
-
-/// What arrived for sequence numbers `0..n`, read back from the keys of `records`.
-struct Tally {
-    delivered: usize,
-    missing: Vec<usize>,
-    duplicated: usize,
-    /// True when the keys are in the order they were sent (a duplicate aside).
-    in_order: bool,
-    /// The first places where they are not: (earlier key, later key).
-    inversions: Vec<(usize, usize)>,
-    /// True when the records' timestamps (the time hotdog read the line) never go back.
-    read_order: bool,
-}
-
-fn tally(records: &[crate::util::Consumed], n: usize) -> Tally {
-    let seqs: Vec<usize> = records
-        .iter()
-        .filter_map(|r| r.key.as_deref()?.parse().ok())
-        .collect();
-    let mut seen = vec![0usize; n];
-    for &s in &seqs {
-        if s < n {
-            seen[s] += 1;
-        }
-    }
-    let first_seen: Vec<usize> = {
-        let mut once = vec![false; n];
-        seqs.iter()
-            .copied()
-            .filter(|&s| s < n && !std::mem::replace(&mut once[s], true))
-            .collect()
-    };
-    Tally {
-        delivered: seqs.len(),
-        missing: (0..n).filter(|&i| seen[i] == 0).collect(),
-        duplicated: seen.iter().map(|&c| c.saturating_sub(1)).sum(),
-        in_order: first_seen.windows(2).all(|w| w[0] < w[1]),
-        inversions: first_seen
-            .windows(2)
-            .filter(|w| w[0] > w[1])
-            .map(|w| (w[0], w[1]))
-            .take(10)
-            .collect(),
-        read_order: records.windows(2).all(|w| w[0].timestamp <= w[1].timestamp),
-    }
-}
 
 /// A tansu broker of the test's own behind a proxy (it tells clients to come through the
 /// proxy), and a topic on it.

@@ -4,19 +4,8 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use crate::util::{cert_path, consume_all, free_port, fresh_topic, wait_for_port, Hotdog};
-
-struct Rsyslog(Child);
-
-impl Drop for Rsyslog {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::util::{cert_path, consume_all, free_port, fresh_topic, Hotdog, Rsyslog};
 
 fn start_rsyslog(dir: &std::path::Path, input_port: u16, hotdog_tls_port: u16) -> Rsyslog {
     let shipped = std::fs::read_to_string(concat!(
@@ -34,30 +23,7 @@ fn start_rsyslog(dir: &std::path::Path, input_port: u16, hotdog_tls_port: u16) -
         "global(workDirectory=\"{}\")\nmodule(load=\"imptcp\")\ninput(type=\"imptcp\" address=\"127.0.0.1\" port=\"{input_port}\")\n{forward}",
         dir.display()
     );
-    let path = dir.join("rsyslog.conf");
-    std::fs::write(&path, conf).expect("write rsyslog.conf");
-    // Debian installs it in /usr/sbin, which is not on every PATH.
-    let binary = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("rsyslogd");
-    let child = Command::new(binary)
-        .arg("-n")
-        .arg("-f")
-        .arg(&path)
-        .arg("-i")
-        .arg(dir.join("rsyslog.pid"))
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run rsyslogd ({e}): install rsyslog and rsyslog-openssl (contrib/test.sh does)")
-        });
-    let r = Rsyslog(child);
-    assert!(
-        wait_for_port(&format!("127.0.0.1:{input_port}"), Duration::from_secs(20)),
-        "rsyslogd did not listen on {input_port}"
-    );
-    r
+    Rsyslog::start(dir, &conf, input_port)
 }
 
 #[test]

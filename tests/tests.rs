@@ -11,6 +11,7 @@ mod limits;
 mod proxy;
 mod records;
 mod reload;
+mod relp;
 mod rsyslog;
 mod service;
 mod status;

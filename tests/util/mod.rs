@@ -820,3 +820,90 @@ pub fn server_cn(stream: &rustls::StreamOwned<rustls::ClientConnection, TcpStrea
         .to_string();
     cn
 }
+
+/// What arrived for sequence numbers `0..n`, read back from the keys of `records`.
+pub struct Tally {
+    pub delivered: usize,
+    pub missing: Vec<usize>,
+    pub duplicated: usize,
+    /// True when the keys are in the order they were sent (a duplicate aside).
+    pub in_order: bool,
+    /// The first places where they are not: (earlier key, later key).
+    pub inversions: Vec<(usize, usize)>,
+    /// True when the records' timestamps (the time hotdog read the line) never go back.
+    pub read_order: bool,
+}
+
+pub fn tally(records: &[Consumed], n: usize) -> Tally {
+    let seqs: Vec<usize> = records
+        .iter()
+        .filter_map(|r| r.key.as_deref()?.parse().ok())
+        .collect();
+    let mut seen = vec![0usize; n];
+    for &s in &seqs {
+        if s < n {
+            seen[s] += 1;
+        }
+    }
+    let first_seen: Vec<usize> = {
+        let mut once = vec![false; n];
+        seqs.iter()
+            .copied()
+            .filter(|&s| s < n && !std::mem::replace(&mut once[s], true))
+            .collect()
+    };
+    Tally {
+        delivered: seqs.len(),
+        missing: (0..n).filter(|&i| seen[i] == 0).collect(),
+        duplicated: seen.iter().map(|&c| c.saturating_sub(1)).sum(),
+        in_order: first_seen.windows(2).all(|w| w[0] < w[1]),
+        inversions: first_seen
+            .windows(2)
+            .filter(|w| w[0] > w[1])
+            .map(|w| (w[0], w[1]))
+            .take(10)
+            .collect(),
+        read_order: records.windows(2).all(|w| w[0].timestamp <= w[1].timestamp),
+    }
+}
+
+/// Debian's rsyslogd in the foreground with a configuration of the test's, killed when dropped.
+pub struct Rsyslog(Child);
+
+impl Rsyslog {
+    /// Runs rsyslogd with `conf` (written to `dir`), waiting until its input listens on
+    /// `input_port`.
+    pub fn start(dir: &std::path::Path, conf: &str, input_port: u16) -> Rsyslog {
+        let path = dir.join("rsyslog.conf");
+        std::fs::write(&path, conf).expect("write rsyslog.conf");
+        // Debian installs it in /usr/sbin, which is not on every PATH.
+        let binary = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("rsyslogd");
+        let child = Command::new(binary)
+            .arg("-n")
+            .arg("-f")
+            .arg(&path)
+            .arg("-i")
+            .arg(dir.join("rsyslog.pid"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run rsyslogd ({e}): install rsyslog, rsyslog-gnutls and rsyslog-relp (contrib/test.sh does)")
+            });
+        let r = Rsyslog(child);
+        assert!(
+            wait_for_port(&format!("127.0.0.1:{input_port}"), Duration::from_secs(20)),
+            "rsyslogd did not listen on {input_port}"
+        );
+        r
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
