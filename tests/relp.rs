@@ -206,7 +206,7 @@ fn broker_away_for_15s_holds_the_answers_and_loses_no_line() {
     let mut held = None;
     let mut back = false;
     // Checks that nothing was answered since 3 s into the outage, then ends it.
-    let mut end_outage = |sent: usize, held: Option<i64>| {
+    let end_outage = |sent: usize, held: Option<i64>| {
         let acknowledged = hotdog.stat("relp.acknowledged");
         assert_eq!(
             Some(acknowledged),
