@@ -16,7 +16,7 @@ CARGO_FUZZ_VERSION=0.13.2
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(framing syslog config template proxy)
+[ ${#targets[@]} -gt 0 ] || targets=(framing syslog config template proxy relp)
 
 export PATH="$HOME/.cargo/bin:$PATH"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
