@@ -223,8 +223,35 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
                records, present, errors)
 
 
+def start_relay(workdir, hotdog_port, action, workers):
+    """rsyslogd between the senders and hotdog: imptcp in, `action` (omfwd over TCP or omrelp)
+    out to hotdog with `workers` worker threads, each its own connection. Returns the process
+    and its input port."""
+    port = free_port()
+    conf = os.path.join(workdir, "relay.conf")
+    out = {"omfwd": 'type="omfwd" protocol="tcp" TCP_Framing="octet-counted"',
+           "omrelp": 'type="omrelp"'}[action]
+    with open(conf, "w") as f:
+        f.write(f'''global(workDirectory="{workdir}")
+module(load="imptcp")
+{'module(load="omrelp")' if action == "omrelp" else ""}
+input(type="imptcp" address="127.0.0.1" port="{port}")
+*.* action({out} target="127.0.0.1" port="{hotdog_port}" template="RSYSLOG_ForwardFormat"
+  queue.type="LinkedList" queue.size="1000000" queue.workerThreads="{workers}"
+  queue.workerThreadMinimumMessages="1000" action.resumeRetryCount="-1")
+''')
+    p = subprocess.Popen(["rsyslogd", "-n", "-f", conf, "-i", os.path.join(workdir, "relay.pid")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_port(port):
+        sys.exit("rsyslogd did not start (are rsyslog and rsyslog-relp installed?)")
+    return p, port
+
+
 def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label="",
-               binary=None, conf_extra=""):
+               binary=None, conf_extra="", relay=None):
+    """One hotdog run. With `relay` ("omfwd" or "omrelp"), the senders write to an rsyslogd
+    that forwards to hotdog with that action, as many connections as there are chunks (the
+    listener speaks RELP for omrelp); the CPU measured is still hotdog's own."""
     topic = broker.topic(f"hotdog-{int(time.time()*1000)}")
     port, status = free_port(), free_port()
     tls = ""
@@ -235,7 +262,8 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     rules = rules.replace("TOPIC", topic)
     conf = os.path.join(workdir, "hotdog.yml")
     with open(conf, "w") as f:
-        f.write(f"global:\n  listen:\n    port: {port}\n{tls}  kafka:\n    conf:\n"
+        listen = "    protocol: relp\n" if relay == "omrelp" else ""
+        f.write(f"global:\n  listen:\n    port: {port}\n{listen}{tls}  kafka:\n    conf:\n"
                 f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
                 f"      batch.num.messages: '10000'\n{conf_extra}    topic: '{topic}'\n"
                 f"  status:\n    port: {status}\nrules:\n{rules}")
@@ -248,10 +276,15 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
         with urllib.request.urlopen(f"http://127.0.0.1:{status}/stats") as r:
             return json.load(r)["stats"]
 
+    relay_proc = None
+    if relay:
+        relay_proc, send_port = start_relay(workdir, port, relay, len(data_chunks))
+    else:
+        send_port = port
     time.sleep(0.5)
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
-    errors = send(port, data_chunks, use_tls)
+    errors = send(send_port, data_chunks, use_tls and not relay)
     while not errors:
         s = stats()
         if s.get("kafka.delivered", 0) + s.get("kafka.dead_lettered", 0) >= n:
@@ -260,6 +293,9 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     t1 = time.time()
     cpu = cpu_seconds(p.pid) - cpu0
     rss = peak_rss_mb(p.pid)
+    if relay_proc:
+        relay_proc.terminate()
+        relay_proc.wait()
     p.terminate()
     p.wait()
     records, present = broker.count(topic, n)
@@ -325,6 +361,9 @@ def main():
                     help="add a raw forward-all row whose payloads are BYTES longer (a "
                          "template pads them): what moving payloads that large costs, formats "
                          "aside (394 bytes in all is the bench lines' json envelope)")
+    ap.add_argument("--no-relp-rows", action="store_true",
+                    help="leave out the rows rsyslog -> hotdog over plain TCP (omfwd) and RELP "
+                         "(omrelp)")
     ap.add_argument("--hotdog-only", action="store_true",
                     help="leave out the rsyslog and kcat rows")
     ap.add_argument("--tansu", default="tansu")
@@ -355,6 +394,10 @@ def main():
                                                " baseline", args.baseline))
                     if args.tls:
                         rows.append(run_hotdog(broker, chunks, n, work, True))
+                    if not args.no_relp_rows:
+                        for relay in ("omfwd", "omrelp"):
+                            rows.append(run_hotdog(broker, chunks, n, work, False, None,
+                                                   f" via rsyslog {relay}", relay=relay))
                 rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                        EXAMPLE_RULES, " example rules"))
                 for count in args.rules:
@@ -410,6 +453,12 @@ def main():
         print("idempotence on / off CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog idempotence off ({c} conn)']['cpu_per_million']:.2f}x"
             for c in args.connections))
+    if not args.no_relp_rows:
+        for c in args.connections:
+            tcp, relp = (by[f"hotdog via rsyslog {a} ({c} conn)"] for a in ("omfwd", "omrelp"))
+            print(f"{c} conn: RELP / TCP through rsyslog: lines/s "
+                  f"{relp['lines_per_s']/tcp['lines_per_s']:.2f}x, hotdog CPU "
+                  f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x")
     if args.baseline:
         print("this build / baseline CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"

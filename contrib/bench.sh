@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The side-by-side benchmark: hotdog vs rsyslog (imptcp -> omkafka) vs the kcat floor, on one
+# The side-by-side benchmark: hotdog vs rsyslog (imptcp -> omkafka) vs the kcat floor, and
+# hotdog behind rsyslog over TCP (omfwd) and RELP (omrelp), on one
 # local tansu broker. Installs what it needs on Debian (rsyslog-kafka, kcat, tansu, and a
 # librdkafka new enough for tansu, taken from the confluent-kafka wheel: Debian's 2.0.2 cannot
 # talk to tansu).
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . contrib/deps.sh
 ensure_build_deps
-install_missing python3 python3-pip rsyslog rsyslog-kafka kcat
+install_missing python3 python3-pip rsyslog rsyslog-kafka rsyslog-relp kcat
 ensure_tansu
 lib="$HOME/.cache/hotdog-bench/librdkafka"
 if [ ! -e "$lib/librdkafka.so.1" ]; then

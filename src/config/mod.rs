@@ -570,6 +570,20 @@ mod tests {
         };
         assert_eq!(t.client_auth, ClientAuth::Optional);
         assert_eq!(t.handshake_timeout, Duration::from_secs(2));
+        let relp = MINIMAL.replace(
+            "  listen:\n    port: 1514\n",
+            "  listen:\n    - port: 2514\n      protocol: relp\n    - port: 2515\n      protocol: relp\n      tls:\n        cert: c.pem\n        key: k.pem\n",
+        );
+        let c = parse(&relp).unwrap();
+        assert!(matches!(c.global.listen[0].protocol, Protocol::Relp(None)));
+        assert!(matches!(
+            c.global.listen[1].protocol,
+            Protocol::Relp(Some(_))
+        ));
+        assert_eq!(c.global.listen[1].protocol.name(), "relp+tls");
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: rlep\n");
+        let joined = errors(&bad).join("\n");
+        assert!(joined.contains("did you mean `relp`?"), "{joined}");
         let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: tsl\n");
         let joined = errors(&bad).join("\n");
         assert!(
