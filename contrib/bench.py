@@ -223,14 +223,14 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
                records, present, errors)
 
 
-def start_relay(workdir, hotdog_port, action, workers):
+def start_relay(workdir, hotdog_port, action, workers, window=0):
     """rsyslogd between the senders and hotdog: imptcp in, `action` (omfwd over TCP or omrelp)
-    out to hotdog with `workers` worker threads, each its own connection. Returns the process
-    and its input port."""
+    out to hotdog with `workers` worker threads, each its own connection; `window` is omrelp's
+    windowSize (0: librelp's default, 128). Returns the process and its input port."""
     port = free_port()
     conf = os.path.join(workdir, "relay.conf")
     out = {"omfwd": 'type="omfwd" protocol="tcp" TCP_Framing="octet-counted"',
-           "omrelp": 'type="omrelp"'}[action]
+           "omrelp": 'type="omrelp"' + (f' windowSize="{window}"' if window else "")}[action]
     with open(conf, "w") as f:
         f.write(f'''global(workDirectory="{workdir}")
 module(load="imptcp")
@@ -248,7 +248,7 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
 
 
 def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label="",
-               binary=None, conf_extra="", relay=None):
+               binary=None, conf_extra="", relay=None, window=0):
     """One hotdog run. With `relay` ("omfwd" or "omrelp"), the senders write to an rsyslogd
     that forwards to hotdog with that action, as many connections as there are chunks (the
     listener speaks RELP for omrelp); the CPU measured is still hotdog's own."""
@@ -278,7 +278,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
 
     relay_proc = None
     if relay:
-        relay_proc, send_port = start_relay(workdir, port, relay, len(data_chunks))
+        relay_proc, send_port = start_relay(workdir, port, relay, len(data_chunks), window)
     else:
         send_port = port
     time.sleep(0.5)
@@ -364,6 +364,10 @@ def main():
     ap.add_argument("--no-relp-rows", action="store_true",
                     help="leave out the rows rsyslog -> hotdog over plain TCP (omfwd) and RELP "
                          "(omrelp)")
+    ap.add_argument("--relp-window", type=int, nargs="+", default=[0, 10000], metavar="W",
+                    help="omrelp windowSize of the RELP rows, one row each (0: librelp's 128); "
+                         "hotdog answers once Kafka has a message, so the window must cover "
+                         "Kafka's round trip")
     ap.add_argument("--hotdog-only", action="store_true",
                     help="leave out the rsyslog and kcat rows")
     ap.add_argument("--tansu", default="tansu")
@@ -395,9 +399,12 @@ def main():
                     if args.tls:
                         rows.append(run_hotdog(broker, chunks, n, work, True))
                     if not args.no_relp_rows:
-                        for relay in ("omfwd", "omrelp"):
+                        rows.append(run_hotdog(broker, chunks, n, work, False, None,
+                                               " via rsyslog omfwd", relay="omfwd"))
+                        for w in args.relp_window:
                             rows.append(run_hotdog(broker, chunks, n, work, False, None,
-                                                   f" via rsyslog {relay}", relay=relay))
+                                                   f" via rsyslog omrelp window {w or 128}",
+                                                   relay="omrelp", window=w))
                 rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                        EXAMPLE_RULES, " example rules"))
                 for count in args.rules:
@@ -455,10 +462,12 @@ def main():
             for c in args.connections))
     if not args.no_relp_rows:
         for c in args.connections:
-            tcp, relp = (by[f"hotdog via rsyslog {a} ({c} conn)"] for a in ("omfwd", "omrelp"))
-            print(f"{c} conn: RELP / TCP through rsyslog: lines/s "
-                  f"{relp['lines_per_s']/tcp['lines_per_s']:.2f}x, hotdog CPU "
-                  f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x")
+            tcp = by[f"hotdog via rsyslog omfwd ({c} conn)"]
+            for w in args.relp_window:
+                relp = by[f"hotdog via rsyslog omrelp window {w or 128} ({c} conn)"]
+                print(f"{c} conn: RELP (window {w or 128}) / TCP through rsyslog: lines/s "
+                      f"{relp['lines_per_s']/tcp['lines_per_s']:.2f}x, hotdog CPU "
+                      f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x")
     if args.baseline:
         print("this build / baseline CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     cert_path, config_yaml, consume_until_quiet, create_topics, forward_all, free_port,
-    fresh_topic, start_tansu_advertising, tally, unique_topic, wait_until, Hotdog, Proxy, Rsyslog,
-    Tally,
+    fresh_topic, start_tansu_advertising, tally, unique_topic, wait_until, Consumed, Hotdog, Proxy,
+    Rsyslog, Tally,
 };
 
 /// rsyslogd reading lines on `input` (imptcp) and sending them with omrelp to `hotdog_port`,
@@ -35,9 +35,13 @@ fn rsyslog_to_relp(
 }
 
 /// A config with one RELP listener (over TLS with `tls`) on `port` (0: any), forwarding every
-/// `seq=N` line to `topic` keyed by N.
+/// `seq=N` line to `topic` keyed by N, with the client certificate's CN in the header `cn`.
 fn relp_config(broker: &str, port: u16, tls: &str, topic: &str) -> String {
-    config_yaml(broker, "", &forward_all(topic)).replace(
+    let rules = format!(
+        "{}        headers: {{cn: '{{{{tls_client_cn}}}}'}}\n",
+        forward_all(topic)
+    );
+    config_yaml(broker, "", &rules).replace(
         "    port: 0\n  kafka:",
         &format!("    port: {port}\n    protocol: relp\n{tls}  kafka:"),
     )
@@ -75,7 +79,7 @@ fn report(what: &str, n: usize, t: &Tally) {
 
 /// 100,000 lines from rsyslog's omrelp, `omrelp_extra` its TLS settings: every one in Kafka
 /// exactly once, and every message answered.
-fn exactly_once_through_omrelp(tls_listener: &str, omrelp_extra: &str) -> Hotdog {
+fn exactly_once_through_omrelp(tls_listener: &str, omrelp_extra: &str) -> (Hotdog, Vec<Consumed>) {
     const N: usize = 100_000;
     let (b, topic) = fresh_topic("relp");
     let hotdog = Hotdog::start_config(&relp_config(b, 0, tls_listener, &topic));
@@ -106,12 +110,15 @@ fn exactly_once_through_omrelp(tls_listener: &str, omrelp_extra: &str) -> Hotdog
     assert_eq!(hotdog.stat("relp.outstanding"), 0);
     assert_eq!(hotdog.stat("relp.refused"), 0);
     assert!(hotdog.stat("relp.sessions.total") >= 1);
-    hotdog
+    (hotdog, got)
 }
 
 #[test]
 fn omrelp_lines_arrive_exactly_once_and_every_message_is_answered() {
-    let hotdog = exactly_once_through_omrelp("", "");
+    let (hotdog, got) = exactly_once_through_omrelp("", "");
+    assert!(got
+        .iter()
+        .all(|r| r.headers == [("cn".to_string(), String::new())]));
     let (_, metrics) = hotdog.http_get("/metrics");
     assert!(
         metrics.contains("hotdog_relp_acknowledged_total 100000"),
@@ -134,8 +141,11 @@ fn omrelp_over_tls_with_a_client_certificate_arrives_exactly_once() {
         cert_path("client.pem"),
         cert_path("client.key"),
     );
-    let hotdog = exactly_once_through_omrelp(&tls, &omrelp);
+    let (hotdog, got) = exactly_once_through_omrelp(&tls, &omrelp);
     assert!(hotdog.stat("tls.handshakes") >= 1);
+    // The client certificate names the sender, for rules and templates.
+    let cn = [("cn".to_string(), "tenant-a".to_string())];
+    assert!(got.iter().all(|r| r.headers == cn), "{:?}", got[0].headers);
 }
 
 /// hotdog is killed with SIGKILL in the middle of 200,000 lines and started again on the same
