@@ -564,7 +564,8 @@ impl RelpSession {
         }
     }
 
-    /// Answers, in order, every command from the oldest up to the first message not safe yet.
+    /// Answers, in order, every command from the oldest up to the first message not safe yet,
+    /// which it watches: call it with the session's listener already made.
     fn answer(&mut self) -> Answered {
         let mut acknowledged = 0u64;
         let mut answered = Answered::Waiting;
@@ -572,7 +573,15 @@ impl RelpSession {
             let txnr = *txnr;
             match turn {
                 Turn::Message(a) => match a.standing() {
-                    Standing::Waiting => break,
+                    // The session waits for this one: it is told when it is safe (listening
+                    // began before, and what changed since watching is seen on a second look).
+                    Standing::Waiting => {
+                        a.watch();
+                        if a.standing() == Standing::Waiting {
+                            break;
+                        }
+                        continue;
+                    }
                     Standing::Lost => {
                         answered = Answered::Lost(txnr);
                         break;

@@ -855,10 +855,17 @@ mod tests {
             &m.topics_over_limit,
             &m.producer_fatal,
             &m.producer_restarts,
+            &m.relp_sessions_total,
+            &m.relp_messages,
+            &m.relp_acknowledged,
+            &m.relp_unacknowledged,
+            &m.relp_refused,
         ] {
             a.store(1000, Relaxed);
         }
         m.connections.store(2, Relaxed);
+        m.relp_sessions.store(4, Relaxed);
+        m.relp_outstanding.store(9, Relaxed);
         m.handshaking.store(3, Relaxed);
         let t = m.topic("logs");
         m.submitted(&t, 7);

@@ -102,7 +102,9 @@ pub fn epoch_ms(t: SystemTime) -> i64 {
 
 /// A message a sender waits to hear is safe (a RELP `syslog` command): safe once every record
 /// it produced is [settled](Ack::settle). Its session holds it, and each record carries an
-/// [`Ack`] share of it; `done` is notified when the last share is settled, or when one is lost.
+/// [`Ack`] share of it. Once the session [watches](Awaited::watch) it (the oldest message it
+/// has not answered), `done` is notified when the last share is settled or one is lost: a
+/// session wakes once per run of messages Kafka acknowledged together, not once per message.
 #[derive(Debug)]
 pub struct Awaited {
     /// Shares not yet settled, the session's own hold counted.
@@ -110,6 +112,8 @@ pub struct Awaited {
     /// A share was dropped without being settled: a record neither delivered nor
     /// dead-lettered. The message must never be acknowledged.
     lost: AtomicBool,
+    /// The session waits for this message.
+    watched: AtomicBool,
     done: Arc<event_listener::Event>,
 }
 
@@ -127,6 +131,7 @@ impl Awaited {
         Arc::new(Awaited {
             remaining: AtomicUsize::new(1),
             lost: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
             done,
         })
     }
@@ -139,15 +144,28 @@ impl Awaited {
 
     /// The session lets go of its hold: the message is safe once its records are.
     pub fn release(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.tell();
+        }
+    }
+
+    /// From now on, `done` is notified when the message is safe or lost. The caller listens
+    /// to `done` first, then watches, then looks at [`Awaited::standing`]: a change between
+    /// the two is either seen there or notified.
+    pub fn watch(&self) {
+        self.watched.store(true, Ordering::SeqCst);
+    }
+
+    fn tell(&self) {
+        if self.watched.load(Ordering::SeqCst) {
             self.done.notify(usize::MAX);
         }
     }
 
     pub fn standing(&self) -> Standing {
-        if self.lost.load(Ordering::Acquire) {
+        if self.lost.load(Ordering::SeqCst) {
             Standing::Lost
-        } else if self.remaining.load(Ordering::Acquire) == 0 {
+        } else if self.remaining.load(Ordering::SeqCst) == 0 {
             Standing::Safe
         } else {
             Standing::Waiting
@@ -187,8 +205,8 @@ impl Clone for Ack {
 impl Drop for Ack {
     fn drop(&mut self) {
         if let Some(a) = self.0.take() {
-            a.lost.store(true, Ordering::Release);
-            a.done.notify(usize::MAX);
+            a.lost.store(true, Ordering::SeqCst);
+            a.tell();
         }
     }
 }
@@ -218,11 +236,26 @@ mod tests {
         b.settle();
         assert_eq!(m.standing(), Standing::Waiting, "the clone is a share too");
         let heard = done.listen();
+        m.watch();
         c.settle();
         assert_eq!(m.standing(), Standing::Safe);
         assert!(
             event_listener::Listener::wait_timeout(heard, std::time::Duration::from_secs(1))
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn only_a_watched_message_wakes_its_session() {
+        let done = Arc::new(event_listener::Event::new());
+        let m = Awaited::new(done.clone());
+        let heard = done.listen();
+        m.release();
+        assert_eq!(m.standing(), Standing::Safe);
+        assert!(
+            event_listener::Listener::wait_timeout(heard, std::time::Duration::from_millis(50))
+                .is_none(),
+            "woken for a message it does not wait for"
         );
     }
 

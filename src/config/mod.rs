@@ -744,7 +744,9 @@ mod tests {
         );
         let joined = errors(&udp).join("\n");
         assert!(
-            joined.contains("`global.listen.idle_timeout` is for tcp and tls listeners, not udp"),
+            joined.contains(
+                "`global.listen.idle_timeout` is for tcp, tls and relp listeners, not udp"
+            ),
             "{joined}"
         );
     }
