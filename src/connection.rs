@@ -219,17 +219,7 @@ async fn read_all<S: AsyncRead + Unpin>(
     let mut since_yield = 0u32;
     let mut last_data = Instant::now();
     loop {
-        if start == end {
-            (start, end) = (0, 0);
-        } else if start > 0 && buf.len() - end < buf.len() / 2 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
-        // Still less than half free: a long frame in progress, or a fast sender.
-        if buf.len() - end < buf.len() / 2 && buf.len() < largest {
-            buf.resize((buf.len() * 2).min(largest), 0);
-        }
+        make_room(&mut buf, &mut start, &mut end, largest);
         let idle = limits.idle_timeout.map(|t| (last_data + t, Read::Idle));
         let shrink = (start == end && buf.len() > SMALL)
             .then(|| (Instant::now() + SHRINK_AFTER, Read::Shrink));
@@ -288,6 +278,22 @@ async fn read_all<S: AsyncRead + Unpin>(
         if !pipeline.flush().await {
             return Ok(End::Shutdown);
         }
+    }
+}
+
+/// Room to read into after `buf[start..end]`, the bytes not cut into frames yet: they move to
+/// the front when less than half the buffer is free, and the buffer doubles (up to `largest`)
+/// when that is still not enough: a long frame in progress, or a fast sender.
+fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, largest: usize) {
+    if start == end {
+        (*start, *end) = (0, 0);
+    } else if *start > 0 && buf.len() - *end < buf.len() / 2 {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+    }
+    if buf.len() - *end < buf.len() / 2 && buf.len() < largest {
+        buf.resize((buf.len() * 2).min(largest), 0);
     }
 }
 
@@ -478,16 +484,7 @@ impl RelpSession {
                 }
                 return Ok(End::Shutdown);
             }
-            if start == end {
-                (start, end) = (0, 0);
-            } else if start > 0 && buf.len() - end < buf.len() / 2 {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
-            }
-            if buf.len() - end < buf.len() / 2 && buf.len() < largest {
-                buf.resize((buf.len() * 2).min(largest), 0);
-            }
+            make_room(&mut buf, &mut start, &mut end, largest);
             let can_read = reading && self.turns.len() < RELP_WINDOW;
             let idle = limits
                 .idle_timeout

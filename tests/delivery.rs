@@ -5,24 +5,17 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    broker, config_yaml, consume, consume_all, create_topics, forward_all, free_port, fresh_topic,
-    send_lines, start_tansu_advertising, unique_topic, unknown_topic_config, Hotdog, Proxy,
+    broker, config_yaml, consume, consume_all, create_topics, forward_all, fresh_topic,
+    proxied_broker, send_lines, unique_topic, unknown_topic_config, Hotdog, Proxy,
 };
 
 /// The broker goes away for 15 s in the middle of a paced stream and comes back: every
 /// sequence number arrives. Uses its own tansu behind a proxy the test stops and restarts.
 #[test]
 fn broker_outage_in_the_middle_of_a_stream_loses_nothing() {
-    // The proxy's port is bound first: the broker tells clients to come through it.
-    let proxy = Proxy::bind();
-    let real = free_port();
-    let _tansu = start_tansu_advertising(real, proxy.port);
-    let target = format!("127.0.0.1:{real}");
-    proxy.forward_to(&target);
+    let (proxy, _tansu, topic, target) = proxied_broker("outage");
     let b = proxy.addr();
     let mut up = true;
-    let topic = unique_topic("outage");
-    create_topics(&b, &[&topic]);
     let hotdog = Hotdog::start(&b, &forward_all(&topic));
     let mut conn = std::net::TcpStream::connect(hotdog.addr()).expect("connect");
     const N: usize = 3000;

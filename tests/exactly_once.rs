@@ -6,29 +6,16 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    config_yaml, consume, consume_until_quiet, create_topics, forward_all, free_port, fresh_topic,
-    send_lines, start_tansu_advertising, tally, unique_topic, unknown_topic_config, Hotdog, Proxy,
-    Tally, Tansu,
+    config_yaml, consume, consume_until_quiet, forward_all, fresh_topic, proxied_broker,
+    send_lines, tally, unique_topic, unknown_topic_config, Hotdog, Tally,
 };
-
-/// A tansu broker of the test's own behind a proxy (it tells clients to come through the
-/// proxy), and a topic on it.
-fn proxied_broker(prefix: &str) -> (Proxy, Tansu, String) {
-    let proxy = Proxy::bind();
-    let real = free_port();
-    let tansu = start_tansu_advertising(real, proxy.port);
-    proxy.forward_to(&format!("127.0.0.1:{real}"));
-    let topic = unique_topic(prefix);
-    create_topics(&proxy.addr(), &[&topic]);
-    (proxy, tansu, topic)
-}
 
 /// Sends `n` lines at 10,000 a second over one connection; the broker's answers are lost from
 /// 2 s to 8 s (librdkafka gives up on a request after `socket.timeout.ms: 3000` and sends it
 /// again). Returns what arrived.
 fn stream_losing_answers(idempotence: Option<&str>) -> (Tally, Hotdog) {
     const N: usize = 60_000;
-    let (proxy, _tansu, topic) = proxied_broker("lost-answers");
+    let (proxy, _tansu, topic, _) = proxied_broker("lost-answers");
     let mut yaml = config_yaml(&proxy.addr(), "", &forward_all(&topic)).replace(
         "      linger.ms: '5'\n",
         "      linger.ms: '5'\n      socket.timeout.ms: '3000'\n",

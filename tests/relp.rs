@@ -9,9 +9,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    cert_path, config_yaml, consume_until_quiet, create_topics, forward_all, free_port,
-    fresh_topic, start_tansu_advertising, tally, unique_topic, wait_until, Consumed, Hotdog, Proxy,
-    Rsyslog, Tally,
+    cert_path, config_yaml, consume_until_quiet, forward_all, free_port, fresh_topic,
+    proxied_broker, tally, wait_until, Consumed, Hotdog, Proxy, Rsyslog, Tally,
 };
 
 /// rsyslogd reading lines on `input` (imptcp) and sending them with omrelp to `hotdog_port`,
@@ -199,14 +198,8 @@ fn hotdog_killed_mid_stream_and_started_again_loses_no_line() {
 #[test]
 fn broker_away_for_15s_holds_the_answers_and_loses_no_line() {
     const N: usize = 30_000;
-    let proxy = Proxy::bind();
-    let real = free_port();
-    let _tansu = start_tansu_advertising(real, proxy.port);
-    let target = format!("127.0.0.1:{real}");
-    proxy.forward_to(&target);
+    let (proxy, _tansu, topic, target) = proxied_broker("relp-outage");
     let b = proxy.addr();
-    let topic = unique_topic("relp-outage");
-    create_topics(&b, &[&topic]);
     let hotdog = Hotdog::start_config(&relp_config(&b, 0, "", &topic));
     let dir = tempfile::tempdir().expect("temp dir");
     let input = free_port();

@@ -907,3 +907,17 @@ impl Drop for Rsyslog {
         let _ = self.0.wait();
     }
 }
+
+/// A tansu broker of the test's own behind a proxy (it tells clients to come through the
+/// proxy), a topic on it, and the broker's own address (to [`Proxy::forward_to`] again after a
+/// [`Proxy::cut`]).
+pub fn proxied_broker(prefix: &str) -> (Proxy, Tansu, String, String) {
+    let proxy = Proxy::bind();
+    let real = free_port();
+    let tansu = start_tansu_advertising(real, proxy.port);
+    let target = format!("127.0.0.1:{real}");
+    proxy.forward_to(&target);
+    let topic = unique_topic(prefix);
+    create_topics(&proxy.addr(), &[&topic]);
+    (proxy, tansu, topic, target)
+}
