@@ -359,6 +359,8 @@ async fn read<S: AsyncRead + Unpin>(
 const RELP_WINDOW: usize = 16 * 1024;
 /// How long a RELP client has to take an answer hotdog writes before its session is closed.
 const RELP_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a RELP session's `serverclose` says at shutdown.
+const SHUTTING_DOWN: &str = "hotdog is shutting down";
 
 /// A RELP command waiting for its turn to be answered: answers go out in the order the
 /// commands came.
@@ -423,9 +425,6 @@ pub async fn run_relp<S: AsyncRead + AsyncWrite + Unpin>(
         .count() as u64;
     if unanswered > 0 {
         metrics.relp_unacknowledged.fetch_add(unanswered, Relaxed);
-        metrics
-            .relp_outstanding
-            .fetch_sub(i64::try_from(unanswered).unwrap_or(i64::MAX), Relaxed);
     }
     metrics.relp_sessions.fetch_sub(1, Relaxed);
     let closed = stream.close().await;
@@ -469,18 +468,15 @@ impl RelpSession {
                      closing the session so that its sender sends it again"
                 );
                 log::error!("RELP: {why}");
-                relp::serverclose(&mut self.out, &why);
+                return self.close_with(stream, &why, End::Shutdown).await;
             }
             self.write(stream).await?;
-            match answered {
-                Answered::Lost(_) => return Ok(End::Shutdown),
-                Answered::Closed => return Ok(End::Closed),
-                Answered::Waiting => {}
+            if let Answered::Closed = answered {
+                return Ok(End::Closed);
             }
             if !reading && self.turns.is_empty() {
                 if shutdown.is_triggered() {
-                    relp::serverclose(&mut self.out, "hotdog is shutting down");
-                    self.write(stream).await?;
+                    return self.close_with(stream, SHUTTING_DOWN, End::Shutdown).await;
                 }
                 return Ok(End::Shutdown);
             }
@@ -495,15 +491,9 @@ impl RelpSession {
                 Woke::Heard => {}
                 Woke::Shutdown => reading = false,
                 Woke::Deadline => {
-                    relp::serverclose(&mut self.out, "hotdog is shutting down");
-                    self.write(stream).await?;
-                    return Ok(End::Shutdown);
+                    return self.close_with(stream, SHUTTING_DOWN, End::Shutdown).await
                 }
-                Woke::Idle => {
-                    relp::serverclose(&mut self.out, "idle_timeout");
-                    self.write(stream).await?;
-                    return Ok(End::Idle);
-                }
+                Woke::Idle => return self.close_with(stream, "idle_timeout", End::Idle).await,
                 // The peer is gone: nothing it sent and is not answered can be answered now.
                 Woke::Read(Ok(0)) => return Ok(End::Closed),
                 Woke::Read(Err(e)) => return Err(e),
@@ -531,7 +521,6 @@ impl RelpSession {
                                 awaited.release();
                                 self.turns.push_back((txnr, Turn::Message(awaited)));
                                 self.metrics.relp_messages.fetch_add(1, Relaxed);
-                                self.metrics.relp_outstanding.fetch_add(1, Relaxed);
                             }
                             Ok(relp::Step::Close) => {
                                 self.turns.push_back((txnr, Turn::Close));
@@ -603,9 +592,6 @@ impl RelpSession {
             self.metrics
                 .relp_acknowledged
                 .fetch_add(acknowledged, Relaxed);
-            self.metrics
-                .relp_outstanding
-                .fetch_sub(i64::try_from(acknowledged).unwrap_or(i64::MAX), Relaxed);
         }
         answered
     }
@@ -632,6 +618,18 @@ impl RelpSession {
         .await?;
         self.out.clear();
         Ok(())
+    }
+
+    /// Writes what is answered and a `serverclose` that says why the session ends as `end`.
+    async fn close_with<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        why: &str,
+        end: End,
+    ) -> std::io::Result<End> {
+        relp::serverclose(&mut self.out, why);
+        self.write(stream).await?;
+        Ok(end)
     }
 
     /// Ends the session for a frame or command that breaks the protocol: what is safe is
@@ -671,12 +669,13 @@ async fn wait_relp<S: AsyncRead + Unpin>(
         }
     };
     let stop = async {
+        // The deadline is set when shutdown begins.
         match shutdown.deadline() {
-            Some(deadline) if shutdown.is_triggered() => {
+            Some(deadline) => {
                 smol::Timer::at(deadline).await;
                 Woke::Deadline
             }
-            _ => {
+            None => {
                 shutdown.wait().await;
                 Woke::Shutdown
             }

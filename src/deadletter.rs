@@ -63,21 +63,21 @@ pub fn start(file: Option<PathBuf>, metrics: Arc<Metrics>) -> std::io::Result<Si
         .spawn(move || {
             let mut open = None;
             while let Ok(msg) = rx.recv_blocking() {
-                let letter = match msg {
+                let mut letter = match msg {
                     Msg::Letter(l) => l,
                     Msg::Finish(done) => {
                         let _ = done.send(());
                         continue;
                     }
                 };
-                let mut letter = letter;
                 let ack = std::mem::take(&mut letter.record.ack);
                 match write_file(file.as_ref(), &mut open, &letter) {
                     // Written, or logged whole where no file is configured: either way where
                     // the operator said dead letters go, so a sender waiting for it hears so.
-                    Ok(true) => ack.settle(),
-                    Ok(false) => {
-                        log_letter(&letter);
+                    Ok(written) => {
+                        if !written {
+                            log_letter(&letter);
+                        }
                         ack.settle();
                     }
                     // Not where it should be: a sender waiting for it is never told it is safe

@@ -112,8 +112,6 @@ pub struct Metrics {
     pub relp_messages: AtomicU64,
     /// RELP messages answered `200 OK`: every record they made is in Kafka or a dead letter.
     pub relp_acknowledged: AtomicU64,
-    /// RELP messages received and not yet answered.
-    pub relp_outstanding: AtomicI64,
     /// RELP messages left unanswered when their session ended (the peer left, a protocol
     /// error, shutdown): their senders send them again.
     pub relp_unacknowledged: AtomicU64,
@@ -435,7 +433,9 @@ pub static COUNTERS: [Counter; 43] = [
         prometheus: Some(("relp_outstanding", "")),
         kind: Kind::Gauge,
         help: "RELP messages received and not yet answered.",
-        read: |m| m.relp_outstanding.load(Relaxed),
+        // Every message received is answered, left unanswered when its session ends, or
+        // still waiting.
+        read: |m| get(&m.relp_messages) - get(&m.relp_acknowledged) - get(&m.relp_unacknowledged),
     },
     Counter {
         name: "relp.unacknowledged",
@@ -856,7 +856,6 @@ mod tests {
             &m.producer_fatal,
             &m.producer_restarts,
             &m.relp_sessions_total,
-            &m.relp_messages,
             &m.relp_acknowledged,
             &m.relp_unacknowledged,
             &m.relp_refused,
@@ -865,7 +864,8 @@ mod tests {
         }
         m.connections.store(2, Relaxed);
         m.relp_sessions.store(4, Relaxed);
-        m.relp_outstanding.store(9, Relaxed);
+        // 9 outstanding: neither acknowledged (1000) nor left unacknowledged (1000).
+        m.relp_messages.store(2009, Relaxed);
         m.handshaking.store(3, Relaxed);
         let t = m.topic("logs");
         m.submitted(&t, 7);

@@ -138,11 +138,7 @@ impl ProducerContext for Reports {
                 }
             }
             Err((e, m)) if to_resend(&self.generation, e, &self.dead.expired) => {
-                let record = Record {
-                    ack,
-                    ..record_of(m, read_ms, true)
-                };
-                keep(&self.pending, (seq, record));
+                keep(&self.pending, (seq, record_of(m, read_ms, true, ack)));
             }
             Err((e, m)) => {
                 let kind = error_kind(e);
@@ -153,10 +149,7 @@ impl ProducerContext for Reports {
                 ));
                 self.metrics.failed(m.topic(), &kind);
                 let letter = DeadLetter {
-                    record: Record {
-                        ack,
-                        ..record_of(m, read_ms, false)
-                    },
+                    record: record_of(m, read_ms, false, ack),
                     reason: if purged {
                         record::SHUTDOWN_TIMEOUT.to_string()
                     } else {
@@ -206,8 +199,7 @@ impl ProducerContext for DeadLetterReports {
         // The record as it was meant for its own topic.
         let original_record = |m: &rdkafka::message::BorrowedMessage<'_>, ack| Record {
             topic: Name::Owned(original.clone()),
-            ack,
-            ..record_of(m, read_ms, false)
+            ..record_of(m, read_ms, false, ack)
         };
         match result {
             Ok(m) => {
@@ -258,8 +250,14 @@ fn with_headers(headers: OwnedHeaders, own: &[(Name, String)]) -> OwnedHeaders {
 }
 
 /// The record a delivery report is about, read at `read_ms`, rebuilt to be sent again
-/// (`all_headers`) or for a dead letter (hotdog's own `hotdog-` headers left out).
-fn record_of<M: rdkafka::message::Message>(m: &M, read_ms: i64, all_headers: bool) -> Record {
+/// (`all_headers`) or for a dead letter (hotdog's own `hotdog-` headers left out), with its
+/// share of a waiting message back.
+fn record_of<M: rdkafka::message::Message>(
+    m: &M,
+    read_ms: i64,
+    all_headers: bool,
+    ack: Ack,
+) -> Record {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let headers = m
         .headers()
@@ -281,7 +279,7 @@ fn record_of<M: rdkafka::message::Message>(m: &M, read_ms: i64, all_headers: boo
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         headers,
         read_ms,
-        ack: Ack::default(),
+        ack,
     }
 }
 
@@ -369,17 +367,14 @@ impl DeadLetters {
         if let Some(k) = &r.key {
             rec = rec.key(k.as_str());
         }
+        // Refused: the record's share goes back with it.
         let sent = producer
             .send(rec)
-            .map_err(|(e, refused)| (e, refused.delivery_opaque));
-        let sent = match sent {
-            Ok(()) => Ok(()),
-            Err((e, refused)) => {
-                // Refused: the record's share goes back with it.
-                letter.record.ack = refused.ack;
-                Err(e)
-            }
-        };
+            .map_err(|(e, refused)| (e, refused.delivery_opaque.ack))
+            .map_err(|(e, ack)| {
+                letter.record.ack = ack;
+                e
+            });
         match sent {
             Ok(()) => {
                 self.metrics.dead_letter_reason(&letter.reason);

@@ -244,22 +244,13 @@ pub fn serverclose(out: &mut Vec<u8>, why: &str) {
 }
 
 fn frame(out: &mut Vec<u8>, txnr: u32, command: &str, data: &[u8]) {
-    let _ = write!(Writer(out), "{txnr} {command} {}", data.len());
+    // Writing into a Vec cannot fail.
+    let _ = std::io::Write::write_fmt(out, format_args!("{txnr} {command} {}", data.len()));
     if !data.is_empty() {
         out.push(b' ');
         out.extend_from_slice(data);
     }
     out.push(b'\n');
-}
-
-/// `write!` into a byte vector.
-struct Writer<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Writer<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -67,13 +67,30 @@ fn feed(input: u16, n: usize, chunk: usize, mut between: impl FnMut(usize)) {
     }
 }
 
-fn report(what: &str, n: usize, t: &Tally) {
+/// Reads `topic` until `n` records came and then nothing for `quiet`, prints what arrived of
+/// lines `0..n` as `what`, and fails when one is missing. Returns the records and their tally.
+fn every_line_arrived(
+    broker: &str,
+    topic: &str,
+    n: usize,
+    quiet: Duration,
+    what: &str,
+) -> (Vec<Consumed>, Tally) {
+    let got = consume_until_quiet(broker, topic, n, quiet, Duration::from_secs(180));
+    let t = tally(&got, n);
     eprintln!(
         "{what}: sent {n}, delivered {}, duplicated {}, missing {}",
         t.delivered,
         t.duplicated,
         t.missing.len()
     );
+    assert!(
+        t.missing.is_empty(),
+        "{what}: {} lines missing: {:?}",
+        t.missing.len(),
+        &t.missing[..t.missing.len().min(20)]
+    );
+    (got, t)
 }
 
 /// 100,000 lines from rsyslog's omrelp, `omrelp_extra` its TLS settings: every one in Kafka
@@ -86,20 +103,7 @@ fn exactly_once_through_omrelp(tls_listener: &str, omrelp_extra: &str) -> (Hotdo
     let input = free_port();
     let _rsyslog = rsyslog_to_relp(dir.path(), input, hotdog.port, omrelp_extra);
     feed(input, N, 10_000, |_| {});
-    let got = consume_until_quiet(
-        b,
-        &topic,
-        N,
-        Duration::from_secs(3),
-        Duration::from_secs(120),
-    );
-    let t = tally(&got, N);
-    report("omrelp", N, &t);
-    assert!(
-        t.missing.is_empty(),
-        "missing: {:?}",
-        &t.missing[..t.missing.len().min(20)]
-    );
+    let (got, t) = every_line_arrived(b, &topic, N, Duration::from_secs(3), "omrelp");
     assert_eq!(t.duplicated, 0, "duplicates with no failure");
     assert_eq!(
         hotdog.wait_stat("relp.acknowledged", N as i64, Duration::from_secs(30)),
@@ -176,21 +180,7 @@ fn hotdog_killed_mid_stream_and_started_again_loses_no_line() {
         }
     });
     assert!(killed_at.is_some(), "hotdog was never killed");
-    let got = consume_until_quiet(
-        b,
-        &topic,
-        N,
-        Duration::from_secs(5),
-        Duration::from_secs(180),
-    );
-    let t = tally(&got, N);
-    report("SIGKILL", N, &t);
-    assert!(
-        t.missing.is_empty(),
-        "{} lines missing after the kill: {:?}",
-        t.missing.len(),
-        &t.missing[..t.missing.len().min(20)]
-    );
+    every_line_arrived(b, &topic, N, Duration::from_secs(5), "SIGKILL");
 }
 
 /// The broker is unreachable for 15 s in the middle of a paced stream: while it is away no
@@ -248,20 +238,7 @@ fn broker_away_for_15s_holds_the_answers_and_loses_no_line() {
         }
         end_outage(N, held);
     }
-    let got = consume_until_quiet(
-        &b,
-        &topic,
-        N,
-        Duration::from_secs(5),
-        Duration::from_secs(120),
-    );
-    let t = tally(&got, N);
-    report("outage", N, &t);
-    assert!(
-        t.missing.is_empty(),
-        "missing: {:?}",
-        &t.missing[..t.missing.len().min(20)]
-    );
+    every_line_arrived(&b, &topic, N, Duration::from_secs(5), "outage");
     assert_eq!(
         hotdog.wait_stat("relp.acknowledged", N as i64, Duration::from_secs(60)),
         N as i64
