@@ -459,8 +459,8 @@ impl RelpSession {
         let mut last_data = Instant::now();
         // False once the peer sent `close`, or shutdown began: nothing more is read.
         let mut reading = true;
+        let mut since_yield = 0u32;
         loop {
-            let heard = self.done.listen();
             let answered = self.answer();
             if let Answered::Lost(txnr) = answered {
                 let why = format!(
@@ -482,11 +482,34 @@ impl RelpSession {
             }
             make_room(&mut buf, &mut start, &mut end, largest);
             let can_read = reading && self.turns.len() < RELP_WINDOW;
-            let idle = limits
-                .idle_timeout
-                .filter(|_| self.turns.is_empty())
-                .map(|t| last_data + t);
-            let woke = wait_relp(stream, &mut buf[end..], can_read, heard, shutdown, idle).await;
+            // omrelp writes frame by frame: what came while the last read was handled joins
+            // the same batch, and the batch goes to the publisher only once the socket has
+            // nothing more. Fewer, larger batches, and nothing waits longer.
+            let more = if can_read && self.pipeline.has_pending() && !shutdown.is_triggered() {
+                futures_lite::future::poll_once(stream.read(&mut buf[end..])).await
+            } else {
+                None
+            };
+            let woke = match more {
+                Some(read) => Woke::Read(read),
+                None => {
+                    if !self.pipeline.flush().await {
+                        reading = false;
+                        continue;
+                    }
+                    // Listen, then look again: a message settled since `answer` is either
+                    // seen here or heard.
+                    let heard = self.done.listen();
+                    if self.front_settled() {
+                        continue;
+                    }
+                    let idle = limits
+                        .idle_timeout
+                        .filter(|_| self.turns.is_empty())
+                        .map(|t| last_data + t);
+                    wait_relp(stream, &mut buf[end..], can_read, heard, shutdown, idle).await
+                }
+            };
             match woke {
                 Woke::Heard => {}
                 Woke::Shutdown => reading = false,
@@ -501,7 +524,6 @@ impl RelpSession {
                     last_data = Instant::now();
                     end += n;
                     self.pipeline.stamp();
-                    let mut since_yield = 0u32;
                     loop {
                         let (frame, consumed) = match relp::cut(&buf[start..end], max) {
                             relp::Cut::Frame { frame, consumed } => (frame, consumed),
@@ -542,16 +564,24 @@ impl RelpSession {
                             smol::future::yield_now().await;
                         }
                     }
-                    if !self.pipeline.flush().await {
-                        reading = false;
-                    }
                 }
             }
         }
     }
 
+    /// True when the oldest turn can be answered now: [`RelpSession::answer`] left a message
+    /// that was not safe yet at the front, and it has become safe (or lost) since.
+    fn front_settled(&self) -> bool {
+        match self.turns.front() {
+            Some((_, Turn::Message(a))) => a.standing() != Standing::Waiting,
+            Some(_) => true,
+            None => false,
+        }
+    }
+
     /// Answers, in order, every command from the oldest up to the first message not safe yet,
-    /// which it watches: call it with the session's listener already made.
+    /// which it watches: listen to the session's `done` after, then look again with
+    /// [`RelpSession::front_settled`].
     fn answer(&mut self) -> Answered {
         let mut acknowledged = 0u64;
         let mut answered = Answered::Waiting;
