@@ -465,9 +465,11 @@ def main():
             tcp = by[f"hotdog via rsyslog omfwd ({c} conn)"]
             for w in args.relp_window:
                 relp = by[f"hotdog via rsyslog omrelp window {w or 128} ({c} conn)"]
+                bound = ("" if w >= 1000 else
+                         f" (bounded by the window: {w or 128} / Kafka's round trip)")
                 print(f"{c} conn: RELP (window {w or 128}) / TCP through rsyslog: lines/s "
                       f"{relp['lines_per_s']/tcp['lines_per_s']:.2f}x, hotdog CPU "
-                      f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x")
+                      f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x{bound}")
     if args.baseline:
         print("this build / baseline CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"
