@@ -589,14 +589,11 @@ impl RelpSession {
             let txnr = *txnr;
             match turn {
                 Turn::Message(a) => match a.standing() {
-                    // The session waits for this one: it is told when it is safe (listening
-                    // began before, and what changed since watching is seen on a second look).
+                    // The session waits for this one: it is told when it is safe (what
+                    // changes before it listens, `front_settled` sees).
                     Standing::Waiting => {
                         a.watch();
-                        if a.standing() == Standing::Waiting {
-                            break;
-                        }
-                        continue;
+                        break;
                     }
                     Standing::Lost => {
                         answered = Answered::Lost(txnr);

@@ -149,9 +149,9 @@ impl Awaited {
         }
     }
 
-    /// From now on, `done` is notified when the message is safe or lost. The caller listens
-    /// to `done` first, then watches, then looks at [`Awaited::standing`]: a change between
-    /// the two is either seen there or notified.
+    /// From now on, `done` is notified when the message is safe or lost. The caller watches,
+    /// then listens to `done`, then looks at [`Awaited::standing`]: a change before the look
+    /// is seen there, one after it is notified.
     pub fn watch(&self) {
         self.watched.store(true, Ordering::SeqCst);
     }

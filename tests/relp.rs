@@ -340,6 +340,12 @@ fn refusal(frames: &[Frame]) -> String {
     String::from_utf8_lossy(&last.2).into_owned()
 }
 
+/// The `serverclose` reason the server gives `client` once `send` has sent something broken.
+fn refused(mut client: Client, send: impl FnOnce(&mut Client)) -> String {
+    send(&mut client);
+    refusal(&client.rest())
+}
+
 #[test]
 fn broken_sessions_are_refused_without_harm_to_a_good_one() {
     let (b, topic) = fresh_topic("relp-bad");
@@ -370,38 +376,28 @@ fn broken_sessions_are_refused_without_harm_to_a_good_one() {
         let closed = good.frame().expect("an answer to close");
         (sent, answered, closed)
     });
-    let huge = {
-        let mut c = Client::open(&addr);
-        c.s.write_all(b"2 syslog 999999999 ").expect("send");
-        refusal(&c.rest())
-    };
+    let huge = refused(Client::open(&addr), |c| {
+        c.s.write_all(b"2 syslog 999999999 ").expect("send")
+    });
     assert!(huge.contains("999999999"), "{huge}");
-    let garbage = {
-        let mut c = Client::connect(&addr);
+    let garbage = refused(Client::connect(&addr), |c| {
         c.s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("send");
-        refusal(&c.rest())
-    };
+            .expect("send")
+    });
     assert!(garbage.contains("TXNR"), "{garbage}");
-    let wrong_length = {
-        let mut c = Client::open(&addr);
+    let wrong_length = refused(Client::open(&addr), |c| {
         c.s.write_all(b"2 syslog 5 <13>too long for five\n")
-            .expect("send");
-        refusal(&c.rest())
-    };
+            .expect("send")
+    });
     assert!(wrong_length.contains("DATALEN"), "{wrong_length}");
-    let before_open = {
-        let mut c = Client::connect(&addr);
+    let before_open = refused(Client::connect(&addr), |c| {
         c.command("syslog", b"<13>seq=1");
-        refusal(&c.rest())
-    };
+    });
     assert!(before_open.contains("before open"), "{before_open}");
-    let skipped = {
-        let mut c = Client::open(&addr);
+    let skipped = refused(Client::open(&addr), |c| {
         c.txnr += 1;
         c.command("syslog", b"<13>seq=1");
-        refusal(&c.rest())
-    };
+    });
     assert!(skipped.contains("was next"), "{skipped}");
     let (sent, answered, closed) = good_session.join().expect("the good session");
     let txnrs: Vec<u32> = answered.iter().map(|a| a.0).collect();
