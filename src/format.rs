@@ -68,6 +68,10 @@ pub fn message_time(msg: &Message<'_>, origin: &Origin) -> Option<jiff::Zoned> {
 
 /// `Some` when `text` is an RFC 3339 timestamp: the instant in the offset the sender wrote.
 fn written_time(text: &str) -> Option<Option<jiff::Zoned>> {
+    // An RFC 3164 time starts with its month's name: not worth a failed parse.
+    if !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
     let t = text.parse::<jiff::Timestamp>().ok()?;
     Some(offset_of(text).map(|offset| t.to_zoned(jiff::tz::TimeZone::fixed(offset))))
 }
@@ -226,7 +230,7 @@ fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> Vec<u8> {
 pub fn payload(format: RecordFormat, event: &Event<'_>) -> Vec<u8> {
     match format {
         RecordFormat::Raw => event.body.as_bytes().to_vec(),
-        RecordFormat::Json => envelope(event),
+        RecordFormat::Json => written(|out| envelope(event, out)),
         RecordFormat::OtlpJson => json_bytes(&otlp::request(event), event),
         RecordFormat::OtlpProto => otlp::encode(event),
     }
@@ -257,10 +261,11 @@ fn grouped_sd(sd: &str) -> Vec<(&str, Params<'_>)> {
     out
 }
 
-/// Structured data as JSON: `{SD-ID: {param: value}}`; a param given more than once in an
-/// element keeps every value, as a list.
+/// Structured data as serde writes it: the reference [`write_sd_json`] is tested against.
+#[cfg(test)]
 struct SdJson<'a>(&'a str);
 
+#[cfg(test)]
 impl serde::Serialize for SdJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -325,140 +330,225 @@ impl serde::Serialize for Sans<'_> {
     }
 }
 
+thread_local! {
+    /// The buffer this thread writes structured payloads in: a payload is then copied out at its
+    /// size, so that it is allocated once, exactly (it waits in the outbox and in librdkafka's
+    /// queue as long as Kafka takes).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The last `received` written on this thread: the lines of a read share their time.
+    static RECEIVED: std::cell::RefCell<(u128, String)> =
+        const { std::cell::RefCell::new((u128::MAX, String::new())) };
+}
+
+/// What `write` writes, in a `Vec` of its size.
+fn written(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    /// A buffer grown past this by a large message is not kept.
+    const KEEP: usize = 64 * 1024;
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            write(&mut buf);
+            let out = buf.to_vec();
+            if buf.capacity() > KEEP {
+                *buf = Vec::new();
+            }
+            out
+        }
+        Err(_) => {
+            let mut buf = Vec::new();
+            write(&mut buf);
+            buf
+        }
+    })
+}
+
+/// `t` as RFC 3339 UTC with milliseconds (`received`).
+fn write_received(out: &mut Vec<u8>, t: SystemTime) {
+    let Ok(since) = t.duration_since(UNIX_EPOCH) else {
+        let _ =
+            std::io::Write::write_fmt(out, format_args!("{}", humantime::format_rfc3339_millis(t)));
+        return;
+    };
+    let millis = since.as_millis();
+    RECEIVED.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if last.0 != millis {
+            last.1.clear();
+            let _ = std::fmt::Write::write_fmt(
+                &mut last.1,
+                format_args!("{}", humantime::format_rfc3339_millis(t)),
+            );
+            last.0 = millis;
+        }
+        out.extend_from_slice(last.1.as_bytes());
+    })
+}
+
+/// `,"name":`, the start of an envelope member that is not the first.
+macro_rules! member {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
+/// True when JSON escapes none of `bytes`: no `"`, `\\` or control character. Eight bytes at
+/// a time: a byte below 0x20 borrows in `w - 0x20..`, and one equal to `"` or `\\` is zero
+/// after the XOR, which borrows in `- 0x01..` (bytes of 0x80 and up never count, as `!w`
+/// clears their high bit).
+fn plain(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let escapes = |w: u64| {
+        let control = w.wrapping_sub(ONES * 0x20) & !w;
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+        (control | zero(quote) | zero(backslash)) & HIGH != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if escapes(u64::from_le_bytes(word)) {
+            return false;
+        }
+    }
+    // The rest, padded with a letter.
+    let rest = chunks.remainder();
+    let mut word = [b'a'; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    !escapes(u64::from_le_bytes(word))
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it.
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    if plain(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+fn write_number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Structured data as JSON: `{SD-ID: {param: value}}`; a param given more than once in an
+/// element keeps every value, as a list.
+fn write_sd_json(out: &mut Vec<u8>, sd: &str) {
+    out.push(b'{');
+    for (i, (id, params)) in grouped_sd(sd).iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_string(out, id);
+        out.extend_from_slice(b":{");
+        for (j, (name, values)) in params.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            write_string(out, name);
+            out.push(b':');
+            match &values[..] {
+                [one] => write_string(out, one),
+                many => {
+                    out.push(b'[');
+                    for (k, v) in many.iter().enumerate() {
+                        if k > 0 {
+                            out.push(b',');
+                        }
+                        write_string(out, v);
+                    }
+                    out.push(b']');
+                }
+            }
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
 /// hotdog's JSON envelope, version 1 (`schema/record-v1.json`), written straight into the
-/// payload: the keys as they are (none needs escaping), values escaped only when they have
+/// payload: the names as they are (none needs escaping), values escaped only when they have
 /// something to escape (what serde_json escapes: `"`, `\\` and control characters), and what is
 /// absent left out. [`Envelope`], serialised by serde, is the reference it is tested against.
-fn envelope(e: &Event<'_>) -> Vec<u8> {
+fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
     let m = e.msg;
-    let mut o = JsonObject::new(e.body.len() + 512);
-    o.number("schema_version", u64::from(SCHEMA_VERSION));
-    o.key("received");
-    o.raw(b"\"");
-    let _ = std::io::Write::write_fmt(
-        &mut o.out,
-        format_args!("{}", humantime::format_rfc3339_millis(read_at(e.origin))),
+    out.reserve(e.body.len() + 512);
+    let text = |out: &mut Vec<u8>, member: &str, value: Option<&str>| {
+        if let Some(v) = value {
+            out.extend_from_slice(member.as_bytes());
+            write_string(out, v);
+        }
+    };
+    let number = |out: &mut Vec<u8>, member: &str, value: Option<u64>| {
+        if let Some(n) = value {
+            out.extend_from_slice(member.as_bytes());
+            write_number(out, n);
+        }
+    };
+    out.extend_from_slice(b"{\"schema_version\":");
+    write_number(out, u64::from(SCHEMA_VERSION));
+    out.extend_from_slice(member!("received").as_bytes());
+    out.push(b'"');
+    write_received(out, read_at(e.origin));
+    out.push(b'"');
+    text(
+        out,
+        member!("timestamp"),
+        normalised_time(m, e.origin).as_deref(),
     );
-    o.raw(b"\"");
-    o.text("timestamp", normalised_time(m, e.origin).as_deref());
-    o.text("timestamp_text", m.timestamp);
-    o.text("hostname", m.hostname);
-    o.text("appname", m.appname);
-    o.text("procid", m.procid);
-    o.text("msgid", m.msgid);
-    o.text("severity", m.severity_name());
-    o.optional_number("severity_code", m.severity.map(u64::from));
-    o.text("facility", m.facility_name());
-    o.optional_number("facility_code", m.facility.map(u64::from));
-    o.optional_number(
-        "priority",
-        m.facility
-            .zip(m.severity)
-            .map(|(f, s)| u64::from(f) * 8 + u64::from(s)),
+    text(out, member!("timestamp_text"), m.timestamp);
+    text(out, member!("hostname"), m.hostname);
+    text(out, member!("appname"), m.appname);
+    text(out, member!("procid"), m.procid);
+    text(out, member!("msgid"), m.msgid);
+    text(out, member!("severity"), m.severity_name());
+    number(out, member!("severity_code"), m.severity.map(u64::from));
+    text(out, member!("facility"), m.facility_name());
+    number(out, member!("facility_code"), m.facility.map(u64::from));
+    let priority = m.facility.zip(m.severity);
+    number(
+        out,
+        member!("priority"),
+        priority.map(|(f, s)| u64::from(f) * 8 + u64::from(s)),
     );
-    o.optional_number("version", m.version.map(u64::from));
-    o.text("syslog_format", Some(m.format.as_str()));
+    number(out, member!("version"), m.version.map(u64::from));
+    text(out, member!("syslog_format"), Some(m.format.as_str()));
     if let Some(sd) = m.structured_data {
-        o.key("structured_data");
-        let _ = serde_json::to_writer(&mut o.out, &SdJson(sd));
+        out.extend_from_slice(member!("structured_data").as_bytes());
+        write_sd_json(out, sd);
     }
-    o.key("message");
+    out.extend_from_slice(member!("message").as_bytes());
     match json_object(e.body) {
-        Some(raw) => o.raw(raw.get().as_bytes()),
-        None => o.string(e.body),
+        Some(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        None => write_string(out, e.body),
     }
     if e.invalid_utf8 {
-        o.key("message_invalid_utf8");
-        o.raw(b"true");
+        out.extend_from_slice(member!("message_invalid_utf8").as_bytes());
+        out.extend_from_slice(b"true");
     }
-    o.text("peer_addr", e.origin.peer_addr.as_deref());
-    o.text("tls_client_cn", e.origin.tls_client_cn.as_deref());
+    text(out, member!("peer_addr"), e.origin.peer_addr.as_deref());
+    text(
+        out,
+        member!("tls_client_cn"),
+        e.origin.tls_client_cn.as_deref(),
+    );
     if let Some(sans) = e.origin.tls_client_san.as_deref() {
-        o.key("tls_client_san");
-        o.raw(b"[");
+        out.extend_from_slice(member!("tls_client_san").as_bytes());
+        out.push(b'[');
         for (i, san) in sans.split(',').enumerate() {
             if i > 0 {
-                o.raw(b",");
+                out.push(b',');
             }
-            o.string(san);
+            write_string(out, san);
         }
-        o.raw(b"]");
+        out.push(b']');
     }
-    o.finish()
-}
-
-/// A JSON object written into a buffer, member by member.
-struct JsonObject {
-    out: Vec<u8>,
-    empty: bool,
-}
-
-impl JsonObject {
-    fn new(capacity: usize) -> JsonObject {
-        let mut out = Vec::with_capacity(capacity);
-        out.push(b'{');
-        JsonObject { out, empty: true }
-    }
-
-    /// Starts a member: `key` must need no escaping (hotdog's own names).
-    fn key(&mut self, key: &'static str) {
-        if !std::mem::replace(&mut self.empty, false) {
-            self.out.push(b',');
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    fn raw(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
-    }
-
-    /// A JSON string, escaped as serde_json escapes it.
-    fn string(&mut self, s: &str) {
-        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-            self.out.push(b'"');
-            self.out.extend_from_slice(s.as_bytes());
-            self.out.push(b'"');
-        } else {
-            let _ = serde_json::to_writer(&mut self.out, s);
-        }
-    }
-
-    /// A string member, left out when absent.
-    fn text(&mut self, key: &'static str, value: Option<&str>) {
-        if let Some(v) = value {
-            self.key(key);
-            self.string(v);
-        }
-    }
-
-    fn number(&mut self, key: &'static str, n: u64) {
-        self.key(key);
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut n = n;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.out.extend_from_slice(&digits[at..]);
-    }
-
-    fn optional_number(&mut self, key: &'static str, n: Option<u64>) {
-        if let Some(n) = n {
-            self.number(key, n);
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.out.push(b'}');
-        self.out
-    }
+    out.push(b'}');
 }
 
 /// hotdog's JSON envelope, version 1, as serde writes it: the reference [`envelope`] is tested
@@ -547,6 +637,7 @@ impl<'a> Envelope<'a> {
 /// official field numbers, and their OTLP/JSON form.
 pub mod otlp {
     use super::*;
+    use std::borrow::Cow;
 
     /// OTLP/JSON writes 64-bit integers as strings.
     fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -754,29 +845,131 @@ pub mod otlp {
         }
     }
 
+    /// A JSON value as a log record's body needs it, read without building a
+    /// `serde_json::Value`: strings without escapes borrowed from the body, and an object's
+    /// members in the order (and with the last value of a repeated name) that
+    /// `serde_json::Map` keeps. [`from_json`] is the reference it is tested against.
+    enum Json<'a> {
+        Text(Cow<'a, str>),
+        Bool(bool),
+        Int(i64),
+        /// A number that is not an `i64`, as serde_json writes it.
+        Number(String),
+        Null,
+        List(Vec<Json<'a>>),
+        Object(Vec<(Cow<'a, str>, Json<'a>)>),
+    }
+
+    /// An object member's name, borrowed when it has no escapes.
+    struct Name<'a>(Cow<'a, str>);
+
+    impl<'de> serde::Deserialize<'de> for Name<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Name<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                    Ok(Name(Cow::Borrowed(s)))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                    Ok(Name(Cow::Owned(s.to_string())))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Json<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Json<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON value")
+                }
+                fn visit_bool<E>(self, b: bool) -> Result<Json<'de>, E> {
+                    Ok(Json::Bool(b))
+                }
+                fn visit_i64<E>(self, i: i64) -> Result<Json<'de>, E> {
+                    Ok(Json::Int(i))
+                }
+                fn visit_u64<E>(self, u: u64) -> Result<Json<'de>, E> {
+                    Ok(i64::try_from(u).map_or_else(|_| Json::Number(u.to_string()), Json::Int))
+                }
+                fn visit_f64<E>(self, f: f64) -> Result<Json<'de>, E> {
+                    let n = serde_json::Number::from_f64(f);
+                    Ok(Json::Number(n.map(|n| n.to_string()).unwrap_or_default()))
+                }
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Json<'de>, E> {
+                    Ok(Json::Text(Cow::Borrowed(s)))
+                }
+                fn visit_str<E>(self, s: &str) -> Result<Json<'de>, E> {
+                    Ok(Json::Text(Cow::Owned(s.to_string())))
+                }
+                fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+                    Ok(Json::Null)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<Json<'de>, A::Error> {
+                    let mut items = Vec::new();
+                    while let Some(item) = seq.next_element()? {
+                        items.push(item);
+                    }
+                    Ok(Json::List(items))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Json<'de>, A::Error> {
+                    let mut members: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
+                    while let Some((Name(name), value)) = map.next_entry()? {
+                        members.push((name, value));
+                    }
+                    // In name order, the last of a repeated name first, and only it kept.
+                    members.reverse();
+                    members.sort_by(|a, b| a.0.cmp(&b.0));
+                    members.dedup_by(|later, kept| later.0 == kept.0);
+                    Ok(Json::Object(members))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// The body as a JSON object, when it is one (what [`json_object`] accepts).
+    fn json_body(body: &str) -> Option<Json<'_>> {
+        if !body.trim_start().starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(body).ok()
+    }
+
     /// An `AnyValue` from JSON (objects as key-value lists), as [`from_json`] makes it.
-    fn write_json(pb: &mut Pb, v: &serde_json::Value) {
+    fn write_json(pb: &mut Pb, v: &Json<'_>) {
         match v {
-            serde_json::Value::String(s) => pb.text(1, s),
-            serde_json::Value::Bool(b) => pb.varint(2, u64::from(*b)),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(i) => pb.varint(3, i as u64),
-                None => pb.text(1, &n.to_string()),
-            },
-            serde_json::Value::Array(items) => pb.message(5, |a| {
+            Json::Text(s) => pb.text(1, s),
+            Json::Bool(b) => pb.varint(2, u64::from(*b)),
+            Json::Int(i) => pb.varint(3, *i as u64),
+            Json::Number(n) => pb.text(1, n),
+            Json::List(items) => pb.message(5, |a| {
                 for i in items {
                     a.message(1, |any| write_json(any, i));
                 }
             }),
-            serde_json::Value::Object(map) => pb.message(6, |l| {
-                for (k, v) in map {
+            Json::Object(members) => pb.message(6, |l| {
+                for (k, v) in members {
                     l.message(1, |kv| {
                         kv.text(1, k);
                         kv.message(2, |any| write_json(any, v));
                     });
                 }
             }),
-            serde_json::Value::Null => pb.text(1, ""),
+            Json::Null => pb.text(1, ""),
         }
     }
 
@@ -851,15 +1044,6 @@ pub mod otlp {
         message_time(e.msg, e.origin)
             .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
             .unwrap_or(0)
-    }
-
-    /// The body when it is a JSON object (it becomes a key-value list).
-    /// The body as a JSON object, when it is one: parsed once (what [`json_object`] accepts).
-    fn json_body(body: &str) -> Option<serde_json::Value> {
-        if !body.trim_start().starts_with('{') {
-            return None;
-        }
-        serde_json::from_str(body).ok()
     }
 
     fn severity_number(m: &Message<'_>) -> i32 {
@@ -966,7 +1150,8 @@ pub mod otlp {
                 kv(key, value)
             })
             .collect();
-        let body = match json_body(e.body) {
+        let object = json_object(e.body).and_then(|raw| serde_json::from_str(raw.get()).ok());
+        let body = match object {
             Some(object) => from_json(&object),
             None => Value::StringValue(e.body.to_string()),
         };
@@ -1105,6 +1290,27 @@ mod tests {
     }
 
     #[test]
+    fn plain_finds_every_byte_json_escapes_wherever_it_is() {
+        let naive = |b: &[u8]| b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
+        for len in 0..20 {
+            for at in 0..len {
+                for c in 0..=255u8 {
+                    let mut bytes = vec![b'x'; len];
+                    bytes[at] = c;
+                    assert_eq!(plain(&bytes), naive(&bytes), "{c:#x} at {at} of {len}");
+                    bytes.iter_mut().skip(at + 1).for_each(|b| *b = 0xff - c);
+                    assert_eq!(
+                        plain(&bytes),
+                        naive(&bytes),
+                        "{c:#x} at {at} of {len}, then {:#x}",
+                        0xff - c
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_json_envelope_has_every_field_and_leaves_out_what_is_absent() {
         let line = r#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog - ID47 [ex@32473 iut="3" a="1" a="2"][origin ip="10.0.0.1"] {"k": [1, 2]}"#;
         let msg = syslog::parse(line);
@@ -1185,9 +1391,14 @@ mod tests {
 
     #[test]
     fn otlp_protobuf_written_by_hand_is_what_prost_writes() {
-        let lines: [&[u8]; 5] = [
+        let lines: [&[u8]; 8] = [
             br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [ex@32473 iut="3" a="1" a="2"][origin ip="10.0.0.1"] An application event"#,
             br#"<14>1 2024-05-01T12:00:00Z db1 api 77 - - {"seq":7,"meta":{"topic":"audit","n":[1,2.5,"x",null,true]},"ok":false}"#,
+            // Repeated names (the last kept), names out of order, escapes, numbers past i64,
+            // floats, deep and long values (lengths of more than one byte).
+            br#"<14>1 2024-05-01T12:00:00Z db1 api 77 - - {"z":1,"a":"first","a":"last","m":{"y":[],"x":{}},"q\"\u00e9":"tab\tend","big":18446744073709551615,"neg":-9223372036854775808,"f":1e300,"g":-0.0,"h":1.0}"#,
+            br#"<14>1 2024-05-01T12:00:00Z db1 api 77 - - { "long": "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789", "deep": [[[[{"k":[null]}]]]] }"#,
+            b"<14>1 2024-05-01T12:00:00Z db1 api 77 - - {\"broken\": ",
             b"<34>Oct 11 22:14:15 mymachine su[123]: failed",
             b"<13>Oct 11 22:14:15 h app: caf\xe9",
             b"not syslog at all",
