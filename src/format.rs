@@ -794,45 +794,63 @@ pub mod otlp {
     /// Protobuf written straight from the borrowed message: the same bytes prost would write
     /// for [`request`] (a unit test decodes them with prost and compares), without building the
     /// owned messages first or measuring nested messages more than once.
-    struct Pb(Vec<u8>);
+    struct Pb<'b>(&'b mut Vec<u8>);
 
-    impl Pb {
-        fn key(&mut self, tag: u32, wire: u8) {
-            prost::encoding::encode_varint(u64::from(tag << 3 | u32::from(wire)), &mut self.0);
+    /// `v` as a protobuf varint.
+    fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    impl Pb<'_> {
+        /// A field's key: every field hotdog writes has a tag below 16, so it is one byte.
+        fn key(&mut self, tag: u8, wire: u8) {
+            debug_assert!(tag < 16);
+            self.0.push(tag << 3 | wire);
         }
 
-        fn text(&mut self, tag: u32, s: &str) {
+        fn text(&mut self, tag: u8, s: &str) {
             self.key(tag, 2);
-            prost::encoding::encode_varint(s.len() as u64, &mut self.0);
+            push_varint(self.0, s.len() as u64);
             self.0.extend_from_slice(s.as_bytes());
         }
 
-        fn varint(&mut self, tag: u32, v: u64) {
+        fn varint(&mut self, tag: u8, v: u64) {
             self.key(tag, 0);
-            prost::encoding::encode_varint(v, &mut self.0);
+            push_varint(self.0, v);
         }
 
-        fn fixed64(&mut self, tag: u32, v: u64) {
+        fn fixed64(&mut self, tag: u8, v: u64) {
             self.key(tag, 1);
             self.0.extend_from_slice(&v.to_le_bytes());
         }
 
         /// A nested message: its length is written before it once it is known (one byte is
         /// kept for it; a longer length moves the message up).
-        fn message(&mut self, tag: u32, body: impl FnOnce(&mut Pb)) {
+        fn message(&mut self, tag: u8, body: impl FnOnce(&mut Pb)) {
             self.key(tag, 2);
             let at = self.0.len();
             self.0.push(0);
             body(self);
-            let len = self.0.len() - at - 1;
+            let end = self.0.len();
+            let len = end - at - 1;
             if len < 0x80 {
                 self.0[at] = len as u8;
             } else {
-                let mut prefix = [0u8; 10];
-                let mut buf = &mut prefix[..];
-                prost::encoding::encode_varint(len as u64, &mut buf);
-                let n = 10 - buf.len();
-                self.0.splice(at..=at, prefix[..n].iter().copied());
+                let (mut prefix, mut n, mut rest) = ([0u8; 10], 0, len);
+                while rest >= 0x80 {
+                    prefix[n] = rest as u8 | 0x80;
+                    rest >>= 7;
+                    n += 1;
+                }
+                prefix[n] = rest as u8;
+                n += 1;
+                self.0.resize(end + n - 1, 0);
+                self.0.copy_within(at + 1..end, at + n);
+                self.0[at..at + n].copy_from_slice(&prefix[..n]);
             }
         }
 
@@ -975,8 +993,13 @@ pub mod otlp {
 
     /// [`request`] as protobuf.
     pub fn encode(e: &Event<'_>) -> Vec<u8> {
+        written(|out| encode_into(e, out))
+    }
+
+    fn encode_into(e: &Event<'_>, out: &mut Vec<u8>) {
         let m = e.msg;
-        let mut pb = Pb(Vec::with_capacity(e.body.len() + 256));
+        out.reserve(e.body.len() + 512);
+        let mut pb = Pb(out);
         pb.message(1, |rl| {
             rl.message(1, |resource| {
                 if let Some(h) = m.hostname {
@@ -994,7 +1017,6 @@ pub mod otlp {
                 sl.message(2, |r| write_record(r, e));
             });
         });
-        pb.0
     }
 
     /// A log record's attribute value, borrowed from the message.
