@@ -74,9 +74,24 @@ def peak_rss_mb(pid):
     return 0.0
 
 
-def send(port, chunks, use_tls=False):
-    """Sends each chunk over its own connection, in parallel. Returns the errors the
-    connections met (a forwarder that resets a connection loses what it had not read)."""
+def paced(s, data, rate):
+    """Writes `data` (lines) at `rate` lines/s, a hundredth of a second's worth at a time."""
+    lines = data.split(b"\n")
+    step = max(rate // 100, 1)
+    start = time.time()
+    for k in range(0, len(lines), step):
+        part = b"\n".join(lines[k:k + step])
+        if part:
+            s.sendall(part + b"\n")
+        ahead = start + (k + step) / rate - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def send(port, chunks, use_tls=False, rate=0):
+    """Sends each chunk over its own connection, in parallel (each at `rate` lines/s, or as
+    fast as it is taken). Returns the errors the connections met (a forwarder that resets a
+    connection loses what it had not read)."""
     errors = []
 
     def one(data):
@@ -86,7 +101,10 @@ def send(port, chunks, use_tls=False):
                 ctx = ssl.create_default_context(cafile=f"{ROOT}/certs/ca.pem")
                 ctx.load_cert_chain(f"{ROOT}/certs/client.pem", f"{ROOT}/certs/client.key")
                 s = ctx.wrap_socket(s, server_hostname="localhost")
-            s.sendall(data)
+            if rate:
+                paced(s, data, rate)
+            else:
+                s.sendall(data)
             if use_tls:
                 s = s.unwrap()
             s.close()
@@ -248,7 +266,7 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
 
 
 def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label="",
-               binary=None, conf_extra="", relay=None, window=0):
+               binary=None, conf_extra="", relay=None, window=0, rate=0):
     """One hotdog run. With `relay` ("omfwd" or "omrelp"), the senders write to an rsyslogd
     that forwards to hotdog with that action, as many connections as there are chunks (the
     listener speaks RELP for omrelp); the CPU measured is still hotdog's own."""
@@ -284,7 +302,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     time.sleep(0.5)
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
-    errors = send(send_port, data_chunks, use_tls and not relay)
+    errors = send(send_port, data_chunks, use_tls and not relay, rate)
     while not errors:
         s = stats()
         if s.get("kafka.delivered", 0) + s.get("kafka.dead_lettered", 0) >= n:
@@ -354,13 +372,19 @@ def main():
                          "a catch-all (1 conn)")
     ap.add_argument("--formats", nargs="*", default=["json", "otlp_proto"],
                     help="add forward-all rows in these record formats (1 conn)")
+    ap.add_argument("--format-rate", type=int, nargs="*", default=[0, 150_000], metavar="R",
+                    help="run the raw, format and padded rows at each of these rates, in lines/s "
+                         "(0: as fast as hotdog takes them). A rate every format keeps up with "
+                         "compares what each costs hotdog; flat out, the broker is the "
+                         "bottleneck, and librdkafka's idempotent producer busy-polls while it "
+                         "waits for the broker's answer, longest for the largest records")
     ap.add_argument("--no-idempotence-rows", action="store_true",
                     help="leave out the rows with enable.idempotence: 'false' (hotdog's default "
                          "is the idempotent producer)")
     ap.add_argument("--padded", type=int, metavar="BYTES", default=0,
                     help="add a raw forward-all row whose payloads are BYTES longer (a "
                          "template pads them): what moving payloads that large costs, formats "
-                         "aside (394 bytes in all is the bench lines' json envelope)")
+                         "aside (371 bytes more than raw's is the bench lines' json envelope)")
     ap.add_argument("--no-relp-rows", action="store_true",
                     help="leave out the rows rsyslog -> hotdog over plain TCP (omfwd) and RELP "
                          "(omrelp)")
@@ -410,17 +434,23 @@ def main():
                 for count in args.rules:
                     rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                            many_rules(count), f" {count} rules"))
-                for fmt in args.formats:
-                    rules = ("  - regex: '.*'\n    actions:\n      - type: forward\n"
-                             f"        topic: 'TOPIC'\n        format: {fmt}\n")
-                    rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                           rules, f" format {fmt}"))
-                if args.padded:
-                    rules = ("  - regex: '.*'\n    actions:\n      - type: replace\n"
-                             f"        template: '{{{{msg}}}} {'x' * args.padded}'\n"
-                             "      - type: forward\n        topic: 'TOPIC'\n")
-                    rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                           rules, f" raw padded +{args.padded} B"))
+                for rate in args.format_rate if args.formats or args.padded else []:
+                    at = f" at {rate:,} lines/s" if rate else ""
+                    if rate:
+                        rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                               None, f" format raw{at}", rate=rate))
+                    for fmt in args.formats:
+                        rules = ("  - regex: '.*'\n    actions:\n      - type: forward\n"
+                                 f"        topic: 'TOPIC'\n        format: {fmt}\n")
+                        rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                               rules, f" format {fmt}{at}", rate=rate))
+                    if args.padded:
+                        rules = ("  - regex: '.*'\n    actions:\n      - type: replace\n"
+                                 f"        template: '{{{{msg}}}} {'x' * args.padded}'\n"
+                                 "      - type: forward\n        topic: 'TOPIC'\n")
+                        rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                               rules, f" raw padded +{args.padded} B{at}",
+                                               rate=rate))
                 if args.repeat > 1:
                     print(f"run {i + 1}/{args.repeat}: " + ", ".join(
                         f"{r['name']} {r['cpu_per_million']:.2f}" for r in rows), flush=True)
@@ -430,10 +460,10 @@ def main():
     rows = [median_row([run[i] for run in runs]) for i in range(len(runs[0]))]
     what = f"median of {args.repeat} runs" if args.repeat > 1 else "one run"
     print(f"\n{n} lines, one tansu broker (memory storage), {what}\n")
-    print(f"{'':44} {'lines/s':>10} {'CPU-s/M':>8} {'(range)':>11} {'RSS MB':>7}  check")
+    print(f"{'':56} {'lines/s':>10} {'CPU-s/M':>8} {'(range)':>11} {'RSS MB':>7}  check")
     for r in rows:
         spread = f"{r['cpu_min']:.2f}-{r['cpu_max']:.2f}"
-        print(f"{r['name']:44} {r['lines_per_s']:>10,.0f} {r['cpu_per_million']:>8.2f} "
+        print(f"{r['name']:56} {r['lines_per_s']:>10,.0f} {r['cpu_per_million']:>8.2f} "
               f"{spread:>11} {r['rss_mb']:>7.1f}  {r['ok']}")
     by = {r["name"]: r for r in rows}
     floor = rows[0]
@@ -449,13 +479,19 @@ def main():
         for count in args.rules:
             r = by[f"hotdog {count} rules (1 conn)"]
             print(f"{count} rules / forward-all CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+    for rate in args.format_rate if args.formats or args.padded else []:
+        at = f" at {rate:,} lines/s" if rate else ""
+        raw = by.get(f"hotdog format raw{at} (1 conn)" if rate else "hotdog (1 conn)")
+        if not raw:
+            continue
         for fmt in args.formats:
-            r = by[f"hotdog format {fmt} (1 conn)"]
-            print(f"format {fmt} / raw CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+            r = by[f"hotdog format {fmt}{at} (1 conn)"]
+            print(f"format {fmt} / raw CPU{at or ' (flat out)'}: "
+                  f"{r['cpu_per_million']/raw['cpu_per_million']:.2f}x")
         if args.padded:
-            r = by[f"hotdog raw padded +{args.padded} B (1 conn)"]
-            print(f"raw padded +{args.padded} B / raw CPU: "
-                  f"{r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+            r = by[f"hotdog raw padded +{args.padded} B{at} (1 conn)"]
+            print(f"raw padded +{args.padded} B / raw CPU{at or ' (flat out)'}: "
+                  f"{r['cpu_per_million']/raw['cpu_per_million']:.2f}x")
     if not args.no_idempotence_rows:
         print("idempotence on / off CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog idempotence off ({c} conn)']['cpu_per_million']:.2f}x"
