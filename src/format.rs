@@ -878,28 +878,6 @@ pub mod otlp {
         Object(Vec<(Cow<'a, str>, Json<'a>)>),
     }
 
-    /// An object member's name, borrowed when it has no escapes.
-    struct Name<'a>(Cow<'a, str>);
-
-    impl<'de> serde::Deserialize<'de> for Name<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Name<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a string")
-                }
-                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
-                    Ok(Name(Cow::Borrowed(s)))
-                }
-                fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
-                    Ok(Name(Cow::Owned(s.to_string())))
-                }
-            }
-            d.deserialize_str(V)
-        }
-    }
-
     impl<'de> serde::Deserialize<'de> for Json<'de> {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;
@@ -945,8 +923,11 @@ pub mod otlp {
                     mut map: A,
                 ) -> Result<Json<'de>, A::Error> {
                     let mut members: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
-                    while let Some((Name(name), value)) = map.next_entry()? {
-                        members.push((name, value));
+                    // serde_json gives a name as a string, borrowed when it has no escapes.
+                    while let Some((name, value)) = map.next_entry()? {
+                        if let Json::Text(name) = name {
+                            members.push((name, value));
+                        }
                     }
                     // In name order, the last of a repeated name first, and only it kept.
                     members.reverse();
