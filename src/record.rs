@@ -187,6 +187,13 @@ impl Ack {
         }
     }
 
+    /// The record ran out of time at shutdown: Kafka does not have it, so its message is never
+    /// acknowledged; nor is it lost (which would close the session at once, as an error). The
+    /// session, closing at the shutdown deadline, leaves the message for its sender to send again.
+    pub fn withhold(mut self) {
+        self.0.take();
+    }
+
     /// True when some sender waits for this record.
     pub fn is_awaited(&self) -> bool {
         self.0.is_some()
@@ -276,5 +283,15 @@ mod tests {
         assert_eq!(m.standing(), Standing::Lost);
         // An empty share is nobody's: dropping it changes nothing.
         drop(Ack::default());
+    }
+
+    #[test]
+    fn a_withheld_record_leaves_its_message_waiting_not_lost() {
+        let m = Awaited::new(Arc::new(event_listener::Event::new()));
+        let (a, b) = (m.share(), m.share());
+        m.release();
+        a.withhold();
+        b.settle();
+        assert_eq!(m.standing(), Standing::Waiting);
     }
 }
