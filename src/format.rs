@@ -439,6 +439,32 @@ fn write_number(out: &mut Vec<u8>, n: u64) {
 /// Structured data as JSON: `{SD-ID: {param: value}}`; a param given more than once in an
 /// element keeps every value, as a list.
 fn write_sd_json(out: &mut Vec<u8>, sd: &str) {
+    let at = out.len();
+    out.push(b'{');
+    let mut open = false;
+    let mut first = true;
+    let plain = syslog::sd_parts(sd, &mut |part| match part {
+        syslog::SdPart::Element(id) => {
+            out.extend_from_slice(if open { b"}," } else { b"" });
+            write_string(out, id);
+            out.extend_from_slice(b":{");
+            (open, first) = (true, true);
+        }
+        syslog::SdPart::Param(name, value) => {
+            if !std::mem::replace(&mut first, false) {
+                out.push(b',');
+            }
+            write_string(out, name);
+            out.push(b':');
+            write_string(out, &value);
+        }
+    });
+    if plain {
+        out.extend_from_slice(if open { b"}}" } else { b"}" });
+        return;
+    }
+    // Something repeats: grouped first.
+    out.truncate(at);
     out.push(b'{');
     for (i, (id, params)) in grouped_sd(sd).iter().enumerate() {
         if i > 0 {
@@ -807,11 +833,13 @@ pub mod otlp {
 
     impl Pb<'_> {
         /// A field's key: every field hotdog writes has a tag below 16, so it is one byte.
+        #[inline]
         fn key(&mut self, tag: u8, wire: u8) {
             debug_assert!(tag < 16);
             self.0.push(tag << 3 | wire);
         }
 
+        #[inline]
         fn text(&mut self, tag: u8, s: &str) {
             self.key(tag, 2);
             push_varint(self.0, s.len() as u64);
@@ -830,11 +858,23 @@ pub mod otlp {
 
         /// A nested message: its length is written before it once it is known (one byte is
         /// kept for it; a longer length moves the message up).
+        #[inline]
         fn message(&mut self, tag: u8, body: impl FnOnce(&mut Pb)) {
-            self.key(tag, 2);
-            let at = self.0.len();
-            self.0.push(0);
+            let at = self.begin(tag);
             body(self);
+            self.end(at);
+        }
+
+        /// Starts a nested message; [`Pb::end`] with what this returns ends it.
+        #[inline]
+        fn begin(&mut self, tag: u8) -> usize {
+            self.key(tag, 2);
+            self.0.push(0);
+            self.0.len() - 1
+        }
+
+        #[inline]
+        fn end(&mut self, at: usize) {
             let end = self.0.len();
             let len = end - at - 1;
             if len < 0x80 {
@@ -1085,6 +1125,33 @@ pub mod otlp {
     /// Structured data as an `AnyValue`: a key-value list of key-value lists; a param given
     /// more than once has the array of its values.
     fn write_sd(any: &mut Pb, sd: &str) {
+        let list = any.begin(6);
+        // The open element: its KeyValue, AnyValue and KeyValueList.
+        let mut open: Option<[usize; 3]> = None;
+        let plain = syslog::sd_parts(sd, &mut |part| match part {
+            syslog::SdPart::Element(id) => {
+                for at in open.into_iter().flatten().rev() {
+                    any.end(at);
+                }
+                let kv = any.begin(1);
+                any.text(1, id);
+                let value = any.begin(2);
+                open = Some([kv, value, any.begin(6)]);
+            }
+            syslog::SdPart::Param(name, value) => any.message(1, |kv| {
+                kv.text(1, name);
+                kv.message(2, |any| any.text(1, &value));
+            }),
+        });
+        if plain {
+            for at in open.into_iter().flatten().rev() {
+                any.end(at);
+            }
+            any.end(list);
+            return;
+        }
+        // Something repeats: grouped first.
+        any.0.truncate(list - 1);
         any.message(6, |elements| {
             for (id, params) in grouped_sd(sd) {
                 elements.message(1, |kv| {
@@ -1357,8 +1424,13 @@ mod tests {
 
     #[test]
     fn the_envelope_written_by_hand_is_what_serde_writes() {
-        let lines: [&[u8]; 7] = [
+        let lines: [&[u8]; 10] = [
             br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [ex@32473 iut="3" a="1" a="2"][origin ip="10.0.0.1"] An application event"#,
+            // Structured data written as it comes (nothing repeats), with escapes; and an
+            // SD-ID that comes twice (grouped).
+            br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [ex@32473 iut="3" src="Appl\"i\\ca\]tion"][origin ip="10.0.0.1" software="x"][meta] event"#,
+            br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [a x="1"][b y="2"][a z="3"] event"#,
+            br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [a p1="1" p2="2" p3="3" p4="4" p5="5" p6="6" p7="7" p8="8" p9="9" p10="10" p11="11" p12="12" p13="13" p14="14" p15="15" p16="16" p17="17"] event"#,
             b"<34>Oct 11 22:14:15 mymachine su[123]: 'su root' \"failed\" \\ tab\there",
             br#"<14>1 2024-05-01T12:00:00+02:00 api1 orders - - - {"id": 7, "ok": true}"#,
             b"<13>Oct 11 22:14:15 h app: caf\xe9 \x01",
@@ -1394,8 +1466,13 @@ mod tests {
 
     #[test]
     fn otlp_protobuf_written_by_hand_is_what_prost_writes() {
-        let lines: [&[u8]; 8] = [
+        let lines: [&[u8]; 11] = [
             br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [ex@32473 iut="3" a="1" a="2"][origin ip="10.0.0.1"] An application event"#,
+            // Structured data written as it comes (long enough for two-byte lengths), and
+            // grouped (an SD-ID twice).
+            br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [ex@32473 iut="3" src="Appl\"i\\ca\]tion"][origin ip="10.0.0.1" software="0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"][meta] event"#,
+            br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [a x="1"][b y="2"][a z="3"] event"#,
+            br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [meta] event"#,
             br#"<14>1 2024-05-01T12:00:00Z db1 api 77 - - {"seq":7,"meta":{"topic":"audit","n":[1,2.5,"x",null,true]},"ok":false}"#,
             // Repeated names (the last kept), names out of order, escapes, numbers past i64,
             // floats, deep and long values (lengths of more than one byte).

@@ -270,6 +270,7 @@ fn is_rfc5424_timestamp(t: &str) -> bool {
 }
 
 /// A part of structured data, as [`scan_structured_data`] reads it.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Sd<'a> {
     /// An SD-ELEMENT begins, with this SD-ID.
     Element(&'a str),
@@ -349,6 +350,51 @@ fn unescape(raw: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// One part of structured data, in the order written: an SD-ELEMENT begins with its SD-ID, and
+/// its params follow, values unescaped.
+pub enum SdPart<'a> {
+    Element(&'a str),
+    Param(&'a str, std::borrow::Cow<'a, str>),
+}
+
+/// Visits the parts of `structured_data` in order, without allocating; true when they can be
+/// written as they come: no SD-ID twice, no param twice in one element, and at most 24 parts.
+/// Otherwise nothing is visited, and [`sd_elements`] is for grouping them.
+pub fn sd_parts(structured_data: &str, visit: &mut dyn FnMut(SdPart<'_>)) -> bool {
+    // Up to this many parts are kept on the stack; more are grouped.
+    const MOST: usize = 24;
+    let mut parts = [Sd::Element(""); MOST];
+    let mut n = 0;
+    let mut fits = true;
+    let _ = scan_structured_data(structured_data, &mut |part| {
+        if n < MOST {
+            parts[n] = part;
+            n += 1;
+        } else {
+            fits = false;
+        }
+    });
+    let parts = &parts[..n];
+    let repeats = |i: usize| match parts[i] {
+        Sd::Element(id) => parts[..i].contains(&Sd::Element(id)),
+        Sd::Param(name, _) => parts[..i]
+            .iter()
+            .rev()
+            .take_while(|p| matches!(p, Sd::Param(..)))
+            .any(|p| matches!(p, Sd::Param(other, _) if *other == name)),
+    };
+    if !fits || (0..n).any(repeats) {
+        return false;
+    }
+    for part in parts {
+        visit(match *part {
+            Sd::Element(id) => SdPart::Element(id),
+            Sd::Param(name, raw) => SdPart::Param(name, unescape(raw)),
+        });
+    }
+    true
 }
 
 /// One SD-ELEMENT: its SD-ID and its params in order, values unescaped.
