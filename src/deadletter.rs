@@ -74,17 +74,11 @@ pub fn start(file: Option<PathBuf>, metrics: Arc<Metrics>) -> std::io::Result<Si
                 match write_file(file.as_ref(), &mut open, &letter) {
                     // Written, or logged whole where no file is configured: either way where
                     // the operator said dead letters go, so a sender waiting for it hears so.
-                    // Unless shutdown ran out of time for it: then Kafka does not have it, and
-                    // its sender (never answered) sends it again.
                     Ok(written) => {
                         if !written {
                             log_letter(&letter);
                         }
-                        if letter.reason == crate::record::SHUTDOWN_TIMEOUT {
-                            ack.withhold();
-                        } else {
-                            ack.settle();
-                        }
+                        ack.settle();
                     }
                     // Not where it should be: a sender waiting for it is never told it is safe
                     // (the dropped share says so), and sends it again.

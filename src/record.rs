@@ -53,8 +53,11 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A record that shutdown had no time left to deliver.
-    pub fn shutdown_timeout(record: Record) -> DeadLetter {
+    /// A record that shutdown had no time left to deliver. Kafka does not have it, so a sender
+    /// waiting for it is never told it is safe: its share is withheld here, whatever becomes of
+    /// the letter.
+    pub fn shutdown_timeout(mut record: Record) -> DeadLetter {
+        std::mem::take(&mut record.ack).withhold();
         DeadLetter {
             record,
             reason: SHUTDOWN_TIMEOUT.into(),
