@@ -342,23 +342,26 @@ thread_local! {
 
 /// What `write` writes, in a `Vec` of its size.
 fn written(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    written_out(|buf| {
+        write(buf);
+        buf.to_vec()
+    })
+}
+
+/// What `write` makes of this thread's scratch buffer, which it is given empty.
+fn written_out(write: impl FnOnce(&mut Vec<u8>) -> Vec<u8>) -> Vec<u8> {
     /// A buffer grown past this by a large message is not kept.
     const KEEP: usize = 64 * 1024;
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             buf.clear();
-            write(&mut buf);
-            let out = buf.to_vec();
+            let out = write(&mut buf);
             if buf.capacity() > KEEP {
                 *buf = Vec::new();
             }
             out
         }
-        Err(_) => {
-            let mut buf = Vec::new();
-            write(&mut buf);
-            buf
-        }
+        Err(_) => write(&mut Vec::new()),
     })
 }
 
@@ -413,11 +416,33 @@ fn plain(bytes: &[u8]) -> bool {
             return false;
         }
     }
-    // The rest, padded with a letter.
     let rest = chunks.remainder();
-    let mut word = [b'a'; 8];
-    word[..rest.len()].copy_from_slice(rest);
-    !escapes(u64::from_le_bytes(word))
+    if rest.is_empty() {
+        return true;
+    }
+    // The last eight bytes again, or the rest shifted into a word of letters: no call to
+    // copy a few bytes.
+    let word = match bytes.len().checked_sub(8) {
+        Some(from) => {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[from..]);
+            u64::from_le_bytes(word)
+        }
+        None => rest
+            .iter()
+            .fold(ONES * u64::from(b'a'), |w, &b| w << 8 | u64::from(b)),
+    };
+    !escapes(word)
+}
+
+/// `s`, which has nothing JSON escapes (an RFC 3339 time, a name hotdog chose), as a JSON
+/// string.
+fn write_plain(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(plain(s.as_bytes()), "{s:?}");
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 /// `s` as a JSON string, escaped as serde_json escapes it.
@@ -501,6 +526,49 @@ fn write_sd_json(out: &mut Vec<u8>, sd: &str) {
 /// payload: the names as they are (none needs escaping), values escaped only when they have
 /// something to escape (what serde_json escapes: `"`, `\\` and control characters), and what is
 /// absent left out. [`Envelope`], serialised by serde, is the reference it is tested against.
+/// The members `severity` to `priority` of the envelope, written out once for every PRI
+/// (`facility * 8 + severity`): a record copies its PRI's.
+static PRIORITY_MEMBERS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..24u8)
+        .flat_map(|f| (0..8u8).map(move |s| (f, s)))
+        .map(|(facility, severity)| {
+            let mut out = Vec::new();
+            let m = Message {
+                facility: Some(facility),
+                severity: Some(severity),
+                ..Message::unparsed("")
+            };
+            write_priority(&mut out, &m);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .collect()
+});
+
+/// The envelope's members `severity`, `severity_code`, `facility`, `facility_code` and
+/// `priority`, each when the message has it.
+fn write_priority(out: &mut Vec<u8>, m: &Message<'_>) {
+    if let Some(name) = m.severity_name() {
+        out.extend_from_slice(member!("severity").as_bytes());
+        write_string(out, name);
+    }
+    if let Some(code) = m.severity {
+        out.extend_from_slice(member!("severity_code").as_bytes());
+        write_number(out, u64::from(code));
+    }
+    if let Some(name) = m.facility_name() {
+        out.extend_from_slice(member!("facility").as_bytes());
+        write_string(out, name);
+    }
+    if let Some(code) = m.facility {
+        out.extend_from_slice(member!("facility_code").as_bytes());
+        write_number(out, u64::from(code));
+    }
+    if let Some((f, s)) = m.facility.zip(m.severity) {
+        out.extend_from_slice(member!("priority").as_bytes());
+        write_number(out, u64::from(f) * 8 + u64::from(s));
+    }
+}
+
 fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
     let m = e.msg;
     out.reserve(e.body.len() + 512);
@@ -522,28 +590,24 @@ fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
     out.push(b'"');
     write_received(out, read_at(e.origin));
     out.push(b'"');
-    text(
-        out,
-        member!("timestamp"),
-        normalised_time(m, e.origin).as_deref(),
-    );
+    if let Some(time) = normalised_time(m, e.origin) {
+        out.extend_from_slice(member!("timestamp").as_bytes());
+        write_plain(out, &time);
+    }
     text(out, member!("timestamp_text"), m.timestamp);
     text(out, member!("hostname"), m.hostname);
     text(out, member!("appname"), m.appname);
     text(out, member!("procid"), m.procid);
     text(out, member!("msgid"), m.msgid);
-    text(out, member!("severity"), m.severity_name());
-    number(out, member!("severity_code"), m.severity.map(u64::from));
-    text(out, member!("facility"), m.facility_name());
-    number(out, member!("facility_code"), m.facility.map(u64::from));
-    let priority = m.facility.zip(m.severity);
-    number(
-        out,
-        member!("priority"),
-        priority.map(|(f, s)| u64::from(f) * 8 + u64::from(s)),
-    );
+    match m.facility.zip(m.severity) {
+        Some((f, s)) if f < 24 && s < 8 => {
+            out.extend_from_slice(PRIORITY_MEMBERS[usize::from(f) * 8 + usize::from(s)].as_bytes());
+        }
+        _ => write_priority(out, m),
+    }
     number(out, member!("version"), m.version.map(u64::from));
-    text(out, member!("syslog_format"), Some(m.format.as_str()));
+    out.extend_from_slice(member!("syslog_format").as_bytes());
+    write_plain(out, m.format.as_str());
     if let Some(sd) = m.structured_data {
         out.extend_from_slice(member!("structured_data").as_bytes());
         write_sd_json(out, sd);
@@ -823,7 +887,7 @@ pub mod otlp {
     struct Pb<'b>(&'b mut Vec<u8>);
 
     /// `v` as a protobuf varint.
-    fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    pub(super) fn push_varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push(v as u8 | 0x80);
             v >>= 7;
@@ -873,25 +937,33 @@ pub mod otlp {
             self.0.len() - 1
         }
 
-        #[inline]
+        #[inline(always)]
         fn end(&mut self, at: usize) {
+            let len = self.0.len() - at - 1;
+            match self.0.get_mut(at) {
+                Some(byte) if len < 0x80 => *byte = len as u8,
+                _ => self.end_long(at),
+            }
+        }
+
+        /// [`Pb::end`] for a message of 128 bytes or more: its length takes more than the
+        /// byte kept for it.
+        #[cold]
+        #[inline(never)]
+        fn end_long(&mut self, at: usize) {
             let end = self.0.len();
             let len = end - at - 1;
-            if len < 0x80 {
-                self.0[at] = len as u8;
-            } else {
-                let (mut prefix, mut n, mut rest) = ([0u8; 10], 0, len);
-                while rest >= 0x80 {
-                    prefix[n] = rest as u8 | 0x80;
-                    rest >>= 7;
-                    n += 1;
-                }
-                prefix[n] = rest as u8;
+            let (mut prefix, mut n, mut rest) = ([0u8; 10], 0, len);
+            while rest >= 0x80 {
+                prefix[n] = rest as u8 | 0x80;
+                rest >>= 7;
                 n += 1;
-                self.0.resize(end + n - 1, 0);
-                self.0.copy_within(at + 1..end, at + n);
-                self.0[at..at + n].copy_from_slice(&prefix[..n]);
             }
+            prefix[n] = rest as u8;
+            n += 1;
+            self.0.resize(end + n - 1, 0);
+            self.0.copy_within(at + 1..end, at + n);
+            self.0[at..at + n].copy_from_slice(&prefix[..n]);
         }
 
         /// A `KeyValue` whose value is an `AnyValue` written by `value`.
@@ -1014,30 +1086,53 @@ pub mod otlp {
 
     /// [`request`] as protobuf.
     pub fn encode(e: &Event<'_>) -> Vec<u8> {
-        written(|out| encode_into(e, out))
+        written_out(|scratch| encode_into(e, scratch))
     }
 
-    fn encode_into(e: &Event<'_>, out: &mut Vec<u8>) {
+    /// The request is `resource_logs { resource {..} scope_logs { scope {..} log_records {..} } }`.
+    /// The resource, the scope and the log record are written one after the other in
+    /// `scratch`; the keys and lengths of the three messages around them, known then, go
+    /// between them as they are copied out, so nothing is moved to make room for a length.
+    fn encode_into(e: &Event<'_>, scratch: &mut Vec<u8>) -> Vec<u8> {
         let m = e.msg;
-        out.reserve(e.body.len() + 512);
-        let mut pb = Pb(out);
-        pb.message(1, |rl| {
-            rl.message(1, |resource| {
-                if let Some(h) = m.hostname {
-                    resource.message(1, |kv| {
-                        kv.text(1, "host.name");
-                        kv.message(2, |any| any.text(1, h));
-                    });
-                }
-            });
-            rl.message(2, |sl| {
-                sl.message(1, |scope| {
-                    scope.text(1, "hotdog");
-                    scope.text(2, env!("CARGO_PKG_VERSION"));
+        scratch.reserve(e.body.len() + 512);
+        let mut pb = Pb(scratch);
+        pb.message(1, |resource| {
+            if let Some(h) = m.hostname {
+                resource.message(1, |kv| {
+                    kv.text(1, "host.name");
+                    kv.message(2, |any| any.text(1, h));
                 });
-                sl.message(2, |r| write_record(r, e));
-            });
+            }
         });
+        let resource_end = pb.0.len();
+        pb.message(1, |scope| {
+            scope.text(1, "hotdog");
+            scope.text(2, env!("CARGO_PKG_VERSION"));
+        });
+        let scope_end = pb.0.len();
+        write_record(&mut pb, e);
+        let (scratch, end) = (&pb.0[..], pb.0.len());
+        let with_key = |len: usize| 1 + varint_len(len as u64) + len;
+        let record = end - scope_end;
+        let scope_logs = scope_end - resource_end + with_key(record);
+        let resource_logs = resource_end + with_key(scope_logs);
+        let mut out = Vec::with_capacity(with_key(resource_logs));
+        for (tag, len, part) in [
+            (1, resource_logs, &scratch[..resource_end]),
+            (2, scope_logs, &scratch[resource_end..scope_end]),
+            (2, record, &scratch[scope_end..]),
+        ] {
+            Pb(&mut out).key(tag, 2);
+            push_varint(&mut out, len as u64);
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    /// How many bytes `v` takes as a varint.
+    pub(super) fn varint_len(v: u64) -> usize {
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
     }
 
     /// A log record's attribute value, borrowed from the message.
@@ -1084,8 +1179,13 @@ pub mod otlp {
 
     /// The message's time in nanoseconds since the epoch; 0 when it has none.
     fn time_nanos(e: &Event<'_>) -> u64 {
-        message_time(e.msg, e.origin)
-            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
+        // An RFC 5424 time is RFC 3339 (the parser checked it): its instant needs no zone.
+        let instant = match (e.msg.format, e.msg.timestamp) {
+            (syslog::Format::Rfc5424, Some(text)) => text.parse::<jiff::Timestamp>().ok(),
+            _ => message_time(e.msg, e.origin).map(|z| z.timestamp()),
+        };
+        instant
+            .and_then(|t| u64::try_from(t.as_nanosecond()).ok())
             .unwrap_or(0)
     }
 
@@ -1438,7 +1538,11 @@ mod tests {
             b"<13>1 - - - - - -",
             "<13>Oct 11 22:14:15 h \u{e9}t\u{e9}: \u{1F600} \u{7f}".as_bytes(),
         ];
-        for line in lines {
+        // Every PRI, whose members are written out once (`PRIORITY_MEMBERS`).
+        let every_pri: Vec<Vec<u8>> = (0..=191)
+            .map(|pri| format!("<{pri}>1 - h a - - - m").into_bytes())
+            .collect();
+        for line in lines.into_iter().chain(every_pri.iter().map(Vec::as_slice)) {
             let lossy = String::from_utf8_lossy(line);
             let msg = syslog::parse(&lossy);
             let mut origin = at("2003-10-11T22:14:16.5Z", Some("Europe/Paris"));
@@ -1462,6 +1566,25 @@ mod tests {
 
     fn record_of(v: &Value) -> &Value {
         &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    }
+
+    #[test]
+    fn a_varint_takes_the_bytes_it_is_counted_to() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            (1 << 21) - 1,
+            1 << 21,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            otlp::push_varint(&mut out, v);
+            assert_eq!(otlp::varint_len(v), out.len(), "{v}");
+        }
     }
 
     #[test]
