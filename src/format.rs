@@ -76,6 +76,40 @@ fn written_time(text: &str) -> Option<Option<jiff::Zoned>> {
     Some(offset_of(text).map(|offset| t.to_zoned(jiff::tz::TimeZone::fixed(offset))))
 }
 
+/// The instant of an RFC 5424 timestamp (its shape checked by the parser) in nanoseconds since
+/// the epoch. Its whole seconds are jiff's reading of the text without the fraction, kept for
+/// the next line on this thread with the same seconds and offset (the lines of a burst share
+/// them); the fraction's digits are added to them.
+pub fn rfc5424_nanos(text: &str) -> Option<i128> {
+    // `YYYY-MM-DDThh:mm:ss` is 19 bytes, then perhaps `.` and 1 to 6 digits, then the offset.
+    let whole = text.get(..19)?;
+    let rest = &text[19..];
+    let (fraction, offset) = match rest.strip_prefix('.') {
+        Some(after) => after.split_at(after.bytes().take_while(u8::is_ascii_digit).count()),
+        None => ("", rest),
+    };
+    if fraction.len() > 9 {
+        return None;
+    }
+    let seconds = RFC5424_SECONDS.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        let (key, seconds) = &mut *cache;
+        if key.get(..19) != Some(whole) || key.get(19..) != Some(offset) {
+            key.clear();
+            key.push_str(whole);
+            key.push_str(offset);
+            *seconds = key.parse::<jiff::Timestamp>().ok().map(|t| t.as_second());
+        }
+        *seconds
+    })?;
+    let nanos = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(9)
+        .fold(0, |n, d| n * 10 + i128::from(d - b'0'));
+    Some(i128::from(seconds) * 1_000_000_000 + nanos)
+}
+
 /// The RFC 3164 time last worked out on this thread. The lines of a burst mostly share their
 /// timestamp text, their listener's zone and the second they were read in, so their time.
 struct BsdTime {
@@ -111,6 +145,10 @@ impl BsdTime {
 }
 
 thread_local! {
+    /// The text (without its fraction) and whole seconds of the last RFC 5424 timestamp read
+    /// on this thread.
+    static RFC5424_SECONDS: std::cell::RefCell<(String, Option<i64>)> =
+        const { std::cell::RefCell::new((String::new(), None)) };
     static BSD_TIME: std::cell::RefCell<Option<BsdTime>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -1146,46 +1184,44 @@ pub mod otlp {
 
     /// A log record's attributes, in order: the names the Collector's syslog receiver gives
     /// them, then hotdog's own.
-    fn attributes<'a>(e: &'a Event<'a>) -> Vec<(&'static str, Attr<'a>)> {
+    fn attributes<'a>(e: &'a Event<'a>) -> impl Iterator<Item = (&'static str, Attr<'a>)> {
         let m = e.msg;
-        let mut out = Vec::with_capacity(12);
-        for (k, v) in [
-            ("hostname", m.hostname),
-            ("appname", m.appname),
-            ("proc_id", m.procid),
-            ("msg_id", m.msgid),
-            ("hotdog.peer_addr", e.origin.peer_addr.as_deref()),
-            ("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref()),
-        ] {
-            if let Some(v) = v {
-                out.push((k, Attr::Text(v)));
-            }
-        }
-        if let (Some(f), Some(s)) = (m.facility, m.severity) {
-            out.push(("priority", Attr::Int(u64::from(f) * 8 + u64::from(s))));
-            out.push(("facility", Attr::Int(u64::from(f))));
-        }
-        if let Some(v) = m.version {
-            out.push(("version", Attr::Int(u64::from(v))));
-        }
-        if let Some(sd) = m.structured_data {
-            out.push(("structured_data", Attr::Sd(sd)));
-        }
-        if e.invalid_utf8 {
-            out.push(("hotdog.invalid_utf8", Attr::True));
-        }
-        out
+        let text = |key, value: Option<&'a str>| value.map(|v| (key, Attr::Text(v)));
+        let pri = m.facility.zip(m.severity);
+        [
+            text("hostname", m.hostname),
+            text("appname", m.appname),
+            text("proc_id", m.procid),
+            text("msg_id", m.msgid),
+            text("hotdog.peer_addr", e.origin.peer_addr.as_deref()),
+            text("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref()),
+            pri.map(|(f, s)| ("priority", Attr::Int(u64::from(f) * 8 + u64::from(s)))),
+            pri.map(|(f, _)| ("facility", Attr::Int(u64::from(f)))),
+            m.version.map(|v| ("version", Attr::Int(u64::from(v)))),
+            m.structured_data
+                .map(|sd| ("structured_data", Attr::Sd(sd))),
+            e.invalid_utf8
+                .then_some(("hotdog.invalid_utf8", Attr::True)),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// The message's time in nanoseconds since the epoch; 0 when it has none.
     fn time_nanos(e: &Event<'_>) -> u64 {
         // An RFC 5424 time is RFC 3339 (the parser checked it): its instant needs no zone.
-        let instant = match (e.msg.format, e.msg.timestamp) {
-            (syslog::Format::Rfc5424, Some(text)) => text.parse::<jiff::Timestamp>().ok(),
-            _ => message_time(e.msg, e.origin).map(|z| z.timestamp()),
+        let nanos = match (e.msg.format, e.msg.timestamp) {
+            (syslog::Format::Rfc5424, Some(text)) => rfc5424_nanos(text),
+            _ => message_time(e.msg, e.origin).map(|z| z.timestamp().as_nanosecond()),
         };
-        instant
-            .and_then(|t| u64::try_from(t.as_nanosecond()).ok())
+        nanos.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+    }
+
+    /// [`time_nanos`] by way of [`message_time`], as the request that `otlp_json` writes and
+    /// the protobuf is tested against has it.
+    fn reference_time_nanos(e: &Event<'_>) -> u64 {
+        message_time(e.msg, e.origin)
+            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
             .unwrap_or(0)
     }
 
@@ -1309,7 +1345,6 @@ pub mod otlp {
     pub fn request(e: &Event<'_>) -> ExportLogsServiceRequest {
         let m = e.msg;
         let attributes = attributes(e)
-            .into_iter()
             .map(|(key, value)| {
                 let value = match value {
                     Attr::Text(t) => Value::StringValue(t.to_string()),
@@ -1326,7 +1361,7 @@ pub mod otlp {
             None => Value::StringValue(e.body.to_string()),
         };
         let record = LogRecord {
-            time_unix_nano: time_nanos(e),
+            time_unix_nano: reference_time_nanos(e),
             observed_time_unix_nano: nanos(read_at(e.origin)),
             severity_number: severity_number(m),
             severity_text: m.severity_name().unwrap_or_default().to_string(),
@@ -1566,6 +1601,33 @@ mod tests {
 
     fn record_of(v: &Value) -> &Value {
         &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+    }
+
+    #[test]
+    fn an_rfc5424_time_in_nanoseconds_is_what_jiff_reads() {
+        // In an order that hits and misses the cache of whole seconds.
+        let times = [
+            "2003-10-11T22:14:15.003Z",
+            "2003-10-11T22:14:15.000004Z",
+            "2003-10-11T22:14:15Z",
+            "2003-10-11T22:14:15.5+02:00",
+            "2003-10-11T22:14:15.123456-07:30",
+            "2003-10-11T22:14:16.1Z",
+            "2016-12-31T23:59:60.25Z",
+            "1969-12-31T23:59:59.5Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999-00:00",
+            "2003-02-30T00:00:00Z",
+            "2003-10-11T24:00:00Z",
+            "2003-10-11T22:14:15.003+25:00",
+        ];
+        for text in times.iter().chain(&times) {
+            let jiff = text
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .map(|t| t.as_nanosecond());
+            assert_eq!(rfc5424_nanos(text), jiff, "{text}");
+        }
     }
 
     #[test]
