@@ -437,22 +437,9 @@ macro_rules! member {
 /// after the XOR, which borrows in `- 0x01..` (bytes of 0x80 and up never count, as `!w`
 /// clears their high bit).
 fn plain(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let escapes = |w: u64| {
-        let control = w.wrapping_sub(ONES * 0x20) & !w;
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let backslash = w ^ (ONES * u64::from(b'\\'));
-        let zero = |v: u64| v.wrapping_sub(ONES) & !v;
-        (control | zero(quote) | zero(backslash)) & HIGH != 0
-    };
     let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if escapes(u64::from_le_bytes(word)) {
-            return false;
-        }
+    if chunks.any(|chunk| escapes(word_of(chunk))) {
+        return false;
     }
     let rest = chunks.remainder();
     if rest.is_empty() {
@@ -460,17 +447,32 @@ fn plain(bytes: &[u8]) -> bool {
     }
     // The last eight bytes again, or the rest shifted into a word of letters: no call to
     // copy a few bytes.
-    let word = match bytes.len().checked_sub(8) {
-        Some(from) => {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&bytes[from..]);
-            u64::from_le_bytes(word)
-        }
+    !escapes(match bytes.len().checked_sub(8) {
+        Some(from) => word_of(&bytes[from..]),
         None => rest
             .iter()
-            .fold(ONES * u64::from(b'a'), |w, &b| w << 8 | u64::from(b)),
-    };
-    !escapes(word)
+            .fold(u64::from_le_bytes([b'a'; 8]), |w, &b| w << 8 | u64::from(b)),
+    })
+}
+
+/// True when JSON escapes any of the eight bytes of `w` (see [`plain`]).
+#[inline(always)]
+fn escapes(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+    (control | zero(quote) | zero(backslash)) & HIGH != 0
+}
+
+/// Eight bytes as a word, the first lowest.
+#[inline(always)]
+fn word_of(chunk: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    u64::from_le_bytes(word)
 }
 
 /// `s`, which has nothing JSON escapes (an RFC 3339 time, a name hotdog chose), as a JSON
@@ -1510,6 +1512,13 @@ mod tests {
                         "{c:#x} at {at} of {len}, then {:#x}",
                         0xff - c
                     );
+                    // `write_string` checks as it copies: it writes what serde_json writes.
+                    if let Ok(text) = std::str::from_utf8(&bytes[..=at]) {
+                        let mut out = b"before".to_vec();
+                        write_string(&mut out, text);
+                        let serde = serde_json::to_string(text).unwrap();
+                        assert_eq!(out, [&b"before"[..], serde.as_bytes()].concat());
+                    }
                 }
             }
         }
