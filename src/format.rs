@@ -1186,27 +1186,33 @@ pub mod otlp {
 
     /// A log record's attributes, in order: the names the Collector's syslog receiver gives
     /// them, then hotdog's own.
-    fn attributes<'a>(e: &'a Event<'a>) -> impl Iterator<Item = (&'static str, Attr<'a>)> {
+    fn otlp_attributes<'a>(e: &'a Event<'a>, mut visit: impl FnMut(&'static str, Attr<'a>)) {
         let m = e.msg;
-        let text = |key, value: Option<&'a str>| value.map(|v| (key, Attr::Text(v)));
-        let pri = m.facility.zip(m.severity);
-        [
-            text("hostname", m.hostname),
-            text("appname", m.appname),
-            text("proc_id", m.procid),
-            text("msg_id", m.msgid),
-            text("hotdog.peer_addr", e.origin.peer_addr.as_deref()),
-            text("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref()),
-            pri.map(|(f, s)| ("priority", Attr::Int(u64::from(f) * 8 + u64::from(s)))),
-            pri.map(|(f, _)| ("facility", Attr::Int(u64::from(f)))),
-            m.version.map(|v| ("version", Attr::Int(u64::from(v)))),
-            m.structured_data
-                .map(|sd| ("structured_data", Attr::Sd(sd))),
-            e.invalid_utf8
-                .then_some(("hotdog.invalid_utf8", Attr::True)),
-        ]
-        .into_iter()
-        .flatten()
+        for (key, value) in [
+            ("hostname", m.hostname),
+            ("appname", m.appname),
+            ("proc_id", m.procid),
+            ("msg_id", m.msgid),
+            ("hotdog.peer_addr", e.origin.peer_addr.as_deref()),
+            ("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref()),
+        ] {
+            if let Some(v) = value {
+                visit(key, Attr::Text(v));
+            }
+        }
+        if let Some((f, s)) = m.facility.zip(m.severity) {
+            visit("priority", Attr::Int(u64::from(f) * 8 + u64::from(s)));
+            visit("facility", Attr::Int(u64::from(f)));
+        }
+        if let Some(v) = m.version {
+            visit("version", Attr::Int(u64::from(v)));
+        }
+        if let Some(sd) = m.structured_data {
+            visit("structured_data", Attr::Sd(sd));
+        }
+        if e.invalid_utf8 {
+            visit("hotdog.invalid_utf8", Attr::True);
+        }
     }
 
     /// The message's time in nanoseconds since the epoch; 0 when it has none.
@@ -1249,14 +1255,14 @@ pub mod otlp {
             Some(object) => write_json(any, &object),
             None => any.text(1, e.body),
         });
-        for (key, value) in attributes(e) {
+        otlp_attributes(e, |key, value| {
             r.attribute(key, |any| match value {
                 Attr::Text(t) => any.text(1, t),
                 Attr::Int(i) => any.varint(3, i),
                 Attr::True => any.varint(2, 1),
                 Attr::Sd(sd) => write_sd(any, sd),
-            });
-        }
+            })
+        });
         r.fixed64(11, nanos(read_at(e.origin)));
     }
 
@@ -1346,17 +1352,16 @@ pub mod otlp {
     /// One log record, in one scope (`hotdog`), in one resource (`host.name`: the hostname).
     pub fn request(e: &Event<'_>) -> ExportLogsServiceRequest {
         let m = e.msg;
-        let attributes = attributes(e)
-            .map(|(key, value)| {
-                let value = match value {
-                    Attr::Text(t) => Value::StringValue(t.to_string()),
-                    Attr::Int(i) => Value::IntValue(i as i64),
-                    Attr::True => Value::BoolValue(true),
-                    Attr::Sd(sd) => sd_value(sd),
-                };
-                kv(key, value)
-            })
-            .collect();
+        let mut attributes = Vec::new();
+        otlp_attributes(e, |key, value| {
+            let value = match value {
+                Attr::Text(t) => Value::StringValue(t.to_string()),
+                Attr::Int(i) => Value::IntValue(i as i64),
+                Attr::True => Value::BoolValue(true),
+                Attr::Sd(sd) => sd_value(sd),
+            };
+            attributes.push(kv(key, value));
+        });
         let object = json_object(e.body).and_then(|raw| serde_json::from_str(raw.get()).ok());
         let body = match object {
             Some(object) => from_json(&object),
