@@ -1015,113 +1015,137 @@ pub mod otlp {
         }
     }
 
-    /// A JSON value as a log record's body needs it, read without building a
-    /// `serde_json::Value`: strings without escapes borrowed from the body, and an object's
-    /// members in the order (and with the last value of a repeated name) that
-    /// `serde_json::Map` keeps. [`from_json`] is the reference it is tested against.
-    enum Json<'a> {
-        Text(Cow<'a, str>),
-        Bool(bool),
-        Int(i64),
-        /// A number that is not an `i64`, as serde_json writes it.
-        Number(String),
-        Null,
-        List(Vec<Json<'a>>),
-        Object(Vec<(Cow<'a, str>, Json<'a>)>),
+    /// A JSON value written as the fields of the `AnyValue` it is in, as serde_json reads it:
+    /// objects as key-value lists with their members in the order (and with the last value
+    /// of a repeated name) that `serde_json::Map` keeps, arrays as array values. Nothing is
+    /// built in between. [`from_json`] is the reference it is tested against.
+    struct AnyJson<'p, 'b>(&'p mut Pb<'b>);
+
+    impl<'de> serde::de::DeserializeSeed<'de> for AnyJson<'_, '_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
     }
 
-    impl<'de> serde::Deserialize<'de> for Json<'de> {
+    impl<'de> serde::de::Visitor<'de> for AnyJson<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+            self.0.varint(2, u64::from(b));
+            Ok(())
+        }
+        fn visit_i64<E>(self, i: i64) -> Result<(), E> {
+            self.0.varint(3, i as u64);
+            Ok(())
+        }
+        fn visit_u64<E>(self, u: u64) -> Result<(), E> {
+            // One past i64 is written as the text serde_json writes for it.
+            match i64::try_from(u) {
+                Ok(i) => self.0.varint(3, i as u64),
+                Err(_) => self.0.text(1, &u.to_string()),
+            }
+            Ok(())
+        }
+        fn visit_f64<E>(self, f: f64) -> Result<(), E> {
+            let n = serde_json::Number::from_f64(f);
+            self.0
+                .text(1, &n.map(|n| n.to_string()).unwrap_or_default());
+            Ok(())
+        }
+        fn visit_str<E>(self, s: &str) -> Result<(), E> {
+            self.0.text(1, s);
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            self.0.text(1, "");
+            Ok(())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let pb = self.0;
+            let list = pb.begin(5);
+            loop {
+                let item = pb.begin(1);
+                if seq.next_element_seed(AnyJson(pb))?.is_none() {
+                    pb.0.truncate(item - 1);
+                    break;
+                }
+                pb.end(item);
+            }
+            pb.end(list);
+            Ok(())
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let pb = self.0;
+            let list = pb.begin(6);
+            let first = pb.0.len();
+            // Each member's name and where its `KeyValue` is.
+            let mut members: Vec<(Cow<'de, str>, std::ops::Range<usize>)> = Vec::new();
+            while let Some(Name(name)) = map.next_key()? {
+                let start = pb.0.len();
+                let kv = pb.begin(1);
+                pb.text(1, &name);
+                let value = pb.begin(2);
+                map.next_value_seed(AnyJson(&mut *pb))?;
+                pb.end(value);
+                pb.end(kv);
+                members.push((name, start..pb.0.len()));
+            }
+            // In name order, the last of a repeated name kept: when they came otherwise, they
+            // are copied after themselves in that order, then moved down over where they were.
+            if !members.windows(2).all(|w| w[0].0 < w[1].0) {
+                members.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.start.cmp(&a.1.start)));
+                members.dedup_by(|later, kept| later.0 == kept.0);
+                let end = pb.0.len();
+                for (_, range) in members {
+                    pb.0.extend_from_within(range);
+                }
+                pb.0.drain(first..end);
+            }
+            pb.end(list);
+            Ok(())
+        }
+    }
+
+    /// An object member's name: borrowed from the body when it has no escapes.
+    struct Name<'de>(Cow<'de, str>);
+
+    impl<'de> serde::Deserialize<'de> for Name<'de> {
         fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             struct V;
             impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Json<'de>;
+                type Value = Name<'de>;
                 fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON value")
+                    f.write_str("a name")
                 }
-                fn visit_bool<E>(self, b: bool) -> Result<Json<'de>, E> {
-                    Ok(Json::Bool(b))
+                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                    Ok(Name(Cow::Borrowed(s)))
                 }
-                fn visit_i64<E>(self, i: i64) -> Result<Json<'de>, E> {
-                    Ok(Json::Int(i))
-                }
-                fn visit_u64<E>(self, u: u64) -> Result<Json<'de>, E> {
-                    Ok(i64::try_from(u).map_or_else(|_| Json::Number(u.to_string()), Json::Int))
-                }
-                fn visit_f64<E>(self, f: f64) -> Result<Json<'de>, E> {
-                    let n = serde_json::Number::from_f64(f);
-                    Ok(Json::Number(n.map(|n| n.to_string()).unwrap_or_default()))
-                }
-                fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Json<'de>, E> {
-                    Ok(Json::Text(Cow::Borrowed(s)))
-                }
-                fn visit_str<E>(self, s: &str) -> Result<Json<'de>, E> {
-                    Ok(Json::Text(Cow::Owned(s.to_string())))
-                }
-                fn visit_unit<E>(self) -> Result<Json<'de>, E> {
-                    Ok(Json::Null)
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut seq: A,
-                ) -> Result<Json<'de>, A::Error> {
-                    let mut items = Vec::new();
-                    while let Some(item) = seq.next_element()? {
-                        items.push(item);
-                    }
-                    Ok(Json::List(items))
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<Json<'de>, A::Error> {
-                    let mut members: Vec<(Cow<'de, str>, Json<'de>)> = Vec::new();
-                    // serde_json gives a name as a string, borrowed when it has no escapes.
-                    while let Some((name, value)) = map.next_entry()? {
-                        if let Json::Text(name) = name {
-                            members.push((name, value));
-                        }
-                    }
-                    // In name order, the last of a repeated name first, and only it kept.
-                    members.reverse();
-                    members.sort_by(|a, b| a.0.cmp(&b.0));
-                    members.dedup_by(|later, kept| later.0 == kept.0);
-                    Ok(Json::Object(members))
+                fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                    Ok(Name(Cow::Owned(s.to_string())))
                 }
             }
-            d.deserialize_any(V)
+            d.deserialize_str(V)
         }
     }
 
-    /// The body as a JSON object, when it is one (what [`json_object`] accepts).
-    fn json_body(body: &str) -> Option<Json<'_>> {
-        if !body.trim_start().starts_with('{') {
-            return None;
+    /// The body as the fields of an `AnyValue`: a JSON object (what [`json_object`] accepts)
+    /// as a key-value list, anything else as text.
+    fn write_body(any: &mut Pb, body: &str) {
+        let at = any.0.len();
+        if body.trim_start().starts_with('{') {
+            let mut de = serde_json::Deserializer::from_str(body);
+            let read = serde::de::DeserializeSeed::deserialize(AnyJson(&mut *any), &mut de)
+                .and_then(|()| de.end());
+            if read.is_ok() {
+                return;
+            }
+            // Not JSON after all: what was written of it goes.
+            any.0.truncate(at);
         }
-        serde_json::from_str(body).ok()
-    }
-
-    /// An `AnyValue` from JSON (objects as key-value lists), as [`from_json`] makes it.
-    fn write_json(pb: &mut Pb, v: &Json<'_>) {
-        match v {
-            Json::Text(s) => pb.text(1, s),
-            Json::Bool(b) => pb.varint(2, u64::from(*b)),
-            Json::Int(i) => pb.varint(3, *i as u64),
-            Json::Number(n) => pb.text(1, n),
-            Json::List(items) => pb.message(5, |a| {
-                for i in items {
-                    a.message(1, |any| write_json(any, i));
-                }
-            }),
-            Json::Object(members) => pb.message(6, |l| {
-                for (k, v) in members {
-                    l.message(1, |kv| {
-                        kv.text(1, k);
-                        kv.message(2, |any| write_json(any, v));
-                    });
-                }
-            }),
-            Json::Null => pb.text(1, ""),
-        }
+        any.text(1, body);
     }
 
     /// [`request`] as protobuf.
@@ -1251,10 +1275,7 @@ pub mod otlp {
         if let Some(text) = m.severity_name() {
             r.text(3, text);
         }
-        r.message(5, |any| match json_body(e.body) {
-            Some(object) => write_json(any, &object),
-            None => any.text(1, e.body),
-        });
+        r.message(5, |any| write_body(any, e.body));
         otlp_attributes(e, |key, value| {
             r.attribute(key, |any| match value {
                 Attr::Text(t) => any.text(1, t),
