@@ -127,17 +127,26 @@ def chunks_of(all_lines, connections):
 
 class Broker:
     def __init__(self, tansu, lib):
+        self.lib = lib
+        self.tansu = tansu
+        self.start()
+
+    def start(self):
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
-        self.lib = lib
         url = f"tcp://{self.addr}"
         self.proc = subprocess.Popen(
-            [tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [self.tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.tansu = tansu
         if not wait_port(self.port):
             sys.exit("tansu did not start")
+
+    def restart(self):
+        """An empty broker again: tansu's memory storage slows as it fills, which would make
+        each row cost more than the rows before it."""
+        self.stop()
+        self.start()
 
     def topic(self, name):
         subprocess.run([self.tansu, "topic", "create", name, "--partitions", "1",
@@ -407,6 +416,8 @@ def main():
         runs = []
         try:
             for i in range(args.repeat):
+                if i:
+                    broker.restart()
                 rows = [] if args.hotdog_only else [run_kcat(broker, path, n)]
                 for c in args.connections:
                     chunks = chunks_of(all_lines, c)
@@ -435,31 +446,35 @@ def main():
                     rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                            many_rules(count), f" {count} rules"))
                 for rate in args.format_rate if args.formats or args.padded else []:
+                    # The rows compared with each other, in an order turned by one each run,
+                    # so that none is always measured after another.
                     at = f" at {rate:,} lines/s" if rate else ""
-                    if rate:
-                        rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                               None, f" format raw{at}", rate=rate))
+                    compared = [(None, f" format raw{at}")]
                     for fmt in args.formats:
-                        rules = ("  - regex: '.*'\n    actions:\n      - type: forward\n"
-                                 f"        topic: 'TOPIC'\n        format: {fmt}\n")
-                        rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                               rules, f" format {fmt}{at}", rate=rate))
+                        compared.append(("  - regex: '.*'\n    actions:\n      - type: forward\n"
+                                         f"        topic: 'TOPIC'\n        format: {fmt}\n",
+                                         f" format {fmt}{at}"))
                     if args.padded:
-                        rules = ("  - regex: '.*'\n    actions:\n      - type: replace\n"
-                                 f"        template: '{{{{msg}}}} {'x' * args.padded}'\n"
-                                 "      - type: forward\n        topic: 'TOPIC'\n")
+                        compared.append(("  - regex: '.*'\n    actions:\n      - type: replace\n"
+                                         f"        template: '{{{{msg}}}} {'x' * args.padded}'\n"
+                                         "      - type: forward\n        topic: 'TOPIC'\n",
+                                         f" raw padded +{args.padded} B{at}"))
+                    turn = i % len(compared)
+                    for rules, label in compared[turn:] + compared[:turn]:
                         rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                               rules, f" raw padded +{args.padded} B{at}",
-                                               rate=rate))
+                                               rules, label, rate=rate))
                 if args.repeat > 1:
                     print(f"run {i + 1}/{args.repeat}: " + ", ".join(
                         f"{r['name']} {r['cpu_per_million']:.2f}" for r in rows), flush=True)
                 runs.append(rows)
         finally:
             broker.stop()
-    rows = [median_row([run[i] for run in runs]) for i in range(len(runs[0]))]
+    # Rows by name (the order of the compared rows turns between runs), in the first run's
+    # order.
+    rows = [median_row([r for run in runs for r in run if r["name"] == first["name"]])
+            for first in runs[0]]
     what = f"median of {args.repeat} runs" if args.repeat > 1 else "one run"
-    print(f"\n{n} lines, one tansu broker (memory storage), {what}\n")
+    print(f"\n{n} lines, a tansu broker (memory storage) started afresh for each run, {what}\n")
     print(f"{'':56} {'lines/s':>10} {'CPU-s/M':>8} {'(range)':>11} {'RSS MB':>7}  check")
     for r in rows:
         spread = f"{r['cpu_min']:.2f}-{r['cpu_max']:.2f}"
@@ -481,7 +496,7 @@ def main():
             print(f"{count} rules / forward-all CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
     for rate in args.format_rate if args.formats or args.padded else []:
         at = f" at {rate:,} lines/s" if rate else ""
-        raw = by.get(f"hotdog format raw{at} (1 conn)" if rate else "hotdog (1 conn)")
+        raw = by.get(f"hotdog format raw{at} (1 conn)")
         if not raw:
             continue
         for fmt in args.formats:
