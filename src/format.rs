@@ -1006,6 +1006,25 @@ pub mod otlp {
             self.0[at..at + n].copy_from_slice(&prefix[..n]);
         }
 
+        /// A `KeyValue` whose value is the `AnyValue` of a string. When the whole of it is
+        /// shorter than 128 bytes, every length in it is one byte, known before it is written.
+        fn text_attribute(&mut self, key: &str, value: &str) {
+            let kv = 2 + key.len() + 4 + value.len();
+            match u8::try_from(kv) {
+                Ok(kv) if kv < 0x80 => {
+                    let v = value.len() as u8;
+                    let head = [6 << 3 | 2, kv, 1 << 3 | 2, key.len() as u8];
+                    let out = &mut *self.0;
+                    out.reserve(usize::from(kv) + 2);
+                    out.extend_from_slice(&head);
+                    out.extend_from_slice(key.as_bytes());
+                    out.extend_from_slice(&[2 << 3 | 2, v + 2, 1 << 3 | 2, v]);
+                    out.extend_from_slice(value.as_bytes());
+                }
+                _ => self.attribute(key, |any| any.text(1, value)),
+            }
+        }
+
         /// A `KeyValue` whose value is an `AnyValue` written by `value`.
         fn attribute(&mut self, key: &str, value: impl FnOnce(&mut Pb)) {
             self.message(6, |kv| {
@@ -1276,13 +1295,11 @@ pub mod otlp {
             r.text(3, text);
         }
         r.message(5, |any| write_body(any, e.body));
-        otlp_attributes(e, |key, value| {
-            r.attribute(key, |any| match value {
-                Attr::Text(t) => any.text(1, t),
-                Attr::Int(i) => any.varint(3, i),
-                Attr::True => any.varint(2, 1),
-                Attr::Sd(sd) => write_sd(any, sd),
-            })
+        otlp_attributes(e, |key, value| match value {
+            Attr::Text(t) => r.text_attribute(key, t),
+            Attr::Int(i) => r.attribute(key, |any| any.varint(3, i)),
+            Attr::True => r.attribute(key, |any| any.varint(2, 1)),
+            Attr::Sd(sd) => r.attribute(key, |any| write_sd(any, sd)),
         });
         r.fixed64(11, nanos(read_at(e.origin)));
     }
@@ -1703,6 +1720,15 @@ mod tests {
             b"<13>Oct 11 22:14:15 h app: caf\xe9",
             b"not syslog at all",
         ];
+        // Hostnames whose attribute is 127 bytes (the last whose lengths are all one byte),
+        // 128 and longer.
+        let long_hosts: Vec<Vec<u8>> = [113, 114, 200]
+            .map(|n| format!("<14>1 2024-05-01T12:00:00Z {} api 77 - - m", "h".repeat(n)))
+            .map(String::into_bytes)
+            .to_vec();
+        let lines = lines
+            .into_iter()
+            .chain(long_hosts.iter().map(Vec::as_slice));
         let mut origin = at("2024-05-01T12:00:01Z", Some("Europe/Paris"));
         origin.peer_addr = Some("10.0.0.9:514".into());
         origin.tls_client_cn = Some("tenant-a".into());
