@@ -1006,14 +1006,17 @@ pub mod otlp {
             self.0[at..at + n].copy_from_slice(&prefix[..n]);
         }
 
-        /// A `KeyValue` whose value is the `AnyValue` of a string. When the whole of it is
-        /// shorter than 128 bytes, every length in it is one byte, known before it is written.
-        fn text_attribute(&mut self, key: &str, value: &str) {
+        /// Field `tag`: a `KeyValue` whose value is the `AnyValue` of a string. When the whole
+        /// of it is shorter than 128 bytes, every length in it is one byte, known before it is
+        /// written.
+        #[inline(always)]
+        fn text_kv(&mut self, tag: u8, key: &str, value: &str) {
+            debug_assert!(tag < 16);
             let kv = 2 + key.len() + 4 + value.len();
             match u8::try_from(kv) {
                 Ok(kv) if kv < 0x80 => {
                     let v = value.len() as u8;
-                    let head = [6 << 3 | 2, kv, 1 << 3 | 2, key.len() as u8];
+                    let head = [tag << 3 | 2, kv, 1 << 3 | 2, key.len() as u8];
                     let out = &mut *self.0;
                     out.reserve(usize::from(kv) + 2);
                     out.extend_from_slice(&head);
@@ -1021,7 +1024,10 @@ pub mod otlp {
                     out.extend_from_slice(&[2 << 3 | 2, v + 2, 1 << 3 | 2, v]);
                     out.extend_from_slice(value.as_bytes());
                 }
-                _ => self.attribute(key, |any| any.text(1, value)),
+                _ => self.message(tag, |kv| {
+                    kv.text(1, key);
+                    kv.message(2, |any| any.text(1, value));
+                }),
             }
         }
 
@@ -1296,7 +1302,7 @@ pub mod otlp {
         }
         r.message(5, |any| write_body(any, e.body));
         otlp_attributes(e, |key, value| match value {
-            Attr::Text(t) => r.text_attribute(key, t),
+            Attr::Text(t) => r.text_kv(6, key, t),
             Attr::Int(i) => r.attribute(key, |any| any.varint(3, i)),
             Attr::True => r.attribute(key, |any| any.varint(2, 1)),
             Attr::Sd(sd) => r.attribute(key, |any| write_sd(any, sd)),
@@ -1320,10 +1326,7 @@ pub mod otlp {
                 let value = any.begin(2);
                 open = Some([kv, value, any.begin(6)]);
             }
-            syslog::SdPart::Param(name, value) => any.message(1, |kv| {
-                kv.text(1, name);
-                kv.message(2, |any| any.text(1, &value));
-            }),
+            syslog::SdPart::Param(name, value) => any.text_kv(1, name, &value),
         });
         if plain {
             for at in open.into_iter().flatten().rev() {
