@@ -587,43 +587,38 @@ static PRIORITY_MEMBERS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock:
 /// The envelope's members `severity`, `severity_code`, `facility`, `facility_code` and
 /// `priority`, each when the message has it.
 fn write_priority(out: &mut Vec<u8>, m: &Message<'_>) {
-    if let Some(name) = m.severity_name() {
-        out.extend_from_slice(member!("severity").as_bytes());
-        write_string(out, name);
+    text_member(out, member!("severity"), m.severity_name());
+    number_member(out, member!("severity_code"), m.severity.map(u64::from));
+    text_member(out, member!("facility"), m.facility_name());
+    number_member(out, member!("facility_code"), m.facility.map(u64::from));
+    let priority = m.facility.zip(m.severity);
+    number_member(
+        out,
+        member!("priority"),
+        priority.map(|(f, s)| u64::from(f) * 8 + u64::from(s)),
+    );
+}
+
+/// `member` (`,"name":`) and `value` as a JSON string, when there is a value.
+fn text_member(out: &mut Vec<u8>, member: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        out.extend_from_slice(member.as_bytes());
+        write_string(out, v);
     }
-    if let Some(code) = m.severity {
-        out.extend_from_slice(member!("severity_code").as_bytes());
-        write_number(out, u64::from(code));
-    }
-    if let Some(name) = m.facility_name() {
-        out.extend_from_slice(member!("facility").as_bytes());
-        write_string(out, name);
-    }
-    if let Some(code) = m.facility {
-        out.extend_from_slice(member!("facility_code").as_bytes());
-        write_number(out, u64::from(code));
-    }
-    if let Some((f, s)) = m.facility.zip(m.severity) {
-        out.extend_from_slice(member!("priority").as_bytes());
-        write_number(out, u64::from(f) * 8 + u64::from(s));
+}
+
+/// `member` (`,"name":`) and `value` as a JSON number, when there is a value.
+fn number_member(out: &mut Vec<u8>, member: &str, value: Option<u64>) {
+    if let Some(n) = value {
+        out.extend_from_slice(member.as_bytes());
+        write_number(out, n);
     }
 }
 
 fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
     let m = e.msg;
     out.reserve(e.body.len() + 512);
-    let text = |out: &mut Vec<u8>, member: &str, value: Option<&str>| {
-        if let Some(v) = value {
-            out.extend_from_slice(member.as_bytes());
-            write_string(out, v);
-        }
-    };
-    let number = |out: &mut Vec<u8>, member: &str, value: Option<u64>| {
-        if let Some(n) = value {
-            out.extend_from_slice(member.as_bytes());
-            write_number(out, n);
-        }
-    };
+    let (text, number) = (text_member, number_member);
     out.extend_from_slice(b"{\"schema_version\":");
     write_number(out, u64::from(SCHEMA_VERSION));
     out.extend_from_slice(member!("received").as_bytes());
