@@ -80,7 +80,7 @@ fn written_time(text: &str) -> Option<Option<jiff::Zoned>> {
 /// the epoch. Its whole seconds are jiff's reading of the text without the fraction, kept for
 /// the next line on this thread with the same seconds and offset (the lines of a burst share
 /// them); the fraction's digits are added to them.
-pub fn rfc5424_nanos(text: &str) -> Option<i128> {
+fn rfc5424_nanos(text: &str) -> Option<i128> {
     // `YYYY-MM-DDThh:mm:ss` is 19 bytes, then perhaps `.` and 1 to 6 digits, then the offset.
     let whole = text.get(..19)?;
     let rest = &text[19..];
@@ -562,13 +562,9 @@ fn write_sd_json(out: &mut Vec<u8>, sd: &str) {
     out.push(b'}');
 }
 
-/// hotdog's JSON envelope, version 1 (`schema/record-v1.json`), written straight into the
-/// payload: the names as they are (none needs escaping), values escaped only when they have
-/// something to escape (what serde_json escapes: `"`, `\\` and control characters), and what is
-/// absent left out. [`Envelope`], serialised by serde, is the reference it is tested against.
 /// The members `severity` to `priority` of the envelope, written out once for every PRI
 /// (`facility * 8 + severity`): a record copies its PRI's.
-static PRIORITY_MEMBERS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+static PRIORITY_MEMBERS: std::sync::LazyLock<Vec<Vec<u8>>> = std::sync::LazyLock::new(|| {
     (0..24u8)
         .flat_map(|f| (0..8u8).map(move |s| (f, s)))
         .map(|(facility, severity)| {
@@ -579,7 +575,7 @@ static PRIORITY_MEMBERS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock:
                 ..Message::unparsed("")
             };
             write_priority(&mut out, &m);
-            String::from_utf8_lossy(&out).into_owned()
+            out
         })
         .collect()
 });
@@ -615,10 +611,13 @@ fn number_member(out: &mut Vec<u8>, member: &str, value: Option<u64>) {
     }
 }
 
+/// hotdog's JSON envelope, version 1 (`schema/record-v1.json`), written straight into the
+/// payload: the names as they are (none needs escaping), values escaped only when they have
+/// something to escape (what serde_json escapes: `"`, `\\` and control characters), and what is
+/// absent left out. [`Envelope`], serialised by serde, is the reference it is tested against.
 fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
     let m = e.msg;
     out.reserve(e.body.len() + 512);
-    let (text, number) = (text_member, number_member);
     out.extend_from_slice(b"{\"schema_version\":");
     write_number(out, u64::from(SCHEMA_VERSION));
     out.extend_from_slice(member!("received").as_bytes());
@@ -629,18 +628,17 @@ fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(member!("timestamp").as_bytes());
         write_plain(out, &time);
     }
-    text(out, member!("timestamp_text"), m.timestamp);
-    text(out, member!("hostname"), m.hostname);
-    text(out, member!("appname"), m.appname);
-    text(out, member!("procid"), m.procid);
-    text(out, member!("msgid"), m.msgid);
-    match m.facility.zip(m.severity) {
-        Some((f, s)) if f < 24 && s < 8 => {
-            out.extend_from_slice(PRIORITY_MEMBERS[usize::from(f) * 8 + usize::from(s)].as_bytes());
-        }
-        _ => write_priority(out, m),
+    text_member(out, member!("timestamp_text"), m.timestamp);
+    text_member(out, member!("hostname"), m.hostname);
+    text_member(out, member!("appname"), m.appname);
+    text_member(out, member!("procid"), m.procid);
+    text_member(out, member!("msgid"), m.msgid);
+    let pri = m.facility.zip(m.severity);
+    match pri.and_then(|(f, s)| PRIORITY_MEMBERS.get(usize::from(f) * 8 + usize::from(s))) {
+        Some(members) => out.extend_from_slice(members),
+        None => write_priority(out, m),
     }
-    number(out, member!("version"), m.version.map(u64::from));
+    number_member(out, member!("version"), m.version.map(u64::from));
     out.extend_from_slice(member!("syslog_format").as_bytes());
     write_plain(out, m.format.as_str());
     if let Some(sd) = m.structured_data {
@@ -656,8 +654,8 @@ fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(member!("message_invalid_utf8").as_bytes());
         out.extend_from_slice(b"true");
     }
-    text(out, member!("peer_addr"), e.origin.peer_addr.as_deref());
-    text(
+    text_member(out, member!("peer_addr"), e.origin.peer_addr.as_deref());
+    text_member(
         out,
         member!("tls_client_cn"),
         e.origin.tls_client_cn.as_deref(),
@@ -922,12 +920,24 @@ pub mod otlp {
     struct Pb<'b>(&'b mut Vec<u8>);
 
     /// `v` as a protobuf varint.
-    pub(super) fn push_varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
+    pub(super) fn push_varint(out: &mut Vec<u8>, v: u64) {
+        for byte in varint(v) {
+            out.push(byte);
         }
-        out.push(v as u8);
+    }
+
+    /// The bytes of `v` as a protobuf varint, seven bits each, the lowest first.
+    fn varint(mut v: u64) -> impl Iterator<Item = u8> {
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            let byte = v as u8 & 0x7f;
+            v >>= 7;
+            done = v == 0;
+            Some(if done { byte } else { byte | 0x80 })
+        })
     }
 
     impl Pb<'_> {
@@ -987,18 +997,13 @@ pub mod otlp {
         #[inline(never)]
         fn end_long(&mut self, at: usize) {
             let end = self.0.len();
-            let len = end - at - 1;
-            let (mut prefix, mut n, mut rest) = ([0u8; 10], 0, len);
-            while rest >= 0x80 {
-                prefix[n] = rest as u8 | 0x80;
-                rest >>= 7;
-                n += 1;
-            }
-            prefix[n] = rest as u8;
-            n += 1;
+            let len = (end - at - 1) as u64;
+            let n = varint_len(len);
             self.0.resize(end + n - 1, 0);
             self.0.copy_within(at + 1..end, at + n);
-            self.0[at..at + n].copy_from_slice(&prefix[..n]);
+            for (slot, byte) in self.0[at..].iter_mut().zip(varint(len)) {
+                *slot = byte;
+            }
         }
 
         /// Field `tag`: a `KeyValue` whose value is the `AnyValue` of a string. When the whole
@@ -1019,16 +1024,19 @@ pub mod otlp {
                     out.extend_from_slice(&[2 << 3 | 2, v + 2, 1 << 3 | 2, v]);
                     out.extend_from_slice(value.as_bytes());
                 }
-                _ => self.message(tag, |kv| {
-                    kv.text(1, key);
-                    kv.message(2, |any| any.text(1, value));
-                }),
+                _ => self.key_value(tag, key, |any| any.text(1, value)),
             }
         }
 
-        /// A `KeyValue` whose value is an `AnyValue` written by `value`.
+        /// A log record's attribute: a `KeyValue` (field 6) whose value is an `AnyValue`
+        /// written by `value`.
         fn attribute(&mut self, key: &str, value: impl FnOnce(&mut Pb)) {
-            self.message(6, |kv| {
+            self.key_value(6, key, value);
+        }
+
+        /// Field `tag`: a `KeyValue` whose value is an `AnyValue` written by `value`.
+        fn key_value(&mut self, tag: u8, key: &str, value: impl FnOnce(&mut Pb)) {
+            self.message(tag, |kv| {
                 kv.text(1, key);
                 kv.message(2, value);
             });
@@ -1183,10 +1191,7 @@ pub mod otlp {
         let mut pb = Pb(scratch);
         pb.message(1, |resource| {
             if let Some(h) = m.hostname {
-                resource.message(1, |kv| {
-                    kv.text(1, "host.name");
-                    kv.message(2, |any| any.text(1, h));
-                });
+                resource.text_kv(1, "host.name", h);
             }
         });
         let resource_end = pb.0.len();
@@ -1262,11 +1267,12 @@ pub mod otlp {
     /// The message's time in nanoseconds since the epoch; 0 when it has none.
     fn time_nanos(e: &Event<'_>) -> u64 {
         // An RFC 5424 time is RFC 3339 (the parser checked it): its instant needs no zone.
-        let nanos = match (e.msg.format, e.msg.timestamp) {
-            (syslog::Format::Rfc5424, Some(text)) => rfc5424_nanos(text),
-            _ => message_time(e.msg, e.origin).map(|z| z.timestamp().as_nanosecond()),
-        };
-        nanos.and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+        match (e.msg.format, e.msg.timestamp) {
+            (syslog::Format::Rfc5424, Some(text)) => rfc5424_nanos(text)
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
+            _ => reference_time_nanos(e),
+        }
     }
 
     /// [`time_nanos`] by way of [`message_time`], as the request that `otlp_json` writes and
@@ -1334,24 +1340,18 @@ pub mod otlp {
         any.0.truncate(list - 1);
         any.message(6, |elements| {
             for (id, params) in grouped_sd(sd) {
-                elements.message(1, |kv| {
-                    kv.text(1, id);
-                    kv.message(2, |any| {
-                        any.message(6, |list| {
-                            for (name, values) in &params {
-                                list.message(1, |kv| {
-                                    kv.text(1, name);
-                                    kv.message(2, |any| match &values[..] {
-                                        [one] => any.text(1, one),
-                                        many => any.message(5, |a| {
-                                            for v in many {
-                                                a.message(1, |any| any.text(1, v));
-                                            }
-                                        }),
-                                    });
-                                });
-                            }
-                        });
+                elements.key_value(1, id, |any| {
+                    any.message(6, |list| {
+                        for (name, values) in &params {
+                            list.key_value(1, name, |any| match &values[..] {
+                                [one] => any.text(1, one),
+                                many => any.message(5, |a| {
+                                    for v in many {
+                                        a.message(1, |any| any.text(1, v));
+                                    }
+                                }),
+                            });
+                        }
                     });
                 });
             }
@@ -1553,7 +1553,7 @@ mod tests {
                         "{c:#x} at {at} of {len}, then {:#x}",
                         0xff - c
                     );
-                    // `write_string` checks as it copies: it writes what serde_json writes.
+                    // `write_string` writes what serde_json writes.
                     if let Ok(text) = std::str::from_utf8(&bytes[..=at]) {
                         let mut out = b"before".to_vec();
                         write_string(&mut out, text);
