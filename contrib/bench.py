@@ -285,7 +285,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     if use_tls:
         tls = (f"    tls:\n      cert: '{ROOT}/certs/server.pem'\n      key: '{ROOT}/certs/server.key'\n"
                f"      ca: '{ROOT}/certs/ca.pem'\n")
-    rules = config_rules or f"  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n"
+    rules = config_rules or FORWARD_ALL
     rules = rules.replace("TOPIC", topic)
     conf = os.path.join(workdir, "hotdog.yml")
     with open(conf, "w") as f:
@@ -330,6 +330,10 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     return row(name, n, t1 - t0, cpu, rss, records, present, errors)
 
 
+# Every line to TOPIC (the run's topic), as it came.
+FORWARD_ALL = "  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'TOPIC'\n"
+
+
 def many_rules(count):
     """`count` regex rules the lines do not match (one per application, tenant or device family,
     as real rule sets have; the same as the criterion benches'), then a catch-all forward."""
@@ -339,7 +343,7 @@ def many_rules(count):
               f"\\bcode={i}x\\b", f"device{i}\\[(?P<unit>\\d+)\\]"][i % 4]
         out.append(f"  - regex: '{re}'\n    actions:\n      - type: forward\n"
                    f"        topic: 'TOPIC'\n")
-    out.append("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'TOPIC'\n")
+    out.append(FORWARD_ALL)
     return "".join(out)
 
 
@@ -451,8 +455,7 @@ def main():
                     at = f" at {rate:,} lines/s" if rate else ""
                     compared = [(None, f" format raw{at}")]
                     for fmt in args.formats:
-                        compared.append(("  - regex: '.*'\n    actions:\n      - type: forward\n"
-                                         f"        topic: 'TOPIC'\n        format: {fmt}\n",
+                        compared.append((FORWARD_ALL + f"        format: {fmt}\n",
                                          f" format {fmt}{at}"))
                     if args.padded:
                         compared.append(("  - regex: '.*'\n    actions:\n      - type: replace\n"
