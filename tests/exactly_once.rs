@@ -101,6 +101,87 @@ fn without_idempotence_lost_answers_write_records_twice() {
     );
 }
 
+/// CPU seconds the librdkafka broker threads (`rdk:broker…`) of process `pid` have used.
+fn broker_threads_cpu(pid: u32) -> f64 {
+    let tick = 100.0; // USER_HZ, the unit of /proc's utime and stime on Linux
+    let mut ticks = 0u64;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("hotdog's threads");
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.contains("(rdk:broker") {
+            continue;
+        }
+        // After the name: state, ppid, … ; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for f in &fields[11..13] {
+            ticks += f.parse::<u64>().expect("a tick count");
+        }
+    }
+    ticks as f64 / tick
+}
+
+/// While the idempotent producer waits for the broker's answer to one batch, the next batch
+/// waits too, without the broker thread spinning: librdkafka 2.12 spun a whole core here until
+/// hotdog's patch (vendor/README.adoc). When the answers come again, every line arrives once.
+#[test]
+fn no_spin_while_answers_are_awaited() {
+    let (proxy, _tansu, topic, direct) = proxied_broker("await");
+    let yaml = config_yaml(&proxy.addr(), "", &forward_all(&topic)).replace(
+        "      linger.ms: '5'\n",
+        "      linger.ms: '5'\n      socket.timeout.ms: '6000'\n",
+    );
+    let hotdog = Hotdog::start_config(&yaml);
+    let batch = |from: usize| -> Vec<String> {
+        (from..from + 200)
+            .map(|i| format!("<13>awaiting an answer seq={i}"))
+            .collect()
+    };
+    send_lines(&hotdog.addr(), &batch(0));
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", 200, Duration::from_secs(30)),
+        200
+    );
+    proxy.lose_answers(true);
+    // The first batch goes out and its answer is lost; the second is ready 5 ms later and
+    // must wait for that answer (an idempotent partition sends one request at a time).
+    send_lines(&hotdog.addr(), &batch(200));
+    std::thread::sleep(Duration::from_millis(300));
+    send_lines(&hotdog.addr(), &batch(400));
+    std::thread::sleep(Duration::from_millis(200));
+    let before = broker_threads_cpu(hotdog.child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = broker_threads_cpu(hotdog.child.id()) - before;
+    eprintln!("broker threads used {used:.2} CPU-s in 2 s of waiting");
+    assert_eq!(hotdog.stat("kafka.delivered"), 200, "an answer got through");
+    assert!(
+        used < 0.5,
+        "the broker threads used {used:.2} CPU-s in 2 s of waiting for an answer"
+    );
+    // librdkafka gives up on the lost answer after socket.timeout.ms, connects again and
+    // sends both batches again; the broker writes each line once.
+    proxy.lose_answers(false);
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", 600, Duration::from_secs(60)),
+        600
+    );
+    let got = consume_until_quiet(
+        &direct,
+        &topic,
+        600,
+        Duration::from_secs(3),
+        Duration::from_secs(30),
+    );
+    let t = tally(&got, 600);
+    assert!(t.missing.is_empty(), "missing {:?}", t.missing);
+    assert_eq!(t.duplicated, 0, "duplicates in Kafka");
+    assert!(t.in_order, "records out of order: {:?}", t.inversions);
+}
+
 /// A fatal error of the producer (injected through librdkafka's test hook after 10,000
 /// records) in the middle of a stream: a new producer sends what the old one had not
 /// delivered; nothing is lost or written twice, and the event is counted and logged.
