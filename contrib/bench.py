@@ -389,8 +389,7 @@ def main():
                     help="run the raw, format and padded rows at each of these rates, in lines/s "
                          "(0: as fast as hotdog takes them). A rate every format keeps up with "
                          "compares what each costs hotdog; flat out, the broker is the "
-                         "bottleneck, and librdkafka's idempotent producer busy-polls while it "
-                         "waits for the broker's answer, longest for the largest records")
+                         "bottleneck, and it takes longest over the largest records")
     ap.add_argument("--no-idempotence-rows", action="store_true",
                     help="leave out the rows with enable.idempotence: 'false' (hotdog's default "
                          "is the idempotent producer)")
