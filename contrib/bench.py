@@ -330,8 +330,15 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     return row(name, n, t1 - t0, cpu, rss, records, present, errors)
 
 
-# Every line to TOPIC (the run's topic), as it came.
-FORWARD_ALL = "  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'TOPIC'\n"
+def rule(regex, actions=""):
+    """A rule: lines that `regex` matches go through `actions` (YAML list items), then to TOPIC
+    (the run's topic)."""
+    return (f"  - regex: '{regex}'\n    actions:\n{actions}"
+            "      - type: forward\n        topic: 'TOPIC'\n")
+
+
+# Every line to TOPIC, as it came.
+FORWARD_ALL = rule(".*")
 
 
 def many_rules(count):
@@ -341,8 +348,7 @@ def many_rules(count):
     for i in range(count):
         re = [f"^tenant{i}: (?P<rest>.*)", f"service-{i} (failed|stopped)",
               f"\\bcode={i}x\\b", f"device{i}\\[(?P<unit>\\d+)\\]"][i % 4]
-        out.append(f"  - regex: '{re}'\n    actions:\n      - type: forward\n"
-                   f"        topic: 'TOPIC'\n")
+        out.append(rule(re))
     out.append(FORWARD_ALL)
     return "".join(out)
 
@@ -457,10 +463,9 @@ def main():
                         compared.append((FORWARD_ALL + f"        format: {fmt}\n",
                                          f" format {fmt}{at}"))
                     if args.padded:
-                        compared.append(("  - regex: '.*'\n    actions:\n      - type: replace\n"
-                                         f"        template: '{{{{msg}}}} {'x' * args.padded}'\n"
-                                         "      - type: forward\n        topic: 'TOPIC'\n",
-                                         f" raw padded +{args.padded} B{at}"))
+                        pad = ("      - type: replace\n"
+                               f"        template: '{{{{msg}}}} {'x' * args.padded}'\n")
+                        compared.append((rule(".*", pad), f" raw padded +{args.padded} B{at}"))
                     turn = i % len(compared)
                     for rules, label in compared[turn:] + compared[:turn]:
                         rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,

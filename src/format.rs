@@ -921,9 +921,7 @@ pub mod otlp {
 
     /// `v` as a protobuf varint.
     pub(super) fn push_varint(out: &mut Vec<u8>, v: u64) {
-        for byte in varint(v) {
-            out.push(byte);
-        }
+        out.extend(varint(v));
     }
 
     /// The bytes of `v` as a protobuf varint, seven bits each, the lowest first.
@@ -1026,12 +1024,6 @@ pub mod otlp {
                 }
                 _ => self.key_value(tag, key, |any| any.text(1, value)),
             }
-        }
-
-        /// A log record's attribute: a `KeyValue` (field 6) whose value is an `AnyValue`
-        /// written by `value`.
-        fn attribute(&mut self, key: &str, value: impl FnOnce(&mut Pb)) {
-            self.key_value(6, key, value);
         }
 
         /// Field `tag`: a `KeyValue` whose value is an `AnyValue` written by `value`.
@@ -1302,11 +1294,12 @@ pub mod otlp {
             r.text(3, text);
         }
         r.message(5, |any| write_body(any, e.body));
+        // Field 6: the attributes.
         otlp_attributes(e, |key, value| match value {
             Attr::Text(t) => r.text_kv(6, key, t),
-            Attr::Int(i) => r.attribute(key, |any| any.varint(3, i)),
-            Attr::True => r.attribute(key, |any| any.varint(2, 1)),
-            Attr::Sd(sd) => r.attribute(key, |any| write_sd(any, sd)),
+            Attr::Int(i) => r.key_value(6, key, |any| any.varint(3, i)),
+            Attr::True => r.key_value(6, key, |any| any.varint(2, 1)),
+            Attr::Sd(sd) => r.key_value(6, key, |any| write_sd(any, sd)),
         });
         r.fixed64(11, nanos(read_at(e.origin)));
     }
