@@ -72,7 +72,12 @@ impl Pipeline {
     }
 
     fn frame_for(&mut self, data: &[u8], truncated: bool, awaited: Option<&Arc<Awaited>>) {
-        let text = String::from_utf8_lossy(data);
+        // Nearly every line is valid UTF-8, which `from_utf8` checks a word at a time; only
+        // the others are decoded byte by byte into their lossy text.
+        let text = match std::str::from_utf8(data) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(data),
+        };
         if let std::borrow::Cow::Owned(_) = text {
             self.counts.invalid_utf8 += 1;
         }
