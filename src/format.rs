@@ -1038,8 +1038,9 @@ pub mod otlp {
     /// A JSON value written as the fields of the `AnyValue` it is in, as serde_json reads it:
     /// objects as key-value lists with their members in the order (and with the last value
     /// of a repeated name) that `serde_json::Map` keeps, arrays as array values. Nothing is
-    /// built in between. [`from_json`] is the reference it is tested against.
-    struct AnyJson<'p, 'b>(&'p mut Pb<'b>);
+    /// built in between; the members of the objects open are noted on the `Vec`. [`from_json`]
+    /// is the reference it is tested against.
+    struct AnyJson<'p, 'b>(&'p mut Pb<'b>, &'p mut Vec<Member>);
 
     impl<'de> serde::de::DeserializeSeed<'de> for AnyJson<'_, '_> {
         type Value = ();
@@ -1084,11 +1085,11 @@ pub mod otlp {
             Ok(())
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let pb = self.0;
+            let AnyJson(pb, members) = self;
             let list = pb.begin(5);
             loop {
                 let item = pb.begin(1);
-                if seq.next_element_seed(AnyJson(pb))?.is_none() {
+                if seq.next_element_seed(AnyJson(pb, members))?.is_none() {
                     pb.0.truncate(item - 1);
                     break;
                 }
@@ -1098,35 +1099,74 @@ pub mod otlp {
             Ok(())
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let pb = self.0;
+            let AnyJson(pb, members) = self;
             let list = pb.begin(6);
             let first = pb.0.len();
-            // Each member's name and where its `KeyValue` is.
-            let mut members: Vec<(Cow<'de, str>, std::ops::Range<usize>)> = Vec::new();
+            let base = members.len();
             while let Some(Name(name)) = map.next_key()? {
                 let start = pb.0.len();
                 let kv = pb.begin(1);
                 pb.text(1, &name);
+                let name_end = pb.0.len();
                 let value = pb.begin(2);
-                map.next_value_seed(AnyJson(&mut *pb))?;
+                map.next_value_seed(AnyJson(&mut *pb, &mut *members))?;
                 pb.end(value);
+                let before = pb.0.len();
                 pb.end(kv);
-                members.push((name, start..pb.0.len()));
+                // A long member moved up to make room for its length.
+                let moved = pb.0.len() - before;
+                let mut prefix = [0; 8];
+                let head = &name.as_bytes()[..name.len().min(8)];
+                prefix[..head.len()].copy_from_slice(head);
+                members.push(Member {
+                    prefix: u64::from_be_bytes(prefix),
+                    name: name_end + moved - name.len()..name_end + moved,
+                    kv: start..pb.0.len(),
+                });
             }
-            // In name order, the last of a repeated name kept: when they came otherwise, they
-            // are copied after themselves in that order, then moved down over where they were.
-            if !members.windows(2).all(|w| w[0].0 < w[1].0) {
-                members.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.start.cmp(&a.1.start)));
-                members.dedup_by(|later, kept| later.0 == kept.0);
-                let end = pb.0.len();
-                for (_, range) in members {
-                    pb.0.extend_from_within(range);
-                }
-                pb.0.drain(first..end);
-            }
+            sort_members(pb.0, first, &mut members[base..]);
+            members.truncate(base);
             pb.end(list);
             Ok(())
         }
+    }
+
+    /// Where an object member's name and its `KeyValue` are in the protobuf written.
+    struct Member {
+        /// The name's first eight bytes, big-endian: most names are told apart by it alone.
+        prefix: u64,
+        name: std::ops::Range<usize>,
+        kv: std::ops::Range<usize>,
+    }
+
+    thread_local! {
+        /// The members of the objects open while a body is written, kept from line to line.
+        static MEMBERS: std::cell::RefCell<Vec<Member>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Puts an object's members (from `first` to the end of `out`) in name order, the last of
+    /// a repeated name kept, as `serde_json::Map` has them: when they came otherwise, they are
+    /// copied after themselves in that order, then moved down over where they were.
+    fn sort_members(out: &mut Vec<u8>, first: usize, members: &mut [Member]) {
+        fn order(out: &[u8], a: &Member, b: &Member) -> std::cmp::Ordering {
+            let name = |m: &Member| out.get(m.name.clone()).unwrap_or_default();
+            a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b)))
+        }
+        if members.windows(2).all(|w| order(out, &w[0], &w[1]).is_lt()) {
+            return;
+        }
+        members.sort_by(|a, b| order(out, a, b).then(b.kv.start.cmp(&a.kv.start)));
+        let end = out.len();
+        let mut previous: Option<&Member> = None;
+        for m in members.iter() {
+            if previous.is_some_and(|p| order(out, p, m).is_eq()) {
+                continue;
+            }
+            out.extend_from_within(m.kv.clone());
+            previous = Some(m);
+        }
+        out.drain(first..end);
     }
 
     /// An object member's name: borrowed from the body when it has no escapes.
@@ -1156,9 +1196,18 @@ pub mod otlp {
     fn write_body(any: &mut Pb, body: &str) {
         let at = any.0.len();
         if body.trim_start().starts_with('{') {
-            let mut de = serde_json::Deserializer::from_str(body);
-            let read = serde::de::DeserializeSeed::deserialize(AnyJson(&mut *any), &mut de)
-                .and_then(|()| de.end());
+            let read = MEMBERS.with(|cell| {
+                let mut fresh = Vec::new();
+                let mut kept = cell.try_borrow_mut();
+                let members = match kept.as_deref_mut() {
+                    Ok(kept) => kept,
+                    Err(_) => &mut fresh,
+                };
+                members.clear();
+                let mut de = serde_json::Deserializer::from_str(body);
+                serde::de::DeserializeSeed::deserialize(AnyJson(&mut *any, members), &mut de)
+                    .and_then(|()| de.end())
+            });
             if read.is_ok() {
                 return;
             }
@@ -1694,7 +1743,7 @@ mod tests {
 
     #[test]
     fn otlp_protobuf_written_by_hand_is_what_prost_writes() {
-        let lines: [&[u8]; 11] = [
+        let lines: [&[u8]; 12] = [
             br#"<165>1 2003-10-11T22:14:15.003Z web1 evntslog 42 ID47 [ex@32473 iut="3" a="1" a="2"][origin ip="10.0.0.1"] An application event"#,
             // Structured data written as it comes (long enough for two-byte lengths), and
             // grouped (an SD-ID twice).
@@ -1706,6 +1755,8 @@ mod tests {
             // floats, deep and long values (lengths of more than one byte).
             br#"<14>1 2024-05-01T12:00:00Z db1 api 77 - - {"z":1,"a":"first","a":"last","m":{"y":[],"x":{}},"q\"\u00e9":"tab\tend","big":18446744073709551615,"neg":-9223372036854775808,"f":1e300,"g":-0.0,"h":1.0}"#,
             br#"<14>1 2024-05-01T12:00:00Z db1 api 77 - - { "long": "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789", "deep": [[[[{"k":[null]}]]]] }"#,
+            // Names alike in their first eight bytes, one of them repeated after a long value.
+            br#"<14>1 2024-05-01T12:00:00Z db1 api 77 - - {"longname_b":"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789","longname_a":1,"longname":2,"longname_b":3}"#,
             b"<14>1 2024-05-01T12:00:00Z db1 api 77 - - {\"broken\": ",
             b"<34>Oct 11 22:14:15 mymachine su[123]: failed",
             b"<13>Oct 11 22:14:15 h app: caf\xe9",
