@@ -76,11 +76,11 @@ impl Pipeline {
         // the others are decoded byte by byte into their lossy text.
         let text = match std::str::from_utf8(data) {
             Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(data),
+            Err(_) => {
+                self.counts.invalid_utf8 += 1;
+                String::from_utf8_lossy(data)
+            }
         };
-        if let std::borrow::Cow::Owned(_) = text {
-            self.counts.invalid_utf8 += 1;
-        }
         self.counts.lines += 1;
         self.counts.truncated += u64::from(truncated);
         let msg = syslog::parse_frame(data, &text);

@@ -388,18 +388,26 @@ fn written(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 /// What `write` makes of this thread's scratch buffer, which it is given empty.
 fn written_out(write: impl FnOnce(&mut Vec<u8>) -> Vec<u8>) -> Vec<u8> {
-    /// A buffer grown past this by a large message is not kept.
-    const KEEP: usize = 64 * 1024;
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            let out = write(&mut buf);
-            if buf.capacity() > KEEP {
-                *buf = Vec::new();
+    with_kept(&SCRATCH, 64 * 1024, write)
+}
+
+/// `f` given the `Vec` this thread keeps in `cell`, empty (a new one while that one is in use);
+/// one that a large message grew past `keep` elements is not kept.
+fn with_kept<T: 'static, R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>,
+    keep: usize,
+    f: impl FnOnce(&mut Vec<T>) -> R,
+) -> R {
+    cell.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut kept) => {
+            kept.clear();
+            let out = f(&mut kept);
+            if kept.capacity() > keep {
+                *kept = Vec::new();
             }
             out
         }
-        Err(_) => write(&mut Vec::new()),
+        Err(_) => f(&mut Vec::new()),
     })
 }
 
@@ -1115,11 +1123,8 @@ pub mod otlp {
                 pb.end(kv);
                 // A long member moved up to make room for its length.
                 let moved = pb.0.len() - before;
-                let mut prefix = [0; 8];
-                let head = &name.as_bytes()[..name.len().min(8)];
-                prefix[..head.len()].copy_from_slice(head);
                 members.push(Member {
-                    prefix: u64::from_be_bytes(prefix),
+                    prefix: Member::prefix(&name),
                     name: name_end + moved - name.len()..name_end + moved,
                     kv: start..pb.0.len(),
                 });
@@ -1137,6 +1142,16 @@ pub mod otlp {
         prefix: u64,
         name: std::ops::Range<usize>,
         kv: std::ops::Range<usize>,
+    }
+
+    impl Member {
+        /// `name`'s first eight bytes (zeros after a shorter one), big-endian.
+        fn prefix(name: &str) -> u64 {
+            let mut prefix = [0; 8];
+            let head = &name.as_bytes()[..name.len().min(8)];
+            prefix[..head.len()].copy_from_slice(head);
+            u64::from_be_bytes(prefix)
+        }
     }
 
     thread_local! {
@@ -1196,14 +1211,7 @@ pub mod otlp {
     fn write_body(any: &mut Pb, body: &str) {
         let at = any.0.len();
         if body.trim_start().starts_with('{') {
-            let read = MEMBERS.with(|cell| {
-                let mut fresh = Vec::new();
-                let mut kept = cell.try_borrow_mut();
-                let members = match kept.as_deref_mut() {
-                    Ok(kept) => kept,
-                    Err(_) => &mut fresh,
-                };
-                members.clear();
+            let read = with_kept(&MEMBERS, 1024, |members| {
                 let mut de = serde_json::Deserializer::from_str(body);
                 serde::de::DeserializeSeed::deserialize(AnyJson(&mut *any, members), &mut de)
                     .and_then(|()| de.end())
