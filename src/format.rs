@@ -7,6 +7,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+
+use crate::record::packed;
 use crate::rules::Origin;
 use crate::syslog::{self, Message};
 
@@ -256,18 +259,18 @@ pub fn rfc3339(z: &jiff::Zoned) -> String {
 }
 
 /// `value` as JSON, in a buffer sized for the body and what goes around it.
-fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> Vec<u8> {
+fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> Bytes {
     let mut out = Vec::with_capacity(event.body.len() + 512);
     match serde_json::to_writer(&mut out, value) {
-        Ok(()) => out,
-        Err(_) => Vec::new(),
+        Ok(()) => Bytes::from(out),
+        Err(_) => Bytes::new(),
     }
 }
 
 /// The payload of a record in `format`.
-pub fn payload(format: RecordFormat, event: &Event<'_>) -> Vec<u8> {
+pub fn payload(format: RecordFormat, event: &Event<'_>) -> Bytes {
     match format {
-        RecordFormat::Raw => event.body.as_bytes().to_vec(),
+        RecordFormat::Raw => packed(&[event.body.as_bytes()]),
         RecordFormat::Json => written(|out| envelope(event, out)),
         RecordFormat::OtlpJson => json_bytes(&otlp::request(event), event),
         RecordFormat::OtlpProto => otlp::encode(event),
@@ -370,24 +373,24 @@ impl serde::Serialize for Sans<'_> {
 
 thread_local! {
     /// The buffer this thread writes structured payloads in: a payload is then copied out at its
-    /// size, so that it is allocated once, exactly (it waits in the outbox and in librdkafka's
-    /// queue as long as Kafka takes).
+    /// size, [`packed`] with the payloads before it (it waits in the outbox as long as the
+    /// publisher takes).
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The last `received` written on this thread: the lines of a read share their time.
     static RECEIVED: std::cell::RefCell<(u128, String)> =
         const { std::cell::RefCell::new((u128::MAX, String::new())) };
 }
 
-/// What `write` writes, in a `Vec` of its size.
-fn written(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+/// What `write` writes, [`packed`].
+fn written(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     written_out(|buf| {
         write(buf);
-        buf.to_vec()
+        packed(&[buf])
     })
 }
 
 /// What `write` makes of this thread's scratch buffer, which it is given empty.
-fn written_out(write: impl FnOnce(&mut Vec<u8>) -> Vec<u8>) -> Vec<u8> {
+fn written_out(write: impl FnOnce(&mut Vec<u8>) -> Bytes) -> Bytes {
     with_kept(&SCRATCH, 64 * 1024, write)
 }
 
@@ -1226,7 +1229,7 @@ pub mod otlp {
     }
 
     /// [`request`] as protobuf.
-    pub fn encode(e: &Event<'_>) -> Vec<u8> {
+    pub fn encode(e: &Event<'_>) -> Bytes {
         written_out(|scratch| encode_into(e, scratch))
     }
 
@@ -1234,7 +1237,7 @@ pub mod otlp {
     /// The resource, the scope and the log record are written one after the other in
     /// `scratch`; the keys and lengths of the three messages around them, known then, go
     /// between them as they are copied out, so nothing is moved to make room for a length.
-    fn encode_into(e: &Event<'_>, scratch: &mut Vec<u8>) -> Vec<u8> {
+    fn encode_into(e: &Event<'_>, scratch: &mut Vec<u8>) -> Bytes {
         let m = e.msg;
         scratch.reserve(e.body.len() + 512);
         let mut pb = Pb(scratch);
@@ -1255,17 +1258,28 @@ pub mod otlp {
         let record = end - scope_end;
         let scope_logs = scope_end - resource_end + with_key(record);
         let resource_logs = resource_end + with_key(scope_logs);
-        let mut out = Vec::with_capacity(with_key(resource_logs));
-        for (tag, len, part) in [
-            (1, resource_logs, &scratch[..resource_end]),
-            (2, scope_logs, &scratch[resource_end..scope_end]),
-            (2, record, &scratch[scope_end..]),
-        ] {
-            Pb(&mut out).key(tag, 2);
-            push_varint(&mut out, len as u64);
-            out.extend_from_slice(part);
+        let [(h0, n0), (h1, n1), (h2, n2)] =
+            [(1, resource_logs), (2, scope_logs), (2, record)].map(|(tag, len)| head(tag, len));
+        packed(&[
+            &h0[..n0],
+            &scratch[..resource_end],
+            &h1[..n1],
+            &scratch[resource_end..scope_end],
+            &h2[..n2],
+            &scratch[scope_end..],
+        ])
+    }
+
+    /// The key of field `tag`, length-delimited, and its length `len`: the bytes, and how
+    /// many of them are used.
+    fn head(tag: u8, len: usize) -> ([u8; 11], usize) {
+        let mut head = [tag << 3 | 2; 11];
+        let mut n = 1;
+        for byte in varint(len as u64) {
+            head[n] = byte;
+            n += 1;
         }
-        out
+        (head, n)
     }
 
     /// How many bytes `v` takes as a varint.

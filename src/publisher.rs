@@ -10,6 +10,7 @@
 //! publisher makes a new one and sends again, oldest first, every record the old one did not
 //! deliver; records Kafka acknowledged are never sent again.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -276,7 +277,7 @@ fn record_of<M: rdkafka::message::Message>(
     Record {
         topic: m.topic().to_string().into(),
         key: m.key().map(text),
-        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
         headers,
         read_ms,
         ack,
@@ -359,7 +360,7 @@ impl DeadLetters {
             ack,
         });
         let mut rec: BaseRecord<'_, str, [u8], Box<Letter>> =
-            BaseRecord::with_opaque_to(topic, letter_tag).payload(r.payload.as_slice());
+            BaseRecord::with_opaque_to(topic, letter_tag).payload(&r.payload[..]);
         rec = rec.headers(headers);
         if r.read_ms > 0 {
             rec = rec.timestamp(r.read_ms);
@@ -940,7 +941,7 @@ impl Publisher {
         });
         loop {
             let mut r: BaseRecord<'_, str, [u8], Box<Tag>> =
-                BaseRecord::with_opaque_to(&record.topic, tag).payload(record.payload.as_slice());
+                BaseRecord::with_opaque_to(&record.topic, tag).payload(&record.payload[..]);
             if record.read_ms > 0 {
                 r = r.timestamp(record.read_ms);
             }

@@ -4,9 +4,12 @@
 //! every stage that uses it.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
 
 /// One message for Kafka.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +17,8 @@ pub struct Record {
     pub topic: Name,
     pub key: Option<String>,
     /// The bytes Kafka gets: text, or the original bytes of a body that was not UTF-8, or a
-    /// protobuf message (`format: otlp_proto`).
-    pub payload: Vec<u8>,
+    /// protobuf message (`format: otlp_proto`). Made by [`packed`].
+    pub payload: Bytes,
     pub headers: Vec<(Name, String)>,
     /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
     pub read_ms: i64,
@@ -29,6 +32,43 @@ impl Record {
     pub fn payload_text(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.payload)
     }
+}
+
+/// The most bytes a payload [`packed`] in this thread's block can have; a larger one has an
+/// allocation of its own.
+const PACKED_MAX: usize = 16 * 1024;
+
+/// The size of the blocks payloads are [`packed`] in.
+const BLOCK: usize = 64 * 1024;
+
+thread_local! {
+    /// The block this thread packs payloads in: what is left of it after the payloads taken.
+    static BLOCK_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// A payload: `parts`, one after the other, packed in a block this thread shares with the
+/// payloads it made before. The connection that makes a record and the publisher that drops it
+/// (once librdkafka has its copy) run on different threads: with an allocation of its own per
+/// record, every record larger than glibc's smallest bins (128 bytes) made the two threads wait
+/// on one arena's lock, one system call each time. A block is freed when its last payload is,
+/// and taken up again from its start when none of its payloads is left.
+pub fn packed(parts: &[&[u8]]) -> Bytes {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    if len > PACKED_MAX {
+        return Bytes::from(parts.concat());
+    }
+    BLOCK_LEFT.with(|cell| {
+        let Ok(mut block) = cell.try_borrow_mut() else {
+            return Bytes::from(parts.concat());
+        };
+        if block.capacity() < len && !block.try_reclaim(len) {
+            *block = BytesMut::with_capacity(BLOCK);
+        }
+        for part in parts {
+            block.extend_from_slice(part);
+        }
+        block.split().freeze()
+    })
 }
 
 /// A topic or header name: borrowed when it comes from the configuration (see
@@ -233,6 +273,52 @@ impl Eq for Ack {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payloads_are_packed_one_after_another_and_a_block_is_taken_up_again_once_free() {
+        // A thread of its own: a block no other test on this thread has used.
+        std::thread::spawn(|| {
+            let first = packed(&[b"<165>1 ", b"one"]);
+            let second = packed(&[b"two"]);
+            assert_eq!(&first[..], b"<165>1 one");
+            assert_eq!(&second[..], b"two");
+            // Packed: the second begins where the first ends, in the same block.
+            assert_eq!(second.as_ptr(), first[first.len()..].as_ptr());
+            let start = first.as_ptr();
+            // Once none of its payloads is held, the payload that no longer fits after the
+            // others is written at the block's start again: no new block.
+            drop((first, second));
+            let again = (0..=BLOCK / 1000)
+                .map(|_| packed(&[&[1; 1000]]))
+                .find(|p| p.as_ptr() == start);
+            assert_eq!(again.as_deref(), Some(&[1; 1000][..]));
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_full_block_is_left_to_its_payloads_and_a_large_payload_has_its_own_allocation() {
+        std::thread::spawn(|| {
+            let kept: Vec<Bytes> = (0..BLOCK / 1000 + 1)
+                .map(|i| packed(&[&[i as u8; 1000]]))
+                .collect();
+            // The block was full: the last payload is in a new one, and every payload kept its
+            // bytes.
+            let (last, before) = (&kept[kept.len() - 1], &kept[kept.len() - 2]);
+            assert_ne!(last.as_ptr(), before[before.len()..].as_ptr());
+            for (i, p) in kept.iter().enumerate() {
+                assert_eq!(&p[..], &[i as u8; 1000][..]);
+            }
+            let large = packed(&[&[7; PACKED_MAX + 1]]);
+            let next = packed(&[b"next"]);
+            assert_eq!(&large[..], &[7; PACKED_MAX + 1][..]);
+            // Not in the block: the next payload follows the last one packed.
+            assert_eq!(next.as_ptr(), last[last.len()..].as_ptr());
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn a_message_is_safe_once_its_session_and_every_record_let_go() {

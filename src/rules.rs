@@ -755,13 +755,14 @@ impl Rules {
                         .filter_map(|(name, t)| Some((Cow::Borrowed(*name), render(t)?)))
                         .collect();
                     let payload = match (format, output) {
-                        (RecordFormat::Raw, Some(text)) => text.into_bytes(),
+                        (RecordFormat::Raw, Some(text)) => {
+                            crate::record::packed(&[text.as_bytes()])
+                        }
                         // The body as it came, bytes that are not UTF-8 included.
-                        (RecordFormat::Raw, None) => vars
+                        (RecordFormat::Raw, None) => crate::record::packed(&[vars
                             .msg
                             .msg_bytes
-                            .unwrap_or(vars.msg.msg.as_bytes())
-                            .to_vec(),
+                            .unwrap_or(vars.msg.msg.as_bytes())]),
                         (format, output) => {
                             let event = crate::format::Event {
                                 msg: vars.msg,
@@ -1378,7 +1379,7 @@ mod tests {
         let (out, outcome) = run(&r, "<13>plain text");
         assert_eq!(outcome.merge_errors, 1);
         // hotdog 0.5 still ran the rule's forward with the unchanged body.
-        assert_eq!(out[0].payload, b"plain text");
+        assert_eq!(&out[0].payload[..], b"plain text");
     }
 
     #[test]
