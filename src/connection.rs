@@ -43,6 +43,8 @@ pub struct Pipeline {
     origin: Origin,
     batch: Batch,
     batch_max: usize,
+    /// How many records the batch handed over last had: what the next one is given room for.
+    last_batch: usize,
     counts: LineCounts,
 }
 
@@ -54,6 +56,7 @@ impl Pipeline {
             generation,
             batch: Vec::new(),
             batch_max: shared.outbox.batch_max(),
+            last_batch: 0,
             counts: LineCounts::default(),
             shared,
             origin,
@@ -89,6 +92,12 @@ impl Pipeline {
         }
         if self.shared.rules.generation() != self.generation {
             (self.generation, self.rules) = self.shared.rules.get();
+        }
+        if self.batch.capacity() == 0 {
+            // At once the room the last batch took, not one doubling after another: the
+            // publisher's thread frees it, and each step would be one more wait on the
+            // allocator's lock while it does.
+            self.batch.reserve(self.last_batch.clamp(1, self.batch_max));
         }
         let before = self.batch.len();
         let outcome = self.rules.apply(&msg, &self.origin, &mut self.batch, None);
@@ -148,6 +157,7 @@ impl Pipeline {
     /// The batch, leaving an empty one that allocates only when a record comes: an idle
     /// connection holds no batch.
     fn take_batch(&mut self) -> Batch {
+        self.last_batch = self.batch.len();
         std::mem::take(&mut self.batch)
     }
 
@@ -850,6 +860,43 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_batch_starts_with_the_room_the_last_one_took_and_an_idle_connection_holds_none() {
+        let (shared, inbox) = setup(FORWARD_ALL, 1024);
+        let mut pipeline = Pipeline::new(shared, Origin::default());
+        let frames = |pipeline: &mut Pipeline, n: usize| {
+            for i in 0..n {
+                pipeline.frame(format!("<13>route me {i}").as_bytes(), false);
+            }
+        };
+        let mut handed = Vec::new();
+        smol::block_on(async {
+            frames(&mut pipeline, 300);
+            assert!(pipeline.flush().await);
+            assert_eq!(pipeline.batch.capacity(), 0, "no batch held after a flush");
+            frames(&mut pipeline, 1);
+            // One allocation with room for 300, not the doublings up to them.
+            assert!(
+                pipeline.batch.capacity() >= 300,
+                "{}",
+                pipeline.batch.capacity()
+            );
+            assert!(pipeline.flush().await);
+            frames(&mut pipeline, 1);
+            assert!(
+                pipeline.batch.capacity() < 300,
+                "{}",
+                pipeline.batch.capacity()
+            );
+            assert!(pipeline.flush().await);
+            drop(pipeline);
+            while let Some(batch) = inbox.recv().await {
+                handed.push(batch.len());
+            }
+        });
+        assert_eq!(handed, [300, 1, 1]);
     }
 
     #[test]
