@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::record::packed;
+use crate::record::{packed, packed_with};
 use crate::rules::Origin;
 use crate::syslog::{self, Message};
 
@@ -270,7 +270,7 @@ fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> Bytes {
 /// The payload of a record in `format`.
 pub fn payload(format: RecordFormat, event: &Event<'_>) -> Bytes {
     match format {
-        RecordFormat::Raw => packed(&[event.body.as_bytes()]),
+        RecordFormat::Raw => packed(event.body.as_bytes()),
         RecordFormat::Json => written(|out| envelope(event, out)),
         RecordFormat::OtlpJson => json_bytes(&otlp::request(event), event),
         RecordFormat::OtlpProto => otlp::encode(event),
@@ -385,7 +385,7 @@ thread_local! {
 fn written(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
     written_out(|buf| {
         write(buf);
-        packed(&[buf])
+        packed(buf)
     })
 }
 
@@ -771,6 +771,7 @@ impl<'a> Envelope<'a> {
 /// official field numbers, and their OTLP/JSON form.
 pub mod otlp {
     use super::*;
+    use bytes::BufMut;
     use std::borrow::Cow;
 
     /// OTLP/JSON writes 64-bit integers as strings.
@@ -1258,28 +1259,19 @@ pub mod otlp {
         let record = end - scope_end;
         let scope_logs = scope_end - resource_end + with_key(record);
         let resource_logs = resource_end + with_key(scope_logs);
-        let [(h0, n0), (h1, n1), (h2, n2)] =
-            [(1, resource_logs), (2, scope_logs), (2, record)].map(|(tag, len)| head(tag, len));
-        packed(&[
-            &h0[..n0],
-            &scratch[..resource_end],
-            &h1[..n1],
-            &scratch[resource_end..scope_end],
-            &h2[..n2],
-            &scratch[scope_end..],
-        ])
-    }
-
-    /// The key of field `tag`, length-delimited, and its length `len`: the bytes, and how
-    /// many of them are used.
-    fn head(tag: u8, len: usize) -> ([u8; 11], usize) {
-        let mut head = [tag << 3 | 2; 11];
-        let mut n = 1;
-        for byte in varint(len as u64) {
-            head[n] = byte;
-            n += 1;
-        }
-        (head, n)
+        packed_with(with_key(resource_logs), |out| {
+            for (tag, len, part) in [
+                (1, resource_logs, &scratch[..resource_end]),
+                (2, scope_logs, &scratch[resource_end..scope_end]),
+                (2, record, &scratch[scope_end..]),
+            ] {
+                out.put_u8(tag << 3 | 2);
+                for byte in varint(len as u64) {
+                    out.put_u8(byte);
+                }
+                out.extend_from_slice(part);
+            }
+        })
     }
 
     /// How many bytes `v` takes as a varint.

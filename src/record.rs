@@ -46,27 +46,35 @@ thread_local! {
     static BLOCK_LEFT: RefCell<BytesMut> = RefCell::new(BytesMut::new());
 }
 
-/// A payload: `parts`, one after the other, packed in a block this thread shares with the
+/// A payload: `bytes`, [`packed_with`] the payloads this thread made before.
+pub fn packed(bytes: &[u8]) -> Bytes {
+    packed_with(bytes.len(), |block| block.extend_from_slice(bytes))
+}
+
+/// A payload of `len` bytes, which `write` appends to the block this thread shares with the
 /// payloads it made before. The connection that makes a record and the publisher that drops it
 /// (once librdkafka has its copy) run on different threads: with an allocation of its own per
 /// record, every record larger than glibc's smallest bins (128 bytes) made the two threads wait
 /// on one arena's lock, one system call each time. A block is freed when its last payload is,
 /// and taken up again from its start when none of its payloads is left.
-pub fn packed(parts: &[&[u8]]) -> Bytes {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len > PACKED_MAX {
-        return Bytes::from(parts.concat());
-    }
+pub fn packed_with(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    // A larger payload (or one made while this thread's block is in use) on its own.
+    let mut own = BytesMut::new();
     BLOCK_LEFT.with(|cell| {
-        let Ok(mut block) = cell.try_borrow_mut() else {
-            return Bytes::from(parts.concat());
+        let mut kept = cell.try_borrow_mut().ok().filter(|_| len <= PACKED_MAX);
+        let block = match kept.as_deref_mut() {
+            Some(block) => {
+                if block.capacity() < len && !block.try_reclaim(len) {
+                    *block = BytesMut::with_capacity(BLOCK);
+                }
+                block
+            }
+            None => {
+                own.reserve(len);
+                &mut own
+            }
         };
-        if block.capacity() < len && !block.try_reclaim(len) {
-            *block = BytesMut::with_capacity(BLOCK);
-        }
-        for part in parts {
-            block.extend_from_slice(part);
-        }
+        write(block);
         block.split().freeze()
     })
 }
@@ -278,8 +286,11 @@ mod tests {
     fn payloads_are_packed_one_after_another_and_a_block_is_taken_up_again_once_free() {
         // A thread of its own: a block no other test on this thread has used.
         std::thread::spawn(|| {
-            let first = packed(&[b"<165>1 ", b"one"]);
-            let second = packed(&[b"two"]);
+            let first = packed_with(10, |b| {
+                b.extend_from_slice(b"<165>1 ");
+                b.extend_from_slice(b"one");
+            });
+            let second = packed(b"two");
             assert_eq!(&first[..], b"<165>1 one");
             assert_eq!(&second[..], b"two");
             // Packed: the second begins where the first ends, in the same block.
@@ -289,7 +300,7 @@ mod tests {
             // others is written at the block's start again: no new block.
             drop((first, second));
             let again = (0..=BLOCK / 1000)
-                .map(|_| packed(&[&[1; 1000]]))
+                .map(|_| packed(&[1; 1000]))
                 .find(|p| p.as_ptr() == start);
             assert_eq!(again.as_deref(), Some(&[1; 1000][..]));
         })
@@ -301,7 +312,7 @@ mod tests {
     fn a_full_block_is_left_to_its_payloads_and_a_large_payload_has_its_own_allocation() {
         std::thread::spawn(|| {
             let kept: Vec<Bytes> = (0..BLOCK / 1000 + 1)
-                .map(|i| packed(&[&[i as u8; 1000]]))
+                .map(|i| packed(&[i as u8; 1000]))
                 .collect();
             // The block was full: the last payload is in a new one, and every payload kept its
             // bytes.
@@ -310,8 +321,8 @@ mod tests {
             for (i, p) in kept.iter().enumerate() {
                 assert_eq!(&p[..], &[i as u8; 1000][..]);
             }
-            let large = packed(&[&[7; PACKED_MAX + 1]]);
-            let next = packed(&[b"next"]);
+            let large = packed(&[7; PACKED_MAX + 1]);
+            let next = packed(b"next");
             assert_eq!(&large[..], &[7; PACKED_MAX + 1][..]);
             // Not in the block: the next payload follows the last one packed.
             assert_eq!(next.as_ptr(), last[last.len()..].as_ptr());

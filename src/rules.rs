@@ -755,14 +755,11 @@ impl Rules {
                         .filter_map(|(name, t)| Some((Cow::Borrowed(*name), render(t)?)))
                         .collect();
                     let payload = match (format, output) {
-                        (RecordFormat::Raw, Some(text)) => {
-                            crate::record::packed(&[text.as_bytes()])
-                        }
+                        (RecordFormat::Raw, Some(text)) => crate::record::packed(text.as_bytes()),
                         // The body as it came, bytes that are not UTF-8 included.
-                        (RecordFormat::Raw, None) => crate::record::packed(&[vars
-                            .msg
-                            .msg_bytes
-                            .unwrap_or(vars.msg.msg.as_bytes())]),
+                        (RecordFormat::Raw, None) => crate::record::packed(
+                            vars.msg.msg_bytes.unwrap_or(vars.msg.msg.as_bytes()),
+                        ),
                         (format, output) => {
                             let event = crate::format::Event {
                                 msg: vars.msg,
