@@ -501,19 +501,30 @@ def main():
         for count in args.rules:
             r = by[f"hotdog {count} rules (1 conn)"]
             print(f"{count} rules / forward-all CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+    def per_run(name, over):
+        """The ratio of two rows' CPU in each run, which measured them minutes apart at most:
+        their median and range, steadier than the ratio of the medians on a noisy machine."""
+        if len(runs) < 2:
+            return ""
+        cpu = [{r["name"]: r["cpu_per_million"] for r in run} for run in runs]
+        ratios = sorted(c[name] / c[over] for c in cpu)
+        return (f" (per run: median {statistics.median(ratios):.2f}x, "
+                f"{ratios[0]:.2f}-{ratios[-1]:.2f})")
+
     for rate in args.format_rate if args.formats or args.padded else []:
         at = f" at {rate:,} lines/s" if rate else ""
-        raw = by.get(f"hotdog format raw{at} (1 conn)")
+        raw_name = f"hotdog format raw{at} (1 conn)"
+        raw = by.get(raw_name)
         if not raw:
             continue
-        for fmt in args.formats:
-            r = by[f"hotdog format {fmt}{at} (1 conn)"]
-            print(f"format {fmt} / raw CPU{at or ' (flat out)'}: "
-                  f"{r['cpu_per_million']/raw['cpu_per_million']:.2f}x")
+        compared = [(f"format {fmt}", f"hotdog format {fmt}{at} (1 conn)") for fmt in args.formats]
         if args.padded:
-            r = by[f"hotdog raw padded +{args.padded} B{at} (1 conn)"]
-            print(f"raw padded +{args.padded} B / raw CPU{at or ' (flat out)'}: "
-                  f"{r['cpu_per_million']/raw['cpu_per_million']:.2f}x")
+            compared.append((f"raw padded +{args.padded} B",
+                             f"hotdog raw padded +{args.padded} B{at} (1 conn)"))
+        for label, name in compared:
+            print(f"{label} / raw CPU{at or ' (flat out)'}: "
+                  f"{by[name]['cpu_per_million']/raw['cpu_per_million']:.2f}x"
+                  f"{per_run(name, raw_name)}")
     if not args.no_idempotence_rows:
         print("idempotence on / off CPU: " + ", ".join(
             f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog idempotence off ({c} conn)']['cpu_per_million']:.2f}x"
