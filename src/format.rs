@@ -519,7 +519,7 @@ fn write_sd_json(out: &mut Vec<u8>, sd: &str) {
     out.push(b'{');
     let mut open = false;
     let mut first = true;
-    let plain = syslog::sd_parts(sd, &mut |part| match part {
+    let plain = syslog::sd_parts(sd, |part| match part {
         syslog::SdPart::Element(id) => {
             out.extend_from_slice(if open { b"}," } else { b"" });
             write_string(out, id);
@@ -1373,7 +1373,7 @@ pub mod otlp {
         let list = any.begin(6);
         // The open element: its KeyValue, AnyValue and KeyValueList.
         let mut open: Option<[usize; 3]> = None;
-        let plain = syslog::sd_parts(sd, &mut |part| match part {
+        let plain = syslog::sd_parts(sd, |part| match part {
             syslog::SdPart::Element(id) => {
                 for at in open.into_iter().flatten().rev() {
                     any.end(at);

@@ -204,7 +204,7 @@ fn rfc5424(s: &str) -> Option<Message<'_>> {
     let (structured_data, msg) = if let Some(rest) = s.strip_prefix('-') {
         (None, rest)
     } else {
-        let len = scan_structured_data(s, &mut |_| {})?;
+        let len = scan_structured_data(s, |_| {})?;
         (Some(&s[..len]), &s[len..])
     };
     let msg = match msg.strip_prefix(' ') {
@@ -280,7 +280,7 @@ enum Sd<'a> {
 
 /// Reads RFC 5424 `1*SD-ELEMENT` at the start of `s` and returns its length; `None` when it
 /// breaks the grammar. `visit` sees every element and param as it is read.
-fn scan_structured_data<'a>(s: &'a str, visit: &mut dyn FnMut(Sd<'a>)) -> Option<usize> {
+fn scan_structured_data<'a>(s: &'a str, mut visit: impl FnMut(Sd<'a>)) -> Option<usize> {
     let b = s.as_bytes();
     let mut i = 0;
     // `SD-NAME`: 1 to 32 printable US-ASCII characters but `=`, space, `]` and `"`.
@@ -362,13 +362,13 @@ pub enum SdPart<'a> {
 /// Visits the parts of `structured_data` in order, without allocating; true when they can be
 /// written as they come: no SD-ID twice, no param twice in one element, and at most 24 parts.
 /// Otherwise nothing is visited, and [`sd_elements`] is for grouping them.
-pub fn sd_parts(structured_data: &str, visit: &mut dyn FnMut(SdPart<'_>)) -> bool {
+pub fn sd_parts(structured_data: &str, mut visit: impl FnMut(SdPart<'_>)) -> bool {
     // Up to this many parts are kept on the stack; more are grouped.
     const MOST: usize = 24;
     let mut parts = [Sd::Element(""); MOST];
     let mut n = 0;
     let mut fits = true;
-    let _ = scan_structured_data(structured_data, &mut |part| {
+    let _ = scan_structured_data(structured_data, |part| {
         if n < MOST {
             parts[n] = part;
             n += 1;
@@ -405,7 +405,7 @@ pub type SdElement<'a> = (&'a str, Vec<(&'a str, std::borrow::Cow<'a, str>)>);
 pub fn sd_elements(structured_data: &str) -> Vec<SdElement<'_>> {
     let mut out: Vec<SdElement<'_>> = Vec::new();
     // The message's parser has already checked the grammar.
-    let _ = scan_structured_data(structured_data, &mut |part| match part {
+    let _ = scan_structured_data(structured_data, |part| match part {
         Sd::Element(id) => out.push((id, Vec::new())),
         Sd::Param(name, raw) => {
             if let Some((_, params)) = out.last_mut() {
@@ -424,7 +424,7 @@ pub fn sd_value<'a>(
 ) -> Option<std::borrow::Cow<'a, str>> {
     let mut current = "";
     let mut found = None;
-    let _ = scan_structured_data(structured_data, &mut |part| match part {
+    let _ = scan_structured_data(structured_data, |part| match part {
         Sd::Element(i) => current = i,
         Sd::Param(n, raw) if found.is_none() && current == id && n == name => {
             found = Some(unescape(raw));
