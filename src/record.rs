@@ -17,7 +17,8 @@ pub struct Record {
     pub topic: Name,
     pub key: Option<String>,
     /// The bytes Kafka gets: text, or the original bytes of a body that was not UTF-8, or a
-    /// protobuf message (`format: otlp_proto`). Made by [`packed`].
+    /// protobuf message (`format: otlp_proto`). A connection's records have theirs [`packed`]
+    /// with the payloads its thread made before.
     pub payload: Bytes,
     pub headers: Vec<(Name, String)>,
     /// When the line was read (ms since the epoch), the Kafka message timestamp; 0 for unset.
