@@ -931,9 +931,11 @@ pub mod otlp {
     /// owned messages first or measuring nested messages more than once.
     struct Pb<'b>(&'b mut Vec<u8>);
 
-    /// `v` as a protobuf varint.
-    pub(super) fn push_varint(out: &mut Vec<u8>, v: u64) {
-        out.extend(varint(v));
+    /// `v` as a protobuf varint, in the scratch buffer or in a payload's block.
+    pub(super) fn push_varint(out: &mut impl BufMut, v: u64) {
+        for byte in varint(v) {
+            out.put_u8(byte);
+        }
     }
 
     /// The bytes of `v` as a protobuf varint, seven bits each, the lowest first.
@@ -1266,9 +1268,7 @@ pub mod otlp {
                 (2, record, &scratch[scope_end..]),
             ] {
                 out.put_u8(tag << 3 | 2);
-                for byte in varint(len as u64) {
-                    out.put_u8(byte);
-                }
+                push_varint(out, len as u64);
                 out.extend_from_slice(part);
             }
         })
