@@ -131,11 +131,11 @@ impl BsdTime {
             .clone()
     }
 
-    fn rfc3339(&mut self) -> Option<String> {
+    fn rfc3339(&mut self) -> Option<&str> {
         if self.rfc3339.is_none() {
             self.rfc3339 = Some(self.zoned().as_ref().map(rfc3339));
         }
-        self.rfc3339.clone().flatten()
+        self.rfc3339.as_ref().and_then(Option::as_deref)
     }
 
     /// True when it is the time of `text` in `zone` read at `read`: the same text, zone (by
@@ -234,13 +234,25 @@ pub fn normalised_time<'m>(
     msg: &Message<'m>,
     origin: &Origin,
 ) -> Option<std::borrow::Cow<'m, str>> {
+    if msg.format == syslog::Format::Rfc5424 {
+        return msg.timestamp.map(std::borrow::Cow::Borrowed);
+    }
+    with_normalised_time(msg, origin, |t| std::borrow::Cow::Owned(t.to_string()))
+}
+
+/// `f` given [`normalised_time`], which it borrows from this thread's cache of RFC 3164 times.
+fn with_normalised_time<R>(
+    msg: &Message<'_>,
+    origin: &Origin,
+    f: impl FnOnce(&str) -> R,
+) -> Option<R> {
     let text = msg.timestamp?;
     if msg.format == syslog::Format::Rfc5424 {
-        return Some(std::borrow::Cow::Borrowed(text));
+        return Some(f(text));
     }
     match written_time(text) {
-        Some(written) => written.map(|z| std::borrow::Cow::Owned(rfc3339(&z))),
-        None => bsd_cached(text, origin, BsdTime::rfc3339)?.map(std::borrow::Cow::Owned),
+        Some(written) => written.map(|z| f(&rfc3339(&z))),
+        None => bsd_cached(text, origin, |t| t.rfc3339().map(f))?,
     }
 }
 
@@ -443,30 +455,44 @@ macro_rules! member {
     };
 }
 
-/// True when JSON escapes none of `bytes`: no `"`, `\\` or control character. Eight bytes at
-/// a time: a byte below 0x20 borrows in `w - 0x20..`, and one equal to `"` or `\\` is zero
-/// after the XOR, which borrows in `- 0x01..` (bytes of 0x80 and up never count, as `!w`
-/// clears their high bit).
+/// True when JSON escapes none of `bytes`: no `"`, `\\` or control character. Sixteen bytes at
+/// a time (a loop the compiler turns into vector compares), then the last sixteen again; a
+/// shorter string as one or two words of eight (see [`escapes`]).
 fn plain(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(8);
-    if chunks.any(|chunk| escapes(word_of(chunk))) {
+    let mut chunks = bytes.chunks_exact(16);
+    if chunks.any(escapes16) {
         return false;
     }
-    let rest = chunks.remainder();
-    if rest.is_empty() {
+    if chunks.remainder().is_empty() {
         return true;
     }
-    // The last eight bytes again, or the rest shifted into a word of letters: no call to
-    // copy a few bytes.
-    !escapes(match bytes.len().checked_sub(8) {
-        Some(from) => word_of(&bytes[from..]),
-        None => rest
-            .iter()
-            .fold(u64::from_le_bytes([b'a'; 8]), |w, &b| w << 8 | u64::from(b)),
-    })
+    let last = |n: usize| &bytes[bytes.len() - n..];
+    match bytes.len() {
+        16.. => !escapes16(last(16)),
+        8.. => !escapes(word_of(&bytes[..8])) && !escapes(word_of(last(8))),
+        // The bytes shifted into a word of letters: no call to copy a few bytes.
+        _ => !escapes(
+            bytes
+                .iter()
+                .fold(u64::from_le_bytes([b'a'; 8]), |w, &b| w << 8 | u64::from(b)),
+        ),
+    }
 }
 
-/// True when JSON escapes any of the eight bytes of `w` (see [`plain`]).
+/// True when JSON escapes any of sixteen bytes.
+#[inline(always)]
+fn escapes16(chunk: &[u8]) -> bool {
+    let Ok(chunk) = <&[u8; 16]>::try_from(chunk) else {
+        return chunk.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+    };
+    chunk.iter().fold(0u8, |e, &c| {
+        e | u8::from(c < 0x20) | u8::from(c == b'"') | u8::from(c == b'\\')
+    }) != 0
+}
+
+/// True when JSON escapes any of the eight bytes of `w`: a byte below 0x20 borrows in
+/// `w - 0x20..`, and one equal to `"` or `\\` is zero after the XOR, which borrows in
+/// `- 0x01..` (bytes of 0x80 and up never count, as `!w` clears their high bit).
 #[inline(always)]
 fn escapes(w: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -635,10 +661,10 @@ fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
     out.push(b'"');
     write_received(out, read_at(e.origin));
     out.push(b'"');
-    if let Some(time) = normalised_time(m, e.origin) {
+    with_normalised_time(m, e.origin, |time| {
         out.extend_from_slice(member!("timestamp").as_bytes());
-        write_plain(out, &time);
-    }
+        write_plain(out, time);
+    });
     text_member(out, member!("timestamp_text"), m.timestamp);
     text_member(out, member!("hostname"), m.hostname);
     text_member(out, member!("appname"), m.appname);
@@ -907,22 +933,65 @@ pub mod otlp {
             .unwrap_or(0)
     }
 
-    /// A JSON value as an `AnyValue` (objects as key-value lists).
-    fn from_json(v: &serde_json::Value) -> Value {
-        match v {
-            serde_json::Value::String(s) => Value::StringValue(s.clone()),
-            serde_json::Value::Bool(b) => Value::BoolValue(*b),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(i) => Value::IntValue(i),
-                None => Value::StringValue(n.to_string()),
-            },
-            serde_json::Value::Array(items) => Value::ArrayValue(ArrayValue {
-                values: items.iter().filter_map(|i| any(from_json(i))).collect(),
-            }),
-            serde_json::Value::Object(map) => Value::KvlistValue(KeyValueList {
-                values: map.iter().map(|(k, v)| kv(k, from_json(v))).collect(),
-            }),
-            serde_json::Value::Null => Value::StringValue(String::new()),
+    /// A JSON value read as an `AnyValue`'s value: objects as key-value lists, their members
+    /// in the order they came, a repeated name in its first place with its last value.
+    struct FromJson(Value);
+
+    impl<'de> serde::Deserialize<'de> for FromJson {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(FromJsonVisitor)
+        }
+    }
+
+    struct FromJsonVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for FromJsonVisitor {
+        type Value = FromJson;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, b: bool) -> Result<FromJson, E> {
+            Ok(FromJson(Value::BoolValue(b)))
+        }
+        fn visit_i64<E>(self, i: i64) -> Result<FromJson, E> {
+            Ok(FromJson(Value::IntValue(i)))
+        }
+        fn visit_u64<E>(self, u: u64) -> Result<FromJson, E> {
+            Ok(FromJson(match i64::try_from(u) {
+                Ok(i) => Value::IntValue(i),
+                Err(_) => Value::StringValue(serde_json::Number::from(u).to_string()),
+            }))
+        }
+        fn visit_f64<E>(self, f: f64) -> Result<FromJson, E> {
+            let n = serde_json::Number::from_f64(f).map(|n| n.to_string());
+            Ok(FromJson(Value::StringValue(n.unwrap_or_default())))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<FromJson, E> {
+            Ok(FromJson(Value::StringValue(s.to_string())))
+        }
+        fn visit_unit<E>(self) -> Result<FromJson, E> {
+            Ok(FromJson(Value::StringValue(String::new())))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FromJson, A::Error> {
+            let mut values = Vec::new();
+            while let Some(FromJson(v)) = seq.next_element()? {
+                values.extend(any(v));
+            }
+            Ok(FromJson(Value::ArrayValue(ArrayValue { values })))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FromJson, A::Error> {
+            let mut values: Vec<KeyValue> = Vec::new();
+            let mut places = std::collections::HashMap::new();
+            while let Some((key, FromJson(v))) = map.next_entry::<String, FromJson>()? {
+                match places.get(&key) {
+                    Some(&at) => values[at] = kv(&key, v),
+                    None => {
+                        places.insert(key.clone(), values.len());
+                        values.push(kv(&key, v));
+                    }
+                }
+            }
+            Ok(FromJson(Value::KvlistValue(KeyValueList { values })))
         }
     }
 
@@ -932,24 +1001,13 @@ pub mod otlp {
     struct Pb<'b>(&'b mut Vec<u8>);
 
     /// `v` as a protobuf varint, in the scratch buffer or in a payload's block.
-    pub(super) fn push_varint(out: &mut impl BufMut, v: u64) {
-        for byte in varint(v) {
-            out.put_u8(byte);
-        }
-    }
-
-    /// The bytes of `v` as a protobuf varint, seven bits each, the lowest first.
-    fn varint(mut v: u64) -> impl Iterator<Item = u8> {
-        let mut done = false;
-        std::iter::from_fn(move || {
-            if done {
-                return None;
-            }
-            let byte = v as u8 & 0x7f;
+    pub(super) fn push_varint(out: &mut impl BufMut, mut v: u64) {
+        // Seven bits a byte, the lowest first; the high bit says that more follow.
+        while v >= 0x80 {
+            out.put_u8(v as u8 | 0x80);
             v >>= 7;
-            done = v == 0;
-            Some(if done { byte } else { byte | 0x80 })
-        })
+        }
+        out.put_u8(v as u8);
     }
 
     impl Pb<'_> {
@@ -1013,9 +1071,7 @@ pub mod otlp {
             let n = varint_len(len);
             self.0.resize(end + n - 1, 0);
             self.0.copy_within(at + 1..end, at + n);
-            for (slot, byte) in self.0[at..].iter_mut().zip(varint(len)) {
-                *slot = byte;
-            }
+            push_varint(&mut &mut self.0[at..at + n], len);
         }
 
         /// Field `tag`: a `KeyValue` whose value is the `AnyValue` of a string. When the whole
@@ -1049,9 +1105,9 @@ pub mod otlp {
         }
     }
 
-    /// A JSON value written as the fields of the `AnyValue` it is in, as serde_json reads it:
-    /// objects as key-value lists with their members in the order (and with the last value
-    /// of a repeated name) that `serde_json::Map` keeps, arrays as array values. Nothing is
+    /// A JSON value written as the fields of the `AnyValue` it is in: objects as key-value
+    /// lists with their members in the order they came (see [`dedup_members`]), arrays as
+    /// array values. Nothing is
     /// built in between; the members of the objects open are noted on the `Vec`. [`from_json`]
     /// is the reference it is tested against.
     struct AnyJson<'p, 'b>(&'p mut Pb<'b>, &'p mut Vec<Member>);
@@ -1135,7 +1191,7 @@ pub mod otlp {
                     kv: start..pb.0.len(),
                 });
             }
-            sort_members(pb.0, first, &mut members[base..]);
+            dedup_members(pb.0, first, &mut members[base..]);
             members.truncate(base);
             pb.end(list);
             Ok(())
@@ -1166,26 +1222,49 @@ pub mod otlp {
             const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// Puts an object's members (from `first` to the end of `out`) in name order, the last of
-    /// a repeated name kept, as `serde_json::Map` has them: when they came otherwise, they are
-    /// copied after themselves in that order, then moved down over where they were.
-    fn sort_members(out: &mut Vec<u8>, first: usize, members: &mut [Member]) {
+    /// Keeps an object's members (from `first` to the end of `out`) in the order they came, a
+    /// name given more than once in the place it first had, with its last value (as
+    /// JavaScript's and Python's JSON readers keep them). Nothing moves unless a name repeats;
+    /// then the members are copied after themselves that way and moved down over where they
+    /// were.
+    fn dedup_members(out: &mut Vec<u8>, first: usize, members: &mut [Member]) {
         fn order(out: &[u8], a: &Member, b: &Member) -> std::cmp::Ordering {
             let name = |m: &Member| out.get(m.name.clone()).unwrap_or_default();
             a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b)))
         }
-        if members.windows(2).all(|w| order(out, &w[0], &w[1]).is_lt()) {
+        let by_name = |members: &mut [Member]| {
+            members.sort_by(|a, b| order(out, a, b).then(a.kv.start.cmp(&b.kv.start)));
+        };
+        // A few members are compared pairwise; more are put in name order to find a repeat.
+        let repeats = if members.len() <= 16 {
+            members
+                .iter()
+                .enumerate()
+                .any(|(i, a)| members[i + 1..].iter().any(|b| order(out, a, b).is_eq()))
+        } else {
+            by_name(members);
+            members.windows(2).any(|w| order(out, &w[0], &w[1]).is_eq())
+        };
+        if !repeats {
             return;
         }
-        members.sort_by(|a, b| order(out, a, b).then(b.kv.start.cmp(&a.kv.start)));
-        let end = out.len();
-        let mut previous: Option<&Member> = None;
-        for m in members.iter() {
-            if previous.is_some_and(|p| order(out, p, m).is_eq()) {
-                continue;
+        by_name(members);
+        // Each name once: where it first came, and its last member.
+        let mut kept: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            match i.checked_sub(1).map(|p| &members[p]) {
+                Some(p) if order(out, p, m).is_eq() => {
+                    if let Some(last) = kept.last_mut() {
+                        last.1 = m.kv.clone();
+                    }
+                }
+                _ => kept.push((m.kv.start, m.kv.clone())),
             }
-            out.extend_from_within(m.kv.clone());
-            previous = Some(m);
+        }
+        kept.sort_unstable_by_key(|(at, _)| *at);
+        let end = out.len();
+        for (_, kv) in kept {
+            out.extend_from_within(kv);
         }
         out.drain(first..end);
     }
@@ -1456,7 +1535,7 @@ pub mod otlp {
         });
         let object = json_object(e.body).and_then(|raw| serde_json::from_str(raw.get()).ok());
         let body = match object {
-            Some(object) => from_json(&object),
+            Some(FromJson(object)) => object,
             None => Value::StringValue(e.body.to_string()),
         };
         let record = LogRecord {
@@ -1596,7 +1675,7 @@ mod tests {
     #[test]
     fn plain_finds_every_byte_json_escapes_wherever_it_is() {
         let naive = |b: &[u8]| b.iter().all(|&c| c >= 0x20 && c != b'"' && c != b'\\');
-        for len in 0..20 {
+        for len in 0..40 {
             for at in 0..len {
                 for c in 0..=255u8 {
                     let mut bytes = vec![b'x'; len];
@@ -1806,6 +1885,71 @@ mod tests {
                 prost::Message::encode_to_vec(&otlp::request(&event)),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn a_json_bodys_members_keep_their_order_and_a_repeated_name_its_first_place() {
+        let int = |i: i64| json!({"intValue": i.to_string()});
+        let text = |t: &str| json!({"stringValue": t});
+        // A few members (compared pairwise), and many (put in name order to find a repeat).
+        let many: String = (0..20)
+            .rev()
+            .map(|i| format!(r#""k{i:02}":{i},"#))
+            .collect();
+        let cases = [
+            (
+                r#"{"z":1,"a":"first","m":{"y":2,"x":3,"y":4},"a":"last"}"#.to_string(),
+                vec![
+                    ("z".to_string(), int(1)),
+                    ("a".to_string(), text("last")),
+                    (
+                        "m".to_string(),
+                        json!({"kvlistValue": {"values": [
+                            {"key": "y", "value": int(4)},
+                            {"key": "x", "value": int(3)},
+                        ]}}),
+                    ),
+                ],
+            ),
+            (
+                format!(r#"{{{many}"k07":"again","b":true}}"#),
+                (0..20)
+                    .rev()
+                    .map(|i| {
+                        let value = if i == 7 { text("again") } else { int(i) };
+                        (format!("k{i:02}"), value)
+                    })
+                    .chain([("b".to_string(), json!({"boolValue": true}))])
+                    .collect(),
+            ),
+        ];
+        let origin = at("2024-05-01T12:00:01Z", None);
+        for (body, members) in cases {
+            let line = format!("<14>1 2024-05-01T12:00:00Z db1 api 77 - - {body}");
+            let msg = syslog::parse(&line);
+            let event = Event {
+                msg: &msg,
+                origin: &origin,
+                body: msg.msg,
+                invalid_utf8: false,
+            };
+            let want: Vec<Value> = members
+                .iter()
+                .map(|(key, value)| json!({"key": key, "value": value}))
+                .collect();
+            let decoded: otlp::ExportLogsServiceRequest =
+                prost::Message::decode(&payload(RecordFormat::OtlpProto, &event)[..]).unwrap();
+            let proto = serde_json::to_value(&decoded).unwrap();
+            let otlp_json: Value =
+                serde_json::from_slice(&payload(RecordFormat::OtlpJson, &event)).unwrap();
+            for v in [proto, otlp_json] {
+                assert_eq!(
+                    record_of(&v)["body"]["kvlistValue"]["values"],
+                    Value::Array(want.clone()),
+                    "{body}"
+                );
+            }
         }
     }
 
