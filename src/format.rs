@@ -62,10 +62,19 @@ fn read_at(origin: &Origin) -> SystemTime {
 /// time zone (UTC by default), in the year written or else the year that puts it nearest to
 /// when hotdog read the line (a December 31 line read on January 1 is from the old year).
 pub fn message_time(msg: &Message<'_>, origin: &Origin) -> Option<jiff::Zoned> {
+    with_message_time(msg, origin, jiff::Zoned::clone)
+}
+
+/// `f` given [`message_time`], which it borrows from this thread's cache of RFC 3164 times.
+fn with_message_time<R>(
+    msg: &Message<'_>,
+    origin: &Origin,
+    f: impl FnOnce(&jiff::Zoned) -> R,
+) -> Option<R> {
     let text = msg.timestamp?;
     match written_time(text) {
-        Some(written) => written,
-        None => bsd_cached(text, origin, BsdTime::zoned)?,
+        Some(written) => written.as_ref().map(f),
+        None => bsd_cached(text, origin, |t| t.zoned().map(f))?,
     }
 }
 
@@ -124,16 +133,16 @@ struct BsdTime {
 }
 
 impl BsdTime {
-    fn zoned(&mut self) -> Option<jiff::Zoned> {
+    fn zoned(&mut self) -> Option<&jiff::Zoned> {
         let (text, zone, read) = (&self.text, &self.zone, self.read);
         self.zoned
             .get_or_insert_with(|| bsd_time(text, zone, read))
-            .clone()
+            .as_ref()
     }
 
     fn rfc3339(&mut self) -> Option<&str> {
         if self.rfc3339.is_none() {
-            self.rfc3339 = Some(self.zoned().as_ref().map(rfc3339));
+            self.rfc3339 = Some(self.zoned().map(rfc3339));
         }
         self.rfc3339.as_ref().and_then(Option::as_deref)
     }
@@ -514,6 +523,7 @@ fn word_of(chunk: &[u8]) -> u64 {
 
 /// `s`, which has nothing JSON escapes (an RFC 3339 time, a name hotdog chose), as a JSON
 /// string.
+#[inline]
 fn write_plain(out: &mut Vec<u8>, s: &str) {
     debug_assert!(plain(s.as_bytes()), "{s:?}");
     out.reserve(s.len() + 2);
@@ -1412,8 +1422,8 @@ pub mod otlp {
     /// [`time_nanos`] by way of [`message_time`], as the request that `otlp_json` writes and
     /// the protobuf is tested against has it.
     fn reference_time_nanos(e: &Event<'_>) -> u64 {
-        message_time(e.msg, e.origin)
-            .and_then(|z| u64::try_from(z.timestamp().as_nanosecond()).ok())
+        with_message_time(e.msg, e.origin, |z| z.timestamp().as_nanosecond())
+            .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0)
     }
 

@@ -280,6 +280,7 @@ enum Sd<'a> {
 
 /// Reads RFC 5424 `1*SD-ELEMENT` at the start of `s` and returns its length; `None` when it
 /// breaks the grammar. `visit` sees every element and param as it is read.
+#[inline(always)]
 fn scan_structured_data<'a>(s: &'a str, mut visit: impl FnMut(Sd<'a>)) -> Option<usize> {
     let b = s.as_bytes();
     let mut i = 0;
@@ -361,7 +362,9 @@ pub enum SdPart<'a> {
 
 /// Visits the parts of `structured_data` in order, without allocating; true when they can be
 /// written as they come: no SD-ID twice, no param twice in one element, and at most 24 parts.
-/// Otherwise nothing is visited, and [`sd_elements`] is for grouping them.
+/// Otherwise nothing is visited, and [`sd_elements`] is for grouping them. Each caller has a
+/// copy of its own (it is generic), inlined where it is called.
+#[inline(always)]
 pub fn sd_parts(structured_data: &str, mut visit: impl FnMut(SdPart<'_>)) -> bool {
     // Up to this many parts are kept on the stack; more are grouped.
     const MOST: usize = 24;
