@@ -398,8 +398,8 @@ thread_local! {
     /// publisher takes).
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The last `received` written on this thread: the lines of a read share their time.
-    static RECEIVED: std::cell::RefCell<(u128, String)> =
-        const { std::cell::RefCell::new((u128::MAX, String::new())) };
+    static RECEIVED: std::cell::RefCell<(SystemTime, String)> =
+        const { std::cell::RefCell::new((UNIX_EPOCH, String::new())) };
 }
 
 /// What `write` writes, [`packed`].
@@ -437,21 +437,15 @@ fn with_kept<T: 'static, R>(
 
 /// `t` as RFC 3339 UTC with milliseconds (`received`).
 fn write_received(out: &mut Vec<u8>, t: SystemTime) {
-    let Ok(since) = t.duration_since(UNIX_EPOCH) else {
-        let _ =
-            std::io::Write::write_fmt(out, format_args!("{}", humantime::format_rfc3339_millis(t)));
-        return;
-    };
-    let millis = since.as_millis();
     RECEIVED.with(|cell| {
         let mut last = cell.borrow_mut();
-        if last.0 != millis {
+        if last.0 != t || last.1.is_empty() {
             last.1.clear();
             let _ = std::fmt::Write::write_fmt(
                 &mut last.1,
                 format_args!("{}", humantime::format_rfc3339_millis(t)),
             );
-            last.0 = millis;
+            last.0 = t;
         }
         out.extend_from_slice(last.1.as_bytes());
     })
@@ -1750,6 +1744,28 @@ mod tests {
                 "tls_client_san": ["a.example.com", "b.example.com"]
             })
         );
+    }
+
+    #[test]
+    fn received_is_the_time_each_line_was_read() {
+        // The text is kept for the lines of a read: a line read at another time has its own.
+        let msg = syslog::parse("<13>1 - h a - - - m");
+        for (read, want) in [
+            ("2003-10-11T22:14:16.250Z", "2003-10-11T22:14:16.250Z"),
+            ("2003-10-11T22:14:16.250Z", "2003-10-11T22:14:16.250Z"),
+            ("2003-10-11T22:14:16.251Z", "2003-10-11T22:14:16.251Z"),
+            ("2024-05-01T00:00:00Z", "2024-05-01T00:00:00.000Z"),
+        ] {
+            let origin = at(read, None);
+            let event = Event {
+                msg: &msg,
+                origin: &origin,
+                body: msg.msg,
+                invalid_utf8: false,
+            };
+            let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event)).unwrap();
+            assert_eq!(v["received"], json!(want), "{read}");
+        }
     }
 
     #[test]
