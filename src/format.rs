@@ -1190,7 +1190,6 @@ pub mod otlp {
                 // A long member moved up to make room for its length.
                 let moved = pb.0.len() - before;
                 members.push(Member {
-                    prefix: Member::prefix(&name),
                     name: name_end + moved - name.len()..name_end + moved,
                     kv: start..pb.0.len(),
                 });
@@ -1204,20 +1203,8 @@ pub mod otlp {
 
     /// Where an object member's name and its `KeyValue` are in the protobuf written.
     struct Member {
-        /// The name's first eight bytes, big-endian: most names are told apart by it alone.
-        prefix: u64,
         name: std::ops::Range<usize>,
         kv: std::ops::Range<usize>,
-    }
-
-    impl Member {
-        /// `name`'s first eight bytes (zeros after a shorter one), big-endian.
-        fn prefix(name: &str) -> u64 {
-            let mut prefix = [0; 8];
-            let head = &name.as_bytes()[..name.len().min(8)];
-            prefix[..head.len()].copy_from_slice(head);
-            u64::from_be_bytes(prefix)
-        }
     }
 
     thread_local! {
@@ -1232,22 +1219,21 @@ pub mod otlp {
     /// then the members are copied after themselves that way and moved down over where they
     /// were.
     fn dedup_members(out: &mut Vec<u8>, first: usize, members: &mut [Member]) {
-        fn order(out: &[u8], a: &Member, b: &Member) -> std::cmp::Ordering {
-            let name = |m: &Member| out.get(m.name.clone()).unwrap_or_default();
-            a.prefix.cmp(&b.prefix).then_with(|| name(a).cmp(name(b)))
-        }
+        let name = |m: &Member| out.get(m.name.clone()).unwrap_or_default();
         let by_name = |members: &mut [Member]| {
-            members.sort_by(|a, b| order(out, a, b).then(a.kv.start.cmp(&b.kv.start)));
+            members.sort_by(|a, b| name(a).cmp(name(b)).then(a.kv.start.cmp(&b.kv.start)));
         };
-        // A few members are compared pairwise; more are put in name order to find a repeat.
+        // A few members are compared pairwise (most names differ in length); more are put in
+        // name order to find a repeat.
         let repeats = if members.len() <= 16 {
-            members
-                .iter()
-                .enumerate()
-                .any(|(i, a)| members[i + 1..].iter().any(|b| order(out, a, b).is_eq()))
+            members.iter().enumerate().any(|(i, a)| {
+                members[i + 1..]
+                    .iter()
+                    .any(|b| a.name.len() == b.name.len() && name(a) == name(b))
+            })
         } else {
             by_name(members);
-            members.windows(2).any(|w| order(out, &w[0], &w[1]).is_eq())
+            members.windows(2).any(|w| name(&w[0]) == name(&w[1]))
         };
         if !repeats {
             return;
@@ -1257,7 +1243,7 @@ pub mod otlp {
         let mut kept: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(members.len());
         for (i, m) in members.iter().enumerate() {
             match i.checked_sub(1).map(|p| &members[p]) {
-                Some(p) if order(out, p, m).is_eq() => {
+                Some(p) if name(p) == name(m) => {
                     if let Some(last) = kept.last_mut() {
                         last.1 = m.kv.clone();
                     }
