@@ -128,6 +128,8 @@ struct BsdTime {
     text: String,
     zone: jiff::tz::TimeZone,
     read: jiff::Timestamp,
+    /// The read times it is for: the second `read` is in.
+    second: std::ops::Range<SystemTime>,
     zoned: Option<Option<jiff::Zoned>>,
     rfc3339: Option<Option<String>>,
 }
@@ -147,10 +149,24 @@ impl BsdTime {
         self.rfc3339.as_ref().and_then(Option::as_deref)
     }
 
+    /// The time of `text` in `zone` read at `read`, worked out when asked for.
+    fn new(text: &str, zone: &jiff::tz::TimeZone, read: SystemTime) -> Option<BsdTime> {
+        let at = jiff::Timestamp::try_from(read).ok()?;
+        let start = SystemTime::from(jiff::Timestamp::from_second(at.as_second()).ok()?);
+        Some(BsdTime {
+            text: text.to_string(),
+            zone: zone.clone(),
+            read: at,
+            second: start..start.checked_add(std::time::Duration::from_secs(1))?,
+            zoned: None,
+            rfc3339: None,
+        })
+    }
+
     /// True when it is the time of `text` in `zone` read at `read`: the same text, zone (by
     /// IANA name) and second.
-    fn is_for(&self, text: &str, zone: &jiff::tz::TimeZone, read: jiff::Timestamp) -> bool {
-        self.read.as_second() == read.as_second()
+    fn is_for(&self, text: &str, zone: &jiff::tz::TimeZone, read: SystemTime) -> bool {
+        self.second.contains(&read)
             && self.text == text
             && self.zone.iana_name() == zone.iana_name()
     }
@@ -168,25 +184,19 @@ thread_local! {
 /// by default), from this thread's cache when that is for the same text, zone and second. A
 /// zone without an IANA name is never cached. `None` when the read time is out of range.
 fn bsd_cached<T>(text: &str, origin: &Origin, f: impl FnOnce(&mut BsdTime) -> T) -> Option<T> {
-    let zone = origin.zone.clone().unwrap_or(jiff::tz::TimeZone::UTC);
-    let read = jiff::Timestamp::try_from(read_at(origin)).ok()?;
-    let fresh = |zone| BsdTime {
-        text: text.to_string(),
-        zone,
-        read,
-        zoned: None,
-        rfc3339: None,
-    };
+    let utc = jiff::tz::TimeZone::UTC;
+    let zone = origin.zone.as_ref().unwrap_or(&utc);
+    let read = read_at(origin);
     if zone.iana_name().is_none() {
-        return Some(f(&mut fresh(zone)));
+        return BsdTime::new(text, zone, read).as_mut().map(f);
     }
-    Some(BSD_TIME.with(|cell| {
+    BSD_TIME.with(|cell| {
         let mut cache = cell.borrow_mut();
-        if !cache.as_ref().is_some_and(|c| c.is_for(text, &zone, read)) {
-            *cache = None;
+        if !cache.as_ref().is_some_and(|c| c.is_for(text, zone, read)) {
+            *cache = BsdTime::new(text, zone, read);
         }
-        f(cache.get_or_insert_with(|| fresh(zone)))
-    }))
+        cache.as_mut().map(f)
+    })
 }
 
 /// The offset at the end of an RFC 3339 timestamp (`Z`, `+02:00`).
