@@ -1329,10 +1329,7 @@ pub mod otlp {
             }
         });
         let resource_end = pb.0.len();
-        pb.message(1, |scope| {
-            scope.text(1, "hotdog");
-            scope.text(2, env!("CARGO_PKG_VERSION"));
-        });
+        pb.0.extend_from_slice(&SCOPE);
         let scope_end = pb.0.len();
         write_record(&mut pb, e);
         let (scratch, end) = (&pb.0[..], pb.0.len());
@@ -1352,6 +1349,34 @@ pub mod otlp {
             }
         })
     }
+
+    /// The scope's name and version.
+    const SCOPE_NAME: &str = "hotdog";
+    const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The `InstrumentationScope` message's length: both fields, with a one-byte key and length.
+    const SCOPE_LEN: usize = 2 + SCOPE_NAME.len() + 2 + SCOPE_VERSION.len();
+
+    /// `scope` (field 1 of `ScopeLogs`) as prost writes it, made once: it is the same in every
+    /// record.
+    const SCOPE: [u8; 2 + SCOPE_LEN] = {
+        assert!(SCOPE_LEN < 0x80, "every length is one byte");
+        let mut out = [0; 2 + SCOPE_LEN];
+        (out[0], out[1]) = (1 << 3 | 2, SCOPE_LEN as u8);
+        let mut at = 2;
+        let mut field = 0;
+        while field < 2 {
+            let text = [SCOPE_NAME, SCOPE_VERSION][field].as_bytes();
+            field += 1;
+            (out[at], out[at + 1]) = ((field as u8) << 3 | 2, text.len() as u8);
+            at += 2;
+            let mut i = 0;
+            while i < text.len() {
+                out[at] = text[i];
+                (at, i) = (at + 1, i + 1);
+            }
+        }
+        out
+    };
 
     /// How many bytes `v` takes as a varint.
     pub(super) fn varint_len(v: u64) -> usize {
@@ -1557,8 +1582,8 @@ pub mod otlp {
                 resource: Some(resource),
                 scope_logs: vec![ScopeLogs {
                     scope: Some(InstrumentationScope {
-                        name: "hotdog".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
+                        name: SCOPE_NAME.into(),
+                        version: SCOPE_VERSION.into(),
                     }),
                     log_records: vec![record],
                 }],
