@@ -1605,6 +1605,16 @@ mod tests {
         }
     }
 
+    /// The event of `msg`'s own body, valid UTF-8, read by `origin`.
+    fn event_of<'a>(msg: &'a Message<'a>, origin: &'a Origin) -> Event<'a> {
+        Event {
+            msg,
+            origin,
+            body: msg.msg,
+            invalid_utf8: false,
+        }
+    }
+
     fn time_of(line: &str, origin: &Origin) -> Option<String> {
         message_time(&syslog::parse(line), origin).map(|z| rfc3339(&z))
     }
@@ -1732,12 +1742,7 @@ mod tests {
         let mut origin = at("2003-10-11T22:14:16Z", None);
         origin.peer_addr = Some("10.0.0.9:514".into());
         origin.tls_client_san = Some("a.example.com,b.example.com".into());
-        let event = Event {
-            msg: &msg,
-            origin: &origin,
-            body: msg.msg,
-            invalid_utf8: false,
-        };
+        let event = event_of(&msg, &origin);
         let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event)).unwrap();
         assert_eq!(
             v,
@@ -1778,12 +1783,7 @@ mod tests {
             ("2024-05-01T00:00:00Z", "2024-05-01T00:00:00.000Z"),
         ] {
             let origin = at(read, None);
-            let event = Event {
-                msg: &msg,
-                origin: &origin,
-                body: msg.msg,
-                invalid_utf8: false,
-            };
+            let event = event_of(&msg, &origin);
             let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event)).unwrap();
             assert_eq!(v["received"], json!(want), "{read}");
         }
@@ -1975,12 +1975,7 @@ mod tests {
         for (body, members) in cases {
             let line = format!("<14>1 2024-05-01T12:00:00Z db1 api 77 - - {body}");
             let msg = syslog::parse(&line);
-            let event = Event {
-                msg: &msg,
-                origin: &origin,
-                body: msg.msg,
-                invalid_utf8: false,
-            };
+            let event = event_of(&msg, &origin);
             let want: Vec<Value> = members
                 .iter()
                 .map(|(key, value)| json!({"key": key, "value": value}))
@@ -2004,12 +1999,7 @@ mod tests {
     fn otlp_records_follow_the_collectors_syslog_mapping() {
         let msg = syslog::parse("<11>1 2024-05-01T12:00:00Z web1 app 42 - - failed");
         let origin = at("2024-05-01T12:00:01Z", None);
-        let event = Event {
-            msg: &msg,
-            origin: &origin,
-            body: msg.msg,
-            invalid_utf8: false,
-        };
+        let event = event_of(&msg, &origin);
         let bytes = payload(RecordFormat::OtlpProto, &event);
         let r: otlp::ExportLogsServiceRequest = prost::Message::decode(&bytes[..]).unwrap();
         let lr = &r.resource_logs[0].scope_logs[0].log_records[0];
