@@ -408,8 +408,8 @@ thread_local! {
     /// publisher takes).
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The last `received` written on this thread: the lines of a read share their time.
-    static RECEIVED: std::cell::RefCell<(SystemTime, String)> =
-        const { std::cell::RefCell::new((UNIX_EPOCH, String::new())) };
+    static RECEIVED: std::cell::RefCell<(Option<SystemTime>, String)> =
+        const { std::cell::RefCell::new((None, String::new())) };
 }
 
 /// What `write` writes, [`packed`].
@@ -449,13 +449,13 @@ fn with_kept<T: 'static, R>(
 fn write_received(out: &mut Vec<u8>, t: SystemTime) {
     RECEIVED.with(|cell| {
         let mut last = cell.borrow_mut();
-        if last.0 != t || last.1.is_empty() {
+        if last.0 != Some(t) {
             last.1.clear();
             let _ = std::fmt::Write::write_fmt(
                 &mut last.1,
                 format_args!("{}", humantime::format_rfc3339_millis(t)),
             );
-            last.0 = t;
+            last.0 = Some(t);
         }
         out.extend_from_slice(last.1.as_bytes());
     })
@@ -1235,7 +1235,8 @@ pub mod otlp {
         };
         // A few members are compared pairwise (most names differ in length); more are put in
         // name order to find a repeat.
-        let repeats = if members.len() <= 16 {
+        let few = members.len() <= 16;
+        let repeats = if few {
             members.iter().enumerate().any(|(i, a)| {
                 members[i + 1..]
                     .iter()
@@ -1248,19 +1249,14 @@ pub mod otlp {
         if !repeats {
             return;
         }
-        by_name(members);
-        // Each name once: where it first came, and its last member.
-        let mut kept: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(members.len());
-        for (i, m) in members.iter().enumerate() {
-            match i.checked_sub(1).map(|p| &members[p]) {
-                Some(p) if name(p) == name(m) => {
-                    if let Some(last) = kept.last_mut() {
-                        last.1 = m.kv.clone();
-                    }
-                }
-                _ => kept.push((m.kv.start, m.kv.clone())),
-            }
+        if few {
+            by_name(members);
         }
+        // Each name once: where it first came, and its last member.
+        let mut kept: Vec<(usize, std::ops::Range<usize>)> = members
+            .chunk_by(|a, b| name(a) == name(b))
+            .filter_map(|same| Some((same.first()?.kv.start, same.last()?.kv.clone())))
+            .collect();
         kept.sort_unstable_by_key(|(at, _)| *at);
         let end = out.len();
         for (_, kv) in kept {
