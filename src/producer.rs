@@ -16,9 +16,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_listener::Event;
+use rdkafka::bindings as rdsys;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{IsError as _, KafkaError, KafkaResult};
 use rdkafka::producer::{Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+
+use crate::record::Name;
 
 /// librdkafka settings hotdog chooses unless the operator sets them (see [`client_config`]).
 pub const QUEUE_DEFAULTS: [(&str, &str); 2] = [
@@ -278,6 +281,128 @@ pub fn purge<C: ProducerContext>(producer: &ThreadedProducer<C>) -> u64 {
     left
 }
 
+/// A delivery opaque that owns its record's payload: [`send_uncopied`] hands librdkafka the
+/// payload without a copy, and the opaque keeps it alive until the delivery report gives the
+/// opaque back.
+pub trait OwnsPayload {
+    fn payload(&self) -> &[u8];
+}
+
+/// What [`send_uncopied`] hands librdkafka beside the payload.
+pub struct Envelope<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a str>,
+    pub headers: &'a [(Name, String)],
+    /// The Kafka timestamp in ms since the epoch; 0 for librdkafka's own clock.
+    pub timestamp: i64,
+}
+
+/// Headers made for one produce call: destroyed unless librdkafka took them.
+struct NativeHeaders(*mut rdsys::rd_kafka_headers_t);
+
+impl NativeHeaders {
+    #[allow(unsafe_code)]
+    fn new(headers: &[(Name, String)]) -> Self {
+        if headers.is_empty() {
+            return Self(std::ptr::null_mut());
+        }
+        // SAFETY: librdkafka copies each name and value it is given, by pointer and length, into
+        // the list it allocated here; both are borrowed for the call only.
+        unsafe {
+            let list = rdsys::rd_kafka_headers_new(headers.len());
+            for (name, value) in headers {
+                // Adding to a list made here cannot fail: only a read-only list refuses.
+                rdsys::rd_kafka_header_add(
+                    list,
+                    name.as_ptr().cast(),
+                    isize::try_from(name.len()).unwrap_or(isize::MAX),
+                    value.as_ptr().cast(),
+                    isize::try_from(value.len()).unwrap_or(isize::MAX),
+                );
+            }
+            Self(list)
+        }
+    }
+}
+
+impl Drop for NativeHeaders {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the list was made by `new` and librdkafka did not take it.
+            unsafe { rdsys::rd_kafka_headers_destroy(self.0) }
+        }
+    }
+}
+
+/// Hands one record to `producer` as the rdkafka crate's `send` does, but without librdkafka's
+/// copy of the payload (the crate always asks for one, `RD_KAFKA_MSG_F_COPY`): librdkafka reads
+/// the payload that `opaque` owns, and gives `opaque` back in the record's delivery report, or
+/// here when it refuses the record. That copy was a larger allocation and a `memcpy` for every
+/// record, and spread the records librdkafka walks after each answer over more memory.
+#[allow(unsafe_code)]
+pub fn send_uncopied<C, T>(
+    producer: &ThreadedProducer<C>,
+    envelope: &Envelope<'_>,
+    opaque: Box<T>,
+) -> Result<(), (KafkaError, Box<T>)>
+where
+    C: ProducerContext<DeliveryOpaque = Box<T>>,
+    T: OwnsPayload + Send + Sync,
+{
+    use rdsys::rd_kafka_vtype_t::*;
+    let topic = match std::ffi::CString::new(envelope.topic) {
+        Ok(topic) => topic,
+        Err(e) => return Err((e.into(), opaque)),
+    };
+    let (key, key_len) = envelope
+        .key
+        .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
+    let headers = NativeHeaders::new(envelope.headers);
+    let payload = opaque.payload();
+    let (value, value_len) = (payload.as_ptr(), payload.len());
+    // The payload's bytes stay where they are: the box moves, not what it owns.
+    let opaque = Box::into_raw(opaque);
+    // SAFETY: the client is `producer`'s, alive for the call. librdkafka copies the topic, the
+    // key and nothing else; it takes the headers on success. Without RD_KAFKA_MSG_F_COPY or
+    // F_FREE it reads the payload until it destroys the record, right after the delivery
+    // report, and never frees it. The payload is owned by `opaque`, which the delivery report
+    // turns back into its box (the rdkafka crate's `DeliveryOpaque::from_ptr`, the same as for
+    // the crate's own `send`), so it lives until then; on refusal the box is taken back here.
+    let err = unsafe {
+        rdsys::rd_kafka_producev(
+            producer.client().native_ptr(),
+            RD_KAFKA_VTYPE_TOPIC,
+            topic.as_ptr(),
+            RD_KAFKA_VTYPE_PARTITION,
+            // RD_KAFKA_PARTITION_UA: the partitioner chooses.
+            -1i32,
+            RD_KAFKA_VTYPE_MSGFLAGS,
+            0 as std::ffi::c_int,
+            RD_KAFKA_VTYPE_VALUE,
+            value,
+            value_len,
+            RD_KAFKA_VTYPE_KEY,
+            key,
+            key_len,
+            RD_KAFKA_VTYPE_OPAQUE,
+            opaque.cast::<std::ffi::c_void>(),
+            RD_KAFKA_VTYPE_TIMESTAMP,
+            envelope.timestamp,
+            RD_KAFKA_VTYPE_HEADERS,
+            headers.0,
+            RD_KAFKA_VTYPE_END,
+        )
+    };
+    if err.is_error() {
+        // SAFETY: librdkafka refused the record and did not keep the opaque.
+        let opaque = unsafe { Box::from_raw(opaque) };
+        return Err((KafkaError::MessageProduction(err.into()), opaque));
+    }
+    std::mem::forget(headers);
+    Ok(())
+}
+
 /// The address of `producer`'s librdkafka handle, for its [`Generation`].
 fn handle<C: ProducerContext>(producer: &ThreadedProducer<C>) -> usize {
     producer.client().native_ptr() as usize
@@ -404,5 +529,163 @@ mod tests {
         assert!(!hook.count(4));
         let none = TestHook::from_env("HOTDOG_TEST_NOTHING_SET_HERE");
         assert!(!none.count(u64::MAX));
+    }
+
+    /// A record's payload as the delivery report read it, and what came with it.
+    struct Seen {
+        same_memory: bool,
+        payload: Vec<u8>,
+        key: Option<Vec<u8>>,
+        headers: Vec<(String, Vec<u8>)>,
+        delivered: bool,
+    }
+
+    /// A tag that owns its payload and counts how many tags are alive.
+    struct Probe {
+        payload: bytes::Bytes,
+        alive: Arc<AtomicUsize>,
+    }
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl OwnsPayload for Probe {
+        fn payload(&self) -> &[u8] {
+            &self.payload
+        }
+    }
+
+    #[derive(Default)]
+    struct Reports(Mutex<Vec<Seen>>);
+
+    impl rdkafka::ClientContext for Reports {}
+
+    impl ProducerContext for Reports {
+        type DeliveryOpaque = Box<Probe>;
+
+        fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, probe: Box<Probe>) {
+            use rdkafka::message::{Headers as _, Message as _};
+            let m = match result {
+                Ok(m) | Err((_, m)) => m,
+            };
+            let payload = m.payload().unwrap_or_default();
+            let headers = m.headers().map_or(Vec::new(), |h| {
+                h.iter()
+                    .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            });
+            let seen = Seen {
+                same_memory: payload.as_ptr() == probe.payload.as_ptr(),
+                payload: payload.to_vec(),
+                key: m.key().map(<[u8]>::to_vec),
+                headers,
+                delivered: result.is_ok(),
+            };
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).push(seen);
+        }
+    }
+
+    #[test]
+    fn send_uncopied_lends_the_tags_payload_until_the_delivery_report_gives_the_tag_back() {
+        // librdkafka's own mock broker takes the record after linger.ms; until then one
+        // record fills the queue, so a second is refused.
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap_or_else(|e| panic!("{e}"));
+        cluster
+            .create_topic("t", 1, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let producer: ThreadedProducer<Reports> = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("linger.ms", "500")
+            .set("queue.buffering.max.messages", "1")
+            .create_with_context(Reports::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let alive = Arc::new(AtomicUsize::new(0));
+        let probe = |text: &'static [u8]| {
+            alive.fetch_add(1, Ordering::SeqCst);
+            Box::new(Probe {
+                payload: bytes::Bytes::from(text.to_vec()),
+                alive: alive.clone(),
+            })
+        };
+        let headers: Vec<(Name, String)> = vec![("a".into(), "1".into()), ("b".into(), "".into())];
+        let envelope = Envelope {
+            topic: "t",
+            key: Some("k"),
+            headers: &headers,
+            timestamp: 1_700_000_000_123,
+        };
+        let sent = send_uncopied(&producer, &envelope, probe(b"first payload"));
+        assert!(sent.is_ok(), "{:?}", sent.err().map(|e| e.0));
+
+        // The queue is full: the tag comes back with its payload.
+        let refused = send_uncopied(&producer, &envelope, probe(b"second"));
+        let (error, back) = refused
+            .err()
+            .unwrap_or_else(|| panic!("the queue took two"));
+        assert_eq!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::error::RDKafkaErrorCode::QueueFull)
+        );
+        assert_eq!(&back.payload[..], b"second");
+        drop(back);
+        // A topic librdkafka cannot name: refused before librdkafka sees it.
+        let bad = Envelope {
+            topic: "t\0",
+            ..envelope
+        };
+        let refused = send_uncopied(&producer, &bad, probe(b"third"));
+        assert!(matches!(refused, Err((KafkaError::Nul(_), ref p)) if &p.payload[..] == b"third"));
+        drop(refused);
+
+        // librdkafka holds the first tag, and so its payload, until its delivery report.
+        assert_eq!(alive.load(Ordering::SeqCst), 1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while alive.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(alive.load(Ordering::SeqCst), 0, "no delivery report");
+        let seen = std::mem::take(
+            &mut *producer
+                .context()
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        assert_eq!(seen.len(), 1);
+        let seen = &seen[0];
+        assert!(seen.delivered);
+        assert!(seen.same_memory, "librdkafka read a copy of the payload");
+        assert_eq!(seen.payload, b"first payload");
+        assert_eq!(seen.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(
+            seen.headers,
+            [
+                ("a".to_string(), b"1".to_vec()),
+                ("b".to_string(), Vec::new())
+            ]
+        );
+
+        // The broker has what the envelope said, and the payload.
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "send_uncopied")
+            .create()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        let _ = partitions.add_partition_offset("t", 0, rdkafka::Offset::Beginning);
+        rdkafka::consumer::Consumer::assign(&consumer, &partitions)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let read = consumer
+            .poll(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("nothing to read"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        use rdkafka::message::{Headers as _, Message as _};
+        assert_eq!(read.payload(), Some(&b"first payload"[..]));
+        assert_eq!(read.key(), Some(&b"k"[..]));
+        assert_eq!(read.timestamp().to_millis(), Some(1_700_000_000_123));
+        assert_eq!(read.headers().map(|h| h.count()), Some(2));
     }
 }

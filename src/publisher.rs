@@ -61,15 +61,23 @@ fn keep<T>(pending: &Pending<T>, item: T) {
 }
 
 /// What the publisher keeps with each record it hands to librdkafka, for its delivery report:
-/// its topic's counters, and what a failed report no longer says (librdkafka gives no
-/// timestamp for a record that failed) or never did (the order it was produced in).
+/// its payload (which librdkafka reads without a copy of its own until then), its topic's
+/// counters, and what a failed report no longer says (librdkafka gives no timestamp for a
+/// record that failed) or never did (the order it was produced in).
 struct Tag {
+    payload: Bytes,
     counters: Arc<TopicCounters>,
     read_ms: i64,
     /// The publisher's count of records produced: records sent again go oldest first.
     seq: u64,
     /// The record's share of a message its sender waits for (RELP).
     ack: Ack,
+}
+
+impl producer::OwnsPayload for Tag {
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
 }
 
 /// Counts delivery reports of the connections' records; runs on librdkafka's thread. The
@@ -122,6 +130,7 @@ impl ProducerContext for Reports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
         let Tag {
+            payload,
             counters,
             read_ms,
             seq,
@@ -139,7 +148,10 @@ impl ProducerContext for Reports {
                 }
             }
             Err((e, m)) if to_resend(&self.generation, e, &self.dead.expired) => {
-                keep(&self.pending, (seq, record_of(m, read_ms, true, ack)));
+                keep(
+                    &self.pending,
+                    (seq, record_of(m, payload, read_ms, true, ack)),
+                );
             }
             Err((e, m)) => {
                 let kind = error_kind(e);
@@ -150,7 +162,7 @@ impl ProducerContext for Reports {
                 ));
                 self.metrics.failed(m.topic(), &kind);
                 let letter = DeadLetter {
-                    record: record_of(m, read_ms, false, ack),
+                    record: record_of(m, payload, read_ms, false, ack),
                     reason: if purged {
                         record::SHUTDOWN_TIMEOUT.to_string()
                     } else {
@@ -200,7 +212,7 @@ impl ProducerContext for DeadLetterReports {
         // The record as it was meant for its own topic.
         let original_record = |m: &rdkafka::message::BorrowedMessage<'_>, ack| Record {
             topic: Name::Owned(original.clone()),
-            ..record_of(m, read_ms, false, ack)
+            ..record_of(m, copied(m), read_ms, false, ack)
         };
         match result {
             Ok(m) => {
@@ -250,11 +262,17 @@ fn with_headers(headers: OwnedHeaders, own: &[(Name, String)]) -> OwnedHeaders {
     })
 }
 
-/// The record a delivery report is about, read at `read_ms`, rebuilt to be sent again
-/// (`all_headers`) or for a dead letter (hotdog's own `hotdog-` headers left out), with its
-/// share of a waiting message back.
+/// A copy of the payload of a record librdkafka copied when it took it.
+fn copied<M: rdkafka::message::Message>(m: &M) -> Bytes {
+    m.payload().map(Bytes::copy_from_slice).unwrap_or_default()
+}
+
+/// The record a delivery report is about (its `payload` given apart), read at `read_ms`,
+/// rebuilt to be sent again (`all_headers`) or for a dead letter (hotdog's own `hotdog-`
+/// headers left out), with its share of a waiting message back.
 fn record_of<M: rdkafka::message::Message>(
     m: &M,
+    payload: Bytes,
     read_ms: i64,
     all_headers: bool,
     ack: Ack,
@@ -277,7 +295,7 @@ fn record_of<M: rdkafka::message::Message>(
     Record {
         topic: m.topic().to_string().into(),
         key: m.key().map(text),
-        payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        payload,
         headers,
         read_ms,
         ack,
@@ -934,34 +952,30 @@ impl Publisher {
     ) -> Sent {
         let mut backoff = Duration::from_millis(1);
         let mut tag = Box::new(Tag {
+            payload: std::mem::take(&mut record.payload),
             counters: counters.clone(),
             read_ms: record.read_ms,
             seq: self.produced.fetch_add(1, Ordering::Relaxed),
             ack: std::mem::take(&mut record.ack),
         });
         loop {
-            let mut r: BaseRecord<'_, str, [u8], Box<Tag>> =
-                BaseRecord::with_opaque_to(&record.topic, tag).payload(&record.payload[..]);
-            if record.read_ms > 0 {
-                r = r.timestamp(record.read_ms);
-            }
-            if let Some(k) = &record.key {
-                r = r.key(k.as_str());
-            }
-            if !record.headers.is_empty() {
-                let headers = OwnedHeaders::new_with_capacity(record.headers.len());
-                r = r.headers(with_headers(headers, &record.headers));
-            }
-            let error = match producer.send(r) {
+            let envelope = producer::Envelope {
+                topic: &record.topic,
+                key: record.key.as_deref(),
+                headers: &record.headers,
+                timestamp: record.read_ms.max(0),
+            };
+            let error = match producer::send_uncopied(producer, &envelope, tag) {
                 Ok(()) => return Sent::Produced,
                 Err((e, refused)) => {
                     // The tag goes with the next try.
-                    tag = refused.delivery_opaque;
+                    tag = refused;
                     e
                 }
             };
             // A record that leaves takes its share of a waiting message back from the tag.
             let mut leave = |mut record: Record| {
+                record.payload = std::mem::take(&mut tag.payload);
                 record.ack = std::mem::take(&mut tag.ack);
                 record
             };

@@ -8,6 +8,11 @@ use crate::util::{
     Consumed, Hotdog,
 };
 
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn read(key: Option<&str>, payload: &str) -> Consumed {
     Consumed {
         key: key.map(str::to_string),
@@ -40,6 +45,7 @@ fn each_rule_and_action_kind_reaches_kafka() {
          \x20 - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{other}'\n"
     );
     let hotdog = Hotdog::start(b, &rules);
+    let before = now_ms();
     let json_body = format!(r#"{{"meta":{{"kind":"{audit}"}},"q":"a\"b"}}"#);
     for (i, framing) in ["newline", "octet"].iter().enumerate() {
         let lines = vec![
@@ -63,6 +69,15 @@ fn each_rule_and_action_kind_reaches_kafka() {
             read(Some("app-bob1"), "bob1 said hello from web1 & co"),
         ]
     );
+    // Each record has a Kafka timestamp from within the run: the time its line was read.
+    let after = now_ms();
+    for r in &got {
+        let t = r.timestamp.unwrap_or_default();
+        assert!(
+            (before..=after).contains(&t),
+            "{t} not in {before}..={after}"
+        );
+    }
     let got = consume_all(b, &audit, 2);
     assert_eq!(got.len(), 2, "{got:?}");
     for r in &got {
