@@ -230,7 +230,7 @@ fn benches(c: &mut Criterion) {
                             body: msg.msg,
                             invalid_utf8: false,
                         };
-                        hotdog::format::payload(format, &event).len()
+                        hotdog::format::payload(format, &event).0.len()
                     })
                     .sum::<usize>()
             })

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::record::{packed, packed_with};
+use crate::record::{packed, packed_with, Block};
 use crate::rules::Origin;
 use crate::syslog::{self, Message};
 
@@ -289,17 +289,19 @@ pub fn rfc3339(z: &jiff::Zoned) -> String {
     }
 }
 
-/// `value` as JSON, in a buffer sized for the body and what goes around it.
-fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> Bytes {
+/// `value` as JSON, in a buffer sized for the body and what goes around it (its own
+/// allocation: in no block).
+fn json_bytes<T: serde::Serialize>(value: &T, event: &Event<'_>) -> (Bytes, Block) {
     let mut out = Vec::with_capacity(event.body.len() + 512);
-    match serde_json::to_writer(&mut out, value) {
+    let bytes = match serde_json::to_writer(&mut out, value) {
         Ok(()) => Bytes::from(out),
         Err(_) => Bytes::new(),
-    }
+    };
+    (bytes, Block::default())
 }
 
-/// The payload of a record in `format`.
-pub fn payload(format: RecordFormat, event: &Event<'_>) -> Bytes {
+/// The payload of a record in `format`, and the block it was packed in.
+pub fn payload(format: RecordFormat, event: &Event<'_>) -> (Bytes, Block) {
     match format {
         RecordFormat::Raw => packed(event.body.as_bytes()),
         RecordFormat::Json => written(|out| envelope(event, out)),
@@ -413,7 +415,7 @@ thread_local! {
 }
 
 /// What `write` writes, [`packed`].
-fn written(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
+fn written(write: impl FnOnce(&mut Vec<u8>)) -> (Bytes, Block) {
     written_out(|buf| {
         write(buf);
         packed(buf)
@@ -421,7 +423,7 @@ fn written(write: impl FnOnce(&mut Vec<u8>)) -> Bytes {
 }
 
 /// What `write` makes of this thread's scratch buffer, which it is given empty.
-fn written_out(write: impl FnOnce(&mut Vec<u8>) -> Bytes) -> Bytes {
+fn written_out(write: impl FnOnce(&mut Vec<u8>) -> (Bytes, Block)) -> (Bytes, Block) {
     with_kept(&SCRATCH, 64 * 1024, write)
 }
 
@@ -1307,7 +1309,7 @@ pub mod otlp {
     }
 
     /// [`request`] as protobuf.
-    pub fn encode(e: &Event<'_>) -> Bytes {
+    pub fn encode(e: &Event<'_>) -> (Bytes, Block) {
         written_out(|scratch| encode_into(e, scratch))
     }
 
@@ -1315,7 +1317,7 @@ pub mod otlp {
     /// The resource, the scope and the log record are written one after the other in
     /// `scratch`; the keys and lengths of the three messages around them, known then, go
     /// between them as they are copied out, so nothing is moved to make room for a length.
-    fn encode_into(e: &Event<'_>, scratch: &mut Vec<u8>) -> Bytes {
+    fn encode_into(e: &Event<'_>, scratch: &mut Vec<u8>) -> (Bytes, Block) {
         let m = e.msg;
         scratch.reserve(e.body.len() + 512);
         let mut pb = Pb(scratch);
@@ -1739,7 +1741,7 @@ mod tests {
         origin.peer_addr = Some("10.0.0.9:514".into());
         origin.tls_client_san = Some("a.example.com,b.example.com".into());
         let event = event_of(&msg, &origin);
-        let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event)).unwrap();
+        let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event).0).unwrap();
         assert_eq!(
             v,
             json!({
@@ -1780,7 +1782,7 @@ mod tests {
         ] {
             let origin = at(read, None);
             let event = event_of(&msg, &origin);
-            let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event)).unwrap();
+            let v: Value = serde_json::from_slice(&payload(RecordFormat::Json, &event).0).unwrap();
             assert_eq!(v["received"], json!(want), "{read}");
         }
     }
@@ -1818,8 +1820,8 @@ mod tests {
                 body: msg.msg,
                 invalid_utf8: matches!(lossy, std::borrow::Cow::Owned(_)),
             };
-            let by_hand = payload(RecordFormat::Json, &event);
-            let by_serde = json_bytes(&Envelope::of(&event), &event);
+            let by_hand = payload(RecordFormat::Json, &event).0;
+            let (by_serde, _) = json_bytes(&Envelope::of(&event), &event);
             assert_eq!(
                 String::from_utf8_lossy(&by_hand),
                 String::from_utf8_lossy(&by_serde)
@@ -1919,7 +1921,7 @@ mod tests {
                 body: msg.msg,
                 invalid_utf8: text.as_bytes() != raw,
             };
-            let ours = payload(RecordFormat::OtlpProto, &event);
+            let ours = payload(RecordFormat::OtlpProto, &event).0;
             let decoded: otlp::ExportLogsServiceRequest =
                 prost::Message::decode(&ours[..]).unwrap();
             assert_eq!(decoded, otlp::request(&event), "{text}");
@@ -1977,10 +1979,10 @@ mod tests {
                 .map(|(key, value)| json!({"key": key, "value": value}))
                 .collect();
             let decoded: otlp::ExportLogsServiceRequest =
-                prost::Message::decode(&payload(RecordFormat::OtlpProto, &event)[..]).unwrap();
+                prost::Message::decode(&payload(RecordFormat::OtlpProto, &event).0[..]).unwrap();
             let proto = serde_json::to_value(&decoded).unwrap();
             let otlp_json: Value =
-                serde_json::from_slice(&payload(RecordFormat::OtlpJson, &event)).unwrap();
+                serde_json::from_slice(&payload(RecordFormat::OtlpJson, &event).0).unwrap();
             for v in [proto, otlp_json] {
                 assert_eq!(
                     record_of(&v)["body"]["kvlistValue"]["values"],
@@ -1996,13 +1998,13 @@ mod tests {
         let msg = syslog::parse("<11>1 2024-05-01T12:00:00Z web1 app 42 - - failed");
         let origin = at("2024-05-01T12:00:01Z", None);
         let event = event_of(&msg, &origin);
-        let bytes = payload(RecordFormat::OtlpProto, &event);
+        let bytes = payload(RecordFormat::OtlpProto, &event).0;
         let r: otlp::ExportLogsServiceRequest = prost::Message::decode(&bytes[..]).unwrap();
         let lr = &r.resource_logs[0].scope_logs[0].log_records[0];
         assert_eq!(lr.time_unix_nano, 1_714_564_800_000_000_000);
         assert_eq!(lr.observed_time_unix_nano, 1_714_564_801_000_000_000);
         assert_eq!((lr.severity_number, lr.severity_text.as_str()), (17, "err"));
-        let v: Value = serde_json::from_slice(&payload(RecordFormat::OtlpJson, &event)).unwrap();
+        let v: Value = serde_json::from_slice(&payload(RecordFormat::OtlpJson, &event).0).unwrap();
         assert_eq!(record_of(&v)["observedTimeUnixNano"], "1714564801000000000");
         let record = &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
         assert_eq!(record["timeUnixNano"], "1714564800000000000");

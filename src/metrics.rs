@@ -336,7 +336,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 43] = [
+pub static COUNTERS: [Counter; 44] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -625,6 +625,13 @@ pub static COUNTERS: [Counter; 43] = [
         kind: Kind::Gauge,
         help: "Records waiting: in hotdog's outbox to the publisher, in librdkafka.",
         read: |m| m.queue(1),
+    },
+    Counter {
+        name: "memory.payload_blocks",
+        prometheus: Some(("payload_blocks", "")),
+        kind: Kind::Gauge,
+        help: "64 KiB blocks of record payloads alive (lent to librdkafka only while at most 512).",
+        read: |_| saturate(crate::record::blocks_alive() as u64),
     },
     Counter {
         name: "kafka.latency_ms.count",

@@ -281,14 +281,22 @@ pub fn purge<C: ProducerContext>(producer: &ThreadedProducer<C>) -> u64 {
     left
 }
 
-/// A delivery opaque that owns its record's payload: [`send_uncopied`] hands librdkafka the
+/// A delivery opaque that owns its record's payload, for [`Payload::Lent`]: librdkafka reads the
 /// payload without a copy, and the opaque keeps it alive until the delivery report gives the
 /// opaque back.
 pub trait OwnsPayload {
     fn payload(&self) -> &[u8];
 }
 
-/// What [`send_uncopied`] hands librdkafka beside the payload.
+/// How [`send`] hands librdkafka a record's payload.
+pub enum Payload<'a> {
+    /// Copied by librdkafka when it takes the record (`RD_KAFKA_MSG_F_COPY`).
+    Copied(&'a [u8]),
+    /// The opaque's own ([`OwnsPayload`]), read where it is until the delivery report.
+    Lent,
+}
+
+/// What [`send`] hands librdkafka beside the payload.
 pub struct Envelope<'a> {
     pub topic: &'a str,
     pub key: Option<&'a str>,
@@ -335,15 +343,16 @@ impl Drop for NativeHeaders {
     }
 }
 
-/// Hands one record to `producer` as the rdkafka crate's `send` does, but without librdkafka's
-/// copy of the payload (the crate always asks for one, `RD_KAFKA_MSG_F_COPY`): librdkafka reads
-/// the payload that `opaque` owns, and gives `opaque` back in the record's delivery report, or
-/// here when it refuses the record. That copy was a larger allocation and a `memcpy` for every
-/// record, and spread the records librdkafka walks after each answer over more memory.
+/// Hands one record to `producer` as the rdkafka crate's `send` does, but with the payload
+/// [`Payload::Lent`] when the caller can: the crate always has librdkafka copy it, a larger
+/// allocation and a `memcpy` for every record, which also spreads the records librdkafka walks
+/// after each answer over more memory. `opaque` comes back in the record's delivery report, or
+/// here when librdkafka refuses the record.
 #[allow(unsafe_code)]
-pub fn send_uncopied<C, T>(
+pub fn send<C, T>(
     producer: &ThreadedProducer<C>,
     envelope: &Envelope<'_>,
+    payload: Payload<'_>,
     opaque: Box<T>,
 ) -> Result<(), (KafkaError, Box<T>)>
 where
@@ -359,16 +368,20 @@ where
         .key
         .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
     let headers = NativeHeaders::new(envelope.headers);
-    let payload = opaque.payload();
-    let (value, value_len) = (payload.as_ptr(), payload.len());
-    // The payload's bytes stay where they are: the box moves, not what it owns.
+    let (value, flags) = match payload {
+        Payload::Copied(bytes) => (bytes, rdsys::RD_KAFKA_MSG_F_COPY),
+        Payload::Lent => (opaque.payload(), 0),
+    };
+    let (value, value_len) = (value.as_ptr(), value.len());
+    // A lent payload's bytes stay where they are: the box moves, not what it owns.
     let opaque = Box::into_raw(opaque);
     // SAFETY: the client is `producer`'s, alive for the call. librdkafka copies the topic, the
-    // key and nothing else; it takes the headers on success. Without RD_KAFKA_MSG_F_COPY or
-    // F_FREE it reads the payload until it destroys the record, right after the delivery
-    // report, and never frees it. The payload is owned by `opaque`, which the delivery report
-    // turns back into its box (the rdkafka crate's `DeliveryOpaque::from_ptr`, the same as for
-    // the crate's own `send`), so it lives until then; on refusal the box is taken back here.
+    // key and a payload flagged RD_KAFKA_MSG_F_COPY; it takes the headers on success. Without
+    // that flag (or F_FREE) it reads the payload until it destroys the record, right after the
+    // delivery report, and never frees it. A lent payload is owned by `opaque`, which the
+    // delivery report turns back into its box (the rdkafka crate's `DeliveryOpaque::from_ptr`,
+    // the same as for the crate's own `send`), so it lives until then; on refusal the box is
+    // taken back here.
     let err = unsafe {
         rdsys::rd_kafka_producev(
             producer.client().native_ptr(),
@@ -378,7 +391,7 @@ where
             // RD_KAFKA_PARTITION_UA: the partitioner chooses.
             -1i32,
             RD_KAFKA_VTYPE_MSGFLAGS,
-            0 as std::ffi::c_int,
+            flags,
             RD_KAFKA_VTYPE_VALUE,
             value,
             value_len,
@@ -589,7 +602,7 @@ mod tests {
     }
 
     #[test]
-    fn send_uncopied_lends_the_tags_payload_until_the_delivery_report_gives_the_tag_back() {
+    fn a_lent_payload_is_read_in_place_until_the_delivery_report_gives_the_tag_back() {
         // librdkafka's own mock broker takes the record after linger.ms; until then one
         // record fills the queue, so a second is refused.
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap_or_else(|e| panic!("{e}"));
@@ -617,11 +630,11 @@ mod tests {
             headers: &headers,
             timestamp: 1_700_000_000_123,
         };
-        let sent = send_uncopied(&producer, &envelope, probe(b"first payload"));
+        let sent = send(&producer, &envelope, Payload::Lent, probe(b"first payload"));
         assert!(sent.is_ok(), "{:?}", sent.err().map(|e| e.0));
 
         // The queue is full: the tag comes back with its payload.
-        let refused = send_uncopied(&producer, &envelope, probe(b"second"));
+        let refused = send(&producer, &envelope, Payload::Lent, probe(b"second"));
         let (error, back) = refused
             .err()
             .unwrap_or_else(|| panic!("the queue took two"));
@@ -636,17 +649,24 @@ mod tests {
             topic: "t\0",
             ..envelope
         };
-        let refused = send_uncopied(&producer, &bad, probe(b"third"));
+        let refused = send(&producer, &bad, Payload::Lent, probe(b"third"));
         assert!(matches!(refused, Err((KafkaError::Nul(_), ref p)) if &p.payload[..] == b"third"));
         drop(refused);
 
         // librdkafka holds the first tag, and so its payload, until its delivery report.
         assert_eq!(alive.load(Ordering::SeqCst), 1);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while alive.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(alive.load(Ordering::SeqCst), 0, "no delivery report");
+        let reported = || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while alive.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(alive.load(Ordering::SeqCst), 0, "no delivery report");
+        };
+        reported();
+        // A payload librdkafka copies is its own: the tag holds none.
+        let sent = send(&producer, &envelope, Payload::Copied(b"copied"), probe(b""));
+        assert!(sent.is_ok(), "{:?}", sent.err().map(|e| e.0));
+        reported();
         let seen = std::mem::take(
             &mut *producer
                 .context()
@@ -654,7 +674,9 @@ mod tests {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        assert_eq!(seen.len(), 1);
+        assert_eq!(seen.len(), 2);
+        assert!(seen[1].delivered && !seen[1].same_memory);
+        assert_eq!(seen[1].payload, b"copied");
         let seen = &seen[0];
         assert!(seen.delivered);
         assert!(seen.same_memory, "librdkafka read a copy of the payload");
@@ -671,7 +693,7 @@ mod tests {
         // The broker has what the envelope said, and the payload.
         let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "send_uncopied")
+            .set("group.id", "lent")
             .create()
             .unwrap_or_else(|e| panic!("{e}"));
         let mut partitions = rdkafka::TopicPartitionList::new();
@@ -687,5 +709,10 @@ mod tests {
         assert_eq!(read.key(), Some(&b"k"[..]));
         assert_eq!(read.timestamp().to_millis(), Some(1_700_000_000_123));
         assert_eq!(read.headers().map(|h| h.count()), Some(2));
+        let read = consumer
+            .poll(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("the copied record is not there"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.payload(), Some(&b"copied"[..]));
     }
 }

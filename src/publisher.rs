@@ -26,7 +26,7 @@ use crate::config;
 use crate::deadletter::{self, Sink};
 use crate::metrics::{Gauge, Metrics, TopicCounters};
 use crate::producer::{self, flush_until, purge, Generation, Renewable, TestHook};
-use crate::record::{self, Ack, Batch, DeadLetter, Name, Record, BATCH_MAX};
+use crate::record::{self, Ack, Batch, Block, DeadLetter, Name, Record, BATCH_MAX};
 use crate::shutdown::Shutdown;
 use crate::throttle;
 
@@ -61,11 +61,12 @@ fn keep<T>(pending: &Pending<T>, item: T) {
 }
 
 /// What the publisher keeps with each record it hands to librdkafka, for its delivery report:
-/// its payload (which librdkafka reads without a copy of its own until then), its topic's
-/// counters, and what a failed report no longer says (librdkafka gives no timestamp for a
-/// record that failed) or never did (the order it was produced in).
+/// its payload when it is lent (librdkafka reads it without a copy of its own until then), its
+/// topic's counters, and what a failed report no longer says (librdkafka gives no timestamp for
+/// a record that failed) or never did (the order it was produced in).
 struct Tag {
-    payload: Bytes,
+    /// The payload lent to librdkafka and its block; `None` when librdkafka copied it.
+    lent: Option<(Bytes, Block)>,
     counters: Arc<TopicCounters>,
     read_ms: i64,
     /// The publisher's count of records produced: records sent again go oldest first.
@@ -76,7 +77,7 @@ struct Tag {
 
 impl producer::OwnsPayload for Tag {
     fn payload(&self) -> &[u8] {
-        &self.payload
+        self.lent.as_ref().map_or(&[], |(payload, _)| payload)
     }
 }
 
@@ -130,7 +131,7 @@ impl ProducerContext for Reports {
 
     fn delivery(&self, result: &DeliveryResult<'_>, tag: Box<Tag>) {
         let Tag {
-            payload,
+            lent,
             counters,
             read_ms,
             seq,
@@ -148,10 +149,7 @@ impl ProducerContext for Reports {
                 }
             }
             Err((e, m)) if to_resend(&self.generation, e, &self.dead.expired) => {
-                keep(
-                    &self.pending,
-                    (seq, record_of(m, payload, read_ms, true, ack)),
-                );
+                keep(&self.pending, (seq, record_of(m, lent, read_ms, true, ack)));
             }
             Err((e, m)) => {
                 let kind = error_kind(e);
@@ -162,7 +160,7 @@ impl ProducerContext for Reports {
                 ));
                 self.metrics.failed(m.topic(), &kind);
                 let letter = DeadLetter {
-                    record: record_of(m, payload, read_ms, false, ack),
+                    record: record_of(m, lent, read_ms, false, ack),
                     reason: if purged {
                         record::SHUTDOWN_TIMEOUT.to_string()
                     } else {
@@ -212,7 +210,7 @@ impl ProducerContext for DeadLetterReports {
         // The record as it was meant for its own topic.
         let original_record = |m: &rdkafka::message::BorrowedMessage<'_>, ack| Record {
             topic: Name::Owned(original.clone()),
-            ..record_of(m, copied(m), read_ms, false, ack)
+            ..record_of(m, None, read_ms, false, ack)
         };
         match result {
             Ok(m) => {
@@ -262,17 +260,12 @@ fn with_headers(headers: OwnedHeaders, own: &[(Name, String)]) -> OwnedHeaders {
     })
 }
 
-/// A copy of the payload of a record librdkafka copied when it took it.
-fn copied<M: rdkafka::message::Message>(m: &M) -> Bytes {
-    m.payload().map(Bytes::copy_from_slice).unwrap_or_default()
-}
-
-/// The record a delivery report is about (its `payload` given apart), read at `read_ms`,
-/// rebuilt to be sent again (`all_headers`) or for a dead letter (hotdog's own `hotdog-`
-/// headers left out), with its share of a waiting message back.
+/// The record a delivery report is about, read at `read_ms`, rebuilt to be sent again
+/// (`all_headers`) or for a dead letter (hotdog's own `hotdog-` headers left out), with its
+/// share of a waiting message back. Its payload is the one `lent`, or a copy of librdkafka's.
 fn record_of<M: rdkafka::message::Message>(
     m: &M,
-    payload: Bytes,
+    lent: Option<(Bytes, Block)>,
     read_ms: i64,
     all_headers: bool,
     ack: Ack,
@@ -292,10 +285,15 @@ fn record_of<M: rdkafka::message::Message>(
                 .collect()
         })
         .unwrap_or_default();
+    let (payload, block) = lent.unwrap_or_else(|| {
+        let copy = m.payload().map(Bytes::copy_from_slice);
+        (copy.unwrap_or_default(), Block::default())
+    });
     Record {
         topic: m.topic().to_string().into(),
         key: m.key().map(text),
         payload,
+        block,
         headers,
         read_ms,
         ack,
@@ -951,8 +949,12 @@ impl Publisher {
         shutdown: &Shutdown,
     ) -> Sent {
         let mut backoff = Duration::from_millis(1);
+        let lend = record.block.lendable();
         let mut tag = Box::new(Tag {
-            payload: std::mem::take(&mut record.payload),
+            lent: lend.then(|| {
+                let payload = std::mem::take(&mut record.payload);
+                (payload, std::mem::take(&mut record.block))
+            }),
             counters: counters.clone(),
             read_ms: record.read_ms,
             seq: self.produced.fetch_add(1, Ordering::Relaxed),
@@ -965,7 +967,11 @@ impl Publisher {
                 headers: &record.headers,
                 timestamp: record.read_ms.max(0),
             };
-            let error = match producer::send_uncopied(producer, &envelope, tag) {
+            let payload = match tag.lent {
+                Some(_) => producer::Payload::Lent,
+                None => producer::Payload::Copied(&record.payload),
+            };
+            let error = match producer::send(producer, &envelope, payload, tag) {
                 Ok(()) => return Sent::Produced,
                 Err((e, refused)) => {
                     // The tag goes with the next try.
@@ -975,7 +981,9 @@ impl Publisher {
             };
             // A record that leaves takes its share of a waiting message back from the tag.
             let mut leave = |mut record: Record| {
-                record.payload = std::mem::take(&mut tag.payload);
+                if let Some((payload, block)) = tag.lent.take() {
+                    (record.payload, record.block) = (payload, block);
+                }
                 record.ack = std::mem::take(&mut tag.ack);
                 record
             };
@@ -1217,6 +1225,7 @@ mod tests {
             topic: "t".into(),
             key: Some("k".into()),
             payload: "late".into(),
+            block: Block::default(),
             headers: Vec::new(),
             read_ms: 1,
             ack: Default::default(),

@@ -754,7 +754,7 @@ impl Rules {
                         .iter()
                         .filter_map(|(name, t)| Some((Cow::Borrowed(*name), render(t)?)))
                         .collect();
-                    let payload = match (format, output) {
+                    let (payload, block) = match (format, output) {
                         (RecordFormat::Raw, Some(text)) => crate::record::packed(text.as_bytes()),
                         // The body as it came, bytes that are not UTF-8 included.
                         (RecordFormat::Raw, None) => crate::record::packed(
@@ -774,6 +774,7 @@ impl Rules {
                         topic,
                         key,
                         payload,
+                        block,
                         headers,
                         read_ms: 0,
                         ack: crate::record::Ack::default(),
@@ -1282,6 +1283,7 @@ mod tests {
                 topic: "hello-app".into(),
                 key: Some("bob".into()),
                 payload: "bob said hello to web1 & 127.0.0.1:5000".into(),
+                block: Default::default(),
                 headers: vec![
                     ("host".into(), "web1".into()),
                     ("tenant".into(), "tenant-a".into())

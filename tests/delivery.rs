@@ -222,6 +222,74 @@ fn permanent_errors_go_to_the_dead_letter_topic() {
     assert!(metrics.contains("hotdog_lines_in_flight 0\n"), "{metrics}");
 }
 
+/// A record librdkafka holds for long keeps the block its payload was lent in: records that wait
+/// for a topic's metadata, one line in 40 among lines that flow, would keep a block each. Past
+/// 512 blocks alive, payloads are copied instead, and the blocks go once the records do.
+#[test]
+fn records_that_wait_keep_no_more_blocks_than_the_lending_bound() {
+    let (b, ok) = fresh_topic("flowing");
+    let (_, dead) = fresh_topic("dead");
+    let missing = unique_topic("missing");
+    const N: usize = 40_000;
+    const EVERY: usize = 40;
+    let rules = format!(
+        "  - regex: 'wait'\n    actions:\n      - type: forward\n        topic: '{missing}'\n\
+         \x20 - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{ok}'\n"
+    );
+    let yaml = crate::util::config_yaml(b, "", &rules)
+        .replace(
+            "      linger.ms: '5'\n",
+            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '20000'\n",
+        )
+        .replace(
+            "    topic: 'fallback'\n",
+            &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
+        );
+    let hotdog = Hotdog::start_config(&yaml);
+    let padding = "p".repeat(1500);
+    let lines: Vec<String> = (0..N)
+        .map(|i| {
+            let kind = if i % EVERY == 0 { "wait" } else { "flow" };
+            format!("<13>{kind} {i:06} {padding}")
+        })
+        .collect();
+    send_lines(&hotdog.addr(), &lines);
+    let flowing = (N - N / EVERY) as i64;
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", flowing, Duration::from_secs(60)),
+        flowing
+    );
+    // The waiting records are still in librdkafka (their topic is not known for 20 s). Each
+    // lent payload would keep a block of its own: 1,000 of them. What the outbox and the
+    // connections' batches hold is counted too.
+    let waiting = hotdog.stat("queue.librdkafka");
+    let blocks = hotdog.stat("memory.payload_blocks");
+    eprintln!("{waiting} records waiting, {blocks} blocks alive");
+    assert!(
+        waiting >= (N / EVERY) as i64 / 2,
+        "{waiting} records waiting"
+    );
+    assert!(blocks <= 512 + 64, "{blocks} blocks alive");
+    // Then they become dead letters, and their blocks go (each worker thread keeps the one it
+    // packs in).
+    assert_eq!(
+        hotdog.wait_stat(
+            "kafka.dead_lettered",
+            (N / EVERY) as i64,
+            Duration::from_secs(60)
+        ),
+        (N / EVERY) as i64
+    );
+    assert!(
+        crate::util::wait_until(Duration::from_secs(10), || {
+            hotdog.stat("memory.payload_blocks") <= 16
+        }),
+        "{} blocks alive",
+        hotdog.stat("memory.payload_blocks")
+    );
+    assert_eq!(consume_all(b, &ok, N - N / EVERY).len(), N - N / EVERY);
+}
+
 /// A record larger than the producer allows cannot go to any topic: it is written to the
 /// dead-letter file with its reason.
 #[test]

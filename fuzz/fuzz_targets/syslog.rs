@@ -34,11 +34,11 @@ fuzz_target!(|data: &[u8]| {
     // past f64, as JSON allows); the protobuf written by hand is what prost reads back as the
     // reference request.
     for f in [RecordFormat::Json, RecordFormat::OtlpJson] {
-        let payload = format::payload(f, &event);
+        let (payload, _) = format::payload(f, &event);
         let raw: &serde_json::value::RawValue = serde_json::from_slice(&payload).expect("JSON");
         assert!(raw.get().starts_with('{'));
     }
-    let proto = format::payload(RecordFormat::OtlpProto, &event);
+    let (proto, _) = format::payload(RecordFormat::OtlpProto, &event);
     let decoded: format::otlp::ExportLogsServiceRequest =
         prost::Message::decode(&proto[..]).expect("protobuf");
     assert!(decoded == format::otlp::request(&event));
