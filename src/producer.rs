@@ -9,6 +9,9 @@
 //! raises a *fatal* error: that producer sends nothing more. [`Renewable`] notices (the error
 //! callback raises its [`Generation`]'s flag and wakes the publisher), waits for the answers to
 //! what the old producer has in flight, and makes a new one with the same settings.
+//!
+//! [`send`] hands a record to a producer, its payload copied by librdkafka or lent to it until
+//! the delivery report (which payloads may be lent is the publisher's business).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, Headers as _, Message as _, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::message::{DeliveryResult, Headers as _, Message as _};
+use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::config;
@@ -182,6 +182,13 @@ struct Letter {
     ack: Ack,
 }
 
+/// A dead letter's payload is copied by librdkafka: its tag owns none.
+impl producer::OwnsPayload for Letter {
+    fn payload(&self) -> &[u8] {
+        &[]
+    }
+}
+
 /// Counts delivery reports of the dead-letter topic; runs on its producer's thread. The opaque
 /// of every record is its [`Letter`].
 struct DeadLetterReports {
@@ -248,16 +255,6 @@ impl ProducerContext for DeadLetterReports {
             }
         }
     }
-}
-
-/// `headers` with a record's own headers added.
-fn with_headers(headers: OwnedHeaders, own: &[(Name, String)]) -> OwnedHeaders {
-    own.iter().fold(headers, |h, (name, value)| {
-        h.insert(Header {
-            key: name,
-            value: Some(value.as_str()),
-        })
-    })
 }
 
 /// The record a delivery report is about, read at `read_ms`, rebuilt to be sent again
@@ -358,36 +355,25 @@ impl DeadLetters {
         let producer = renewable.current();
         let ack = std::mem::take(&mut letter.record.ack);
         let r = &letter.record;
-        let headers = with_headers(
-            OwnedHeaders::new_with_capacity(r.headers.len() + 2)
-                .insert(Header {
-                    key: "hotdog-original-topic",
-                    value: Some(r.topic.as_ref()),
-                })
-                .insert(Header {
-                    key: "hotdog-reason",
-                    value: Some(letter.reason.as_str()),
-                }),
-            &r.headers,
-        );
+        let mut headers: Vec<(Name, String)> = Vec::with_capacity(r.headers.len() + 2);
+        headers.push(("hotdog-original-topic".into(), r.topic.to_string()));
+        headers.push(("hotdog-reason".into(), letter.reason.clone()));
+        headers.extend(r.headers.iter().cloned());
         let letter_tag = Box::new(Letter {
             original: r.topic.to_string(),
             read_ms: r.read_ms,
             ack,
         });
-        let mut rec: BaseRecord<'_, str, [u8], Box<Letter>> =
-            BaseRecord::with_opaque_to(topic, letter_tag).payload(&r.payload[..]);
-        rec = rec.headers(headers);
-        if r.read_ms > 0 {
-            rec = rec.timestamp(r.read_ms);
-        }
-        if let Some(k) = &r.key {
-            rec = rec.key(k.as_str());
-        }
+        let envelope = producer::Envelope {
+            topic,
+            key: r.key.as_deref(),
+            headers: &headers,
+            timestamp: r.read_ms.max(0),
+        };
         // Refused: the record's share goes back with it.
-        let sent = producer
-            .send(rec)
-            .map_err(|(e, refused)| (e, refused.delivery_opaque.ack))
+        let payload = producer::Payload::Copied(&r.payload);
+        let sent = producer::send(&producer, &envelope, payload, letter_tag)
+            .map_err(|(e, refused)| (e, refused.ack))
             .map_err(|(e, ack)| {
                 letter.record.ack = ack;
                 e
