@@ -370,8 +370,8 @@ impl DeadLetters {
             headers: &headers,
             timestamp: r.read_ms.max(0),
         };
-        // Refused: the record's share goes back with it.
         let payload = producer::Payload::Copied(&r.payload);
+        // Refused: the record's share goes back with it.
         let sent = producer::send(&producer, &envelope, payload, letter_tag)
             .map_err(|(e, refused)| (e, refused.ack))
             .map_err(|(e, ack)| {
@@ -965,7 +965,8 @@ impl Publisher {
                     e
                 }
             };
-            // A record that leaves takes its share of a waiting message back from the tag.
+            // A record that leaves takes back from the tag its payload, if it was lent, and its
+            // share of a waiting message.
             let mut leave = |mut record: Record| {
                 if let Some((payload, block)) = tag.lent.take() {
                     (record.payload, record.block) = (payload, block);
