@@ -406,8 +406,8 @@ impl serde::Serialize for Sans<'_> {
 
 thread_local! {
     /// The buffer this thread writes structured payloads in: a payload is then copied out at its
-    /// size, [`packed`] with the payloads before it (it waits in the outbox as long as the
-    /// publisher takes).
+    /// size, [`packed`] with the payloads before it (it lives until its record's delivery
+    /// report).
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The last `received` written on this thread: the lines of a read share their time.
     static RECEIVED: std::cell::RefCell<(Option<SystemTime>, String)> =

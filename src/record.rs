@@ -48,7 +48,7 @@ const BLOCK: usize = 64 * 1024;
 /// librdkafka (see [`Block::lendable`]): 32 MiB.
 pub const LENT_BLOCKS_MAX: usize = 512;
 
-/// Blocks alive: made by [`packed_with`], and held by it or by a payload.
+/// Blocks alive: made by [`packed_with`], and held by this thread's packing or by a record.
 static BLOCKS_ALIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// Blocks alive now (see [`Block`]).
@@ -64,7 +64,7 @@ pub struct Block(Option<Arc<Alive>>);
 
 /// Counts one block in [`BLOCKS_ALIVE`] while it lives.
 #[derive(Debug)]
-pub struct Alive(());
+struct Alive(());
 
 impl Alive {
     fn new() -> Arc<Alive> {
@@ -83,8 +83,8 @@ impl Block {
     /// True when the payload may be lent to librdkafka rather than copied by it: a lent
     /// payload keeps its whole block until its delivery report, and a record that waits for
     /// long (its partition has no leader) would keep a block for a few hundred bytes. A payload
-    /// with an allocation of its own keeps only itself; one in a block is lent while fewer
-    /// than [`LENT_BLOCKS_MAX`] blocks are alive.
+    /// with an allocation of its own keeps only itself; one in a block is lent while at most
+    /// [`LENT_BLOCKS_MAX`] blocks are alive.
     pub fn lendable(&self) -> bool {
         self.0.is_none() || blocks_alive() <= LENT_BLOCKS_MAX
     }
@@ -114,8 +114,9 @@ pub fn packed(bytes: &[u8]) -> (Bytes, Block) {
 /// payloads it made before. The connection that makes a record and the thread that drops it
 /// (librdkafka's, after its delivery report) are different threads: with an allocation of its
 /// own per record, every record larger than glibc's smallest bins (128 bytes) made the two
-/// threads wait on one arena's lock, one system call each time. A block is freed when its last payload is,
-/// and taken up again from its start when none of its payloads is left.
+/// threads wait on one arena's lock, one system call each time. A block is freed when its last
+/// payload is, and taken up again from its start when none of its payloads is left. The block
+/// comes with the payload: a record lent to librdkafka keeps it (see [`Block::lendable`]).
 pub fn packed_with(len: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Block) {
     BLOCK_LEFT.with(|cell| {
         let Some(mut kept) = cell.try_borrow_mut().ok().filter(|_| len <= PACKED_MAX) else {
