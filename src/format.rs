@@ -1195,31 +1195,61 @@ pub mod otlp {
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let AnyJson(pb, members) = self;
-            let list = pb.begin(6);
-            let first = pb.0.len();
-            let base = members.len();
-            while let Some(Name(name)) = map.next_key()? {
-                let start = pb.0.len();
-                let kv = pb.begin(1);
-                pb.name(&name);
-                let name_end = pb.0.len();
-                let value = pb.begin(2);
-                map.next_value_seed(AnyJson(&mut *pb, &mut *members))?;
-                pb.end(value);
-                let before = pb.0.len();
-                pb.end(kv);
-                // A long member moved up to make room for its length.
-                let moved = pb.0.len() - before;
-                members.push(Member {
-                    name: name_end + moved - name.len()..name_end + moved,
-                    kv: start..pb.0.len(),
-                });
-            }
-            dedup_members(pb.0, first, &mut members[base..]);
-            members.truncate(base);
-            pb.end(list);
-            Ok(())
+            object(pb, members, |pb, members| {
+                while let Some(Name(name)) = map.next_key()? {
+                    member(pb, members, &name, |pb, members| {
+                        map.next_value_seed(AnyJson(pb, members))
+                    })?;
+                }
+                Ok(())
+            })
         }
+    }
+
+    /// A JSON object as the fields of an `AnyValue`: a key-value list, whose members `body`
+    /// writes with [`member`]; then a name given more than once is kept once (see
+    /// [`dedup_members`]).
+    #[inline(always)]
+    fn object<E>(
+        pb: &mut Pb,
+        members: &mut Vec<Member>,
+        body: impl FnOnce(&mut Pb, &mut Vec<Member>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let list = pb.begin(6);
+        let first = pb.0.len();
+        let base = members.len();
+        body(pb, members)?;
+        dedup_members(pb.0, first, &mut members[base..]);
+        members.truncate(base);
+        pb.end(list);
+        Ok(())
+    }
+
+    /// An object's member: `name`, and the fields of the `AnyValue` that `value` writes; noted
+    /// on `members`.
+    #[inline(always)]
+    fn member<E>(
+        pb: &mut Pb,
+        members: &mut Vec<Member>,
+        name: &str,
+        value: impl FnOnce(&mut Pb, &mut Vec<Member>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = pb.0.len();
+        let kv = pb.begin(1);
+        pb.name(name);
+        let name_end = pb.0.len();
+        let at = pb.begin(2);
+        value(pb, members)?;
+        pb.end(at);
+        let before = pb.0.len();
+        pb.end(kv);
+        // A long member moved up to make room for its length.
+        let moved = pb.0.len() - before;
+        members.push(Member {
+            name: name_end + moved - name.len()..name_end + moved,
+            kv: start..pb.0.len(),
+        });
+        Ok(())
     }
 
     /// Where an object member's name and its `KeyValue` are in the protobuf written.
@@ -1399,6 +1429,16 @@ pub mod otlp {
             self.text.get(start..end)
         }
 
+        /// An object member's name and the colon after it.
+        fn name(&mut self) -> Option<&'a str> {
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let name = self.string()?;
+            self.take(b':')?;
+            Some(name)
+        }
+
         /// An integer as serde_json reads one into an `i64`.
         fn integer(&mut self) -> Option<i64> {
             let bytes = self.text.as_bytes();
@@ -1468,40 +1508,22 @@ pub mod otlp {
                 b'{' => {
                     let depth = depth.checked_sub(1)?;
                     self.at += 1;
-                    let list = pb.begin(6);
-                    let first = pb.0.len();
-                    let base = members.len();
-                    if self.take(b'}').is_none() {
+                    // `object` and `member` pass on an error; here `()`: gave up.
+                    let written = object(pb, members, |pb, members| {
+                        if self.take(b'}').is_some() {
+                            return Ok(());
+                        }
                         loop {
-                            if self.peek()? != b'"' {
-                                return None;
-                            }
-                            let name = self.string()?;
-                            self.take(b':')?;
-                            let start = pb.0.len();
-                            let kv = pb.begin(1);
-                            pb.name(name);
-                            let name_end = pb.0.len();
-                            let value = pb.begin(2);
-                            self.value(pb, members, depth)?;
-                            pb.end(value);
-                            let before = pb.0.len();
-                            pb.end(kv);
-                            // A long member moved up to make room for its length.
-                            let moved = pb.0.len() - before;
-                            members.push(Member {
-                                name: name_end + moved - name.len()..name_end + moved,
-                                kv: start..pb.0.len(),
-                            });
+                            let name = self.name().ok_or(())?;
+                            member(pb, members, name, |pb, members| {
+                                self.value(pb, members, depth).ok_or(())
+                            })?;
                             if self.take(b',').is_none() {
-                                self.take(b'}')?;
-                                break;
+                                return self.take(b'}').ok_or(());
                             }
                         }
-                    }
-                    dedup_members(pb.0, first, &mut members[base..]);
-                    members.truncate(base);
-                    pb.end(list);
+                    });
+                    written.ok()?;
                 }
                 _ => return None,
             }
