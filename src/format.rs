@@ -1343,9 +1343,7 @@ pub mod otlp {
                 }
                 any.0.truncate(at);
                 members.clear();
-                let mut de = serde_json::Deserializer::from_str(body);
-                serde::de::DeserializeSeed::deserialize(AnyJson(&mut *any, members), &mut de)
-                    .and_then(|()| de.end())
+                serde_body(any, body, members)
             });
             if read.is_ok() {
                 return;
@@ -1356,6 +1354,13 @@ pub mod otlp {
         any.text(1, body);
     }
 
+    /// `body` read by serde_json and written by [`AnyJson`].
+    fn serde_body(any: &mut Pb, body: &str, members: &mut Vec<Member>) -> serde_json::Result<()> {
+        let mut de = serde_json::Deserializer::from_str(body);
+        serde::de::DeserializeSeed::deserialize(AnyJson(any, members), &mut de)
+            .and_then(|()| de.end())
+    }
+
     /// A reader of the JSON that most bodies are, faster than serde_json's visitor: objects,
     /// arrays, strings without escapes, integers of up to 18 digits, `true`, `false` and
     /// `null`, nested up to [`Plain::DEPTH`] deep. It writes what [`AnyJson`] writes for them
@@ -1363,7 +1368,7 @@ pub mod otlp {
     /// fraction or an exponent, a longer integer or `-0` (serde_json's float), a deeper value,
     /// or what is not JSON at all. A differential test and the `syslog` fuzz target check
     /// that the two write the same whenever this one does not give up.
-    pub(super) struct Plain<'a> {
+    struct Plain<'a> {
         text: &'a str,
         at: usize,
     }
@@ -1538,9 +1543,7 @@ pub mod otlp {
         let mut plain = Vec::new();
         let read = Plain::write(&mut Pb(&mut plain), body, &mut Vec::new());
         let mut serde = Vec::new();
-        let mut de = serde_json::Deserializer::from_str(body);
-        let any = AnyJson(&mut Pb(&mut serde), &mut Vec::new());
-        let parsed = serde::de::DeserializeSeed::deserialize(any, &mut de).and_then(|()| de.end());
+        let parsed = serde_body(&mut Pb(&mut serde), body, &mut Vec::new());
         (read.map(|()| plain), parsed.ok().map(|()| serde))
     }
 
