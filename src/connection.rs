@@ -233,8 +233,9 @@ async fn read_all<S: AsyncRead + Unpin>(
     let (mut start, mut end) = (0usize, 0usize);
     let mut since_yield = 0u32;
     let mut last_data = Instant::now();
+    let mut filled = false;
     loop {
-        make_room(&mut buf, &mut start, &mut end, largest);
+        make_room(&mut buf, &mut start, &mut end, largest, filled);
         let idle = limits.idle_timeout.map(|t| (last_data + t, Read::Idle));
         let shrink = (start == end && buf.len() > SMALL)
             .then(|| (Instant::now() + SHRINK_AFTER, Read::Shrink));
@@ -266,6 +267,7 @@ async fn read_all<S: AsyncRead + Unpin>(
             }
         };
         last_data = Instant::now();
+        filled = end + n == buf.len();
         end += n;
         pipeline.stamp();
         loop {
@@ -297,9 +299,11 @@ async fn read_all<S: AsyncRead + Unpin>(
 }
 
 /// Room to read into after `buf[start..end]`, the bytes not cut into frames yet: they move to
-/// the front when less than half the buffer is free, and the buffer doubles (up to `largest`)
-/// when that is still not enough: a long frame in progress, or a fast sender.
-fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, largest: usize) {
+/// the front when less than half the buffer is free. The buffer doubles (up to `largest`) when
+/// that is still not enough (a long frame in progress), or when the last read filled all the
+/// room it had (`filled`): a fast sender, whose bytes read [`SMALL`] at a time would each time
+/// cost a read, a batch of a few records and a wake-up of the publisher.
+fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, largest: usize, filled: bool) {
     if start == end {
         (*start, *end) = (0, 0);
     } else if *start > 0 && buf.len() - *end < buf.len() / 2 {
@@ -307,7 +311,7 @@ fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, largest: usi
         *end -= *start;
         *start = 0;
     }
-    if buf.len() - *end < buf.len() / 2 && buf.len() < largest {
+    if (filled || buf.len() - *end < buf.len() / 2) && buf.len() < largest {
         buf.resize((buf.len() * 2).min(largest), 0);
     }
 }
@@ -475,6 +479,7 @@ impl RelpSession {
         // False once the peer sent `close`, or shutdown began: nothing more is read.
         let mut reading = true;
         let mut since_yield = 0u32;
+        let mut filled = false;
         loop {
             let answered = self.answer();
             if let Answered::Lost(txnr) = answered {
@@ -495,7 +500,8 @@ impl RelpSession {
                 }
                 return Ok(End::Shutdown);
             }
-            make_room(&mut buf, &mut start, &mut end, largest);
+            make_room(&mut buf, &mut start, &mut end, largest, filled);
+            filled = false;
             let can_read = reading && self.turns.len() < RELP_WINDOW;
             // omrelp writes frame by frame: what came while the last read was handled joins
             // the same batch, and the batch goes to the publisher only once the socket has
@@ -537,6 +543,7 @@ impl RelpSession {
                 Woke::Read(Err(e)) => return Err(e),
                 Woke::Read(Ok(n)) => {
                     last_data = Instant::now();
+                    filled = end + n == buf.len();
                     end += n;
                     self.pipeline.stamp();
                     loop {
@@ -1033,6 +1040,57 @@ mod tests {
             connection.await.expect("clean end");
             assert_eq!(metrics.lines.load(Relaxed), 20);
         }));
+    }
+
+    /// The batches one connection hands over for `lines` lines that arrive `chunk` bytes per
+    /// read, the records in them, and the bytes sent.
+    fn batches_for(lines: usize, chunk: usize) -> (usize, usize, usize) {
+        let (shared, inbox) = setup(FORWARD_ALL, 100_000);
+        let data: String = (0..lines)
+            .map(|i| format!("<13>1 - h app - - - route me {i}\n"))
+            .collect();
+        let sent = data.len();
+        let stream = Chunked {
+            data: data.into_bytes(),
+            at: 0,
+            chunk,
+        };
+        let pipeline = Pipeline::new(shared, Origin::default());
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        smol::block_on(async {
+            run(stream, pipeline, limits(64 * 1024), shutdown)
+                .await
+                .expect("clean end");
+            let (mut batches, mut records) = (0, 0);
+            while let Some(batch) = inbox.recv().await {
+                batches += 1;
+                records += batch.len();
+            }
+            (batches, records, sent)
+        })
+    }
+
+    #[test]
+    fn a_fast_sender_is_read_in_large_reads_and_a_slow_one_in_small() {
+        // About 680 KB of lines, all waiting. Read 2 KiB at a time they would make some 340
+        // batches of about 60 records, each a wake-up of the publisher. Each read that fills
+        // the buffer doubles it, up to a frame and a read (128 KiB here): then a read holds
+        // more lines than a batch takes.
+        let lines = 20_000;
+        let (batches, records, sent) = batches_for(lines, usize::MAX);
+        assert_eq!(records, lines);
+        assert!(
+            batches < lines / crate::record::BATCH_MAX * 3 / 2,
+            "{batches} batches for {lines} lines ({sent} bytes) that were all waiting"
+        );
+        // A sender whose every read leaves room over keeps the small buffer: a read, and a
+        // batch, per 500 bytes. Its lines all arrive.
+        let (batches, records, sent) = batches_for(2_000, 500);
+        assert_eq!(records, 2_000);
+        assert!(
+            batches >= sent / 500,
+            "{batches} batches for {sent} bytes read 500 at a time"
+        );
     }
 
     #[test]
