@@ -30,7 +30,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # broker takes its records, slower for larger ones, so the rows do not do the same work per
 # second. A paced row under KEPT_UP of its rate fell behind it, and is not judged either.
 TARGET = 1.5
-KEPT_UP = 0.97
+KEPT_UP = 0.95
 
 
 def free_port():
@@ -80,24 +80,29 @@ def peak_rss_mb(pid):
     return 0.0
 
 
-def paced(s, data, rate):
-    """Writes `data` (lines) at `rate` lines/s, a hundredth of a second's worth at a time."""
-    lines = data.split(b"\n")
+def hundredths(data, rate):
+    """`data` (lines) cut into a hundredth of a second's worth at `rate` lines/s each, for
+    `paced`. Cut before the clock starts: cutting 600,000 lines takes a tenth of a second."""
+    lines = data.splitlines(keepends=True)
     step = max(rate // 100, 1)
-    start = time.time()
-    for k in range(0, len(lines), step):
-        part = b"\n".join(lines[k:k + step])
-        if part:
-            s.sendall(part + b"\n")
-        ahead = start + (k + step) / rate - time.time()
+    return [b"".join(lines[k:k + step]) for k in range(0, len(lines), step)]
+
+
+def paced(s, parts, rate):
+    """Writes `parts` (from `hundredths`) at `rate` lines/s: one each hundredth of a second."""
+    start, sent = time.time(), 0
+    for part in parts:
+        s.sendall(part)
+        sent += part.count(b"\n")
+        ahead = start + sent / rate - time.time()
         if ahead > 0:
             time.sleep(ahead)
 
 
 def send(port, chunks, use_tls=False, rate=0):
-    """Sends each chunk over its own connection, in parallel (each at `rate` lines/s, or as
-    fast as it is taken). Returns the errors the connections met (a forwarder that resets a
-    connection loses what it had not read)."""
+    """Sends each chunk over its own connection, in parallel (each at `rate` lines/s, then
+    cut by `hundredths`, or as fast as it is taken). Returns the errors the connections met (a
+    forwarder that resets a connection loses what it had not read)."""
     errors = []
 
     def one(data):
@@ -315,6 +320,8 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     else:
         send_port = port
     time.sleep(0.5)
+    if rate:
+        data_chunks = [hundredths(c, rate) for c in data_chunks]
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
     errors = send(send_port, data_chunks, use_tls and not relay, rate)
