@@ -834,6 +834,17 @@ mod tests {
         chunk: usize,
         max: usize,
     ) -> Vec<Record> {
+        run_batches(shared, inbox, data, chunk, max).concat()
+    }
+
+    /// Like [`run_stream`], but the batches as the outbox got them.
+    fn run_batches(
+        shared: Arc<Shared>,
+        inbox: &Inbox,
+        data: &[u8],
+        chunk: usize,
+        max: usize,
+    ) -> Vec<Batch> {
         let stream = Chunked {
             data: data.to_vec(),
             at: 0,
@@ -848,7 +859,7 @@ mod tests {
             // The connection is gone, and with it the last sender: the outbox ends.
             let mut out = Vec::new();
             while let Some(batch) = inbox.recv().await {
-                out.extend(batch);
+                out.push(batch);
             }
             out
         })
@@ -1049,25 +1060,9 @@ mod tests {
         let data: String = (0..lines)
             .map(|i| format!("<13>1 - h app - - - route me {i}\n"))
             .collect();
-        let sent = data.len();
-        let stream = Chunked {
-            data: data.into_bytes(),
-            at: 0,
-            chunk,
-        };
-        let pipeline = Pipeline::new(shared, Origin::default());
-        let (_trigger, shutdown) = crate::shutdown::channel();
-        smol::block_on(async {
-            run(stream, pipeline, limits(64 * 1024), shutdown)
-                .await
-                .expect("clean end");
-            let (mut batches, mut records) = (0, 0);
-            while let Some(batch) = inbox.recv().await {
-                batches += 1;
-                records += batch.len();
-            }
-            (batches, records, sent)
-        })
+        let batches = run_batches(shared, &inbox, data.as_bytes(), chunk, 64 * 1024);
+        let records = batches.iter().map(Vec::len).sum();
+        (batches.len(), records, data.len())
     }
 
     #[test]
