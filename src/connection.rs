@@ -1067,7 +1067,7 @@ mod tests {
 
     #[test]
     fn a_fast_sender_is_read_in_large_reads_and_a_slow_one_in_small() {
-        // About 680 KB of lines, all waiting. Read 2 KiB at a time they would make some 340
+        // About 690 KB of lines, all waiting. Read 2 KiB at a time they would make some 340
         // batches of about 60 records, each a wake-up of the publisher. Each read that fills
         // the buffer doubles it, up to a frame and a read (128 KiB here): then a read holds
         // more lines than a batch takes.
