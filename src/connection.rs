@@ -299,10 +299,10 @@ async fn read_all<S: AsyncRead + Unpin>(
 }
 
 /// Room to read into after `buf[start..end]`, the bytes not cut into frames yet: they move to
-/// the front when less than half the buffer is free. The buffer doubles (up to `largest`) when
-/// that is still not enough (a long frame in progress), or when the last read filled all the
-/// room it had (`filled`): a fast sender, whose bytes read [`SMALL`] at a time would each time
-/// cost a read, a batch of a few records and a wake-up of the publisher.
+/// the front when less than half the buffer is free. The buffer doubles up to `largest` when
+/// that is still not enough (a long frame in progress), and up to [`READ_SIZE`] when the last
+/// read filled all the room it had (`filled`): a fast sender, whose bytes read [`SMALL`] at a
+/// time would each time cost a read, a batch of a few records and a wake-up of the publisher.
 fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, largest: usize, filled: bool) {
     if start == end {
         (*start, *end) = (0, 0);
@@ -311,8 +311,15 @@ fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, largest: usi
         *end -= *start;
         *start = 0;
     }
-    if (filled || buf.len() - *end < buf.len() / 2) && buf.len() < largest {
-        buf.resize((buf.len() * 2).min(largest), 0);
+    let up_to = if buf.len() - *end < buf.len() / 2 {
+        largest
+    } else if filled {
+        READ_SIZE.min(largest)
+    } else {
+        0
+    };
+    if buf.len() < up_to {
+        buf.resize((buf.len() * 2).min(up_to), 0);
     }
 }
 
@@ -1069,8 +1076,8 @@ mod tests {
     fn a_fast_sender_is_read_in_large_reads_and_a_slow_one_in_small() {
         // About 690 KB of lines, all waiting. Read 2 KiB at a time they would make some 340
         // batches of about 60 records, each a wake-up of the publisher. Each read that fills
-        // the buffer doubles it, up to a frame and a read (128 KiB here): then a read holds
-        // more lines than a batch takes.
+        // the buffer doubles it, up to a read (64 KiB): then a read holds more lines than a
+        // batch takes.
         let lines = 20_000;
         let (batches, records, sent) = batches_for(lines, usize::MAX);
         assert_eq!(records, lines);
@@ -1086,6 +1093,30 @@ mod tests {
             batches >= sent / 500,
             "{batches} batches for {sent} bytes read 500 at a time"
         );
+    }
+
+    #[test]
+    fn a_read_that_fills_the_buffer_doubles_it_up_to_a_read_and_only_a_long_frame_further() {
+        let largest = 1024 * 1024;
+        let mut buf = vec![0u8; SMALL];
+        // Reads that each filled the buffer, every byte of them cut into frames.
+        let mut sizes = Vec::new();
+        for _ in 0..7 {
+            let (mut start, mut end) = (buf.len(), buf.len());
+            make_room(&mut buf, &mut start, &mut end, largest, true);
+            assert_eq!((start, end), (0, 0));
+            sizes.push(buf.len() / 1024);
+        }
+        assert_eq!(sizes, [4, 8, 16, 32, 64, 64, 64]);
+        // A read that left room over: the buffer stays as it is.
+        let (mut start, mut end) = (100, 200);
+        make_room(&mut buf, &mut start, &mut end, largest, false);
+        assert_eq!((buf.len(), start, end), (READ_SIZE, 100, 200));
+        // A long frame in progress (more than half the buffer, not cut yet) moves to the
+        // front and grows the buffer past a read, up to `largest`.
+        let (mut start, mut end) = (10, READ_SIZE);
+        make_room(&mut buf, &mut start, &mut end, largest, false);
+        assert_eq!((buf.len(), start, end), (2 * READ_SIZE, 0, READ_SIZE - 10));
     }
 
     #[test]
