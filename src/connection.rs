@@ -235,7 +235,7 @@ async fn read_all<S: AsyncRead + Unpin>(
     let mut last_data = Instant::now();
     let mut filled = false;
     loop {
-        make_room(&mut buf, &mut start, &mut end, largest, filled);
+        make_room(&mut buf, &mut start, &mut end, largest, &mut filled);
         let idle = limits.idle_timeout.map(|t| (last_data + t, Read::Idle));
         let shrink = (start == end && buf.len() > SMALL)
             .then(|| (Instant::now() + SHRINK_AFTER, Read::Shrink));
@@ -303,7 +303,15 @@ async fn read_all<S: AsyncRead + Unpin>(
 /// that is still not enough (a long frame in progress), and up to [`READ_SIZE`] when the last
 /// read filled all the room it had (`filled`): a fast sender, whose bytes read [`SMALL`] at a
 /// time would each time cost a read, a batch of a few records and a wake-up of the publisher.
-fn make_room(buf: &mut Vec<u8>, start: &mut usize, end: &mut usize, largest: usize, filled: bool) {
+/// `filled` is cleared: a turn without a read (the buffer given back) does not grow it again.
+fn make_room(
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    end: &mut usize,
+    largest: usize,
+    filled: &mut bool,
+) {
+    let filled = std::mem::take(filled);
     if start == end {
         (*start, *end) = (0, 0);
     } else if *start > 0 && buf.len() - *end < buf.len() / 2 {
@@ -507,8 +515,7 @@ impl RelpSession {
                 }
                 return Ok(End::Shutdown);
             }
-            make_room(&mut buf, &mut start, &mut end, largest, filled);
-            filled = false;
+            make_room(&mut buf, &mut start, &mut end, largest, &mut filled);
             let can_read = reading && self.turns.len() < RELP_WINDOW;
             // omrelp writes frame by frame: what came while the last read was handled joins
             // the same batch, and the batch goes to the publisher only once the socket has
@@ -1095,6 +1102,66 @@ mod tests {
         );
     }
 
+    /// Hands out one read that fills whatever room it is given with lines, then nothing (and
+    /// never wakes the task: only the read loop's timers do); notes the room of every read.
+    struct OneBurst {
+        sent: bool,
+        offered: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for OneBurst {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.offered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(buf.len());
+            if self.sent {
+                return Poll::Pending;
+            }
+            self.sent = true;
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = if i % 16 == 15 { b'\n' } else { b'x' };
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    #[test]
+    fn a_buffer_grown_for_a_burst_is_given_back_after_a_quiet_second_and_stays_small() {
+        let (shared, _inbox) = setup(FORWARD_ALL, 100_000);
+        let offered = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stream = OneBurst {
+            sent: false,
+            offered: offered.clone(),
+        };
+        let pipeline = Pipeline::new(shared, Origin::default());
+        let (_trigger, shutdown) = crate::shutdown::channel();
+        smol::block_on(async {
+            use futures_lite::FutureExt;
+            let quiet = async {
+                smol::Timer::after(SHRINK_AFTER * 5 / 2).await;
+                Ok(End::Idle)
+            };
+            read_all(stream, pipeline, limits(64 * 1024), shutdown)
+                .or(quiet)
+                .await
+                .expect("no error");
+        });
+        let offered = offered.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The burst filled the small buffer, so the next read had twice the room; a quiet
+        // second later the buffer was given back, and no read since had more than that.
+        assert_eq!(
+            offered[..2],
+            [SMALL, 2 * SMALL],
+            "rooms offered: {offered:?}"
+        );
+        assert_eq!(offered.last(), Some(&SMALL), "rooms offered: {offered:?}");
+    }
+
     #[test]
     fn a_read_that_fills_the_buffer_doubles_it_up_to_a_read_and_only_a_long_frame_further() {
         let largest = 1024 * 1024;
@@ -1103,19 +1170,19 @@ mod tests {
         let mut sizes = Vec::new();
         for _ in 0..7 {
             let (mut start, mut end) = (buf.len(), buf.len());
-            make_room(&mut buf, &mut start, &mut end, largest, true);
+            make_room(&mut buf, &mut start, &mut end, largest, &mut true);
             assert_eq!((start, end), (0, 0));
             sizes.push(buf.len() / 1024);
         }
         assert_eq!(sizes, [4, 8, 16, 32, 64, 64, 64]);
         // A read that left room over: the buffer stays as it is.
         let (mut start, mut end) = (100, 200);
-        make_room(&mut buf, &mut start, &mut end, largest, false);
+        make_room(&mut buf, &mut start, &mut end, largest, &mut false);
         assert_eq!((buf.len(), start, end), (READ_SIZE, 100, 200));
         // A long frame in progress (more than half the buffer, not cut yet) moves to the
         // front and grows the buffer past a read, up to `largest`.
         let (mut start, mut end) = (10, READ_SIZE);
-        make_room(&mut buf, &mut start, &mut end, largest, false);
+        make_room(&mut buf, &mut start, &mut end, largest, &mut false);
         assert_eq!((buf.len(), start, end), (2 * READ_SIZE, 0, READ_SIZE - 10));
     }
 
