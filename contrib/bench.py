@@ -100,9 +100,9 @@ def paced(s, parts, rate):
 
 
 def send(port, chunks, use_tls=False, rate=0):
-    """Sends each chunk over its own connection, in parallel (each at `rate` lines/s, then
-    cut by `hundredths`, or as fast as it is taken). Returns the errors the connections met (a
-    forwarder that resets a connection loses what it had not read)."""
+    """Sends each chunk over its own connection, in parallel: at `rate` lines/s, each chunk
+    already cut by `hundredths`, or as fast as it is taken. Returns the errors the connections
+    met (a forwarder that resets a connection loses what it had not read)."""
     errors = []
 
     def one(data):
