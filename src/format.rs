@@ -510,13 +510,21 @@ fn escapes16(chunk: &[u8]) -> bool {
 /// `- 0x01..` (bytes of 0x80 and up never count, as `!w` clears their high bit).
 #[inline(always)]
 fn escapes(w: u64) -> bool {
+    escaped_bits(w) != 0
+}
+
+/// What [`escapes`] looks at: the high bit of each byte of `w` that JSON escapes may be set,
+/// but the lowest bit set is always that of the first such byte (a borrow only runs up from
+/// a byte that counts), so its position says where the first is.
+#[inline(always)]
+fn escaped_bits(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let control = w.wrapping_sub(ONES * 0x20) & !w;
     let quote = w ^ (ONES * u64::from(b'"'));
     let backslash = w ^ (ONES * u64::from(b'\\'));
     let zero = |v: u64| v.wrapping_sub(ONES) & !v;
-    (control | zero(quote) | zero(backslash)) & HIGH != 0
+    (control | zero(quote) | zero(backslash)) & HIGH
 }
 
 /// Eight bytes as a word, the first lowest.
@@ -1121,6 +1129,27 @@ pub mod otlp {
             }
         }
 
+        /// Field `tag`: a `KeyValue` whose value is an `AnyValue` with the varint `v` in its
+        /// field `field` (an integer or a boolean). For a short key every length in it is one
+        /// byte, known before it is written.
+        #[inline(always)]
+        fn varint_kv(&mut self, tag: u8, key: &str, field: u8, v: u64) {
+            debug_assert!(tag < 16 && field < 16);
+            let any = 1 + varint_len(v);
+            let kv = 2 + key.len() + 2 + any;
+            match u8::try_from(kv) {
+                Ok(kv) if kv < 0x80 => {
+                    let out = &mut *self.0;
+                    out.reserve(usize::from(kv) + 2);
+                    out.extend_from_slice(&[tag << 3 | 2, kv, 1 << 3 | 2, key.len() as u8]);
+                    out.extend_from_slice(key.as_bytes());
+                    out.extend_from_slice(&[2 << 3 | 2, any as u8, field << 3]);
+                    push_varint(out, v);
+                }
+                _ => self.key_value(tag, key, |a| a.varint(field, v)),
+            }
+        }
+
         /// Field `tag`: a `KeyValue` whose value is an `AnyValue` written by `value`.
         fn key_value(&mut self, tag: u8, key: &str, value: impl FnOnce(&mut Pb)) {
             self.message(tag, |kv| {
@@ -1416,9 +1445,11 @@ pub mod otlp {
             let start = self.at + 1;
             let mut end = start;
             // Eight bytes at a time while none is a quote, a backslash or a control
-            // character, then one at a time.
+            // character; then straight to the first that is, or one at a time at the end.
             while let Some(word) = bytes.get(end..end + 8) {
-                if escapes(word_of(word)) {
+                let escaped = escaped_bits(word_of(word));
+                if escaped != 0 {
+                    end += escaped.trailing_zeros() as usize / 8;
                     break;
                 }
                 end += 8;
@@ -1701,24 +1732,31 @@ pub mod otlp {
         // Field 6: the attributes.
         otlp_attributes(e, |key, value| match value {
             Attr::Text(t) => r.text_kv(6, key, t),
-            Attr::Int(i) => r.key_value(6, key, |any| any.varint(3, i)),
-            Attr::True => r.key_value(6, key, |any| any.varint(2, 1)),
+            Attr::Int(i) => r.varint_kv(6, key, 3, i),
+            Attr::True => r.varint_kv(6, key, 2, 1),
             Attr::Sd(sd) => r.key_value(6, key, |any| write_sd(any, sd)),
         });
         r.fixed64(11, nanos(read_at(e.origin)));
     }
 
     /// Structured data as an `AnyValue`: a key-value list of key-value lists; a param given
-    /// more than once has the array of its values.
+    /// more than once has the array of its values. Not inlined: the attributes around it are
+    /// written inline, each with its key known.
+    #[inline(never)]
     fn write_sd(any: &mut Pb, sd: &str) {
         let list = any.begin(6);
         // The open element: its KeyValue, AnyValue and KeyValueList.
         let mut open: Option<[usize; 3]> = None;
+        let close = |any: &mut Pb, open: Option<[usize; 3]>| {
+            if let Some([kv, value, list]) = open {
+                any.end(list);
+                any.end(value);
+                any.end(kv);
+            }
+        };
         let plain = syslog::sd_parts(sd, |part| match part {
             syslog::SdPart::Element(id) => {
-                for at in open.into_iter().flatten().rev() {
-                    any.end(at);
-                }
+                close(any, open);
                 let kv = any.begin(1);
                 any.text(1, id);
                 let value = any.begin(2);
@@ -1727,9 +1765,7 @@ pub mod otlp {
             syslog::SdPart::Param(name, value) => any.text_kv(1, name, &value),
         });
         if plain {
-            for at in open.into_iter().flatten().rev() {
-                any.end(at);
-            }
+            close(any, open);
             any.end(list);
             return;
         }
@@ -1942,6 +1978,28 @@ mod tests {
             Some("2024-05-01T12:00:00.123+02:00")
         );
         assert_eq!(time_of("<13>1 - h a - - -", &o), None);
+    }
+
+    #[test]
+    fn the_lowest_escaped_bit_is_the_first_byte_json_escapes() {
+        let escaped = |c: u8| c < 0x20 || c == b'"' || c == b'\\';
+        // Each byte value at each place, before bytes that JSON escapes and bytes that it
+        // does not (high ones among them), and after bytes that it does not.
+        for at in 0..8 {
+            for c in 0..=255u8 {
+                for before in [b'a', 0xff, 0x80, 0x20] {
+                    for after in [0x00, b'"', b'\\', 0x1f, 0xff, b'a', 0x21, 0x5d] {
+                        let mut word = [after; 8];
+                        word[..at].fill(before);
+                        word[at] = c;
+                        let first = word.iter().position(|&b| escaped(b));
+                        let bits = escaped_bits(u64::from_le_bytes(word));
+                        let found = (bits != 0).then(|| bits.trailing_zeros() as usize / 8);
+                        assert_eq!(found, first, "{word:x?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
