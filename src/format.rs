@@ -1660,9 +1660,42 @@ pub mod otlp {
         Sd(&'a str),
     }
 
+    /// Where [`otlp_attributes`] puts each attribute.
+    trait Attributes<'a> {
+        fn attribute(&mut self, key: &'static str, value: Attr<'a>);
+    }
+
+    /// Written as protobuf: inlined where each attribute is given, so that its key and its
+    /// kind are known there.
+    impl<'a> Attributes<'a> for Pb<'_> {
+        #[inline(always)]
+        fn attribute(&mut self, key: &'static str, value: Attr<'a>) {
+            match value {
+                Attr::Text(t) => self.text_kv(6, key, t),
+                Attr::Int(i) => self.varint_kv(6, key, 3, i),
+                Attr::True => self.varint_kv(6, key, 2, 1),
+                Attr::Sd(sd) => self.key_value(6, key, |any| write_sd(any, sd)),
+            }
+        }
+    }
+
+    /// As the messages of [`request`].
+    impl<'a> Attributes<'a> for Vec<KeyValue> {
+        fn attribute(&mut self, key: &'static str, value: Attr<'a>) {
+            let value = match value {
+                Attr::Text(t) => Value::StringValue(t.to_string()),
+                Attr::Int(i) => Value::IntValue(i as i64),
+                Attr::True => Value::BoolValue(true),
+                Attr::Sd(sd) => sd_value(sd),
+            };
+            self.push(kv(key, value));
+        }
+    }
+
     /// A log record's attributes, in order: the names the Collector's syslog receiver gives
     /// them, then hotdog's own.
-    fn otlp_attributes<'a>(e: &'a Event<'a>, mut visit: impl FnMut(&'static str, Attr<'a>)) {
+    #[inline(always)]
+    fn otlp_attributes<'a>(e: &'a Event<'a>, out: &mut impl Attributes<'a>) {
         let m = e.msg;
         for (key, value) in [
             ("hostname", m.hostname),
@@ -1673,21 +1706,21 @@ pub mod otlp {
             ("hotdog.tls_client_cn", e.origin.tls_client_cn.as_deref()),
         ] {
             if let Some(v) = value {
-                visit(key, Attr::Text(v));
+                out.attribute(key, Attr::Text(v));
             }
         }
         if let Some((f, s)) = m.facility.zip(m.severity) {
-            visit("priority", Attr::Int(u64::from(f) * 8 + u64::from(s)));
-            visit("facility", Attr::Int(u64::from(f)));
+            out.attribute("priority", Attr::Int(u64::from(f) * 8 + u64::from(s)));
+            out.attribute("facility", Attr::Int(u64::from(f)));
         }
         if let Some(v) = m.version {
-            visit("version", Attr::Int(u64::from(v)));
+            out.attribute("version", Attr::Int(u64::from(v)));
         }
         if let Some(sd) = m.structured_data {
-            visit("structured_data", Attr::Sd(sd));
+            out.attribute("structured_data", Attr::Sd(sd));
         }
         if e.invalid_utf8 {
-            visit("hotdog.invalid_utf8", Attr::True);
+            out.attribute("hotdog.invalid_utf8", Attr::True);
         }
     }
 
@@ -1730,12 +1763,7 @@ pub mod otlp {
         }
         r.message(5, |any| write_body(any, e.body));
         // Field 6: the attributes.
-        otlp_attributes(e, |key, value| match value {
-            Attr::Text(t) => r.text_kv(6, key, t),
-            Attr::Int(i) => r.varint_kv(6, key, 3, i),
-            Attr::True => r.varint_kv(6, key, 2, 1),
-            Attr::Sd(sd) => r.key_value(6, key, |any| write_sd(any, sd)),
-        });
+        otlp_attributes(e, r);
         r.fixed64(11, nanos(read_at(e.origin)));
     }
 
@@ -1822,15 +1850,7 @@ pub mod otlp {
     pub fn request(e: &Event<'_>) -> ExportLogsServiceRequest {
         let m = e.msg;
         let mut attributes = Vec::new();
-        otlp_attributes(e, |key, value| {
-            let value = match value {
-                Attr::Text(t) => Value::StringValue(t.to_string()),
-                Attr::Int(i) => Value::IntValue(i as i64),
-                Attr::True => Value::BoolValue(true),
-                Attr::Sd(sd) => sd_value(sd),
-            };
-            attributes.push(kv(key, value));
-        });
+        otlp_attributes(e, &mut attributes);
         let object = json_object(e.body).and_then(|raw| serde_json::from_str(raw.get()).ok());
         let body = match object {
             Some(FromJson(object)) => object,

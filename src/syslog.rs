@@ -285,13 +285,16 @@ fn scan_structured_data<'a>(s: &'a str, mut visit: impl FnMut(Sd<'a>)) -> Option
     let b = s.as_bytes();
     let mut i = 0;
     // `SD-NAME`: 1 to 32 printable US-ASCII characters but `=`, space, `]` and `"`.
-    let name = |i: usize| -> Option<usize> {
-        let len = b[i..]
-            .iter()
-            .take(33)
-            .position(|&c| !(33..=126).contains(&c) || matches!(c, b'=' | b']' | b'"'))
-            .unwrap_or(b.len() - i);
-        (1..=32).contains(&len).then_some(i + len)
+    // A plain loop: `take(33).position(..)` compiled to one several times slower.
+    let name = |start: usize| -> Option<usize> {
+        let mut end = start;
+        while let Some(&c) = b.get(end) {
+            if !(33..=126).contains(&c) || matches!(c, b'=' | b']' | b'"') {
+                break;
+            }
+            end += 1;
+        }
+        (1..=32).contains(&(end - start)).then_some(end)
     };
     while b.get(i) == Some(&b'[') {
         let id_end = name(i + 1)?;
@@ -710,6 +713,7 @@ mod tests {
             "[id k=v]",
             r#"[id k="unterminated]"#,
             &format!(r#"[{} k="v"]"#, "x".repeat(33)),
+            &format!(r#"[id {}="v"]"#, "k".repeat(33)),
             r#"[i=d k="v"]"#,
             "[]",
             r#"[id k="v"]x"#,
@@ -718,6 +722,15 @@ mod tests {
             let m = parse(&line);
             assert_eq!(m.format, Format::Unparsed, "{bad}");
         }
+        // SD-NAMEs of 32 characters, the most there can be.
+        let (id, name) = ("x".repeat(32), "k".repeat(32));
+        let line = format!(r#"<13>1 - h a - - [{id} {name}="v"] m"#);
+        let m = parse(&line);
+        assert_eq!(m.format, Format::Rfc5424);
+        assert_eq!(
+            sd_value(m.structured_data.unwrap(), &id, &name).as_deref(),
+            Some("v")
+        );
         // A BOM starts a UTF-8 MSG; it is not part of the text.
         let m = parse("<13>1 - h a - - - \u{feff}text");
         assert_eq!(m.msg, "text");
