@@ -365,12 +365,18 @@ impl serde::Serialize for SdJson<'_> {
     }
 }
 
-/// A body that is a JSON object, as written (checked, not rebuilt).
-fn json_object(body: &str) -> Option<&serde_json::value::RawValue> {
+/// A body that is a JSON object, as written (checked, not rebuilt), without the white space
+/// around it. [`otlp::plain_json`] checks most bodies; serde_json the others.
+fn json_object(body: &str) -> Option<&str> {
     if !body.trim_start().starts_with('{') {
         return None;
     }
-    serde_json::from_str::<&serde_json::value::RawValue>(body).ok()
+    if otlp::plain_json(body) {
+        return Some(body.trim_matches([' ', '\t', '\n', '\r']));
+    }
+    serde_json::from_str::<&serde_json::value::RawValue>(body)
+        .ok()
+        .map(serde_json::value::RawValue::get)
 }
 
 /// The message: a JSON object embedded as it is, or text.
@@ -708,7 +714,7 @@ fn envelope(e: &Event<'_>, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(member!("message").as_bytes());
     match json_object(e.body) {
-        Some(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        Some(object) => out.extend_from_slice(object.as_bytes()),
         None => write_string(out, e.body),
     }
     if e.invalid_utf8 {
@@ -804,9 +810,10 @@ impl<'a> Envelope<'a> {
             version: m.version,
             syslog_format: m.format.as_str(),
             structured_data: m.structured_data.map(SdJson),
-            message: match json_object(e.body) {
-                Some(raw) => Body::Object(raw),
-                None => Body::Text(e.body),
+            // serde_json alone decides here: this is what the writer is tested against.
+            message: match e.body.trim_start().starts_with('{') {
+                true => serde_json::from_str(e.body).map_or(Body::Text(e.body), Body::Object),
+                false => Body::Text(e.body),
             },
             message_invalid_utf8: e.invalid_utf8,
             peer_addr: e.origin.peer_addr.as_deref(),
@@ -1239,10 +1246,10 @@ pub mod otlp {
     /// writes with [`member`]; then a name given more than once is kept once (see
     /// [`dedup_members`]).
     #[inline(always)]
-    fn object<E>(
-        pb: &mut Pb,
+    fn object<'b, E>(
+        pb: &mut Pb<'b>,
         members: &mut Vec<Member>,
-        body: impl FnOnce(&mut Pb, &mut Vec<Member>) -> Result<(), E>,
+        body: impl FnOnce(&mut Pb<'b>, &mut Vec<Member>) -> Result<(), E>,
     ) -> Result<(), E> {
         let list = pb.begin(6);
         let first = pb.0.len();
@@ -1257,11 +1264,11 @@ pub mod otlp {
     /// An object's member: `name`, and the fields of the `AnyValue` that `value` writes; noted
     /// on `members`.
     #[inline(always)]
-    fn member<E>(
-        pb: &mut Pb,
+    fn member<'b, E>(
+        pb: &mut Pb<'b>,
         members: &mut Vec<Member>,
         name: &str,
-        value: impl FnOnce(&mut Pb, &mut Vec<Member>) -> Result<(), E>,
+        value: impl FnOnce(&mut Pb<'b>, &mut Vec<Member>) -> Result<(), E>,
     ) -> Result<(), E> {
         let start = pb.0.len();
         let kv = pb.begin(1);
@@ -1407,9 +1414,9 @@ pub mod otlp {
 
         /// `body` written into `pb`, or `None` (with some of it written) when it is not
         /// JSON this reads.
-        fn write(pb: &mut Pb, body: &'a str, members: &mut Vec<Member>) -> Option<()> {
+        fn write<S: Sink>(out: &mut S, body: &'a str, members: &mut Vec<Member>) -> Option<()> {
             let mut json = Plain { text: body, at: 0 };
-            json.value(pb, members, Self::DEPTH)?;
+            json.value(out, members, Self::DEPTH)?;
             json.skip_space();
             (json.at == body.len()).then_some(())
         }
@@ -1434,6 +1441,7 @@ pub mod otlp {
         }
 
         /// Takes `byte` when it comes next.
+        #[inline(always)]
         fn take(&mut self, byte: u8) -> Option<()> {
             (self.peek()? == byte).then(|| self.at += 1)
         }
@@ -1466,6 +1474,7 @@ pub mod otlp {
         }
 
         /// An object member's name and the colon after it.
+        #[inline(always)]
         fn name(&mut self) -> Option<&'a str> {
             if self.peek()? != b'"' {
                 return None;
@@ -1476,6 +1485,7 @@ pub mod otlp {
         }
 
         /// An integer as serde_json reads one into an `i64`.
+        #[inline(always)]
         fn integer(&mut self) -> Option<i64> {
             let bytes = self.text.as_bytes();
             let negative = bytes.get(self.at) == Some(&b'-');
@@ -1508,7 +1518,12 @@ pub mod otlp {
             (self.text.get(self.at..end)? == word).then(|| self.at = end)
         }
 
-        fn value(&mut self, pb: &mut Pb, members: &mut Vec<Member>, depth: u8) -> Option<()> {
+        fn value<S: Sink>(
+            &mut self,
+            pb: &mut S,
+            members: &mut Vec<Member>,
+            depth: u8,
+        ) -> Option<()> {
             match self.peek()? {
                 b'"' => pb.text(1, self.string()?),
                 b't' => {
@@ -1545,13 +1560,13 @@ pub mod otlp {
                     let depth = depth.checked_sub(1)?;
                     self.at += 1;
                     // `object` and `member` pass on an error; here `()`: gave up.
-                    let written = object(pb, members, |pb, members| {
+                    let written = pb.object(members, |pb, members| {
                         if self.take(b'}').is_some() {
                             return Ok(());
                         }
                         loop {
                             let name = self.name().ok_or(())?;
-                            member(pb, members, name, |pb, members| {
+                            pb.member(members, name, |pb, members| {
                                 self.value(pb, members, depth).ok_or(())
                             })?;
                             if self.take(b',').is_none() {
@@ -1565,6 +1580,95 @@ pub mod otlp {
             }
             Some(())
         }
+    }
+
+    /// What [`Plain`] reads a JSON value into: the fields of an `AnyValue` ([`Pb`]), or
+    /// nothing ([`Check`]).
+    trait Sink: Sized {
+        fn text(&mut self, tag: u8, s: &str);
+        fn varint(&mut self, tag: u8, v: u64);
+        fn begin(&mut self, tag: u8) -> usize;
+        fn end(&mut self, at: usize);
+        fn object<E>(
+            &mut self,
+            members: &mut Vec<Member>,
+            body: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
+        ) -> Result<(), E>;
+        fn member<E>(
+            &mut self,
+            members: &mut Vec<Member>,
+            name: &str,
+            value: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
+        ) -> Result<(), E>;
+    }
+
+    impl Sink for Pb<'_> {
+        #[inline(always)]
+        fn text(&mut self, tag: u8, s: &str) {
+            Pb::text(self, tag, s);
+        }
+        #[inline(always)]
+        fn varint(&mut self, tag: u8, v: u64) {
+            Pb::varint(self, tag, v);
+        }
+        #[inline(always)]
+        fn begin(&mut self, tag: u8) -> usize {
+            Pb::begin(self, tag)
+        }
+        #[inline(always)]
+        fn end(&mut self, at: usize) {
+            Pb::end(self, at);
+        }
+        #[inline(always)]
+        fn object<E>(
+            &mut self,
+            members: &mut Vec<Member>,
+            body: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
+        ) -> Result<(), E> {
+            object(self, members, body)
+        }
+        #[inline(always)]
+        fn member<E>(
+            &mut self,
+            members: &mut Vec<Member>,
+            name: &str,
+            value: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
+        ) -> Result<(), E> {
+            member(self, members, name, value)
+        }
+    }
+
+    /// Reads without writing: to check that a body is JSON.
+    struct Check;
+
+    impl Sink for Check {
+        fn text(&mut self, _: u8, _: &str) {}
+        fn varint(&mut self, _: u8, _: u64) {}
+        fn begin(&mut self, _: u8) -> usize {
+            0
+        }
+        fn end(&mut self, _: usize) {}
+        fn object<E>(
+            &mut self,
+            members: &mut Vec<Member>,
+            body: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
+        ) -> Result<(), E> {
+            body(self, members)
+        }
+        fn member<E>(
+            &mut self,
+            members: &mut Vec<Member>,
+            _: &str,
+            value: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
+        ) -> Result<(), E> {
+            value(self, members)
+        }
+    }
+
+    /// True when `body` is JSON that [`Plain`] reads (most bodies that are): false leaves the
+    /// question to serde_json.
+    pub(super) fn plain_json(body: &str) -> bool {
+        Plain::write(&mut Check, body, &mut Vec::new()).is_some()
     }
 
     /// A body as [`Plain`] writes it (`None`: it gave up) and as serde_json does (`None`: not
@@ -1851,7 +1955,7 @@ pub mod otlp {
         let m = e.msg;
         let mut attributes = Vec::new();
         otlp_attributes(e, &mut attributes);
-        let object = json_object(e.body).and_then(|raw| serde_json::from_str(raw.get()).ok());
+        let object = json_object(e.body).and_then(|raw| serde_json::from_str(raw).ok());
         let body = match object {
             Some(FromJson(object)) => object,
             None => Value::StringValue(e.body.to_string()),
@@ -2317,6 +2421,11 @@ mod tests {
             let ours = payload(RecordFormat::OtlpProto, &event).0;
             let reference = prost::Message::encode_to_vec(&otlp::request(&event));
             assert_eq!(ours, reference, "{body}");
+            // The `json` envelope embeds the same bodies (checked by the plain reader or by
+            // serde_json) as the envelope serde_json writes, which asks serde_json alone.
+            let by_hand = payload(RecordFormat::Json, &event).0;
+            let (by_serde, _) = json_bytes(&Envelope::of(&event), &event);
+            assert_eq!(by_hand, by_serde, "{body}");
         }
     }
 
