@@ -519,9 +519,9 @@ fn escapes(w: u64) -> bool {
     escaped_bits(w) != 0
 }
 
-/// What [`escapes`] looks at: the high bit of each byte of `w` that JSON escapes may be set,
-/// but the lowest bit set is always that of the first such byte (a borrow only runs up from
-/// a byte that counts), so its position says where the first is.
+/// What [`escapes`] looks at: the high bit of the first byte of `w` that JSON escapes is set,
+/// none below it, and perhaps some above it (a borrow only runs up from a byte that counts),
+/// so the lowest bit set says where that first byte is.
 #[inline(always)]
 fn escaped_bits(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
@@ -1403,7 +1403,8 @@ pub mod otlp {
     /// and gives up (`None`) at anything else, which serde_json then reads: an escape, a
     /// fraction or an exponent, a longer integer or `-0` (serde_json's float), a deeper value,
     /// or what is not JSON at all. A differential test and the `syslog` fuzz target check
-    /// that the two write the same whenever this one does not give up.
+    /// that the two write the same whenever this one does not give up. Into [`Check`] it
+    /// only reads: what the `json` format asks of a body before it embeds it.
     struct Plain<'a> {
         text: &'a str,
         at: usize,
