@@ -1231,61 +1231,15 @@ pub mod otlp {
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let AnyJson(pb, members) = self;
-            object(pb, members, |pb, members| {
+            pb.object(members, |pb, members| {
                 while let Some(Name(name)) = map.next_key()? {
-                    member(pb, members, &name, |pb, members| {
+                    pb.member(members, &name, |pb, members| {
                         map.next_value_seed(AnyJson(pb, members))
                     })?;
                 }
                 Ok(())
             })
         }
-    }
-
-    /// A JSON object as the fields of an `AnyValue`: a key-value list, whose members `body`
-    /// writes with [`member`]; then a name given more than once is kept once (see
-    /// [`dedup_members`]).
-    #[inline(always)]
-    fn object<'b, E>(
-        pb: &mut Pb<'b>,
-        members: &mut Vec<Member>,
-        body: impl FnOnce(&mut Pb<'b>, &mut Vec<Member>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let list = pb.begin(6);
-        let first = pb.0.len();
-        let base = members.len();
-        body(pb, members)?;
-        dedup_members(pb.0, first, &mut members[base..]);
-        members.truncate(base);
-        pb.end(list);
-        Ok(())
-    }
-
-    /// An object's member: `name`, and the fields of the `AnyValue` that `value` writes; noted
-    /// on `members`.
-    #[inline(always)]
-    fn member<'b, E>(
-        pb: &mut Pb<'b>,
-        members: &mut Vec<Member>,
-        name: &str,
-        value: impl FnOnce(&mut Pb<'b>, &mut Vec<Member>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let start = pb.0.len();
-        let kv = pb.begin(1);
-        pb.name(name);
-        let name_end = pb.0.len();
-        let at = pb.begin(2);
-        value(pb, members)?;
-        pb.end(at);
-        let before = pb.0.len();
-        pb.end(kv);
-        // A long member moved up to make room for its length.
-        let moved = pb.0.len() - before;
-        members.push(Member {
-            name: name_end + moved - name.len()..name_end + moved,
-            kv: start..pb.0.len(),
-        });
-        Ok(())
     }
 
     /// Where an object member's name and its `KeyValue` are in the protobuf written.
@@ -1560,7 +1514,7 @@ pub mod otlp {
                 b'{' => {
                     let depth = depth.checked_sub(1)?;
                     self.at += 1;
-                    // `object` and `member` pass on an error; here `()`: gave up.
+                    // `Sink::object` and `Sink::member` pass on an error; here `()`: gave up.
                     let written = pb.object(members, |pb, members| {
                         if self.take(b'}').is_some() {
                             return Ok(());
@@ -1620,14 +1574,27 @@ pub mod otlp {
         fn end(&mut self, at: usize) {
             Pb::end(self, at);
         }
+        /// A JSON object as the fields of an `AnyValue`: a key-value list, whose members `body`
+        /// writes with [`Sink::member`]; then a name given more than once is kept once (see
+        /// [`dedup_members`]).
         #[inline(always)]
         fn object<E>(
             &mut self,
             members: &mut Vec<Member>,
             body: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
         ) -> Result<(), E> {
-            object(self, members, body)
+            let list = self.begin(6);
+            let first = self.0.len();
+            let base = members.len();
+            body(self, members)?;
+            dedup_members(self.0, first, &mut members[base..]);
+            members.truncate(base);
+            self.end(list);
+            Ok(())
         }
+
+        /// An object's member: `name`, and the fields of the `AnyValue` that `value` writes;
+        /// noted on `members`.
         #[inline(always)]
         fn member<E>(
             &mut self,
@@ -1635,7 +1602,22 @@ pub mod otlp {
             name: &str,
             value: impl FnOnce(&mut Self, &mut Vec<Member>) -> Result<(), E>,
         ) -> Result<(), E> {
-            member(self, members, name, value)
+            let start = self.0.len();
+            let kv = self.begin(1);
+            self.name(name);
+            let name_end = self.0.len();
+            let at = self.begin(2);
+            value(self, members)?;
+            self.end(at);
+            let before = self.0.len();
+            self.end(kv);
+            // A long member moved up to make room for its length.
+            let moved = self.0.len() - before;
+            members.push(Member {
+                name: name_end + moved - name.len()..name_end + moved,
+                kv: start..self.0.len(),
+            });
+            Ok(())
         }
     }
 
