@@ -426,6 +426,16 @@ enum Woke {
     Shutdown,
     Deadline,
     Idle,
+    /// Time to give back a large read buffer (nothing was read).
+    Shrink,
+}
+
+/// The times a waiting RELP session wakes by itself.
+struct Wake {
+    /// `idle_timeout` passes.
+    idle: Option<Instant>,
+    /// A large read buffer is given back.
+    shrink: Option<Instant>,
 }
 
 /// One RELP session (librelp's client, rsyslog's omrelp): frames are cut with [`relp::cut`],
@@ -542,7 +552,12 @@ impl RelpSession {
                         .idle_timeout
                         .filter(|_| self.turns.is_empty())
                         .map(|t| last_data + t);
-                    wait_relp(stream, &mut buf[end..], can_read, heard, shutdown, idle).await
+                    // A buffer grown for a long message or a fast sender is given back once
+                    // the session has been quiet, as a stream connection's is.
+                    let shrink =
+                        (start == end && buf.len() > SMALL).then(|| Instant::now() + SHRINK_AFTER);
+                    let wake = Wake { idle, shrink };
+                    wait_relp(stream, &mut buf[end..], can_read, heard, shutdown, wake).await
                 }
             };
             match woke {
@@ -552,6 +567,7 @@ impl RelpSession {
                     return self.close_with(stream, SHUTTING_DOWN, End::Shutdown).await
                 }
                 Woke::Idle => return self.close_with(stream, "idle_timeout", End::Idle).await,
+                Woke::Shrink => buf = vec![0u8; SMALL],
                 // The peer is gone: nothing it sent and is not answered can be answered now.
                 Woke::Read(Ok(0)) => return Ok(End::Closed),
                 Woke::Read(Err(e)) => return Err(e),
@@ -721,7 +737,7 @@ async fn wait_relp<S: AsyncRead + Unpin>(
     can_read: bool,
     heard: event_listener::EventListener,
     shutdown: &Shutdown,
-    idle: Option<Instant>,
+    wake: Wake,
 ) -> Woke {
     use futures_lite::FutureExt;
     let read = async {
@@ -744,13 +760,19 @@ async fn wait_relp<S: AsyncRead + Unpin>(
             }
         }
     };
-    let idle = async {
-        match idle {
-            Some(at) => {
-                smol::Timer::at(at).await;
-                Woke::Idle
-            }
-            None => std::future::pending().await,
+    let timer = async {
+        let at = match (wake.idle, wake.shrink) {
+            (Some(i), Some(s)) => i.min(s),
+            (i, s) => match i.or(s) {
+                Some(at) => at,
+                None => std::future::pending().await,
+            },
+        };
+        smol::Timer::at(at).await;
+        if wake.idle.is_some_and(|i| i <= at) {
+            Woke::Idle
+        } else {
+            Woke::Shrink
         }
     };
     read.or(async {
@@ -758,7 +780,7 @@ async fn wait_relp<S: AsyncRead + Unpin>(
         Woke::Heard
     })
     .or(stop)
-    .or(idle)
+    .or(timer)
     .await
 }
 

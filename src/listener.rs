@@ -271,6 +271,7 @@ impl Connection {
         peer: SocketAddr,
         acceptor: Option<Arc<Acceptor>>,
     ) {
+        let accepted = Instant::now();
         let metrics = self.shared.metrics.clone();
         let settings = self.slot.settings.clone();
         // A load balancer's connection is counted against the client its header names; any
@@ -282,23 +283,33 @@ impl Connection {
         if balancer.is_none() && !self.count_source(peer) {
             return;
         }
-        let peer = match &settings.proxy_protocol {
-            None => peer,
-            Some(_) => match proxy_header(&mut stream, peer, balancer.is_some(), &self.shutdown)
-                .await
-            {
-                Ok(Some(client)) => client,
-                Ok(None) => return,
-                Err(why) => {
-                    metrics.proxy_refused.fetch_add(1, Relaxed);
-                    throttle::PROXY.warn(format_args!("closed the connection from {peer}: {why}"));
-                    return;
+        let (peer, read) = match &settings.proxy_protocol {
+            None => (peer, Vec::new()),
+            Some(_) => {
+                let idle = settings.limits.idle_timeout;
+                let trusted = balancer.is_some();
+                match proxy_header(&mut stream, peer, trusted, accepted, idle, &self.shutdown).await
+                {
+                    Ok(found) => found,
+                    Err(NoHeader::Gone) => return,
+                    Err(NoHeader::Idle) => {
+                        metrics.idle_closed.fetch_add(1, Relaxed);
+                        log::debug!("closed the connection from {peer}: idle_timeout");
+                        return;
+                    }
+                    Err(NoHeader::Refused(why)) => {
+                        metrics.proxy_refused.fetch_add(1, Relaxed);
+                        throttle::PROXY
+                            .warn(format_args!("closed the connection from {peer}: {why}"));
+                        return;
+                    }
                 }
-            },
+            }
         };
         if balancer.is_some() && !self.count_source(peer) {
             return;
         }
+        let stream = Rewound::new(read, stream);
         // Each kind of connection allocates only the state it needs (a TLS session is large).
         match acceptor {
             None => {
@@ -371,82 +382,176 @@ fn origin(peer: SocketAddr, settings: &Settings) -> Origin {
     }
 }
 
-/// Reads a PROXY protocol header off `stream` (peeking first, so not a byte after it is taken)
-/// and returns the client's address. A connection from `proxy.from` must send one; one from
-/// anywhere else must not (its first bytes are syslog, or TLS). `Ok(None)`: the connection
-/// closed or shutdown began before anything was said.
+/// What waiting for a PROXY header came to, when it did not give the client's address.
+enum NoHeader {
+    /// The connection closed, or shutdown began, before anything was said.
+    Gone,
+    /// Nothing came within `idle_timeout`.
+    Idle,
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// Reads a PROXY protocol header off `stream` and returns the client's address, with the
+/// bytes read past the header (the start of the client's own stream, to be read first). A
+/// connection from `proxy.from` must send one; one from anywhere else must not (its first bytes
+/// are syslog, or TLS).
+///
+/// Every wait has a deadline that wins over the bytes (the timer is polled first): a load
+/// balancer has [`PROXY_TIMEOUT`] from `accepted` for its whole header, any other client as
+/// long from its first byte to say enough to tell; before the first byte, either waits at most
+/// `idle` (the listener's `idle_timeout`, when it has one). Bytes are read, never peeked: a
+/// wait costs nothing, and a peer that closes is seen at once.
 async fn proxy_header(
     stream: &mut TcpStream,
     peer: SocketAddr,
     trusted: bool,
+    accepted: Instant,
+    idle: Option<Duration>,
     shutdown: &Shutdown,
-) -> Result<Option<SocketAddr>, String> {
-    let deadline = Instant::now() + PROXY_TIMEOUT;
-    let mut buf = vec![0u8; 256];
-    let mut seen = 0;
+) -> Result<(SocketAddr, Vec<u8>), NoHeader> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    let mut first_byte = None;
     loop {
-        let peeked = shutdown
-            .unless(async { Some(stream.peek(&mut buf).await) }.or(async {
-                // The first bytes of a client that is not a load balancer may be long in
-                // coming (an idle syslog connection): only a load balancer is timed.
-                if trusted || seen > 0 {
-                    smol::Timer::at(deadline).await;
-                } else {
-                    std::future::pending::<()>().await;
+        // The deadline, and whether passing it means the connection was idle.
+        let deadline = match first_byte {
+            Some(_) if trusted => Some((accepted + PROXY_TIMEOUT, false)),
+            Some(at) => Some((at + PROXY_TIMEOUT, false)),
+            None => {
+                let idle = idle.map(|t| (accepted + t, true));
+                let proxy = trusted.then(|| (accepted + PROXY_TIMEOUT, false));
+                match (idle, proxy) {
+                    (Some(i), Some(p)) => Some(if i.0 < p.0 { i } else { p }),
+                    (i, p) => i.or(p),
                 }
-                None
-            }))
-            .await;
-        let n = match peeked {
-            None | Some(Some(Ok(0))) => return Ok(None),
-            Some(Some(Ok(n))) => n,
+            }
+        };
+        let timer = async {
+            match deadline {
+                Some((at, _)) => smol::Timer::at(at).await,
+                None => std::future::pending().await,
+            };
+            None
+        };
+        let read = async { Some(stream.read(&mut chunk).await) };
+        let n = match shutdown.unless(timer.or(read)).await {
+            None => return Err(NoHeader::Gone),
+            Some(None) if deadline.is_some_and(|(_, idle)| idle) => return Err(NoHeader::Idle),
             Some(None) => {
-                return Err(format!(
+                return Err(NoHeader::Refused(format!(
                     "no whole PROXY header within {}s",
                     PROXY_TIMEOUT.as_secs()
-                ))
+                )))
             }
-            Some(Some(Err(e))) => return Err(format!("reading its PROXY header: {e}")),
+            Some(Some(Ok(0))) if buf.is_empty() => return Err(NoHeader::Gone),
+            Some(Some(Ok(0))) => {
+                return Err(NoHeader::Refused(format!(
+                    "closed after {} bytes of a PROXY header",
+                    buf.len()
+                )))
+            }
+            Some(Some(Ok(n))) => n,
+            Some(Some(Err(e))) => {
+                return Err(NoHeader::Refused(format!("reading its PROXY header: {e}")))
+            }
         };
-        match proxy::parse(&buf[..n]) {
+        buf.extend_from_slice(&chunk[..n]);
+        first_byte.get_or_insert_with(Instant::now);
+        // Incomplete only while shorter than the longest header, so the buffer is bounded.
+        match proxy::parse(&buf) {
             proxy::Parsed::Header { len, source } if trusted => {
-                // Take the header, and only the header.
-                stream
-                    .read_exact(&mut buf[..len])
-                    .await
-                    .map_err(|e| format!("reading its PROXY header: {e}"))?;
-                return Ok(Some(source.unwrap_or(peer)));
+                buf.drain(..len);
+                return Ok((source.unwrap_or(peer), buf));
             }
             proxy::Parsed::Header { .. } => {
-                return Err("a PROXY header from outside proxy_protocol.from".into())
+                return Err(NoHeader::Refused(
+                    "a PROXY header from outside proxy_protocol.from".into(),
+                ))
             }
             proxy::Parsed::NotProxy if trusted => {
-                return Err("no PROXY header from a load balancer (proxy_protocol.from)".into())
+                return Err(NoHeader::Refused(
+                    "no PROXY header from a load balancer (proxy_protocol.from)".into(),
+                ))
             }
-            proxy::Parsed::NotProxy => return Ok(Some(peer)),
-            proxy::Parsed::Malformed(why) => return Err(why),
-            proxy::Parsed::Incomplete => {
-                if n == buf.len() {
-                    buf.resize((buf.len() * 4).min(proxy::MAX_HEADER), 0);
-                } else {
-                    // Peeking again at once would see the same bytes: wait for more.
-                    smol::Timer::after(Duration::from_millis(5)).await;
-                }
-                seen = n;
-            }
+            proxy::Parsed::NotProxy => return Ok((peer, buf)),
+            proxy::Parsed::Malformed(why) => return Err(NoHeader::Refused(why)),
+            proxy::Parsed::Incomplete => {}
         }
+    }
+}
+
+/// A stream whose first bytes were read already (while looking for a PROXY header): they are
+/// read again first, then the stream's own.
+struct Rewound<S> {
+    read: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Rewound<S> {
+    fn new(read: Vec<u8>, inner: S) -> Self {
+        Rewound { read, at: 0, inner }
+    }
+}
+
+impl<S: futures_lite::AsyncRead + Unpin> futures_lite::AsyncRead for Rewound<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.at < this.read.len() {
+            let n = buf.len().min(this.read.len() - this.at);
+            buf[..n].copy_from_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for Rewound<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_close(cx)
     }
 }
 
 /// The TLS handshake, within the listener's timeout; on success the stream and what the
 /// client's certificate says about it. Failures are counted and logged.
-async fn handshake(
+async fn handshake<S>(
     acceptor: &Acceptor,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     mut origin: Origin,
     metrics: &crate::metrics::Metrics,
-) -> Option<(futures_rustls::server::TlsStream<TcpStream>, Origin)> {
+) -> Option<(futures_rustls::server::TlsStream<S>, Origin)>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
     let timeout = acceptor.settings().handshake_timeout;
     let handshake = async { Some(acceptor.get().accept(stream).await) }
         .or(async {

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use hotdog::cli::{Cli, Command};
 use hotdog::config::{self, Config};
-use hotdog::{ruletest, runtime, server, testmode, tls};
+use hotdog::{ruletest, runtime, server, testmode};
 
 /// Gives memory that is free inside glibc's heaps back to the system, every few seconds:
 /// without it, what thousands of connections used stays in the process after they close
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let file = cli.config.display().to_string();
-    let config = match Config::load(&cli.config, &tls::check) {
+    let config = match Config::load(&cli.config, &config::Outside::real()) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -75,6 +75,13 @@ fn main() -> ExitCode {
             log::error!(
                 "{} records were not delivered before the shutdown timeout; they are in the dead-letter file (or the log)",
                 summary.undelivered
+            );
+            ExitCode::from(EXIT_UNDELIVERED)
+        }
+        Ok(summary) if summary.dead_letters_unwritten > 0 => {
+            log::error!(
+                "{} dead letters could not be written to the dead-letter file; they are in the log",
+                summary.dead_letters_unwritten
             );
             ExitCode::from(EXIT_UNDELIVERED)
         }

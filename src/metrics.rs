@@ -99,6 +99,10 @@ pub struct Metrics {
     /// Connections closed for a PROXY protocol header that was malformed, missing, or from
     /// outside `proxy_protocol.from`.
     pub proxy_refused: AtomicU64,
+    /// Dead letters a write to the dead-letter file failed for (each time it failed).
+    pub dead_letter_write_failed: AtomicU64,
+    /// Dead letters still unwritten when hotdog stopped (logged whole instead).
+    pub dead_letter_unwritten: AtomicU64,
     /// Status server connections closed at once, over its connection cap.
     pub status_refused: AtomicU64,
     /// Records sent to `global.kafka.topic` because their own topic would have passed
@@ -336,7 +340,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 44] = [
+pub static COUNTERS: [Counter; 46] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -613,6 +617,20 @@ pub static COUNTERS: [Counter; 44] = [
         read: |m| get(&m.dead_lettered),
     },
     Counter {
+        name: "dead_letter_file.write_failed",
+        prometheus: Some(("dead_letter_file_write_failures_total", "")),
+        kind: Kind::Counter,
+        help: "Dead letters a write to the dead-letter file failed for, each time it failed (they wait and are tried again).",
+        read: |m| get(&m.dead_letter_write_failed),
+    },
+    Counter {
+        name: "dead_letter_file.unwritten",
+        prometheus: Some(("dead_letter_file_unwritten_total", "")),
+        kind: Kind::Counter,
+        help: "Dead letters the dead-letter file still refused when hotdog stopped (logged whole instead).",
+        read: |m| get(&m.dead_letter_unwritten),
+    },
+    Counter {
         name: "queue.channel",
         prometheus: Some(("queue_depth", "{queue=\"channel\"}")),
         kind: Kind::Gauge,
@@ -858,6 +876,8 @@ mod tests {
             &m.refused_source,
             &m.idle_closed,
             &m.proxy_refused,
+            &m.dead_letter_write_failed,
+            &m.dead_letter_unwritten,
             &m.status_refused,
             &m.topics_over_limit,
             &m.producer_fatal,

@@ -36,9 +36,9 @@ pub enum Error {
     /// librdkafka refused the settings in `global.kafka.conf`.
     #[error("global.kafka.conf is not accepted by librdkafka: {0}")]
     Conf(#[source] KafkaError),
-    /// A thread could not be started.
-    #[error("cannot start the dead-letter writer: {0}")]
-    Thread(#[source] std::io::Error),
+    /// The dead-letter file could not be opened, or its writer's thread started.
+    #[error("{0}")]
+    DeadLetterFile(#[source] std::io::Error),
 }
 
 /// Records produced between two cooperative yields.
@@ -703,7 +703,7 @@ impl Publisher {
             );
         }
         let file = deadletter::start(kafka.dead_letter.file.clone(), metrics.clone())
-            .map_err(Error::Thread)?;
+            .map_err(Error::DeadLetterFile)?;
         let wake = Arc::new(Event::new());
         let expired = Arc::new(AtomicBool::new(false));
         let dead_pending: Pending<DeadLetter> = Arc::default();

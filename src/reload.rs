@@ -94,7 +94,8 @@ fn listener_changes(old: &Listen, new: &Listen, at: &str, plan: &mut Plan) {
 /// What a reload did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// The generation now in use.
+    /// The generation now in use (the `/reload` answer has it already, beside the report).
+    #[serde(skip_serializing)]
     pub generation: u64,
     pub rules: usize,
     /// Listeners started and stopped (`tcp 127.0.0.1:1514`).
@@ -127,33 +128,73 @@ impl fmt::Display for Report {
 /// Why a reload changed nothing: every error (`file:line:column: message` for the file).
 pub type Failure = Vec<String>;
 
-/// A request to reload, with where to send the outcome (an HTTP client waits for it; a signal
-/// or the file watcher does not).
-pub struct Request {
-    pub reply: Option<async_channel::Sender<Result<Report, Failure>>>,
+/// Where the outcome of a reload goes: to each HTTP client waiting for it (a signal or the file
+/// watcher waits for none).
+type Reply = async_channel::Sender<Result<Report, Failure>>;
+
+/// The way to ask for a reload. Every request that comes while a reload runs (or before one
+/// begins) shares the one reload after it: that one reads the file after all of them.
+#[derive(Clone)]
+pub struct Requests(std::sync::Arc<Asked>);
+
+/// The requests not taken yet, and the wake-up of the server's loop.
+struct Asked {
+    waiting: Mutex<Vec<Reply>>,
+    wake: async_channel::Sender<()>,
 }
 
-/// The way to ask for a reload. Requests that come while one waits are one reload: it reads the
-/// file after all of them.
-#[derive(Clone)]
-pub struct Requests(async_channel::Sender<Request>);
+/// The server's end: [`Pending::next`] gives every request made since the last call.
+pub struct Pending {
+    asked: std::sync::Arc<Asked>,
+    woken: async_channel::Receiver<()>,
+}
 
-pub fn requests() -> (Requests, async_channel::Receiver<Request>) {
-    let (tx, rx) = async_channel::bounded(1);
-    (Requests(tx), rx)
+pub fn requests() -> (Requests, Pending) {
+    let (wake, woken) = async_channel::bounded(1);
+    let asked = std::sync::Arc::new(Asked {
+        waiting: Mutex::new(Vec::new()),
+        wake,
+    });
+    (Requests(asked.clone()), Pending { asked, woken })
 }
 
 impl Requests {
     /// Asks for a reload without waiting for it (a signal, the watcher).
     pub fn ask(&self) {
-        let _ = self.0.try_send(Request { reply: None });
+        // A wake-up already waiting covers this request too.
+        let _ = self.0.wake.try_send(());
     }
 
     /// Reloads and says how it went; `None` when the server is shutting down.
     pub async fn reload(&self) -> Option<Result<Report, Failure>> {
         let (reply, outcome) = async_channel::bounded(1);
-        self.0.send(Request { reply: Some(reply) }).await.ok()?;
+        {
+            let mut waiting = self.0.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            if self.0.wake.is_closed() {
+                return None;
+            }
+            waiting.push(reply);
+        }
+        let _ = self.0.wake.try_send(());
         outcome.recv().await.ok()
+    }
+}
+
+impl Pending {
+    /// Waits for a request, then takes it with every other one made so far (those waiting for
+    /// an answer get it from the one reload that follows); `None` once closed.
+    pub async fn next(&self) -> Option<Vec<Reply>> {
+        self.woken.recv().await.ok()?;
+        Some(std::mem::take(
+            &mut *self.asked.waiting.lock().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+
+    /// No more reloads: every request waiting and every later one is answered `None`.
+    pub fn close(&self) {
+        let mut waiting = self.asked.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        self.woken.close();
+        waiting.clear();
     }
 }
 

@@ -21,7 +21,7 @@ use crate::publisher::{self, Health, Outbox, Publisher};
 use crate::rules::Current;
 use crate::shutdown::{self, Shutdown};
 use crate::tls::Acceptor;
-use crate::{record, reload, runtime, status, throttle, tls};
+use crate::{record, reload, runtime, status, throttle};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,8 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Error::Publisher(publisher::Error::Conf(_)) | Error::Listener(listener::Error::Tls(_))
+            Error::Publisher(publisher::Error::Conf(_) | publisher::Error::DeadLetterFile(_))
+                | Error::Listener(listener::Error::Tls(_))
         )
     }
 }
@@ -72,6 +73,8 @@ pub struct Summary {
     /// senders send them again).
     pub relp_sessions: u64,
     pub relp_unacknowledged: u64,
+    /// Dead letters the dead-letter file refused until the end (logged whole instead).
+    pub dead_letters_unwritten: u64,
 }
 
 impl Summary {
@@ -90,6 +93,7 @@ impl Summary {
                 .max(unacknowledged),
             relp_sessions: m.relp_sessions_total.load(Relaxed),
             relp_unacknowledged: m.relp_unacknowledged.load(Relaxed),
+            dead_letters_unwritten: m.dead_letter_unwritten.load(Relaxed),
         }
     }
 }
@@ -108,6 +112,13 @@ impl fmt::Display for Summary {
             self.dropped,
             self.in_flight
         )?;
+        if self.dead_letters_unwritten > 0 {
+            write!(
+                f,
+                ", dead letters not written to the file {} (logged whole)",
+                self.dead_letters_unwritten
+            )?;
+        }
         if self.relp_sessions > 0 {
             write!(
                 f,
@@ -210,16 +221,22 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
 
     let stop = watch_signals(signals, requests).map_err(io("cannot start the signal thread"))?;
     loop {
-        let next = async { requested.recv().await.ok() }
-            .or(async {
-                let _ = stop.recv().await;
-                None
-            })
-            .await;
-        let Some(request) = next else { break };
-        let outcome = running.reload().await;
-        if let Some(reply) = request.reply {
-            let _ = reply.try_send(outcome);
+        let stopped = async {
+            let _ = stop.recv().await;
+            None
+        };
+        let next = async { requested.next().await }.or(stopped).await;
+        let Some(replies) = next else { break };
+        // A signal stops hotdog during a reload too: one stuck (a hung file read) is dropped.
+        let stopped = async {
+            let _ = stop.recv().await;
+            None
+        };
+        let Some(outcome) = async { Some(running.reload().await) }.or(stopped).await else {
+            break;
+        };
+        for reply in replies {
+            let _ = reply.try_send(outcome.clone());
         }
     }
     // Reloads asked for from now on are answered "shutting down".
@@ -322,7 +339,7 @@ impl Running {
 
     async fn try_reload(&mut self) -> Result<reload::Report, reload::Failure> {
         let path = self.path.clone();
-        let config = smol::unblock(move || Config::load(&path, &tls::check))
+        let config = smol::unblock(move || Config::load(&path, &crate::config::Outside::real()))
             .await
             .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
         let Config {

@@ -21,9 +21,18 @@ pub struct ClientIdentity {
     pub dns_names: Vec<String>,
 }
 
+/// The longest certificate, key or CA file.
+const MAX_FILE: u64 = 16 << 20;
+
+/// A TLS file's bytes, read within the configuration's read timeout.
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    crate::config::read_bounded(path, MAX_FILE)
+        .map_err(|e| format!("cannot read {what} from {}: {e}", path.display()))
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
+    let pem = read(path, "certificates")?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("bad certificate PEM in {}: {e}", path.display()))?;
     if certs.is_empty() {
@@ -37,7 +46,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(&tls.cert)?;
     // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys are all recognized from their PEM labels.
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
+    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key, "a private key")?)
         .map_err(|e| format!("cannot read a private key from {}: {e}", tls.key.display()))?;
     let builder = ServerConfig::builder();
     let builder = match &tls.ca {

@@ -246,14 +246,14 @@ fn broker_away_for_15s_holds_the_answers_and_loses_no_line() {
 }
 
 /// A RELP client of the test's own, to say what omrelp never would.
-struct Client {
+pub(crate) struct Client {
     s: TcpStream,
     txnr: u32,
     buf: Vec<u8>,
 }
 
 /// One frame as the server wrote it: (txnr, command, data).
-type Frame = (u32, String, Vec<u8>);
+pub(crate) type Frame = (u32, String, Vec<u8>);
 
 impl Client {
     fn connect(addr: &str) -> Client {
@@ -268,7 +268,7 @@ impl Client {
     }
 
     /// Connects and opens a session as librelp does.
-    fn open(addr: &str) -> Client {
+    pub(crate) fn open(addr: &str) -> Client {
         let mut c = Client::connect(addr);
         c.command(
             "open",
@@ -282,7 +282,7 @@ impl Client {
         c
     }
 
-    fn command(&mut self, command: &str, data: &[u8]) -> u32 {
+    pub(crate) fn command(&mut self, command: &str, data: &[u8]) -> u32 {
         self.txnr += 1;
         let mut frame = format!("{} {command} {}", self.txnr, data.len()).into_bytes();
         if !data.is_empty() {
@@ -295,7 +295,7 @@ impl Client {
     }
 
     /// The next frame from the server; `None` when it closed the connection.
-    fn frame(&mut self) -> Option<Frame> {
+    pub(crate) fn frame(&mut self) -> Option<Frame> {
         loop {
             if let Some(f) = self.cut() {
                 return Some(f);

@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod delivery;
+mod edges;
 mod exactly_once;
 mod forward;
 mod limits;

@@ -22,7 +22,7 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         }
     };
     let kafka = match g.get("kafka") {
-        Some(n) => decode_kafka(cx, n, outside.var),
+        Some(n) => decode_kafka(cx, n, outside),
         None => {
             cx.error(node, "`global.kafka` is required");
             None
@@ -327,11 +327,8 @@ fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str, at: (usize, usize)) -> O
     })
 }
 
-fn decode_kafka(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Kafka> {
+fn decode_kafka(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Kafka> {
+    let env = outside.var;
     let mut m = Map::new(cx, node, "global.kafka")?;
     let mut conf = BTreeMap::new();
     if let Some(c) = m.get("conf") {
@@ -385,6 +382,11 @@ fn decode_kafka(
                 }
             }
             dead_letter.file = dm.string(cx, "file").map(PathBuf::from);
+            if let (Some(path), Some(n)) = (&dead_letter.file, dm.get("file")) {
+                if let Err(why) = (outside.check_output)(path) {
+                    cx.error(n, format!("the dead-letter file: {why}"));
+                }
+            }
             dm.finish(cx);
         }
     }

@@ -269,30 +269,35 @@ pub const ENV_OVERRIDES: [(&str, &str); 3] = [
     ("SASL_SCRAM_PASSWORD", "sasl.password"),
 ];
 
-/// What decoding asks of the world outside the file: environment variables, and whether a TLS
-/// listener's files load (the TLS module answers; the configuration does not read them itself).
+/// What decoding asks of the world outside the file: environment variables, whether a TLS
+/// listener's files load, and whether a file hotdog appends to can be one (the modules that use
+/// them answer; the configuration does not touch them itself).
 pub struct Outside<'a> {
     pub var: &'a dyn Fn(&str) -> Option<String>,
     pub check_tls: &'a dyn Fn(&Tls) -> Result<(), String>,
+    pub check_output: &'a dyn Fn(&Path) -> Result<(), String>,
+}
+
+impl Outside<'static> {
+    /// The real world: the environment, and the TLS and dead-letter modules' checks.
+    pub fn real() -> Outside<'static> {
+        fn var(k: &str) -> Option<String> {
+            std::env::var(k).ok()
+        }
+        Outside {
+            var: &var,
+            check_tls: &crate::tls::check,
+            check_output: &crate::deadletter::check,
+        }
+    }
 }
 
 impl Config {
-    /// Reads, validates and compiles `path`, applying the environment overrides; `check_tls`
-    /// says whether the files of a TLS listener load, and its errors come with the others.
-    pub fn load(
-        path: &Path,
-        check_tls: &dyn Fn(&Tls) -> Result<(), String>,
-    ) -> Result<Config, ConfigErrors> {
+    /// Reads, validates and compiles `path`, applying the environment overrides; `outside`'s
+    /// checks (its `var` is the environment's) report with the other errors.
+    pub fn load(path: &Path, outside: &Outside<'_>) -> Result<Config, ConfigErrors> {
         let (file, text) = read_file(path, "the configuration")?;
-        let var = |k: &str| std::env::var(k).ok();
-        Self::parse_with(
-            &file,
-            &text,
-            &Outside {
-                var: &var,
-                check_tls,
-            },
-        )
+        Self::parse_with(&file, &text, outside)
     }
 
     /// Validates and compiles `text` (named `file` in errors); `env` looks up overrides. TLS
@@ -308,6 +313,7 @@ impl Config {
             &Outside {
                 var: &env,
                 check_tls: &|_| Ok(()),
+                check_output: &|_| Ok(()),
             },
         )
     }
@@ -356,10 +362,47 @@ pub fn load_tests(path: &Path) -> Result<cases::TestFile, ConfigErrors> {
     }
 }
 
+/// How long reading one file of the configuration may take: a FIFO, a device or a hung network
+/// mount is an error after it, never a reload or a `--check` that hangs.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest configuration file.
+const MAX_CONFIG: u64 = 64 << 20;
+
+/// Reads at most `max` bytes of `path` within [`READ_TIMEOUT`] (on a thread of its own, which is
+/// left to finish by itself when the time is up); a longer file is an error.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("read-file".into())
+        .spawn(move || {
+            let read = std::fs::File::open(&owned).and_then(|f| {
+                let mut bytes = Vec::new();
+                f.take(max + 1).read_to_end(&mut bytes).map(|_| bytes)
+            });
+            let _ = tx.send(read);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start a thread to read it: {e}"));
+    }
+    match rx.recv_timeout(READ_TIMEOUT) {
+        Ok(Ok(bytes)) if bytes.len() as u64 > max => Err(format!("longer than {max} bytes")),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "reading it did not finish within {}s (a FIFO, a device, a hung mount?)",
+            READ_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// The file's name (for errors) and text; `what` it is says what could not be read.
 fn read_file(path: &Path, what: &str) -> Result<(String, String), ConfigErrors> {
     let file = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    let text = read_bounded(path, MAX_CONFIG)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string()));
+    match text {
         Ok(text) => Ok((file, text)),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             message: format!("cannot read {what}: {e}"),
