@@ -459,14 +459,17 @@ pub async fn run_relp<S: AsyncRead + AsyncWrite + Unpin>(
         turns: std::collections::VecDeque::new(),
         done: Arc::new(event_listener::Event::new()),
         out: Vec::new(),
+        acks: 0,
     };
     let result = session.serve(&mut stream, limits, &shutdown).await;
     session.pipeline.flush().await;
+    // Messages not answered, and answers made but never written.
     let unanswered = session
         .turns
         .iter()
         .filter(|(_, t)| matches!(t, Turn::Message(_)))
-        .count() as u64;
+        .count() as u64
+        + session.acks;
     if unanswered > 0 {
         metrics.relp_unacknowledged.fetch_add(unanswered, Relaxed);
     }
@@ -486,6 +489,8 @@ struct RelpSession {
     done: Arc<event_listener::Event>,
     /// Answers to write.
     out: Vec<u8>,
+    /// How many `200 OK` answers `out` holds.
+    acks: u64,
 }
 
 impl RelpSession {
@@ -667,11 +672,8 @@ impl RelpSession {
                 break;
             }
         }
-        if acknowledged > 0 {
-            self.metrics
-                .relp_acknowledged
-                .fetch_add(acknowledged, Relaxed);
-        }
+        // Counted once written (see `write`).
+        self.acks += acknowledged;
         answered
     }
 
@@ -683,7 +685,7 @@ impl RelpSession {
             return Ok(());
         }
         let out = &self.out;
-        async {
+        let written = async {
             stream.write_all(out).await?;
             stream.flush().await
         }
@@ -694,7 +696,14 @@ impl RelpSession {
                 "the RELP client took no answer for 30s",
             ))
         })
-        .await?;
+        .await;
+        let acks = std::mem::take(&mut self.acks);
+        if let Err(e) = written {
+            // Answers that never reached the sender: it sends those messages again.
+            self.metrics.relp_unacknowledged.fetch_add(acks, Relaxed);
+            return Err(e);
+        }
+        self.metrics.relp_acknowledged.fetch_add(acks, Relaxed);
         self.out.clear();
         Ok(())
     }

@@ -368,7 +368,8 @@ impl Connection {
                 throttle::RELP.warn(format_args!("closed the RELP session from {peer}: {why}"));
             }
             Ok(_) => {}
-            Err(e) => log::info!("connection from {peer} ended: {e}"),
+            // A peer that resets its connection is common and harmless: not worth a line each.
+            Err(e) => log::debug!("connection from {peer} ended: {e}"),
         }
         metrics.connections.fetch_sub(1, Relaxed);
     }

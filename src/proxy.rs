@@ -46,17 +46,20 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             return Parsed::Incomplete;
         }
         return match ppp::v2::Header::try_from(&bytes[..len]) {
-            Ok(h) => Parsed::Header {
-                len,
-                source: match (h.command, h.addresses) {
-                    (ppp::v2::Command::Local, _) => None,
-                    (_, ppp::v2::Addresses::IPv4(a)) => {
-                        Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
-                    }
-                    (_, ppp::v2::Addresses::IPv6(a)) => {
-                        Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
-                    }
-                    (_, ppp::v2::Addresses::Unix(_) | ppp::v2::Addresses::Unspecified) => None,
+            Ok(h) => match check_tlvs(&h) {
+                Err(why) => Parsed::Malformed(format!("PROXY v2 header: {why}")),
+                Ok(()) => Parsed::Header {
+                    len,
+                    source: match (h.command, h.addresses) {
+                        (ppp::v2::Command::Local, _) => None,
+                        (_, ppp::v2::Addresses::IPv4(a)) => {
+                            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port))
+                        }
+                        (_, ppp::v2::Addresses::IPv6(a)) => {
+                            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port))
+                        }
+                        (_, ppp::v2::Addresses::Unix(_) | ppp::v2::Addresses::Unspecified) => None,
+                    },
                 },
             },
             Err(e) => Parsed::Malformed(format!("PROXY v2 header: {e}")),
@@ -93,6 +96,36 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     }
     Parsed::NotProxy
 }
+
+/// The TLV type of a CRC32C checksum of the whole header (HAProxy's spec, 2.2.5).
+const PP2_TYPE_CRC32C: u8 = 0x03;
+
+/// Every TLV of a v2 header lies within it, and a CRC32C one matches the header (computed
+/// with its own four bytes zero).
+fn check_tlvs(h: &ppp::v2::Header<'_>) -> Result<(), String> {
+    let tlv_start = h.len() - h.tlv_bytes().len();
+    let mut at = tlv_start;
+    for tlv in h.tlvs() {
+        let tlv = tlv.map_err(|e| format!("a TLV that does not fit in the header: {e}"))?;
+        let value_at = at + 3;
+        at = value_at + tlv.value.len();
+        if tlv.kind != PP2_TYPE_CRC32C {
+            continue;
+        }
+        let Ok(sent) = <[u8; 4]>::try_from(tlv.value.as_ref()) else {
+            return Err(format!("a CRC32C TLV of {} bytes", tlv.value.len()));
+        };
+        let mut zeroed = h.as_bytes().to_vec();
+        zeroed[value_at..value_at + 4].fill(0);
+        let computed = CRC32C.checksum(&zeroed);
+        if computed != u32::from_be_bytes(sent) {
+            return Err("its CRC32C checksum does not match".into());
+        }
+    }
+    Ok(())
+}
+
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// Whether `bytes` agree with `signature` as far as either goes.
 fn starts(bytes: &[u8], signature: &[u8]) -> bool {
@@ -184,6 +217,24 @@ mod tests {
     }
 
     #[test]
+    fn a_crc32c_tlv_must_match_the_header() {
+        let mut addresses = vec![192, 0, 2, 9, 10, 0, 0, 1, 0, 1, 0, 2];
+        addresses.extend([PP2_TYPE_CRC32C, 0, 4, 0, 0, 0, 0]);
+        let mut header = v2(1, 0x11, &addresses, b"");
+        let sum = CRC32C.checksum(&header).to_be_bytes();
+        let at = header.len() - 4;
+        header[at..].copy_from_slice(&sum);
+        assert!(matches!(parse(&header), Parsed::Header { len: 35, .. }));
+        // The check value of the CRC-32C (iSCSI) catalogue, so this is that checksum.
+        assert_eq!(CRC32C.checksum(b"123456789"), 0xE306_9283);
+        header[at] ^= 1;
+        assert!(matches!(
+            parse(&header),
+            Parsed::Malformed(why) if why.contains("CRC32C")
+        ));
+    }
+
+    #[test]
     fn malformed_headers_say_so() {
         assert!(matches!(
             parse(b"PROXY TCP4 not-an-address 10.0.0.1 1 2\r\n"),
@@ -195,6 +246,13 @@ mod tests {
         let mut bad = v2(1, 0x11, &[0; 12], b"");
         bad[12] = 0x31;
         assert!(matches!(parse(&bad), Parsed::Malformed(_)));
+        // A TLV longer than what is left of the header.
+        let mut addresses = vec![192, 0, 2, 9, 10, 0, 0, 1, 0, 1, 0, 2];
+        addresses.extend([0x04, 0x00, 0x10, b'x']);
+        assert!(matches!(
+            parse(&v2(1, 0x11, &addresses, b"")),
+            Parsed::Malformed(why) if why.contains("TLV")
+        ));
         // An IPv4 family with too few address bytes.
         assert!(matches!(
             parse(&v2(1, 0x11, &[1, 2], b"")),

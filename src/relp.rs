@@ -159,7 +159,15 @@ impl Session {
     /// Checks `frame` against the session; `Err` with why the session must end.
     pub fn command<'a>(&mut self, frame: &Frame<'a>) -> Result<Step<'a>, String> {
         if frame.txnr == 0 {
-            return Ok(Step::Hint);
+            // Transaction number 0 is for hints, which need no answer; a command that does
+            // (a message above all) is not taken unanswered and uncounted.
+            return match frame.command {
+                b"open" | b"syslog" | b"close" => Err(format!(
+                    "`{}` with transaction number 0, which only hints have",
+                    String::from_utf8_lossy(frame.command)
+                )),
+                _ => Ok(Step::Hint),
+            };
         }
         let expected = if self.last == MAX_TXNR {
             1
@@ -359,6 +367,15 @@ mod tests {
             data: b"",
         };
         assert_eq!(s.command(&hint), Ok(Step::Hint));
+        let unnumbered = Frame {
+            txnr: 0,
+            command: b"syslog",
+            data: b"<13>x",
+        };
+        assert!(s
+            .command(&unnumbered)
+            .unwrap_err()
+            .contains("transaction number 0"));
         let skipped = Frame {
             txnr: 4,
             command: b"syslog",

@@ -369,6 +369,8 @@ impl Running {
             if let Some(l) = old[o].take() {
                 l.stop.trigger(deadline);
                 stopped.push(l.name);
+                // Listeners stopped by earlier reloads that have finished are let go.
+                self.stopped.retain(|t| !t.is_finished());
                 self.stopped.push(l.task);
             }
         }

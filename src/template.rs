@@ -41,11 +41,17 @@ pub fn forever(text: &str) -> &'static str {
     k
 }
 
+/// The longest literal kept for good: a Kafka topic name is at most 249 bytes.
+const MAX_NAME: usize = 249;
+
 /// A compiled template.
 #[derive(Debug, Clone)]
 pub enum Template {
-    /// Text without a placeholder, kept for the life of the process (see [`forever`]).
+    /// Text without a placeholder as short as a name (a topic, a header name), kept for the life
+    /// of the process (see [`forever`]).
     Literal(&'static str),
+    /// Longer text without a placeholder (a payload), dropped with its rules.
+    Text(Box<str>),
     Simple(Vec<Segment>),
     /// The name it is registered under in [`Templates`].
     Handlebars(String),
@@ -116,7 +122,12 @@ impl Templates {
     /// (`line:column`, counted from the template's start).
     pub fn compile(&mut self, source: &str) -> Result<Template, String> {
         if !source.contains("{{") {
-            return Ok(Template::Literal(forever(source)));
+            // Only names are kept for good: what is kept stays bounded by the distinct names
+            // ever configured, however often long texts are reloaded.
+            if source.len() <= MAX_NAME {
+                return Ok(Template::Literal(forever(source)));
+            }
+            return Ok(Template::Text(source.into()));
         }
         // Compile with handlebars in every case: it is the reference for what is valid.
         let name = format!("t{}", self.next);
@@ -145,6 +156,7 @@ impl Templates {
     ) -> Result<(), RenderError> {
         match t {
             Template::Literal(s) => out.push_str(s),
+            Template::Text(s) => out.push_str(s),
             Template::Simple(segs) => {
                 for seg in segs {
                     match seg {
@@ -226,6 +238,12 @@ mod tests {
     fn kinds_are_chosen_at_compile_time() {
         let mut t = Templates::new();
         assert!(matches!(t.compile("logs").unwrap(), Template::Literal(_)));
+        // A literal longer than any name is not kept for good (reloads would pile them up).
+        let long = "x".repeat(MAX_NAME + 1);
+        let text = t.compile(&long).unwrap();
+        assert!(matches!(text, Template::Text(_)));
+        assert_eq!(text.literal(), None);
+        assert_eq!(t.render(&text, &vars()).unwrap(), long);
         assert!(matches!(
             t.compile("logs-{{ host }}").unwrap(),
             Template::Simple(_)

@@ -23,9 +23,27 @@ fn example_config_is_valid() {
 /// The configuration the Debian package installs as /etc/hotdog/hotdog.yml.
 #[test]
 fn packaged_config_is_valid() {
-    let (code, out, err) = run_hotdog(&["--check", "-c", "packaging/hotdog.yml"]);
+    // Its dead-letter directory, /var/lib/hotdog, is the package's: here a temporary one
+    // stands in (--check refuses a directory that does not exist; the package test checks the
+    // file as installed).
+    let text = std::fs::read_to_string("packaging/hotdog.yml").expect("packaged config");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let moved = text.replace("/var/lib/hotdog/", &format!("{}/", dir.path().display()));
+    assert_ne!(
+        moved, text,
+        "the packaged config has no /var/lib/hotdog/ path any more"
+    );
+    let path = dir.path().join("hotdog.yml");
+    std::fs::write(&path, moved).expect("write config");
+    let (code, out, err) = run_hotdog(&["--check", "-c", &path.display().to_string()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("configuration is valid (1 rules)"), "{out}");
+    // Where that directory does not exist, --check says so.
+    let (code, _, err) = run_hotdog(&["--check", "-c", "packaging/hotdog.yml"]);
+    if !std::path::Path::new("/var/lib/hotdog").is_dir() {
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("not in a directory that exists"), "{err}");
+    }
 }
 
 #[test]
