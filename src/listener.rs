@@ -250,9 +250,6 @@ impl Listener {
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// ... and the connection is given up after this many unanswered.
 const KEEPALIVE_RETRIES: u32 = 6;
-/// How long a load balancer has to send its PROXY header, and a client that is not one to send
-/// enough bytes to tell that it is not sending one.
-const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One accepted TCP connection on its way through the listener's checks.
 struct Connection {
@@ -398,11 +395,9 @@ enum NoHeader {
 /// connection from `proxy.from` must send one; one from anywhere else must not (its first bytes
 /// are syslog, or TLS).
 ///
-/// Every wait has a deadline that wins over the bytes (the timer is polled first): a load
-/// balancer has [`PROXY_TIMEOUT`] from `accepted` for its whole header, any other client as
-/// long from its first byte to say enough to tell; before the first byte, either waits at most
-/// `idle` (the listener's `idle_timeout`, when it has one). Bytes are read, never peeked: a
-/// wait costs nothing, and a peer that closes is seen at once.
+/// Every wait has a deadline ([`proxy::deadline`]) that wins over the bytes (the timer is
+/// polled first). Bytes are read, never peeked: a wait costs nothing, and a peer that closes is
+/// seen at once.
 async fn proxy_header(
     stream: &mut TcpStream,
     peer: SocketAddr,
@@ -415,22 +410,10 @@ async fn proxy_header(
     let mut chunk = [0u8; 512];
     let mut first_byte = None;
     loop {
-        // The deadline, and whether passing it means the connection was idle.
-        let deadline = match first_byte {
-            Some(_) if trusted => Some((accepted + PROXY_TIMEOUT, false)),
-            Some(at) => Some((at + PROXY_TIMEOUT, false)),
-            None => {
-                let idle = idle.map(|t| (accepted + t, true));
-                let proxy = trusted.then(|| (accepted + PROXY_TIMEOUT, false));
-                match (idle, proxy) {
-                    (Some(i), Some(p)) => Some(if i.0 < p.0 { i } else { p }),
-                    (i, p) => i.or(p),
-                }
-            }
-        };
+        let deadline = proxy::deadline(trusted, idle, first_byte);
         let timer = async {
             match deadline {
-                Some((at, _)) => smol::Timer::at(at).await,
+                Some((after, _)) => smol::Timer::at(accepted + after).await,
                 None => std::future::pending().await,
             };
             None
@@ -438,11 +421,13 @@ async fn proxy_header(
         let read = async { Some(stream.read(&mut chunk).await) };
         let n = match shutdown.unless(timer.or(read)).await {
             None => return Err(NoHeader::Gone),
-            Some(None) if deadline.is_some_and(|(_, idle)| idle) => return Err(NoHeader::Idle),
+            Some(None) if deadline.is_some_and(|(_, e)| e == proxy::Expiry::Idle) => {
+                return Err(NoHeader::Idle)
+            }
             Some(None) => {
                 return Err(NoHeader::Refused(format!(
                     "no whole PROXY header within {}s",
-                    PROXY_TIMEOUT.as_secs()
+                    proxy::TIMEOUT.as_secs()
                 )))
             }
             Some(Some(Ok(0))) if buf.is_empty() => return Err(NoHeader::Gone),
@@ -458,7 +443,7 @@ async fn proxy_header(
             }
         };
         buf.extend_from_slice(&chunk[..n]);
-        first_byte.get_or_insert_with(Instant::now);
+        first_byte.get_or_insert_with(|| accepted.elapsed());
         // Incomplete only while shorter than the longest header, so the buffer is bounded.
         match proxy::parse(&buf) {
             proxy::Parsed::Header { len, source } if trusted => {

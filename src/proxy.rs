@@ -5,6 +5,7 @@
 //! module only finds where it ends (so not a byte of what follows is taken) and what it says.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 /// Version 1 starts with this text.
 const V1: &[u8] = b"PROXY ";
@@ -33,6 +34,43 @@ pub enum Parsed {
     },
     /// A header that is not valid, and why.
     Malformed(String),
+}
+
+/// How long a load balancer has to send its whole PROXY header (from the connection's accept),
+/// and any other client to send enough bytes to tell that it is not sending one (from its first
+/// byte).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What passing a [`deadline`] means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing was said for the listener's `idle_timeout`: the connection is idle.
+    Idle,
+    /// The header (or enough to tell there is none) did not come in time: refused.
+    Header,
+}
+
+/// When a connection still waiting for its PROXY header is given up, counted from its accept;
+/// `None` only while nothing was said by a client that is not a load balancer on a listener
+/// without `idle_timeout` (a syslog sender may be quiet for long). `trusted`: the connection
+/// comes from `proxy_protocol.from`; `first_byte`: when its first byte came, if it did.
+pub fn deadline(
+    trusted: bool,
+    idle: Option<Duration>,
+    first_byte: Option<Duration>,
+) -> Option<(Duration, Expiry)> {
+    match first_byte {
+        Some(_) if trusted => Some((TIMEOUT, Expiry::Header)),
+        Some(at) => Some((at + TIMEOUT, Expiry::Header)),
+        None => {
+            let idle = idle.map(|t| (t, Expiry::Idle));
+            let header = trusted.then_some((TIMEOUT, Expiry::Header));
+            match (idle, header) {
+                (Some(i), Some(h)) => Some(if i.0 < h.0 { i } else { h }),
+                (i, h) => i.or(h),
+            }
+        }
+    }
 }
 
 /// What `bytes`, the first of a connection, are.

@@ -109,9 +109,20 @@ pub struct Pattern {
     source: String,
 }
 
+/// The longest regex taken. Compiling one holds memory in proportion to it before any size
+/// limit can apply (a Unicode class such as `\w` costs kilobytes for every time it is written):
+/// at this length, up to a few hundred MB for a moment, and one regex is compiled at a time.
+pub const MAX_REGEX: usize = 256 * 1024;
+
 impl Pattern {
     /// Compiles `source`; the error explains what is wrong with it and where.
     pub fn new(source: &str) -> Result<Pattern, String> {
+        if source.len() > MAX_REGEX {
+            return Err(format!(
+                "a regex of {} bytes; the longest taken is {MAX_REGEX}",
+                source.len()
+            ));
+        }
         match meta::Regex::new(source) {
             Ok(re) => Ok(Pattern {
                 re,
@@ -125,6 +136,11 @@ impl Pattern {
 
     pub fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// The heap memory the compiled regex holds (not the caches its searches fill).
+    pub fn memory_usage(&self) -> usize {
+        self.re.memory_usage() + self.source.len()
     }
 
     fn has_names(&self) -> bool {
@@ -563,6 +579,29 @@ impl Rules {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The heap memory the compiled regexes and what finds them among many hold.
+    pub fn memory_usage(&self) -> usize {
+        let patterns: usize = self
+            .rules
+            .iter()
+            .map(|r| match &r.matcher {
+                Matcher::Regex(p) => p.memory_usage(),
+                Matcher::JmesPath(_) => 0,
+            })
+            .sum();
+        let finders: usize = self
+            .groups
+            .iter()
+            .map(|g| match &g.finder {
+                Finder::Set(set) => set.memory_usage(),
+                Finder::Literals { ac, rule_of } => {
+                    ac.memory_usage() + rule_of.len() * std::mem::size_of::<usize>()
+                }
+            })
+            .sum();
+        patterns + finders
     }
 
     /// The rules that can never run, each with why: it comes after a rule that matches every

@@ -498,3 +498,73 @@ fn concurrent_reloads_share_one_and_the_answer_has_one_generation() {
         "30 requests at once made {reloads} reloads"
     );
 }
+
+/// `n` rules whose regexes cost the most to compile: Unicode `\w` with a capture group.
+fn costly_rules(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "  - regex: 'tenant{i} says (?P<w>\\w+)'\n    actions:\n      - type: forward\n        topic: 't{i}'\n"
+            )
+        })
+        .collect()
+}
+
+/// Finding 6: rule memory had no bound (1,000 rules of this shape: 681 MB; a 50 MB
+/// configuration: 17.8 GB before it was killed). Now `global.max_rules_memory` bounds it:
+/// `--check` stops compiling once it is passed and names the costliest rules, a reload that
+/// would pass it is refused and the rules in use stay, and one regex has a length limit.
+#[test]
+fn rule_memory_is_bounded_by_a_budget_that_check_and_reload_enforce() {
+    let nowhere = Proxy::bind();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let budget = "  max_rules_memory: 104857600\n";
+    // 5,000 costly rules would hold about 2 GB: under a 1.5 GB address-space limit, --check
+    // stops at the budget and says where.
+    let yaml = config_yaml(&nowhere.addr(), budget, &costly_rules(5000));
+    let path = dir.path().join("costly.yml");
+    std::fs::write(&path, &yaml).expect("write");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1500000 && exec \"$0\" --check -c \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_hotdog"))
+        .arg(&path)
+        .output()
+        .expect("run hotdog --check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("global.max_rules_memory allows (100.0 MiB)"),
+        "{err}"
+    );
+    assert!(err.contains("costly.yml:"), "no rule named: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // The same rules fit with ASCII classes.
+    let cheap = yaml.replace("(?P<w>\\w+)", "(?P<w>[a-z0-9_]+)");
+    std::fs::write(&path, &cheap).expect("write");
+    let (code, _, err) = run_hotdog(&["--check", "-c", &path.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+
+    // A regex past the length limit.
+    let long = config_yaml(
+        &nowhere.addr(),
+        "",
+        &format!(
+            "  - regex: '{}'\n    actions:\n      - type: forward\n        topic: 't'\n",
+            "a".repeat(300 * 1024)
+        ),
+    );
+    std::fs::write(&path, &long).expect("write");
+    let (code, _, err) = run_hotdog(&["--check", "-c", &path.display().to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the longest taken is 262144"), "{err}");
+
+    // A reload past the budget is refused; the rules in use stay.
+    let hotdog = Hotdog::start_config(&config_yaml(&nowhere.addr(), budget, &costly_rules(10)));
+    hotdog.rewrite_config(&yaml);
+    let (code, answer) = hotdog.reload();
+    assert_eq!(code, 422, "{answer}");
+    assert!(answer.to_string().contains("max_rules_memory"), "{answer}");
+    assert_eq!(hotdog.stat("config.generation"), 1);
+    assert_eq!(hotdog.stat("config.reload_failed"), 1);
+}

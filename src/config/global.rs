@@ -46,6 +46,12 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         Some(n) => decode_reload(cx, n),
         None => Some(Reload::default()),
     };
+    let max_rules_memory = g.number_in(
+        cx,
+        "max_rules_memory",
+        super::MIN_RULES_MEMORY..=super::MAX_RULES_MEMORY,
+        super::DEFAULT_RULES_MEMORY,
+    );
     g.finish(cx);
     Some(Global {
         listen: listen?,
@@ -54,6 +60,7 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         status: status?,
         shutdown_timeout: shutdown_timeout?,
         reload: reload?,
+        max_rules_memory,
     })
 }
 

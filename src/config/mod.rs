@@ -47,6 +47,9 @@ pub struct Global {
     pub shutdown_timeout: Duration,
     /// `global.reload`: reloading when the file changes.
     pub reload: Reload,
+    /// `global.max_rules_memory`: the most memory the compiled rules may hold (bytes). Default
+    /// 1 GiB.
+    pub max_rules_memory: usize,
 }
 
 /// `global.reload:`
@@ -261,6 +264,10 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// The largest `max_topics`.
 pub const MAX_TOPICS: usize = 100_000;
+/// `global.max_rules_memory`: its default (1 GiB) and bounds.
+pub const DEFAULT_RULES_MEMORY: usize = 1 << 30;
+const MIN_RULES_MEMORY: usize = 1 << 20;
+const MAX_RULES_MEMORY: usize = 1 << 40;
 
 /// Environment variables that override `global.kafka.conf` keys.
 pub const ENV_OVERRIDES: [(&str, &str); 3] = [
@@ -478,8 +485,11 @@ fn decode_root(cx: &mut Cx<'_>, root: &Node, outside: &Outside<'_>) -> Option<Co
         .as_ref()
         .map(|g| g.kafka.topic.clone())
         .unwrap_or_else(|| "logs".to_string());
+    let budget = global
+        .as_ref()
+        .map_or(DEFAULT_RULES_MEMORY, |g| g.max_rules_memory);
     let rules = match top.get("rules") {
-        Some(node) => rules::decode(cx, node, &default_topic),
+        Some(node) => rules::decode(cx, node, &default_topic, budget),
         None => Some(Rules::new(Vec::new(), Templates::new(), &default_topic)),
     };
     top.finish(cx);
@@ -582,6 +592,32 @@ mod tests {
         assert_eq!(c.global.shutdown_timeout, Duration::from_secs(30));
         assert!(c.global.status.is_none());
         assert!(c.rules.rules().is_empty());
+        assert_eq!(c.global.max_rules_memory, 1 << 30);
+    }
+
+    #[test]
+    fn rules_past_max_rules_memory_are_refused_naming_the_costliest() {
+        let rules: String = (0..40)
+            .map(|i| {
+                format!(
+                    "  - regex: 'tenant{i} says (?P<w>[a-z]+)'\n    actions:\n      - type: stop\n"
+                )
+            })
+            .collect();
+        let text = format!(
+            "global:\n  max_rules_memory: 1048576\n  listen: {{port: 1514}}\n  kafka:\n    conf: {{bootstrap.servers: 'k:9092'}}\nrules:\n{rules}"
+        );
+        assert!(parse(&text).is_ok(), "40 small rules fit in 1 MiB");
+        // Three rules with a Unicode class and a capture cost more than 1 MiB.
+        let costly = text.replacen("[a-z]+", "\\w+", 3);
+        let e = errors(&costly).join("\n");
+        assert!(
+            e.contains("global.max_rules_memory allows (1.0 MiB)"),
+            "{e}"
+        );
+        assert!(e.contains("compiling stopped at"), "{e}");
+        assert!(e.contains("the costliest: test.yml:7 (0.4 MiB)"), "{e}");
+        assert!(errors(&text.replace("1048576", "0"))[0].contains("max_rules_memory"));
     }
 
     #[test]

@@ -8,20 +8,100 @@ use crate::format::RecordFormat;
 use crate::rules::{Action, Field, Matcher, MergeValue, Rule, Rules};
 use crate::template::{Template, Templates};
 
-pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, default_topic: &str) -> Option<Rules> {
+pub(super) fn decode(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    default_topic: &str,
+    budget: usize,
+) -> Option<Rules> {
     let mut c = Compiler {
         cx,
         templates: Templates::new(),
+        memory: Memory {
+            budget,
+            used: 0,
+            costs: Vec::new(),
+            over: false,
+        },
     };
-    let rules = c.decode_rules(node)?;
-    Some(Rules::new(rules, c.templates, default_topic))
+    let rules = c.decode_rules(node);
+    if c.memory.over {
+        let error = c.memory.error();
+        c.cx.error(node, error);
+        return None;
+    }
+    let rules = Rules::new(rules?, c.templates, default_topic);
+    let used = rules.memory_usage();
+    if used > budget {
+        // The rules fit one by one; what finds them among many (their sets) did not.
+        c.memory.used = used;
+        let error = c.memory.error();
+        c.cx.error(node, error);
+        return None;
+    }
+    Some(rules)
 }
 
-/// Compiles rules: the decoding context, and the templates compiled so far (they share one
-/// handlebars registry).
+/// What the compiled regexes hold, against `global.max_rules_memory`.
+struct Memory {
+    budget: usize,
+    used: usize,
+    /// Each regex's cost and where its rule is (`file:line`).
+    costs: Vec<(usize, String)>,
+    /// The budget is passed: no more regexes are compiled (what would they cost?).
+    over: bool,
+}
+
+impl Memory {
+    /// Counts a compiled regex; false once the budget is passed.
+    fn take(&mut self, cost: usize, origin: String) -> bool {
+        self.used += cost;
+        self.costs.push((cost, origin));
+        self.over |= self.used > self.budget;
+        !self.over
+    }
+
+    fn error(&mut self) -> String {
+        self.costs.sort_by_key(|c| std::cmp::Reverse(c.0));
+        let top: Vec<String> = self
+            .costs
+            .iter()
+            .take(5)
+            .map(|(cost, at)| format!("{at} ({})", mib(*cost)))
+            .collect();
+        let progress = if self.over {
+            format!(
+                "compiling stopped at {} after {} rules",
+                mib(self.used),
+                self.costs.len()
+            )
+        } else {
+            format!(
+                "compiled, with what finds them, they hold {}",
+                mib(self.used)
+            )
+        };
+        format!(
+            "the rules need more memory than global.max_rules_memory allows ({}): {progress}; \
+             the costliest: {}. A Unicode class (\\w, \\d, \\s) with a capture group costs \
+             the most: an ASCII one ([a-z0-9_]+, or (?-u:\\w)) costs about a tenth; or raise \
+             global.max_rules_memory",
+            mib(self.budget),
+            top.join(", ")
+        )
+    }
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Compiles rules: the decoding context, the templates compiled so far (they share one
+/// handlebars registry), and what the regexes cost.
 struct Compiler<'c, 'f> {
     cx: &'c mut Cx<'f>,
     templates: Templates,
+    memory: Memory,
 }
 
 const ACTION_TYPES: [&str; 4] = ["forward", "merge", "replace", "stop"];
@@ -43,7 +123,19 @@ impl Compiler<'_, '_> {
     fn decode_rule(&mut self, node: &Node, index: usize) -> Option<Rule> {
         let what = format!("rules[{index}]");
         let mut m = Map::new(self.cx, node, what.clone())?;
-        let matcher = decode_matcher(self.cx, &mut m, node, &what);
+        let (line, _) = position(node);
+        let origin = format!("{}:{line}", self.cx.file);
+        let matcher = if self.memory.over {
+            // Past the budget: not compiled, the error says so once.
+            m.get("regex");
+            m.get("jmespath");
+            None
+        } else {
+            decode_matcher(self.cx, &mut m, node, &what)
+        };
+        if let Some(Matcher::Regex(p)) = &matcher {
+            self.memory.take(p.memory_usage(), origin.clone());
+        }
         let field = match m.get("field") {
             None => Some(Field::Msg),
             Some(f) => decode_field(self.cx, f, &m.path("field")),
@@ -56,12 +148,11 @@ impl Compiler<'_, '_> {
             }
         };
         m.finish(self.cx);
-        let (line, _) = position(node);
         Some(Rule {
             field: field?,
             matcher: matcher?,
             actions: actions?,
-            origin: format!("{}:{line}", self.cx.file),
+            origin,
         })
     }
 
