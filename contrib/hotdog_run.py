@@ -32,7 +32,7 @@ class Hotdog:
         while time.time() < deadline and not (listen and status):
             self.log.seek(0)
             text = self.log.read()
-            m = re.search(r"listening on tcp 127\.0\.0\.1:(\d+)", text)
+            m = re.search(r"listening on (?:tcp|tls|relp|udp) 127\.0\.0\.1:(\d+)", text)
             listen = m and int(m.group(1))
             m = re.search(r"status server on http://127\.0\.0\.1:(\d+)", text)
             status = m and int(m.group(1))

@@ -222,6 +222,11 @@ fn answer_offers(data: &[u8]) -> Result<Vec<u8>, String> {
     let Some(version) = version else {
         return Err("an open without relp_version".into());
     };
+    if version > VERSION {
+        return Err(format!(
+            "relp_version {version}, which hotdog does not speak (it speaks 0 and {VERSION})"
+        ));
+    }
     if !syslog {
         return Err("an open whose commands do not include syslog".into());
     }
@@ -229,7 +234,7 @@ fn answer_offers(data: &[u8]) -> Result<Vec<u8>, String> {
     let _ = write!(
         out,
         "relp_version={}\nrelp_software=hotdog,{}\ncommands=syslog",
-        version.min(VERSION),
+        version,
         env!("CARGO_PKG_VERSION")
     );
     Ok(out.into_bytes())
@@ -428,6 +433,7 @@ mod tests {
             &b"commands=syslog"[..],
             b"relp_version=x\ncommands=syslog",
             b"relp_version=0\ncommands=eventlog",
+            b"relp_version=7\ncommands=syslog",
         ] {
             let open = Frame {
                 txnr: 1,

@@ -568,3 +568,33 @@ fn rule_memory_is_bounded_by_a_budget_that_check_and_reload_enforce() {
     assert_eq!(hotdog.stat("config.generation"), 1);
     assert_eq!(hotdog.stat("config.reload_failed"), 1);
 }
+
+/// Finding 7: every connection reset by its peer was logged at INFO, without a throttle: a
+/// flapping sender filled the log. It is a debug line now.
+#[test]
+fn a_connection_reset_by_its_peer_is_not_logged_at_info() {
+    let nowhere = Proxy::bind();
+    let hotdog = Hotdog::start_config(&config_yaml(&nowhere.addr(), "", &forward_all("t")));
+    for i in 0..20 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let to: SocketAddr = hotdog.addr().parse().expect("address");
+        s.connect(&to.into()).expect("connect");
+        let mut s: TcpStream = s.into();
+        writeln!(s, "<13>reset seq={i}").expect("send");
+        // Closing with unread data in the kernel's buffer... and a zero linger: a reset.
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+        drop(s);
+    }
+    assert_eq!(hotdog.wait_stat("lines", 20, Duration::from_secs(10)), 20);
+    assert!(wait_until(Duration::from_secs(5), || hotdog
+        .stat("connections")
+        == 0));
+    let log = hotdog.stderr();
+    assert!(
+        !log.lines().any(|l| l.contains(" ended: ")),
+        "a reset logged: {log}"
+    );
+}
