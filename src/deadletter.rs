@@ -39,10 +39,11 @@ pub struct Sink {
     finish: Arc<Finish>,
 }
 
-/// How [`Sink::finish`] asks the writer to be done.
+/// How shutdown tells the writer to hold nothing back ([`Sink::closing`]) and learns that it is
+/// done ([`Sink::finish`]).
 #[derive(Default)]
 struct Finish {
-    asked: AtomicBool,
+    closing: AtomicBool,
     done: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
 }
 
@@ -54,6 +55,12 @@ impl Sink {
         }
     }
 
+    /// Shutdown has begun: from now on a letter the file refuses is logged whole and counted
+    /// as unwritten at once, not kept to be tried again (no sender waits on a full queue).
+    pub fn closing(&self) {
+        self.finish.closing.store(true, Ordering::SeqCst);
+    }
+
     /// Waits (blocking, at most 30 s) until every dead letter sent so far has been written, or
     /// logged whole where it could not be. The writer takes no more after it.
     pub fn finish(&self) {
@@ -63,7 +70,7 @@ impl Sink {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(done);
-        self.finish.asked.store(true, Ordering::SeqCst);
+        self.closing();
         // Wakes a writer that waits for letters.
         self.tx.close();
         let _ = wait.recv_timeout(Duration::from_secs(30));
@@ -216,8 +223,8 @@ impl Writer {
     fn run(&mut self) {
         let mut retry = RETRY_FIRST;
         loop {
-            // Everything that waits, without waiting for more; a letter at least, unless the
-            // sink is finishing.
+            // Everything that waits, without waiting for more; a letter at least, until the
+            // sink is finished.
             if self.waiting.is_empty() {
                 match self.rx.recv_blocking() {
                     Ok(l) => self.waiting.push_back(l),
@@ -234,12 +241,13 @@ impl Writer {
                 retry = RETRY_FIRST;
                 continue;
             }
-            if self.finish.asked.load(Ordering::SeqCst) {
-                return self.done();
+            if self.closing() {
+                self.give_up();
+                continue;
             }
-            // Space may come back: try again, later each time (and at once when finishing).
+            // Space may come back: try again, later each time (and at once when closing).
             let until = std::time::Instant::now() + retry;
-            while std::time::Instant::now() < until && !self.finish.asked.load(Ordering::SeqCst) {
+            while std::time::Instant::now() < until && !self.closing() {
                 std::thread::sleep(Duration::from_millis(20));
             }
             retry = (retry * 2).min(RETRY_MAX);
@@ -279,7 +287,8 @@ impl Writer {
                 throttle::DEAD_LETTER.log(
                     log::Level::Error,
                     format_args!(
-                        "cannot write {failed} dead letters to {}: {e}; they wait, and are tried again",
+                        "cannot write {failed} dead letters to {}: {e}; they wait, and are \
+                         tried again",
                         file.path.display()
                     ),
                 );
@@ -293,21 +302,26 @@ impl Writer {
         }
     }
 
-    /// At the end: one last try, then what is still unwritten is logged whole and counted.
+    fn closing(&self) -> bool {
+        self.finish.closing.load(Ordering::SeqCst)
+    }
+
+    /// Shutdown: what the file refused is logged whole and counted, not kept.
+    fn give_up(&mut self) {
+        let n = self.waiting.len() as u64;
+        self.metrics
+            .dead_letter_unwritten
+            .fetch_add(n, Ordering::Relaxed);
+        log::error!(
+            "{n} dead letters could not be written to the dead-letter file; each follows, whole"
+        );
+        for letter in self.waiting.drain(..) {
+            log_letter("not written to the dead-letter file", &letter);
+        }
+    }
+
+    /// Every letter is written or given up: tells who waits in [`Sink::finish`].
     fn done(&mut self) {
-        while let Ok(l) = self.rx.try_recv() {
-            self.waiting.push_back(l);
-        }
-        if !self.waiting.is_empty() && !self.write() {
-            let n = self.waiting.len() as u64;
-            self.metrics
-                .dead_letter_unwritten
-                .fetch_add(n, Ordering::Relaxed);
-            log::error!("{n} dead letters could not be written to the dead-letter file; each follows, whole");
-            for letter in self.waiting.drain(..) {
-                log_letter("not written to the dead-letter file", &letter);
-            }
-        }
         let done = std::mem::take(&mut *self.finish.done.lock().unwrap_or_else(|p| p.into_inner()));
         for d in done {
             let _ = d.send(());

@@ -1109,8 +1109,10 @@ impl Publisher {
         let dead = self.dead.clone();
         let pending = self.pending.clone();
         smol::unblock(move || {
-            // From here on, whatever fails goes to the file.
+            // From here on, whatever fails goes to the file, and what the file refuses to the
+            // log.
             dead.expired.store(true, Ordering::Release);
+            dead.file.closing();
             let mut left = purge(&producer);
             let kept = take(&pending);
             left += kept.len() as u64;
