@@ -545,6 +545,14 @@ fn rule_memory_is_bounded_by_a_budget_that_check_and_reload_enforce() {
     let (code, _, err) = run_hotdog(&["--check", "-c", &path.display().to_string()]);
     assert_eq!(code, 0, "{err}");
 
+    // A configuration file past 16 MiB (a 50 MB one held 17.8 GB of rules before it was
+    // killed) is refused before it is decoded.
+    let huge = format!("{yaml}{}", "# padding\n".repeat((17 << 20) / 10));
+    std::fs::write(&path, &huge).expect("write");
+    let (code, _, err) = run_hotdog(&["--check", "-c", &path.display().to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("longer than 16777216 bytes"), "{err}");
+
     // A regex past the length limit.
     let long = config_yaml(
         &nowhere.addr(),

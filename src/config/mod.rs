@@ -373,7 +373,7 @@ pub fn load_tests(path: &Path) -> Result<cases::TestFile, ConfigErrors> {
 /// mount is an error after it, never a reload or a `--check` that hangs.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest configuration file.
-const MAX_CONFIG: u64 = 64 << 20;
+const MAX_CONFIG: u64 = 16 << 20;
 
 /// Reads at most `max` bytes of `path` within [`READ_TIMEOUT`] (on a thread of its own, which is
 /// left to finish by itself when the time is up); a longer file is an error.
