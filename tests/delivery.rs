@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     broker, config_yaml, consume, consume_all, create_topics, forward_all, fresh_topic,
-    proxied_broker, send_lines, unique_topic, unknown_topic_config, Hotdog, Proxy,
+    proxied_broker, send_lines, unique_topic, unknown_topic_config, with_dead_letter_file, Hotdog,
+    Proxy,
 };
 
 /// The broker goes away for 15 s in the middle of a paced stream and comes back: every
@@ -78,17 +79,13 @@ fn sigterm_without_a_broker_dead_letters_to_the_file() {
     let nowhere = Proxy::bind();
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("dead.jsonl");
-    let yaml = config_yaml(
-        &nowhere.addr(),
-        "  shutdown_timeout: 2\n",
-        &forward_all("somewhere"),
-    )
-    .replace(
-        "    topic: 'fallback'\n",
-        &format!(
-            "    topic: 'fallback'\n    dead_letter:\n      file: '{}'\n",
-            file.display()
+    let yaml = with_dead_letter_file(
+        &config_yaml(
+            &nowhere.addr(),
+            "  shutdown_timeout: 2\n",
+            &forward_all("somewhere"),
         ),
+        &file,
     );
     let hotdog = Hotdog::start_config(&yaml);
     let lines: Vec<String> = (0..500).map(|i| format!("<13>doomed seq={i}")).collect();

@@ -8,10 +8,11 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::proxy::connect_from;
 use crate::relp::Client;
 use crate::util::{
-    cert_path, config_yaml, forward_all, fresh_topic, http, run_hotdog, unique_topic, wait_until,
-    Hotdog, Proxy,
+    cert_path, config_yaml, forward_all, fresh_topic, http, missing_topics_fail_fast, run_hotdog,
+    unique_topic, wait_until, with_dead_letter_file, Hotdog, Proxy,
 };
 
 /// A config with one TCP listener behind `proxy_protocol` (load balancer 127.0.0.1) and the
@@ -22,18 +23,6 @@ fn proxy_listener(nowhere: &Proxy, extra: &str) -> String {
         &format!("    port: 0\n    proxy_protocol:\n      from: ['127.0.0.1/32']\n{extra}"),
         1,
     )
-}
-
-/// A TCP connection to `to` from the loopback address `from`.
-fn connect_from(from: [u8; 4], to: &str) -> TcpStream {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .bind(&SocketAddr::from((from, 0)).into())
-        .expect("bind a loopback address");
-    let to: SocketAddr = to.parse().expect("address");
-    socket.connect(&to.into()).expect("connect");
-    socket.into()
 }
 
 /// Reads until hotdog closes `s`, for at most `within`: how long that took, `None` when it did
@@ -270,18 +259,10 @@ fn dead_letters_on_a_full_disk_wait_and_only_whole_written_lines_count() {
     // Leave about 40 KB: room for a few dozen letters.
     let filler = disk.path().join("filler");
     std::fs::write(&filler, vec![0u8; (1 << 20) - 40 * 1024]).expect("fill the disk");
-    let yaml = config_yaml(b, "", &forward_all(&missing))
-        .replace(
-            "      linger.ms: '5'\n",
-            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
-        )
-        .replace(
-            "    topic: 'fallback'\n",
-            &format!(
-                "    topic: 'fallback'\n    dead_letter:\n      file: '{}'\n",
-                file.display()
-            ),
-        );
+    let yaml = with_dead_letter_file(
+        &missing_topics_fail_fast(&config_yaml(b, "", &forward_all(&missing))),
+        &file,
+    );
     let hotdog = Hotdog::start_config(&yaml);
     let mut s = TcpStream::connect(hotdog.addr()).expect("connect");
     let pad = "p".repeat(300);
@@ -338,18 +319,14 @@ fn dead_letters_still_unwritten_at_shutdown_are_logged_and_fail_the_exit_code() 
     let disk = Tmpfs::mount(64 * 1024);
     let file = disk.path().join("dead.jsonl");
     std::fs::write(disk.path().join("filler"), vec![0u8; 64 * 1024 - 1024]).expect("fill the disk");
-    let yaml = config_yaml(b, "  shutdown_timeout: 3\n", &forward_all(&missing))
-        .replace(
-            "      linger.ms: '5'\n",
-            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
-        )
-        .replace(
-            "    topic: 'fallback'\n",
-            &format!(
-                "    topic: 'fallback'\n    dead_letter:\n      file: '{}'\n",
-                file.display()
-            ),
-        );
+    let yaml = with_dead_letter_file(
+        &missing_topics_fail_fast(&config_yaml(
+            b,
+            "  shutdown_timeout: 3\n",
+            &forward_all(&missing),
+        )),
+        &file,
+    );
     let hotdog = Hotdog::start_config(&yaml);
     let mut s = TcpStream::connect(hotdog.addr()).expect("connect");
     let pad = "p".repeat(2000);
@@ -382,13 +359,7 @@ fn the_dead_letter_file_is_checked_opened_at_start_and_a_torn_tail_cut() {
     let file = dir.path().join("dead.jsonl");
     std::fs::write(&file, "{\"topic\":\"a\"}\n{\"topic\":\"b\",\"pay").expect("write");
     let config = |path: &std::path::Path| {
-        config_yaml(&nowhere.addr(), "", &forward_all("t")).replace(
-            "    topic: 'fallback'\n",
-            &format!(
-                "    topic: 'fallback'\n    dead_letter:\n      file: '{}'\n",
-                path.display()
-            ),
-        )
+        with_dead_letter_file(&config_yaml(&nowhere.addr(), "", &forward_all("t")), path)
     };
     let hotdog = Hotdog::start_config(&config(&file));
     assert_eq!(

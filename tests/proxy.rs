@@ -55,7 +55,7 @@ fn haproxy(routes: &[(u16, String, &str)]) -> HaProxy {
 }
 
 /// A TCP connection to `to` from the loopback address `from`.
-fn connect_from(from: [u8; 4], to: &str) -> TcpStream {
+pub(crate) fn connect_from(from: [u8; 4], to: &str) -> TcpStream {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket

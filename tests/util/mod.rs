@@ -334,15 +334,30 @@ pub fn forward_all(topic: &str) -> String {
 /// creates one on first use), with `dead` as the dead-letter topic: every line becomes a dead
 /// letter within a second.
 pub fn unknown_topic_config(broker: &str, missing: &str, dead: &str) -> String {
-    config_yaml(broker, "", &forward_all(missing))
-        .replace(
-            "      linger.ms: '5'\n",
-            "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
-        )
-        .replace(
-            "    topic: 'fallback'\n",
-            &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
-        )
+    missing_topics_fail_fast(&config_yaml(broker, "", &forward_all(missing))).replace(
+        "    topic: 'fallback'\n",
+        &format!("    topic: 'fallback'\n    dead_letter:\n      topic: '{dead}'\n"),
+    )
+}
+
+/// `yaml` (from [`config_yaml`]) in which a record for a topic the broker does not have fails
+/// within a second, instead of waiting for the topic to appear.
+pub fn missing_topics_fail_fast(yaml: &str) -> String {
+    yaml.replace(
+        "      linger.ms: '5'\n",
+        "      linger.ms: '5'\n      topic.metadata.propagation.max.ms: '1000'\n",
+    )
+}
+
+/// `yaml` (from [`config_yaml`]) with `file` as the dead-letter file.
+pub fn with_dead_letter_file(yaml: &str, file: &std::path::Path) -> String {
+    yaml.replace(
+        "    topic: 'fallback'\n",
+        &format!(
+            "    topic: 'fallback'\n    dead_letter:\n      file: '{}'\n",
+            file.display()
+        ),
+    )
 }
 
 /// The ports in hotdog's "listening on tcp 127.0.0.1:P, udp 127.0.0.1:Q with N rules" line.
