@@ -825,17 +825,28 @@ mod tests {
     }
 
     #[test]
-    fn odd_input_never_panics() {
-        for line in [
-            "<0>",
-            "<191>1 ",
-            "<1>1 - - - - - [",
-            "<1>Jan",
-            "<1>Jan 1 ",
-            "<1>é:",
-            "<1>a[b",
+    fn odd_input_is_read_as_far_as_it_goes_and_never_invents_text() {
+        // (line, format, PRI kept, msg): an RFC 5424 line broken after its version is not taken
+        // for RFC 3164 (the line is kept whole), and a message is always the line's own tail.
+        for (line, format, pri, msg) in [
+            ("<0>", Format::Rfc3164, Some((0, 0)), ""),
+            ("<191>1 ", Format::Unparsed, None, "<191>1 "),
+            (
+                "<1>1 - - - - - [",
+                Format::Unparsed,
+                None,
+                "<1>1 - - - - - [",
+            ),
+            ("<1>Jan", Format::Rfc3164, Some((0, 1)), "Jan"),
+            ("<1>Jan 1 ", Format::Rfc3164, Some((0, 1)), "Jan 1 "),
+            ("<1>é:", Format::Rfc3164, Some((0, 1)), ""),
+            ("<1>a[b", Format::Rfc3164, Some((0, 1)), "a[b"),
         ] {
-            let _ = parse(line);
+            let m = parse(line);
+            assert_eq!(m.format, format, "{line:?}");
+            assert_eq!(m.facility.zip(m.severity), pri, "{line:?}");
+            assert_eq!(m.msg, msg, "{line:?}");
+            assert!(line.ends_with(m.msg), "{line:?}");
         }
     }
 }
