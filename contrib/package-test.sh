@@ -56,6 +56,9 @@ runuser -u hotdog -- /usr/bin/hotdog --check -c /etc/hotdog/hotdog.yml || fail "
 (cd /usr/share/doc/hotdog/examples && /usr/bin/hotdog test -c hotdog.yml hotdog.test.yml >/dev/null) ||
     fail "hotdog test on the installed example rules"
 ok "man page, completions, --version, --check as the hotdog user, the example rule tests"
+# The test hooks are a feature only the tests' build has: the packaged binary knows no HOTDOG_TEST_ variable.
+! grep -q HOTDOG_TEST_ /usr/bin/hotdog || fail "the packaged binary has the test hooks"
+ok "no test hooks in the packaged binary"
 
 verify=$(systemd-analyze verify /usr/lib/systemd/system/hotdog.service 2>&1) || fail "systemd-analyze verify: $verify"
 [ -z "$verify" ] || fail "systemd-analyze verify says: $verify"

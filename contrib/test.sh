@@ -12,4 +12,5 @@ ensure_test_deps
 if [ -z "${HOTDOG_TEST_KAFKA:-}" ]; then
     ensure_tansu
 fi
-cargo test --locked "$@"
+# The test hooks (HOTDOG_TEST_* variables) are a feature that only the tests enable.
+cargo test --locked --features test-hooks "$@"

@@ -424,9 +424,14 @@ fn handle<C: ProducerContext>(producer: &ThreadedProducer<C>) -> usize {
     producer.client().native_ptr() as usize
 }
 
+/// Without the `test-hooks` feature there is no hook: nothing to inject.
+#[cfg(not(feature = "test-hooks"))]
+pub fn inject_fatal<C: ProducerContext>(_producer: &ThreadedProducer<C>) {}
+
 /// Raises a fatal error in `producer` as librdkafka's own test hook does
 /// (`rd_kafka_test_fatal_error`), to test what follows one. Only called when a
 /// `HOTDOG_TEST_*_FATAL_AFTER` variable asks for it ([`TestHook`]).
+#[cfg(feature = "test-hooks")]
 #[allow(unsafe_code)]
 pub fn inject_fatal<C: ProducerContext>(producer: &ThreadedProducer<C>) {
     let reason = c"injected by a HOTDOG_TEST_*_FATAL_AFTER variable";
@@ -443,7 +448,7 @@ pub fn inject_fatal<C: ProducerContext>(producer: &ThreadedProducer<C>) {
 }
 
 /// A test hook: after this many records, [`inject_fatal`] once. Read from an environment
-/// variable that operators never set (see README, "Testing hooks").
+/// variable, only in a build with the `test-hooks` feature (see README, "Testing hooks").
 #[derive(Debug)]
 pub struct TestHook {
     after: Option<u64>,
@@ -453,7 +458,11 @@ pub struct TestHook {
 impl TestHook {
     /// The hook the variable `name` asks for, if any.
     pub fn from_env(name: &str) -> TestHook {
-        let after = std::env::var(name).ok().and_then(|v| v.trim().parse().ok());
+        let after = if cfg!(feature = "test-hooks") {
+            std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+        } else {
+            None
+        };
         TestHook {
             after,
             count: AtomicU64::new(0),

@@ -178,10 +178,17 @@ pub fn now_ms() -> i64 {
     epoch_ms(now())
 }
 
-/// The time lines are stamped with when they are read: the system clock. A test hook moves it:
-/// with `HOTDOG_TEST_CLOCK` set to an RFC 3339 time, the clock reads that time when first
-/// asked and runs on from there (the integration tests use it to read lines across New Year;
-/// never set it in production).
+/// The time lines are stamped with when they are read: the system clock.
+#[cfg(not(feature = "test-hooks"))]
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// The time lines are stamped with when they are read: the system clock. With the
+/// `test-hooks` feature a test hook moves it: with `HOTDOG_TEST_CLOCK` set to an RFC 3339 time,
+/// the clock reads that time when first asked and runs on from there (the integration tests use
+/// it to read lines across New Year).
+#[cfg(feature = "test-hooks")]
 pub fn now() -> SystemTime {
     static SHIFT: std::sync::OnceLock<Option<(bool, std::time::Duration)>> =
         std::sync::OnceLock::new();

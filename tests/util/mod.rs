@@ -399,6 +399,10 @@ impl Hotdog {
 
     /// Like [`Hotdog::start_config`], with more environment variables.
     pub fn start_config_env(yaml: &str, env: &[(&str, &str)]) -> Hotdog {
+        assert!(
+            cfg!(feature = "test-hooks") || !env.iter().any(|(k, _)| k.starts_with("HOTDOG_TEST_")),
+            "this test needs hotdog's test hooks: run contrib/test.sh (cargo test --features test-hooks)"
+        );
         Self::start_command(Command::new(HOTDOG), yaml, env)
     }
 
