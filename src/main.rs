@@ -1,5 +1,6 @@
 //! The `hotdog` command: parses the command line, loads the configuration, and maps what
 //! [`hotdog::server::run`] returns to an exit code. Nothing else.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -8,21 +9,6 @@ use clap::Parser;
 use hotdog::cli::{Cli, Command};
 use hotdog::config::{self, Config};
 use hotdog::{ruletest, runtime, server, testmode};
-
-/// Gives memory that is free inside glibc's heaps back to the system, every few seconds:
-/// without it, what thousands of connections used stays in the process after they close
-/// (`contrib/idle-connections.py` measures it).
-fn trim_memory() {
-    let _ = std::thread::Builder::new()
-        .name("trim".into())
-        .spawn(|| loop {
-            std::thread::sleep(std::time::Duration::from_secs(5));
-            // SAFETY: malloc_trim only works on glibc's own free lists; it takes no pointers.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        });
-}
 
 /// Exit code for a runtime failure (a port that is taken, ...).
 const EXIT_FAILURE: u8 = 1;
@@ -65,7 +51,7 @@ fn main() -> ExitCode {
         return test_rules(&config, &path, cli.json);
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    trim_memory();
+    hotdog::producer::trim_memory();
     let options = server::Options {
         config_path: cli.config.clone(),
         watch: cli.watch,

@@ -12,6 +12,10 @@
 //!
 //! [`send`] hands a record to a producer, its payload copied by librdkafka or lent to it until
 //! the delivery report (which payloads may be lent is the publisher's business).
+//!
+//! This is the one module allowed `unsafe` code: every call into C is here (librdkafka's, where
+//! the rdkafka crate has no safe way, and glibc's `malloc_trim`, [`trim_memory`]), each with
+//! why it is sound.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -138,7 +142,6 @@ impl Generation {
 }
 
 /// Whether the librdkafka handle at `client` (0: none yet) has raised a fatal error.
-#[allow(unsafe_code)]
 fn raised(client: usize) -> bool {
     if client == 0 {
         return false;
@@ -312,7 +315,6 @@ pub struct Envelope<'a> {
 struct NativeHeaders(*mut rdsys::rd_kafka_headers_t);
 
 impl NativeHeaders {
-    #[allow(unsafe_code)]
     fn new(headers: &[(Name, String)]) -> Self {
         if headers.is_empty() {
             return Self(std::ptr::null_mut());
@@ -337,7 +339,6 @@ impl NativeHeaders {
 }
 
 impl Drop for NativeHeaders {
-    #[allow(unsafe_code)]
     fn drop(&mut self) {
         if !self.0.is_null() {
             // SAFETY: the list was made by `new` and librdkafka did not take it.
@@ -351,7 +352,6 @@ impl Drop for NativeHeaders {
 /// allocation and a `memcpy` for every record, which also spreads the records librdkafka walks
 /// after each answer over more memory. `opaque` comes back in the record's delivery report, or
 /// here when librdkafka refuses the record.
-#[allow(unsafe_code)]
 pub fn send<C, T>(
     producer: &ThreadedProducer<C>,
     envelope: &Envelope<'_>,
@@ -432,7 +432,6 @@ pub fn inject_fatal<C: ProducerContext>(_producer: &ThreadedProducer<C>) {}
 /// (`rd_kafka_test_fatal_error`), to test what follows one. Only called when a
 /// `HOTDOG_TEST_*_FATAL_AFTER` variable asks for it ([`TestHook`]).
 #[cfg(feature = "test-hooks")]
-#[allow(unsafe_code)]
 pub fn inject_fatal<C: ProducerContext>(producer: &ThreadedProducer<C>) {
     let reason = c"injected by a HOTDOG_TEST_*_FATAL_AFTER variable";
     // SAFETY: the pointer is the live client of `producer`, borrowed for the call, and the
@@ -477,6 +476,21 @@ impl TestHook {
         let before = self.count.fetch_add(n, Ordering::Relaxed);
         before < after && before + n >= after
     }
+}
+
+/// Gives memory that is free inside glibc's heaps back to the system, every few seconds, on a
+/// thread of its own: without it, what thousands of connections used stays in the process after
+/// they close (`contrib/idle-connections.py` measures it).
+pub fn trim_memory() {
+    let _ = std::thread::Builder::new()
+        .name("trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(5));
+            // SAFETY: malloc_trim only works on glibc's own free lists; it takes no pointers.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
 }
 
 #[cfg(test)]
