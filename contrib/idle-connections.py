@@ -73,7 +73,7 @@ def open_idle_relp(addr, n, first, size):
             msg = b"<13>Nov 23 12:00:00 host app: -" + b"x" * size
         else:
             msg = f"<13>Nov 23 12:00:00 host{(first + i) % 100} app: idle {first + i}".encode()
-        s.sendall(relp_frame(2, "syslog", msg[:max(size, len(msg))]))
+        s.sendall(relp_frame(2, "syslog", msg))
         read_frame(s)
         conns.append(s)
     return conns

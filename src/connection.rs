@@ -239,10 +239,7 @@ async fn read_all<S: AsyncRead + Unpin>(
         let idle = limits.idle_timeout.map(|t| (last_data + t, Read::Idle));
         let shrink = (start == end && buf.len() > SMALL)
             .then(|| (Instant::now() + SHRINK_AFTER, Read::Shrink));
-        let wake = match (idle, shrink) {
-            (Some(i), Some(s)) => Some(if i.0 <= s.0 { i } else { s }),
-            (i, s) => i.or(s),
-        };
+        let wake = crate::record::earliest(idle, shrink);
         let n = match read(&mut stream, &mut buf[end..], &shutdown, wake).await {
             Ok(Read::Bytes(n)) => n,
             Ok(Read::Shrink) => {
@@ -430,14 +427,6 @@ enum Woke {
     Shrink,
 }
 
-/// The times a waiting RELP session wakes by itself.
-struct Wake {
-    /// `idle_timeout` passes.
-    idle: Option<Instant>,
-    /// A large read buffer is given back.
-    shrink: Option<Instant>,
-}
-
 /// One RELP session (librelp's client, rsyslog's omrelp): frames are cut with [`relp::cut`],
 /// `syslog` messages go through the pipeline like lines, and each is answered `200 OK` only
 /// once every record it made is in Kafka or a dead letter (or it made none). Answers go out in
@@ -556,12 +545,12 @@ impl RelpSession {
                     let idle = limits
                         .idle_timeout
                         .filter(|_| self.turns.is_empty())
-                        .map(|t| last_data + t);
+                        .map(|t| (last_data + t, Woke::Idle));
                     // A buffer grown for a long message or a fast sender is given back once
                     // the session has been quiet, as a stream connection's is.
-                    let shrink =
-                        (start == end && buf.len() > SMALL).then(|| Instant::now() + SHRINK_AFTER);
-                    let wake = Wake { idle, shrink };
+                    let shrink = (start == end && buf.len() > SMALL)
+                        .then(|| (Instant::now() + SHRINK_AFTER, Woke::Shrink));
+                    let wake = crate::record::earliest(idle, shrink);
                     wait_relp(stream, &mut buf[end..], can_read, heard, shutdown, wake).await
                 }
             };
@@ -746,7 +735,7 @@ async fn wait_relp<S: AsyncRead + Unpin>(
     can_read: bool,
     heard: event_listener::EventListener,
     shutdown: &Shutdown,
-    wake: Wake,
+    wake: Option<(Instant, Woke)>,
 ) -> Woke {
     use futures_lite::FutureExt;
     let read = async {
@@ -770,18 +759,12 @@ async fn wait_relp<S: AsyncRead + Unpin>(
         }
     };
     let timer = async {
-        let at = match (wake.idle, wake.shrink) {
-            (Some(i), Some(s)) => i.min(s),
-            (i, s) => match i.or(s) {
-                Some(at) => at,
-                None => std::future::pending().await,
-            },
-        };
-        smol::Timer::at(at).await;
-        if wake.idle.is_some_and(|i| i <= at) {
-            Woke::Idle
-        } else {
-            Woke::Shrink
+        match wake {
+            Some((at, what)) => {
+                smol::Timer::at(at).await;
+                what
+            }
+            None => std::future::pending().await,
         }
     };
     read.or(async {

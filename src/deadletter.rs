@@ -265,14 +265,12 @@ impl Writer {
             }
             return true;
         };
-        let mut lines = Vec::new();
+        let mut lines = String::new();
         for letter in &self.waiting {
-            if let Ok(mut line) = serde_json::to_vec(&json(letter)) {
-                line.push(b'\n');
-                lines.extend_from_slice(&line);
-            }
+            lines.push_str(&json(letter).to_string());
+            lines.push('\n');
         }
-        match file.append(&lines) {
+        match file.append(lines.as_bytes()) {
             Ok(()) => {
                 for letter in self.waiting.drain(..) {
                     settled(&self.metrics, letter);

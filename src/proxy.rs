@@ -65,10 +65,7 @@ pub fn deadline(
         None => {
             let idle = idle.map(|t| (t, Expiry::Idle));
             let header = trusted.then_some((TIMEOUT, Expiry::Header));
-            match (idle, header) {
-                (Some(i), Some(h)) => Some(if i.0 < h.0 { i } else { h }),
-                (i, h) => i.or(h),
-            }
+            crate::record::earliest(header, idle)
         }
     }
 }

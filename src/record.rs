@@ -173,6 +173,14 @@ impl DeadLetter {
 /// The reason of a dead letter that shutdown had no time left to deliver.
 pub const SHUTDOWN_TIMEOUT: &str = "shutdown_timeout";
 
+/// The earlier of two deadlines, each with what passing it means; the first one on a tie.
+pub fn earliest<K: Ord, T>(a: Option<(K, T)>, b: Option<(K, T)>) -> Option<(K, T)> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Milliseconds since the epoch, by [`now`].
 pub fn now_ms() -> i64 {
     epoch_ms(now())

@@ -221,18 +221,11 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
 
     let stop = watch_signals(signals, requests).map_err(io("cannot start the signal thread"))?;
     loop {
-        let stopped = async {
-            let _ = stop.recv().await;
-            None
-        };
-        let next = async { requested.next().await }.or(stopped).await;
+        let next = async { requested.next().await }.or(stopped(&stop)).await;
         let Some(replies) = next else { break };
         // A signal stops hotdog during a reload too: one stuck (a hung file read) is dropped.
-        let stopped = async {
-            let _ = stop.recv().await;
-            None
-        };
-        let Some(outcome) = async { Some(running.reload().await) }.or(stopped).await else {
+        let reloaded = async { Some(running.reload().await) }.or(stopped(&stop));
+        let Some(outcome) = reloaded.await else {
             break;
         };
         for reply in replies {
@@ -512,6 +505,13 @@ async fn report_suppressed_logs(shutdown: Shutdown) {
 /// The thread lives as long as the process and is idle nearly always: while it waits, it
 /// drives smol's reactor, so timers (the shutdown deadline) and socket events are seen on time
 /// even when every executor thread is busy with a flood.
+/// `None` once SIGINT or SIGTERM came (`stop` from [`watch_signals`]): what is raced against
+/// it is dropped.
+async fn stopped<T>(stop: &async_channel::Receiver<()>) -> Option<T> {
+    let _ = stop.recv().await;
+    None
+}
+
 fn watch_signals(
     mut signals: async_signal::Signals,
     requests: reload::Requests,

@@ -21,12 +21,11 @@ pub(super) fn decode(
             budget,
             used: 0,
             costs: Vec::new(),
-            over: false,
         },
     };
     let rules = c.decode_rules(node);
-    if c.memory.over {
-        let error = c.memory.error();
+    if c.memory.over() {
+        let error = c.memory.error(true);
         c.cx.error(node, error);
         return None;
     }
@@ -35,7 +34,7 @@ pub(super) fn decode(
     if used > budget {
         // The rules fit one by one; what finds them among many (their sets) did not.
         c.memory.used = used;
-        let error = c.memory.error();
+        let error = c.memory.error(false);
         c.cx.error(node, error);
         return None;
     }
@@ -48,20 +47,23 @@ struct Memory {
     used: usize,
     /// Each regex's cost and where its rule is (`file:line`).
     costs: Vec<(usize, String)>,
-    /// The budget is passed: no more regexes are compiled (what would they cost?).
-    over: bool,
 }
 
 impl Memory {
-    /// Counts a compiled regex; false once the budget is passed.
-    fn take(&mut self, cost: usize, origin: String) -> bool {
+    /// Counts a compiled regex.
+    fn take(&mut self, cost: usize, origin: String) {
         self.used += cost;
         self.costs.push((cost, origin));
-        self.over |= self.used > self.budget;
-        !self.over
     }
 
-    fn error(&mut self) -> String {
+    /// The budget is passed: no more regexes are compiled (what would they cost?).
+    fn over(&self) -> bool {
+        self.used > self.budget
+    }
+
+    /// The error, once the budget is passed; `stopped`: compiling stopped there (else every
+    /// regex was compiled, and what finds them among many passed it).
+    fn error(&mut self, stopped: bool) -> String {
         self.costs.sort_by_key(|c| std::cmp::Reverse(c.0));
         let top: Vec<String> = self
             .costs
@@ -69,7 +71,7 @@ impl Memory {
             .take(5)
             .map(|(cost, at)| format!("{at} ({})", mib(*cost)))
             .collect();
-        let progress = if self.over {
+        let progress = if stopped {
             format!(
                 "compiling stopped at {} after {} rules",
                 mib(self.used),
@@ -125,7 +127,7 @@ impl Compiler<'_, '_> {
         let mut m = Map::new(self.cx, node, what.clone())?;
         let (line, _) = position(node);
         let origin = format!("{}:{line}", self.cx.file);
-        let matcher = if self.memory.over {
+        let matcher = if self.memory.over() {
             // Past the budget: not compiled, the error says so once.
             m.get("regex");
             m.get("jmespath");
