@@ -13,4 +13,4 @@ if [ -z "${HOTDOG_TEST_KAFKA:-}" ]; then
     ensure_tansu
 fi
 # The test hooks (HOTDOG_TEST_* variables) are a feature that only the tests enable.
-cargo test --locked --features test-hooks "$@"
+cargo test --locked --workspace --features test-hooks "$@"

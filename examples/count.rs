@@ -23,7 +23,7 @@ fn seq(payload: &[u8]) -> Option<u64> {
 }
 
 fn seq_in_otlp(payload: &[u8]) -> Option<u64> {
-    use hotdog::format::otlp::{ExportLogsServiceRequest, Value};
+    use hotdog_stages::encode::otlp::{ExportLogsServiceRequest, Value};
     let request: ExportLogsServiceRequest = prost::Message::decode(payload).ok()?;
     let record = request
         .resource_logs

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use hotdog::cli::{Cli, Command};
-use hotdog::config::{self, Config};
-use hotdog::{ruletest, runtime, server, testmode};
+use hotdog::control::{runtime, server};
+use hotdog::offline::{replay, ruletest};
+use hotdog_stages::config::{self, Config};
 
 /// Exit code for a runtime failure (a port that is taken, ...).
 const EXIT_FAILURE: u8 = 1;
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let file = cli.config.display().to_string();
-    let config = match Config::load(&cli.config, &config::Outside::real()) {
+    let config = match Config::load(&cli.config, &hotdog::control::outside()) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
         return test_rules(&config, &path, cli.json);
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    hotdog::producer::trim_memory();
+    hotdog::publish::producer::trim_memory();
     let options = server::Options {
         config_path: cli.config.clone(),
         watch: cli.watch,
@@ -140,7 +141,7 @@ fn test_rules(config: &Config, path: &std::path::Path, json: bool) -> ExitCode {
     };
     let stdout = std::io::stdout().lock();
     let max = ruletest::Reading::of(&config.global).max_message_size;
-    match testmode::run(&config.rules, file, max, stdout, json) {
+    match replay::run(&config.rules, file, max, stdout, json) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`hotdog -t log | head`): nothing more to say.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

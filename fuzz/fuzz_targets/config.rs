@@ -8,11 +8,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match hotdog::config::Config::parse("fuzz.yml", text, |_| None) {
+    match hotdog_stages::config::Config::parse("fuzz.yml", text, |_| None) {
         Ok(config) => {
             // A configuration that loads runs a line through its rules.
-            let msg = hotdog::syslog::parse("<13>Nov 23 12:00:00 host app[1]: {\"a\":1} fuzz");
-            let origin = hotdog::rules::Origin::default();
+            let msg = hotdog_stages::parse::syslog::parse("<13>Nov 23 12:00:00 host app[1]: {\"a\":1} fuzz");
+            let origin = hotdog_stages::core::Origin::default();
             let mut out = Vec::new();
             let _ = config.rules.apply(&msg, &origin, &mut out, None);
         }

@@ -2,7 +2,7 @@
 //! every frame is at most `max` bytes.
 #![no_main]
 
-use hotdog::framing::{Framer, Step};
+use hotdog_stages::frame::lines::{Framer, Step};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use hotdog::proxy::{deadline, parse, Expiry, Parsed, MAX_HEADER, TIMEOUT};
+use hotdog_stages::frame::proxy::{deadline, parse, Expiry, Parsed, MAX_HEADER, TIMEOUT};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

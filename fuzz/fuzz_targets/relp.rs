@@ -3,7 +3,7 @@
 //! inside the input.
 #![no_main]
 
-use hotdog::relp::{cut, Cut, Session};
+use hotdog_stages::frame::relp::{cut, Cut, Session};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

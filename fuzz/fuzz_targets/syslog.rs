@@ -4,18 +4,18 @@
 //! (JSON, OTLP) is made from it: JSON objects, and protobuf that is the reference's bytes.
 #![no_main]
 
-use hotdog::format::{self, Event, RecordFormat};
-use hotdog::rules::Origin;
+use hotdog_stages::encode::{self, Event, RecordFormat};
+use hotdog_stages::core::Origin;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let line = String::from_utf8_lossy(data);
-    let msg = hotdog::syslog::parse_frame(data, &line);
+    let msg = hotdog_stages::parse::syslog::parse_frame(data, &line);
     let _ = (msg.severity_name(), msg.facility_name());
     assert!(msg.msg.len() <= line.len());
     assert!(data.ends_with(msg.msg_bytes.unwrap_or(msg.msg.as_bytes())));
     if let Some(sd) = msg.structured_data {
-        let _ = hotdog::syslog::sd_elements(sd);
+        let _ = hotdog_stages::parse::syslog::sd_elements(sd);
     }
     let origin = Origin {
         zone: jiff::tz::TimeZone::get("Europe/Paris").ok(),

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use hotdog::template::{Lookup, Templates};
+use hotdog_stages::route::template::{Lookup, Templates};
 use libfuzzer_sys::fuzz_target;
 
 struct Vars;

@@ -1,0 +1,461 @@
+//! Decoding `global:`: listeners, Kafka, metrics, the status server, the shutdown timeout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use marked_yaml::Node;
+
+use super::yaml::{every, kind, scalar, unknown_name, Cx, Map};
+use super::{
+    ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Outside, Protocol, ProxyProtocol,
+    Reload, Status, Tls, ENV_OVERRIDES,
+};
+
+pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Global> {
+    let mut g = Map::new(cx, node, "global")?;
+    let listen = match g.get("listen") {
+        Some(n) => decode_listeners(cx, n).inspect(|l| check_tls_files(cx, l, outside)),
+        None => {
+            cx.error(node, "`global.listen` is required");
+            None
+        }
+    };
+    let kafka = match g.get("kafka") {
+        Some(n) => decode_kafka(cx, n, outside),
+        None => {
+            cx.error(node, "`global.kafka` is required");
+            None
+        }
+    };
+    let metrics = match g.get("metrics") {
+        Some(n) => decode_metrics(cx, n),
+        None => Some(Metrics::default()),
+    };
+    let status = match g.get("status") {
+        Some(n) => decode_status(cx, n).map(Some),
+        None => Some(None),
+    };
+    let shutdown_timeout = g.duration_at_most(
+        cx,
+        "shutdown_timeout",
+        super::MAX_TIMEOUT,
+        Duration::from_secs(30),
+    );
+    let reload = match g.get("reload") {
+        Some(n) => decode_reload(cx, n),
+        None => Some(Reload::default()),
+    };
+    let max_rules_memory = g.number_in(
+        cx,
+        "max_rules_memory",
+        super::MIN_RULES_MEMORY..=super::MAX_RULES_MEMORY,
+        super::DEFAULT_RULES_MEMORY,
+    );
+    g.finish(cx);
+    Some(Global {
+        listen: listen?,
+        kafka: kafka?,
+        metrics: metrics?,
+        status: status?,
+        shutdown_timeout: shutdown_timeout?,
+        reload: reload?,
+        max_rules_memory,
+    })
+}
+
+/// Whether the files every TLS listener names load; an error is located at its `tls` key.
+fn check_tls_files(cx: &mut Cx<'_>, listeners: &[Listen], outside: &Outside<'_>) {
+    for (i, l) in listeners.iter().enumerate() {
+        if let Some(t) = l.protocol.tls() {
+            if let Err(e) = (outside.check_tls)(t) {
+                cx.errors.push(super::ConfigError {
+                    file: cx.file.to_string(),
+                    line: t.at.0,
+                    column: t.at.1,
+                    message: format!("global.listen[{i}].tls: {e}"),
+                });
+            }
+        }
+    }
+}
+
+fn decode_listeners(cx: &mut Cx<'_>, node: &Node) -> Option<Vec<Listen>> {
+    let Some(seq) = node.as_sequence() else {
+        return decode_listen(cx, node, "global.listen").map(|l| vec![l]);
+    };
+    if seq.is_empty() {
+        cx.error(node, "`global.listen` needs at least one listener");
+        return None;
+    }
+    every(
+        seq.iter()
+            .enumerate()
+            .map(|(i, item)| decode_listen(cx, item, &format!("global.listen[{i}]"))),
+    )
+}
+
+const PROTOCOLS: [&str; 4] = ["tcp", "tls", "relp", "udp"];
+
+/// Listener keys about connections, which a UDP listener does not have.
+const STREAM_ONLY: [&str; 5] = [
+    "max_connections",
+    "max_connections_per_source",
+    "tcp_keepalive",
+    "idle_timeout",
+    "proxy_protocol",
+];
+
+/// The listener's protocol from `protocol: name` and whether it has `tls` settings.
+fn protocol(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    what: &str,
+    name: &str,
+    tls_node: Option<&Node>,
+    tls: Option<Tls>,
+) -> Option<Protocol> {
+    match (name, tls_node, tls) {
+        ("tcp", None, _) => Some(Protocol::Tcp),
+        ("udp", None, _) => Some(Protocol::Udp),
+        ("tls", Some(_), Some(t)) => Some(Protocol::Tls(t)),
+        ("relp", None, _) => Some(Protocol::Relp(None)),
+        ("relp", Some(_), Some(t)) => Some(Protocol::Relp(Some(t))),
+        ("tls" | "relp", Some(_), None) => None,
+        ("tls", None, _) => {
+            cx.error(
+                node,
+                format!("`{what}` uses protocol tls but has no `tls` settings (cert, key)"),
+            );
+            None
+        }
+        ("tcp" | "udp", Some(t), _) => {
+            cx.error(
+                t,
+                format!("`{what}` has `tls` settings but protocol {name}"),
+            );
+            None
+        }
+        (other, _, _) => {
+            cx.error(node, unknown_name("protocol", other, &PROTOCOLS));
+            None
+        }
+    }
+}
+
+fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
+    let mut m = Map::new(cx, node, what)?;
+    let address = m
+        .string(cx, "address")
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = m.number(cx, "port").unwrap_or(1514);
+    let max_message_size = m.number_in(
+        cx,
+        "max_message_size",
+        1..=super::MAX_MESSAGE_SIZE,
+        64 * 1024,
+    );
+    let max_connections = m.number_in(cx, "max_connections", 1..=super::MAX_CONNECTIONS, 10_000);
+    let max_connections_per_source = m.get("max_connections_per_source").is_some().then(|| {
+        m.number_in(
+            cx,
+            "max_connections_per_source",
+            1..=super::MAX_CONNECTIONS,
+            0,
+        )
+    });
+    let tcp_keepalive = optional_duration(cx, &mut m, "tcp_keepalive", Some(60));
+    let idle_timeout = optional_duration(cx, &mut m, "idle_timeout", None);
+    let proxy_protocol = m
+        .get("proxy_protocol")
+        .and_then(|n| decode_proxy_protocol(cx, n, &format!("{what}.proxy_protocol")));
+    let timezone = match m.get("timezone") {
+        None => Some(None),
+        Some(n) => scalar(cx, n, &m.path("timezone")).and_then(|name| {
+            match jiff::tz::TimeZone::get(&name) {
+                Ok(zone) => Some(Some(super::Timezone { name, zone })),
+                Err(e) => {
+                    cx.error(
+                        n,
+                        format!(
+                            "`{}`: `{name}` is not an IANA time zone (like `Europe/Paris` or `UTC`): {e}",
+                            m.path("timezone")
+                        ),
+                    );
+                    None
+                }
+            }
+        }),
+    };
+    let tls_node = match m.get("tls") {
+        Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
+        other => other,
+    };
+    let tls_at = m.key_position("tls");
+    let tls = tls_node.and_then(|n| decode_tls(cx, n, &format!("{what}.tls"), tls_at));
+    let protocol = match m.get("protocol") {
+        None => match (tls_node, tls) {
+            (None, _) => Some(Protocol::Tcp),
+            (Some(_), Some(t)) => Some(Protocol::Tls(t)),
+            (Some(_), None) => None,
+        },
+        Some(p) => scalar(cx, p, &m.path("protocol"))
+            .and_then(|name| protocol(cx, p, what, &name, tls_node, tls)),
+    };
+    if matches!(protocol, Some(Protocol::Udp)) {
+        for key in STREAM_ONLY {
+            if let Some(n) = m.get(key) {
+                cx.error(
+                    n,
+                    format!("`{what}.{key}` is for tcp, tls and relp listeners, not udp"),
+                );
+            }
+        }
+    }
+    m.finish(cx);
+    Some(Listen {
+        address,
+        port,
+        protocol: protocol?,
+        max_message_size,
+        max_connections,
+        max_connections_per_source,
+        tcp_keepalive: tcp_keepalive?,
+        idle_timeout: idle_timeout?,
+        proxy_protocol,
+        timezone: timezone?,
+    })
+}
+
+/// A duration that `0`, `false`, `no` or `off` turns off; `default` in seconds when absent.
+fn optional_duration(
+    cx: &mut Cx<'_>,
+    m: &mut Map<'_>,
+    key: &'static str,
+    default: Option<u64>,
+) -> Option<Option<Duration>> {
+    match m.get(key) {
+        None => Some(default.map(Duration::from_secs)),
+        Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off" | "0") => Some(None),
+        Some(_) => {
+            let d = m.duration_at_most(cx, key, super::MAX_TIMEOUT, Duration::ZERO)?;
+            if d < Duration::from_secs(1) {
+                if let Some(n) = m.get(key) {
+                    cx.error(
+                        n,
+                        format!("`{}` must be at least 1s (or 0 for off)", m.path(key)),
+                    );
+                }
+                return None;
+            }
+            Some(Some(d))
+        }
+    }
+}
+
+/// `proxy_protocol: {from: [network, ...]}`: networks as `10.0.0.0/8` or single addresses.
+fn decode_proxy_protocol(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<ProxyProtocol> {
+    let mut m = Map::new(cx, node, what)?;
+    let from = match m.get("from") {
+        Some(n) => super::yaml::list(cx, n, &m.path("from")).and_then(|items| {
+            every(items.iter().map(|item| {
+                let text = scalar(cx, item, &format!("{what}.from"))?;
+                let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+                    text.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(ipnet::IpNet::from)
+                });
+                if net.is_none() {
+                    cx.error(
+                        item,
+                        format!(
+                            "expected a network like `10.0.0.0/8` or an address in `{what}.from`, found `{text}`"
+                        ),
+                    );
+                }
+                net
+            }))
+        }),
+        None => {
+            cx.error(
+                node,
+                format!("`{what}` needs `from`: the networks of the load balancers that send it"),
+            );
+            None
+        }
+    };
+    m.finish(cx);
+    Some(ProxyProtocol { from: from? })
+}
+
+/// `tls:` settings; `at` is where the `tls` key is, for errors about the files it names.
+fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str, at: (usize, usize)) -> Option<Tls> {
+    let mut m = Map::new(cx, node, what)?;
+    let cert = m.required_string(cx, "cert");
+    let key = m.required_string(cx, "key");
+    let ca = m.string(cx, "ca").map(PathBuf::from);
+    let client_auth = match m.get("client_auth") {
+        None => Some(ClientAuth::Required),
+        Some(n) => match scalar(cx, n, &m.path("client_auth")).as_deref() {
+            Some("required") => Some(ClientAuth::Required),
+            Some("optional") => Some(ClientAuth::Optional),
+            Some(other) => {
+                cx.error(
+                    n,
+                    format!("unknown client_auth `{other}`; expected `required` or `optional`"),
+                );
+                None
+            }
+            None => None,
+        },
+    };
+    if ca.is_none() {
+        if let Some(n) = m.get("client_auth") {
+            cx.error(
+                n,
+                format!("`{what}.client_auth` needs a `ca` to verify clients against"),
+            );
+        }
+    }
+    let handshake_timeout = m.duration_at_most(
+        cx,
+        "handshake_timeout",
+        super::MAX_TIMEOUT,
+        Duration::from_secs(10),
+    );
+    m.finish(cx);
+    Some(Tls {
+        cert: cert?.into(),
+        key: key?.into(),
+        ca,
+        client_auth: client_auth?,
+        handshake_timeout: handshake_timeout?,
+        at,
+    })
+}
+
+fn decode_kafka(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Kafka> {
+    let env = outside.var;
+    let mut m = Map::new(cx, node, "global.kafka")?;
+    let mut conf = BTreeMap::new();
+    if let Some(c) = m.get("conf") {
+        if let Some(map) = c.as_mapping() {
+            for (k, v) in map.iter() {
+                let what = format!("global.kafka.conf.{}", k.as_str());
+                if let Some(v) = scalar(cx, v, &what) {
+                    conf.insert(k.as_str().to_string(), v);
+                }
+            }
+        } else {
+            cx.error(
+                c,
+                format!(
+                    "expected a mapping of librdkafka settings for `global.kafka.conf`, found {}",
+                    kind(c)
+                ),
+            );
+        }
+    }
+    // hotdog 0.3 and earlier wrote `brokers:`; accept it as `bootstrap.servers`.
+    if let Some(b) = m.string(cx, "brokers") {
+        conf.entry("bootstrap.servers".into()).or_insert(b);
+    }
+    for (var, key) in ENV_OVERRIDES {
+        if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+            conf.insert(key.to_string(), v);
+        }
+    }
+    let topic = m.string(cx, "topic").unwrap_or_else(|| "logs".into());
+    if !crate::route::is_legal_topic(&topic) {
+        if let Some(n) = m.get("topic") {
+            cx.error(
+                n,
+                format!(
+                    "`{topic}` is not a legal Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)"
+                ),
+            );
+        }
+    }
+    let buffer = m.number_in(cx, "buffer", 1..=super::MAX_BUFFER, 1024);
+    let max_topics = m.number_in(cx, "max_topics", 1..=super::MAX_TOPICS, 1000);
+    let timeout_ms = m.number(cx, "timeout_ms").unwrap_or(5000);
+    let mut dead_letter = DeadLetter::default();
+    if let Some(d) = m.get("dead_letter") {
+        if let Some(mut dm) = Map::new(cx, d, "global.kafka.dead_letter") {
+            dead_letter.topic = dm.string(cx, "topic");
+            if let (Some(t), Some(n)) = (&dead_letter.topic, dm.get("topic")) {
+                if !crate::route::is_legal_topic(t) {
+                    cx.error(n, format!("`{t}` is not a legal Kafka topic name"));
+                }
+            }
+            dead_letter.file = dm.string(cx, "file").map(PathBuf::from);
+            if let (Some(path), Some(n)) = (&dead_letter.file, dm.get("file")) {
+                if let Err(why) = (outside.check_output)(path) {
+                    cx.error(n, format!("the dead-letter file: {why}"));
+                }
+            }
+            dm.finish(cx);
+        }
+    }
+    m.finish(cx);
+    if !conf.contains_key("bootstrap.servers") && !conf.contains_key("metadata.broker.list") {
+        cx.error(
+            node,
+            "`global.kafka.conf` needs `bootstrap.servers` (or set KAFKA_BROKER)",
+        );
+    }
+    Some(Kafka {
+        conf,
+        topic,
+        buffer,
+        timeout_ms,
+        dead_letter,
+        max_topics,
+    })
+}
+
+fn decode_metrics(cx: &mut Cx<'_>, node: &Node) -> Option<Metrics> {
+    let mut m = Map::new(cx, node, "global.metrics")?;
+    let statsd = m.string(cx, "statsd");
+    m.finish(cx);
+    Some(Metrics { statsd })
+}
+
+fn decode_status(cx: &mut Cx<'_>, node: &Node) -> Option<Status> {
+    let mut m = Map::new(cx, node, "global.status")?;
+    let address = m
+        .string(cx, "address")
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = m.number(cx, "port").unwrap_or(8585);
+    m.finish(cx);
+    Some(Status { address, port })
+}
+
+fn decode_reload(cx: &mut Cx<'_>, node: &Node) -> Option<Reload> {
+    let mut m = Map::new(cx, node, "global.reload")?;
+    let watch = match m.get("watch") {
+        None => Some(false),
+        Some(n) => match scalar(cx, n, "global.reload.watch")?.as_str() {
+            "true" | "yes" | "on" => Some(true),
+            "false" | "no" | "off" => Some(false),
+            other => {
+                cx.error(
+                    n,
+                    format!("expected true or false for `global.reload.watch`, found `{other}`"),
+                );
+                None
+            }
+        },
+    };
+    let debounce = m.duration_at_most(
+        cx,
+        "debounce",
+        Duration::from_secs(60),
+        Reload::default().debounce,
+    );
+    m.finish(cx);
+    Some(Reload {
+        watch: watch?,
+        debounce: debounce?,
+    })
+}

@@ -1,0 +1,962 @@
+//! `hotdog.yml`: the configuration model, and loading it.
+//!
+//! The file is read into a YAML tree that keeps every node's line and column, then decoded by
+//! hand, so that every error names `file:line:column` and what was expected, unknown keys
+//! suggest the closest known one, and all errors are reported at once rather than the first.
+//! [`yaml`] is the decoding toolkit, [`global`] decodes `global:`, and [`rules`] compiles the
+//! rules (regexes, JMESPath expressions and templates, once).
+//!
+//! A configuration written for hotdog 0.5 loads unchanged; keys added since are optional.
+
+pub mod cases;
+mod global;
+mod rules;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use marked_yaml::{LoaderOptions, Node};
+
+use crate::route::template::Templates;
+use crate::route::Rules;
+pub use yaml::{ConfigError, ConfigErrors};
+use yaml::{Cx, Map};
+
+/// The whole configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub global: Global,
+    pub rules: Rules,
+}
+
+/// `global:`
+#[derive(Debug, Clone)]
+pub struct Global {
+    /// `global.listen`: where syslog is received; one listener or a list of them.
+    pub listen: Vec<Listen>,
+    /// `global.kafka`: where records go.
+    pub kafka: Kafka,
+    /// `global.metrics`: statsd output.
+    pub metrics: Metrics,
+    /// `global.status`: the HTTP status server; off when absent.
+    pub status: Option<Status>,
+    /// `global.shutdown_timeout`: how long shutdown waits for open connections and for Kafka to
+    /// acknowledge what was read (seconds, or a duration like `30s`). Default 30 s.
+    pub shutdown_timeout: Duration,
+    /// `global.reload`: reloading when the file changes.
+    pub reload: Reload,
+    /// `global.max_rules_memory`: the most memory the compiled rules may hold (bytes). Default
+    /// 1 GiB.
+    pub max_rules_memory: usize,
+}
+
+/// `global.reload:`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// `watch`: reload the configuration when its file changes (as `--watch` does). Default
+    /// false.
+    pub watch: bool,
+    /// `debounce`: how long the file must stay unchanged after a change before it is reloaded
+    /// (an editor may save in several writes). Default 500 ms.
+    pub debounce: Duration,
+}
+
+impl Default for Reload {
+    fn default() -> Self {
+        Reload {
+            watch: false,
+            debounce: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One entry of `global.listen` (which is one mapping, or a list of them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listen {
+    /// `address`: the address to bind. Default `127.0.0.1`.
+    pub address: String,
+    /// `port`: the port. Default 1514.
+    pub port: u16,
+    /// `protocol`: `tcp`, `tls`, `relp` or `udp`. Default `tls` when `tls` is given, else
+    /// `tcp`.
+    pub protocol: Protocol,
+    /// `max_message_size`: the longest frame kept, in bytes; longer ones are truncated to it and
+    /// counted. Default 65536.
+    pub max_message_size: usize,
+    /// `max_connections`: TCP/TLS connections open at once; more are closed as soon as they are
+    /// accepted, and counted. Default 10000.
+    pub max_connections: usize,
+    /// `max_connections_per_source`: connections open at once from one IP address (the one a
+    /// PROXY header carries, behind a load balancer). Default: no limit.
+    pub max_connections_per_source: Option<usize>,
+    /// `tcp_keepalive`: idle time before TCP keepalive probes on accepted connections; `0` or
+    /// `false` turns them off. Default 60 s.
+    pub tcp_keepalive: Option<Duration>,
+    /// `idle_timeout`: a connection that sends nothing this long is closed. Default: never.
+    pub idle_timeout: Option<Duration>,
+    /// `proxy_protocol`: PROXY protocol v1/v2 headers from these networks. Default: none.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// `timezone`: the IANA time zone (`Europe/Paris`) that senders' RFC 3164 timestamps, which
+    /// carry none, are read in. Default: UTC.
+    pub timezone: Option<Timezone>,
+}
+
+/// A time zone by its IANA name.
+#[derive(Debug, Clone)]
+pub struct Timezone {
+    pub name: String,
+    pub zone: jiff::tz::TimeZone,
+}
+
+impl PartialEq for Timezone {
+    fn eq(&self, other: &Timezone) -> bool {
+        self.name == other.name
+    }
+}
+
+/// `global.listen.proxy_protocol:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyProtocol {
+    /// `from`: the networks of the load balancers, which must send a header; a header from
+    /// anywhere else closes the connection.
+    pub from: Vec<ipnet::IpNet>,
+}
+
+impl ProxyProtocol {
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.from.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// How a listener receives syslog.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Protocol {
+    Tcp,
+    /// `tls`: `cert`, `key`, optional `ca`, `client_auth`, `handshake_timeout`.
+    Tls(Tls),
+    /// One message per datagram (RFC 5426).
+    Udp,
+    /// `relp`: RELP sessions (librelp, rsyslog's omrelp), over TLS when `tls` is given.
+    Relp(Option<Tls>),
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls(_) => "tls",
+            Protocol::Udp => "udp",
+            Protocol::Relp(None) => "relp",
+            Protocol::Relp(Some(_)) => "relp+tls",
+        }
+    }
+
+    /// The TLS settings of a listener that has them.
+    pub fn tls(&self) -> Option<&Tls> {
+        match self {
+            Protocol::Tls(t) | Protocol::Relp(Some(t)) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a TLS client must present a certificate signed by `ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+}
+
+/// `global.listen.tls:`
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// `cert`: PEM file with the server certificate, then its chain.
+    pub cert: PathBuf,
+    /// `key`: PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// `ca`: PEM file with the CA certificates that client certificates are verified against.
+    /// Without it, clients are not asked for certificates.
+    pub ca: Option<PathBuf>,
+    /// `client_auth`: `required` (default when `ca` is given: a client without a valid
+    /// certificate is refused) or `optional` (anonymous clients are let in; a certificate that is
+    /// presented must still be valid).
+    pub client_auth: ClientAuth,
+    /// `handshake_timeout`: a client that has not finished its handshake by then is cut off.
+    /// Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Where the `tls` settings are written (line, column), for errors about their files.
+    pub at: (usize, usize),
+}
+
+/// The same settings, wherever they are written.
+impl PartialEq for Tls {
+    fn eq(&self, other: &Tls) -> bool {
+        self.cert == other.cert
+            && self.key == other.key
+            && self.ca == other.ca
+            && self.client_auth == other.client_auth
+            && self.handshake_timeout == other.handshake_timeout
+    }
+}
+
+/// `global.kafka:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kafka {
+    /// `conf`: every key is handed to librdkafka as it is (`bootstrap.servers`, `linger.ms`, ...).
+    /// The environment variables `KAFKA_BROKER`, `SASL_SCRAM_USERNAME` and
+    /// `SASL_SCRAM_PASSWORD` override `bootstrap.servers`, `sasl.username` and `sasl.password`.
+    pub conf: BTreeMap<String, String>,
+    /// `topic`: the topic for records whose rendered topic is not a legal topic name.
+    /// Default `logs`.
+    pub topic: String,
+    /// `buffer`: how many records may wait between the connections and the Kafka publisher;
+    /// when it is full, connections stop reading (TCP backpressure). Default 1024.
+    pub buffer: usize,
+    /// `timeout_ms`: how long to wait for broker metadata at start before logging that no broker
+    /// is reachable (hotdog starts anyway and delivers once one is). Default 5000.
+    pub timeout_ms: u64,
+    /// `dead_letter`: `topic` and `file` for records Kafka refuses for good.
+    pub dead_letter: DeadLetter,
+    /// `max_topics`: distinct topics records may go to; a record for one more goes to `topic`
+    /// and is counted. Default 1000.
+    pub max_topics: usize,
+}
+
+/// `global.metrics:`
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    /// `statsd`: `host:port` of a statsd server; no statsd output when absent.
+    pub statsd: Option<String>,
+}
+
+/// `global.status:`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    /// `address`: default `127.0.0.1`.
+    pub address: String,
+    /// `port`: default 8585.
+    pub port: u16,
+}
+
+/// `global.kafka.dead_letter:`
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetter {
+    /// `topic`: where refused records are produced, with headers `hotdog-original-topic` and
+    /// `hotdog-reason`.
+    pub topic: Option<String>,
+    /// `file`: a JSON-lines file for records that cannot go to the dead-letter topic.
+    pub file: Option<PathBuf>,
+}
+
+/// The largest `max_message_size`: every connection may hold a frame this long.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+/// The largest `buffer`, in records.
+pub const MAX_BUFFER: usize = 1_000_000;
+/// The longest `shutdown_timeout`, `handshake_timeout`, `tcp_keepalive` and `idle_timeout`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The largest `max_connections` and `max_connections_per_source`.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// The largest `max_topics`.
+pub const MAX_TOPICS: usize = 100_000;
+/// `global.max_rules_memory`: its default (1 GiB) and bounds.
+pub const DEFAULT_RULES_MEMORY: usize = 1 << 30;
+const MIN_RULES_MEMORY: usize = 1 << 20;
+const MAX_RULES_MEMORY: usize = 1 << 40;
+
+/// Environment variables that override `global.kafka.conf` keys.
+pub const ENV_OVERRIDES: [(&str, &str); 3] = [
+    ("KAFKA_BROKER", "bootstrap.servers"),
+    ("SASL_SCRAM_USERNAME", "sasl.username"),
+    ("SASL_SCRAM_PASSWORD", "sasl.password"),
+];
+
+/// What decoding asks of the world outside the file: environment variables, whether a TLS
+/// listener's files load, and whether a file hotdog appends to can be one (the modules that use
+/// them answer; the configuration does not touch them itself).
+pub struct Outside<'a> {
+    pub var: &'a dyn Fn(&str) -> Option<String>,
+    pub check_tls: &'a dyn Fn(&Tls) -> Result<(), String>,
+    pub check_output: &'a dyn Fn(&Path) -> Result<(), String>,
+}
+
+impl Config {
+    /// Reads, validates and compiles `path`, applying the environment overrides; `outside`'s
+    /// checks (its `var` is the environment's) report with the other errors.
+    pub fn load(path: &Path, outside: &Outside<'_>) -> Result<Config, ConfigErrors> {
+        let (file, text) = read_file(path, "the configuration")?;
+        Self::parse_with(&file, &text, outside)
+    }
+
+    /// Validates and compiles `text` (named `file` in errors); `env` looks up overrides. TLS
+    /// files are not read.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        Self::parse_with(
+            file,
+            text,
+            &Outside {
+                var: &env,
+                check_tls: &|_| Ok(()),
+                check_output: &|_| Ok(()),
+            },
+        )
+    }
+
+    /// Validates and compiles `text` (named `file` in errors), asking `outside` what the file
+    /// does not say.
+    pub fn parse_with(
+        file: &str,
+        text: &str,
+        outside: &Outside<'_>,
+    ) -> Result<Config, ConfigErrors> {
+        let root = read_yaml(file, text, "`global` and `rules`")?;
+        let mut cx = Cx {
+            file,
+            errors: Vec::new(),
+        };
+        let config = decode_root(&mut cx, &root, outside);
+        match config {
+            Some(c) if cx.errors.is_empty() => Ok(c),
+            _ => {
+                if cx.errors.is_empty() {
+                    cx.error(&root, "the configuration is not valid");
+                }
+                Err(ConfigErrors(cx.errors))
+            }
+        }
+    }
+}
+
+/// Reads a rule test file (`hotdog test`), with every error located as for the configuration.
+pub fn load_tests(path: &Path) -> Result<cases::TestFile, ConfigErrors> {
+    let (file, text) = read_file(path, "the test file")?;
+    let root = read_yaml(&file, &text, "`tests`")?;
+    let mut cx = Cx {
+        file: &file,
+        errors: Vec::new(),
+    };
+    match cases::decode(&mut cx, &root) {
+        Some(t) if cx.errors.is_empty() => Ok(t),
+        _ => {
+            if cx.errors.is_empty() {
+                cx.error(&root, "the test file is not valid");
+            }
+            Err(ConfigErrors(cx.errors))
+        }
+    }
+}
+
+/// How long reading one file of the configuration may take: a FIFO, a device or a hung network
+/// mount is an error after it, never a reload or a `--check` that hangs.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest configuration file.
+const MAX_CONFIG: u64 = 16 << 20;
+
+/// Reads at most `max` bytes of `path` within [`READ_TIMEOUT`] (on a thread of its own, which is
+/// left to finish by itself when the time is up); a longer file is an error.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("read-file".into())
+        .spawn(move || {
+            let read = std::fs::File::open(&owned).and_then(|f| {
+                let mut bytes = Vec::new();
+                f.take(max + 1).read_to_end(&mut bytes).map(|_| bytes)
+            });
+            let _ = tx.send(read);
+        });
+    if let Err(e) = spawned {
+        return Err(format!("cannot start a thread to read it: {e}"));
+    }
+    match rx.recv_timeout(READ_TIMEOUT) {
+        Ok(Ok(bytes)) if bytes.len() as u64 > max => Err(format!("longer than {max} bytes")),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "reading it did not finish within {}s (a FIFO, a device, a hung mount?)",
+            READ_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// The file's name (for errors) and text; `what` it is says what could not be read.
+fn read_file(path: &Path, what: &str) -> Result<(String, String), ConfigErrors> {
+    let file = path.display().to_string();
+    let text = read_bounded(path, MAX_CONFIG)
+        .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_string()));
+    match text {
+        Ok(text) => Ok((file, text)),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            message: format!("cannot read {what}: {e}"),
+            file,
+            line: 0,
+            column: 0,
+        }])),
+    }
+}
+
+/// One YAML document as a tree that keeps every node's line and column; `top` says what the
+/// top-level mapping holds, for the error when it is not one.
+fn read_yaml(file: &str, text: &str, top: &str) -> Result<Node, ConfigErrors> {
+    // Editors on some systems start a UTF-8 file with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some(line) = second_document(text) {
+        return Err(ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            line,
+            column: 1,
+            message: "a second YAML document; hotdog reads exactly one (remove this `---` or `...` and what follows, or merge it into the first)".into(),
+        }]));
+    }
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    marked_yaml::parse_yaml_with_options(0, text, options)
+        .map_err(|e| ConfigErrors(vec![yaml::load_error(file, top, e)]))
+}
+
+/// The line (from 1) of a document marker that begins a second YAML document: `---` after
+/// content, or content after `...`. The YAML loader would read the first and drop the rest.
+fn second_document(text: &str) -> Option<usize> {
+    let mut content = false;
+    let mut ended = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = |m: &str| line == m || line.starts_with(&format!("{m} "));
+        if is_marker("---") {
+            if content || ended {
+                return Some(i + 1);
+            }
+            // `--- value`: the document starts on the marker's line.
+            content = !line[3..].trim().is_empty() && !line[3..].trim_start().starts_with('#');
+            continue;
+        }
+        if is_marker("...") {
+            ended = true;
+            continue;
+        }
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') || (line.starts_with('%') && !content) {
+            continue;
+        }
+        if ended {
+            return Some(i + 1);
+        }
+        content = true;
+    }
+    None
+}
+
+/// The whole file: `global` and `rules`.
+fn decode_root(cx: &mut Cx<'_>, root: &Node, outside: &Outside<'_>) -> Option<Config> {
+    let mut top = Map::new(cx, root, "the configuration")?;
+    let global = match top.get("global") {
+        Some(node) => global::decode(cx, node, outside),
+        None => {
+            cx.error(root, "`global` is required");
+            None
+        }
+    };
+    let default_topic = global
+        .as_ref()
+        .map(|g| g.kafka.topic.clone())
+        .unwrap_or_else(|| "logs".to_string());
+    let budget = global
+        .as_ref()
+        .map_or(DEFAULT_RULES_MEMORY, |g| g.max_rules_memory);
+    let rules = match top.get("rules") {
+        Some(node) => rules::decode(cx, node, &default_topic, budget),
+        None => Some(Rules::new(Vec::new(), Templates::new(), &default_topic)),
+    };
+    top.finish(cx);
+    Some(Config {
+        global: global?,
+        rules: rules?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{Action, MergeValue};
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse("test.yml", text, |_| None)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Ok(_) => panic!("expected errors"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const MINIMAL: &str = "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\n";
+
+    #[test]
+    fn structured_data_fields_formats_and_time_zones() {
+        let text = format!(
+            "{MINIMAL}    timezone: Europe/Paris\nrules:\n  - regex: '^10\\.'\n    field: sd.origin@123.ip\n    actions:\n      - type: replace\n        template: '{{{{sd.[origin@123].ip}}}} at {{{{timestamp_rfc3339}}}}'\n      - type: forward\n        topic: t\n        format: raw\n"
+        )
+        .replace("    port: 1514\n  kafka", "    port: 1514\n    timezone: Europe/Paris\n  kafka")
+        .replace("    timezone: Europe/Paris\nrules", "rules");
+        let c = parse(&text).unwrap();
+        assert_eq!(
+            c.global.listen[0]
+                .timezone
+                .as_ref()
+                .map(|t| t.name.as_str()),
+            Some("Europe/Paris")
+        );
+        let origin = crate::core::Origin {
+            zone: c.global.listen[0].timezone.as_ref().map(|t| t.zone.clone()),
+            ..Default::default()
+        };
+        let line = r#"<13>1 2024-05-01T12:00:00+02:00 h a - - [origin@123 ip="10.1.2.3"] x"#;
+        let (routed, outcome) = c
+            .rules
+            .apply(&crate::parse::syslog::parse(line), &origin, None);
+        assert!(outcome.forwarded);
+        assert_eq!(
+            routed.and_then(|r| r.body).as_deref(),
+            Some("10.1.2.3 at 2024-05-01T12:00:00+02:00")
+        );
+        // Another SD value does not match; no structured data skips the rule.
+        for other in [
+            r#"<13>1 - h a - - [origin@123 ip="192.0.2.1"] x"#,
+            "<13>1 - h a - - - x",
+        ] {
+            let outcome = c
+                .rules
+                .apply(&crate::parse::syslog::parse(other), &origin, None)
+                .1;
+            assert!(!outcome.forwarded, "{other}");
+        }
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    timezone: Mars/Olympus\n")
+            + "rules:\n  - regex: 'x'\n    field: sd.nodot\n    actions:\n      - type: forward\n        topic: t\n        format: protobuf\n";
+        let errs = errors(&bad).join("\n");
+        assert!(
+            errs.contains(
+                "test.yml:4:15: `global.listen.timezone`: `Mars/Olympus` is not an IANA time zone"
+            ),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("unknown field `sd.nodot`") && errs.contains("or `sd.SD-ID.PARAM`"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains(
+                "unknown format `protobuf`; expected one of: raw, json, otlp_json, otlp_proto"
+            ),
+            "{errs}"
+        );
+    }
+
+    #[test]
+    fn minimal_with_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        let l = &c.global.listen[0];
+        assert_eq!(c.global.listen.len(), 1);
+        assert_eq!(l.address, "127.0.0.1");
+        assert_eq!(l.port, 1514);
+        assert!(matches!(l.protocol, Protocol::Tcp));
+        assert_eq!(l.max_message_size, 65536);
+        assert_eq!(c.global.kafka.topic, "logs");
+        assert_eq!(c.global.kafka.buffer, 1024);
+        assert_eq!(c.global.shutdown_timeout, Duration::from_secs(30));
+        assert!(c.global.status.is_none());
+        assert!(c.rules.rules().is_empty());
+        assert_eq!(c.global.max_rules_memory, 1 << 30);
+    }
+
+    #[test]
+    fn rules_past_max_rules_memory_are_refused_naming_the_costliest() {
+        let rules: String = (0..40)
+            .map(|i| {
+                format!(
+                    "  - regex: 'tenant{i} says (?P<w>[a-z]+)'\n    actions:\n      - type: stop\n"
+                )
+            })
+            .collect();
+        let text = format!(
+            "global:\n  max_rules_memory: 1048576\n  listen: {{port: 1514}}\n  kafka:\n    conf: {{bootstrap.servers: 'k:9092'}}\nrules:\n{rules}"
+        );
+        assert!(parse(&text).is_ok(), "40 small rules fit in 1 MiB");
+        // Three rules with a Unicode class and a capture cost more than 1 MiB.
+        let costly = text.replacen("[a-z]+", "\\w+", 3);
+        let e = errors(&costly).join("\n");
+        assert!(
+            e.contains("global.max_rules_memory allows (1.0 MiB)"),
+            "{e}"
+        );
+        assert!(e.contains("compiling stopped at"), "{e}");
+        assert!(e.contains("the costliest: test.yml:7 (0.4 MiB)"), "{e}");
+        assert!(errors(&text.replace("1048576", "0"))[0].contains("max_rules_memory"));
+    }
+
+    #[test]
+    fn listeners_single_and_list() {
+        let single = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 6514\n    tls:\n      cert: c.pem\n      key: k.pem\n      ca: ca.pem\n",
+        );
+        let c = parse(&single).unwrap();
+        let Protocol::Tls(t) = &c.global.listen[0].protocol else {
+            panic!("not tls");
+        };
+        assert_eq!(t.client_auth, ClientAuth::Required);
+        assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+        let list = MINIMAL.replace(
+            "  listen:\n    port: 1514\n",
+            "  listen:\n    - port: 1514\n    - port: 6514\n      tls:\n        cert: c.pem\n        key: k.pem\n        ca: ca.pem\n        client_auth: optional\n        handshake_timeout: 2s\n    - port: 514\n      protocol: udp\n      address: 0.0.0.0\n",
+        );
+        let c = parse(&list).unwrap();
+        let kinds: Vec<_> = c
+            .global
+            .listen
+            .iter()
+            .map(|l| (l.port, l.protocol.name()))
+            .collect();
+        assert_eq!(kinds, [(1514, "tcp"), (6514, "tls"), (514, "udp")]);
+        let Protocol::Tls(t) = &c.global.listen[1].protocol else {
+            panic!("not tls");
+        };
+        assert_eq!(t.client_auth, ClientAuth::Optional);
+        assert_eq!(t.handshake_timeout, Duration::from_secs(2));
+        let relp = MINIMAL.replace(
+            "  listen:\n    port: 1514\n",
+            "  listen:\n    - port: 2514\n      protocol: relp\n    - port: 2515\n      protocol: relp\n      tls:\n        cert: c.pem\n        key: k.pem\n",
+        );
+        let c = parse(&relp).unwrap();
+        assert!(matches!(c.global.listen[0].protocol, Protocol::Relp(None)));
+        assert!(matches!(
+            c.global.listen[1].protocol,
+            Protocol::Relp(Some(_))
+        ));
+        assert_eq!(c.global.listen[1].protocol.name(), "relp+tls");
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: rlep\n");
+        let joined = errors(&bad).join("\n");
+        assert!(joined.contains("did you mean `relp`?"), "{joined}");
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: tsl\n");
+        let joined = errors(&bad).join("\n");
+        assert!(
+            joined.contains("unknown protocol `tsl`; did you mean `tls`?"),
+            "{joined}"
+        );
+        let bad = MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: tls\n");
+        assert!(errors(&bad)[0].contains("has no `tls` settings"));
+    }
+
+    #[test]
+    fn env_overrides_kafka_conf() {
+        let c = Config::parse("t.yml", MINIMAL, |k| match k {
+            "KAFKA_BROKER" => Some("env:1".into()),
+            "SASL_SCRAM_USERNAME" => Some("u".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.global.kafka.conf["bootstrap.servers"], "env:1");
+        assert_eq!(c.global.kafka.conf["sasl.username"], "u");
+        assert!(!c.global.kafka.conf.contains_key("sasl.password"));
+    }
+
+    #[test]
+    fn unknown_keys_suggest_and_all_errors_are_reported() {
+        let text = "global:\n  listen:\n    prot: 1514\n  kafka:\n    conf:\n      bootstrap.servers: b\n    buffr: 3\nrules:\n  - regex: '('\n    actions:\n      - type: forwrd\n  - jmespath: 'a'\n    fieeld: msg\n    actions:\n      - type: forward\n        topic: 'x'\n        tpic: 'y'\n";
+        let errs = errors(text);
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains(
+                "test.yml:3:5: unknown key `prot` in `global.listen`; did you mean `port`?"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:7:5: unknown key `buffr`"),
+            "{joined}"
+        );
+        assert!(joined.contains("did you mean `buffer`?"), "{joined}");
+        assert!(joined.contains("test.yml:9:12: invalid regex"), "{joined}");
+        assert!(
+            joined
+                .contains("test.yml:11:15: unknown action type `forwrd`; did you mean `forward`?"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:13:5: unknown key `fieeld`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:17:9: unknown key `tpic`"),
+            "{joined}"
+        );
+        assert_eq!(errs.len(), 6, "{joined}");
+    }
+
+    /// A bad value never hides an unknown key beside it (issue 9, point 4): each case has one
+    /// broken value and one typo in the same mapping, and both are reported.
+    #[test]
+    fn a_bad_value_does_not_hide_a_typo_beside_it() {
+        let rule = |action: &str| {
+            format!("{MINIMAL}rules:\n  - regex: '.'\n    actions:\n      - {action}\n")
+        };
+        let cases = [
+            (
+                rule("type: forward\n        topic: t\n        key: '{{#if}}'\n        hedaers: {a: b}"),
+                "invalid template in `rules[0].actions[0].key`",
+                "unknown key `hedaers`",
+            ),
+            (
+                rule("type: [forward]\n        topic: t\n        tpoic: u"),
+                "expected a value for `rules[0].actions[0].type`",
+                "unknown key `tpoic`",
+            ),
+            (
+                rule("topic: t\n        tpye: forward"),
+                "needs a `type`",
+                "unknown key `tpye`",
+            ),
+            (
+                rule("type: frward\n        topic: t\n        jsn: {}"),
+                "unknown action type `frward`",
+                "unknown key `jsn`",
+            ),
+            (
+                format!("{MINIMAL}rules:\n  - regex: [x]\n    feild: msg\n    actions: []\n"),
+                "expected a value for `rules[0].regex`",
+                "unknown key `feild`",
+            ),
+            (
+                format!("{MINIMAL}rules:\n  - regex: x\n    field: [msg]\n    actoins: []\n"),
+                "expected a value for `rules[0].field`",
+                "unknown key `actoins`",
+            ),
+            (
+                MINIMAL.replace("    port: 1514\n", "    port: 1514\n    protocol: [tcp]\n    adress: x\n"),
+                "expected a value for `global.listen.protocol`",
+                "unknown key `adress`",
+            ),
+            (
+                MINIMAL.replace(
+                    "    port: 1514\n",
+                    "    port: 1514\n    tls:\n      cert: c\n      key: k\n      ca: a\n      client_auth: [x]\n      kye: k\n",
+                ),
+                "expected a value for `global.listen.tls.client_auth`",
+                "unknown key `kye`",
+            ),
+        ];
+        for (text, bad, typo) in cases {
+            let joined = errors(&text).join("\n");
+            assert!(joined.contains(bad), "{bad}:\n{joined}");
+            assert!(joined.contains(typo), "{typo}:\n{joined}");
+        }
+    }
+
+    /// Values that would break the process are refused with their location (issue 11).
+    #[test]
+    fn connection_limits_keepalive_and_proxy_protocol_are_decoded_and_checked() {
+        let c = parse(&MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    max_connections: 5\n    max_connections_per_source: 2\n    tcp_keepalive: off\n    idle_timeout: 5m\n    proxy_protocol:\n      from: ['10.0.0.0/8', '192.0.2.7', '::1']\n",
+        ))
+        .unwrap();
+        let l = &c.global.listen[0];
+        assert_eq!(l.max_connections, 5);
+        assert_eq!(l.max_connections_per_source, Some(2));
+        assert_eq!(l.tcp_keepalive, None);
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(300)));
+        let p = l.proxy_protocol.as_ref().unwrap();
+        assert!(p.trusts("10.1.2.3".parse().unwrap()));
+        assert!(p.trusts("::ffff:192.0.2.7".parse().unwrap()));
+        assert!(p.trusts("::1".parse().unwrap()));
+        assert!(!p.trusts("192.0.2.8".parse().unwrap()));
+        // The defaults.
+        let d = &parse(MINIMAL).unwrap().global.listen[0];
+        assert_eq!(
+            (d.max_connections, d.max_connections_per_source),
+            (10_000, None)
+        );
+        assert_eq!(d.tcp_keepalive, Some(Duration::from_secs(60)));
+        assert!(d.idle_timeout.is_none() && d.proxy_protocol.is_none());
+
+        let bad = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    max_connections: 0\n    idle_timeout: 500ms\n    proxy_protocol:\n      from: ['10.0.0.0/33']\n",
+        );
+        let joined = errors(&bad).join("\n");
+        for expected in [
+            "test.yml:4:22: `global.listen.max_connections` must be from 1 to 1000000, found 0",
+            "test.yml:5:19: `global.listen.idle_timeout` must be at least 1s",
+            "test.yml:7:14: expected a network like `10.0.0.0/8` or an address in `global.listen.proxy_protocol.from`, found `10.0.0.0/33`",
+        ] {
+            assert!(joined.contains(expected), "{expected}\n{joined}");
+        }
+        let udp = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    protocol: udp\n    idle_timeout: 5s\n",
+        );
+        let joined = errors(&udp).join("\n");
+        assert!(
+            joined.contains(
+                "`global.listen.idle_timeout` is for tcp, tls and relp listeners, not udp"
+            ),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_have_upper_bounds() {
+        let text = MINIMAL
+            .replace(
+                "    port: 1514\n",
+                "    port: 1514\n    max_message_size: 100000000000000\n",
+            )
+            .replace(
+                "      bootstrap.servers: 'b:9092'\n",
+                "      bootstrap.servers: 'b:9092'\n    buffer: 1000000000000000\n",
+            )
+            + "  shutdown_timeout: 18446744073709551615\n";
+        let joined = errors(&text).join("\n");
+        assert!(
+            joined.contains("test.yml:4:23: `global.listen.max_message_size` must be from 1 to 16777216, found 100000000000000"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "`global.kafka.buffer` must be from 1 to 1000000, found 1000000000000000"
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("`global.shutdown_timeout` must be at most 1day"),
+            "{joined}"
+        );
+        // The bounds themselves are accepted.
+        let ok = MINIMAL.replace(
+            "    port: 1514\n",
+            "    port: 1514\n    max_message_size: 16777216\n",
+        ) + "  shutdown_timeout: 24h\n";
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_accepted_and_a_second_document_refused() {
+        assert!(parse(&format!("\u{feff}{MINIMAL}")).is_ok());
+        assert!(parse(&format!("# comment\n---\n{MINIMAL}...\n")).is_ok());
+        let joined = errors(&format!("---\n{MINIMAL}---\nrules: []\n")).join("\n");
+        assert!(
+            joined.contains("test.yml:8:1: a second YAML document"),
+            "{joined}"
+        );
+        let joined = errors(&format!("{MINIMAL}...\nrules: []\n")).join("\n");
+        assert!(
+            joined.contains("test.yml:8:1: a second YAML document"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn a_forward_action_lists_each_expected_key_once() {
+        let text = format!(
+            "{MINIMAL}rules:\n  - regex: '.'\n    actions:\n      - type: forward\n        topic: t\n        zzzzzzzz: 1\n"
+        );
+        let joined = errors(&text).join("\n");
+        assert!(
+            joined.contains("unknown key `zzzzzzzz` in `rules[0].actions[0]`; expected one of: type, topic, key, headers"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let text = "global:\n  listen:\n    port: lots\n  kafka:\n    conf:\n      bootstrap.servers: b\n    topic: 'no spaces'\nrules:\n  - regex: 'x'\n    field: hostnam\n    actions:\n      - type: forward\n        topic: '{{#if}}'\n      - type: merge\n        json: 'not a map'\n";
+        let joined = errors(text).join("\n");
+        assert!(
+            joined.contains("test.yml:3:11: expected a whole number"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:7:12: `no spaces` is not a legal Kafka topic"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:10:12: unknown field `hostnam`"),
+            "{joined}"
+        );
+        assert!(joined.contains("did you mean `hostname`?"), "{joined}");
+        assert!(
+            joined.contains("test.yml:13:16: invalid template"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("test.yml:15:15: expected a mapping"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_errors_and_odd_documents_do_not_panic() {
+        for text in [
+            "global: [\n",
+            "- a\n- b\n",
+            "a: *nothing\n",
+            "a: &x 1\nb: *x\n",
+            "global:\n  listen: 1\n  listen: 2\n",
+            "",
+            "global: !!str x\n",
+            "rules: 3\nglobal: 4\n",
+        ] {
+            let errs = errors(text);
+            assert!(!errs.is_empty());
+            assert!(errs[0].starts_with("test.yml"), "{errs:?}");
+        }
+    }
+
+    #[test]
+    fn missing_broker_is_reported() {
+        let joined = errors("global:\n  listen: {}\n  kafka: {}\n").join("\n");
+        assert!(joined.contains("bootstrap.servers"), "{joined}");
+    }
+
+    #[test]
+    fn merge_values_keep_their_types() {
+        let text = format!(
+            "{MINIMAL}rules:\n  - regex: '.'\n    actions:\n      - type: merge\n        json:\n          n: 3\n          f: 1.5\n          b: true\n          s: '3'\n          t: '{{{{msg}}}}'\n          l: [1, x]\n      - type: forward\n        topic: t\n"
+        );
+        let c = parse(&text).unwrap();
+        let Action::Merge(MergeValue::Object(fields)) = &c.rules.rules()[0].actions[0] else {
+            panic!("not a merge");
+        };
+        let kinds: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| match v {
+                MergeValue::Json(j) => format!("{k}={j}"),
+                MergeValue::Template(_) => format!("{k}=template"),
+                MergeValue::Array(a) => format!("{k}=array{}", a.len()),
+                MergeValue::Object(_) => format!("{k}=object"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "n=3",
+                "f=1.5",
+                "b=true",
+                "s=template",
+                "t=template",
+                "l=array2"
+            ]
+        );
+    }
+}

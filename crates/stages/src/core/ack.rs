@@ -1,0 +1,201 @@
+//! Acknowledgements for senders that wait to hear a message is safe (RELP): a message is
+//! [`Awaited`], and every record it produced carries an [`Ack`] share of it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A message a sender waits to hear is safe (a RELP `syslog` command): safe once every record
+/// it produced is [settled](Ack::settle). Its session holds it, and each record carries an
+/// [`Ack`] share of it. Once the session [watches](Awaited::watch) it (the oldest message it
+/// has not answered), `done` is notified when the last share is settled or one is lost: a
+/// session wakes once per run of messages Kafka acknowledged together, not once per message.
+#[derive(Debug)]
+pub struct Awaited {
+    /// Shares not yet settled, the session's own hold counted.
+    remaining: AtomicUsize,
+    /// A share was dropped without being settled: a record neither delivered nor
+    /// dead-lettered. The message must never be acknowledged.
+    lost: AtomicBool,
+    /// The session waits for this message.
+    watched: AtomicBool,
+    done: Arc<event_listener::Event>,
+}
+
+/// Where an [`Awaited`] message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Waiting,
+    Safe,
+    Lost,
+}
+
+impl Awaited {
+    /// A message with its session's hold on it; `done` is notified when it is safe or lost.
+    pub fn new(done: Arc<event_listener::Event>) -> Arc<Awaited> {
+        Arc::new(Awaited {
+            remaining: AtomicUsize::new(1),
+            lost: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
+            done,
+        })
+    }
+
+    /// A share for one more record of the message.
+    pub fn share(self: &Arc<Self>) -> Ack {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+        Ack(Some(self.clone()))
+    }
+
+    /// The session lets go of its hold: the message is safe once its records are.
+    pub fn release(&self) {
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.tell();
+        }
+    }
+
+    /// From now on, `done` is notified when the message is safe or lost. The caller watches,
+    /// then listens to `done`, then looks at [`Awaited::standing`]: a change before the look
+    /// is seen there, one after it is notified.
+    pub fn watch(&self) {
+        self.watched.store(true, Ordering::SeqCst);
+    }
+
+    fn tell(&self) {
+        if self.watched.load(Ordering::SeqCst) {
+            self.done.notify(usize::MAX);
+        }
+    }
+
+    pub fn standing(&self) -> Standing {
+        if self.lost.load(Ordering::SeqCst) {
+            Standing::Lost
+        } else if self.remaining.load(Ordering::SeqCst) == 0 {
+            Standing::Safe
+        } else {
+            Standing::Waiting
+        }
+    }
+}
+
+/// A record's share of an [`Awaited`] message, or nothing. Settled by the stage that last
+/// holds the record: the delivery report, the dead-letter topic's report or the dead-letter
+/// file. Dropped unsettled, it marks the message lost. A clone is one more share.
+#[derive(Debug, Default)]
+pub struct Ack(Option<Arc<Awaited>>);
+
+impl Ack {
+    /// The record is safe: in Kafka, or written as a dead letter.
+    pub fn settle(mut self) {
+        if let Some(a) = self.0.take() {
+            a.release();
+        }
+    }
+
+    /// The record ran out of time at shutdown: Kafka does not have it, so its message is never
+    /// acknowledged; nor is it lost (which would close the session at once, as an error). The
+    /// session, closing at the shutdown deadline, leaves the message for its sender to send again.
+    pub fn withhold(mut self) {
+        self.0.take();
+    }
+
+    /// True when some sender waits for this record.
+    pub fn is_awaited(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Clone for Ack {
+    fn clone(&self) -> Ack {
+        match &self.0 {
+            Some(a) => a.share(),
+            None => Ack(None),
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.lost.store(true, Ordering::SeqCst);
+            a.tell();
+        }
+    }
+}
+
+/// Two records are equal for what they hold; who waits for them does not count.
+impl PartialEq for Ack {
+    fn eq(&self, _: &Ack) -> bool {
+        true
+    }
+}
+
+impl Eq for Ack {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_safe_once_its_session_and_every_record_let_go() {
+        let done = Arc::new(event_listener::Event::new());
+        let m = Awaited::new(done.clone());
+        let (a, b) = (m.share(), m.share());
+        let c = b.clone();
+        m.release();
+        assert_eq!(m.standing(), Standing::Waiting);
+        a.settle();
+        b.settle();
+        assert_eq!(m.standing(), Standing::Waiting, "the clone is a share too");
+        let heard = done.listen();
+        m.watch();
+        c.settle();
+        assert_eq!(m.standing(), Standing::Safe);
+        assert!(
+            event_listener::Listener::wait_timeout(heard, std::time::Duration::from_secs(1))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn only_a_watched_message_wakes_its_session() {
+        let done = Arc::new(event_listener::Event::new());
+        let m = Awaited::new(done.clone());
+        let heard = done.listen();
+        m.release();
+        assert_eq!(m.standing(), Standing::Safe);
+        assert!(
+            event_listener::Listener::wait_timeout(heard, std::time::Duration::from_millis(50))
+                .is_none(),
+            "woken for a message it does not wait for"
+        );
+    }
+
+    #[test]
+    fn a_message_without_records_is_safe_when_released() {
+        let m = Awaited::new(Arc::new(event_listener::Event::new()));
+        m.release();
+        assert_eq!(m.standing(), Standing::Safe);
+    }
+
+    #[test]
+    fn a_record_dropped_unsettled_loses_its_message_for_good() {
+        let m = Awaited::new(Arc::new(event_listener::Event::new()));
+        let (a, b) = (m.share(), m.share());
+        m.release();
+        drop(a);
+        b.settle();
+        assert_eq!(m.standing(), Standing::Lost);
+        // An empty share is nobody's: dropping it changes nothing.
+        drop(Ack::default());
+    }
+
+    #[test]
+    fn a_withheld_record_leaves_its_message_waiting_not_lost() {
+        let m = Awaited::new(Arc::new(event_listener::Event::new()));
+        let (a, b) = (m.share(), m.share());
+        m.release();
+        a.withhold();
+        b.settle();
+        assert_eq!(m.standing(), Standing::Waiting);
+    }
+}

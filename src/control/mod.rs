@@ -1,0 +1,29 @@
+//! What runs the stages: the server that starts and stops them from a configuration, reloads,
+//! the counters and where they are read (status server, statsd), throttled logging, shutdown
+//! and the async runtime.
+
+pub mod metrics;
+pub mod reload;
+pub mod runtime;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+pub mod throttle;
+
+use hotdog_stages::config::{Outside, Tls};
+
+/// The real world for a configuration being loaded: the environment, and the TLS and
+/// dead-letter modules' checks of the files it names.
+pub fn outside() -> Outside<'static> {
+    fn var(k: &str) -> Option<String> {
+        std::env::var(k).ok()
+    }
+    fn check_tls(tls: &Tls) -> Result<(), String> {
+        crate::listen::tls::check(tls)
+    }
+    Outside {
+        var: &var,
+        check_tls: &check_tls,
+        check_output: &crate::publish::deadletter::check,
+    }
+}

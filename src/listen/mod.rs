@@ -1,0 +1,687 @@
+//! Listeners: accepting TCP, TLS and RELP connections (one task each) and receiving UDP
+//! datagrams.
+
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, FutureExt};
+use smol::net::{TcpListener, TcpStream, UdpSocket};
+
+use crate::control::runtime;
+use crate::control::shutdown::Shutdown;
+use crate::control::throttle;
+use crate::session::{self, Pipeline, Shared};
+use hotdog_stages::config::{Listen, Protocol, ProxyProtocol};
+use hotdog_stages::core::Origin;
+use hotdog_stages::frame::proxy;
+use tls::Acceptor;
+
+enum Socket {
+    /// TCP, with TLS when there is an acceptor.
+    Stream(TcpListener, Option<Arc<Acceptor>>),
+    Udp(UdpSocket),
+}
+
+/// A bound listener, ready to serve.
+pub struct Listener {
+    socket: Socket,
+    /// `protocol address:port`, for logs.
+    pub name: String,
+    settings: Arc<Settings>,
+}
+
+/// What every connection of one listener shares: its settings, and who is connected.
+struct Settings {
+    limits: session::Limits,
+    max_connections: usize,
+    max_per_source: Option<usize>,
+    tcp_keepalive: Option<Duration>,
+    proxy_protocol: Option<ProxyProtocol>,
+    /// The `timezone` of its senders' RFC 3164 timestamps.
+    zone: Option<jiff::tz::TimeZone>,
+    /// RELP sessions, not syslog streams.
+    relp: bool,
+    /// Connections open now.
+    open: AtomicUsize,
+    /// Connections open now per source address (only with `max_per_source`).
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A connection's place under its listener's limits, given back when dropped.
+struct Slot {
+    settings: Arc<Settings>,
+    source: Option<IpAddr>,
+}
+
+impl Settings {
+    /// A place under `max_connections`, or `None` when the listener is full.
+    fn admit(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < self.max_connections).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Slot {
+            settings: self.clone(),
+            source: None,
+        })
+    }
+}
+
+impl Slot {
+    /// Counts the connection against its source address; false when that one is full.
+    fn count_source(&mut self, ip: IpAddr) -> bool {
+        let Some(max) = self.settings.max_per_source else {
+            return true;
+        };
+        let mut per = self
+            .settings
+            .per_source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = per.entry(ip).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        self.source = Some(ip);
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.settings.open.fetch_sub(1, Relaxed);
+        if let Some(ip) = self.source {
+            let mut per = self
+                .settings
+                .per_source
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = per.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Why a listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {protocol} {address}: {source}")]
+    Bind {
+        protocol: &'static str,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS files would not load (a configuration error).
+    #[error("{0}")]
+    Tls(String),
+}
+
+impl Listener {
+    /// Binds the socket and, for TLS, loads the certificates.
+    pub async fn bind(l: &Listen) -> Result<Listener, Error> {
+        let address = format!("{}:{}", l.address, l.port);
+        let protocol = l.protocol.name();
+        let bind_error = |source| Error::Bind {
+            protocol,
+            address: address.clone(),
+            source,
+        };
+        let socket = match &l.protocol {
+            Protocol::Udp => Socket::Udp(
+                UdpSocket::bind(address.as_str())
+                    .await
+                    .map_err(bind_error)?,
+            ),
+            stream => {
+                let acceptor = match stream.tls() {
+                    Some(settings) => {
+                        // Reading the files blocks: off the executor.
+                        let settings = settings.clone();
+                        let acceptor = smol::unblock(move || Acceptor::new(settings))
+                            .await
+                            .map_err(Error::Tls)?;
+                        Some(Arc::new(acceptor))
+                    }
+                    None => None,
+                };
+                let tcp = TcpListener::bind(&address).await.map_err(bind_error)?;
+                Socket::Stream(tcp, acceptor)
+            }
+        };
+        // The address really bound (port 0 picks a free one).
+        let bound = match &socket {
+            Socket::Stream(t, _) => t.local_addr(),
+            Socket::Udp(u) => u.local_addr(),
+        };
+        let name = match bound {
+            Ok(a) => format!("{protocol} {a}"),
+            Err(_) => format!("{protocol} {address}"),
+        };
+        let settings = Settings {
+            limits: session::Limits {
+                max_message_size: l.max_message_size,
+                idle_timeout: l.idle_timeout,
+            },
+            max_connections: l.max_connections,
+            max_per_source: l.max_connections_per_source,
+            tcp_keepalive: l.tcp_keepalive,
+            proxy_protocol: l.proxy_protocol.clone(),
+            zone: l.timezone.as_ref().map(|t| t.zone.clone()),
+            relp: matches!(l.protocol, Protocol::Relp(_)),
+            open: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
+        };
+        Ok(Listener {
+            socket,
+            name,
+            settings: Arc::new(settings),
+        })
+    }
+
+    /// The TLS acceptor, for reloading on SIGHUP.
+    pub fn acceptor(&self) -> Option<Arc<Acceptor>> {
+        match &self.socket {
+            Socket::Stream(_, a) => a.clone(),
+            Socket::Udp(_) => None,
+        }
+    }
+
+    /// Serves until shutdown begins. Every connection task holds a clone of `done`; the caller
+    /// learns that all of them have finished when that channel closes.
+    pub async fn serve(
+        self,
+        shared: Arc<Shared>,
+        shutdown: Shutdown,
+        done: async_channel::Sender<()>,
+    ) {
+        let settings = self.settings;
+        let (listener, acceptor) = match self.socket {
+            Socket::Udp(socket) => {
+                let max = settings.limits.max_message_size;
+                let origin = Origin {
+                    zone: settings.zone.clone(),
+                    ..Origin::default()
+                };
+                return udp(socket, shared, origin, max, shutdown).await;
+            }
+            Socket::Stream(listener, acceptor) => (listener, acceptor),
+        };
+        let name = self.name;
+        accept_loop(listener, shutdown.clone(), |stream, peer| {
+            let Some(slot) = settings.admit() else {
+                shared.metrics.refused_listener.fetch_add(1, Relaxed);
+                throttle::REFUSED.warn(format_args!(
+                    "{name}: {} connections open (max_connections), closed the one from {peer}",
+                    settings.max_connections
+                ));
+                return None;
+            };
+            if let Some(idle) = settings.tcp_keepalive {
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(idle)
+                    .with_interval(KEEPALIVE_INTERVAL)
+                    .with_retries(KEEPALIVE_RETRIES);
+                if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                    log::debug!("TCP keepalive on the connection from {peer}: {e}");
+                }
+            }
+            let connection = Connection {
+                shared: shared.clone(),
+                shutdown: shutdown.clone(),
+                slot,
+                _done: done.clone(),
+            };
+            Some(connection.serve(stream, peer, acceptor.clone()))
+        })
+        .await
+    }
+}
+
+/// Keepalive probes: one every this long once `tcp_keepalive` has passed without traffic ...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and the connection is given up after this many unanswered.
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// One accepted TCP connection on its way through the listener's checks.
+struct Connection {
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+    slot: Slot,
+    /// Dropped when the connection has finished (see [`Listener::serve`]).
+    _done: async_channel::Sender<()>,
+}
+
+impl Connection {
+    /// The PROXY header, the source address's limit, the TLS handshake, then the pipeline.
+    async fn serve(
+        mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: Option<Arc<Acceptor>>,
+    ) {
+        let accepted = Instant::now();
+        let metrics = self.shared.metrics.clone();
+        let settings = self.slot.settings.clone();
+        // A load balancer's connection is counted against the client its header names; any
+        // other at once, before it has said anything (it may say nothing for a long time).
+        let balancer = settings
+            .proxy_protocol
+            .as_ref()
+            .filter(|p| p.trusts(peer.ip()));
+        if balancer.is_none() && !self.count_source(peer) {
+            return;
+        }
+        let (peer, read) = match &settings.proxy_protocol {
+            None => (peer, Vec::new()),
+            Some(_) => {
+                let idle = settings.limits.idle_timeout;
+                let trusted = balancer.is_some();
+                match proxy_header(&mut stream, peer, trusted, accepted, idle, &self.shutdown).await
+                {
+                    Ok(found) => found,
+                    Err(NoHeader::Gone) => return,
+                    Err(NoHeader::Idle) => {
+                        metrics.idle_closed.fetch_add(1, Relaxed);
+                        log::debug!("closed the connection from {peer}: idle_timeout");
+                        return;
+                    }
+                    Err(NoHeader::Refused(why)) => {
+                        metrics.proxy_refused.fetch_add(1, Relaxed);
+                        throttle::PROXY
+                            .warn(format_args!("closed the connection from {peer}: {why}"));
+                        return;
+                    }
+                }
+            }
+        };
+        if balancer.is_some() && !self.count_source(peer) {
+            return;
+        }
+        let stream = Rewound::new(read, stream);
+        // Each kind of connection allocates only the state it needs (a TLS session is large).
+        match acceptor {
+            None => {
+                let origin = origin(peer, &settings);
+                Box::pin(self.run(stream, peer, origin)).await
+            }
+            Some(acceptor) => {
+                metrics.handshaking.fetch_add(1, Relaxed);
+                let origin = origin(peer, &settings);
+                let handshake =
+                    Box::pin(handshake(&acceptor, stream, peer, origin, &metrics)).await;
+                metrics.handshaking.fetch_sub(1, Relaxed);
+                if let Some((stream, origin)) = handshake {
+                    Box::pin(self.run(stream, peer, origin)).await;
+                }
+            }
+        }
+    }
+
+    /// Counts the connection against its source address; false (counted and logged) when that
+    /// one has its `max_connections_per_source` already.
+    fn count_source(&mut self, peer: SocketAddr) -> bool {
+        if self.slot.count_source(peer.ip()) {
+            return true;
+        }
+        self.shared.metrics.refused_source.fetch_add(1, Relaxed);
+        throttle::REFUSED.warn(format_args!(
+            "{} connections open from {} (max_connections_per_source), closed the one from {peer}",
+            self.slot.settings.max_per_source.unwrap_or_default(),
+            peer.ip()
+        ));
+        false
+    }
+
+    /// Runs the connection through its own pipeline, keeping the connection gauges right.
+    async fn run<S>(self, stream: S, peer: SocketAddr, origin: Origin)
+    where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    {
+        let metrics = self.shared.metrics.clone();
+        metrics.connections.fetch_add(1, Relaxed);
+        metrics.connections_total.fetch_add(1, Relaxed);
+        let pipeline = Pipeline::new(self.shared, origin);
+        let settings = &self.slot.settings;
+        let ended = if settings.relp {
+            session::run_relp(stream, pipeline, settings.limits, self.shutdown).await
+        } else {
+            session::run(stream, pipeline, settings.limits, self.shutdown).await
+        };
+        match ended {
+            Ok(session::End::Idle) => {
+                metrics.idle_closed.fetch_add(1, Relaxed);
+                log::debug!("closed the connection from {peer}: idle_timeout");
+            }
+            Ok(session::End::Refused(why)) => {
+                throttle::RELP.warn(format_args!("closed the RELP session from {peer}: {why}"));
+            }
+            Ok(_) => {}
+            // A peer that resets its connection is common and harmless: not worth a line each.
+            Err(e) => log::debug!("connection from {peer} ended: {e}"),
+        }
+        metrics.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+fn origin(peer: SocketAddr, settings: &Settings) -> Origin {
+    Origin {
+        peer_addr: Some(peer.to_string()),
+        zone: settings.zone.clone(),
+        ..Origin::default()
+    }
+}
+
+/// What waiting for a PROXY header came to, when it did not give the client's address.
+enum NoHeader {
+    /// The connection closed, or shutdown began, before anything was said.
+    Gone,
+    /// Nothing came within `idle_timeout`.
+    Idle,
+    /// Refused, and why.
+    Refused(String),
+}
+
+/// Reads a PROXY protocol header off `stream` and returns the client's address, with the
+/// bytes read past the header (the start of the client's own stream, to be read first). A
+/// connection from `proxy.from` must send one; one from anywhere else must not (its first bytes
+/// are syslog, or TLS).
+///
+/// Every wait has a deadline ([`proxy::deadline`]) that wins over the bytes (the timer is
+/// polled first). Bytes are read, never peeked: a wait costs nothing, and a peer that closes is
+/// seen at once.
+async fn proxy_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    trusted: bool,
+    accepted: Instant,
+    idle: Option<Duration>,
+    shutdown: &Shutdown,
+) -> Result<(SocketAddr, Vec<u8>), NoHeader> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    let mut first_byte = None;
+    loop {
+        let deadline = proxy::deadline(trusted, idle, first_byte);
+        let timer = async {
+            match deadline {
+                Some((after, _)) => smol::Timer::at(accepted + after).await,
+                None => std::future::pending().await,
+            };
+            None
+        };
+        let read = async { Some(stream.read(&mut chunk).await) };
+        let n = match shutdown.unless(timer.or(read)).await {
+            None => return Err(NoHeader::Gone),
+            Some(None) if deadline.is_some_and(|(_, e)| e == proxy::Expiry::Idle) => {
+                return Err(NoHeader::Idle)
+            }
+            Some(None) => {
+                return Err(NoHeader::Refused(format!(
+                    "no whole PROXY header within {}s",
+                    proxy::TIMEOUT.as_secs()
+                )))
+            }
+            Some(Some(Ok(0))) if buf.is_empty() => return Err(NoHeader::Gone),
+            Some(Some(Ok(0))) => {
+                return Err(NoHeader::Refused(format!(
+                    "closed after {} bytes of a PROXY header",
+                    buf.len()
+                )))
+            }
+            Some(Some(Ok(n))) => n,
+            Some(Some(Err(e))) => {
+                return Err(NoHeader::Refused(format!("reading its PROXY header: {e}")))
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        first_byte.get_or_insert_with(|| accepted.elapsed());
+        // Incomplete only while shorter than the longest header, so the buffer is bounded.
+        match proxy::parse(&buf) {
+            proxy::Parsed::Header { len, source } if trusted => {
+                buf.drain(..len);
+                return Ok((source.unwrap_or(peer), buf));
+            }
+            proxy::Parsed::Header { .. } => {
+                return Err(NoHeader::Refused(
+                    "a PROXY header from outside proxy_protocol.from".into(),
+                ))
+            }
+            proxy::Parsed::NotProxy if trusted => {
+                return Err(NoHeader::Refused(
+                    "no PROXY header from a load balancer (proxy_protocol.from)".into(),
+                ))
+            }
+            proxy::Parsed::NotProxy => return Ok((peer, buf)),
+            proxy::Parsed::Malformed(why) => return Err(NoHeader::Refused(why)),
+            proxy::Parsed::Incomplete => {}
+        }
+    }
+}
+
+/// A stream whose first bytes were read already (while looking for a PROXY header): they are
+/// read again first, then the stream's own.
+struct Rewound<S> {
+    read: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Rewound<S> {
+    fn new(read: Vec<u8>, inner: S) -> Self {
+        Rewound { read, at: 0, inner }
+    }
+}
+
+impl<S: futures_lite::AsyncRead + Unpin> futures_lite::AsyncRead for Rewound<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.at < this.read.len() {
+            let n = buf.len().min(this.read.len() - this.at);
+            buf[..n].copy_from_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures_lite::AsyncWrite + Unpin> futures_lite::AsyncWrite for Rewound<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
+}
+
+/// The TLS handshake, within the listener's timeout; on success the stream and what the
+/// client's certificate says about it. Failures are counted and logged.
+async fn handshake<S>(
+    acceptor: &Acceptor,
+    stream: S,
+    peer: SocketAddr,
+    mut origin: Origin,
+    metrics: &crate::control::metrics::Metrics,
+) -> Option<(futures_rustls::server::TlsStream<S>, Origin)>
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    let timeout = acceptor.settings().handshake_timeout;
+    let handshake = async { Some(acceptor.get().accept(stream).await) }
+        .or(async {
+            smol::Timer::after(timeout).await;
+            None
+        })
+        .await;
+    let stream = match handshake {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            metrics.tls_handshake_failed.fetch_add(1, Relaxed);
+            throttle::TLS_HANDSHAKE.warn(format_args!("TLS handshake with {peer} failed: {e}"));
+            return None;
+        }
+        None => {
+            metrics.tls_handshake_timeout.fetch_add(1, Relaxed);
+            throttle::TLS_HANDSHAKE.warn(format_args!(
+                "TLS handshake with {peer} did not finish within {timeout:?}"
+            ));
+            return None;
+        }
+    };
+    metrics.tls_handshakes.fetch_add(1, Relaxed);
+    let id = tls::client_identity(stream.get_ref().1.peer_certificates());
+    origin.tls_client_cn = id.common_name;
+    if !id.dns_names.is_empty() {
+        origin.tls_client_san = Some(id.dns_names.join(","));
+    }
+    Some((stream, origin))
+}
+
+/// Accepts until shutdown; `handle(stream, peer)` checks the connection and gives the task to
+/// spawn for it, or `None` to close it at once.
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: Shutdown, mut handle: F)
+where
+    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let name = listener
+        .local_addr()
+        .map_or_else(|_| "listener".to_string(), |a| a.to_string());
+    loop {
+        let Some((stream, peer)) = shutdown.unless(accept(&listener, &name)).await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        log::debug!("connection from {peer}");
+        if let Some(task) = handle(stream, peer) {
+            runtime::spawn(task).detach();
+        }
+    }
+}
+
+/// The next connection. Accept errors (out of file descriptors and the like) are logged through
+/// a throttle and retried with exponential back-off, never given up on; `what` names the
+/// listener in the log.
+pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                throttle::ACCEPT.log(
+                    log::Level::Error,
+                    format_args!("{what}: accept failed: {e}; retrying in {backoff:?}"),
+                );
+                smol::Timer::after(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// One message per datagram (RFC 5426). UDP cannot push back: when the publisher's queue is full
+/// the datagram is dropped and counted in `udp.dropped`.
+async fn udp(
+    socket: UdpSocket,
+    shared: Arc<Shared>,
+    origin: Origin,
+    max: usize,
+    shutdown: Shutdown,
+) {
+    let metrics = shared.metrics.clone();
+    let mut pipeline = Pipeline::new(shared, origin);
+    // One byte more than the limit tells a datagram that was cut.
+    let mut buf = vec![0u8; max.max(1) + 1];
+    loop {
+        // Datagrams are batched like lines read from a stream; a batch waits at most
+        // UDP_LINGER for more before it goes to the publisher.
+        let pending = pipeline.has_pending();
+        let received = shutdown
+            .unless(async { Some(socket.recv_from(&mut buf).await) }.or(async {
+                if pending {
+                    smol::Timer::after(UDP_LINGER).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+                None
+            }))
+            .await;
+        let (n, peer) = match received {
+            None => {
+                udp_flush(&mut pipeline, &metrics);
+                return;
+            }
+            Some(None) => {
+                udp_flush(&mut pipeline, &metrics);
+                continue;
+            }
+            Some(Some(Ok(r))) => r,
+            Some(Some(Err(e))) => {
+                throttle::UDP_RECEIVE.warn(format_args!("udp receive failed: {e}"));
+                continue;
+            }
+        };
+        let truncated = n > max;
+        let mut data = &buf[..n.min(max)];
+        while let [rest @ .., b'\n' | b'\r' | b'\0'] = data {
+            data = rest;
+        }
+        if data.is_empty() {
+            continue;
+        }
+        pipeline.origin_mut().peer_addr = Some(peer.to_string());
+        pipeline.stamp();
+        pipeline.frame(data, truncated);
+        if pipeline.batch_full() {
+            udp_flush(&mut pipeline, &metrics);
+        }
+    }
+}
+
+/// How long a UDP batch waits for more datagrams.
+const UDP_LINGER: Duration = Duration::from_millis(5);
+
+fn udp_flush(pipeline: &mut Pipeline, metrics: &crate::control::metrics::Metrics) {
+    let dropped = pipeline.try_flush();
+    if dropped > 0 {
+        metrics.udp_dropped.fetch_add(dropped as u64, Relaxed);
+        throttle::UDP_DROPPED.warn(format_args!(
+            "queue to Kafka full: dropped {dropped} UDP messages"
+        ));
+    }
+}
