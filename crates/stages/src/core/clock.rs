@@ -50,3 +50,55 @@ pub fn epoch_ms(t: SystemTime) -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// The time of acknowledgement for delivery reports. Records read in the same millisecond are
+/// acknowledged together, a run of reports after another: the run shares one clock reading (a
+/// clock reading costs more than the rest of a report), renewed at least every
+/// [`AckClock::REUSE`] reports.
+#[derive(Default)]
+pub struct AckClock {
+    /// The read time of the last report, the clock reading for it, and how often it was reused.
+    last: std::sync::Mutex<(i64, i64, u32)>,
+}
+
+impl AckClock {
+    pub const REUSE: u32 = 64;
+
+    pub fn now(&self, read_ms: i64) -> i64 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *last {
+            (read, now, uses) if *read == read_ms && *uses < Self::REUSE => {
+                *uses += 1;
+                *now
+            }
+            _ => {
+                let now = now_ms();
+                *last = (read_ms, now, 0);
+                now
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_clock_shares_a_reading_within_a_run_and_renews_it() {
+        use std::time::Duration;
+        let clock = AckClock::default();
+        let first = clock.now(1000);
+        std::thread::sleep(Duration::from_millis(3));
+        // The same read time: the reading is shared, up to REUSE more times.
+        for _ in 0..AckClock::REUSE {
+            assert_eq!(clock.now(1000), first);
+        }
+        // Then it is renewed even within the run...
+        let renewed = clock.now(1000);
+        assert!(renewed > first, "{renewed} > {first}");
+        std::thread::sleep(Duration::from_millis(3));
+        // ...and at once when the read time changes.
+        assert!(clock.now(1001) > renewed);
+    }
+}

@@ -13,7 +13,7 @@ mod clock;
 
 pub use ack::{Ack, Awaited, Standing};
 pub use block::{blocks_alive, packed, packed_with, Block, LENT_BLOCKS_MAX};
-pub use clock::{earliest, epoch_ms, now, now_ms};
+pub use clock::{earliest, epoch_ms, now, now_ms, AckClock};
 
 /// `forward`'s `format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,0 +1,204 @@
+//! Rules matched as a group: a run of regex rules on one field is looked for in one pass (by
+//! their required literals, or one regex set), and only the candidates it finds are tried.
+
+use super::*;
+
+/// Consecutive regex rules on one field (at least [`GROUP_MIN`]) looked for together, in one
+/// pass over the field, so that hundreds of rules a line does not match cost about one. The
+/// rules keep their order and their own regexes, which decide (and find the captures of) the
+/// first that matches.
+pub(super) struct Group {
+    /// The index of its first rule; rule `first + i` is the group's `i`th.
+    pub(super) first: usize,
+    pub(super) finder: Finder,
+    /// How many rules it has.
+    pub(super) len: usize,
+}
+
+/// How a [`Group`] tells which of its rules to try.
+pub(super) enum Finder {
+    /// Every rule has literals one of which must occur in anything it matches: one
+    /// Aho-Corasick pass over the field finds the rules that can match (usually none); only
+    /// their own regexes then run.
+    Literals {
+        ac: aho_corasick::AhoCorasick,
+        /// For every literal, the group's rule it is from.
+        rule_of: Vec<usize>,
+    },
+    /// One multi-pattern regex says which rules match (their patterns have no such literals).
+    Set(meta::Regex),
+}
+
+impl Group {
+    /// The indexes of the group's rules that may match `hay` (`Set`: that do match),
+    /// ascending.
+    pub(super) fn candidates(&self, hay: &str) -> Vec<usize> {
+        match &self.finder {
+            Finder::Set(set) => {
+                let mut found = PatternSet::new(self.len);
+                set.which_overlapping_matches(&Input::new(hay), &mut found);
+                found.iter().map(|id| self.first + id.as_usize()).collect()
+            }
+            Finder::Literals { ac, rule_of } => {
+                let mut found: Vec<usize> = ac
+                    .find_overlapping_iter(hay)
+                    .map(|m| self.first + rule_of[m.pattern().as_usize()])
+                    .collect();
+                found.sort_unstable();
+                found.dedup();
+                found
+            }
+        }
+    }
+
+    /// Whether a candidate must still be confirmed by the rule's own regex.
+    pub(super) fn confirms(&self) -> bool {
+        matches!(self.finder, Finder::Literals { .. })
+    }
+}
+
+/// The shortest literal worth looking for first: shorter ones occur in too many lines.
+pub(super) const MIN_LITERAL: usize = 3;
+
+/// Literals one of which occurs in anything `p` matches (where its matches begin), when there is
+/// a finite set of them, each at least [`MIN_LITERAL`] bytes long.
+pub(super) fn required_literals(p: &Pattern) -> Option<Vec<Vec<u8>>> {
+    let hir = regex_syntax::parse(p.as_str()).ok()?;
+    let seq = regex_syntax::hir::literal::Extractor::new().extract(&hir);
+    let literals = seq.literals()?;
+    if literals.is_empty() || literals.iter().any(|l| l.as_bytes().len() < MIN_LITERAL) {
+        return None;
+    }
+    Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
+}
+
+/// The fewest consecutive regex rules matched as one [`Group`]; fewer are tried one by one.
+pub(super) const GROUP_MIN: usize = 4;
+
+impl Matcher {
+    /// Whether both are the same expression, as written.
+    pub(super) fn same_as(&self, other: &Matcher) -> bool {
+        match (self, other) {
+            (Matcher::Regex(a), Matcher::Regex(b)) => a.as_str() == b.as_str(),
+            (Matcher::JmesPath(a), Matcher::JmesPath(b)) => a.expr.as_str() == b.expr.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// Whether every message that reaches `rule` stops there (it forwards or stops).
+pub(super) fn ends_processing(rule: &Rule) -> bool {
+    rule.actions
+        .iter()
+        .any(|a| matches!(a, Action::Forward { .. } | Action::Stop))
+}
+
+/// Whether `rule` matches every message: a regex on `msg` (always present) that can match the
+/// empty string and has no anchor or word boundary, so it matches at the start of anything.
+pub(super) fn matches_everything(rule: &Rule) -> bool {
+    let Matcher::Regex(p) = &rule.matcher else {
+        return false;
+    };
+    rule.field == Field::Msg
+        && regex_syntax::parse(p.as_str()).is_ok_and(|hir| {
+            hir.properties().minimum_len() == Some(0) && hir.properties().look_set().is_empty()
+        })
+}
+
+/// Whether a rule can be in a [`Group`]: a regex that cannot match the empty string. One that
+/// can (`.*`, a catch-all) matches nearly every line by itself, and in a group it would keep the
+/// others from being looked for by their literals first.
+pub(super) fn groupable(rule: &Rule) -> bool {
+    match &rule.matcher {
+        Matcher::Regex(p) => !p.re.is_match(""),
+        Matcher::JmesPath(_) => false,
+    }
+}
+
+/// Finds the runs of at least `min` consecutive regex rules on one field and compiles each into
+/// a [`Group`]; for every rule, the group it is in.
+pub(super) fn group_runs(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<usize>>) {
+    let mut groups = Vec::new();
+    let mut group_of = vec![None; rules.len()];
+    let mut i = 0;
+    while i < rules.len() {
+        if !groupable(&rules[i]) {
+            i += 1;
+            continue;
+        }
+        let field = rules[i].field;
+        let end = rules[i..]
+            .iter()
+            .position(|r| r.field != field || !groupable(r))
+            .map_or(rules.len(), |n| i + n);
+        // Within the run, rules with literals and rules without them form groups apart.
+        let literals: Vec<Option<Vec<Vec<u8>>>> = rules[i..end]
+            .iter()
+            .map(|r| match &r.matcher {
+                Matcher::Regex(p) => required_literals(p),
+                Matcher::JmesPath(_) => None,
+            })
+            .collect();
+        let mut a = 0;
+        while a < literals.len() {
+            let kind = literals[a].is_some();
+            let b = literals[a..]
+                .iter()
+                .position(|l| l.is_some() != kind)
+                .map_or(literals.len(), |n| a + n);
+            if b - a >= min {
+                let (first, rules) = (i + a, &rules[i + a..i + b]);
+                let finder = if kind {
+                    literal_finder(&literals[a..b])
+                } else {
+                    set_finder(rules)
+                };
+                // Too large to build (a size limit): the rules are tried one by one.
+                if let Some(finder) = finder {
+                    for g in &mut group_of[first..i + b] {
+                        *g = Some(groups.len());
+                    }
+                    groups.push(Group {
+                        first,
+                        finder,
+                        len: b - a,
+                    });
+                }
+            }
+            a = b;
+        }
+        i = end;
+    }
+    (groups, group_of)
+}
+
+pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>]) -> Option<Finder> {
+    let mut all = Vec::new();
+    let mut rule_of = Vec::new();
+    for (r, lits) in literals.iter().enumerate() {
+        for l in lits.iter().flatten() {
+            all.push(l.as_slice());
+            rule_of.push(r);
+        }
+    }
+    let ac = aho_corasick::AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::Standard)
+        .build(all)
+        .ok()?;
+    Some(Finder::Literals { ac, rule_of })
+}
+
+pub(super) fn set_finder(rules: &[Rule]) -> Option<Finder> {
+    let sources: Vec<&str> = rules
+        .iter()
+        .filter_map(|r| match &r.matcher {
+            Matcher::Regex(p) => Some(p.as_str()),
+            Matcher::JmesPath(_) => None,
+        })
+        .collect();
+    meta::Builder::new()
+        .configure(meta::Config::new().match_kind(regex_automata::MatchKind::All))
+        .build_many(&sources)
+        .ok()
+        .map(Finder::Set)
+}

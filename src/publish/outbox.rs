@@ -1,0 +1,145 @@
+//! The outbox: the bounded queue between the sessions and the publisher. A session waits while
+//! it is full (TCP and RELP senders feel it); UDP drops and counts. Counted in records, not
+//! batches, by a gate that wakes a waiting sender.
+
+use super::*;
+
+/// Counts the records waiting in the outbox, so that `buffer` bounds records, not batches. A
+/// sender takes room for a whole batch at once (or waits), and the publisher gives it back when
+/// it takes the batch out.
+#[derive(Debug)]
+pub(super) struct Gate {
+    pub(super) used: AtomicUsize,
+    pub(super) capacity: usize,
+    pub(super) freed: Event,
+}
+
+impl Gate {
+    pub(super) fn new(capacity: usize) -> Gate {
+        Gate {
+            used: AtomicUsize::new(0),
+            capacity,
+            freed: Event::new(),
+        }
+    }
+
+    pub(super) fn try_take(&self, n: usize) -> bool {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used + n > self.capacity {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    pub(super) async fn take(&self, n: usize) {
+        loop {
+            if self.try_take(n) {
+                return;
+            }
+            let freed = self.freed.listen();
+            if self.try_take(n) {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    pub(super) fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        self.freed.notify(usize::MAX);
+    }
+}
+
+/// The way into the publisher, one clone per connection: at most `buffer` records wait in it.
+#[derive(Clone)]
+pub struct Outbox {
+    pub(super) tx: async_channel::Sender<Batch>,
+    pub(super) gate: Arc<Gate>,
+    /// Where batches go once the publisher takes nothing more.
+    pub(super) file: Sink,
+}
+
+/// The publisher's end of the [`Outbox`].
+pub struct Inbox {
+    pub(super) rx: async_channel::Receiver<Batch>,
+    pub(super) gate: Arc<Gate>,
+}
+
+/// An outbox that holds at most `capacity` records, and its other end. After the shutdown
+/// deadline, batches that can no longer be handed over are written to `file`.
+pub fn outbox(capacity: usize, file: Sink) -> (Outbox, Inbox) {
+    let (tx, rx) = async_channel::unbounded();
+    let gate = Arc::new(Gate::new(capacity.max(1)));
+    let outbox = Outbox {
+        tx,
+        gate: gate.clone(),
+        file,
+    };
+    (outbox, Inbox { rx, gate })
+}
+
+impl Outbox {
+    /// The most records a sender should put in one batch: a batch must fit in the outbox.
+    pub fn batch_max(&self) -> usize {
+        self.gate.capacity.min(BATCH_MAX)
+    }
+
+    /// Records waiting for the publisher now.
+    pub fn waiting(&self) -> usize {
+        self.gate.used.load(Ordering::Relaxed)
+    }
+
+    /// Hands `batch` to the publisher, waiting while the outbox is full. False when the
+    /// publisher takes nothing more (shutdown ran out of time): the records are dead-lettered.
+    pub async fn send(&self, batch: Batch) -> bool {
+        let n = batch.len();
+        self.gate.take(n).await;
+        match self.tx.send(batch).await {
+            Ok(()) => true,
+            Err(async_channel::SendError(batch)) => {
+                self.gate.give(n);
+                for record in batch {
+                    self.file.send(DeadLetter::shutdown_timeout(record)).await;
+                }
+                false
+            }
+        }
+    }
+
+    /// Like [`Outbox::send`], but never waits: when the outbox is full (or closed), the batch
+    /// is given back. Only UDP does this: it cannot push back.
+    pub fn try_send(&self, batch: Batch) -> Result<(), Batch> {
+        let n = batch.len();
+        if !self.gate.try_take(n) {
+            return Err(batch);
+        }
+        self.tx.try_send(batch).map_err(|e| {
+            self.gate.give(n);
+            e.into_inner()
+        })
+    }
+
+    /// The publisher takes nothing more: later batches are dead-lettered.
+    pub fn close(&self) {
+        self.tx.close();
+    }
+}
+
+impl Inbox {
+    /// The next batch; `None` once the outbox is closed and empty.
+    pub async fn recv(&self) -> Option<Batch> {
+        let batch = self.rx.recv().await.ok()?;
+        self.gate.give(batch.len());
+        Some(batch)
+    }
+}

@@ -1,0 +1,97 @@
+//! The publisher's tests that need no broker: health, the ack clock, the outbox and its gate,
+//! the topic cap.
+
+use super::outbox::Gate;
+use super::*;
+
+#[test]
+fn health_fails_while_a_producer_is_replaced_whatever_the_probe_says() {
+    let health = Health::default();
+    assert!(health.get().is_err(), "no broker has answered yet");
+    health.set(None);
+    assert_eq!(health.get(), Ok(()));
+    health.set_fatal(Some("fatal: fenced".into()));
+    assert_eq!(health.get(), Err("fatal: fenced".to_string()));
+    health.set(Some("no broker".into()));
+    assert_eq!(
+        health.get(),
+        Err("fatal: fenced".to_string()),
+        "the fatal error first"
+    );
+    health.set_fatal(None);
+    assert_eq!(health.get(), Err("no broker".to_string()));
+}
+
+#[test]
+fn a_closed_outbox_writes_what_it_is_given_to_the_dead_letter_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("dead.jsonl");
+    let metrics = Metrics::new();
+    let file = deadletter::start(Some(path.clone()), metrics.clone()).expect("writer");
+    let (outbox, _inbox) = outbox(10, file.clone());
+    outbox.close();
+    let record = Record {
+        topic: "t".into(),
+        key: Some("k".into()),
+        payload: "late".into(),
+        block: Block::default(),
+        headers: Vec::new(),
+        read_ms: 1,
+        ack: Default::default(),
+    };
+    assert!(!smol::block_on(outbox.send(vec![record])));
+    file.finish();
+    let text = std::fs::read_to_string(&path).expect("dead-letter file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["topic"], "t");
+    assert_eq!(lines[0]["payload"], "late");
+    assert_eq!(lines[0]["reason"], record::SHUTDOWN_TIMEOUT);
+    assert_eq!(metrics.dead_lettered_for(record::SHUTDOWN_TIMEOUT), 1);
+    assert_eq!(metrics.dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(outbox.waiting(), 0, "the room it took is given back");
+}
+
+#[test]
+fn topics_past_the_cap_are_refused_and_known_ones_and_the_fallback_always_admitted() {
+    let metrics = Metrics::default();
+    let cap = TopicCap::new(2, "logs", &metrics);
+    let admit = |s: &str| cap.admit(&Name::Owned(s.to_string()), &metrics).is_some();
+    assert!(admit("a"));
+    assert!(admit("b"));
+    assert!(!admit("c"), "a third topic over a cap of 2");
+    assert!(admit("a"), "a known topic stays admitted");
+    assert!(cap.admit(&Name::Borrowed("b"), &metrics).is_some());
+    assert!(admit("logs"), "the fallback is always admitted");
+    assert!(!admit("d"));
+    // The counters are the metrics' own: what is counted there shows in /stats.
+    let a = cap.admit(&Name::Borrowed("a"), &metrics).expect("admitted");
+    assert!(Arc::ptr_eq(&a, &metrics.topic("a")));
+    let names: Vec<String> = metrics.topics().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        names,
+        ["a", "b", "logs"],
+        "no series for topics over the cap"
+    );
+}
+
+#[test]
+fn the_gate_counts_records_and_wakes_a_waiting_sender() {
+    let gate = Arc::new(Gate::new(10));
+    assert!(gate.try_take(6));
+    assert!(!gate.try_take(5), "6 + 5 records do not fit in 10");
+    assert!(gate.try_take(4));
+    assert!(!gate.try_take(1));
+    let waiting = {
+        let gate = gate.clone();
+        std::thread::spawn(move || smol::block_on(gate.take(3)))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiting.is_finished(), "took room that is not there");
+    gate.give(6);
+    waiting.join().expect("the sender woke");
+    assert_eq!(gate.used.load(Ordering::Relaxed), 7);
+}

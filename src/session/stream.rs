@@ -1,0 +1,153 @@
+//! The stream loop of a TCP or TLS connection (RELP has its own, in [`super::relp`]): one read
+//! buffer that grows for a burst or a long frame and is given back after a quiet second, cut
+//! into frames, each through the pipeline; shutdown and idle timeouts end it.
+
+use super::*;
+
+/// Reads `stream` until the peer closes it (or, once shutdown has begun, until it has been
+/// quiet for a moment), pushing every frame through the pipeline, then closes it (for TLS,
+/// with a close_notify).
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    pipeline: Pipeline,
+    limits: Limits,
+    shutdown: Shutdown,
+) -> std::io::Result<End> {
+    let result = read_all(&mut stream, pipeline, limits, shutdown).await;
+    let closed = stream.close().await;
+    let end = result?;
+    closed.map(|()| end)
+}
+
+pub(super) async fn read_all<S: AsyncRead + Unpin>(
+    mut stream: S,
+    mut pipeline: Pipeline,
+    limits: Limits,
+    shutdown: Shutdown,
+) -> std::io::Result<End> {
+    let max = limits.max_message_size;
+    let mut framer = Framer::new(max);
+    // Room for one whole frame of the largest size, its length prefix, and a read.
+    let largest = max + 16 + READ_SIZE;
+    let mut buf = vec![0u8; SMALL];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut since_yield = 0u32;
+    let mut last_data = Instant::now();
+    let mut filled = false;
+    loop {
+        make_room(&mut buf, &mut start, &mut end, largest, &mut filled);
+        let idle = limits.idle_timeout.map(|t| (last_data + t, Read::Idle));
+        let shrink = (start == end && buf.len() > SMALL)
+            .then(|| (Instant::now() + SHRINK_AFTER, Read::Shrink));
+        let wake = hotdog_stages::core::earliest(idle, shrink);
+        let n = match read(&mut stream, &mut buf[end..], &shutdown, wake).await {
+            Ok(Read::Bytes(n)) => n,
+            Ok(Read::Shrink) => {
+                buf = vec![0u8; SMALL];
+                continue;
+            }
+            Ok(Read::Idle) => {
+                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
+                return Ok(End::Idle);
+            }
+            Ok(Read::Quiet) => {
+                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
+                return Ok(End::Shutdown);
+            }
+            Ok(Read::Closed) => {
+                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
+                return Ok(End::Closed);
+            }
+            Err(e) => {
+                pipeline.flush().await;
+                return Err(e);
+            }
+        };
+        last_data = Instant::now();
+        filled = end + n == buf.len();
+        end += n;
+        pipeline.stamp();
+        loop {
+            match framer.next_frame(&buf[start..end]) {
+                Step::Frame {
+                    data,
+                    truncated,
+                    consumed,
+                } => {
+                    pipeline.frame(data, truncated);
+                    start += consumed;
+                    since_yield += 1;
+                    if pipeline.batch_full() && !pipeline.flush().await {
+                        return Ok(End::Shutdown);
+                    }
+                    if since_yield >= YIELD_EVERY {
+                        since_yield = 0;
+                        smol::future::yield_now().await;
+                    }
+                }
+                Step::Skip { consumed } => start += consumed,
+                Step::NeedMore => break,
+            }
+        }
+        if !pipeline.flush().await {
+            return Ok(End::Shutdown);
+        }
+    }
+}
+
+/// The last frame (one without a terminator), and what is batched, to the publisher.
+pub(super) async fn finish(pipeline: &mut Pipeline, framer: &mut Framer, rest: &[u8]) {
+    if let Some(last) = framer.finish(rest) {
+        pipeline.frame(last, false);
+    }
+    pipeline.flush().await;
+}
+
+/// What one [`read`] came to.
+#[derive(Debug)]
+pub(super) enum Read {
+    Bytes(usize),
+    /// The peer closed the connection.
+    Closed,
+    /// Shutdown has begun and the peer has been quiet for [`DRAIN_IDLE`].
+    Quiet,
+    /// `idle_timeout` passed without a byte.
+    Idle,
+    /// Time to give back a large buffer (nothing was read).
+    Shrink,
+}
+
+/// One read, or what came first: shutdown (then reads go on until the peer is quiet), or `wake`
+/// (a time and what it means).
+pub(super) async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    shutdown: &Shutdown,
+    wake: Option<(Instant, Read)>,
+) -> std::io::Result<Read> {
+    use futures_lite::FutureExt;
+    let bytes = |n: usize| if n == 0 { Read::Closed } else { Read::Bytes(n) };
+    if !shutdown.is_triggered() {
+        let r = shutdown
+            .unless(async { stream.read(&mut *buf).await.map(bytes) }.or(async {
+                match wake {
+                    Some((at, what)) => {
+                        smol::Timer::at(at).await;
+                        Ok(what)
+                    }
+                    None => std::future::pending().await,
+                }
+            }))
+            .await;
+        if let Some(r) = r {
+            return r;
+        }
+    }
+    // Shutdown has begun: keep reading until the peer goes quiet.
+    async { stream.read(buf).await.map(bytes) }
+        .or(async {
+            smol::Timer::after(DRAIN_IDLE).await;
+            Ok(Read::Quiet)
+        })
+        .await
+}
