@@ -1,6 +1,6 @@
 //! Reads partition 0 of a topic from the beginning and reports how many records it holds and
 //! how many distinct sequence numbers (`seq=N` or `"seq":N`) below N they carry. Used by
-//! contrib/bench.py to check that every line arrived; reads until N records came or nothing new
+//! dev/bench.py to check that every line arrived; reads until N records came or nothing new
 //! came for 10 s (tansu's high watermark cannot be trusted after batched produce).
 //!
 //! `cargo run --release --example count -- BROKER TOPIC N`

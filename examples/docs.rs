@@ -1,5 +1,5 @@
 //! Writes the man page and the shell completions, generated from the clap definition of the
-//! command line, into a folder: `cargo run --example docs -- DIR` (contrib/package.sh does).
+//! command line, into a folder: `cargo run --example docs -- DIR` (dev/package.sh does).
 
 use std::path::PathBuf;
 

@@ -26,11 +26,11 @@ pub struct Cli {
     /// With --check: warnings (rules that can never run) make it exit 2 too.
     #[arg(long, requires = "check")]
     pub strict: bool,
-    /// Run every line of LOGFILE through the rules without Kafka and print what would be sent.
-    #[arg(short = 't', long = "test", value_name = "LOGFILE", value_hint = clap::ValueHint::FilePath)]
+    /// hotdog 0.5's spelling of `hotdog replay LOGFILE`, kept so that its scripts run.
+    #[arg(short = 't', long = "test", value_name = "LOGFILE", hide = true, value_hint = clap::ValueHint::FilePath)]
     pub test: Option<PathBuf>,
-    /// With --test: print one JSON object per input line.
-    #[arg(long, requires = "test")]
+    /// With -t: print one JSON object per input line (as `hotdog replay --json`).
+    #[arg(long, requires = "test", hide = true)]
     pub json: bool,
     /// Reload the configuration whenever its file changes (after it has stayed unchanged for
     /// `global.reload.debounce`), as SIGHUP does.
@@ -42,6 +42,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run every frame of LOGFILE through the rules without Kafka and print how it parsed,
+    /// which rules matched and what would be sent (hotdog 0.5's `-t LOGFILE` does the same).
+    Replay {
+        #[arg(value_name = "LOGFILE", value_hint = clap::ValueHint::FilePath)]
+        file: PathBuf,
+        /// Print one JSON object per frame.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run rule test cases against the configuration's rules, without Kafka: exit 0 when every
     /// case passes, 1 when any fails, 2 when a file is not valid.
     Test {

@@ -2,7 +2,7 @@
 //!
 //! The pure stages (framing, parsing, routing, encoding, the configuration model) are the
 //! `hotdog-stages` crate. This crate adds what does I/O, one folder per stage, data flowing down
-//! the list: [`listen`] (bind, accept, limits, PROXY, TLS, UDP) → [`session`] (a connection's
+//! the list, all on [`base`] (counters, shutdown, throttled logs, the runtime): [`listen`] (bind, accept, limits, PROXY, TLS, UDP) → [`session`] (a connection's
 //! bytes through frame → parse → route → encode into batches) → [`publish`] (the outbox, the
 //! producer, delivery reports, dead letters) → Kafka. [`control`] starts and stops them all from
 //! a configuration and carries out what a reload changes; [`offline`] runs lines through the rules
@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 #![deny(unused_must_use)]
 
+pub mod base;
 pub mod cli;
 pub mod control;
 pub mod listen;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use hotdog::base::runtime;
 use hotdog::cli::{Cli, Command};
-use hotdog::control::{runtime, server};
+use hotdog::control::server;
 use hotdog::offline::{replay, ruletest};
 use hotdog_stages::config::{self, Config};
 
@@ -48,8 +49,11 @@ fn main() -> ExitCode {
     if let Some(Command::Test { files, junit }) = &cli.command {
         return run_tests(&config, files, junit.as_deref());
     }
+    if let Some(Command::Replay { file, json }) = &cli.command {
+        return replay_file(&config, file, *json);
+    }
     if let Some(path) = cli.test {
-        return test_rules(&config, &path, cli.json);
+        return replay_file(&config, &path, cli.json);
     }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     hotdog::publish::producer::trim_memory();
@@ -130,8 +134,8 @@ fn run_tests(
     }
 }
 
-/// `-t LOGFILE`: every line through the rules, printed.
-fn test_rules(config: &Config, path: &std::path::Path, json: bool) -> ExitCode {
+/// `hotdog replay LOGFILE` (hotdog 0.5: `-t LOGFILE`): every frame through the rules, printed.
+fn replay_file(config: &Config, path: &std::path::Path, json: bool) -> ExitCode {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) => {

@@ -117,8 +117,10 @@ fn missing_config_file_is_a_clear_error() {
     );
 }
 
+/// `hotdog replay LOGFILE` prints what the rules make of each line; hotdog 0.5's `-t LOGFILE`
+/// prints the same, with and without `--json`.
 #[test]
-fn test_mode_prints_matches_and_records() {
+fn replay_prints_matches_and_records_as_0_5s_dash_t_does() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("in.log");
     std::fs::write(
@@ -127,8 +129,19 @@ fn test_mode_prints_matches_and_records() {
     )
     .expect("write log");
     let log = log.to_string_lossy().into_owned();
-    let (code, out, err) = run_hotdog(&["-c", "hotdog.yml", "-t", &log]);
+    let (code, out, err) = run_hotdog(&["-c", "hotdog.yml", "replay", &log]);
     assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        run_hotdog(&["-c", "hotdog.yml", "-t", &log]),
+        (0, out.clone(), err)
+    );
+    let json = run_hotdog(&["-c", "hotdog.yml", "replay", "--json", &log]);
+    assert_eq!(json.0, 0, "{}", json.2);
+    assert_eq!(json.1.lines().count(), 2, "{}", json.1);
+    assert_eq!(
+        run_hotdog(&["-c", "hotdog.yml", "-t", &log, "--json"]),
+        json
+    );
     assert!(out.contains("matched rule 0 (hotdog.yml:"), "{out}");
     assert!(
         out.contains("-> topic logs-hello key web1 payload bob said hello from web1"),
@@ -141,10 +154,10 @@ fn test_mode_prints_matches_and_records() {
     );
 }
 
-/// `-t` cuts its input as a connection does: octet-counted frames (which may hold a newline),
+/// `replay` cuts its input as a connection does: octet-counted frames (which may hold a newline),
 /// CR and NUL trimmed, a frame longer than `max_message_size` truncated.
 #[test]
-fn test_mode_frames_input_as_a_connection_does() {
+fn replay_frames_input_as_a_connection_does() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("in.log");
     let counted = "<13>Oct 11 22:14:15 web1 app: two\nlines";
@@ -154,7 +167,7 @@ fn test_mode_frames_input_as_a_connection_does() {
         format!("{} {counted}<13>plain\r\n{long}\n<13>last", counted.len()),
     )
     .expect("write log");
-    let (code, out, err) = run_hotdog(&["-c", "hotdog.yml", "-t", &log.to_string_lossy()]);
+    let (code, out, err) = run_hotdog(&["-c", "hotdog.yml", "replay", &log.to_string_lossy()]);
     assert_eq!(code, 0, "{err}");
     let frames: Vec<&str> = out.lines().filter(|l| l.starts_with("line ")).collect();
     assert_eq!(frames.len(), 4, "{out}");

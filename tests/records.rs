@@ -58,7 +58,7 @@ fn check(args: &[&str], lines: &[String]) -> String {
         .args(args)
         .arg(&file)
         .output()
-        .expect("python3 (contrib/deps.sh installs jsonschema and opentelemetry-proto)");
+        .expect("python3 (dev/deps.sh installs jsonschema and opentelemetry-proto)");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -1,5 +1,5 @@
 //! Running as a systemd service: hotdog tells systemd (`Type=notify`) when it is ready and when
-//! it stops. The packaging itself is tested by contrib/package-test.sh (it installs the package).
+//! it stops. The packaging itself is tested by dev/package-test.sh (it installs the package).
 
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;

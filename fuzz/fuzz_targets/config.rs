@@ -13,8 +13,9 @@ fuzz_target!(|data: &[u8]| {
             // A configuration that loads runs a line through its rules.
             let msg = hotdog_stages::parse::syslog::parse("<13>Nov 23 12:00:00 host app[1]: {\"a\":1} fuzz");
             let origin = hotdog_stages::core::Origin::default();
-            let mut out = Vec::new();
-            let _ = config.rules.apply(&msg, &origin, &mut out, None);
+            if let (Some(routed), _) = config.rules.apply(&msg, &origin, None) {
+                let _ = hotdog_stages::encode::record(routed, &msg, &origin, Default::default());
+            }
         }
         Err(errors) => assert!(!errors.0.is_empty(), "refused without an error"),
     }

@@ -4,7 +4,8 @@
 //! (JSON, OTLP) is made from it: JSON objects, and protobuf that is the reference's bytes.
 #![no_main]
 
-use hotdog_stages::encode::{self, Event, RecordFormat};
+use hotdog_stages::core::RecordFormat;
+use hotdog_stages::encode::{self as format, Event};
 use hotdog_stages::core::Origin;
 use libfuzzer_sys::fuzz_target;
 
@@ -23,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         clock: Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)),
         ..Origin::default()
     };
-    let _ = format::message_time(&msg, &origin);
+    let _ = hotdog_stages::parse::time::message_time(&msg, &origin);
     let event = Event {
         msg: &msg,
         origin: &origin,

@@ -1,15 +1,9 @@
-//! What runs the stages: the server that starts and stops them from a configuration, reloads,
-//! the counters and where they are read (status server, statsd), throttled logging, shutdown
-//! and the async runtime.
+//! What runs the stages: the server that starts and stops them from a configuration and
+//! carries out what a reload changes, and the status server that shows them.
 
-pub mod metrics;
 pub mod reload;
-pub mod runtime;
 pub mod server;
-pub mod shutdown;
 pub mod status;
-pub mod throttle;
-
 use hotdog_stages::config::{Outside, Tls};
 
 /// The real world for a configuration being loaded: the environment, and the TLS and

@@ -13,9 +13,10 @@ use smol::Task;
 
 use std::path::PathBuf;
 
-use crate::control::metrics::{self, Metrics};
-use crate::control::shutdown::{self, Shutdown};
-use crate::control::{reload, runtime, status, throttle};
+use crate::base::metrics::{self, Metrics};
+use crate::base::shutdown::{self, Shutdown};
+use crate::base::{runtime, throttle};
+use crate::control::{reload, status};
 use crate::listen::tls::Acceptor;
 use crate::listen::{self, Listener};
 use crate::publish::{self, Health, Outbox, Publisher};

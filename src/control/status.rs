@@ -26,8 +26,8 @@ use smol::net::{TcpListener, TcpStream};
 use smol::LocalExecutor;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
-use crate::control::metrics::Metrics;
-use crate::control::throttle;
+use crate::base::metrics::Metrics;
+use crate::base::throttle;
 use crate::publish::Health;
 
 /// Connections served at once; more are closed as soon as they are accepted.
@@ -157,7 +157,7 @@ async fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Ful
         }),
         (&Method::GET, "/metrics") => with_type(
             text(
-                crate::control::metrics::prometheus(&sources.metrics),
+                crate::base::metrics::prometheus(&sources.metrics),
                 StatusCode::OK,
             ),
             "text/plain; version=0.0.4",

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, FutureExt};
 use smol::net::{TcpListener, TcpStream, UdpSocket};
 
-use crate::control::runtime;
-use crate::control::shutdown::Shutdown;
-use crate::control::throttle;
+use crate::base::runtime;
+use crate::base::shutdown::Shutdown;
+use crate::base::throttle;
 use crate::session::{self, Pipeline, Shared};
 use hotdog_stages::config::{Listen, Protocol, ProxyProtocol};
 use hotdog_stages::core::Origin;
@@ -395,7 +395,7 @@ async fn handshake<S>(
     stream: S,
     peer: SocketAddr,
     mut origin: Origin,
-    metrics: &crate::control::metrics::Metrics,
+    metrics: &crate::base::metrics::Metrics,
 ) -> Option<(futures_rustls::server::TlsStream<S>, Origin)>
 where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,

@@ -65,7 +65,7 @@ pub(super) async fn udp(
 /// How long a UDP batch waits for more datagrams.
 pub(super) const UDP_LINGER: Duration = Duration::from_millis(5);
 
-pub(super) fn udp_flush(pipeline: &mut Pipeline, metrics: &crate::control::metrics::Metrics) {
+pub(super) fn udp_flush(pipeline: &mut Pipeline, metrics: &crate::base::metrics::Metrics) {
     let dropped = pipeline.try_flush();
     if dropped > 0 {
         metrics.udp_dropped.fetch_add(dropped as u64, Relaxed);

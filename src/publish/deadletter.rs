@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::control::metrics::Metrics;
-use crate::control::throttle;
+use crate::base::metrics::Metrics;
+use crate::base::throttle;
 use hotdog_stages::core::DeadLetter;
 
 /// How many dead letters may wait for the writer; a sender waits when it is full.

@@ -27,9 +27,9 @@ use rdkafka::message::{DeliveryResult, Headers as _, Message as _};
 use rdkafka::producer::{Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
-use crate::control::metrics::{Gauge, Metrics, TopicCounters};
-use crate::control::shutdown::Shutdown;
-use crate::control::throttle;
+use crate::base::metrics::{Gauge, Metrics, TopicCounters};
+use crate::base::shutdown::Shutdown;
+use crate::base::throttle;
 use deadletter::Sink;
 use hotdog_stages::config;
 use hotdog_stages::core::{

@@ -480,7 +480,7 @@ impl TestHook {
 
 /// Gives memory that is free inside glibc's heaps back to the system, every few seconds, on a
 /// thread of its own: without it, what thousands of connections used stays in the process after
-/// they close (`contrib/idle-connections.py` measures it).
+/// they close (`dev/idle-connections.py` measures it).
 pub fn trim_memory() {
     let _ = std::thread::Builder::new()
         .name("trim".into())

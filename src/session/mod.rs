@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::control::metrics::{LineCounts, Metrics};
-use crate::control::shutdown::Shutdown;
+use crate::base::metrics::{LineCounts, Metrics};
+use crate::base::shutdown::Shutdown;
 use crate::publish::Outbox;
 use hotdog_stages::core::Origin;
 use hotdog_stages::core::{Awaited, Batch, Standing};

@@ -102,7 +102,7 @@ fn run_batches(
         chunk,
     };
     let pipeline = Pipeline::new(shared, Origin::default());
-    let (_trigger, shutdown) = crate::control::shutdown::channel();
+    let (_trigger, shutdown) = crate::base::shutdown::channel();
     smol::block_on(async {
         run(stream, pipeline, limits(max), shutdown)
             .await
@@ -270,7 +270,7 @@ fn buffer_bounds_the_records_waiting_and_holds_the_sender_back() {
         chunk: 4096,
     };
     let pipeline = Pipeline::new(shared, Origin::default());
-    let (_trigger, shutdown) = crate::control::shutdown::channel();
+    let (_trigger, shutdown) = crate::base::shutdown::channel();
     let ex = smol::Executor::new();
     smol::block_on(ex.run(async {
         let connection = ex.spawn(run(stream, pipeline, limits(1000), shutdown));
@@ -376,7 +376,7 @@ fn a_buffer_grown_for_a_burst_is_given_back_after_a_quiet_second_and_stays_small
         offered: offered.clone(),
     };
     let pipeline = Pipeline::new(shared, Origin::default());
-    let (_trigger, shutdown) = crate::control::shutdown::channel();
+    let (_trigger, shutdown) = crate::base::shutdown::channel();
     smol::block_on(async {
         use futures_lite::FutureExt;
         let quiet = async {

@@ -401,7 +401,7 @@ impl Hotdog {
     pub fn start_config_env(yaml: &str, env: &[(&str, &str)]) -> Hotdog {
         assert!(
             cfg!(feature = "test-hooks") || !env.iter().any(|(k, _)| k.starts_with("HOTDOG_TEST_")),
-            "this test needs hotdog's test hooks: run contrib/test.sh (cargo test --features test-hooks)"
+            "this test needs hotdog's test hooks: run dev/test.sh (cargo test --features test-hooks)"
         );
         Self::start_command(Command::new(HOTDOG), yaml, env)
     }
@@ -909,7 +909,7 @@ impl Rsyslog {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run rsyslogd ({e}): install rsyslog, rsyslog-gnutls and rsyslog-relp (contrib/test.sh does)")
+                panic!("cannot run rsyslogd ({e}): install rsyslog, rsyslog-gnutls and rsyslog-relp (dev/test.sh does)")
             });
         let r = Rsyslog(child);
         assert!(

@@ -4,7 +4,7 @@
 # /etc/hotdog/hotdog.yml, the systemd unit contrib/hotdog.service, and the docs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. contrib/deps.sh
+. dev/deps.sh
 ensure_build_deps
 install_missing dpkg-dev
 ensure_cargo_deb

@@ -5,7 +5,7 @@ Starts hotdog (release build by default) with a status server, opens N connectio
 send one syslog line and then stay idle, and prints hotdog's RSS: at start, with N idle
 connections, after they close, and after WAVES more waves of N/2 connections opened and closed.
 
-    contrib/idle-connections.py [--hotdog target/release/hotdog] [--connections 10000]
+    dev/idle-connections.py [--hotdog target/release/hotdog] [--connections 10000]
                                 [--waves 3] [--broker HOST:PORT]
                                 [--relp [--message-size BYTES]]
 

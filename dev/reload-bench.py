@@ -4,7 +4,7 @@ to reload (`POST /reload`), and a reload storm: a SIGHUP every 100 ms for as lon
 lines flow (paced to last 10 s) over one connection into a local tansu broker, then every
 sequence number read back: each must be there exactly once.
 
-    contrib/reload-bench.py [--rules 1000] [-n 1000000] [--seconds 10]
+    dev/reload-bench.py [--rules 1000] [-n 1000000] [--seconds 10]
 
 Needs a release build (`cargo build --release --bin hotdog --example count`) and tansu.
 """

@@ -1,4 +1,4 @@
-# Sourced by the contrib scripts: installs what building and testing hotdog needs on Debian.
+# Sourced by the scripts in dev/: installs what building and testing hotdog needs on Debian.
 # Safe to source repeatedly; installs only what is missing.
 
 TANSU_VERSION=0.6.0
@@ -53,7 +53,7 @@ ensure_tansu() {
     cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
 }
 
-# cargo-deb, which builds the Debian package (contrib/package.sh); built once (a few minutes).
+# cargo-deb, which builds the Debian package (dev/package.sh); built once (a few minutes).
 ensure_cargo_deb() {
     export PATH="$HOME/.cargo/bin:$PATH"
     if cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then

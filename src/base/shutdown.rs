@@ -36,7 +36,7 @@ pub fn child(parent: &Shutdown) -> (Trigger, Shutdown) {
     use futures_lite::FutureExt;
     let (trigger, shutdown) = channel();
     let (parent, own, pull) = (parent.clone(), shutdown.clone(), trigger.clone());
-    crate::control::runtime::spawn(async move {
+    crate::base::runtime::spawn(async move {
         let from_parent = async {
             parent.wait().await;
             true

@@ -9,7 +9,7 @@ Starts hotdog (release build by default) with two `proxy_protocol` listeners (lo
    sent `P` and wait.
 3. How long SIGTERM takes with those 300 still open.
 
-    contrib/proxy-waits.py [--hotdog target/release/hotdog]
+    dev/proxy-waits.py [--hotdog target/release/hotdog]
 """
 
 import argparse

@@ -4,13 +4,13 @@
 # Any panic, abort, stack overflow, input taking over 10 s, or use of over 4 GB fails the run;
 # the input that did it is in fuzz/artifacts/TARGET/.
 #
-#   contrib/fuzz.sh [SECONDS] [TARGET...]
+#   dev/fuzz.sh [SECONDS] [TARGET...]
 #
 # While developing, run a target for longer (at least 10 minutes) and keep what it found:
 #   cargo +nightly fuzz run --sanitizer none -O config fuzz/corpus/config -- -max_total_time=600
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. contrib/deps.sh
+. dev/deps.sh
 CARGO_FUZZ_VERSION=0.13.2
 
 seconds=${1:-20}

@@ -8,7 +8,7 @@ hostname, the other the same number from HOSTS distinct hostnames (so as many to
 and /stats. The topics under the cap and the fallback topic are created first (tansu does not
 create topics on first use).
 
-    contrib/topics-bench.py --broker HOST:PORT [--hotdog target/release/hotdog]
+    dev/topics-bench.py --broker HOST:PORT [--hotdog target/release/hotdog]
                             [--lines 200000] [--hosts 35000] [--max-topics 1000] [--repeat 2]
 """
 

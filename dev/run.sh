@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-hotdog.yml}"
-. contrib/deps.sh
+. dev/deps.sh
 ensure_build_deps
 cargo build --release --locked
 if [ -z "${KAFKA_BROKER:-}" ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the Debian package built by contrib/package.sh on this machine and checks it as an
+# Installs the Debian package built by dev/package.sh on this machine and checks it as an
 # operator would use it, then removes it: the files and the `hotdog` user, `hotdog --check` on the
 # installed config, `systemd-analyze verify` on the unit, the installed binary run as the
 # `hotdog` user with the installed config against a real broker (a tansu started here, or
@@ -7,12 +7,12 @@
 # Needs root (it installs a package). Fails loudly; never skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. contrib/deps.sh
+. dev/deps.sh
 install_missing systemd adduser man-db
 [ "$(id -u)" -eq 0 ] || { echo "package test: needs root (dpkg -i)" >&2; exit 1; }
 
 deb=$(ls -t target/debian/hotdog_*.deb 2>/dev/null | head -n 1)
-[ -n "$deb" ] || { echo "package test: no target/debian/hotdog_*.deb; run contrib/package.sh" >&2; exit 1; }
+[ -n "$deb" ] || { echo "package test: no target/debian/hotdog_*.deb; run dev/package.sh" >&2; exit 1; }
 fail() { echo "package test: FAILED: $*" >&2; exit 1; }
 ok() { echo "package test: ok: $*"; }
 pids=()

@@ -6,7 +6,7 @@
 # They also run Debian's rsyslogd (installed here with its TLS driver) and HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. contrib/deps.sh
+. dev/deps.sh
 ensure_build_deps
 ensure_test_deps
 if [ -z "${HOTDOG_TEST_KAFKA:-}" ]; then

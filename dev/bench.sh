@@ -5,11 +5,11 @@
 # librdkafka new enough for tansu, taken from the confluent-kafka wheel: Debian's 2.0.2 cannot
 # talk to tansu).
 #
-#   contrib/bench.sh                      300,000 lines, 1 and 16 connections
-#   contrib/bench.sh -n 1000000 -c 1 4 16 --tls
+#   dev/bench.sh                      300,000 lines, 1 and 16 connections
+#   dev/bench.sh -n 1000000 -c 1 4 16 --tls
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. contrib/deps.sh
+. dev/deps.sh
 ensure_build_deps
 install_missing python3 python3-pip rsyslog rsyslog-kafka rsyslog-relp kcat
 ensure_tansu
@@ -24,4 +24,4 @@ if [ ! -e "$lib/librdkafka.so.1" ]; then
     rm -rf "$wheel_dir"
 fi
 cargo build --release --locked --bin hotdog --example count
-exec python3 contrib/bench.py --librdkafka "$lib" "$@"
+exec python3 dev/bench.py --librdkafka "$lib" "$@"

@@ -8,7 +8,7 @@ going idle for rsyslog, which has no delivery counter), CPU-seconds per million 
 broker). With --repeat R every row runs R times, interleaved, and the table shows medians (and the
 range of CPU-s/M): on a small machine one run of anything moves by a quarter. With --baseline
 BIN, an earlier hotdog build runs beside this one, row for row, for a before/after comparison.
-Run through contrib/bench.sh, which installs what it needs.
+Run through dev/bench.sh, which installs what it needs.
 """
 import argparse
 import json
