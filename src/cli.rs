@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// Forward syslog over TCP, TLS and UDP to Kafka, routed and rewritten by the rules in a YAML
+/// Forward syslog over TCP, TLS, RELP and UDP to Kafka, routed and rewritten by the rules in a YAML
 /// file.
 #[derive(Parser, Debug)]
 #[command(

@@ -45,14 +45,9 @@ pub(super) async fn udp(
                 continue;
             }
         };
-        let truncated = n > max;
-        let mut data = &buf[..n.min(max)];
-        while let [rest @ .., b'\n' | b'\r' | b'\0'] = data {
-            data = rest;
-        }
-        if data.is_empty() {
+        let Some((data, truncated)) = hotdog_stages::frame::lines::datagram(&buf[..n], max) else {
             continue;
-        }
+        };
         pipeline.origin_mut().peer_addr = Some(peer.to_string());
         pipeline.stamp();
         pipeline.frame(data, truncated);

@@ -3,6 +3,78 @@
 
 use super::*;
 
+/// A connection's read buffer: bytes read and not cut into frames yet, and room for the next
+/// read. See [`make_room`] for how it grows and [`SMALL`] for how it shrinks.
+pub(super) struct ReadBuffer {
+    buf: Vec<u8>,
+    /// `buf[start..end]`: read, not cut into frames yet.
+    start: usize,
+    end: usize,
+    /// The last read filled all the room it had.
+    filled: bool,
+    /// The most the buffer grows to: a whole frame of the largest size, its header and a read.
+    largest: usize,
+    /// When the last bytes came.
+    last_data: Instant,
+}
+
+impl ReadBuffer {
+    pub(super) fn new(largest: usize) -> ReadBuffer {
+        ReadBuffer {
+            buf: vec![0u8; SMALL],
+            start: 0,
+            end: 0,
+            filled: false,
+            largest,
+            last_data: Instant::now(),
+        }
+    }
+
+    /// Makes room for the next read ([`make_room`]).
+    pub(super) fn prepare(&mut self) {
+        let (buf, start, end) = (&mut self.buf, &mut self.start, &mut self.end);
+        make_room(buf, start, end, self.largest, &mut self.filled);
+    }
+
+    /// Where the next read goes.
+    pub(super) fn room(&mut self) -> &mut [u8] {
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into [`ReadBuffer::room`].
+    pub(super) fn read(&mut self, n: usize) {
+        self.last_data = Instant::now();
+        self.filled = self.end + n == self.buf.len();
+        self.end += n;
+    }
+
+    /// The bytes read and not cut into frames yet.
+    pub(super) fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The first `n` bytes of [`ReadBuffer::data`] are cut into frames.
+    pub(super) fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    /// When the connection, quiet since its last bytes, has been idle for `timeout`.
+    pub(super) fn idle_at(&self, timeout: Option<Duration>) -> Option<Instant> {
+        timeout.map(|t| self.last_data + t)
+    }
+
+    /// When a buffer larger than [`SMALL`] with nothing in it is to be given back, if it is.
+    pub(super) fn shrink_at(&self) -> Option<Instant> {
+        (self.start == self.end && self.buf.len() > SMALL).then(|| Instant::now() + SHRINK_AFTER)
+    }
+
+    /// Gives back a large buffer (nothing is in it: see [`ReadBuffer::shrink_at`]).
+    pub(super) fn shrink(&mut self) {
+        self.buf = vec![0u8; SMALL];
+        (self.start, self.end) = (0, 0);
+    }
+}
+
 /// The read buffer a connection starts with, and returns to once it has been quiet for
 /// [`SHRINK_AFTER`] with nothing buffered: an idle connection costs little. It grows (to at most
 /// a whole frame of `max_message_size` plus a read) only while a long frame or a fast sender

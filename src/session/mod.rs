@@ -37,6 +37,21 @@ const YIELD_EVERY: u32 = 256;
 /// During shutdown, a connection that has been quiet this long has sent everything it had.
 const DRAIN_IDLE: Duration = Duration::from_millis(250);
 
+/// Counts frames handled and yields to the executor every [`YIELD_EVERY`] of them, so a
+/// flooding sender cannot starve the others.
+#[derive(Default)]
+pub(super) struct Yielder(u32);
+
+impl Yielder {
+    pub(super) async fn tick(&mut self) {
+        self.0 += 1;
+        if self.0 >= YIELD_EVERY {
+            self.0 = 0;
+            smol::future::yield_now().await;
+        }
+    }
+}
+
 /// What every connection shares.
 pub struct Shared {
     /// The rules in use (replaced on reload).

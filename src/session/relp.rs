@@ -113,41 +113,21 @@ impl RelpSession {
     ) -> std::io::Result<End> {
         let max = limits.max_message_size;
         // Room for one whole frame of the largest size, its header, and a read.
-        let largest = max + 64 + READ_SIZE;
-        let mut buf = vec![0u8; SMALL];
-        let (mut start, mut end) = (0usize, 0usize);
-        let mut last_data = Instant::now();
+        let mut buf = ReadBuffer::new(max + 64 + READ_SIZE);
         // False once the peer sent `close`, or shutdown began: nothing more is read.
         let mut reading = true;
-        let mut since_yield = 0u32;
-        let mut filled = false;
+        let mut yielder = Yielder::default();
         loop {
-            let answered = self.answer();
-            if let Answered::Lost(txnr) = answered {
-                let why = format!(
-                    "a record of message {txnr} was neither delivered nor dead-lettered; \
-                     closing the session so that its sender sends it again"
-                );
-                log::error!("RELP: {why}");
-                return self.close_with(stream, &why, End::Shutdown).await;
+            if let Some(end) = self.answer_and_write(stream, reading, shutdown).await? {
+                return Ok(end);
             }
-            self.write(stream).await?;
-            if let Answered::Closed = answered {
-                return Ok(End::Closed);
-            }
-            if !reading && self.turns.is_empty() {
-                if shutdown.is_triggered() {
-                    return self.close_with(stream, SHUTTING_DOWN, End::Shutdown).await;
-                }
-                return Ok(End::Shutdown);
-            }
-            make_room(&mut buf, &mut start, &mut end, largest, &mut filled);
+            buf.prepare();
             let can_read = reading && self.turns.len() < RELP_WINDOW;
             // omrelp writes frame by frame: what came while the last read was handled joins
             // the same batch, and the batch goes to the publisher only once the socket has
             // nothing more. Fewer, larger batches, and nothing waits longer.
             let more = if can_read && self.pipeline.has_pending() && !shutdown.is_triggered() {
-                futures_lite::future::poll_once(stream.read(&mut buf[end..])).await
+                futures_lite::future::poll_once(stream.read(buf.room())).await
             } else {
                 None
             };
@@ -158,22 +138,13 @@ impl RelpSession {
                         reading = false;
                         continue;
                     }
-                    // Listen, then look again: a message settled since `answer` is either
-                    // seen here or heard.
-                    let heard = self.done.listen();
-                    if self.front_settled() {
-                        continue;
+                    match self
+                        .wait(stream, &mut buf, can_read, &limits, shutdown)
+                        .await
+                    {
+                        Some(woke) => woke,
+                        None => continue,
                     }
-                    let idle = limits
-                        .idle_timeout
-                        .filter(|_| self.turns.is_empty())
-                        .map(|t| (last_data + t, Woke::Idle));
-                    // A buffer grown for a long message or a fast sender is given back once
-                    // the session has been quiet, as a stream connection's is.
-                    let shrink = (start == end && buf.len() > SMALL)
-                        .then(|| (Instant::now() + SHRINK_AFTER, Woke::Shrink));
-                    let wake = hotdog_stages::core::earliest(idle, shrink);
-                    wait_relp(stream, &mut buf[end..], can_read, heard, shutdown, wake).await
                 }
             };
             match woke {
@@ -183,57 +154,124 @@ impl RelpSession {
                     return self.close_with(stream, SHUTTING_DOWN, End::Shutdown).await
                 }
                 Woke::Idle => return self.close_with(stream, "idle_timeout", End::Idle).await,
-                Woke::Shrink => buf = vec![0u8; SMALL],
+                Woke::Shrink => buf.shrink(),
                 // The peer is gone: nothing it sent and is not answered can be answered now.
                 Woke::Read(Ok(0)) => return Ok(End::Closed),
                 Woke::Read(Err(e)) => return Err(e),
                 Woke::Read(Ok(n)) => {
-                    last_data = Instant::now();
-                    filled = end + n == buf.len();
-                    end += n;
+                    buf.read(n);
                     self.pipeline.stamp();
-                    loop {
-                        let (frame, consumed) = match relp::cut(&buf[start..end], max) {
-                            relp::Cut::Frame { frame, consumed } => (frame, consumed),
-                            relp::Cut::NeedMore => break,
-                            relp::Cut::Malformed(why) => return self.refuse(stream, why).await,
-                        };
-                        let txnr = frame.txnr;
-                        match self.protocol.command(&frame) {
-                            Ok(relp::Step::Open(answer)) => {
-                                let mut response = Vec::new();
-                                relp::respond(&mut response, txnr, &answer);
-                                self.turns.push_back((txnr, Turn::Answer(response)));
-                            }
-                            Ok(relp::Step::Syslog(data)) => {
-                                let awaited = Awaited::new(self.done.clone());
-                                self.pipeline.awaited_frame(data, &awaited);
-                                awaited.release();
-                                self.turns.push_back((txnr, Turn::Message(awaited)));
-                                self.metrics.relp_messages.fetch_add(1, Relaxed);
-                            }
-                            Ok(relp::Step::Close) => {
-                                self.turns.push_back((txnr, Turn::Close));
-                                reading = false;
-                            }
-                            Ok(relp::Step::Hint) => {}
-                            Err(why) => return self.refuse(stream, why).await,
-                        }
-                        start += consumed;
-                        if self.pipeline.batch_full() && !self.pipeline.flush().await {
-                            reading = false;
-                        }
-                        if !reading {
-                            break;
-                        }
-                        since_yield += 1;
-                        if since_yield >= YIELD_EVERY {
-                            since_yield = 0;
-                            smol::future::yield_now().await;
-                        }
+                    let cut = self.commands(&mut buf, max, &mut reading, &mut yielder);
+                    if let Err(why) = cut.await {
+                        return self.refuse(stream, why).await;
                     }
                 }
             }
+        }
+    }
+
+    /// Answers what can be answered and writes it; the end of the session when that ends it
+    /// (`close` answered, a message lost, or nothing left to read or answer).
+    async fn answer_and_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        reading: bool,
+        shutdown: &Shutdown,
+    ) -> std::io::Result<Option<End>> {
+        let answered = self.answer();
+        if let Answered::Lost(txnr) = answered {
+            let why = format!(
+                "a record of message {txnr} was neither delivered nor dead-lettered; \
+                 closing the session so that its sender sends it again"
+            );
+            log::error!("RELP: {why}");
+            return self.close_with(stream, &why, End::Shutdown).await.map(Some);
+        }
+        self.write(stream).await?;
+        if let Answered::Closed = answered {
+            return Ok(Some(End::Closed));
+        }
+        if !reading && self.turns.is_empty() {
+            if shutdown.is_triggered() {
+                let closed = self.close_with(stream, SHUTTING_DOWN, End::Shutdown).await;
+                return closed.map(Some);
+            }
+            return Ok(Some(End::Shutdown));
+        }
+        Ok(None)
+    }
+
+    /// Waits for bytes, a message settled, shutdown or a timer; `None` when a message settled
+    /// before the wait began (answer it first).
+    async fn wait<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        buf: &mut ReadBuffer,
+        can_read: bool,
+        limits: &Limits,
+        shutdown: &Shutdown,
+    ) -> Option<Woke> {
+        // Listen, then look again: a message settled since `answer` is either seen here or
+        // heard.
+        let heard = self.done.listen();
+        if self.front_settled() {
+            return None;
+        }
+        let idle = buf
+            .idle_at(limits.idle_timeout)
+            .filter(|_| self.turns.is_empty())
+            .map(|at| (at, Woke::Idle));
+        // A buffer grown for a long message or a fast sender is given back once the session
+        // has been quiet, as a stream connection's is.
+        let shrink = buf.shrink_at().map(|at| (at, Woke::Shrink));
+        let wake = hotdog_stages::core::earliest(idle, shrink);
+        Some(wait_relp(stream, buf.room(), can_read, heard, shutdown, wake).await)
+    }
+
+    /// Every whole RELP frame in `buf`, each command taken in turn: `syslog` messages through
+    /// the pipeline, `open` answered, `close` ending the reading. Why, when a frame or command
+    /// breaks the protocol.
+    async fn commands(
+        &mut self,
+        buf: &mut ReadBuffer,
+        max: usize,
+        reading: &mut bool,
+        yielder: &mut Yielder,
+    ) -> Result<(), String> {
+        loop {
+            let (frame, consumed) = match relp::cut(buf.data(), max) {
+                relp::Cut::Frame { frame, consumed } => (frame, consumed),
+                relp::Cut::NeedMore => return Ok(()),
+                relp::Cut::Malformed(why) => return Err(why),
+            };
+            let txnr = frame.txnr;
+            match self.protocol.command(&frame)? {
+                relp::Step::Open(answer) => {
+                    let mut response = Vec::new();
+                    relp::respond(&mut response, txnr, &answer);
+                    self.turns.push_back((txnr, Turn::Answer(response)));
+                }
+                relp::Step::Syslog(data) => {
+                    let awaited = Awaited::new(self.done.clone());
+                    self.pipeline.awaited_frame(data, &awaited);
+                    awaited.release();
+                    self.turns.push_back((txnr, Turn::Message(awaited)));
+                    self.metrics.relp_messages.fetch_add(1, Relaxed);
+                }
+                relp::Step::Close => {
+                    self.turns.push_back((txnr, Turn::Close));
+                    *reading = false;
+                }
+                relp::Step::Hint => {}
+            }
+            buf.consume(consumed);
+            if self.pipeline.batch_full() && !self.pipeline.flush().await {
+                *reading = false;
+            }
+            if !*reading {
+                return Ok(());
+            }
+            yielder.tick().await;
         }
     }
 

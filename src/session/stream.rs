@@ -28,71 +28,62 @@ pub(super) async fn read_all<S: AsyncRead + Unpin>(
     let max = limits.max_message_size;
     let mut framer = Framer::new(max);
     // Room for one whole frame of the largest size, its length prefix, and a read.
-    let largest = max + 16 + READ_SIZE;
-    let mut buf = vec![0u8; SMALL];
-    let (mut start, mut end) = (0usize, 0usize);
-    let mut since_yield = 0u32;
-    let mut last_data = Instant::now();
-    let mut filled = false;
-    loop {
-        make_room(&mut buf, &mut start, &mut end, largest, &mut filled);
-        let idle = limits.idle_timeout.map(|t| (last_data + t, Read::Idle));
-        let shrink = (start == end && buf.len() > SMALL)
-            .then(|| (Instant::now() + SHRINK_AFTER, Read::Shrink));
+    let mut buf = ReadBuffer::new(max + 16 + READ_SIZE);
+    let mut yielder = Yielder::default();
+    let end = loop {
+        buf.prepare();
+        let idle = buf.idle_at(limits.idle_timeout).map(|at| (at, Read::Idle));
+        let shrink = buf.shrink_at().map(|at| (at, Read::Shrink));
         let wake = hotdog_stages::core::earliest(idle, shrink);
-        let n = match read(&mut stream, &mut buf[end..], &shutdown, wake).await {
-            Ok(Read::Bytes(n)) => n,
-            Ok(Read::Shrink) => {
-                buf = vec![0u8; SMALL];
-                continue;
+        match read(&mut stream, buf.room(), &shutdown, wake).await {
+            Ok(Read::Bytes(n)) => {
+                buf.read(n);
+                pipeline.stamp();
+                if !frames(&mut pipeline, &mut framer, &mut buf, &mut yielder).await {
+                    return Ok(End::Shutdown);
+                }
             }
-            Ok(Read::Idle) => {
-                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
-                return Ok(End::Idle);
-            }
-            Ok(Read::Quiet) => {
-                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
-                return Ok(End::Shutdown);
-            }
-            Ok(Read::Closed) => {
-                finish(&mut pipeline, &mut framer, &buf[start..end]).await;
-                return Ok(End::Closed);
-            }
+            Ok(Read::Shrink) => buf.shrink(),
+            Ok(Read::Idle) => break End::Idle,
+            Ok(Read::Quiet) => break End::Shutdown,
+            Ok(Read::Closed) => break End::Closed,
             Err(e) => {
                 pipeline.flush().await;
                 return Err(e);
             }
-        };
-        last_data = Instant::now();
-        filled = end + n == buf.len();
-        end += n;
-        pipeline.stamp();
-        loop {
-            match framer.next_frame(&buf[start..end]) {
-                Step::Frame {
-                    data,
-                    truncated,
-                    consumed,
-                } => {
-                    pipeline.frame(data, truncated);
-                    start += consumed;
-                    since_yield += 1;
-                    if pipeline.batch_full() && !pipeline.flush().await {
-                        return Ok(End::Shutdown);
-                    }
-                    if since_yield >= YIELD_EVERY {
-                        since_yield = 0;
-                        smol::future::yield_now().await;
-                    }
-                }
-                Step::Skip { consumed } => start += consumed,
-                Step::NeedMore => break,
-            }
         }
-        if !pipeline.flush().await {
-            return Ok(End::Shutdown);
+    };
+    finish(&mut pipeline, &mut framer, buf.data()).await;
+    Ok(end)
+}
+
+/// Every whole frame in `buf` through the pipeline, then what is batched to the publisher.
+/// False when the publisher takes nothing more.
+async fn frames(
+    pipeline: &mut Pipeline,
+    framer: &mut Framer,
+    buf: &mut ReadBuffer,
+    yielder: &mut Yielder,
+) -> bool {
+    loop {
+        match framer.next_frame(buf.data()) {
+            Step::Frame {
+                data,
+                truncated,
+                consumed,
+            } => {
+                pipeline.frame(data, truncated);
+                buf.consume(consumed);
+                if pipeline.batch_full() && !pipeline.flush().await {
+                    return false;
+                }
+                yielder.tick().await;
+            }
+            Step::Skip { consumed } => buf.consume(consumed),
+            Step::NeedMore => break,
         }
     }
+    pipeline.flush().await
 }
 
 /// The last frame (one without a terminator), and what is batched, to the publisher.

@@ -190,6 +190,13 @@ fn looks_like_partial_header(buf: &[u8]) -> bool {
         && buf.iter().all(u8::is_ascii_digit)
 }
 
+/// A datagram's frame (UDP: one message per datagram): at most `max` bytes of it, trimmed as a
+/// stream's frames are, and whether it was cut; `None` when nothing is left.
+pub fn datagram(data: &[u8], max: usize) -> Option<(&[u8], bool)> {
+    let frame = trim_frame(&data[..data.len().min(max)]);
+    (!frame.is_empty()).then_some((frame, data.len() > max))
+}
+
 /// Drops the `\r`, NUL and `\n` that senders leave at the end of a frame.
 fn trim_frame(mut data: &[u8]) -> &[u8] {
     while let [rest @ .., b'\r' | b'\0' | b'\n'] = data {
@@ -324,5 +331,16 @@ mod tests {
     fn huge_length_prefix_does_not_allocate() {
         let out = frames(16, b"9999999999 abc", 4);
         assert_eq!(out, plain(&["abc"]));
+    }
+
+    #[test]
+    fn a_datagram_is_trimmed_and_cut_as_a_streams_frame_is() {
+        assert_eq!(
+            datagram(b"<13>hi\r\n\0", 100),
+            Some((&b"<13>hi"[..], false))
+        );
+        assert_eq!(datagram(b"<13>hello\n", 6), Some((&b"<13>he"[..], true)));
+        assert_eq!(datagram(b"\r\n", 100), None);
+        assert_eq!(datagram(b"", 100), None);
     }
 }
