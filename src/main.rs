@@ -32,19 +32,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        let never = config.rules.never_run();
-        for (rule, why) in &never {
-            eprintln!("{}: warning: {why}", rule.origin);
-        }
-        if cli.strict && !never.is_empty() {
-            eprintln!("hotdog: {} warning(s) in {file} (--strict)", never.len());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        println!(
-            "{file}: configuration is valid ({} rules)",
-            config.rules.rules().len()
-        );
-        return ExitCode::SUCCESS;
+        return check(&config, &file, cli.strict);
     }
     if let Some(Command::Test { files, junit }) = &cli.command {
         return run_tests(&config, files, junit.as_deref());
@@ -61,7 +49,29 @@ fn main() -> ExitCode {
         config_path: cli.config.clone(),
         watch: cli.watch,
     };
-    match runtime::block_on(threads, server::run(config, options)) {
+    serve_exit(runtime::block_on(threads, server::run(config, options)))
+}
+
+/// `hotdog --check`: the configuration loaded; its warnings (rules that can never run).
+fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
+    let never = config.rules.never_run();
+    for (rule, why) in &never {
+        eprintln!("{}: warning: {why}", rule.origin);
+    }
+    if strict && !never.is_empty() {
+        eprintln!("hotdog: {} warning(s) in {file} (--strict)", never.len());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!(
+        "{file}: configuration is valid ({} rules)",
+        config.rules.rules().len()
+    );
+    ExitCode::SUCCESS
+}
+
+/// The exit code of a server run, and why when it is not 0.
+fn serve_exit(result: Result<server::Summary, server::Error>) -> ExitCode {
+    match result {
         Ok(summary) if summary.undelivered > 0 => {
             log::error!(
                 "{} records were not delivered before the shutdown timeout; they are in the dead-letter file (or the log)",

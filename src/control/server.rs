@@ -23,7 +23,7 @@ use crate::publish::{self, Health, Outbox, Publisher};
 use crate::session::Shared;
 use hotdog_stages::config::{Config, Global};
 use hotdog_stages::core as record;
-use hotdog_stages::route::Current;
+use hotdog_stages::route::{Current, Rules};
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -152,40 +152,20 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
     let Config { global, rules } = config;
     let metrics = Metrics::new();
     metrics.config_generation.store(1, Relaxed);
-    let (publisher, outbox) = Publisher::new(&global.kafka, metrics.clone())?;
+    let (publisher, outbox) = start_publisher(&global, &metrics)?;
     let health = publisher.health();
-    publisher
-        .watch_health(
-            HEALTH_EVERY,
-            Duration::from_millis(global.kafka.timeout_ms.clamp(100, 5000)),
-        )
-        .map_err(io("cannot start the health probe"))?;
-    let waiting = outbox.clone();
-    metrics.watch_queues(
-        Arc::new(move || i64::try_from(waiting.waiting()).unwrap_or(i64::MAX)),
-        publisher.queue_len(),
-    );
     let signals = async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
         async_signal::Signal::Hup,
     ])
     .map_err(io("cannot install signal handlers"))?;
-    let mut bound = Vec::new();
-    for l in &global.listen {
-        bound.push(Listener::bind(l).await?);
-    }
+    let bound = bind_all(&global).await?;
     let (requests, requested) = reload::requests();
     let last_error = Arc::new(reload::LastError::default());
     start_status(&global, &metrics, &health, &requests, &last_error)?;
     let statsd = Statsd::start(&global, &metrics)?;
-    let names: Vec<&str> = bound.iter().map(|l| l.name.as_str()).collect();
-    log::info!(
-        "hotdog {} listening on {} with {} rules",
-        env!("CARGO_PKG_VERSION"),
-        names.join(", "),
-        rules.rules().len()
-    );
+    announce(&bound, &rules);
     if options.watch || global.reload.watch {
         reload::watch(
             options.config_path.clone(),
@@ -222,18 +202,7 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
     let reporting = runtime::spawn(report_suppressed_logs(shutdown.clone()));
 
     let stop = watch_signals(signals, requests).map_err(io("cannot start the signal thread"))?;
-    loop {
-        let next = async { requested.next().await }.or(stopped(&stop)).await;
-        let Some(replies) = next else { break };
-        // A signal stops hotdog during a reload too: one stuck (a hung file read) is dropped.
-        let reloaded = async { Some(running.reload().await) }.or(stopped(&stop));
-        let Some(outcome) = reloaded.await else {
-            break;
-        };
-        for reply in replies {
-            let _ = reply.try_send(outcome.clone());
-        }
-    }
+    serve_reloads(&mut running, &requested, &stop).await;
     // Reloads asked for from now on are answered "shutting down".
     requested.close();
     notify_systemd(sd_notify::NotifyState::Stopping);
@@ -249,6 +218,63 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
     let summary = Summary::new(&metrics, unacknowledged);
     log::info!("summary: {summary}");
     Ok(summary)
+}
+
+/// Every listener of the configuration, bound (none is served yet).
+async fn bind_all(global: &Global) -> Result<Vec<Listener>, Error> {
+    let mut bound = Vec::new();
+    for l in &global.listen {
+        bound.push(Listener::bind(l).await?);
+    }
+    Ok(bound)
+}
+
+/// The line that says hotdog is up, and where.
+fn announce(bound: &[Listener], rules: &Rules) {
+    let names: Vec<&str> = bound.iter().map(|l| l.name.as_str()).collect();
+    log::info!(
+        "hotdog {} listening on {} with {} rules",
+        env!("CARGO_PKG_VERSION"),
+        names.join(", "),
+        rules.rules().len()
+    );
+}
+
+/// The publisher, its health probe, and the queue gauges it feeds.
+fn start_publisher(global: &Global, metrics: &Arc<Metrics>) -> Result<(Publisher, Outbox), Error> {
+    let (publisher, outbox) = Publisher::new(&global.kafka, metrics.clone())?;
+    publisher
+        .watch_health(
+            HEALTH_EVERY,
+            Duration::from_millis(global.kafka.timeout_ms.clamp(100, 5000)),
+        )
+        .map_err(io("cannot start the health probe"))?;
+    let waiting = outbox.clone();
+    metrics.watch_queues(
+        Arc::new(move || i64::try_from(waiting.waiting()).unwrap_or(i64::MAX)),
+        publisher.queue_len(),
+    );
+    Ok((publisher, outbox))
+}
+
+/// Carries out the reloads asked for, answering each asker, until a signal stops hotdog (a
+/// reload under way, perhaps stuck on a hung file read, is dropped then).
+async fn serve_reloads(
+    running: &mut Running,
+    requested: &reload::Pending,
+    stop: &async_channel::Receiver<()>,
+) {
+    loop {
+        let next = async { requested.next().await }.or(stopped(stop)).await;
+        let Some(replies) = next else { return };
+        let reloaded = async { Some(running.reload().await) }.or(stopped(stop));
+        let Some(outcome) = reloaded.await else {
+            return;
+        };
+        for reply in replies {
+            let _ = reply.try_send(outcome.clone());
+        }
+    }
 }
 
 /// The server's parts that a reload changes.
@@ -332,6 +358,27 @@ impl Running {
         outcome
     }
 
+    /// Stops the listeners `stop` names (taking them out of `old`) with `deadline` for their
+    /// connections; their names.
+    fn stop_listeners(
+        &mut self,
+        old: &mut [Option<Listening>],
+        stop: &[usize],
+        deadline: Instant,
+    ) -> Vec<String> {
+        let mut stopped = Vec::new();
+        for &o in stop {
+            if let Some(l) = old[o].take() {
+                l.stop.trigger(deadline);
+                stopped.push(l.name);
+                // Listeners stopped by earlier reloads that have finished are let go.
+                self.stopped.retain(|t| !t.is_finished());
+                self.stopped.push(l.task);
+            }
+        }
+        stopped
+    }
+
     async fn try_reload(&mut self) -> Result<reload::Report, reload::Failure> {
         let path = self.path.clone();
         let config = smol::unblock(move || Config::load(&path, &crate::control::outside()))
@@ -359,16 +406,7 @@ impl Running {
             .into_iter()
             .map(Some)
             .collect();
-        let mut stopped = Vec::new();
-        for &o in &plan.stop {
-            if let Some(l) = old[o].take() {
-                l.stop.trigger(deadline);
-                stopped.push(l.name);
-                // Listeners stopped by earlier reloads that have finished are let go.
-                self.stopped.retain(|t| !t.is_finished());
-                self.stopped.push(l.task);
-            }
-        }
+        let stopped = self.stop_listeners(&mut old, &plan.stop, deadline);
         let mut started = Vec::new();
         let mut bound = bound.into_iter();
         let mut listen = Vec::new();

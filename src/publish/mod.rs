@@ -214,18 +214,13 @@ impl Publisher {
         let dead_pending: Pending<DeadLetter> = Arc::default();
         let topic = match &kafka.dead_letter.topic {
             Some(topic) => {
-                let (config, metrics, file) = (config.clone(), metrics.clone(), file.clone());
-                let (pending, expired) = (dead_pending.clone(), expired.clone());
-                let renewable = Renewable::new("the dead-letter topic", wake.clone(), move |g| {
-                    config.create_with_context(DeadLetterReports {
-                        metrics: metrics.clone(),
-                        file: file.clone(),
-                        generation: g,
-                        pending: pending.clone(),
-                        expired: expired.clone(),
-                    })
-                })
-                .map_err(Error::Conf)?;
+                let reports = (
+                    metrics.clone(),
+                    file.clone(),
+                    dead_pending.clone(),
+                    expired.clone(),
+                );
+                let renewable = dead_letter_producer(&config, wake.clone(), reports)?;
                 Some((topic.clone(), renewable))
             }
             None => None,
@@ -440,17 +435,8 @@ impl Publisher {
         shutdown: &Shutdown,
     ) -> Sent {
         let mut backoff = Duration::from_millis(1);
-        let lend = record.block.lendable();
-        let mut tag = Box::new(Tag {
-            lent: lend.then(|| {
-                let payload = std::mem::take(&mut record.payload);
-                (payload, std::mem::take(&mut record.block))
-            }),
-            counters: counters.clone(),
-            read_ms: record.read_ms,
-            seq: self.produced.fetch_add(1, Ordering::Relaxed),
-            ack: std::mem::take(&mut record.ack),
-        });
+        let seq = self.produced.fetch_add(1, Ordering::Relaxed);
+        let mut tag = Tag::of(&mut record, counters, seq);
         loop {
             let envelope = producer::Envelope {
                 topic: &record.topic,
@@ -470,19 +456,10 @@ impl Publisher {
                     e
                 }
             };
-            // A record that leaves takes back from the tag its payload, if it was lent, and its
-            // share of a waiting message.
-            let mut leave = |mut record: Record| {
-                if let Some((payload, block)) = tag.lent.take() {
-                    (record.payload, record.block) = (payload, block);
-                }
-                record.ack = std::mem::take(&mut tag.ack);
-                record
-            };
             match error {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
                     if shutdown.expired() {
-                        let record = leave(record);
+                        let record = tag.give_back(record);
                         self.dead.send(DeadLetter::shutdown_timeout(record)).await;
                         return Sent::DeadLettered;
                     }
@@ -490,25 +467,29 @@ impl Publisher {
                     // Short waits: librdkafka's queue drains in milliseconds at full speed.
                     backoff = (backoff * 2).min(Duration::from_millis(10));
                 }
-                _ if self.producer.is_fatal() => return Sent::Fatal(leave(record)),
+                _ if self.producer.is_fatal() => return Sent::Fatal(tag.give_back(record)),
                 e => {
-                    let record = leave(record);
-                    throttle::KAFKA_REFUSED.warn(format_args!(
-                        "Kafka refused a record for topic {}: {e}",
-                        record.topic
-                    ));
-                    let kind = error_kind(&e);
-                    self.metrics.failed(&record.topic, &kind);
-                    let letter = DeadLetter {
-                        record,
-                        reason: kind,
-                        file_only: false,
-                    };
-                    self.dead.send(letter).await;
+                    self.refused(tag.give_back(record), &e).await;
                     return Sent::DeadLettered;
                 }
             }
         }
+    }
+
+    /// A record Kafka refused for good: counted, logged (throttled) and dead-lettered.
+    async fn refused(&self, record: Record, e: &KafkaError) {
+        throttle::KAFKA_REFUSED.warn(format_args!(
+            "Kafka refused a record for topic {}: {e}",
+            record.topic
+        ));
+        let kind = error_kind(e);
+        self.metrics.failed(&record.topic, &kind);
+        let letter = DeadLetter {
+            record,
+            reason: kind,
+            file_only: false,
+        };
+        self.dead.send(letter).await;
     }
 
     /// Replaces every producer that hit a fatal error, and sends again, oldest first, what it
@@ -663,6 +644,26 @@ enum Sent {
 
 /// How long a producer that hit a fatal error may wait for the answers to what it has in
 /// flight: [`FATAL_DRAIN`], or less when shutdown ends sooner.
+/// The producer of the dead-letter topic, renewed after a fatal error as the main one is; its
+/// reports count into `metrics` and fall back to the file.
+fn dead_letter_producer(
+    config: &rdkafka::ClientConfig,
+    wake: Arc<Event>,
+    (metrics, file, pending, expired): (Arc<Metrics>, Sink, Pending<DeadLetter>, Arc<AtomicBool>),
+) -> Result<Renewable<DeadLetterReports>, Error> {
+    let config = config.clone();
+    Renewable::new("the dead-letter topic", wake, move |g| {
+        config.create_with_context(DeadLetterReports {
+            metrics: metrics.clone(),
+            file: file.clone(),
+            generation: g,
+            pending: pending.clone(),
+            expired: expired.clone(),
+        })
+    })
+    .map_err(Error::Conf)
+}
+
 fn renew_deadline(shutdown: &Shutdown) -> Instant {
     let drain = Instant::now() + FATAL_DRAIN;
     shutdown.deadline().map_or(drain, |d| d.min(drain))

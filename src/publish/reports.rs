@@ -20,6 +20,34 @@ pub(super) struct Tag {
     pub(super) ack: Ack,
 }
 
+impl Tag {
+    /// The tag of `record` (the `seq`th produced): its payload lent when its block may be, and
+    /// its share of a waiting message.
+    pub(super) fn of(record: &mut Record, counters: &Arc<TopicCounters>, seq: u64) -> Box<Tag> {
+        let lent = record.block.lendable().then(|| {
+            let payload = std::mem::take(&mut record.payload);
+            (payload, std::mem::take(&mut record.block))
+        });
+        Box::new(Tag {
+            lent,
+            counters: counters.clone(),
+            read_ms: record.read_ms,
+            seq,
+            ack: std::mem::take(&mut record.ack),
+        })
+    }
+
+    /// `record` whole again, for a record that leaves without being produced: its payload
+    /// back, if it was lent, and its share of a waiting message.
+    pub(super) fn give_back(&mut self, mut record: Record) -> Record {
+        if let Some((payload, block)) = self.lent.take() {
+            (record.payload, record.block) = (payload, block);
+        }
+        record.ack = std::mem::take(&mut self.ack);
+        record
+    }
+}
+
 impl producer::OwnsPayload for Tag {
     fn payload(&self) -> &[u8] {
         self.lent.as_ref().map_or(&[], |(payload, _)| payload)

@@ -169,24 +169,46 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
     let proxy_protocol = m
         .get("proxy_protocol")
         .and_then(|n| decode_proxy_protocol(cx, n, &format!("{what}.proxy_protocol")));
-    let timezone = match m.get("timezone") {
-        None => Some(None),
-        Some(n) => scalar(cx, n, &m.path("timezone")).and_then(|name| {
-            match jiff::tz::TimeZone::get(&name) {
-                Ok(zone) => Some(Some(super::Timezone { name, zone })),
-                Err(e) => {
-                    cx.error(
-                        n,
-                        format!(
-                            "`{}`: `{name}` is not an IANA time zone (like `Europe/Paris` or `UTC`): {e}",
-                            m.path("timezone")
-                        ),
-                    );
-                    None
-                }
-            }
-        }),
+    let timezone = decode_timezone(cx, &mut m);
+    let protocol = decode_protocol(cx, &mut m, what);
+    m.finish(cx);
+    Some(Listen {
+        address,
+        port,
+        protocol: protocol?,
+        max_message_size,
+        max_connections,
+        max_connections_per_source,
+        tcp_keepalive: tcp_keepalive?,
+        idle_timeout: idle_timeout?,
+        proxy_protocol,
+        timezone: timezone?,
+    })
+}
+
+/// A listener's `timezone`: `Some(None)` when it has none.
+fn decode_timezone(cx: &mut Cx<'_>, m: &mut Map<'_>) -> Option<Option<super::Timezone>> {
+    let Some(n) = m.get("timezone") else {
+        return Some(None);
     };
+    let name = scalar(cx, n, &m.path("timezone"))?;
+    match jiff::tz::TimeZone::get(&name) {
+        Ok(zone) => Some(Some(super::Timezone { name, zone })),
+        Err(e) => {
+            cx.error(
+                n,
+                format!(
+                    "`{}`: `{name}` is not an IANA time zone (like `Europe/Paris` or `UTC`): {e}",
+                    m.path("timezone")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A listener's `protocol` with its `tls`, and the keys a UDP listener has no use for.
+fn decode_protocol(cx: &mut Cx<'_>, m: &mut Map<'_>, what: &str) -> Option<Protocol> {
     let tls_node = match m.get("tls") {
         Some(Node::Scalar(s)) if matches!(s.as_str(), "false" | "no" | "off") => None,
         other => other,
@@ -212,19 +234,7 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
             }
         }
     }
-    m.finish(cx);
-    Some(Listen {
-        address,
-        port,
-        protocol: protocol?,
-        max_message_size,
-        max_connections,
-        max_connections_per_source,
-        tcp_keepalive: tcp_keepalive?,
-        idle_timeout: idle_timeout?,
-        proxy_protocol,
-        timezone: timezone?,
-    })
+    protocol
 }
 
 /// A duration that `0`, `false`, `no` or `off` turns off; `default` in seconds when absent.
@@ -334,28 +344,57 @@ fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str, at: (usize, usize)) -> O
     })
 }
 
+/// `global.kafka.conf`: librdkafka's settings, as they are.
+fn decode_conf(cx: &mut Cx<'_>, c: &Node) -> BTreeMap<String, String> {
+    let mut conf = BTreeMap::new();
+    let Some(map) = c.as_mapping() else {
+        cx.error(
+            c,
+            format!(
+                "expected a mapping of librdkafka settings for `global.kafka.conf`, found {}",
+                kind(c)
+            ),
+        );
+        return conf;
+    };
+    for (k, v) in map.iter() {
+        let what = format!("global.kafka.conf.{}", k.as_str());
+        if let Some(v) = scalar(cx, v, &what) {
+            conf.insert(k.as_str().to_string(), v);
+        }
+    }
+    conf
+}
+
+/// `global.kafka.dead_letter`: its topic and file, the file checked by `outside`.
+fn decode_dead_letter(cx: &mut Cx<'_>, d: &Node, outside: &Outside<'_>) -> DeadLetter {
+    let mut dead_letter = DeadLetter::default();
+    let Some(mut dm) = Map::new(cx, d, "global.kafka.dead_letter") else {
+        return dead_letter;
+    };
+    dead_letter.topic = dm.string(cx, "topic");
+    if let (Some(t), Some(n)) = (&dead_letter.topic, dm.get("topic")) {
+        if !crate::route::is_legal_topic(t) {
+            cx.error(n, format!("`{t}` is not a legal Kafka topic name"));
+        }
+    }
+    dead_letter.file = dm.string(cx, "file").map(PathBuf::from);
+    if let (Some(path), Some(n)) = (&dead_letter.file, dm.get("file")) {
+        if let Err(why) = (outside.check_output)(path) {
+            cx.error(n, format!("the dead-letter file: {why}"));
+        }
+    }
+    dm.finish(cx);
+    dead_letter
+}
+
 fn decode_kafka(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Kafka> {
     let env = outside.var;
     let mut m = Map::new(cx, node, "global.kafka")?;
-    let mut conf = BTreeMap::new();
-    if let Some(c) = m.get("conf") {
-        if let Some(map) = c.as_mapping() {
-            for (k, v) in map.iter() {
-                let what = format!("global.kafka.conf.{}", k.as_str());
-                if let Some(v) = scalar(cx, v, &what) {
-                    conf.insert(k.as_str().to_string(), v);
-                }
-            }
-        } else {
-            cx.error(
-                c,
-                format!(
-                    "expected a mapping of librdkafka settings for `global.kafka.conf`, found {}",
-                    kind(c)
-                ),
-            );
-        }
-    }
+    let mut conf = m
+        .get("conf")
+        .map(|c| decode_conf(cx, c))
+        .unwrap_or_default();
     // hotdog 0.3 and earlier wrote `brokers:`; accept it as `bootstrap.servers`.
     if let Some(b) = m.string(cx, "brokers") {
         conf.entry("bootstrap.servers".into()).or_insert(b);
@@ -379,24 +418,10 @@ fn decode_kafka(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<K
     let buffer = m.number_in(cx, "buffer", 1..=super::MAX_BUFFER, 1024);
     let max_topics = m.number_in(cx, "max_topics", 1..=super::MAX_TOPICS, 1000);
     let timeout_ms = m.number(cx, "timeout_ms").unwrap_or(5000);
-    let mut dead_letter = DeadLetter::default();
-    if let Some(d) = m.get("dead_letter") {
-        if let Some(mut dm) = Map::new(cx, d, "global.kafka.dead_letter") {
-            dead_letter.topic = dm.string(cx, "topic");
-            if let (Some(t), Some(n)) = (&dead_letter.topic, dm.get("topic")) {
-                if !crate::route::is_legal_topic(t) {
-                    cx.error(n, format!("`{t}` is not a legal Kafka topic name"));
-                }
-            }
-            dead_letter.file = dm.string(cx, "file").map(PathBuf::from);
-            if let (Some(path), Some(n)) = (&dead_letter.file, dm.get("file")) {
-                if let Err(why) = (outside.check_output)(path) {
-                    cx.error(n, format!("the dead-letter file: {why}"));
-                }
-            }
-            dm.finish(cx);
-        }
-    }
+    let dead_letter = m
+        .get("dead_letter")
+        .map(|d| decode_dead_letter(cx, d, outside))
+        .unwrap_or_default();
     m.finish(cx);
     if !conf.contains_key("bootstrap.servers") && !conf.contains_key("metadata.broker.list") {
         cx.error(

@@ -199,6 +199,50 @@ impl std::fmt::Debug for Matcher {
     }
 }
 
+/// What a matcher found in the field it matched.
+pub(super) struct Found {
+    /// A regex's captures, looked for only when it has named groups.
+    pub(super) captures: Option<Captures>,
+    /// A JMESPath expression's result.
+    pub(super) value: Option<String>,
+    /// The field parsed as JSON by a JMESPath matcher.
+    pub(super) json: Option<Value>,
+}
+
+impl Matcher {
+    /// What the matcher finds in `hay`; `None` when it does not match. `confirmed`: a group's
+    /// pass found already that this regex matches.
+    pub(super) fn find(&self, hay: &str, confirmed: bool) -> Option<Found> {
+        match self {
+            Matcher::Regex(p) => {
+                let input = Input::new(hay);
+                if !confirmed && !p.re.is_match(input.clone()) {
+                    return None;
+                }
+                // Captures are only looked for in the one rule that matched.
+                let captures = p.has_names().then(|| {
+                    let mut c = p.re.create_captures();
+                    p.re.search_captures(&input, &mut c);
+                    c
+                });
+                Some(Found {
+                    captures,
+                    value: None,
+                    json: None,
+                })
+            }
+            Matcher::JmesPath(query) => {
+                let (value, json) = jmespath_value(query, hay)?;
+                Some(Found {
+                    captures: None,
+                    value: Some(value),
+                    json: Some(json),
+                })
+            }
+        }
+    }
+}
+
 /// The expression's result on `hay` (a string as it is, anything else as JSON) and `hay` parsed.
 pub(super) fn jmespath_value(query: &Query, hay: &str) -> Option<(String, Value)> {
     // Only an object or an array can hold what an expression looks for; skip parsing the rest.

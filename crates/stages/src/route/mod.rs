@@ -28,7 +28,6 @@ mod matcher;
 mod vars;
 
 use group::*;
-use matcher::*;
 pub use matcher::{Field, Matcher, Pattern, Query, MAX_REGEX};
 pub use vars::VARIABLES;
 use vars::*;
@@ -270,58 +269,18 @@ impl Rules {
         let mut group: Option<(usize, std::vec::IntoIter<usize>)> = None;
         let mut next = 0;
         while next < self.rules.len() {
-            let mut index = next;
+            let at = next;
             next += 1;
-            let Some(field) = self.rules[index].field.get(msg, origin) else {
+            let Some(field) = self.rules[at].field.get(msg, origin) else {
                 continue;
             };
             let hay: &str = &field;
-            // In a group: on to its next candidate, or past its end.
-            let mut confirmed = false;
-            if let Some(g) = self.group_of[index] {
-                let this = &self.groups[g];
-                if group.as_ref().is_none_or(|(at, _)| *at != g) {
-                    group = Some((g, this.candidates(hay).into_iter()));
-                }
-                match group.as_mut().and_then(|(_, c)| c.find(|&r| r >= index)) {
-                    Some(r) => index = r,
-                    None => {
-                        next = this.first + this.len;
-                        continue;
-                    }
-                }
-                next = index + 1;
-                confirmed = !this.confirms();
-            }
+            let Some((index, confirmed)) = self.candidate(at, hay, &mut group, &mut next) else {
+                continue;
+            };
             let rule = &self.rules[index];
-            let mut value = None;
-            let mut parsed = None;
-            let caps;
-            let captures = match &rule.matcher {
-                Matcher::Regex(p) => {
-                    let input = Input::new(hay);
-                    if !confirmed && !p.re.is_match(input.clone()) {
-                        continue;
-                    }
-                    // Captures are only looked for in the one rule that matched.
-                    if p.has_names() {
-                        let mut c = p.re.create_captures();
-                        p.re.search_captures(&input, &mut c);
-                        caps = c;
-                        Some(&caps)
-                    } else {
-                        None
-                    }
-                }
-                Matcher::JmesPath(query) => match jmespath_value(query, hay) {
-                    Some((v, json)) => {
-                        value = Some(v);
-                        // The message body, parsed once: a `merge` on it starts from this.
-                        parsed = (rule.field == Field::Msg).then_some(json);
-                        None
-                    }
-                    None => continue,
-                },
+            let Some(found) = rule.matcher.find(hay, confirmed) else {
+                continue;
             };
             if let Some(m) = matched.as_deref_mut() {
                 m.push(index);
@@ -330,10 +289,12 @@ impl Rules {
                 msg,
                 origin,
                 hay,
-                captures,
-                value,
+                captures: found.captures.as_ref(),
+                value: found.value,
                 now: OnceCell::new(),
             };
+            // The message body, parsed once by the matcher: a `merge` on it starts from this.
+            let parsed = found.json.filter(|_| rule.field == Field::Msg);
             match self.run_actions(rule, &vars, parsed, &mut outcome) {
                 Flow::Forward(routed) => {
                     outcome.forwarded = true;
@@ -344,6 +305,35 @@ impl Rules {
             }
         }
         (None, outcome)
+    }
+
+    /// The rule to try for rule `at` and whether its group's pass confirmed that it matches:
+    /// `at` itself outside a group; in a group, its next candidate at or after `at` (`next`
+    /// moved past it), or `None` (`next` moved past the group) when the group has no more.
+    fn candidate(
+        &self,
+        at: usize,
+        hay: &str,
+        group: &mut Option<(usize, std::vec::IntoIter<usize>)>,
+        next: &mut usize,
+    ) -> Option<(usize, bool)> {
+        let Some(g) = self.group_of[at] else {
+            return Some((at, false));
+        };
+        let this = &self.groups[g];
+        if group.as_ref().is_none_or(|(current, _)| *current != g) {
+            *group = Some((g, this.candidates(hay).into_iter()));
+        }
+        match group.as_mut().and_then(|(_, c)| c.find(|&r| r >= at)) {
+            Some(r) => {
+                *next = r + 1;
+                Some((r, !this.confirms()))
+            }
+            None => {
+                *next = this.first + this.len;
+                None
+            }
+        }
     }
 
     /// `parsed` is the message body as JSON when the matcher already parsed it.
@@ -363,26 +353,10 @@ impl Rules {
                     Err(_) => outcome.render_errors += 1,
                 },
                 Action::Merge(m) => {
-                    let base = match (&output, parsed.take()) {
-                        (None, Some(json)) => Ok(json),
-                        (Some(out), _) => serde_json::from_str::<Value>(out),
-                        (None, None) => serde_json::from_str::<Value>(vars.msg.msg),
-                    };
-                    match base {
-                        Ok(Value::Object(mut obj)) => {
-                            if let MergeValue::Object(fields) = m {
-                                self.merge_rendered(&mut obj, fields, vars, outcome);
-                            }
-                            // Straight into bytes: much faster than through `Display`.
-                            match serde_json::to_string(&Value::Object(obj)) {
-                                Ok(s) => output = Some(s),
-                                Err(_) => {
-                                    outcome.merge_errors += 1;
-                                    stop = true;
-                                }
-                            }
-                        }
-                        _ => {
+                    let merged = self.merge(m, vars, output.as_deref(), parsed.take(), outcome);
+                    match merged {
+                        Some(merged) => output = Some(merged),
+                        None => {
                             outcome.merge_errors += 1;
                             stop = true;
                         }
@@ -423,6 +397,31 @@ impl Rules {
         } else {
             Flow::Next
         }
+    }
+
+    /// `merge`: the output (or the message body, or the body the matcher parsed) as a JSON
+    /// object with `m` merged into it, as JSON text; `None` when it is not a JSON object.
+    fn merge(
+        &self,
+        m: &MergeValue,
+        vars: &Vars<'_>,
+        output: Option<&str>,
+        parsed: Option<Value>,
+        outcome: &mut Outcome,
+    ) -> Option<String> {
+        let base = match (output, parsed) {
+            (None, Some(json)) => json,
+            (Some(out), _) => serde_json::from_str::<Value>(out).ok()?,
+            (None, None) => serde_json::from_str::<Value>(vars.msg.msg).ok()?,
+        };
+        let Value::Object(mut obj) = base else {
+            return None;
+        };
+        if let MergeValue::Object(fields) = m {
+            self.merge_rendered(&mut obj, fields, vars, outcome);
+        }
+        // Straight into bytes: much faster than through `Display`.
+        serde_json::to_string(&Value::Object(obj)).ok()
     }
 
     fn topic(&self, t: &Template, vars: &Vars<'_>, outcome: &mut Outcome) -> Name {
