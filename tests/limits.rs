@@ -282,8 +282,8 @@ fn sigterm_during_a_flood_to_thousands_of_topics_exits_within_the_shutdown_timeo
         std::thread::sleep(Duration::from_millis(10));
     };
     let took = start.elapsed();
-    // Let the log reader catch up.
-    std::thread::sleep(Duration::from_millis(200));
+    // The log reader has all of it once the summary is in.
+    hotdog.wait_log("summary: received", Duration::from_secs(5));
     let err = hotdog.stderr();
     eprintln!("SIGTERM to exit under a flood: {took:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

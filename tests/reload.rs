@@ -318,6 +318,8 @@ fn a_watched_file_saved_in_several_writes_is_reloaded_once_whole() {
         hotdog.wait_stat("config.generation", 2, Duration::from_secs(10)),
         2
     );
+    // The save was two writes: no second reload follows the first (a second longer than the
+    // debounce: what is looked for is that nothing happens).
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(hotdog.stat("config.reloads"), 1);
     assert_eq!(hotdog.stat("config.reload_failed"), 0);
