@@ -455,6 +455,9 @@ def main():
                                                " baseline", args.baseline))
                     if args.tls:
                         rows.append(run_hotdog(broker, chunks, n, work, True))
+                        if args.baseline:
+                            rows.append(run_hotdog(broker, chunks, n, work, True, None,
+                                                   " baseline", args.baseline))
                     if not args.no_relp_rows:
                         rows.append(run_hotdog(broker, chunks, n, work, False, None,
                                                " via rsyslog omfwd", relay="omfwd"))
@@ -462,11 +465,14 @@ def main():
                             rows.append(run_hotdog(broker, chunks, n, work, False, None,
                                                    f" via rsyslog omrelp window {w or 128}",
                                                    relay="omrelp", window=w))
-                rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                       EXAMPLE_RULES, " example rules"))
-                for count in args.rules:
+                for binary, twin in [(None, "")] + ([(args.baseline, " baseline")]
+                                                    if args.baseline else []):
                     rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                           many_rules(count), f" {count} rules"))
+                                           EXAMPLE_RULES, f" example rules{twin}", binary))
+                    for count in args.rules:
+                        rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
+                                               many_rules(count), f" {count} rules{twin}",
+                                               binary))
                 for rate in args.format_rate if args.formats or args.padded else []:
                     # The rows compared with each other, in an order turned by one each run,
                     # so that none is always measured after another.
@@ -479,13 +485,17 @@ def main():
                         pad = ("      - type: replace\n"
                                f"        template: '{{{{msg}}}} {'x' * args.padded}'\n")
                         compared.append((rule(".*", pad), f" raw padded +{args.padded} B{at}"))
+                    compared = [(rules, label, None) for rules, label in compared]
+                    if args.baseline:
+                        compared += [(rules, f"{label} baseline", args.baseline)
+                                     for rules, label, _ in compared]
                     turn = i % len(compared)
-                    for rules, label in compared[turn:] + compared[:turn]:
+                    for rules, label, binary in compared[turn:] + compared[:turn]:
                         # Each on an empty broker: a fuller one answers later, and hotdog holds
                         # more records meanwhile, so a row would cost more for coming later.
                         broker.restart()
                         rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
-                                               rules, label, rate=rate))
+                                               rules, label, binary, rate=rate))
                 if args.repeat > 1:
                     print(f"run {i + 1}/{args.repeat}: " + ", ".join(
                         f"{r['name']} {r['cpu_per_million']:.2f}" for r in rows), flush=True)
@@ -567,9 +577,15 @@ def main():
                       f"{relp['lines_per_s']/tcp['lines_per_s']:.2f}x, hotdog CPU "
                       f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x{bound}")
     if args.baseline:
-        print("this build / baseline CPU: " + ", ".join(
-            f"{c} conn {by[f'hotdog ({c} conn)']['cpu_per_million'] / by[f'hotdog baseline ({c} conn)']['cpu_per_million']:.2f}x"
-            for c in args.connections))
+        # Every row run with both binaries: this build's CPU and lines/s against the baseline's.
+        for r in rows:
+            name = r["name"]
+            if " baseline" in name or name.replace(" (", " baseline (", 1) not in by:
+                continue
+            b = by[name.replace(" (", " baseline (", 1)]
+            print(f"this build / baseline, {name}: CPU "
+                  f"{r['cpu_per_million'] / b['cpu_per_million']:.2f}x"
+                  f"{per_run(name, b['name'])}, lines/s {r['lines_per_s'] / b['lines_per_s']:.2f}x")
     if any(not r["ok"].startswith("all") for r in rows):
         sys.exit(1)
 
