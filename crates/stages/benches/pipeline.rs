@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use hotdog_stages::config::Config;
 use hotdog_stages::core::Origin;
-use hotdog_stages::core::RecordFormat;
+use hotdog_stages::core::{Record, RecordFormat};
 use hotdog_stages::encode::{self, Event};
 use hotdog_stages::frame::lines::{Framer, Step};
 use hotdog_stages::parse::syslog;
@@ -75,7 +75,7 @@ const GLOBAL: &str =
     "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\n";
 
 fn example_rules() -> Rules {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/hotdog.yml"))
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../hotdog.yml"))
         .unwrap_or_else(|e| panic!("hotdog.yml: {e}"));
     rules(&text)
 }
@@ -113,14 +113,13 @@ fn forward_all() -> Rules {
     ))
 }
 
-/// What a session does with a parsed line: route it, and encode what the rules send.
-fn encode_routed(
-    rules: &Rules,
-    msg: &syslog::Message<'_>,
-    origin: &Origin,
-) -> Option<hotdog_stages::core::Record> {
-    let (routed, _) = rules.apply(msg, origin, None);
-    routed.map(|r| encode::record(r, msg, origin, Default::default()))
+/// What a session does with a parsed line: route it, and push the record of what the rules
+/// send onto the batch.
+#[inline]
+fn route_into(rules: &Rules, msg: &syslog::Message<'_>, origin: &Origin, out: &mut Vec<Record>) {
+    if let (Some(routed), _) = rules.apply(msg, origin, None) {
+        out.push(encode::record(routed, msg, origin, Default::default()));
+    }
 }
 
 fn apply_all(rules: &Rules, lines: &[String]) -> usize {
@@ -128,7 +127,7 @@ fn apply_all(rules: &Rules, lines: &[String]) -> usize {
     let mut out = Vec::with_capacity(512);
     for l in lines {
         let msg = syslog::parse(l);
-        out.extend(encode_routed(rules, &msg, &origin));
+        route_into(rules, &msg, &origin, &mut out);
         if out.len() >= 512 {
             out.clear();
         }
@@ -148,7 +147,7 @@ fn pipeline(rules: &Rules, stream: &[u8]) -> usize {
                 pos += consumed;
                 let line = std::str::from_utf8(data).unwrap_or("");
                 let msg = syslog::parse(line);
-                out.extend(encode_routed(rules, &msg, &origin));
+                route_into(rules, &msg, &origin, &mut out);
                 if out.len() >= 512 {
                     n += out.len();
                     out.clear();

@@ -8,6 +8,8 @@
 //! - [`route`]: the compiled rules and templates: a message in, what to send out.
 //! - [`encode`]: what to send into a payload: raw, the JSON envelope, OTLP (JSON and protobuf).
 //! - [`config`]: the configuration model and its located decoding, rules compiled at load.
+//! - [`spool`]: the spool's on-disk format (segments of checksummed records), read back
+//!   whatever damage it finds.
 //!
 //! The binary crate (`hotdog`) adds the listeners, sessions, the publisher and control.
 #![forbid(unsafe_code)]
@@ -19,3 +21,4 @@ pub mod encode;
 pub mod frame;
 pub mod parse;
 pub mod route;
+pub mod spool;

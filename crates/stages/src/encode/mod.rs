@@ -29,6 +29,7 @@ pub struct Event<'a> {
 
 impl Event<'_> {
     /// The body as bytes: the message body's own bytes when they were not valid UTF-8.
+    #[inline]
     pub fn raw(&self) -> &[u8] {
         match self.msg.msg_bytes {
             Some(bytes) if self.invalid_utf8 => bytes,
@@ -38,6 +39,7 @@ impl Event<'_> {
 }
 
 /// The payload of a record in `format`, and the block it was packed in.
+#[inline]
 pub fn payload(format: RecordFormat, event: &Event<'_>) -> (Bytes, Block) {
     match format {
         RecordFormat::Raw => packed(event.raw()),
@@ -48,6 +50,7 @@ pub fn payload(format: RecordFormat, event: &Event<'_>) -> (Bytes, Block) {
 }
 /// The record for what the rules decided about `msg`: its payload encoded, stamped with when
 /// the line was read, carrying `ack`.
+#[inline]
 pub fn record(routed: Routed, msg: &Message<'_>, origin: &Origin, ack: Ack) -> Record {
     let Routed {
         topic,

@@ -162,6 +162,7 @@ impl Query {
 
     /// What the expression finds in `json`: a string as it is, anything else as JSON; `None`
     /// for nothing (JMESPath's null).
+    #[inline]
     pub(super) fn find(&self, json: &Value) -> Option<String> {
         let found;
         let v = match &self.fields {

@@ -310,6 +310,7 @@ impl Rules {
     /// The rule to try for rule `at` and whether its group's pass confirmed that it matches:
     /// `at` itself outside a group; in a group, its next candidate at or after `at` (`next`
     /// moved past it), or `None` (`next` moved past the group) when the group has no more.
+    #[inline]
     fn candidate(
         &self,
         at: usize,
