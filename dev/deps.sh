@@ -5,9 +5,9 @@ TANSU_VERSION=0.6.0
 CARGO_DEB_VERSION=3.8.0
 
 # Debian packages that rdkafka's bundled librdkafka needs to build (C compiler, make, OpenSSL,
-# zlib, pkg-config).
+# zlib, pkg-config), and python3 for dev/structure.py.
 ensure_build_deps() {
-    install_missing build-essential pkg-config libssl-dev zlib1g-dev
+    install_missing build-essential pkg-config libssl-dev zlib1g-dev python3
 }
 
 install_missing() {

@@ -4,7 +4,8 @@
 pub mod reload;
 pub mod server;
 pub mod status;
-use hotdog_stages::config::{Outside, Tls};
+
+use hotdog_stages::config::Outside;
 
 /// The real world for a configuration being loaded: the environment, and the TLS and
 /// dead-letter modules' checks of the files it names.
@@ -12,12 +13,9 @@ pub fn outside() -> Outside<'static> {
     fn var(k: &str) -> Option<String> {
         std::env::var(k).ok()
     }
-    fn check_tls(tls: &Tls) -> Result<(), String> {
-        crate::listen::tls::check(tls)
-    }
     Outside {
         var: &var,
-        check_tls: &check_tls,
+        check_tls: &crate::listen::tls::check,
         check_output: &crate::publish::deadletter::check,
     }
 }

@@ -214,13 +214,14 @@ impl Publisher {
         let dead_pending: Pending<DeadLetter> = Arc::default();
         let topic = match &kafka.dead_letter.topic {
             Some(topic) => {
-                let reports = (
+                let renewable = dead_letter_producer(
+                    &config,
+                    wake.clone(),
                     metrics.clone(),
                     file.clone(),
                     dead_pending.clone(),
                     expired.clone(),
-                );
-                let renewable = dead_letter_producer(&config, wake.clone(), reports)?;
+                )?;
                 Some((topic.clone(), renewable))
             }
             None => None,
@@ -642,14 +643,15 @@ enum Sent {
     Fatal(Record),
 }
 
-/// How long a producer that hit a fatal error may wait for the answers to what it has in
-/// flight: [`FATAL_DRAIN`], or less when shutdown ends sooner.
 /// The producer of the dead-letter topic, renewed after a fatal error as the main one is; its
 /// reports count into `metrics` and fall back to the file.
 fn dead_letter_producer(
     config: &rdkafka::ClientConfig,
     wake: Arc<Event>,
-    (metrics, file, pending, expired): (Arc<Metrics>, Sink, Pending<DeadLetter>, Arc<AtomicBool>),
+    metrics: Arc<Metrics>,
+    file: Sink,
+    pending: Pending<DeadLetter>,
+    expired: Arc<AtomicBool>,
 ) -> Result<Renewable<DeadLetterReports>, Error> {
     let config = config.clone();
     Renewable::new("the dead-letter topic", wake, move |g| {
@@ -664,6 +666,8 @@ fn dead_letter_producer(
     .map_err(Error::Conf)
 }
 
+/// How long a producer that hit a fatal error may wait for the answers to what it has in
+/// flight: [`FATAL_DRAIN`], or less when shutdown ends sooner.
 fn renew_deadline(shutdown: &Shutdown) -> Instant {
     let drain = Instant::now() + FATAL_DRAIN;
     shutdown.deadline().map_or(drain, |d| d.min(drain))
