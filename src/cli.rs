@@ -61,4 +61,20 @@ pub enum Command {
         #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
         junit: Option<PathBuf>,
     },
+    /// Look into a spool without changing it (it may be in use).
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SpoolAction {
+    /// List the spool's segments: bytes, records, how many Kafka has (settled) and how many
+    /// are to send, the oldest record, and any damage.
+    Inspect {
+        /// The spool's directory; default: `global.spool.path` of the configuration.
+        #[arg(value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+        dir: Option<PathBuf>,
+    },
 }

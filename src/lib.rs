@@ -20,3 +20,4 @@ pub mod listen;
 pub mod offline;
 pub mod publish;
 pub mod session;
+pub mod spool;

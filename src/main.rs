@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use hotdog::base::runtime;
-use hotdog::cli::{Cli, Command};
+use hotdog::cli::{Cli, Command, SpoolAction};
 use hotdog::control::server;
 use hotdog::offline::{replay, ruletest};
 use hotdog_stages::config::{self, Config};
@@ -23,6 +23,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let file = cli.config.display().to_string();
+    if let Some(Command::Spool {
+        action: SpoolAction::Inspect { dir: Some(dir) },
+    }) = &cli.command
+    {
+        return inspect(dir);
+    }
     let config = match Config::load(&cli.config, &hotdog::control::outside()) {
         Ok(c) => c,
         Err(errors) => {
@@ -36,6 +42,15 @@ fn main() -> ExitCode {
     }
     if let Some(Command::Test { files, junit }) = &cli.command {
         return run_tests(&config, files, junit.as_deref());
+    }
+    if let Some(Command::Spool { .. }) = &cli.command {
+        return match &config.global.spool {
+            Some(spool) => inspect(&spool.path),
+            None => {
+                eprintln!("hotdog: {file} has no global.spool; give the spool's directory");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
     }
     if let Some(Command::Replay { file, json }) = &cli.command {
         return replay_file(&config, file, *json);
@@ -58,6 +73,15 @@ fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
     for (rule, why) in &never {
         eprintln!("{}: warning: {why}", rule.origin);
     }
+    if let Some(spool) = &config.global.spool {
+        match hotdog::spool::check(spool) {
+            Ok(notes) => notes.iter().for_each(|n| eprintln!("{file}: {n}")),
+            Err(e) => {
+                eprintln!("{file}: error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     if strict && !never.is_empty() {
         eprintln!("hotdog: {} warning(s) in {file} (--strict)", never.len());
         return ExitCode::from(EXIT_CONFIG);
@@ -67,6 +91,20 @@ fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
         config.rules.rules().len()
     );
     ExitCode::SUCCESS
+}
+
+/// `hotdog spool inspect DIR`.
+fn inspect(dir: &std::path::Path) -> ExitCode {
+    match hotdog::spool::inspect(dir) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hotdog: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// The exit code of a server run, and why when it is not 0.

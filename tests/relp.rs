@@ -16,7 +16,7 @@ use crate::util::{
 /// rsyslogd reading lines on `input` (imptcp) and sending them with omrelp to `hotdog_port`,
 /// with `omrelp_extra` added to the action (TLS settings). Its queue holds what hotdog has not
 /// taken yet, and it retries for ever, once a second.
-fn rsyslog_to_relp(
+pub(crate) fn rsyslog_to_relp(
     dir: &std::path::Path,
     input: u16,
     hotdog_port: u16,
@@ -35,7 +35,7 @@ fn rsyslog_to_relp(
 
 /// A config with one RELP listener (over TLS with `tls`) on `port` (0: any), forwarding every
 /// `seq=N` line to `topic` keyed by N, with the client certificate's CN in the header `cn`.
-fn relp_config(broker: &str, port: u16, tls: &str, topic: &str) -> String {
+pub(crate) fn relp_config(broker: &str, port: u16, tls: &str, topic: &str) -> String {
     let rules = format!(
         "{}        headers: {{cn: '{{{{tls_client_cn}}}}'}}\n",
         forward_all(topic)
@@ -56,7 +56,7 @@ fn lines(from: usize, to: usize) -> Vec<u8> {
 }
 
 /// Sends lines `0..n` to rsyslog's input in chunks, calling `between(lines sent)` after each.
-fn feed(input: u16, n: usize, chunk: usize, mut between: impl FnMut(usize)) {
+pub(crate) fn feed(input: u16, n: usize, chunk: usize, mut between: impl FnMut(usize)) {
     let mut s = TcpStream::connect(("127.0.0.1", input)).expect("connect to rsyslog");
     let mut sent = 0;
     while sent < n {
@@ -69,7 +69,7 @@ fn feed(input: u16, n: usize, chunk: usize, mut between: impl FnMut(usize)) {
 
 /// Reads `topic` until `n` records came and then nothing for `quiet`, prints what arrived of
 /// lines `0..n` as `what`, and fails when one is missing. Returns the records and their tally.
-fn every_line_arrived(
+pub(crate) fn every_line_arrived(
     broker: &str,
     topic: &str,
     n: usize,

@@ -15,5 +15,6 @@ mod reload;
 mod relp;
 mod rsyslog;
 mod service;
+mod spool;
 mod status;
 mod tls;

@@ -32,6 +32,8 @@ pub enum Error {
     Publisher(#[from] publish::Error),
     #[error(transparent)]
     Listener(#[from] listen::Error),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::Error),
     /// Something the operating system would not give (a port, a thread, signal handlers).
     #[error("{what}: {source}")]
     Io {
@@ -49,7 +51,7 @@ impl Error {
             self,
             Error::Publisher(publish::Error::Conf(_) | publish::Error::DeadLetterFile(_))
                 | Error::Listener(listen::Error::Tls(_))
-        )
+        ) || matches!(self, Error::Spool(e) if e.is_config())
     }
 }
 
@@ -242,7 +244,11 @@ fn announce(bound: &[Listener], rules: &Rules) {
 
 /// The publisher, its health probe, and the queue gauges it feeds.
 fn start_publisher(global: &Global, metrics: &Arc<Metrics>) -> Result<(Publisher, Outbox), Error> {
-    let (publisher, outbox) = Publisher::new(&global.kafka, metrics.clone())?;
+    let spool = match &global.spool {
+        Some(config) => Some(crate::spool::Spool::open(config, metrics.clone())?),
+        None => None,
+    };
+    let (publisher, outbox) = Publisher::new(&global.kafka, spool.as_ref(), metrics.clone())?;
     publisher
         .watch_health(
             HEALTH_EVERY,

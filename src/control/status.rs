@@ -175,6 +175,9 @@ async fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Ful
             };
             // A failed reload leaves hotdog running on the configuration it had: worth
             // saying, not a reason to be taken out of service.
+            if let Some(note) = sources.health.notes() {
+                body.push_str(&format!("{note}\n"));
+            }
             let generation = sources.metrics.config_generation.load(Relaxed);
             body.push_str(&format!("configuration generation {generation}\n"));
             if let Some(e) = sources.last_reload_error.get() {

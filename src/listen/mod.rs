@@ -16,12 +16,16 @@ use crate::base::runtime;
 use crate::base::shutdown::Shutdown;
 use crate::base::throttle;
 use crate::session::{self, Pipeline, Shared};
-use hotdog_stages::config::{Listen, Protocol, ProxyProtocol};
+use hotdog_stages::config::{Listen, Protocol, ProxyProtocol, RelpAck};
 use hotdog_stages::core::Origin;
 use tls::Acceptor;
 
 mod proxy;
 mod udp;
+
+/// The receive buffer asked for on a UDP socket; the kernel gives at most
+/// `net.core.rmem_max` of it.
+const UDP_RECV_BUFFER: usize = 8 << 20;
 
 use proxy::*;
 use udp::*;
@@ -144,11 +148,15 @@ impl Listener {
             source,
         };
         let socket = match &l.protocol {
-            Protocol::Udp => Socket::Udp(
-                UdpSocket::bind(address.as_str())
+            Protocol::Udp => {
+                let socket = UdpSocket::bind(address.as_str())
                     .await
-                    .map_err(bind_error)?,
-            ),
+                    .map_err(bind_error)?;
+                // Room for a burst while the executor is busy elsewhere: the kernel drops
+                // what does not fit, and nothing counts it but the kernel.
+                let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECV_BUFFER);
+                Socket::Udp(socket)
+            }
             stream => {
                 let acceptor = match stream.tls() {
                     Some(settings) => {
@@ -178,6 +186,7 @@ impl Listener {
             limits: session::Limits {
                 max_message_size: l.max_message_size,
                 idle_timeout: l.idle_timeout,
+                answer_when_spooled: l.ack == RelpAck::Spool,
             },
             max_connections: l.max_connections,
             max_per_source: l.max_connections_per_source,

@@ -44,15 +44,29 @@ pub struct Sink {
 #[derive(Default)]
 struct Finish {
     closing: AtomicBool,
+    /// Records left in the spool at shutdown instead of written here.
+    kept: std::sync::atomic::AtomicU64,
     done: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
 }
 
 impl Sink {
     /// Sends from a task, waiting (not blocking) while the queue is full.
-    pub async fn send(&self, letter: DeadLetter) {
+    /// A record the spool keeps that shutdown had no time for is not a dead letter: it stays
+    /// in the spool, for the next start.
+    pub async fn send(&self, mut letter: DeadLetter) {
+        if letter.stays_in_spool() {
+            self.finish.kept.fetch_add(1, Ordering::Relaxed);
+            std::mem::take(&mut letter.record.ack).withhold();
+            return;
+        }
         if let Err(async_channel::SendError(l)) = self.tx.send(letter).await {
             log_letter("the dead-letter writer has stopped", &l);
         }
+    }
+
+    /// Records shutdown had no time for that stay in the spool (see [`Sink::send`]).
+    pub fn kept_in_spool(&self) -> u64 {
+        self.finish.kept.load(Ordering::Relaxed)
     }
 
     /// Shutdown has begun: from now on a letter the file refuses is logged whole and counted
@@ -293,7 +307,7 @@ impl Writer {
                 // A sender waiting for them hears now that they are not safe, and sends them
                 // again; the letters themselves wait here.
                 for letter in &mut self.waiting {
-                    drop(std::mem::take(&mut letter.record.ack));
+                    letter.record.ack.forsake_sender();
                 }
                 false
             }

@@ -43,6 +43,7 @@ mod reports;
 
 use dead_letter_topic::*;
 pub use outbox::{outbox, Inbox, Outbox};
+use outbox::{spooling, Input};
 use reports::*;
 
 #[cfg(test)]
@@ -92,6 +93,8 @@ pub struct Health {
     state: Mutex<Option<String>>,
     /// Set while a producer that hit a fatal error is being replaced.
     fatal: Mutex<Option<String>>,
+    /// The spool, when there is one: full is unavailable, damage is worth a note.
+    spool: std::sync::OnceLock<crate::spool::Spool>,
 }
 
 impl Default for Health {
@@ -100,6 +103,7 @@ impl Default for Health {
         Health {
             state: Mutex::new(Some("no Kafka broker has answered yet".into())),
             fatal: Mutex::new(None),
+            spool: std::sync::OnceLock::new(),
         }
     }
 }
@@ -111,10 +115,19 @@ impl Health {
         if let Some(fatal) = &*self.fatal.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(fatal.clone());
         }
+        if let Some(full) = self.spool.get().and_then(|s| s.full()) {
+            return Err(full);
+        }
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             None => Ok(()),
             Some(reason) => Err(reason.clone()),
         }
+    }
+
+    /// What is worth saying beside the state, without making hotdog unavailable: damage the
+    /// spool had at start.
+    pub fn notes(&self) -> Option<String> {
+        self.spool.get().and_then(|s| s.damage())
     }
 
     fn set(&self, v: Option<String>) {
@@ -140,7 +153,9 @@ pub struct Publisher {
     hook: TestHook,
     metrics: Arc<Metrics>,
     dead: Arc<DeadLetters>,
-    inbox: Inbox,
+    input: Input,
+    /// The spool's writer thread, joined at the end for its last acknowledgements.
+    spool_writer: Mutex<Option<std::thread::JoinHandle<crate::spool::Writer>>>,
     topics: TopicCap,
 }
 
@@ -197,8 +212,13 @@ impl TopicCap {
 
 impl Publisher {
     /// Creates the producers with every `conf` key (this does not need a reachable broker), the
-    /// dead-letter writer, and the outbox, which holds at most `kafka.buffer` records.
-    pub fn new(kafka: &config::Kafka, metrics: Arc<Metrics>) -> Result<(Publisher, Outbox), Error> {
+    /// dead-letter writer, and the outbox, which holds at most `kafka.buffer` records. With a
+    /// spool, the outbox's batches go through it (a thread of its own writes them).
+    pub fn new(
+        kafka: &config::Kafka,
+        spool: Option<&crate::spool::Spool>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Publisher, Outbox), Error> {
         let (config, idempotence_off) = producer::client_config(&kafka.conf);
         if let Some(why) = idempotence_off {
             log::warn!(
@@ -227,6 +247,13 @@ impl Publisher {
             None => None,
         };
         let (outbox, inbox) = outbox(kafka.buffer, file.clone());
+        let (input, spool_writer) = match spool {
+            None => (Input::Outbox(inbox), None),
+            Some(spool) => {
+                let (feed, writer) = spooling(spool, inbox).map_err(Error::DeadLetterFile)?;
+                (Input::Spool(feed), Some(writer))
+            }
+        };
         let dead = Arc::new(DeadLetters {
             topic,
             file,
@@ -250,16 +277,21 @@ impl Publisher {
             .map_err(Error::Conf)?
         };
         let topics = TopicCap::new(kafka.max_topics, &kafka.topic, &metrics);
+        let health = Arc::new(Health::default());
+        if let Some(spool) = spool {
+            let _ = health.spool.set(spool.clone());
+        }
         let publisher = Publisher {
             producer: Arc::new(producer),
             pending,
             produced: std::sync::atomic::AtomicU64::new(0),
             wake,
-            health: Arc::new(Health::default()),
+            health,
             hook: TestHook::from_env("HOTDOG_TEST_KAFKA_FATAL_AFTER"),
             metrics,
             dead,
-            inbox,
+            input,
+            spool_writer: Mutex::new(spool_writer),
             topics,
         };
         Ok((publisher, outbox))
@@ -327,11 +359,12 @@ impl Publisher {
             if self.any_fatal() && !shutdown.expired() {
                 continue;
             }
-            let next = futures_lite::future::or(async { Some(self.inbox.recv().await) }, async {
-                woken.await;
-                None
-            })
-            .await;
+            let next =
+                futures_lite::future::or(async { Some(self.input.recv(&shutdown).await) }, async {
+                    woken.await;
+                    None
+                })
+                .await;
             let batch = match next {
                 None => continue,
                 Some(None) => break,
@@ -595,7 +628,7 @@ impl Publisher {
         let producer = self.producer.current();
         let dead = self.dead.clone();
         let pending = self.pending.clone();
-        smol::unblock(move || {
+        let left = smol::unblock(move || {
             // From here on, whatever fails goes to the file, and what the file refuses to the
             // log.
             dead.expired.store(true, Ordering::Release);
@@ -631,7 +664,34 @@ impl Publisher {
             dead.file.finish();
             left
         })
-        .await
+        .await;
+        self.finish_spool(left).await
+    }
+
+    /// With a spool: its writer's last acknowledgements written down, and what shutdown had
+    /// no time for counted as kept there (it is sent after the next start) rather than as
+    /// undelivered. Returns how many records are neither delivered nor kept.
+    async fn finish_spool(&self, left: u64) -> u64 {
+        let writer = self
+            .spool_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(writer) = writer else {
+            return left;
+        };
+        smol::unblock(move || match writer.join() {
+            Ok(w) => w.finish(),
+            Err(_) => log::error!("the spool's writer stopped with a panic"),
+        })
+        .await;
+        let kept = self.dead.file.kept_in_spool();
+        if kept > 0 {
+            log::info!(
+                "{kept} records Kafka does not have yet stay in the spool for the next start"
+            );
+        }
+        left.saturating_sub(kept)
     }
 }
 

@@ -3,6 +3,7 @@
 //! batches, by a gate that wakes a waiting sender.
 
 use super::*;
+use crate::spool;
 
 /// Counts the records waiting in the outbox, so that `buffer` bounds records, not batches. A
 /// sender takes room for a whole batch at once (or waits), and the publisher gives it back when
@@ -142,4 +143,83 @@ impl Inbox {
         self.gate.give(batch.len());
         Some(batch)
     }
+
+    /// The next batch if one waits: `Ok(None)` when none does, `Err` once the outbox is
+    /// closed and empty.
+    pub fn try_recv(&self) -> Result<Option<Batch>, ()> {
+        match self.rx.try_recv() {
+            Ok(batch) => {
+                self.gate.give(batch.len());
+                Ok(Some(batch))
+            }
+            Err(async_channel::TryRecvError::Empty) => Ok(None),
+            Err(async_channel::TryRecvError::Closed) => Err(()),
+        }
+    }
+}
+
+/// Where the publisher takes its batches from: the outbox, or, with a spool, the spool's feed
+/// (a thread of its own writes the outbox's batches to the spool; see [`spooling`]).
+pub(super) enum Input {
+    Outbox(Inbox),
+    Spool(spool::Feed),
+}
+
+impl Input {
+    /// The next batch; `None` once there will be none (with a spool: none more to send before
+    /// the shutdown deadline, the rest staying on disk).
+    pub(super) async fn recv(&self, shutdown: &Shutdown) -> Option<Batch> {
+        match self {
+            Input::Outbox(inbox) => inbox.recv().await,
+            Input::Spool(feed) => feed.recv(|| shutdown.expired()).await,
+        }
+    }
+}
+
+/// How often the spool's writer tends the spool (acknowledgements, deletions, syncs) when no
+/// batch comes.
+const TEND_EVERY: Duration = Duration::from_millis(5);
+
+/// Starts the spool's writer on a thread of its own: it writes every batch of the outbox to
+/// the spool, and hands it on through the feed it returns. The thread returns the writer once
+/// the outbox is closed and drained, for its last acknowledgements (see [`Publisher::finish`]).
+pub(super) fn spooling(
+    spool: &spool::Spool,
+    inbox: Inbox,
+) -> std::io::Result<(spool::Feed, std::thread::JoinHandle<spool::Writer>)> {
+    let (mut writer, feed) = spool.start((inbox.gate.capacity / BATCH_MAX).max(4));
+    let thread = std::thread::Builder::new()
+        .name("spool".into())
+        .spawn(move || {
+            let mut tended = Instant::now();
+            loop {
+                let next = match inbox.try_recv() {
+                    Ok(Some(batch)) => Some(batch),
+                    Ok(None) => {
+                        let waited = smol::block_on(futures_lite::future::or(
+                            async { inbox.recv().await.map(Some) },
+                            async {
+                                smol::Timer::after(TEND_EVERY).await;
+                                Some(None)
+                            },
+                        ));
+                        match waited {
+                            None => break,
+                            Some(b) => b,
+                        }
+                    }
+                    Err(()) => break,
+                };
+                if let Some(batch) = next {
+                    writer.write(batch);
+                }
+                if tended.elapsed() >= TEND_EVERY {
+                    writer.tend();
+                    tended = Instant::now();
+                }
+            }
+            writer.drained();
+            writer
+        })?;
+    Ok((feed, thread))
 }

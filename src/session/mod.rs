@@ -206,6 +206,8 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Close the connection when it has sent nothing this long (`idle_timeout`).
     pub idle_timeout: Option<Duration>,
+    /// RELP `ack: spool`: a message is answered once its records are in the spool.
+    pub answer_when_spooled: bool,
 }
 
 /// Why a connection ended without an error.

@@ -71,6 +71,7 @@ pub async fn run_relp<S: AsyncRead + AsyncWrite + Unpin>(
         done: Arc::new(event_listener::Event::new()),
         out: Vec::new(),
         acks: 0,
+        when_spooled: limits.answer_when_spooled,
     };
     let result = session.serve(&mut stream, limits, &shutdown).await;
     session.pipeline.flush().await;
@@ -102,6 +103,8 @@ pub(super) struct RelpSession {
     pub(super) out: Vec<u8>,
     /// How many `200 OK` answers `out` holds.
     pub(super) acks: u64,
+    /// `ack: spool`: messages are answered once their records are in the spool.
+    pub(super) when_spooled: bool,
 }
 
 impl RelpSession {
@@ -252,7 +255,7 @@ impl RelpSession {
                     self.turns.push_back((txnr, Turn::Answer(response)));
                 }
                 relp::Step::Syslog(data) => {
-                    let awaited = Awaited::new(self.done.clone());
+                    let awaited = Awaited::answered(self.done.clone(), self.when_spooled);
                     self.pipeline.awaited_frame(data, &awaited);
                     awaited.release();
                     self.turns.push_back((txnr, Turn::Message(awaited)));

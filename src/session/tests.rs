@@ -16,6 +16,7 @@ fn limits(max_message_size: usize) -> Limits {
     Limits {
         max_message_size,
         idle_timeout: None,
+        answer_when_spooled: false,
     }
 }
 

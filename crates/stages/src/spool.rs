@@ -2,8 +2,10 @@
 //! records, each framed by its length and a CRC32C of its body. [`scan`] reads a segment's bytes
 //! back and never fails on what it finds: a record whose checksum does not match is skipped and
 //! reported with its offset, the reader finds the next good record after it, and a last record
-//! cut short (a torn write) is reported as such. The files and their durability are the
-//! publisher's (issue 35); this is what goes into them.
+//! cut short (a torn write) is reported as such. Beside each segment, its acknowledgements: the
+//! ranges of its records that Kafka has (or that became dead letters), each entry checksummed
+//! too. The files and their durability are the binary's (`src/spool`); this is what goes into
+//! them.
 
 use bytes::Bytes;
 
@@ -21,7 +23,10 @@ pub const FRAME_LEN: usize = 8;
 /// (64 MiB at most) plus what the rules add; anything longer is damage, not a record.
 pub const MAX_BODY: usize = 256 * 1024 * 1024;
 
-const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// CRC32C (Castagnoli), with the processor's instruction where it has one.
+fn crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
 
 /// A segment's header.
 pub fn header() -> [u8; HEADER_LEN] {
@@ -85,7 +90,7 @@ pub fn append(out: &mut Vec<u8>, id: u64, record: &Record) {
     put(out, &record.payload);
     let body = &out[body_at..];
     let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-    let crc = CRC32C.checksum(body);
+    let crc = crc(body);
     out[frame_at..frame_at + 4].copy_from_slice(&len.to_le_bytes());
     out[frame_at + 4..body_at].copy_from_slice(&crc.to_le_bytes());
 }
@@ -97,42 +102,75 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[..len as usize]);
 }
 
-/// What [`scan`] finds in a segment, in order.
+/// What [`scan`] finds in a segment, in order: `T` is a whole record ([`Spooled`]) or only
+/// what [`index`] reads of one ([`Meta`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub enum Found<T = Spooled> {
     /// A good record, and the offset of its frame.
-    Record(usize, Spooled),
+    Record(usize, T),
     /// Bytes from this offset up to the next good record (or the end) are damaged: a checksum
     /// that does not match, a length past any record, or a body that does not decode.
     Corrupt { offset: usize, len: usize },
-    /// The last record, from this offset, is cut short: a write that never finished.
+    /// The last record, from this offset, is cut short: a write that never finished (or, in a
+    /// piece of a segment, a record that goes on past the piece).
     Torn { offset: usize, len: usize },
 }
 
+/// What [`index`] reads of a record without decoding it all: enough to know a segment at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub id: u64,
+    pub read_ms: i64,
+    /// The frame's length, its own bytes included.
+    pub len: usize,
+}
+
 /// Reads every record of a segment's bytes after its header (see [`check_header`]).
-pub fn scan(segment: &[u8]) -> Scan<'_> {
+pub fn scan(segment: &[u8]) -> Scan<'_, Spooled> {
+    frames(segment, HEADER_LEN.min(segment.len()))
+}
+
+/// Every record of a segment's bytes from `at` (where a record starts), decoded.
+pub fn frames(bytes: &[u8], at: usize) -> Scan<'_, Spooled> {
     Scan {
-        bytes: segment,
-        at: HEADER_LEN.min(segment.len()),
+        bytes,
+        at,
+        decode: |body, _| decode(body),
     }
 }
 
-/// The iterator [`scan`] returns.
-pub struct Scan<'a> {
+/// Like [`scan`], checking every record's checksum but reading only its [`Meta`]: what hotdog
+/// needs of a spool at start, at a fraction of the cost of decoding it.
+pub fn index(segment: &[u8]) -> Scan<'_, Meta> {
+    Scan {
+        bytes: segment,
+        at: HEADER_LEN.min(segment.len()),
+        decode: |body, len| {
+            let id = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+            let read_ms = i64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+            Some(Meta { id, read_ms, len })
+        },
+    }
+}
+
+/// The iterator [`scan`], [`frames`] and [`index`] return.
+pub struct Scan<'a, T> {
     bytes: &'a [u8],
     at: usize,
+    /// A checked body and its frame's length, read.
+    decode: fn(&[u8], usize) -> Option<T>,
 }
 
 /// What one position of a segment holds.
-enum At {
-    Good(Spooled, usize),
+enum At<T> {
+    Good(T, usize),
     /// A frame that runs past the end of the bytes.
     Short,
     Bad,
 }
 
-impl Scan<'_> {
-    fn at(&self, offset: usize) -> At {
+impl<T> Scan<'_, T> {
+    fn at(&self, offset: usize) -> At<T> {
         let rest = &self.bytes[offset..];
         if rest.len() < FRAME_LEN {
             return At::Short;
@@ -145,28 +183,39 @@ impl Scan<'_> {
         let Some(body) = rest.get(FRAME_LEN..FRAME_LEN + len) else {
             return At::Short;
         };
-        if CRC32C.checksum(body) != crc {
+        if self::crc(body) != crc {
             return At::Bad;
         }
-        match decode(body) {
-            Some(spooled) => At::Good(spooled, FRAME_LEN + len),
+        match (self.decode)(body, FRAME_LEN + len) {
+            Some(t) => At::Good(t, FRAME_LEN + len),
             None => At::Bad,
         }
     }
+
+    /// Where the next record would start: past the last one read.
+    pub fn offset(&self) -> usize {
+        self.at
+    }
+
+    /// The first offset from `from` where a good record starts.
+    fn resync(&self, from: usize) -> Option<usize> {
+        (from..self.bytes.len().saturating_sub(FRAME_LEN - 1))
+            .find(|&o| matches!(self.at(o), At::Good(..)))
+    }
 }
 
-impl Iterator for Scan<'_> {
-    type Item = Found;
+impl<T> Iterator for Scan<'_, T> {
+    type Item = Found<T>;
 
-    fn next(&mut self) -> Option<Found> {
+    fn next(&mut self) -> Option<Found<T>> {
         let start = self.at;
         if start >= self.bytes.len() {
             return None;
         }
         match self.at(start) {
-            At::Good(spooled, len) => {
+            At::Good(t, len) => {
                 self.at += len;
-                Some(Found::Record(start, spooled))
+                Some(Found::Record(start, t))
             }
             // A frame that runs past the end is a torn tail, unless a good record follows:
             // then its length was damaged.
@@ -190,12 +239,35 @@ impl Iterator for Scan<'_> {
     }
 }
 
-impl Scan<'_> {
-    /// The first offset from `from` where a good record starts.
-    fn resync(&self, from: usize) -> Option<usize> {
-        (from..self.bytes.len().saturating_sub(FRAME_LEN - 1))
-            .find(|&o| matches!(self.at(o), At::Good(..)))
+/// One acknowledgement entry's length: the first id, how many ids follow it, a CRC32C.
+pub const ACK_LEN: usize = 16;
+
+/// The entry that says records `first..first + count` are done.
+pub fn ack_entry(first: u64, count: u32) -> [u8; ACK_LEN] {
+    let mut e = [0u8; ACK_LEN];
+    e[..8].copy_from_slice(&first.to_le_bytes());
+    e[8..12].copy_from_slice(&count.to_le_bytes());
+    let c = crc(&e[..12]);
+    e[12..].copy_from_slice(&c.to_le_bytes());
+    e
+}
+
+/// The ranges an acknowledgement file holds, and how many of its entries were damaged (a
+/// checksum that does not match, or a last entry cut short): those are skipped, so their
+/// records are sent again rather than lost.
+pub fn acks(bytes: &[u8]) -> (Vec<(u64, u32)>, usize) {
+    let mut ranges = Vec::with_capacity(bytes.len() / ACK_LEN);
+    let mut damaged = usize::from(bytes.len() % ACK_LEN != 0);
+    for e in bytes.chunks_exact(ACK_LEN) {
+        let c = u32::from_le_bytes([e[12], e[13], e[14], e[15]]);
+        if crc(&e[..12]) != c {
+            damaged += 1;
+            continue;
+        }
+        let first = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+        ranges.push((first, u32::from_le_bytes([e[8], e[9], e[10], e[11]])));
     }
+    (ranges, damaged)
 }
 
 /// A record's body, or `None` when it does not decode (its checksum matched: a bug, or damage
@@ -372,5 +444,47 @@ mod tests {
             Err(BadHeader::NotASegment)
         );
         assert_eq!(scan(&header()).count(), 0);
+    }
+
+    #[test]
+    fn the_index_reads_what_the_scan_reads() {
+        let (seg, starts) = segment(9);
+        let index: Vec<Found<Meta>> = index(&seg).collect();
+        let ids: Vec<(usize, u64, i64)> = index
+            .iter()
+            .filter_map(|f| match f {
+                Found::Record(at, m) => Some((*at, m.id, m.read_ms)),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<(usize, u64, i64)> = (0..9)
+            .map(|i| (starts[i], i as u64 * 7, record(i).read_ms))
+            .collect();
+        assert_eq!(ids, expected);
+        // A piece that starts at a record and stops inside one: the records before, then torn.
+        let piece = &seg[starts[3]..starts[6] + 5];
+        let found: Vec<Found> = frames(piece, 0).collect();
+        assert_eq!(records(&found), [21, 28, 35]);
+        assert_eq!(
+            found.last(),
+            Some(&Found::Torn {
+                offset: starts[6] - starts[3],
+                len: 5
+            })
+        );
+    }
+
+    #[test]
+    fn acknowledgements_read_back_and_a_damaged_entry_is_skipped() {
+        let mut file = Vec::new();
+        for (first, n) in [(5u64, 3u32), (100, 1), (7, 2)] {
+            file.extend_from_slice(&ack_entry(first, n));
+        }
+        assert_eq!(acks(&file), (vec![(5, 3), (100, 1), (7, 2)], 0));
+        let mut flipped = file.clone();
+        flipped[ACK_LEN + 3] ^= 1;
+        assert_eq!(acks(&flipped), (vec![(5, 3), (7, 2)], 1));
+        file.truncate(file.len() - 4);
+        assert_eq!(acks(&file), (vec![(5, 3), (100, 1)], 1));
     }
 }

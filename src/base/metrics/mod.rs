@@ -142,6 +142,21 @@ pub struct Metrics {
     pub config_reloads: AtomicU64,
     /// Reloads refused (the file was not valid, or a new listener could not start).
     pub config_reload_failed: AtomicU64,
+    /// Records in the spool that Kafka does not have yet (`global.spool`).
+    pub spool_records: AtomicI64,
+    /// Bytes the spool takes on disk.
+    pub spool_bytes: AtomicI64,
+    /// Age of the oldest record in the spool that Kafka does not have yet, in seconds.
+    pub spool_oldest_age: AtomicI64,
+    /// Records written to the spool.
+    pub spool_written: AtomicU64,
+    /// Records of an earlier run read back from the spool and sent.
+    pub spool_replayed: AtomicU64,
+    /// Damaged places found in the spool (a record whose checksum failed, a torn last write,
+    /// an unreadable segment).
+    pub spool_corrupt: AtomicU64,
+    /// Times the spool reached `max_size` (or the disk was full) and hotdog pushed back.
+    pub spool_full: AtomicU64,
     /// Line read → Kafka acknowledgement, in milliseconds.
     pub latency: Histogram,
     topics: Mutex<HashMap<String, Arc<TopicCounters>>>,

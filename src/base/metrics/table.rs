@@ -35,7 +35,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 46] = [
+pub static COUNTERS: [Counter; 53] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -98,6 +98,55 @@ pub static COUNTERS: [Counter; 46] = [
         kind: Kind::Counter,
         help: "Records sent to global.kafka.topic because their topic would pass global.kafka.max_topics.",
         read: |m| get(&m.topics_over_limit),
+    },
+    Counter {
+        name: "spool.records",
+        prometheus: Some(("spool_records", "")),
+        kind: Kind::Gauge,
+        help: "Records in the spool that Kafka does not have yet.",
+        read: |m| m.spool_records.load(Relaxed),
+    },
+    Counter {
+        name: "spool.bytes",
+        prometheus: Some(("spool_bytes", "")),
+        kind: Kind::Gauge,
+        help: "Bytes the spool takes on disk.",
+        read: |m| m.spool_bytes.load(Relaxed),
+    },
+    Counter {
+        name: "spool.oldest_age_seconds",
+        prometheus: Some(("spool_oldest_age_seconds", "")),
+        kind: Kind::Gauge,
+        help: "Age of the oldest record in the spool that Kafka does not have yet.",
+        read: |m| m.spool_oldest_age.load(Relaxed),
+    },
+    Counter {
+        name: "spool.written",
+        prometheus: Some(("spool_written_total", "")),
+        kind: Kind::Counter,
+        help: "Records written to the spool.",
+        read: |m| get(&m.spool_written),
+    },
+    Counter {
+        name: "spool.replayed",
+        prometheus: Some(("spool_replayed_total", "")),
+        kind: Kind::Counter,
+        help: "Records of an earlier run read back from the spool and sent.",
+        read: |m| get(&m.spool_replayed),
+    },
+    Counter {
+        name: "spool.corrupt",
+        prometheus: Some(("spool_corrupt_total", "")),
+        kind: Kind::Counter,
+        help: "Damaged places found in the spool (bad checksum, torn write, unreadable segment).",
+        read: |m| get(&m.spool_corrupt),
+    },
+    Counter {
+        name: "spool.full",
+        prometheus: Some(("spool_full_total", "")),
+        kind: Kind::Counter,
+        help: "Times the spool reached max_size or a full disk and hotdog pushed back.",
+        read: |m| get(&m.spool_full),
     },
     Counter {
         name: "relp.sessions",

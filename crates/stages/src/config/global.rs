@@ -8,8 +8,8 @@ use marked_yaml::Node;
 
 use super::yaml::{every, kind, scalar, unknown_name, Cx, Map};
 use super::{
-    ClientAuth, DeadLetter, Global, Kafka, Listen, Metrics, Outside, Protocol, ProxyProtocol,
-    Reload, Status, Tls, ENV_OVERRIDES,
+    ClientAuth, DeadLetter, Fsync, Global, Kafka, Listen, Metrics, Outside, Protocol,
+    ProxyProtocol, Reload, RelpAck, Spool, Status, Tls, ENV_OVERRIDES,
 };
 
 pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Global> {
@@ -52,6 +52,22 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         super::MIN_RULES_MEMORY..=super::MAX_RULES_MEMORY,
         super::DEFAULT_RULES_MEMORY,
     );
+    let spool = match g.get("spool") {
+        Some(n) => decode_spool(cx, n).map(Some),
+        None => Some(None),
+    };
+    if let (Some(listen), Some(None)) = (&listen, &spool) {
+        if let Some(l) = listen.iter().find(|l| l.ack == RelpAck::Spool) {
+            cx.error(
+                node,
+                format!(
+                    "the listener on port {} answers its senders once records are in the spool \
+                     (`ack: spool`), but `global.spool` is not set",
+                    l.port
+                ),
+            );
+        }
+    }
     g.finish(cx);
     Some(Global {
         listen: listen?,
@@ -61,7 +77,85 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         shutdown_timeout: shutdown_timeout?,
         reload: reload?,
         max_rules_memory,
+        spool: spool?,
     })
+}
+
+/// `global.spool`: `path` (required), `max_size`, `fsync`.
+fn decode_spool(cx: &mut Cx<'_>, node: &Node) -> Option<Spool> {
+    let mut m = Map::new(cx, node, "global.spool")?;
+    let path = m.required_string(cx, "path").map(PathBuf::from);
+    let max_size = match m.get("max_size") {
+        None => Some(super::DEFAULT_SPOOL_SIZE),
+        Some(n) => size(cx, n, "global.spool.max_size").and_then(|v| {
+            if v < super::MIN_SPOOL_SIZE {
+                cx.error(
+                    n,
+                    format!("`global.spool.max_size` must be at least 1MiB, found {v} bytes"),
+                );
+                return None;
+            }
+            Some(v)
+        }),
+    };
+    let fsync = match m.get("fsync") {
+        None => Some(Fsync::Every(Duration::from_secs(1))),
+        Some(Node::Scalar(s)) if s.as_str() == "always" => Some(Fsync::Always),
+        Some(_) => m
+            .duration_at_most(cx, "fsync", Duration::from_secs(60), Duration::ZERO)
+            .and_then(|d| {
+                if d.is_zero() {
+                    if let Some(n) = m.get("fsync") {
+                        cx.error(
+                            n,
+                            "`global.spool.fsync` must be `always` or a duration from 1ms to 60s",
+                        );
+                    }
+                    return None;
+                }
+                Some(Fsync::Every(d))
+            }),
+    };
+    m.finish(cx);
+    Some(Spool {
+        path: path?,
+        max_size: max_size?,
+        fsync: fsync?,
+    })
+}
+
+/// A size in bytes: a whole number, or one with a unit (`KB`, `MB`, `GB`, `TB` in powers of
+/// 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024).
+fn size(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<u64> {
+    let text = scalar(cx, node, what)?;
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let factor: Option<u64> = match unit.trim() {
+        "" | "B" => Some(1),
+        "KB" | "kB" => Some(1_000),
+        "MB" => Some(1_000_000),
+        "GB" => Some(1_000_000_000),
+        "TB" => Some(1_000_000_000_000),
+        "KiB" => Some(1 << 10),
+        "MiB" => Some(1 << 20),
+        "GiB" => Some(1 << 30),
+        "TiB" => Some(1 << 40),
+        _ => None,
+    };
+    match (number.parse::<u64>().ok(), factor) {
+        (Some(n), Some(f)) if n.checked_mul(f).is_some() => n.checked_mul(f),
+        _ => {
+            cx.error(
+                node,
+                format!(
+                    "expected a size for `{what}`: bytes, or a number with KB, MB, GB, TB, KiB, \
+                     MiB, GiB or TiB; found `{text}`"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// Whether the files every TLS listener names load; an error is located at its `tls` key.
@@ -171,6 +265,7 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         .and_then(|n| decode_proxy_protocol(cx, n, &format!("{what}.proxy_protocol")));
     let timezone = decode_timezone(cx, &mut m);
     let protocol = decode_protocol(cx, &mut m, what);
+    let ack = decode_ack(cx, &mut m, protocol.as_ref());
     m.finish(cx);
     Some(Listen {
         address,
@@ -183,7 +278,42 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         idle_timeout: idle_timeout?,
         proxy_protocol,
         timezone: timezone?,
+        ack: ack?,
     })
+}
+
+/// A listener's `ack`: `kafka` or `spool`, for RELP listeners only.
+fn decode_ack(cx: &mut Cx<'_>, m: &mut Map<'_>, protocol: Option<&Protocol>) -> Option<RelpAck> {
+    let Some(n) = m.get("ack") else {
+        return Some(RelpAck::Kafka);
+    };
+    let text = scalar(cx, n, &m.path("ack"))?;
+    let ack = match text.as_str() {
+        "kafka" => RelpAck::Kafka,
+        "spool" => RelpAck::Spool,
+        other => {
+            cx.error(
+                n,
+                format!(
+                    "expected `kafka` or `spool` for `{}`, found `{other}`",
+                    m.path("ack")
+                ),
+            );
+            return None;
+        }
+    };
+    if let Some(p) = protocol.filter(|p| !matches!(p, Protocol::Relp(_))) {
+        cx.error(
+            n,
+            format!(
+                "`{}` is for RELP listeners (they answer their senders); this one is {}",
+                m.path("ack"),
+                p.name()
+            ),
+        );
+        return None;
+    }
+    Some(ack)
 }
 
 /// A listener's `timezone`: `Some(None)` when it has none.

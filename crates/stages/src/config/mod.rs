@@ -53,6 +53,44 @@ pub struct Global {
     /// `global.max_rules_memory`: the most memory the compiled rules may hold (bytes). Default
     /// 1 GiB.
     pub max_rules_memory: usize,
+    /// `global.spool`: records kept on disk until Kafka has them; off when absent.
+    pub spool: Option<Spool>,
+}
+
+/// `global.spool:`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spool {
+    /// `path`: the directory hotdog keeps its spool in (made if missing).
+    pub path: PathBuf,
+    /// `max_size`: the most bytes the spool takes on disk (bytes, or with a unit: `10GiB`,
+    /// `500MB`). Default 10 GiB.
+    pub max_size: u64,
+    /// `fsync`: how often what is written is made durable. Default 1 s.
+    pub fsync: Fsync,
+}
+
+/// `global.spool.fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// `always`: every batch of records, before they count as accepted.
+    Always,
+    /// A duration: at most this long after they were written.
+    Every(Duration),
+}
+
+/// The default `global.spool.max_size`: 10 GiB.
+pub const DEFAULT_SPOOL_SIZE: u64 = 10 << 30;
+/// The smallest `global.spool.max_size`: 1 MiB.
+pub const MIN_SPOOL_SIZE: u64 = 1 << 20;
+
+/// When a RELP listener answers its sender (`ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelpAck {
+    /// `kafka`: once Kafka has every record of the message (or they are dead letters).
+    #[default]
+    Kafka,
+    /// `spool`: once every record of the message is in the spool, under its `fsync` policy.
+    Spool,
 }
 
 /// `global.reload:`
@@ -104,6 +142,8 @@ pub struct Listen {
     /// `timezone`: the IANA time zone (`Europe/Paris`) that senders' RFC 3164 timestamps, which
     /// carry none, are read in. Default: UTC.
     pub timezone: Option<Timezone>,
+    /// `ack` (RELP only): when a message is answered, `kafka` or `spool`. Default `kafka`.
+    pub ack: RelpAck,
 }
 
 /// A time zone by its IANA name.

@@ -18,6 +18,8 @@ pub struct Awaited {
     lost: AtomicBool,
     /// The session waits for this message.
     watched: AtomicBool,
+    /// Its sender is answered once its records are in the spool (RELP `ack: spool`).
+    early: bool,
     done: Arc<event_listener::Event>,
 }
 
@@ -32,10 +34,17 @@ pub enum Standing {
 impl Awaited {
     /// A message with its session's hold on it; `done` is notified when it is safe or lost.
     pub fn new(done: Arc<event_listener::Event>) -> Arc<Awaited> {
+        Self::answered(done, false)
+    }
+
+    /// Like [`Awaited::new`]; with `when_spooled`, the message is safe once its records are in
+    /// the spool rather than in Kafka.
+    pub fn answered(done: Arc<event_listener::Event>, when_spooled: bool) -> Arc<Awaited> {
         Arc::new(Awaited {
             remaining: AtomicUsize::new(1),
             lost: AtomicBool::new(false),
             watched: AtomicBool::new(false),
+            early: when_spooled,
             done,
         })
     }
@@ -43,7 +52,11 @@ impl Awaited {
     /// A share for one more record of the message.
     pub fn share(self: &Arc<Self>) -> Ack {
         self.remaining.fetch_add(1, Ordering::AcqRel);
-        Ack(Some(self.clone()))
+        Ack {
+            awaited: Some(self.clone()),
+            spooled: None,
+            early: self.early,
+        }
     }
 
     /// The session lets go of its hold: the message is safe once its records are.
@@ -77,48 +90,103 @@ impl Awaited {
     }
 }
 
-/// A record's share of an [`Awaited`] message, or nothing. Settled by the stage that last
-/// holds the record: the delivery report, the dead-letter topic's report or the dead-letter
-/// file. Dropped unsettled, it marks the message lost. A clone is one more share.
+/// Told when a record the spool keeps is settled: the spool then forgets it. Called on
+/// whatever thread settles the record (librdkafka's, the dead-letter writer's): cheap.
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    fn settled(&self, id: u64);
+}
+
+/// What waits for a record to be safe: a share of an [`Awaited`] message (RELP), the spool
+/// that keeps it, both or nothing. Settled by the stage that last holds the record: the
+/// delivery report, the dead-letter topic's report or the dead-letter file. Dropped unsettled,
+/// it marks the message lost; the spool keeps the record, to send it again after a restart. A
+/// clone is one more share of the message, and not the spool's.
 #[derive(Debug, Default)]
-pub struct Ack(Option<Arc<Awaited>>);
+pub struct Ack {
+    awaited: Option<Arc<Awaited>>,
+    /// The spool's ledger and the record's id there.
+    spooled: Option<(Arc<dyn Ledger>, u64)>,
+    /// The sender is answered once the record is in the spool (RELP `ack: spool`), not once it
+    /// is in Kafka.
+    early: bool,
+}
 
 impl Ack {
     /// The record is safe: in Kafka, or written as a dead letter.
     pub fn settle(mut self) {
-        if let Some(a) = self.0.take() {
-            a.release();
+        self.settle_sender();
+        if let Some((ledger, id)) = self.spooled.take() {
+            ledger.settled(id);
         }
     }
 
     /// The record ran out of time at shutdown: Kafka does not have it, so its message is never
     /// acknowledged; nor is it lost (which would close the session at once, as an error). The
     /// session, closing at the shutdown deadline, leaves the message for its sender to send again.
+    /// The spool keeps the record, if it has it.
     pub fn withhold(mut self) {
-        self.0.take();
+        self.awaited.take();
+        self.spooled.take();
+    }
+
+    /// Like [`Ack::withhold`] for the sender's share; the spool's stays with the record.
+    pub fn hold_sender(&mut self) {
+        self.awaited.take();
     }
 
     /// True when some sender waits for this record.
     pub fn is_awaited(&self) -> bool {
-        self.0.is_some()
+        self.awaited.is_some()
+    }
+
+    /// The spool keeps the record as `id`: `ledger` is told when it is settled.
+    pub fn spooled(&mut self, ledger: Arc<dyn Ledger>, id: u64) {
+        self.spooled = Some((ledger, id));
+    }
+
+    /// True when the spool keeps the record.
+    pub fn is_spooled(&self) -> bool {
+        self.spooled.is_some()
+    }
+
+    /// True when the sender is to hear once the record is in the spool.
+    pub fn answers_when_spooled(&self) -> bool {
+        self.early && self.awaited.is_some()
+    }
+
+    /// The sender's share is settled now (the record is in the spool); the spool's is not.
+    pub fn settle_sender(&mut self) {
+        if let Some(a) = self.awaited.take() {
+            a.release();
+        }
+    }
+
+    /// The sender hears that the record is not safe, and sends its message again; the spool,
+    /// if it has the record, keeps it.
+    pub fn forsake_sender(&mut self) {
+        if let Some(a) = self.awaited.take() {
+            a.lost.store(true, Ordering::SeqCst);
+            a.tell();
+        }
     }
 }
 
 impl Clone for Ack {
     fn clone(&self) -> Ack {
-        match &self.0 {
-            Some(a) => a.share(),
-            None => Ack(None),
+        Ack {
+            awaited: self.awaited.as_ref().map(|a| {
+                a.remaining.fetch_add(1, Ordering::AcqRel);
+                a.clone()
+            }),
+            spooled: None,
+            early: self.early,
         }
     }
 }
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        if let Some(a) = self.0.take() {
-            a.lost.store(true, Ordering::SeqCst);
-            a.tell();
-        }
+        self.forsake_sender();
     }
 }
 

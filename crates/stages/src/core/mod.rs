@@ -11,7 +11,7 @@ mod ack;
 mod block;
 mod clock;
 
-pub use ack::{Ack, Awaited, Standing};
+pub use ack::{Ack, Awaited, Ledger, Standing};
 pub use block::{blocks_alive, packed, packed_with, Block, LENT_BLOCKS_MAX};
 pub use clock::{earliest, epoch_ms, now, now_ms, AckClock};
 
@@ -90,14 +90,22 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// A record that shutdown had no time left to deliver. Kafka does not have it, so a sender
     /// waiting for it is never told it is safe: its share is withheld here, whatever becomes of
-    /// the letter.
+    /// the letter. A record the spool keeps stays there (see [`DeadLetter::stays_in_spool`]).
     pub fn shutdown_timeout(mut record: Record) -> DeadLetter {
-        std::mem::take(&mut record.ack).withhold();
+        record.ack.hold_sender();
         DeadLetter {
             record,
             reason: SHUTDOWN_TIMEOUT.into(),
             file_only: true,
         }
+    }
+}
+
+impl DeadLetter {
+    /// True for a record that shutdown had no time left to deliver and that the spool keeps:
+    /// it is sent after the next start, not written as a dead letter.
+    pub fn stays_in_spool(&self) -> bool {
+        self.reason == SHUTDOWN_TIMEOUT && self.record.ack.is_spooled()
     }
 }
 

@@ -1,0 +1,410 @@
+//! The writer: one thread that appends every batch to the current segment, makes it durable as
+//! `fsync` says, hands it to the publisher in memory while the publisher keeps up, writes down
+//! what was settled, and deletes segments once every record in them is.
+
+use std::os::unix::fs::FileExt as _;
+use std::time::{Duration, Instant};
+
+use hotdog_stages::core::Batch;
+
+use super::open::{remove_segment, sync_dir};
+use super::*;
+
+/// How long a full spool waits before it tries again.
+const FULL_WAIT: Duration = Duration::from_millis(20);
+
+/// The writing side of a spool (see [`Spool::start`]).
+pub struct Writer {
+    shared: Arc<Shared>,
+    /// To the publisher, while it keeps up.
+    mem: async_channel::Sender<Batch>,
+    /// The segment being written: its first id and file.
+    current: Option<(u64, File)>,
+    buf: Vec<u8>,
+    last_sync: Instant,
+    /// Written since the last sync: the current segment, and acknowledgements.
+    dirty: bool,
+    /// Since when the spool has been full, and why.
+    full: Option<String>,
+}
+
+impl Spool {
+    /// The writer and the publisher's feed, which holds at most `batches` batches in memory
+    /// before the rest is read back from disk.
+    pub fn start(&self, batches: usize) -> (Writer, Feed) {
+        let (tx, rx) = async_channel::bounded(batches.max(1));
+        let writer = Writer {
+            shared: self.shared.clone(),
+            mem: tx,
+            current: None,
+            buf: Vec::new(),
+            last_sync: Instant::now(),
+            dirty: false,
+            full: None,
+        };
+        (writer, Feed::new(self.shared.clone(), rx))
+    }
+}
+
+/// Why a batch could not be written now.
+struct Full(String);
+
+impl Writer {
+    /// Writes `batch` to the spool, each record with its `hotdog.id`, and hands it on. Blocks
+    /// while the spool is full (`max_size`, or the disk): the sessions then feel backpressure,
+    /// as they do with a full outbox.
+    pub fn write(&mut self, mut batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        let first = {
+            let mut st = self.shared.state();
+            let first = st.next_id;
+            st.next_id += n;
+            first
+        };
+        self.buf.clear();
+        for (id, record) in (first..).zip(batch.iter_mut()) {
+            record
+                .headers
+                .push((ID_HEADER.into(), self.shared.hotdog_id(id)));
+            format::append(&mut self.buf, id, record);
+        }
+        let (base, at) = loop {
+            match self.append(first) {
+                Ok(written) => break written,
+                Err(Full(why)) => self.wait_for_room(why),
+            }
+        };
+        if let Some(why) = self.full.take() {
+            self.shared.full.store(false, Relaxed);
+            log::info!("spool: there is room again (it was full: {why}); reading on");
+        }
+        self.shared.metrics.spool_written.fetch_add(n, Relaxed);
+        let ledger: Arc<dyn Ledger> = self.shared.clone();
+        for (id, record) in (first..).zip(batch.iter_mut()) {
+            record.ack.spooled(ledger.clone(), id);
+            if record.ack.answers_when_spooled() {
+                record.ack.settle_sender();
+            }
+        }
+        self.publish(batch, first, base, at);
+    }
+
+    /// Appends the encoded batch to the current segment (a new one when it is too long);
+    /// returns the segment and where the batch starts in it. A failed write is cut off again: a
+    /// full disk leaves no torn record behind. The reader does not see the batch until
+    /// [`Writer::publish`].
+    fn append(&mut self, first: u64) -> Result<(u64, u64), Full> {
+        let len = self.buf.len() as u64;
+        {
+            let st = self.shared.state();
+            if st.bytes + len > self.shared.max_size && st.records > 0 {
+                return Err(Full(format!("max_size {} bytes", self.shared.max_size)));
+            }
+        }
+        let base = self.segment_for(first, len)?;
+        let at = self.shared.state().segments.get(&base).map_or(0, |s| s.len);
+        let Some((_, file)) = &self.current else {
+            return Err(Full("no segment".into()));
+        };
+        if let Err(e) = file.write_all_at(&self.buf, at) {
+            let _ = file.set_len(at);
+            return Err(Full(format!("cannot write {}: {e}", self.path(base))));
+        }
+        if self.shared.fsync == Fsync::Always {
+            if let Err(e) = file.sync_data() {
+                let _ = file.set_len(at);
+                return Err(Full(format!("cannot sync {}: {e}", self.path(base))));
+            }
+        } else {
+            self.dirty = true;
+        }
+        Ok((base, at))
+    }
+
+    fn path(&self, base: u64) -> String {
+        segment_path(&self.shared.dir, base).display().to_string()
+    }
+
+    /// The segment to append `len` bytes to: the current one, or a new one named `first` when
+    /// there is none or it would grow past the segment size.
+    fn segment_for(&mut self, first: u64, len: u64) -> Result<u64, Full> {
+        let roll = match &self.current {
+            None => true,
+            Some((base, _)) => {
+                let at = self.shared.state().segments.get(base).map_or(0, |s| s.len);
+                at > format::HEADER_LEN as u64 && at + len > self.shared.segment_size
+            }
+        };
+        if roll {
+            if let Some((base, file)) = self.current.take() {
+                // A segment is whole on disk before the next one begins.
+                if let Err(e) = file.sync_data() {
+                    log::warn!("spool: cannot sync {}: {e}", self.path(base));
+                }
+                if let Some(seg) = self.shared.state().segments.get_mut(&base) {
+                    seg.sealed = true;
+                }
+            }
+            let path = segment_path(&self.shared.dir, first);
+            let made = File::options()
+                .create_new(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.write_all_at(&format::header(), 0).map(|()| f));
+            let file = match made {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = fs::remove_file(&path);
+                    return Err(Full(format!("cannot make {}: {e}", path.display())));
+                }
+            };
+            sync_dir(&self.shared.dir);
+            let mut st = self.shared.state();
+            st.segments.insert(first, Segment::new(first));
+            st.bytes += format::HEADER_LEN as u64;
+            drop(st);
+            self.current = Some((first, file));
+        }
+        match &self.current {
+            Some((base, _)) => Ok(*base),
+            None => Err(Full("no segment".into())),
+        }
+    }
+
+    /// The spool is full: says so once, counts it, and waits a little, tending the spool (what
+    /// Kafka acknowledges meanwhile makes room).
+    fn wait_for_room(&mut self, why: String) {
+        if self.full.is_none() {
+            self.shared.metrics.spool_full.fetch_add(1, Relaxed);
+            self.shared.full.store(true, Relaxed);
+            log::warn!(
+                "spool: full ({why}): senders are held back (UDP is dropped) until Kafka takes \
+                 what it holds"
+            );
+            self.full = Some(why);
+        }
+        std::thread::sleep(FULL_WAIT);
+        self.tend();
+    }
+
+    /// Makes a written batch readable and hands it to the publisher in memory, or, when the
+    /// publisher is behind, leaves it on disk for the publisher to read back (a RELP sender's
+    /// shares wait by id). One lock for both: the reader sees the batch on disk or gets it in
+    /// memory, never both.
+    fn publish(&mut self, mut batch: Batch, first: u64, base: u64, at: u64) {
+        let mut st = self.shared.state();
+        let n = batch.len() as u64;
+        let len = self.buf.len() as u64;
+        if let Some(seg) = st.segments.get_mut(&base) {
+            seg.len = at + len;
+            seg.pending += n;
+            seg.last_id = Some(first + n - 1);
+            if seg.first_ms == 0 {
+                seg.first_ms = batch[0].read_ms;
+            }
+        }
+        st.records += n;
+        st.bytes += len;
+        if st.cursor == Cursor::Live {
+            match self.mem.try_send(batch) {
+                Ok(()) => return,
+                Err(e) => batch = e.into_inner(),
+            }
+            if let Some((base, _)) = &self.current {
+                st.cursor = Cursor::Disk {
+                    base: *base,
+                    offset: at,
+                };
+            }
+        }
+        // Under the state's lock: the reader may read the batch as soon as it is let go.
+        let mut waiting = self
+            .shared
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (id, record) in (first..).zip(batch.iter_mut()) {
+            if record.ack.is_awaited() {
+                waiting.insert(id, std::mem::take(&mut record.ack));
+            }
+        }
+    }
+
+    /// Writes down what was settled since the last time, deletes the segments that are done,
+    /// makes what was written durable when `fsync` says, and updates the gauges. Called after
+    /// every batch and at least every few milliseconds.
+    pub fn tend(&mut self) {
+        let mut ids = std::mem::take(
+            &mut *self
+                .shared
+                .settled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let current = self.current.as_ref().map(|(b, _)| *b);
+        let shared = self.shared.clone();
+        let mut st = shared.state();
+        if !ids.is_empty() {
+            ids.sort_unstable();
+            ids.dedup();
+            self.write_acks(&mut st, &ids);
+        }
+        self.delete_done(&mut st, current);
+        self.gauges(&st);
+        drop(st);
+        self.sync_if_due();
+    }
+
+    /// Marks `ids` (sorted) settled and appends them, in runs, to their segments'
+    /// acknowledgement files.
+    fn write_acks(&mut self, st: &mut State, ids: &[u64]) {
+        let mut i = 0;
+        while i < ids.len() {
+            let Some((&base, _)) = st.segments.range(..=ids[i]).next_back() else {
+                i += 1;
+                continue;
+            };
+            let end = st
+                .segments
+                .range(base + 1..)
+                .next()
+                .map_or(u64::MAX, |(&b, _)| b);
+            let mut entries = Vec::new();
+            let mut settled = 0;
+            let seg = st
+                .segments
+                .get_mut(&base)
+                .expect("the segment was just found");
+            while i < ids.len() && ids[i] < end {
+                let first = ids[i];
+                let mut count = 0u32;
+                while i < ids.len() && ids[i] == first + u64::from(count) && ids[i] < end {
+                    if seg.settle(ids[i]) {
+                        settled += 1;
+                    }
+                    count += 1;
+                    i += 1;
+                }
+                entries.extend_from_slice(&format::ack_entry(first, count));
+            }
+            seg.pending = seg.pending.saturating_sub(settled);
+            let written = self.append_acks(seg, &entries);
+            st.records = st.records.saturating_sub(settled);
+            st.bytes += written;
+        }
+    }
+
+    /// Appends entries to a segment's acknowledgements file; returns the bytes written. A
+    /// failure loses nothing but the note: those records would be sent again after a restart.
+    fn append_acks(&mut self, seg: &mut Segment, entries: &[u8]) -> u64 {
+        if seg.acks.is_none() {
+            let path = acks_path(&self.shared.dir, seg.base);
+            match File::options().create(true).append(true).open(&path) {
+                Ok(f) => seg.acks = Some(f),
+                Err(e) => {
+                    log::warn!("spool: cannot open {}: {e}", path.display());
+                    return 0;
+                }
+            }
+        }
+        let Some(f) = &seg.acks else { return 0 };
+        match std::io::Write::write_all(&mut &*f, entries) {
+            Ok(()) => {
+                self.dirty = true;
+                seg.acks_len += entries.len() as u64;
+                entries.len() as u64
+            }
+            Err(e) => {
+                log::warn!(
+                    "spool: cannot write to {}: {e}",
+                    acks_path(&self.shared.dir, seg.base).display()
+                );
+                0
+            }
+        }
+    }
+
+    /// Deletes every segment but the current one whose records are all settled.
+    fn delete_done(&mut self, st: &mut State, current: Option<u64>) {
+        let done: Vec<u64> = st
+            .segments
+            .iter()
+            .filter(|(&b, s)| s.pending == 0 && Some(b) != current && s.sealed)
+            .map(|(&b, _)| b)
+            .collect();
+        for base in &done {
+            if let Some(seg) = st.segments.remove(base) {
+                st.bytes = st.bytes.saturating_sub(seg.len + seg.acks_len);
+            }
+            remove_segment(&self.shared.dir, *base);
+        }
+        if !done.is_empty() {
+            sync_dir(&self.shared.dir);
+        }
+    }
+
+    fn gauges(&self, st: &State) {
+        let m = &self.shared.metrics;
+        m.spool_records
+            .store(i64::try_from(st.records).unwrap_or(i64::MAX), Relaxed);
+        m.spool_bytes
+            .store(i64::try_from(st.bytes).unwrap_or(i64::MAX), Relaxed);
+        let oldest = st
+            .segments
+            .values()
+            .find(|s| s.pending > 0 && s.first_ms > 0)
+            .map_or(0, |s| {
+                (hotdog_stages::core::now_ms() - s.first_ms).max(0) / 1000
+            });
+        m.spool_oldest_age.store(oldest, Relaxed);
+    }
+
+    /// Under `fsync: <duration>`, makes what was written durable once that long has passed.
+    fn sync_if_due(&mut self) {
+        let Fsync::Every(every) = self.shared.fsync else {
+            // Records were synced as they were written; acknowledgements once a second.
+            if self.dirty && self.last_sync.elapsed() >= Duration::from_secs(1) {
+                self.sync();
+            }
+            return;
+        };
+        if self.dirty && self.last_sync.elapsed() >= every {
+            self.sync();
+        }
+    }
+
+    fn sync(&mut self) {
+        if let Some((base, file)) = &self.current {
+            if let Err(e) = file.sync_data() {
+                log::warn!("spool: cannot sync {}: {e}", self.path(*base));
+            }
+        }
+        let st = self.shared.state();
+        for seg in st.segments.values() {
+            if let Some(f) = &seg.acks {
+                let _ = f.sync_data();
+            }
+        }
+        drop(st);
+        self.dirty = false;
+        self.last_sync = Instant::now();
+    }
+
+    /// At shutdown, once the outbox is empty: what was settled is written down, everything is
+    /// made durable, and the feed is told that nothing more comes.
+    pub fn drained(&mut self) {
+        self.tend();
+        self.sync();
+        self.mem.close();
+    }
+
+    /// Once the publisher is done: the last acknowledgements written down and made durable.
+    pub fn finish(mut self) {
+        self.tend();
+        self.sync();
+    }
+}

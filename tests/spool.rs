@@ -1,0 +1,445 @@
+//! The spool (`global.spool`) against the real binary, a real broker that goes away, real
+//! senders (TCP, UDP, rsyslog's omrelp) and real faults: kill -9, damaged segments, a full
+//! filesystem.
+
+use std::io::Write as _;
+use std::net::{TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::relp::{every_line_arrived, feed, relp_config, rsyslog_to_relp};
+use crate::util::*;
+
+/// How long the broker is away in the outage test: 20 s in the suite; set
+/// HOTDOG_TEST_OUTAGE_SECS=300 for the five minutes of the issue.
+fn outage() -> Duration {
+    let secs = std::env::var("HOTDOG_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
+/// `yaml` (from [`config_yaml`]) with a spool in `dir`.
+fn with_spool(yaml: &str, dir: &Path, extra: &str) -> String {
+    yaml.replace(
+        "rules:\n",
+        &format!(
+            "  spool:\n    path: '{}'\n{extra}  shutdown_timeout: 2s\nrules:\n",
+            dir.display()
+        ),
+    )
+}
+
+fn line(i: usize) -> String {
+    format!("<13>Oct 11 22:14:15 host1 app[7]: seq={i} a line of some length to make it real")
+}
+
+/// Sends lines `from..to` over one TCP connection as fast as the socket takes them; returns
+/// how long the writes took.
+fn send_range(addr: &str, from: usize, to: usize) -> Duration {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).expect("connect to hotdog");
+    let mut buf = Vec::new();
+    for i in from..to {
+        buf.extend_from_slice(line(i).as_bytes());
+        buf.push(b'\n');
+        if buf.len() > 64 * 1024 {
+            s.write_all(&buf).expect("send");
+            buf.clear();
+        }
+    }
+    s.write_all(&buf).expect("send");
+    let took = start.elapsed();
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+    took
+}
+
+/// Every record's `hotdog.id` header.
+fn ids(records: &[Consumed]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "hotdog.id")
+                .map(|(_, v)| v.clone())
+        })
+        .collect()
+}
+
+/// The broker is away while a TCP sender sends as fast as it can (paced in steps of 20,000
+/// lines a second) and a UDP sender 5,000 lines a second: hotdog reads every line into the
+/// spool (the senders are never held back, UDP drops nothing), and once the broker is back
+/// every line arrives exactly once, each with its own `hotdog.id`; the spool drains.
+#[test]
+fn broker_away_senders_are_not_held_back_and_every_line_arrives_once() {
+    let (proxy, _tansu, topic, target) = proxied_broker("spool-outage");
+    proxy.cut();
+    let spool = tempfile::tempdir().expect("spool dir");
+    let yaml = with_spool(
+        &config_yaml(&proxy.addr(), "", &forward_all(&topic)),
+        spool.path(),
+        "",
+    )
+    .replace(
+        "    port: 0\n  kafka:",
+        "    port: 0\n  - address: '127.0.0.1'\n    port: 0\n    protocol: udp\n  kafka:",
+    )
+    .replace("  listen:\n    address:", "  listen:\n  - address:");
+    let hotdog = Hotdog::start_config(&yaml);
+    let (tcp, udp_port) = (hotdog.addr(), hotdog.ports[1]);
+    let secs = outage().as_secs() as usize;
+    let tcp_n = 20_000 * secs;
+    let udp_n = 5_000 * secs;
+    let start = Instant::now();
+    let udp = std::thread::spawn(move || {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("udp");
+        for i in 0..udp_n {
+            let _ = s.send_to(line(tcp_n + i).as_bytes(), ("127.0.0.1", udp_port));
+            if i % 50 == 49 {
+                // 5,000 a second, in steps of 50.
+                let due = Duration::from_millis((i as u64 + 1) / 5);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    });
+    let mut slowest = Duration::ZERO;
+    for s in 0..secs {
+        let took = send_range(&tcp, s * 20_000, (s + 1) * 20_000);
+        slowest = slowest.max(took);
+        if let Some(wait) = Duration::from_secs(s as u64 + 1).checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    udp.join().expect("udp sender");
+    let total = (tcp_n + udp_n) as i64;
+    assert_eq!(
+        hotdog.wait_stat("lines", total, Duration::from_secs(30)),
+        total,
+        "hotdog read every line while the broker was away"
+    );
+    eprintln!(
+        "outage of {secs} s: {total} lines read; the slowest second of 20,000 TCP lines took \
+         {slowest:?} to write; spool.records {} spool.bytes {}",
+        hotdog.stat("spool.records"),
+        hotdog.stat("spool.bytes")
+    );
+    assert_eq!(hotdog.stat("udp.dropped"), 0);
+    assert_eq!(hotdog.stat("kafka.delivered"), 0, "the broker was away");
+    assert!(hotdog.stat("spool.records") >= total - 2_000);
+    assert_eq!(hotdog.stat("spool.full"), 0);
+
+    proxy.forward_to(&target);
+    let back = Instant::now();
+    hotdog.wait_stat("kafka.delivered", total, Duration::from_secs(120));
+    let drained = back.elapsed();
+    eprintln!(
+        "the spool drained {total} records in {drained:?} once the broker was back: {:.0} lines/s",
+        total as f64 / drained.as_secs_f64()
+    );
+    let (got, t) = every_line_arrived(
+        &proxy.addr(),
+        &topic,
+        tcp_n + udp_n,
+        Duration::from_secs(3),
+        "outage",
+    );
+    assert_eq!(t.duplicated, 0, "no restart, so no line twice");
+    let mut ids = ids(&got);
+    assert_eq!(ids.len(), got.len(), "every record has a hotdog.id");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "every hotdog.id is its own");
+    assert!(wait_until(Duration::from_secs(10), || hotdog
+        .stat("spool.records")
+        == 0));
+    assert_eq!(hotdog.stat("lines.in_flight"), 0);
+}
+
+/// hotdog is killed with SIGKILL twice while the broker is away, and started again on the same
+/// spool: every line it had counted before each kill arrives once the broker is back, none
+/// twice (nothing was in flight), and the last run says what it sent again.
+#[test]
+fn killed_twice_during_an_outage_every_line_it_had_read_arrives() {
+    const N: usize = 30_000;
+    let (proxy, _tansu, topic, target) = proxied_broker("spool-kill");
+    proxy.cut();
+    let spool = tempfile::tempdir().expect("spool dir");
+    let yaml = with_spool(
+        &config_yaml(&proxy.addr(), "", &forward_all(&topic)),
+        spool.path(),
+        "",
+    );
+    for run in 0..2 {
+        let mut hotdog = Hotdog::start_config(&yaml);
+        send_range(&hotdog.addr(), run * N, (run + 1) * N);
+        // The lines of the earlier runs are counted as read again, from the spool.
+        let read = ((run + 1) * N) as i64;
+        assert_eq!(
+            hotdog.wait_stat("lines", read, Duration::from_secs(30)),
+            read
+        );
+        hotdog.child.kill().expect("SIGKILL hotdog");
+        let _ = hotdog.child.wait();
+        eprintln!("run {run}: killed after reading {read} lines");
+    }
+    let hotdog = Hotdog::start_config(&yaml);
+    assert_eq!(hotdog.stat("spool.records"), (2 * N) as i64);
+    proxy.forward_to(&target);
+    let (got, t) = every_line_arrived(&proxy.addr(), &topic, 2 * N, Duration::from_secs(3), "kill");
+    assert_eq!(
+        t.duplicated, 0,
+        "the broker was away: nothing was in flight"
+    );
+    assert_eq!(
+        hotdog.wait_stat("spool.replayed", (2 * N) as i64, Duration::from_secs(30)),
+        (2 * N) as i64
+    );
+    assert_eq!(ids(&got).len(), 2 * N);
+}
+
+/// RELP with `ack: spool`: rsyslog's omrelp sends 100,000 messages while the broker is away and
+/// hotdog is killed once; every message is answered before the broker is back, and every line
+/// is in Kafka after.
+#[test]
+fn relp_ack_spool_answers_while_the_broker_is_away_and_survives_a_kill() {
+    const N: usize = 100_000;
+    let (proxy, _tansu, topic, target) = proxied_broker("spool-relp");
+    proxy.cut();
+    let spool = tempfile::tempdir().expect("spool dir");
+    let port = free_port();
+    let yaml = with_spool(
+        &relp_config(&proxy.addr(), port, "    ack: spool\n", &topic),
+        spool.path(),
+        "",
+    );
+    let mut hotdog = Some(Hotdog::start_config(&yaml));
+    let dir = tempfile::tempdir().expect("rsyslog dir");
+    let input = free_port();
+    let _rsyslog = rsyslog_to_relp(dir.path(), input, port, "");
+    let mut answered = 0;
+    let mut killed = false;
+    feed(input, N, 5_000, |sent| {
+        let Some(h) = &mut hotdog else { return };
+        if sent >= N / 3 && !killed {
+            h.wait_stat("relp.acknowledged", 10_000, Duration::from_secs(60));
+            answered += h.stat("relp.acknowledged");
+            h.child.kill().expect("SIGKILL hotdog");
+            let _ = h.child.wait();
+            eprintln!("killed hotdog after {answered} answers, {sent} sent");
+            killed = true;
+            hotdog = Some(Hotdog::start_config(&yaml));
+        }
+    });
+    assert!(killed);
+    let h = hotdog.as_ref().expect("hotdog");
+    // omrelp sends again what the killed hotdog had not answered: all of it is answered now.
+    let ok = wait_until(Duration::from_secs(120), || {
+        answered + h.stat("relp.acknowledged") >= N as i64 && h.stat("relp.outstanding") == 0
+    });
+    assert!(
+        ok,
+        "only {} of {N} answered while the broker was away",
+        answered + h.stat("relp.acknowledged")
+    );
+    assert_eq!(h.stat("kafka.delivered"), 0, "the broker was away");
+    proxy.forward_to(&target);
+    let (_, t) = every_line_arrived(
+        &proxy.addr(),
+        &topic,
+        N,
+        Duration::from_secs(3),
+        "relp spool",
+    );
+    eprintln!(
+        "sent again by omrelp after the kill, and so twice in Kafka: {}",
+        t.duplicated
+    );
+}
+
+/// A spool that the broker's absence filled, stopped, then damaged: its last segment cut
+/// short and a byte flipped in its first. hotdog starts, forwards every intact record, counts
+/// the two damaged places, and `/health` says so.
+#[test]
+fn a_damaged_spool_costs_only_its_damaged_records() {
+    const N: usize = 30_000;
+    let (proxy, _tansu, topic, target) = proxied_broker("spool-damage");
+    proxy.cut();
+    let spool = tempfile::tempdir().expect("spool dir");
+    // 8 MiB: segments of 1 MiB; 30,000 lines make three or more.
+    let yaml = with_spool(
+        &config_yaml(&proxy.addr(), "", &forward_all(&topic)),
+        spool.path(),
+        "    max_size: 8MiB\n",
+    );
+    let hotdog = Hotdog::start_config(&yaml);
+    send_range(&hotdog.addr(), 0, N);
+    hotdog.wait_stat("spool.written", N as i64, Duration::from_secs(30));
+    let (status, log) = hotdog.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("stay in the spool"), "{log}");
+    let mut segs: Vec<_> = std::fs::read_dir(spool.path())
+        .expect("spool")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let mut first = std::fs::read(&segs[0]).expect("read");
+    first[100_000] ^= 0x01;
+    std::fs::write(&segs[0], first).expect("write");
+    let last = segs.last().expect("last");
+    let len = std::fs::metadata(last).expect("len").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .and_then(|f| f.set_len(len - 40))
+        .expect("truncate");
+    let (code, out, err) = run_hotdog(&["spool", "inspect", &spool.path().display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("damaged") && out.contains("torn"), "{out}");
+
+    proxy.forward_to(&target);
+    let hotdog = Hotdog::start_config(&yaml);
+    let got = consume_until_quiet(
+        &proxy.addr(),
+        &topic,
+        N - 2,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    let t = tally(&got, N);
+    eprintln!(
+        "damaged spool: {} of {N} arrived, missing {:?}",
+        t.delivered, t.missing
+    );
+    assert_eq!(
+        t.missing.len(),
+        2,
+        "one record lost to each damaged place: {:?}",
+        t.missing
+    );
+    assert_eq!(t.duplicated, 0);
+    assert_eq!(hotdog.stat("spool.corrupt"), 2);
+    let (code, body) = hotdog.http_get("/health");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("damaged"), "{body}");
+    assert!(hotdog.stderr().contains("a torn last write"));
+}
+
+/// The spool on a filesystem smaller than `max_size` (a 3 MiB tmpfs): with the broker away it
+/// fills, hotdog holds the sender back and says so on `/health`; when the broker is back it
+/// goes on by itself, and every line arrives exactly once.
+#[test]
+fn a_spool_on_a_small_filesystem_fills_pushes_back_and_recovers() {
+    const N: usize = 60_000;
+    let mount = tempfile::tempdir().expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "this test mounts a tmpfs: it needs root");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let (proxy, _tansu, topic, target) = proxied_broker("spool-full");
+    proxy.cut();
+    let yaml = with_spool(
+        &config_yaml(&proxy.addr(), "", &forward_all(&topic)),
+        &mount.path().join("spool"),
+        "    max_size: 1GiB\n",
+    );
+    let hotdog = Hotdog::start_config(&yaml);
+    let addr = hotdog.addr();
+    let sender = std::thread::spawn(move || send_range(&addr, 0, N));
+    assert!(
+        wait_until(Duration::from_secs(30), || hotdog.stat("spool.full") >= 1),
+        "the spool never filled"
+    );
+    let (code, body) = hotdog.http_get("/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("spool") && body.contains("full"), "{body}");
+    let read = hotdog.stat("lines");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        hotdog.stat("lines") < read + 3_000,
+        "a full spool holds the sender back"
+    );
+    assert!(!sender.is_finished());
+    proxy.forward_to(&target);
+    sender.join().expect("sender");
+    let (_, t) = every_line_arrived(
+        &proxy.addr(),
+        &topic,
+        N,
+        Duration::from_secs(3),
+        "full disk",
+    );
+    assert_eq!(t.duplicated, 0);
+    assert!(hotdog.wait_log("there is room again", Duration::from_secs(30)));
+    let (code, _) = hotdog.http_get("/health");
+    assert_eq!(code, 200);
+}
+
+/// `--check` looks at the spool's directory; the spool's keys are checked like every other.
+#[test]
+fn check_reports_the_spool_and_bad_spool_keys_name_their_line() {
+    let spool = tempfile::tempdir().expect("spool dir");
+    let dir = tempfile::tempdir().expect("dir");
+    let good = dir.path().join("good.yml");
+    std::fs::write(
+        &good,
+        with_spool(
+            &config_yaml("127.0.0.1:9", "", &forward_all("t")),
+            spool.path(),
+            "",
+        ),
+    )
+    .expect("write");
+    let (code, _, err) = run_hotdog(&["--check", "-c", &good.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("0 records, 0 to send"), "{err}");
+    for (extra, expected) in [
+        (
+            "    max_size: 10 parsecs\n",
+            "expected a size for `global.spool.max_size`",
+        ),
+        ("    max_size: 1000\n", "must be at least 1MiB"),
+        ("    fsync: sometimes\n", "global.spool.fsync"),
+    ] {
+        let bad = dir.path().join("bad.yml");
+        std::fs::write(
+            &bad,
+            with_spool(
+                &config_yaml("127.0.0.1:9", "", &forward_all("t")),
+                spool.path(),
+                extra,
+            ),
+        )
+        .expect("write");
+        let (code, _, err) = run_hotdog(&["--check", "-c", &bad.display().to_string()]);
+        assert_eq!(code, 2, "{extra}: {err}");
+        assert!(
+            err.contains(expected) && err.contains("bad.yml:"),
+            "{extra}: {err}"
+        );
+    }
+    let relp = dir.path().join("relp.yml");
+    std::fs::write(
+        &relp,
+        relp_config("127.0.0.1:9", 0, "    ack: spool\n", "t"),
+    )
+    .expect("write");
+    let (code, _, err) = run_hotdog(&["--check", "-c", &relp.display().to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`global.spool` is not set"), "{err}");
+}
