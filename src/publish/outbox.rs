@@ -144,18 +144,26 @@ impl Inbox {
         Some(batch)
     }
 
-    /// The next batch if one waits: `Ok(None)` when none does, `Err` once the outbox is
-    /// closed and empty.
-    pub fn try_recv(&self) -> Result<Option<Batch>, ()> {
+    /// The next batch if one waits.
+    pub fn try_recv(&self) -> Polled {
         match self.rx.try_recv() {
             Ok(batch) => {
                 self.gate.give(batch.len());
-                Ok(Some(batch))
+                Polled::Batch(batch)
             }
-            Err(async_channel::TryRecvError::Empty) => Ok(None),
-            Err(async_channel::TryRecvError::Closed) => Err(()),
+            Err(async_channel::TryRecvError::Empty) => Polled::Empty,
+            Err(async_channel::TryRecvError::Closed) => Polled::Closed,
         }
     }
+}
+
+/// What [`Inbox::try_recv`] found.
+pub enum Polled {
+    Batch(Batch),
+    /// Nothing waits now.
+    Empty,
+    /// The outbox is closed and empty.
+    Closed,
 }
 
 /// Where the publisher takes its batches from: the outbox, or, with a spool, the spool's feed
@@ -194,8 +202,8 @@ pub(super) fn spooling(
             let mut tended = Instant::now();
             loop {
                 let next = match inbox.try_recv() {
-                    Ok(Some(batch)) => Some(batch),
-                    Ok(None) => {
+                    Polled::Batch(batch) => Some(batch),
+                    Polled::Empty => {
                         let waited = smol::block_on(futures_lite::future::or(
                             async { inbox.recv().await.map(Some) },
                             async {
@@ -208,7 +216,7 @@ pub(super) fn spooling(
                             Some(b) => b,
                         }
                     }
-                    Err(()) => break,
+                    Polled::Closed => break,
                 };
                 if let Some(batch) = next {
                     writer.write(batch);

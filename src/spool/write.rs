@@ -26,6 +26,8 @@ pub struct Writer {
     dirty: bool,
     /// Since when the spool has been full, and why.
     full: Option<String>,
+    /// Writing acknowledgements failed last time (said once).
+    acks_failing: bool,
 }
 
 impl Spool {
@@ -41,6 +43,7 @@ impl Spool {
             last_sync: Instant::now(),
             dirty: false,
             full: None,
+            acks_failing: false,
         };
         (writer, Feed::new(self.shared.clone(), rx))
     }
@@ -188,7 +191,24 @@ impl Writer {
             self.full = Some(why);
         }
         std::thread::sleep(FULL_WAIT);
+        self.retire_if_settled();
         self.tend();
+    }
+
+    /// A full spool whose current segment is all settled lets it go, so that it can be deleted:
+    /// on a small disk the current segment may be the whole spool.
+    fn retire_if_settled(&mut self) {
+        let Some((base, _)) = &self.current else {
+            return;
+        };
+        let mut st = self.shared.state();
+        if let Some(seg) = st.segments.get_mut(base) {
+            if seg.pending == 0 {
+                seg.sealed = true;
+                drop(st);
+                self.current = None;
+            }
+        }
     }
 
     /// Makes a written batch readable and hands it to the publisher in memory, or, when the
@@ -315,14 +335,21 @@ impl Writer {
         match std::io::Write::write_all(&mut &*f, entries) {
             Ok(()) => {
                 self.dirty = true;
+                self.acks_failing = false;
                 seg.acks_len += entries.len() as u64;
                 entries.len() as u64
             }
             Err(e) => {
-                log::warn!(
-                    "spool: cannot write to {}: {e}",
-                    acks_path(&self.shared.dir, seg.base).display()
-                );
+                // Cut back to whole entries; said once until a write succeeds again.
+                let _ = f.set_len(seg.acks_len);
+                if !self.acks_failing {
+                    log::warn!(
+                        "spool: cannot write to {}: {e} (settled records may be sent again \
+                         after a restart)",
+                        acks_path(&self.shared.dir, seg.base).display()
+                    );
+                }
+                self.acks_failing = true;
                 0
             }
         }
