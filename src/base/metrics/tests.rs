@@ -34,6 +34,10 @@ fn busy() -> Metrics {
         &m.relp_acknowledged,
         &m.relp_unacknowledged,
         &m.relp_refused,
+        &m.spool_written,
+        &m.spool_replayed,
+        &m.spool_corrupt,
+        &m.spool_full,
     ] {
         a.store(1000, Relaxed);
     }
