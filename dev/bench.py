@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -31,6 +32,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 # second. A paced row under KEPT_UP of its rate fell behind it, and is not judged either.
 TARGET = 1.5
 KEPT_UP = 0.95
+# The spool rows: fsync once a second (the default) and after every batch.
+SPOOL_FSYNC = ["1s", "always"]
 
 
 def free_port():
@@ -52,9 +55,9 @@ def wait_port(port, timeout=30):
     return False
 
 
-def lines(n):
+def lines(n, start=0):
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         k = i % 3
         if k == 0:
             out.append(f'<165>1 2024-05-01T12:00:00.123Z web{i%7}.example.com app 1234 ID47 [ex@32473 iut="3"] seq={i} user login ok from 10.0.0.{i%255}')
@@ -286,7 +289,7 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
 
 
 def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label="",
-               binary=None, conf_extra="", relay=None, window=0, rate=0):
+               binary=None, conf_extra="", relay=None, window=0, rate=0, global_extra=""):
     """One hotdog run. With `relay` ("omfwd" or "omrelp"), the senders write to an rsyslogd
     that forwards to hotdog with that action, as many connections as there are chunks (the
     listener speaks RELP for omrelp); the CPU measured is still hotdog's own."""
@@ -304,7 +307,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
         f.write(f"global:\n  listen:\n    port: {port}\n{listen}{tls}  kafka:\n    conf:\n"
                 f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
                 f"      batch.num.messages: '10000'\n{conf_extra}    topic: '{topic}'\n"
-                f"  status:\n    port: {status}\nrules:\n{rules}")
+                f"{global_extra}  status:\n    port: {status}\nrules:\n{rules}")
     p = subprocess.Popen([binary or f"{ROOT}/target/release/hotdog", "-c", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not wait_port(port):
@@ -341,6 +344,91 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
     records, present = broker.count(topic, n)
     name = f"hotdog{' TLS' if use_tls else ''}{label} ({len(data_chunks)} conn)"
     return row(name, n, t1 - t0, cpu, rss, records, present, errors)
+
+
+def run_spool_drain(broker, n, workdir, spool_parent, rate=20_000, binary=None):
+    """Fills a spool with `n` lines while no broker answers and stops hotdog with them in it;
+    then starts hotdog on that spool with the broker there. Prints how long the start took (to
+    its listener being up) and how fast the spool drained while new lines came at `rate` a
+    second over another connection, and checks that every line arrived."""
+    topic = broker.topic(f"drain-{int(time.time()*1000)}")
+    spool = tempfile.mkdtemp(dir=spool_parent)
+    port, status = free_port(), free_port()
+    conf = os.path.join(workdir, "drain.yml")
+
+    def start(kafka):
+        with open(conf, "w") as f:
+            f.write(f"global:\n  listen:\n    port: {port}\n  kafka:\n    conf:\n"
+                    f"      bootstrap.servers: '{kafka}'\n    topic: '{topic}'\n"
+                    f"  spool:\n    path: '{spool}'\n  shutdown_timeout: 1s\n"
+                    f"  status:\n    port: {status}\nrules:\n{FORWARD_ALL.replace('TOPIC', topic)}")
+        p = subprocess.Popen([binary or f"{ROOT}/target/release/hotdog", "-c", conf],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.time()
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return p, time.time() - t0
+            except OSError:
+                if time.time() - t0 > 120 or p.poll() is not None:
+                    sys.exit("hotdog did not start on the spool")
+                time.sleep(0.005)
+
+    def stats():
+        with urllib.request.urlopen(f"http://127.0.0.1:{status}/stats") as r:
+            return json.load(r)["stats"]
+
+    p, _ = start(f"127.0.0.1:{free_port()}")  # nobody there: the broker is away
+    step = 200_000
+    for at in range(0, n, step):
+        m = min(step, n - at)
+        send(port, chunks_of(lines(m, at), 4))
+    while stats().get("spool.written", 0) < n:
+        time.sleep(0.05)
+    p.terminate()
+    p.wait()
+    size = sum(os.path.getsize(os.path.join(spool, f)) for f in os.listdir(spool))
+    p, startup = start(broker.addr)
+    stop = threading.Event()
+    sent = [0]
+
+    def more():
+        s = socket.create_connection(("127.0.0.1", port))
+        t0 = time.time()
+        while not stop.is_set():
+            batch = lines(rate // 100, n + sent[0])
+            s.sendall(("\n".join(batch) + "\n").encode())
+            sent[0] += len(batch)
+            ahead = t0 + sent[0] / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+        s.close()
+    sender = threading.Thread(target=more)
+    t0 = time.time()
+    sender.start()
+    cpu0 = cpu_seconds(p.pid)
+    while True:
+        st = stats()
+        if st.get("spool.replayed", 0) >= n and st.get("spool.records", n) < rate // 10:
+            break
+        time.sleep(0.01)
+    drained = time.time() - t0
+    cpu = cpu_seconds(p.pid) - cpu0
+    stop.set()
+    sender.join()
+    total = n + sent[0]
+    while stats().get("kafka.delivered", 0) < total:
+        time.sleep(0.05)
+    p.terminate()
+    p.wait()
+    records, present = broker.count(topic, total)
+    shutil.rmtree(spool, ignore_errors=True)
+    ok = "all arrived" if records == total and present == total else \
+        f"MISSING: {records} records, {present}/{total} sequence numbers"
+    print(f"spool of {n:,} records ({size / 1e6:,.0f} MB): start-up {startup:.2f} s; drained in "
+          f"{drained:.2f} s, {n / drained:,.0f} lines/s, {cpu / drained * 100:.0f}% of a core, "
+          f"while {sent[0]:,} new lines came at {rate:,}/s; {ok}", flush=True)
+    return ok.startswith("all")
 
 
 def rule(regex, actions=""):
@@ -425,6 +513,13 @@ def main():
                          "Kafka's round trip")
     ap.add_argument("--hotdog-only", action="store_true",
                     help="leave out the rsyslog and kcat rows")
+    ap.add_argument("--no-spool-rows", action="store_true",
+                    help="leave out the rows with a spool (fsync 1s and always)")
+    ap.add_argument("--spool-dir", default=None, metavar="DIR",
+                    help="where the spool rows keep their spools (default: the temp folder)")
+    ap.add_argument("--spool-drain", type=int, default=0, metavar="N",
+                    help="also fill a spool with N lines while the broker is away, then "
+                    "measure the start-up on it and how fast it drains while new lines come")
     ap.add_argument("--tansu", default="tansu")
     ap.add_argument("--librdkafka", required=True, help="folder holding a librdkafka.so.1 >= 2.1")
     args = ap.parse_args()
@@ -453,6 +548,11 @@ def main():
                     if args.baseline:
                         rows.append(run_hotdog(broker, chunks, n, work, False, None,
                                                " baseline", args.baseline))
+                    for fsync in [] if args.no_spool_rows else SPOOL_FSYNC:
+                        with tempfile.TemporaryDirectory(dir=args.spool_dir) as spool:
+                            rows.append(run_hotdog(
+                                broker, chunks, n, work, False, None, f" spool fsync {fsync}",
+                                global_extra=f"  spool:\n    path: '{spool}'\n    fsync: {fsync}\n"))
                     if args.tls:
                         rows.append(run_hotdog(broker, chunks, n, work, True))
                         if args.baseline:
@@ -502,6 +602,14 @@ def main():
                 runs.append(rows)
         finally:
             broker.stop()
+    drained_ok = True
+    if args.spool_drain:
+        with tempfile.TemporaryDirectory() as work:
+            broker = Broker(args.tansu, args.librdkafka)
+            try:
+                drained_ok = run_spool_drain(broker, args.spool_drain, work, args.spool_dir)
+            finally:
+                broker.stop()
     # Rows by name (the order of the compared rows turns between runs), in the first run's
     # order.
     rows = [median_row([r for run in runs for r in run if r["name"] == first["name"]])
@@ -576,6 +684,21 @@ def main():
                 print(f"{c} conn: RELP (window {w or 128}) / TCP through rsyslog: lines/s "
                       f"{relp['lines_per_s']/tcp['lines_per_s']:.2f}x, hotdog CPU "
                       f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x{bound}")
+    if not args.no_spool_rows:
+        for c in args.connections:
+            mem_name = f"hotdog ({c} conn)"
+            for fsync in SPOOL_FSYNC:
+                name = f"hotdog spool fsync {fsync} ({c} conn)"
+                r, m = by[name], by[mem_name]
+                speed = r["lines_per_s"] / m["lines_per_s"]
+                cpu = r["cpu_per_million"] / m["cpu_per_million"]
+                verdict = ""
+                if fsync == "1s":
+                    met = speed >= 0.75 and cpu <= 1.3
+                    verdict = (f"; target >= 0.75x lines/s, <= 1.3x CPU: "
+                               f"{'met' if met else 'MISSED'}")
+                print(f"{c} conn: spool fsync {fsync} / memory only: lines/s {speed:.2f}x, CPU "
+                      f"{cpu:.2f}x{per_run(name, mem_name)}{verdict}")
     if args.baseline:
         # Every row run with both binaries: this build's CPU and lines/s against the baseline's.
         for r in rows:
@@ -586,7 +709,7 @@ def main():
             print(f"this build / baseline, {name}: CPU "
                   f"{r['cpu_per_million'] / b['cpu_per_million']:.2f}x"
                   f"{per_run(name, b['name'])}, lines/s {r['lines_per_s'] / b['lines_per_s']:.2f}x")
-    if any(not r["ok"].startswith("all") for r in rows):
+    if any(not r["ok"].startswith("all") for r in rows) or not drained_ok:
         sys.exit(1)
 
 

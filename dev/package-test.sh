@@ -104,6 +104,11 @@ kill -TERM "$child"
 wait "$hotdog_pid" || fail "hotdog exited $? after SIGTERM: $(cat "$log")"
 grep -q 'summary: received 100 lines, forwarded 100' "$log" || fail "summary: $(cat "$log")"
 ok "the installed hotdog, as user hotdog with the installed config, delivered 100 of 100 lines to $broker"
+# The installed config keeps a spool in the state directory; once Kafka has everything, it holds nothing.
+[ "$(stat -c '%U' /var/lib/hotdog/spool)" = "hotdog" ] || fail "spool dir: $(ls -la /var/lib/hotdog)"
+inspect=$(runuser -u hotdog -- /usr/bin/hotdog spool inspect -c /etc/hotdog/hotdog.yml) || fail "spool inspect: $inspect"
+grep -q ', 0 to send' <<<"$inspect" || fail "spool inspect after a clean stop: $inspect"
+ok "the spool in /var/lib/hotdog/spool, owned by hotdog; hotdog spool inspect: nothing left to send"
 
 dpkg -r hotdog >/dev/null
 [ ! -e /usr/bin/hotdog ] || fail "dpkg -r left /usr/bin/hotdog"

@@ -54,6 +54,7 @@ pub fn plan(old: &Global, new: &Global) -> Plan {
         ("global.metrics", old.metrics != new.metrics),
         ("global.status", old.status != new.status),
         ("global.reload", old.reload != new.reload),
+        ("global.spool", old.spool != new.spool),
     ];
     plan.restart.extend(
         fixed
@@ -83,6 +84,7 @@ fn listener_changes(old: &Listen, new: &Listen, at: &str, plan: &mut Plan) {
         ("idle_timeout", old.idle_timeout != new.idle_timeout),
         ("proxy_protocol", old.proxy_protocol != new.proxy_protocol),
         ("timezone", old.timezone != new.timezone),
+        ("ack", old.ack != new.ack),
     ];
     for (key, changed) in fields {
         if changed {

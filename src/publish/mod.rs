@@ -246,7 +246,7 @@ impl Publisher {
             }
             None => None,
         };
-        let (outbox, inbox) = outbox(kafka.buffer, file.clone());
+        let (outbox, inbox) = outbox(kafka.buffer, file.clone(), spool.is_some());
         let (input, spool_writer) = match spool {
             None => (Input::Outbox(inbox), None),
             Some(spool) => {

@@ -2,6 +2,8 @@
 //! it is full (TCP and RELP senders feel it); UDP drops and counts. Counted in records, not
 //! batches, by a gate that wakes a waiting sender.
 
+use std::sync::atomic::AtomicU64;
+
 use super::*;
 use crate::spool;
 
@@ -61,6 +63,39 @@ impl Gate {
     }
 }
 
+/// With a spool: the batches are numbered as they enter the outbox, and the spool's writer
+/// says up to which one it has written, so that a session counts its lines as read only once
+/// they are in the spool (a kill then loses no line that was counted).
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    /// The number of the last batch that entered the outbox.
+    sent: Mutex<u64>,
+    /// The number of the last batch the spool has.
+    done: AtomicU64,
+    wrote: Event,
+}
+
+impl Written {
+    /// The spool has the next batch.
+    pub(super) fn wrote(&self) {
+        self.done.fetch_add(1, Ordering::AcqRel);
+        self.wrote.notify(usize::MAX);
+    }
+
+    async fn until(&self, ticket: u64) {
+        loop {
+            if self.done.load(Ordering::Acquire) >= ticket {
+                return;
+            }
+            let wrote = self.wrote.listen();
+            if self.done.load(Ordering::Acquire) >= ticket {
+                return;
+            }
+            wrote.await;
+        }
+    }
+}
+
 /// The way into the publisher, one clone per connection: at most `buffer` records wait in it.
 #[derive(Clone)]
 pub struct Outbox {
@@ -68,25 +103,30 @@ pub struct Outbox {
     pub(super) gate: Arc<Gate>,
     /// Where batches go once the publisher takes nothing more.
     pub(super) file: Sink,
+    pub(super) written: Option<Arc<Written>>,
 }
 
 /// The publisher's end of the [`Outbox`].
 pub struct Inbox {
     pub(super) rx: async_channel::Receiver<Batch>,
     pub(super) gate: Arc<Gate>,
+    pub(super) written: Option<Arc<Written>>,
 }
 
 /// An outbox that holds at most `capacity` records, and its other end. After the shutdown
-/// deadline, batches that can no longer be handed over are written to `file`.
-pub fn outbox(capacity: usize, file: Sink) -> (Outbox, Inbox) {
+/// deadline, batches that can no longer be handed over are written to `file`. With `spooled`,
+/// [`Outbox::send`] returns once the spool has the batch.
+pub fn outbox(capacity: usize, file: Sink, spooled: bool) -> (Outbox, Inbox) {
     let (tx, rx) = async_channel::unbounded();
     let gate = Arc::new(Gate::new(capacity.max(1)));
+    let written = spooled.then(Arc::default);
     let outbox = Outbox {
         tx,
         gate: gate.clone(),
         file,
+        written: written.clone(),
     };
-    (outbox, Inbox { rx, gate })
+    (outbox, Inbox { rx, gate, written })
 }
 
 impl Outbox {
@@ -100,13 +140,39 @@ impl Outbox {
         self.gate.used.load(Ordering::Relaxed)
     }
 
-    /// Hands `batch` to the publisher, waiting while the outbox is full. False when the
-    /// publisher takes nothing more (shutdown ran out of time): the records are dead-lettered.
+    /// True when [`Outbox::send`] returns only once the spool has the batch: a session then
+    /// counts its lines after sending them.
+    pub fn spooled(&self) -> bool {
+        self.written.is_some()
+    }
+
+    /// Hands `batch` to the publisher, waiting while the outbox is full (and, with a spool,
+    /// until the spool has it). False when the publisher takes nothing more (shutdown ran out
+    /// of time): the records are dead-lettered.
     pub async fn send(&self, batch: Batch) -> bool {
         let n = batch.len();
         self.gate.take(n).await;
-        match self.tx.send(batch).await {
-            Ok(()) => true,
+        let sent = match &self.written {
+            None => self.tx.send(batch).await.map(|()| 0),
+            Some(w) => {
+                // Numbered in the order they enter the (unbounded) channel.
+                let mut last = w.sent.lock().unwrap_or_else(|p| p.into_inner());
+                self.tx
+                    .try_send(batch)
+                    .map(|()| {
+                        *last += 1;
+                        *last
+                    })
+                    .map_err(|e| async_channel::SendError(e.into_inner()))
+            }
+        };
+        match sent {
+            Ok(ticket) => {
+                if let Some(w) = &self.written {
+                    w.until(ticket).await;
+                }
+                true
+            }
             Err(async_channel::SendError(batch)) => {
                 self.gate.give(n);
                 for record in batch {
@@ -124,10 +190,22 @@ impl Outbox {
         if !self.gate.try_take(n) {
             return Err(batch);
         }
-        self.tx.try_send(batch).map_err(|e| {
-            self.gate.give(n);
-            e.into_inner()
-        })
+        // Numbered like [`Outbox::send`]'s, but not waited for.
+        let last = self
+            .written
+            .as_ref()
+            .map(|w| w.sent.lock().unwrap_or_else(|p| p.into_inner()));
+        self.tx
+            .try_send(batch)
+            .map(|()| {
+                if let Some(mut last) = last {
+                    *last += 1;
+                }
+            })
+            .map_err(|e| {
+                self.gate.give(n);
+                e.into_inner()
+            })
     }
 
     /// The publisher takes nothing more: later batches are dead-lettered.
@@ -220,6 +298,9 @@ pub(super) fn spooling(
                 };
                 if let Some(batch) = next {
                     writer.write(batch);
+                    if let Some(w) = &inbox.written {
+                        w.wrote();
+                    }
                 }
                 if tended.elapsed() >= TEND_EVERY {
                     writer.tend();

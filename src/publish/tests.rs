@@ -28,7 +28,7 @@ fn a_closed_outbox_writes_what_it_is_given_to_the_dead_letter_file() {
     let path = dir.path().join("dead.jsonl");
     let metrics = Metrics::new();
     let file = deadletter::start(Some(path.clone()), metrics.clone()).expect("writer");
-    let (outbox, _inbox) = outbox(10, file.clone());
+    let (outbox, _inbox) = outbox(10, file.clone(), false);
     outbox.close();
     let record = Record {
         topic: "t".into(),

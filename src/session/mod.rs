@@ -188,14 +188,25 @@ impl Pipeline {
 
     /// Sends what is batched to the publisher, waiting while the outbox is full. False when the
     /// publisher takes nothing more (shutdown ran out of time; the outbox dead-lettered it).
+    ///
+    /// The lines are counted as read (`lines`) as they are handed over, or, with a spool, once
+    /// the spool has their records: a line that was counted survives a kill.
     pub async fn flush(&mut self) -> bool {
-        self.shared.metrics.add_lines(&self.counts);
-        self.counts = LineCounts::default();
+        let counts = std::mem::take(&mut self.counts);
         if self.batch.is_empty() {
+            self.shared.metrics.add_lines(&counts);
             return true;
         }
+        let spooled = self.shared.outbox.spooled();
+        if !spooled {
+            self.shared.metrics.add_lines(&counts);
+        }
         let batch = self.take_batch();
-        self.shared.outbox.send(batch).await
+        let sent = self.shared.outbox.send(batch).await;
+        if spooled {
+            self.shared.metrics.add_lines(&counts);
+        }
+        sent
     }
 }
 

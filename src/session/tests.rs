@@ -68,7 +68,7 @@ fn setup(rules: &str, buffer: usize) -> (Arc<Shared>, Inbox) {
     let metrics = Metrics::new();
     let file =
         crate::publish::deadletter::start(None, metrics.clone()).expect("dead-letter writer");
-    let (outbox, inbox) = publish::outbox(buffer, file);
+    let (outbox, inbox) = publish::outbox(buffer, file, false);
     let shared = Arc::new(Shared {
         rules: Current::new(config.rules),
         metrics,
