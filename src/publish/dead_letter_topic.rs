@@ -188,6 +188,9 @@ impl DeadLetters {
         headers.push(("hotdog-original-topic".into(), r.topic.to_string()));
         headers.push(("hotdog-reason".into(), letter.reason.clone()));
         headers.extend(r.headers.iter().cloned());
+        if let Some((name, id)) = ack.spool_id() {
+            headers.push((crate::spool::ID_HEADER.into(), format!("{name}-{id}")));
+        }
         let letter_tag = Box::new(Letter {
             original: r.topic.to_string(),
             read_ms: r.read_ms,
@@ -197,6 +200,7 @@ impl DeadLetters {
             topic,
             key: r.key.as_deref(),
             headers: &headers,
+            extra: None,
             timestamp: r.read_ms.max(0),
         };
         let payload = producer::Payload::Copied(&r.payload);

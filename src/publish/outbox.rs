@@ -273,7 +273,7 @@ pub(super) fn spooling(
     spool: &spool::Spool,
     inbox: Inbox,
 ) -> std::io::Result<(spool::Feed, std::thread::JoinHandle<spool::Writer>)> {
-    let (mut writer, feed) = spool.start((inbox.gate.capacity / BATCH_MAX).max(4));
+    let (mut writer, feed) = spool.start((inbox.gate.capacity / BATCH_MAX).max(64));
     let thread = std::thread::Builder::new()
         .name("spool".into())
         .spawn(move || {

@@ -307,6 +307,8 @@ pub struct Envelope<'a> {
     pub topic: &'a str,
     pub key: Option<&'a str>,
     pub headers: &'a [(Name, String)],
+    /// One more header, after `headers` (the spool's `hotdog.id`).
+    pub extra: Option<(&'a str, &'a [u8])>,
     /// The Kafka timestamp in ms since the epoch; 0 for librdkafka's own clock.
     pub timestamp: i64,
 }
@@ -315,15 +317,19 @@ pub struct Envelope<'a> {
 struct NativeHeaders(*mut rdsys::rd_kafka_headers_t);
 
 impl NativeHeaders {
-    fn new(headers: &[(Name, String)]) -> Self {
-        if headers.is_empty() {
+    fn new(headers: &[(Name, String)], extra: Option<(&str, &[u8])>) -> Self {
+        if headers.is_empty() && extra.is_none() {
             return Self(std::ptr::null_mut());
         }
         // SAFETY: librdkafka copies each name and value it is given, by pointer and length, into
         // the list it allocated here; both are borrowed for the call only.
         unsafe {
-            let list = rdsys::rd_kafka_headers_new(headers.len());
-            for (name, value) in headers {
+            let list = rdsys::rd_kafka_headers_new(headers.len() + 1);
+            let all = headers
+                .iter()
+                .map(|(n, v)| (n.as_ref(), v.as_bytes()))
+                .chain(extra);
+            for (name, value) in all {
                 // Adding to a list made here cannot fail: only a read-only list refuses.
                 rdsys::rd_kafka_header_add(
                     list,
@@ -370,7 +376,7 @@ where
     let (key, key_len) = envelope
         .key
         .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
-    let headers = NativeHeaders::new(envelope.headers);
+    let headers = NativeHeaders::new(envelope.headers, envelope.extra);
     let (value, flags) = match payload {
         Payload::Copied(bytes) => (bytes, rdsys::RD_KAFKA_MSG_F_COPY),
         Payload::Lent => (opaque.payload(), 0),
@@ -654,6 +660,7 @@ mod tests {
             topic: "t",
             key: Some("k"),
             headers: &headers,
+            extra: None,
             timestamp: 1_700_000_000_123,
         };
         let sent = send(&producer, &envelope, Payload::Lent, probe(b"first payload"));

@@ -229,10 +229,6 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn hotdog_id(&self, id: u64) -> String {
-        format!("{}-{id}", self.name)
-    }
-
     /// Counts and logs a damaged place in a segment.
     fn damaged(&self, base: u64, offset: usize, len: usize, what: &str) {
         self.metrics.spool_corrupt.fetch_add(1, Relaxed);
@@ -251,6 +247,10 @@ impl Ledger for Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(id);
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 

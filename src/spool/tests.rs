@@ -35,10 +35,9 @@ fn payloads(batch: &Batch) -> Vec<String> {
 }
 
 fn id_of(r: &Record) -> String {
-    r.headers
-        .iter()
-        .find(|(n, _)| n == ID_HEADER)
-        .map(|(_, v)| v.clone())
+    r.ack
+        .spool_id()
+        .map(|(name, id)| format!("{name}-{id}"))
         .unwrap_or_default()
 }
 

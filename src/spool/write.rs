@@ -68,10 +68,7 @@ impl Writer {
             first
         };
         self.buf.clear();
-        for (id, record) in (first..).zip(batch.iter_mut()) {
-            record
-                .headers
-                .push((ID_HEADER.into(), self.shared.hotdog_id(id)));
+        for (id, record) in (first..).zip(batch.iter()) {
             format::append(&mut self.buf, id, record);
         }
         let (base, at) = loop {

@@ -94,6 +94,8 @@ impl Awaited {
 /// whatever thread settles the record (librdkafka's, the dead-letter writer's): cheap.
 pub trait Ledger: Send + Sync + std::fmt::Debug {
     fn settled(&self, id: u64);
+    /// The spool's name: with a record's id, what its `hotdog.id` header says.
+    fn name(&self) -> &str;
 }
 
 /// What waits for a record to be safe: a share of an [`Awaited`] message (RELP), the spool
@@ -142,6 +144,11 @@ impl Ack {
     /// The spool keeps the record as `id`: `ledger` is told when it is settled.
     pub fn spooled(&mut self, ledger: Arc<dyn Ledger>, id: u64) {
         self.spooled = Some((ledger, id));
+    }
+
+    /// The name of the spool that keeps the record and its id there.
+    pub fn spool_id(&self) -> Option<(&str, u64)> {
+        self.spooled.as_ref().map(|(l, id)| (l.name(), *id))
     }
 
     /// True when the spool keeps the record.
