@@ -2,9 +2,10 @@
 //! it is full (TCP and RELP senders feel it); UDP drops and counts. Counted in records, not
 //! batches, by a gate that wakes a waiting sender.
 
-use std::sync::atomic::AtomicU64;
+use event_listener::Listener as _;
 
 use super::*;
+use crate::base::metrics::LineCounts;
 use crate::spool;
 
 /// Counts the records waiting in the outbox, so that `buffer` bounds records, not batches. A
@@ -63,70 +64,43 @@ impl Gate {
     }
 }
 
-/// With a spool: the batches are numbered as they enter the outbox, and the spool's writer
-/// says up to which one it has written, so that a session counts its lines as read only once
-/// they are in the spool (a kill then loses no line that was counted).
-#[derive(Debug, Default)]
-pub(super) struct Written {
-    /// The number of the last batch that entered the outbox.
-    sent: Mutex<u64>,
-    /// The number of the last batch the spool has.
-    done: AtomicU64,
-    wrote: Event,
-}
-
-impl Written {
-    /// The spool has the next batch.
-    pub(super) fn wrote(&self) {
-        self.done.fetch_add(1, Ordering::AcqRel);
-        self.wrote.notify(usize::MAX);
-    }
-
-    async fn until(&self, ticket: u64) {
-        loop {
-            if self.done.load(Ordering::Acquire) >= ticket {
-                return;
-            }
-            let wrote = self.wrote.listen();
-            if self.done.load(Ordering::Acquire) >= ticket {
-                return;
-            }
-            wrote.await;
-        }
-    }
-}
+/// A batch and, with a spool, the counts of the lines it came from: the spool's writer counts
+/// them once it has the batch, so that a line counted as read survives a kill.
+type Parcel = (Batch, LineCounts);
 
 /// The way into the publisher, one clone per connection: at most `buffer` records wait in it.
 #[derive(Clone)]
 pub struct Outbox {
-    pub(super) tx: async_channel::Sender<Batch>,
+    pub(super) tx: async_channel::Sender<Parcel>,
     pub(super) gate: Arc<Gate>,
     /// Where batches go once the publisher takes nothing more.
     pub(super) file: Sink,
-    pub(super) written: Option<Arc<Written>>,
+    /// With a spool: notified when a batch comes in (or the outbox closes), for the spool's
+    /// writer, a thread that waits without the executor.
+    pub(super) arrived: Option<Arc<Event>>,
 }
 
 /// The publisher's end of the [`Outbox`].
 pub struct Inbox {
-    pub(super) rx: async_channel::Receiver<Batch>,
+    pub(super) rx: async_channel::Receiver<Parcel>,
     pub(super) gate: Arc<Gate>,
-    pub(super) written: Option<Arc<Written>>,
+    pub(super) arrived: Option<Arc<Event>>,
 }
 
 /// An outbox that holds at most `capacity` records, and its other end. After the shutdown
 /// deadline, batches that can no longer be handed over are written to `file`. With `spooled`,
-/// [`Outbox::send`] returns once the spool has the batch.
+/// the counts of a batch's lines go with it, to be counted once the spool has it.
 pub fn outbox(capacity: usize, file: Sink, spooled: bool) -> (Outbox, Inbox) {
     let (tx, rx) = async_channel::unbounded();
     let gate = Arc::new(Gate::new(capacity.max(1)));
-    let written = spooled.then(Arc::default);
+    let arrived = spooled.then(|| Arc::new(Event::new()));
     let outbox = Outbox {
         tx,
         gate: gate.clone(),
         file,
-        written: written.clone(),
+        arrived: arrived.clone(),
     };
-    (outbox, Inbox { rx, gate, written })
+    (outbox, Inbox { rx, gate, arrived })
 }
 
 impl Outbox {
@@ -140,94 +114,82 @@ impl Outbox {
         self.gate.used.load(Ordering::Relaxed)
     }
 
-    /// True when [`Outbox::send`] returns only once the spool has the batch: a session then
-    /// counts its lines after sending them.
+    /// True when there is a spool: a session then hands the counts of its lines over with
+    /// them, rather than counting them itself.
     pub fn spooled(&self) -> bool {
-        self.written.is_some()
+        self.arrived.is_some()
     }
 
-    /// Hands `batch` to the publisher, waiting while the outbox is full (and, with a spool,
-    /// until the spool has it). False when the publisher takes nothing more (shutdown ran out
-    /// of time): the records are dead-lettered.
-    pub async fn send(&self, batch: Batch) -> bool {
+    /// Hands `batch` (and the counts of its lines, with a spool) to the publisher, waiting
+    /// while the outbox is full. When the publisher takes nothing more (shutdown ran out of
+    /// time), the records are dead-lettered and the counts given back.
+    pub async fn send(&self, batch: Batch, counts: LineCounts) -> Result<(), LineCounts> {
         let n = batch.len();
         self.gate.take(n).await;
-        let sent = match &self.written {
-            None => self.tx.send(batch).await.map(|()| 0),
-            Some(w) => {
-                // Numbered in the order they enter the (unbounded) channel.
-                let mut last = w.sent.lock().unwrap_or_else(|p| p.into_inner());
-                self.tx
-                    .try_send(batch)
-                    .map(|()| {
-                        *last += 1;
-                        *last
-                    })
-                    .map_err(|e| async_channel::SendError(e.into_inner()))
+        match self.tx.send((batch, counts)).await {
+            Ok(()) => {
+                self.arrived();
+                Ok(())
             }
-        };
-        match sent {
-            Ok(ticket) => {
-                if let Some(w) = &self.written {
-                    w.until(ticket).await;
-                }
-                true
-            }
-            Err(async_channel::SendError(batch)) => {
+            Err(async_channel::SendError((batch, counts))) => {
                 self.gate.give(n);
                 for record in batch {
                     self.file.send(DeadLetter::shutdown_timeout(record)).await;
                 }
-                false
+                Err(counts)
             }
         }
     }
 
     /// Like [`Outbox::send`], but never waits: when the outbox is full (or closed), the batch
-    /// is given back. Only UDP does this: it cannot push back.
-    pub fn try_send(&self, batch: Batch) -> Result<(), Batch> {
+    /// and counts are given back. Only UDP does this: it cannot push back.
+    pub fn try_send(&self, batch: Batch, counts: LineCounts) -> Result<(), Parcel> {
         let n = batch.len();
         if !self.gate.try_take(n) {
-            return Err(batch);
+            return Err((batch, counts));
         }
-        // Numbered like [`Outbox::send`]'s, but not waited for.
-        let last = self
-            .written
-            .as_ref()
-            .map(|w| w.sent.lock().unwrap_or_else(|p| p.into_inner()));
-        self.tx
-            .try_send(batch)
-            .map(|()| {
-                if let Some(mut last) = last {
-                    *last += 1;
-                }
-            })
-            .map_err(|e| {
+        match self.tx.try_send((batch, counts)) {
+            Ok(()) => {
+                self.arrived();
+                Ok(())
+            }
+            Err(e) => {
                 self.gate.give(n);
-                e.into_inner()
-            })
+                Err(e.into_inner())
+            }
+        }
+    }
+
+    fn arrived(&self) {
+        if let Some(a) = &self.arrived {
+            a.notify(1);
+        }
     }
 
     /// The publisher takes nothing more: later batches are dead-lettered.
     pub fn close(&self) {
         self.tx.close();
+        if let Some(a) = &self.arrived {
+            a.notify(usize::MAX);
+        }
     }
 }
 
 impl Inbox {
-    /// The next batch; `None` once the outbox is closed and empty.
+    /// The next batch; `None` once the outbox is closed and empty. (Without a spool, the
+    /// sessions counted its lines themselves.)
     pub async fn recv(&self) -> Option<Batch> {
-        let batch = self.rx.recv().await.ok()?;
+        let (batch, _) = self.rx.recv().await.ok()?;
         self.gate.give(batch.len());
         Some(batch)
     }
 
-    /// The next batch if one waits.
+    /// The next batch and the counts of its lines, if one waits.
     pub fn try_recv(&self) -> Polled {
         match self.rx.try_recv() {
-            Ok(batch) => {
+            Ok((batch, counts)) => {
                 self.gate.give(batch.len());
-                Polled::Batch(batch)
+                Polled::Batch(batch, counts)
             }
             Err(async_channel::TryRecvError::Empty) => Polled::Empty,
             Err(async_channel::TryRecvError::Closed) => Polled::Closed,
@@ -237,7 +199,7 @@ impl Inbox {
 
 /// What [`Inbox::try_recv`] found.
 pub enum Polled {
-    Batch(Batch),
+    Batch(Batch, LineCounts),
     /// Nothing waits now.
     Empty,
     /// The outbox is closed and empty.
@@ -280,27 +242,28 @@ pub(super) fn spooling(
             let mut tended = Instant::now();
             loop {
                 let next = match inbox.try_recv() {
-                    Polled::Batch(batch) => Some(batch),
+                    Polled::Batch(batch, counts) => Some((batch, counts)),
+                    Polled::Closed => break,
+                    // Waits on the thread itself, at most until the spool is to be tended.
                     Polled::Empty => {
-                        let waited = smol::block_on(futures_lite::future::or(
-                            async { inbox.recv().await.map(Some) },
-                            async {
-                                smol::Timer::after(TEND_EVERY).await;
-                                Some(None)
-                            },
-                        ));
-                        match waited {
-                            None => break,
-                            Some(b) => b,
+                        let arrived = inbox.arrived.as_ref().map(|a| a.listen());
+                        match inbox.try_recv() {
+                            Polled::Batch(batch, counts) => Some((batch, counts)),
+                            Polled::Closed => break,
+                            Polled::Empty => {
+                                match arrived {
+                                    Some(a) => {
+                                        let _ = a.wait_timeout(TEND_EVERY);
+                                    }
+                                    None => std::thread::sleep(TEND_EVERY),
+                                }
+                                None
+                            }
                         }
                     }
-                    Polled::Closed => break,
                 };
-                if let Some(batch) = next {
-                    writer.write(batch);
-                    if let Some(w) = &inbox.written {
-                        w.wrote();
-                    }
+                if let Some((batch, counts)) = next {
+                    writer.write(batch, &counts);
                 }
                 if tended.elapsed() >= TEND_EVERY {
                     writer.tend();

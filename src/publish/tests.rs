@@ -39,7 +39,12 @@ fn a_closed_outbox_writes_what_it_is_given_to_the_dead_letter_file() {
         read_ms: 1,
         ack: Default::default(),
     };
-    assert!(!smol::block_on(outbox.send(vec![record])));
+    let counts = crate::base::metrics::LineCounts {
+        lines: 1,
+        ..Default::default()
+    };
+    let back = smol::block_on(outbox.send(vec![record], counts)).expect_err("closed");
+    assert_eq!(back.lines, 1, "the counts are given back to be counted");
     file.finish();
     let text = std::fs::read_to_string(&path).expect("dead-letter file");
     let lines: Vec<serde_json::Value> = text

@@ -158,15 +158,30 @@ impl Pipeline {
     /// Like [`Pipeline::flush`], but never waits: when the outbox is full the batch is dropped
     /// (only UDP does this: it cannot push back). Returns how many records were dropped.
     pub fn try_flush(&mut self) -> usize {
-        self.shared.metrics.add_lines(&self.counts);
-        self.counts = LineCounts::default();
+        let counts = std::mem::take(&mut self.counts);
         if self.batch.is_empty() {
+            self.shared.metrics.add_lines(&counts);
             return 0;
         }
         let batch = self.take_batch();
-        match self.shared.outbox.try_send(batch) {
+        let counts = self.hand_over(counts);
+        match self.shared.outbox.try_send(batch, counts) {
             Ok(()) => 0,
-            Err(batch) => batch.len(),
+            Err((batch, counts)) => {
+                self.shared.metrics.add_lines(&counts);
+                batch.len()
+            }
+        }
+    }
+
+    /// The counts that go with a batch: with a spool, all of them (its writer counts them once
+    /// it has the batch); without, none (they are counted here, now).
+    fn hand_over(&self, counts: LineCounts) -> LineCounts {
+        if self.shared.outbox.spooled() {
+            counts
+        } else {
+            self.shared.metrics.add_lines(&counts);
+            LineCounts::default()
         }
     }
 
@@ -189,24 +204,23 @@ impl Pipeline {
     /// Sends what is batched to the publisher, waiting while the outbox is full. False when the
     /// publisher takes nothing more (shutdown ran out of time; the outbox dead-lettered it).
     ///
-    /// The lines are counted as read (`lines`) as they are handed over, or, with a spool, once
-    /// the spool has their records: a line that was counted survives a kill.
+    /// The lines are counted as read (`lines`) as they are handed over, or, with a spool, by
+    /// the spool's writer once it has their records: a line that was counted survives a kill.
     pub async fn flush(&mut self) -> bool {
         let counts = std::mem::take(&mut self.counts);
         if self.batch.is_empty() {
             self.shared.metrics.add_lines(&counts);
             return true;
         }
-        let spooled = self.shared.outbox.spooled();
-        if !spooled {
-            self.shared.metrics.add_lines(&counts);
-        }
         let batch = self.take_batch();
-        let sent = self.shared.outbox.send(batch).await;
-        if spooled {
-            self.shared.metrics.add_lines(&counts);
+        let counts = self.hand_over(counts);
+        match self.shared.outbox.send(batch, counts).await {
+            Ok(()) => true,
+            Err(counts) => {
+                self.shared.metrics.add_lines(&counts);
+                false
+            }
         }
-        sent
     }
 }
 

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hotdog_stages::config::{self, Fsync};
@@ -93,6 +93,10 @@ struct Shared {
     state: Mutex<State>,
     /// Ids settled since the writer last wrote them down; filled by delivery reports.
     settled: Mutex<Vec<u64>>,
+    /// Records settled so far: the writer sees from it whether Kafka is answering.
+    acked: AtomicU64,
+    /// Notified when the publisher takes a batch from memory: the feed has room.
+    room: event_listener::Event,
     /// Records of RELP messages (answered once Kafka has them) that were left on disk for
     /// the publisher to read back: their senders' shares wait here by id.
     waiting: Mutex<std::collections::HashMap<u64, Ack>>,
@@ -243,6 +247,7 @@ impl Shared {
 /// Delivery reports and the dead-letter writer settle spooled records here (see [`Ack`]).
 impl Ledger for Shared {
     fn settled(&self, id: u64) {
+        self.acked.fetch_add(1, Relaxed);
         self.settled
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -30,6 +30,8 @@ pub(super) fn open(config: &config::Spool, metrics: Arc<Metrics>) -> Result<Shar
         segment_size: (config.max_size / 8).clamp(64 << 10, SEGMENT_MAX),
         state: Mutex::default(),
         settled: Mutex::default(),
+        acked: AtomicU64::new(0),
+        room: event_listener::Event::new(),
         waiting: Mutex::default(),
         first_of_run: 0,
         full: AtomicBool::new(false),

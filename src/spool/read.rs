@@ -45,6 +45,7 @@ impl Feed {
     pub async fn recv(&self, stop: impl Fn() -> bool) -> Option<Batch> {
         loop {
             if let Ok(batch) = self.mem.try_recv() {
+                self.shared.room.notify(1);
                 return Some(batch);
             }
             if !stop() {
@@ -55,7 +56,10 @@ impl Feed {
                 }
             }
             match self.mem.recv().await {
-                Ok(batch) => return Some(batch),
+                Ok(batch) => {
+                    self.shared.room.notify(1);
+                    return Some(batch);
+                }
                 Err(_) if stop() || self.shared.state().cursor == Cursor::Live => return None,
                 Err(_) => {}
             }

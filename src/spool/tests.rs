@@ -5,6 +5,8 @@ use hotdog_stages::core::{Awaited, Batch, Record, Standing};
 
 use super::*;
 
+use crate::base::metrics::LineCounts;
+
 fn config(dir: &Path, max_size: u64) -> config::Spool {
     config::Spool {
         path: dir.to_path_buf(),
@@ -72,13 +74,13 @@ fn what_the_publisher_cannot_take_in_memory_it_reads_back_from_disk_in_order() {
     // Room for two batches in memory: the other eight wait on disk.
     let (mut writer, feed) = spool.start(2);
     for b in 0..10 {
-        writer.write(batch(b * 100, 100));
+        writer.write(batch(b * 100, 100), &LineCounts::default());
     }
     let got = drain(&feed);
     let expected: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
     assert_eq!(payloads(&got), expected);
     // Once it caught up, the next batch comes in memory again.
-    writer.write(batch(1000, 5));
+    writer.write(batch(1000, 5), &LineCounts::default());
     assert_eq!(feed.mem.len(), 1);
     let ids: std::collections::HashSet<String> = got.iter().map(id_of).collect();
     assert_eq!(ids.len(), 1000, "every record has an id of its own");
@@ -93,7 +95,7 @@ fn after_a_restart_only_what_kafka_did_not_acknowledge_is_sent_again_with_its_id
         let spool = Spool::open(&config(dir.path(), 1 << 30), metrics.clone()).unwrap();
         let (mut writer, feed) = spool.start(100);
         for b in 0..4 {
-            writer.write(batch(b * 50, 50));
+            writer.write(batch(b * 50, 50), &LineCounts::default());
         }
         let mut got = drain(&feed);
         let ids: Vec<String> = got.iter().map(id_of).collect();
@@ -136,7 +138,7 @@ fn segments_go_once_every_record_in_them_is_settled() {
         b
     };
     for b in 0..6 {
-        writer.write(big(b * 100));
+        writer.write(big(b * 100), &LineCounts::default());
     }
     let segs = |d: &Path| {
         fs::read_dir(d)
@@ -166,7 +168,7 @@ fn a_full_spool_holds_the_writer_until_kafka_takes_what_it_holds() {
     for r in &mut b {
         r.payload = Bytes::from(vec![b'x'; 1000]);
     }
-    writer.write(b);
+    writer.write(b, &LineCounts::default());
     let held = drain(&feed);
     let full = spool.clone();
     let t = std::thread::spawn(move || {
@@ -174,7 +176,7 @@ fn a_full_spool_holds_the_writer_until_kafka_takes_what_it_holds() {
         for r in &mut b {
             r.payload = Bytes::from(vec![b'y'; 1000]);
         }
-        writer.write(b);
+        writer.write(b, &LineCounts::default());
         writer
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -200,8 +202,8 @@ fn a_relp_message_with_ack_spool_is_safe_once_written_and_one_with_ack_kafka_onc
     b[1].ack = late.share();
     early.release();
     late.release();
-    writer.write(batch(10, 1)); // fills memory: the next batch waits on disk
-    writer.write(b);
+    writer.write(batch(10, 1), &LineCounts::default()); // fills memory: the next batch waits on disk
+    writer.write(b, &LineCounts::default());
     assert_eq!(early.standing(), Standing::Safe);
     assert_eq!(late.standing(), Standing::Waiting);
     // Read back from disk, the record still carries its sender's share.
@@ -222,7 +224,7 @@ fn a_torn_segment_and_a_flipped_byte_cost_only_the_damaged_records() {
             for r in &mut records {
                 r.payload = Bytes::from(format!("{:0>1000}", r.payload_text()));
             }
-            writer.write(records);
+            writer.write(records, &LineCounts::default());
         }
         writer.finish();
     }

@@ -3,15 +3,24 @@
 //! what was settled, and deletes segments once every record in them is.
 
 use std::os::unix::fs::FileExt as _;
+
+use event_listener::Listener as _;
 use std::time::{Duration, Instant};
 
 use hotdog_stages::core::Batch;
+
+use crate::base::metrics::LineCounts;
 
 use super::open::{remove_segment, sync_dir};
 use super::*;
 
 /// How long a full spool waits before it tries again.
 const FULL_WAIT: Duration = Duration::from_millis(20);
+
+/// While Kafka answers, a batch waits for room in the publisher's memory rather than being left
+/// on disk to be read back (which costs more than the write); once Kafka has settled nothing
+/// for this long while records wait, it is away or stuck, and the spool takes the traffic.
+const STALL: Duration = Duration::from_millis(100);
 
 /// The writing side of a spool (see [`Spool::start`]).
 pub struct Writer {
@@ -28,6 +37,10 @@ pub struct Writer {
     full: Option<String>,
     /// Writing acknowledgements failed last time (said once).
     acks_failing: bool,
+    /// Records settled when the writer last looked, and since when that has not changed while
+    /// records waited: how long Kafka has been silent.
+    acked: u64,
+    silent_since: Instant,
 }
 
 impl Spool {
@@ -44,6 +57,8 @@ impl Spool {
             dirty: false,
             full: None,
             acks_failing: false,
+            acked: 0,
+            silent_since: Instant::now(),
         };
         (writer, Feed::new(self.shared.clone(), rx))
     }
@@ -53,11 +68,12 @@ impl Spool {
 struct Full(String);
 
 impl Writer {
-    /// Writes `batch` to the spool, each record with its `hotdog.id`, and hands it on. Blocks
-    /// while the spool is full (`max_size`, or the disk): the sessions then feel backpressure,
-    /// as they do with a full outbox.
-    pub fn write(&mut self, mut batch: Batch) {
+    /// Writes `batch` to the spool, each record with its id, counts the lines it came from
+    /// (`lines`) as read, and hands it on. Blocks while the spool is full (`max_size`, or the
+    /// disk): the sessions then feel backpressure, as they do with a full outbox.
+    pub fn write(&mut self, mut batch: Batch, lines: &LineCounts) {
         if batch.is_empty() {
+            self.shared.metrics.add_lines(lines);
             return;
         }
         let n = batch.len() as u64;
@@ -82,6 +98,7 @@ impl Writer {
             log::info!("spool: there is room again (it was full: {why}); reading on");
         }
         self.shared.metrics.spool_written.fetch_add(n, Relaxed);
+        self.shared.metrics.add_lines(lines);
         let ledger: Arc<dyn Ledger> = self.shared.clone();
         for (id, record) in (first..).zip(batch.iter_mut()) {
             record.ack.spooled(ledger.clone(), id);
@@ -89,7 +106,35 @@ impl Writer {
                 record.ack.settle_sender();
             }
         }
+        self.wait_while_kafka_answers();
         self.publish(batch, first, base, at);
+    }
+
+    /// When the publisher's memory is full: waits for room as long as Kafka keeps settling
+    /// records (senders then go at Kafka's pace, as without a spool); returns at once when it
+    /// has settled nothing for [`STALL`] while records waited, so that the batch stays on disk.
+    fn wait_while_kafka_answers(&mut self) {
+        loop {
+            {
+                let st = self.shared.state();
+                let acked = self.shared.acked.load(Relaxed);
+                if acked != self.acked || st.records == 0 {
+                    self.acked = acked;
+                    self.silent_since = Instant::now();
+                }
+                if st.cursor != Cursor::Live || !self.mem.is_full() {
+                    return;
+                }
+            }
+            if self.silent_since.elapsed() >= STALL || self.mem.is_closed() {
+                return;
+            }
+            let room = self.shared.room.listen();
+            if !self.mem.is_full() {
+                return;
+            }
+            let _ = room.wait_timeout(Duration::from_millis(5));
+        }
     }
 
     /// Appends the encoded batch to the current segment (a new one when it is too long);
