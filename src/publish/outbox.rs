@@ -77,14 +77,15 @@ pub struct Outbox {
     pub(super) file: Sink,
     /// With a spool: notified when a batch comes in (or the outbox closes), for the spool's
     /// writer, a thread that waits without the executor.
-    pub(super) arrived: Option<Arc<Event>>,
+    pub(super) arrived: Arc<Event>,
+    pub(super) spooled: bool,
 }
 
 /// The publisher's end of the [`Outbox`].
 pub struct Inbox {
     pub(super) rx: async_channel::Receiver<Parcel>,
     pub(super) gate: Arc<Gate>,
-    pub(super) arrived: Option<Arc<Event>>,
+    pub(super) arrived: Arc<Event>,
 }
 
 /// An outbox that holds at most `capacity` records, and its other end. After the shutdown
@@ -93,12 +94,13 @@ pub struct Inbox {
 pub fn outbox(capacity: usize, file: Sink, spooled: bool) -> (Outbox, Inbox) {
     let (tx, rx) = async_channel::unbounded();
     let gate = Arc::new(Gate::new(capacity.max(1)));
-    let arrived = spooled.then(|| Arc::new(Event::new()));
+    let arrived = Arc::new(Event::new());
     let outbox = Outbox {
         tx,
         gate: gate.clone(),
         file,
         arrived: arrived.clone(),
+        spooled,
     };
     (outbox, Inbox { rx, gate, arrived })
 }
@@ -117,7 +119,7 @@ impl Outbox {
     /// True when there is a spool: a session then hands the counts of its lines over with
     /// them, rather than counting them itself.
     pub fn spooled(&self) -> bool {
-        self.arrived.is_some()
+        self.spooled
     }
 
     /// Hands `batch` (and the counts of its lines, with a spool) to the publisher, waiting
@@ -161,17 +163,15 @@ impl Outbox {
     }
 
     fn arrived(&self) {
-        if let Some(a) = &self.arrived {
-            a.notify(1);
+        if self.spooled {
+            self.arrived.notify(1);
         }
     }
 
     /// The publisher takes nothing more: later batches are dead-lettered.
     pub fn close(&self) {
         self.tx.close();
-        if let Some(a) = &self.arrived {
-            a.notify(usize::MAX);
-        }
+        self.arrived.notify(usize::MAX);
     }
 }
 
@@ -246,17 +246,12 @@ pub(super) fn spooling(
                     Polled::Closed => break,
                     // Waits on the thread itself, at most until the spool is to be tended.
                     Polled::Empty => {
-                        let arrived = inbox.arrived.as_ref().map(|a| a.listen());
+                        let arrived = inbox.arrived.listen();
                         match inbox.try_recv() {
                             Polled::Batch(batch, counts) => Some((batch, counts)),
                             Polled::Closed => break,
                             Polled::Empty => {
-                                match arrived {
-                                    Some(a) => {
-                                        let _ = a.wait_timeout(TEND_EVERY);
-                                    }
-                                    None => std::thread::sleep(TEND_EVERY),
-                                }
+                                let _ = arrived.wait_timeout(TEND_EVERY);
                                 None
                             }
                         }
