@@ -32,8 +32,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 # second. A paced row under KEPT_UP of its rate fell behind it, and is not judged either.
 TARGET = 1.5
 KEPT_UP = 0.95
-# The spool rows: fsync once a second (the default) and after every batch.
-SPOOL_FSYNC = ["1s", "always"]
+# The spool rows, named by what they set: fsync once a second (the default), the same without
+# the `hotdog.id` header, and fsync after every batch. The target is judged on the 1s rows.
+SPOOL_ROWS = [
+    ("fsync 1s", "    fsync: 1s\n"),
+    ("fsync 1s id_header false", "    fsync: 1s\n    id_header: false\n"),
+    ("fsync always", "    fsync: always\n"),
+]
 
 
 def free_port():
@@ -454,6 +459,44 @@ def many_rules(count):
     return "".join(out)
 
 
+def shaped_rules(shape, count):
+    """`count` rules of one shape that the lines do not match, then a catch-all forward; the same
+    shapes as the criterion benches' `rule_shapes`:
+    unique: literals that never occur in the lines (`many_rules`);
+    shared: literals that occur in most lines, differing only after a variable part;
+    classes: no literal to look for (character classes and counted repetitions only);
+    jmespath: JMESPath rules on the JSON bodies, every other rule a regex;
+    fields: regexes on appname, hostname and an SD param in turn."""
+    if shape == "unique":
+        return many_rules(count)
+    out = []
+    for i in range(count):
+        k = i % 3
+        if shape == "shared":
+            re = [f"seq=\\d+ user login (?:denied|locked) code={i}",
+                  f"Accepted publickey for user\\S+ from 192\\.168\\.{i}\\.",
+                  f'"user":"u\\d+","ok":(?:false|null),"n":{i}'][k]
+            out.append(rule(re))
+        elif shape == "classes":
+            out.append(rule(f"[A-Z]{{3}}[0-9]{{{2 + i % 20}}}[a-z]{{{1 + i // 20}}}"))
+        elif shape == "jmespath" and i % 2 == 0:
+            out.append(f"  - jmespath: 'meta.t{i}'\n    actions:\n"
+                       "      - type: forward\n        topic: 'TOPIC'\n")
+        elif shape == "jmespath":
+            out.append(rule(f"service-{i} (failed|stopped)"))
+        elif shape == "fields":
+            re, field = [(f"^svc{i}$", "appname"), (f"^node{i}\\.", "hostname"),
+                         (f"^{i}x$", "sd.ex@32473.iut")][k]
+            out.append(rule(re).replace("\n    actions:", f"\n    field: {field}\n    actions:", 1))
+        else:
+            sys.exit(f"no rule shape {shape}")
+    out.append(FORWARD_ALL)
+    return "".join(out)
+
+
+RULE_SHAPES = ["unique", "shared", "classes", "jmespath", "fields"]
+
+
 EXAMPLE_RULES = """  - regex: '^hello\\\\s+(?P<name>\\\\w+)?'
     actions:
       - type: replace
@@ -490,6 +533,9 @@ def main():
     ap.add_argument("--rules", type=int, nargs="*", default=[200, 1000],
                     help="add rows with this many regex rules that the lines do not match, then "
                          "a catch-all (1 conn)")
+    ap.add_argument("--rule-shapes", nargs="*", default=RULE_SHAPES, choices=RULE_SHAPES,
+                    help="with --rules, the rule-set shapes to add rows for (the unique shape is "
+                         "the plain --rules row)")
     ap.add_argument("--formats", nargs="*", default=["json", "otlp_proto"],
                     help="add forward-all rows in these record formats (1 conn)")
     ap.add_argument("--format-rate", type=int, nargs="*", default=[0, 150_000], metavar="R",
@@ -548,11 +594,11 @@ def main():
                     if args.baseline:
                         rows.append(run_hotdog(broker, chunks, n, work, False, None,
                                                " baseline", args.baseline))
-                    for fsync in [] if args.no_spool_rows else SPOOL_FSYNC:
+                    for label, keys in [] if args.no_spool_rows else SPOOL_ROWS:
                         with tempfile.TemporaryDirectory(dir=args.spool_dir) as spool:
                             rows.append(run_hotdog(
-                                broker, chunks, n, work, False, None, f" spool fsync {fsync}",
-                                global_extra=f"  spool:\n    path: '{spool}'\n    fsync: {fsync}\n"))
+                                broker, chunks, n, work, False, None, f" spool {label}",
+                                global_extra=f"  spool:\n    path: '{spool}'\n{keys}"))
                     if args.tls:
                         rows.append(run_hotdog(broker, chunks, n, work, True))
                         if args.baseline:
@@ -573,6 +619,13 @@ def main():
                         rows.append(run_hotdog(broker, chunks_of(all_lines, 1), n, work, False,
                                                many_rules(count), f" {count} rules{twin}",
                                                binary))
+                        for shape in args.rule_shapes:
+                            if shape == "unique":
+                                continue  # the row above
+                            rows.append(run_hotdog(
+                                broker, chunks_of(all_lines, 1), n, work, False,
+                                shaped_rules(shape, count), f" {count} rules {shape}{twin}",
+                                binary))
                 for rate in args.format_rate if args.formats or args.padded else []:
                     # The rows compared with each other, in an order turned by one each run,
                     # so that none is always measured after another.
@@ -631,11 +684,18 @@ def main():
               f"CPU {h['cpu_per_million']/rs['cpu_per_million']:.2f}x; "
               f"hotdog/kcat CPU {h['cpu_per_million']/floor['cpu_per_million']:.2f}x")
     ex, fa = by["hotdog example rules (1 conn)"], by.get("hotdog (1 conn)")
-    if fa:
+    if fa and fa["cpu_per_million"] > 0:
         print(f"example rules / forward-all CPU: {ex['cpu_per_million']/fa['cpu_per_million']:.2f}x")
         for count in args.rules:
             r = by[f"hotdog {count} rules (1 conn)"]
             print(f"{count} rules / forward-all CPU: {r['cpu_per_million']/fa['cpu_per_million']:.2f}x")
+            target = 2 if count <= 200 else 3
+            for shape in args.rule_shapes:
+                r = by[f"hotdog {count} rules{'' if shape == 'unique' else ' ' + shape} (1 conn)"]
+                cpu = r["cpu_per_million"] / fa["cpu_per_million"]
+                print(f"{count} rules, shape {shape} / forward-all CPU: {cpu:.2f}x, "
+                      f"{r['lines_per_s']:,.0f} lines/s, peak RSS {r['rss_mb']:.0f} MB; "
+                      f"target <= {target}x: {'met' if cpu <= target else 'MISSED'}")
     def per_run(name, over):
         """The ratio of two rows' CPU in each run, which measured them minutes apart at most:
         their median and range, steadier than the ratio of the medians on a noisy machine."""
@@ -687,17 +747,17 @@ def main():
     if not args.no_spool_rows:
         for c in args.connections:
             mem_name = f"hotdog ({c} conn)"
-            for fsync in SPOOL_FSYNC:
-                name = f"hotdog spool fsync {fsync} ({c} conn)"
+            for label, _ in SPOOL_ROWS:
+                name = f"hotdog spool {label} ({c} conn)"
                 r, m = by[name], by[mem_name]
                 speed = r["lines_per_s"] / m["lines_per_s"]
                 cpu = r["cpu_per_million"] / m["cpu_per_million"]
                 verdict = ""
-                if fsync == "1s":
+                if label.startswith("fsync 1s"):
                     met = speed >= 0.75 and cpu <= 1.3
                     verdict = (f"; target >= 0.75x lines/s, <= 1.3x CPU: "
                                f"{'met' if met else 'MISSED'}")
-                print(f"{c} conn: spool fsync {fsync} / memory only: lines/s {speed:.2f}x, CPU "
+                print(f"{c} conn: spool {label} / memory only: lines/s {speed:.2f}x, CPU "
                       f"{cpu:.2f}x{per_run(name, mem_name)}{verdict}")
     if args.baseline:
         # Every row run with both binaries: this build's CPU and lines/s against the baseline's.

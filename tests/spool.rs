@@ -429,6 +429,10 @@ fn check_reports_the_spool_and_bad_spool_keys_name_their_line() {
         ),
         ("    max_size: 1000\n", "must be at least 1MiB"),
         ("    fsync: sometimes\n", "global.spool.fsync"),
+        (
+            "    id_header: maybe\n",
+            "expected true or false for `global.spool.id_header`",
+        ),
     ] {
         let bad = dir.path().join("bad.yml");
         std::fs::write(
@@ -456,6 +460,29 @@ fn check_reports_the_spool_and_bad_spool_keys_name_their_line() {
     let (code, _, err) = run_hotdog(&["--check", "-c", &relp.display().to_string()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`global.spool` is not set"), "{err}");
+}
+
+/// `id_header: false`: records go through the spool as before, without the `hotdog.id` header
+/// (and its cost); with the default, every record has one.
+#[test]
+fn id_header_false_leaves_the_header_out() {
+    const N: usize = 2_000;
+    for (extra, headers) in [("    id_header: false\n", 0), ("", N)] {
+        let (broker, topic) = fresh_topic("spool-noid");
+        let spool = tempfile::tempdir().expect("spool dir");
+        let yaml = with_spool(
+            &config_yaml(broker, "", &forward_all(&topic)),
+            spool.path(),
+            extra,
+        );
+        let hotdog = Hotdog::start_config(&yaml);
+        send_range(&hotdog.addr(), 0, N);
+        let got = consume_all(broker, &topic, N);
+        let t = tally(&got, N);
+        assert_eq!((t.delivered, t.duplicated), (N, 0), "{extra}");
+        assert_eq!(ids(&got).len(), headers, "{extra}");
+        assert_eq!(hotdog.stat("spool.written"), N as i64, "{extra}");
+    }
 }
 
 /// Sends lines `0..n` over one TCP connection until the connection fails (hotdog was killed);

@@ -189,7 +189,11 @@ impl DeadLetters {
         headers.push(("hotdog-reason".into(), letter.reason.clone()));
         headers.extend(r.headers.iter().cloned());
         if let Some((name, id)) = ack.spool_id() {
-            headers.push((crate::spool::ID_HEADER.into(), format!("{name}-{id}")));
+            let id = crate::spool::RecordId::new(name, id);
+            headers.push((
+                crate::spool::ID_HEADER.into(),
+                String::from_utf8_lossy(id.as_bytes()).into_owned(),
+            ));
         }
         let letter_tag = Box::new(Letter {
             original: r.topic.to_string(),

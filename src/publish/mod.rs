@@ -17,7 +17,6 @@ pub mod producer;
 
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -472,19 +471,19 @@ impl Publisher {
         let mut backoff = Duration::from_millis(1);
         let seq = self.produced.fetch_add(1, Ordering::Relaxed);
         // The spool's `hotdog.id`, written here rather than kept with the record.
-        let mut id = [0u8; 96];
-        let id_len = record.ack.spool_id().map_or(0, |(name, n)| {
-            let mut at = std::io::Cursor::new(&mut id[..]);
-            let _ = write!(at, "{name}-{n}");
-            at.position() as usize
-        });
+        let id = record
+            .ack
+            .spool_id()
+            .map(|(name, n)| crate::spool::RecordId::new(name, n));
         let mut tag = Tag::of(&mut record, counters, seq);
         loop {
             let envelope = producer::Envelope {
                 topic: &record.topic,
                 key: record.key.as_deref(),
                 headers: &record.headers,
-                extra: (id_len > 0).then(|| (crate::spool::ID_HEADER, &id[..id_len])),
+                extra: id
+                    .as_ref()
+                    .map(|id| (crate::spool::ID_HEADER, id.as_bytes())),
                 timestamp: record.read_ms.max(0),
             };
             let payload = match tag.lent {

@@ -42,6 +42,32 @@ mod tests;
 /// record is sent again after a restart, so that a consumer can drop a duplicate.
 pub const ID_HEADER: &str = "hotdog.id";
 
+/// A record's [`ID_HEADER`] value, `<spool name>-<record id>`, written without the formatting
+/// machinery: it is made for every record produced.
+pub struct RecordId {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl RecordId {
+    pub fn new(name: &str, id: u64) -> Self {
+        let mut bytes = [0u8; 64];
+        // A spool's name is 16 hex digits; a longer one (never written by hotdog) is cut.
+        let name = &name.as_bytes()[..name.len().min(40)];
+        bytes[..name.len()].copy_from_slice(name);
+        bytes[name.len()] = b'-';
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(id).as_bytes();
+        let len = name.len() + 1 + digits.len();
+        bytes[name.len() + 1..len].copy_from_slice(digits);
+        Self { bytes, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// Why the spool cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,6 +112,8 @@ struct Shared {
     dir: PathBuf,
     /// The spool's name, the first part of every `hotdog.id`.
     name: String,
+    /// Records carry a `hotdog.id` header (`id_header`).
+    id_header: bool,
     max_size: u64,
     fsync: Fsync,
     /// A segment is closed and a new one begun past this many bytes.
@@ -254,8 +282,8 @@ impl Ledger for Shared {
             .push(id);
     }
 
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> Option<&str> {
+        self.id_header.then_some(self.name.as_str())
     }
 }
 

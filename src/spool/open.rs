@@ -25,6 +25,7 @@ pub(super) fn open(config: &config::Spool, metrics: Arc<Metrics>) -> Result<Shar
     let shared = Shared {
         dir: dir.clone(),
         name,
+        id_header: config.id_header,
         max_size: config.max_size,
         fsync: config.fsync,
         segment_size: (config.max_size / 8).clamp(64 << 10, SEGMENT_MAX),

@@ -12,6 +12,7 @@ fn config(dir: &Path, max_size: u64) -> config::Spool {
         path: dir.to_path_buf(),
         max_size,
         fsync: Fsync::Every(Duration::from_secs(1)),
+        id_header: true,
     }
 }
 
@@ -285,4 +286,25 @@ fn a_spool_is_used_by_one_hotdog_and_a_later_format_is_refused() {
         .join(format!("{:020}.seg", 5))
         .exists());
     assert_eq!(metrics.spool_corrupt.load(Relaxed), 1);
+}
+
+#[test]
+fn a_record_id_reads_like_its_name_and_number() {
+    for (name, n) in [
+        ("0123456789abcdef", 0u64),
+        ("0123456789abcdef", 9),
+        ("0123456789abcdef", 10),
+        ("fedcba9876543210", 1_234_567),
+        ("fedcba9876543210", u64::MAX),
+    ] {
+        let id = crate::spool::RecordId::new(name, n);
+        assert_eq!(id.as_bytes(), format!("{name}-{n}").as_bytes());
+    }
+    // A name longer than any hotdog writes is cut, never overflows.
+    let long = "x".repeat(100);
+    let id = crate::spool::RecordId::new(&long, u64::MAX);
+    assert_eq!(
+        id.as_bytes(),
+        format!("{}-{}", &long[..40], u64::MAX).as_bytes()
+    );
 }

@@ -30,6 +30,9 @@ pub struct Writer {
     /// The segment being written: its first id and file.
     current: Option<(u64, File)>,
     buf: Vec<u8>,
+    /// The ids settled since the last look, swapped with the ledger's list: neither list is
+    /// grown again from nothing every few milliseconds.
+    ids: Vec<u64>,
     last_sync: Instant,
     /// Written since the last sync: the current segment, and acknowledgements.
     dirty: bool,
@@ -53,6 +56,7 @@ impl Spool {
             mem: tx,
             current: None,
             buf: Vec::new(),
+            ids: Vec::new(),
             last_sync: Instant::now(),
             dirty: false,
             full: None,
@@ -300,7 +304,10 @@ impl Writer {
     /// makes what was written durable when `fsync` says, and updates the gauges. Called after
     /// every batch and at least every few milliseconds.
     pub fn tend(&mut self) {
-        let mut ids = std::mem::take(
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        std::mem::swap(
+            &mut ids,
             &mut *self
                 .shared
                 .settled
@@ -318,6 +325,7 @@ impl Writer {
         self.delete_done(&mut st, current);
         self.gauges(&st);
         drop(st);
+        self.ids = ids;
         self.sync_if_due();
     }
 

@@ -107,6 +107,48 @@ fn many_rules(n: usize) -> Rules {
     rules(&text)
 }
 
+/// `n` rules of one shape, none of which the mixed lines match, then a catch-all forward. The
+/// shapes are the ones issue "200 rules for the price of one" names, the same as
+/// `dev/bench.py`'s `--rule-shapes`:
+/// - `unique`: literals that never occur in the lines ([`many_rules`]);
+/// - `shared`: literals that occur in most lines (a phrase every line of a kind carries),
+///   differing only after a variable part (`\d+`, `\S+`);
+/// - `classes`: no literal to look for (character classes and counted repetitions only);
+/// - `jmespath`: JMESPath rules on the JSON bodies, every other rule a regex;
+/// - `fields`: regexes on `appname`, `hostname` and an SD param in turn.
+fn shaped_rules(shape: &str, n: usize) -> Rules {
+    let mut text = format!("{GLOBAL}rules:\n");
+    for i in 0..n {
+        let rule = match (shape, i % 3) {
+            ("unique", _) => return many_rules(n),
+            ("shared", 0) => format!("regex: 'hello user\\d+ login (?:denied|locked) code={i}'"),
+            ("shared", 1) => {
+                format!("regex: 'Accepted publickey for user\\S+ from 192\\.168\\.{i}\\.'")
+            }
+            ("shared", _) => format!("regex: '\"user\":\"u\\d+\",\"ok\":(?:false|null),\"n\":{i}'"),
+            ("classes", _) => format!(
+                "regex: '[A-Z]{{3}}[0-9]{{{}}}[a-z]{{{}}}'",
+                2 + i % 20,
+                1 + i / 20
+            ),
+            ("jmespath", _) if i % 2 == 0 => format!("jmespath: 'meta.t{i}'"),
+            ("jmespath", _) => format!("regex: 'service-{i} (failed|stopped)'"),
+            ("fields", 0) => format!("regex: '^svc{i}$'\n    field: appname"),
+            ("fields", 1) => format!("regex: '^node{i}\\.'\n    field: hostname"),
+            ("fields", _) => format!("regex: '^{i}x$'\n    field: sd.ex@32473.iut"),
+            _ => panic!("no rule shape {shape}"),
+        };
+        text.push_str(&format!(
+            "  - {rule}\n    actions:\n      - type: forward\n        topic: 'r{i}'\n"
+        ));
+    }
+    text.push_str("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'logs'\n");
+    rules(&text)
+}
+
+/// The rule shapes of [`shaped_rules`].
+const SHAPES: [&str; 5] = ["unique", "shared", "classes", "jmespath", "fields"];
+
 fn forward_all() -> Rules {
     rules(&format!(
         "{GLOBAL}rules:\n  - regex: '.*'\n    actions:\n      - type: forward\n        topic: 'logs'\n"
@@ -214,6 +256,20 @@ fn benches(c: &mut Criterion) {
         g.bench_function(format!("{n}_rules_then_catch_all"), |b| {
             b.iter(|| apply_all(&many, black_box(&lines)))
         });
+    }
+    g.finish();
+
+    // Every rule shape at 200, 1,000 and 5,000 rules, beside forward-all (`rules/forward_all`).
+    let mut g = c.benchmark_group("rule_shapes");
+    g.throughput(Throughput::Elements(LINES as u64));
+    g.sample_size(10);
+    for shape in SHAPES {
+        for n in [200, 1000, 5000] {
+            let set = shaped_rules(shape, n);
+            g.bench_function(format!("{shape}_{n}"), |b| {
+                b.iter(|| apply_all(&set, black_box(&lines)))
+            });
+        }
     }
     g.finish();
 

@@ -81,7 +81,7 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
     })
 }
 
-/// `global.spool`: `path` (required), `max_size`, `fsync`.
+/// `global.spool`: `path` (required), `max_size`, `fsync`, `id_header`.
 fn decode_spool(cx: &mut Cx<'_>, node: &Node) -> Option<Spool> {
     let mut m = Map::new(cx, node, "global.spool")?;
     let path = m.required_string(cx, "path").map(PathBuf::from);
@@ -116,12 +116,32 @@ fn decode_spool(cx: &mut Cx<'_>, node: &Node) -> Option<Spool> {
                 Some(Fsync::Every(d))
             }),
     };
+    let id_header = flag(cx, m.get("id_header"), "global.spool.id_header", true);
     m.finish(cx);
     Some(Spool {
         path: path?,
         max_size: max_size?,
         fsync: fsync?,
+        id_header: id_header?,
     })
+}
+
+/// A true-or-false setting (`true`/`yes`/`on`, `false`/`no`/`off`), `default` when absent.
+fn flag(cx: &mut Cx<'_>, node: Option<&Node>, what: &str, default: bool) -> Option<bool> {
+    let Some(n) = node else {
+        return Some(default);
+    };
+    match scalar(cx, n, what)?.as_str() {
+        "true" | "yes" | "on" => Some(true),
+        "false" | "no" | "off" => Some(false),
+        other => {
+            cx.error(
+                n,
+                format!("expected true or false for `{what}`, found `{other}`"),
+            );
+            None
+        }
+    }
 }
 
 /// A size in bytes: a whole number, or one with a unit (`KB`, `MB`, `GB`, `TB` in powers of
@@ -588,20 +608,7 @@ fn decode_status(cx: &mut Cx<'_>, node: &Node) -> Option<Status> {
 
 fn decode_reload(cx: &mut Cx<'_>, node: &Node) -> Option<Reload> {
     let mut m = Map::new(cx, node, "global.reload")?;
-    let watch = match m.get("watch") {
-        None => Some(false),
-        Some(n) => match scalar(cx, n, "global.reload.watch")?.as_str() {
-            "true" | "yes" | "on" => Some(true),
-            "false" | "no" | "off" => Some(false),
-            other => {
-                cx.error(
-                    n,
-                    format!("expected true or false for `global.reload.watch`, found `{other}`"),
-                );
-                None
-            }
-        },
-    };
+    let watch = flag(cx, m.get("watch"), "global.reload.watch", false);
     let debounce = m.duration_at_most(
         cx,
         "debounce",

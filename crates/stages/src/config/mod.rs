@@ -67,6 +67,9 @@ pub struct Spool {
     pub max_size: u64,
     /// `fsync`: how often what is written is made durable. Default 1 s.
     pub fsync: Fsync,
+    /// `id_header`: every record carries the Kafka header `hotdog.id`, the same when it is
+    /// sent again after a crash, for consumers that drop duplicates. Default true.
+    pub id_header: bool,
 }
 
 /// `global.spool.fsync`.

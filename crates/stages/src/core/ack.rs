@@ -94,8 +94,9 @@ impl Awaited {
 /// whatever thread settles the record (librdkafka's, the dead-letter writer's): cheap.
 pub trait Ledger: Send + Sync + std::fmt::Debug {
     fn settled(&self, id: u64);
-    /// The spool's name: with a record's id, what its `hotdog.id` header says.
-    fn name(&self) -> &str;
+    /// The spool's name: with a record's id, what its `hotdog.id` header says; `None` when
+    /// records carry no such header (`global.spool.id_header: false`).
+    fn name(&self) -> Option<&str>;
 }
 
 /// What waits for a record to be safe: a share of an [`Awaited`] message (RELP), the spool
@@ -146,9 +147,12 @@ impl Ack {
         self.spooled = Some((ledger, id));
     }
 
-    /// The name of the spool that keeps the record and its id there.
+    /// The name of the spool that keeps the record and its id there: what its `hotdog.id`
+    /// header says, if it is to have one.
     pub fn spool_id(&self) -> Option<(&str, u64)> {
-        self.spooled.as_ref().map(|(l, id)| (l.name(), *id))
+        self.spooled
+            .as_ref()
+            .and_then(|(l, id)| l.name().map(|name| (name, *id)))
     }
 
     /// True when the spool keeps the record.

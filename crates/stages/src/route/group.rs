@@ -24,38 +24,53 @@ pub(super) enum Finder {
         ac: aho_corasick::AhoCorasick,
         /// For every literal, the group's rule it is from.
         rule_of: Vec<usize>,
+        /// The group's regexes as one multi-pattern regex, for a line in which the literals of
+        /// more than [`ONE_BY_ONE`] rules occur (literals the traffic carries): one pass then
+        /// says which rules match, instead of every candidate's own regex. `None` for a group
+        /// of no more rules than that, or one too large to build.
+        set: Option<meta::Regex>,
     },
     /// One multi-pattern regex says which rules match (their patterns have no such literals).
     Set(meta::Regex),
 }
 
 impl Group {
-    /// The indexes of the group's rules that may match `hay` (`Set`: that do match),
-    /// ascending.
-    pub(super) fn candidates(&self, hay: &str) -> Vec<usize> {
+    /// The indexes of the group's rules that may match `hay`, ascending, and whether they are
+    /// known to match (a multi-pattern pass found them) rather than still to be confirmed by
+    /// their own regexes.
+    pub(super) fn candidates(&self, hay: &str) -> (Vec<usize>, bool) {
         match &self.finder {
-            Finder::Set(set) => {
-                let mut found = PatternSet::new(self.len);
-                set.which_overlapping_matches(&Input::new(hay), &mut found);
-                found.iter().map(|id| self.first + id.as_usize()).collect()
-            }
-            Finder::Literals { ac, rule_of } => {
-                let mut found: Vec<usize> = ac
-                    .find_overlapping_iter(hay)
-                    .map(|m| self.first + rule_of[m.pattern().as_usize()])
-                    .collect();
+            Finder::Set(set) => (self.matching(set, hay), true),
+            Finder::Literals { ac, rule_of, set } => {
+                let mut found: Vec<usize> = Vec::new();
+                for m in ac.find_overlapping_iter(hay) {
+                    let rule = self.first + rule_of[m.pattern().as_usize()];
+                    if !found.contains(&rule) {
+                        found.push(rule);
+                    }
+                    // More than a few: the group's regexes as one decide, and the literals
+                    // need not be looked for any further.
+                    if let Some(set) = set.as_ref().filter(|_| found.len() > ONE_BY_ONE) {
+                        return (self.matching(set, hay), true);
+                    }
+                }
                 found.sort_unstable();
-                found.dedup();
-                found
+                (found, false)
             }
         }
     }
 
-    /// Whether a candidate must still be confirmed by the rule's own regex.
-    pub(super) fn confirms(&self) -> bool {
-        matches!(self.finder, Finder::Literals { .. })
+    /// The group's rules that `set` (their regexes as one) finds in `hay`, ascending.
+    fn matching(&self, set: &meta::Regex, hay: &str) -> Vec<usize> {
+        let mut found = PatternSet::new(self.len);
+        set.which_overlapping_matches(&Input::new(hay), &mut found);
+        found.iter().map(|id| self.first + id.as_usize()).collect()
     }
 }
+
+/// The most candidates whose own regexes are tried one by one; past that, one pass of the
+/// group's regexes as one says which match.
+pub(super) const ONE_BY_ONE: usize = 4;
 
 /// The shortest literal worth looking for first: shorter ones occur in too many lines.
 pub(super) const MIN_LITERAL: usize = 3;
@@ -74,6 +89,19 @@ pub(super) fn required_literals(p: &Pattern) -> Option<Vec<Vec<u8>>> {
 
 /// The fewest consecutive regex rules matched as one [`Group`]; fewer are tried one by one.
 pub(super) const GROUP_MIN: usize = 4;
+
+/// The most rules in one [`Group`]: a longer run is cut into groups of this many, each with
+/// automata of its own (5,000 rules with Unicode classes are past the regex engine's size limit
+/// as one).
+pub(super) const GROUP_MAX: usize = 1000;
+
+/// The lazy DFA cache of a group's regexes as one, per thread that searches: 8 KiB per rule, at
+/// least the regex engine's default 2 MiB, at most 8 MiB. Too small, and the lazy DFA gives up
+/// and the search falls back to a far slower engine (1,000 rules with `\S+` and `\d+` needed more
+/// than 4 MiB: 600 µs a line instead of 0.2).
+pub(super) fn set_cache(rules: usize) -> usize {
+    rules.saturating_mul(8 << 10).clamp(2 << 20, 8 << 20)
+}
 
 impl Matcher {
     /// Whether both are the same expression, as written.
@@ -146,24 +174,28 @@ pub(super) fn group_runs(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<
                 .iter()
                 .position(|l| l.is_some() != kind)
                 .map_or(literals.len(), |n| a + n);
-            if b - a >= min {
-                let (first, rules) = (i + a, &rules[i + a..i + b]);
+            // Groups of at most GROUP_MAX rules, so that each one's automata stay small.
+            let mut c = a;
+            while b - a >= min && c < b {
+                let d = b.min(c + GROUP_MAX);
+                let (first, rules) = (i + c, &rules[i + c..i + d]);
                 let finder = if kind {
-                    literal_finder(&literals[a..b])
+                    literal_finder(&literals[c..d], rules)
                 } else {
                     set_finder(rules)
                 };
                 // Too large to build (a size limit): the rules are tried one by one.
                 if let Some(finder) = finder {
-                    for g in &mut group_of[first..i + b] {
+                    for g in &mut group_of[first..i + d] {
                         *g = Some(groups.len());
                     }
                     groups.push(Group {
                         first,
                         finder,
-                        len: b - a,
+                        len: d - c,
                     });
                 }
+                c = d;
             }
             a = b;
         }
@@ -172,7 +204,7 @@ pub(super) fn group_runs(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<
     (groups, group_of)
 }
 
-pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>]) -> Option<Finder> {
+pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>], rules: &[Rule]) -> Option<Finder> {
     let mut all = Vec::new();
     let mut rule_of = Vec::new();
     for (r, lits) in literals.iter().enumerate() {
@@ -185,10 +217,20 @@ pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>]) -> Option<Finder
         .match_kind(aho_corasick::MatchKind::Standard)
         .build(all)
         .ok()?;
-    Some(Finder::Literals { ac, rule_of })
+    let set = if rules.len() > ONE_BY_ONE {
+        regex_set(rules)
+    } else {
+        None
+    };
+    Some(Finder::Literals { ac, rule_of, set })
 }
 
 pub(super) fn set_finder(rules: &[Rule]) -> Option<Finder> {
+    regex_set(rules).map(Finder::Set)
+}
+
+/// The regexes of `rules` (all regex rules) as one, which says which of them match a line.
+fn regex_set(rules: &[Rule]) -> Option<meta::Regex> {
     let sources: Vec<&str> = rules
         .iter()
         .filter_map(|r| match &r.matcher {
@@ -197,8 +239,11 @@ pub(super) fn set_finder(rules: &[Rule]) -> Option<Finder> {
         })
         .collect();
     meta::Builder::new()
-        .configure(meta::Config::new().match_kind(regex_automata::MatchKind::All))
+        .configure(
+            meta::Config::new()
+                .match_kind(regex_automata::MatchKind::All)
+                .hybrid_cache_capacity(set_cache(sources.len())),
+        )
         .build_many(&sources)
         .ok()
-        .map(Finder::Set)
 }

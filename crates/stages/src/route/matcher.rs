@@ -212,8 +212,16 @@ pub(super) struct Found {
 
 impl Matcher {
     /// What the matcher finds in `hay`; `None` when it does not match. `confirmed`: a group's
-    /// pass found already that this regex matches.
-    pub(super) fn find(&self, hay: &str, confirmed: bool) -> Option<Found> {
+    /// pass found already that this regex matches. `parsed`: the line's field parsed as JSON
+    /// by an earlier JMESPath rule on the same field (`field`), kept for the next one: a line
+    /// is parsed once however many JMESPath rules look at it.
+    pub(super) fn find(
+        &self,
+        hay: &str,
+        confirmed: bool,
+        field: Field,
+        parsed: &mut Option<(Field, Option<Value>)>,
+    ) -> Option<Found> {
         match self {
             Matcher::Regex(p) => {
                 let input = Input::new(hay);
@@ -233,24 +241,26 @@ impl Matcher {
                 })
             }
             Matcher::JmesPath(query) => {
-                let (value, json) = jmespath_value(query, hay)?;
+                if parsed.as_ref().is_none_or(|(f, _)| *f != field) {
+                    *parsed = Some((field, parse_json(hay)));
+                }
+                let json = parsed.as_ref().and_then(|(_, json)| json.as_ref())?;
+                let value = query.find(json)?;
                 Some(Found {
                     captures: None,
                     value: Some(value),
-                    json: Some(json),
+                    json: Some(json.clone()),
                 })
             }
         }
     }
 }
 
-/// The expression's result on `hay` (a string as it is, anything else as JSON) and `hay` parsed.
-pub(super) fn jmespath_value(query: &Query, hay: &str) -> Option<(String, Value)> {
-    // Only an object or an array can hold what an expression looks for; skip parsing the rest.
+/// `hay` parsed as JSON, when it is an object or an array: only those can hold what an
+/// expression looks for, so the rest is not parsed.
+fn parse_json(hay: &str) -> Option<Value> {
     if !matches!(hay.trim_start().as_bytes().first(), Some(b'{' | b'[')) {
         return None;
     }
-    let json: Value = serde_json::from_str(hay).ok()?;
-    let value = query.find(&json)?;
-    Some((value, json))
+    serde_json::from_str(hay).ok()
 }

@@ -108,6 +108,14 @@ pub struct Rules {
     group_of: Vec<Option<usize>>,
 }
 
+/// A group's candidates for one line (rule indexes, ascending) not yet reached, and whether a
+/// multi-pattern pass found that they match.
+struct Candidates {
+    group: usize,
+    rules: std::vec::IntoIter<usize>,
+    confirmed: bool,
+}
+
 /// The rule set in use, replaced whole when the configuration is reloaded. A connection keeps
 /// the [`Rules`] it took and asks for the current ones before each frame (one atomic load when
 /// nothing changed), so no frame is handled half with old and half with new rules.
@@ -211,8 +219,10 @@ impl Rules {
             .iter()
             .map(|g| match &g.finder {
                 Finder::Set(set) => set.memory_usage(),
-                Finder::Literals { ac, rule_of } => {
-                    ac.memory_usage() + rule_of.len() * std::mem::size_of::<usize>()
+                Finder::Literals { ac, rule_of, set } => {
+                    ac.memory_usage()
+                        + rule_of.len() * std::mem::size_of::<usize>()
+                        + set.as_ref().map_or(0, |s| s.memory_usage())
                 }
             })
             .sum();
@@ -266,7 +276,9 @@ impl Rules {
         let mut outcome = Outcome::default();
         // The group being gone through, and its candidates (rule indexes, ascending) not yet
         // reached: the rules of a group between two candidates are skipped without a look.
-        let mut group: Option<(usize, std::vec::IntoIter<usize>)> = None;
+        let mut group: Option<Candidates> = None;
+        // The field the last JMESPath rule parsed, as JSON (`None`: it is not JSON).
+        let mut parsed: Option<(Field, Option<Value>)> = None;
         let mut next = 0;
         while next < self.rules.len() {
             let at = next;
@@ -279,7 +291,7 @@ impl Rules {
                 continue;
             };
             let rule = &self.rules[index];
-            let Some(found) = rule.matcher.find(hay, confirmed) else {
+            let Some(found) = rule.matcher.find(hay, confirmed, rule.field, &mut parsed) else {
                 continue;
             };
             if let Some(m) = matched.as_deref_mut() {
@@ -294,8 +306,8 @@ impl Rules {
                 now: OnceCell::new(),
             };
             // The message body, parsed once by the matcher: a `merge` on it starts from this.
-            let parsed = found.json.filter(|_| rule.field == Field::Msg);
-            match self.run_actions(rule, &vars, parsed, &mut outcome) {
+            let body = found.json.filter(|_| rule.field == Field::Msg);
+            match self.run_actions(rule, &vars, body, &mut outcome) {
                 Flow::Forward(routed) => {
                     outcome.forwarded = true;
                     return (Some(routed), outcome);
@@ -315,20 +327,28 @@ impl Rules {
         &self,
         at: usize,
         hay: &str,
-        group: &mut Option<(usize, std::vec::IntoIter<usize>)>,
+        group: &mut Option<Candidates>,
         next: &mut usize,
     ) -> Option<(usize, bool)> {
         let Some(g) = self.group_of[at] else {
             return Some((at, false));
         };
         let this = &self.groups[g];
-        if group.as_ref().is_none_or(|(current, _)| *current != g) {
-            *group = Some((g, this.candidates(hay).into_iter()));
+        if group.as_ref().is_none_or(|c| c.group != g) {
+            let (rules, confirmed) = this.candidates(hay);
+            *group = Some(Candidates {
+                group: g,
+                rules: rules.into_iter(),
+                confirmed,
+            });
         }
-        match group.as_mut().and_then(|(_, c)| c.find(|&r| r >= at)) {
-            Some(r) => {
+        let found = group
+            .as_mut()
+            .and_then(|c| Some((c.rules.find(|&r| r >= at)?, c.confirmed)));
+        match found {
+            Some((r, confirmed)) => {
                 *next = r + 1;
-                Some((r, !this.confirms()))
+                Some((r, confirmed))
             }
             None => {
                 *next = this.first + this.len;

@@ -148,11 +148,14 @@ fn rules_with_literals_are_found_by_them_and_the_rest_by_one_regex() {
             Some(1)
         ]
     );
-    assert!(r.groups[0].confirms() && !r.groups[1].confirms());
+    assert!(matches!(
+        (&r.groups[0].finder, &r.groups[1].finder),
+        (Finder::Literals { set: None, .. }, Finder::Set(_))
+    ));
     // Literals found say which rules to try: the one whose literal occurs.
     assert_eq!(
         r.groups[0].candidates("a service-2 stopped, code=3xy"),
-        [1, 2]
+        (vec![1, 2], false)
     );
     // ... and its regex decides: `code=3xy` has no word boundary after the x.
     assert_eq!(
@@ -161,6 +164,38 @@ fn rules_with_literals_are_found_by_them_and_the_rest_by_one_regex() {
     );
     assert_eq!(run(&r, "<13>code=3xy took 12ms").0[0].topic, "t5");
     assert_eq!(run(&r, "<13>an ERROR").0[0].topic, "t3");
+}
+
+/// Rules whose literals the traffic carries (a phrase every line has) and that differ only after
+/// a variable part: past [`ONE_BY_ONE`] candidates, the group's regexes as one say which match,
+/// the first in order wins, and its captures are found by its own regex.
+#[test]
+fn many_candidates_are_decided_by_one_pass_in_rule_order() {
+    let patterns: Vec<String> = (0..20)
+        .map(|i| format!(r"user=\d+ action=(?P<word>x{i})\b"))
+        .chain(std::iter::once(r"user=\d+ action=(?P<word>x1)".to_string()))
+        .collect();
+    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let r = numbered(&refs, &[Field::Msg], 2);
+    assert_eq!(r.groups.len(), 1);
+    assert!(matches!(
+        r.groups[0].finder,
+        Finder::Literals { set: Some(_), .. }
+    ));
+    // Every rule's literal (`user=` and a digit) occurs; only rule 12 (`x12`) and rule 20
+    // (`x1`, with no word boundary after it) match.
+    assert_eq!(
+        r.groups[0].candidates("user=42 action=x12 done"),
+        (vec![12, 20], true)
+    );
+    assert_eq!(run(&r, "<13>user=42 action=x12 done").0[0].topic, "t12-x12");
+    assert_eq!(run(&r, "<13>user=7 action=x1 done").0[0].topic, "t1-x1");
+    // Nothing matches: no rule's regex runs by itself, and the line goes nowhere.
+    assert_eq!(
+        r.groups[0].candidates("user=42 action=y1 done"),
+        (vec![], true)
+    );
+    assert!(run(&r, "<13>user=42 action=y1 done").0.is_empty());
 }
 
 #[test]
