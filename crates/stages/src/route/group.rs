@@ -1,18 +1,17 @@
-//! Rules matched as a group: a run of regex rules on one field is looked for in one pass (by
-//! their required literals, or one regex set), and only the candidates it finds are tried.
+//! Rules matched as a group: the regex rules on one field, wherever they are in the rule set, are
+//! looked for in one pass (by their required literals, or one regex set), and only the
+//! candidates it finds are tried, in the rules' order.
 
 use super::*;
 
-/// Consecutive regex rules on one field (at least [`GROUP_MIN`]) looked for together, in one
-/// pass over the field, so that hundreds of rules a line does not match cost about one. The
-/// rules keep their order and their own regexes, which decide (and find the captures of) the
-/// first that matches.
+/// Regex rules on one field (at least [`GROUP_MIN`], other rules possibly between them) looked
+/// for together, in one pass over the field, so that hundreds of rules a line does not match
+/// cost about one. The rules keep their order and their own regexes, which decide (and find the
+/// captures of) the first that matches.
 pub(super) struct Group {
-    /// The index of its first rule; rule `first + i` is the group's `i`th.
-    pub(super) first: usize,
+    /// Its rules' indexes, ascending: the group's `i`th rule is `members[i]`.
+    pub(super) members: Vec<usize>,
     pub(super) finder: Finder,
-    /// How many rules it has.
-    pub(super) len: usize,
 }
 
 /// How a [`Group`] tells which of its rules to try.
@@ -44,7 +43,7 @@ impl Group {
             Finder::Literals { ac, rule_of, set } => {
                 let mut found: Vec<usize> = Vec::new();
                 for m in ac.find_overlapping_iter(hay) {
-                    let rule = self.first + rule_of[m.pattern().as_usize()];
+                    let rule = self.members[rule_of[m.pattern().as_usize()]];
                     if !found.contains(&rule) {
                         found.push(rule);
                     }
@@ -62,9 +61,9 @@ impl Group {
 
     /// The group's rules that `set` (their regexes as one) finds in `hay`, ascending.
     fn matching(&self, set: &meta::Regex, hay: &str) -> Vec<usize> {
-        let mut found = PatternSet::new(self.len);
+        let mut found = PatternSet::new(self.members.len());
         set.which_overlapping_matches(&Input::new(hay), &mut found);
-        found.iter().map(|id| self.first + id.as_usize()).collect()
+        found.iter().map(|id| self.members[id.as_usize()]).collect()
     }
 }
 
@@ -143,68 +142,72 @@ pub(super) fn groupable(rule: &Rule) -> bool {
     }
 }
 
-/// Finds the runs of at least `min` consecutive regex rules on one field and compiles each into
-/// a [`Group`]; for every rule, the group it is in.
-pub(super) fn group_runs(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<usize>>) {
-    let mut groups = Vec::new();
-    let mut group_of = vec![None; rules.len()];
-    let mut i = 0;
-    while i < rules.len() {
-        if !groupable(&rules[i]) {
-            i += 1;
+/// Gathers the groupable regex rules by field and by whether they have literals to look for,
+/// wherever they are in the rule set, and compiles each gathering of at least `min` rules into
+/// [`Group`]s of at most [`GROUP_MAX`]; for every rule, the group it is in.
+pub(super) fn group_rules(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<usize>>) {
+    struct Gathering {
+        field: Field,
+        literal: bool,
+        members: Vec<usize>,
+        literals: Vec<Option<Vec<Vec<u8>>>>,
+    }
+    let mut gatherings: Vec<Gathering> = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if !groupable(rule) {
             continue;
         }
-        let field = rules[i].field;
-        let end = rules[i..]
-            .iter()
-            .position(|r| r.field != field || !groupable(r))
-            .map_or(rules.len(), |n| i + n);
-        // Within the run, rules with literals and rules without them form groups apart.
-        let literals: Vec<Option<Vec<Vec<u8>>>> = rules[i..end]
-            .iter()
-            .map(|r| match &r.matcher {
-                Matcher::Regex(p) => required_literals(p),
-                Matcher::JmesPath(_) => None,
-            })
-            .collect();
-        let mut a = 0;
-        while a < literals.len() {
-            let kind = literals[a].is_some();
-            let b = literals[a..]
-                .iter()
-                .position(|l| l.is_some() != kind)
-                .map_or(literals.len(), |n| a + n);
-            // Groups of at most GROUP_MAX rules, so that each one's automata stay small.
-            let mut c = a;
-            while b - a >= min && c < b {
-                let d = b.min(c + GROUP_MAX);
-                let (first, rules) = (i + c, &rules[i + c..i + d]);
-                let finder = if kind {
-                    literal_finder(&literals[c..d], rules)
-                } else {
-                    set_finder(rules)
-                };
-                // Too large to build (a size limit): the rules are tried one by one.
-                if let Some(finder) = finder {
-                    for g in &mut group_of[first..i + d] {
-                        *g = Some(groups.len());
-                    }
-                    groups.push(Group {
-                        first,
-                        finder,
-                        len: d - c,
-                    });
-                }
-                c = d;
+        let literals = match &rule.matcher {
+            Matcher::Regex(p) => required_literals(p),
+            Matcher::JmesPath(_) => None,
+        };
+        let literal = literals.is_some();
+        match gatherings
+            .iter_mut()
+            .find(|g| g.field == rule.field && g.literal == literal)
+        {
+            Some(g) => {
+                g.members.push(i);
+                g.literals.push(literals);
             }
-            a = b;
+            None => gatherings.push(Gathering {
+                field: rule.field,
+                literal,
+                members: vec![i],
+                literals: vec![literals],
+            }),
         }
-        i = end;
+    }
+    let mut groups = Vec::new();
+    let mut group_of = vec![None; rules.len()];
+    for g in gatherings.iter().filter(|g| g.members.len() >= min) {
+        for (members, literals) in g
+            .members
+            .chunks(GROUP_MAX)
+            .zip(g.literals.chunks(GROUP_MAX))
+        {
+            let of: Vec<&Rule> = members.iter().map(|&i| &rules[i]).collect();
+            let finder = if g.literal {
+                literal_finder(literals, &of)
+            } else {
+                set_finder(&of)
+            };
+            // Too large to build (a size limit): the rules are tried one by one.
+            if let Some(finder) = finder {
+                for &i in members {
+                    group_of[i] = Some(groups.len());
+                }
+                groups.push(Group {
+                    members: members.to_vec(),
+                    finder,
+                });
+            }
+        }
     }
     (groups, group_of)
 }
 
-pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>], rules: &[Rule]) -> Option<Finder> {
+pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>], rules: &[&Rule]) -> Option<Finder> {
     let mut all = Vec::new();
     let mut rule_of = Vec::new();
     for (r, lits) in literals.iter().enumerate() {
@@ -225,12 +228,12 @@ pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>], rules: &[Rule]) 
     Some(Finder::Literals { ac, rule_of, set })
 }
 
-pub(super) fn set_finder(rules: &[Rule]) -> Option<Finder> {
+pub(super) fn set_finder(rules: &[&Rule]) -> Option<Finder> {
     regex_set(rules).map(Finder::Set)
 }
 
 /// The regexes of `rules` (all regex rules) as one, which says which of them match a line.
-fn regex_set(rules: &[Rule]) -> Option<meta::Regex> {
+fn regex_set(rules: &[&Rule]) -> Option<meta::Regex> {
     let sources: Vec<&str> = rules
         .iter()
         .filter_map(|r| match &r.matcher {

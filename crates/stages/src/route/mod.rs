@@ -102,18 +102,28 @@ pub struct Rules {
     rules: Vec<Rule>,
     templates: Templates,
     default_topic: &'static str,
-    /// Runs of consecutive regex rules on the same field, each matched in one pass.
+    /// Regex rules on the same field, each group matched in one pass.
     groups: Vec<Group>,
     /// For every rule, the group it is in.
     group_of: Vec<Option<usize>>,
+    /// For every rule index `i` (and the end), the first rule at or after `i` in no group.
+    next_alone: Vec<usize>,
 }
 
 /// A group's candidates for one line (rule indexes, ascending) not yet reached, and whether a
 /// multi-pattern pass found that they match.
 struct Candidates {
-    group: usize,
-    rules: std::vec::IntoIter<usize>,
+    rules: std::iter::Peekable<std::vec::IntoIter<usize>>,
     confirmed: bool,
+}
+
+impl Candidates {
+    fn none() -> Self {
+        Candidates {
+            rules: Vec::new().into_iter().peekable(),
+            confirmed: false,
+        }
+    }
 }
 
 /// The rule set in use, replaced whole when the configuration is reloaded. A connection keeps
@@ -185,13 +195,22 @@ impl Rules {
         default_topic: &str,
         group_min: usize,
     ) -> Self {
-        let (groups, group_of) = group_runs(&rules, group_min);
+        let (groups, group_of) = group_rules(&rules, group_min);
+        let mut next_alone = vec![rules.len(); rules.len() + 1];
+        for i in (0..rules.len()).rev() {
+            next_alone[i] = if group_of[i].is_none() {
+                i
+            } else {
+                next_alone[i + 1]
+            };
+        }
         Rules {
             rules,
             templates,
             default_topic: crate::route::template::forever(default_topic),
             groups,
             group_of,
+            next_alone,
         }
     }
 
@@ -274,28 +293,65 @@ impl Rules {
         mut matched: Option<&mut Vec<usize>>,
     ) -> (Option<Routed>, Outcome) {
         let mut outcome = Outcome::default();
-        // The group being gone through, and its candidates (rule indexes, ascending) not yet
-        // reached: the rules of a group between two candidates are skipped without a look.
-        let mut group: Option<Candidates> = None;
+        // For every group, its candidates (rule indexes, ascending) not yet reached, once the
+        // walk has reached its first rule: the group's other rules are skipped without a look.
+        let mut pending: Vec<Option<Candidates>> = Vec::new();
+        pending.resize_with(self.groups.len(), || None);
         // The field the last JMESPath rule parsed, as JSON (`None`: it is not JSON).
         let mut parsed: Option<(Field, Option<Value>)> = None;
-        let mut next = 0;
-        while next < self.rules.len() {
-            let at = next;
-            next += 1;
-            let Some(field) = self.rules[at].field.get(msg, origin) else {
+        let mut at = 0;
+        loop {
+            // The next rule to look at: one in no group, a group's first rule, or a group's
+            // next candidate, whichever comes first.
+            let mut next = self.next_alone[at];
+            for (g, c) in pending.iter_mut().enumerate() {
+                let event = match c {
+                    None => self.groups[g].members[0],
+                    Some(c) => {
+                        while c.rules.peek().is_some_and(|&r| r < at) {
+                            c.rules.next();
+                        }
+                        c.rules.peek().copied().unwrap_or(usize::MAX)
+                    }
+                };
+                next = next.min(event);
+            }
+            if next >= self.rules.len() {
+                break;
+            }
+            at = next;
+            let rule = &self.rules[at];
+            let Some(field) = rule.field.get(msg, origin) else {
+                if let Some(g) = self.group_of[at] {
+                    // The group's rules all look at this field, which the message lacks.
+                    pending[g].get_or_insert_with(Candidates::none);
+                }
+                at += 1;
                 continue;
             };
             let hay: &str = &field;
-            let Some((index, confirmed)) = self.candidate(at, hay, &mut group, &mut next) else {
-                continue;
-            };
-            let rule = &self.rules[index];
+            let mut confirmed = false;
+            if let Some(g) = self.group_of[at] {
+                let c = pending[g].get_or_insert_with(|| {
+                    let (rules, confirmed) = self.groups[g].candidates(hay);
+                    Candidates {
+                        rules: rules.into_iter().peekable(),
+                        confirmed,
+                    }
+                });
+                if c.rules.peek() != Some(&at) {
+                    // Not a candidate: the walk goes on from the next thing to look at.
+                    continue;
+                }
+                c.rules.next();
+                confirmed = c.confirmed;
+            }
+            at += 1;
             let Some(found) = rule.matcher.find(hay, confirmed, rule.field, &mut parsed) else {
                 continue;
             };
             if let Some(m) = matched.as_deref_mut() {
-                m.push(index);
+                m.push(at - 1);
             }
             let vars = Vars {
                 msg,
@@ -317,44 +373,6 @@ impl Rules {
             }
         }
         (None, outcome)
-    }
-
-    /// The rule to try for rule `at` and whether its group's pass confirmed that it matches:
-    /// `at` itself outside a group; in a group, its next candidate at or after `at` (`next`
-    /// moved past it), or `None` (`next` moved past the group) when the group has no more.
-    #[inline]
-    fn candidate(
-        &self,
-        at: usize,
-        hay: &str,
-        group: &mut Option<Candidates>,
-        next: &mut usize,
-    ) -> Option<(usize, bool)> {
-        let Some(g) = self.group_of[at] else {
-            return Some((at, false));
-        };
-        let this = &self.groups[g];
-        if group.as_ref().is_none_or(|c| c.group != g) {
-            let (rules, confirmed) = this.candidates(hay);
-            *group = Some(Candidates {
-                group: g,
-                rules: rules.into_iter(),
-                confirmed,
-            });
-        }
-        let found = group
-            .as_mut()
-            .and_then(|c| Some((c.rules.find(|&r| r >= at)?, c.confirmed)));
-        match found {
-            Some((r, confirmed)) => {
-                *next = r + 1;
-                Some((r, confirmed))
-            }
-            None => {
-                *next = this.first + this.len;
-                None
-            }
-        }
     }
 
     /// `parsed` is the message body as JSON when the matcher already parsed it.

@@ -72,11 +72,17 @@ fn rules_matched_as_a_group_route_exactly_as_one_by_one() {
         "<13>1 2026-11-23T12:00:00Z host app - - - ERROR failure",
         "never",
         "xxxx",
+        "<13>1 2026-11-23T12:00:00Z web1 app - - [ex@1 p=\"disk sdb\"] an ERROR in 2026",
     ];
     // Every pattern's own match decides, in order, with the others before it skipped: drop
     // the first k patterns so that each one gets to be the first that matches somewhere.
     for k in 0..patterns.len() {
-        for fields in [&[Field::Msg][..], &[Field::Msg, Field::Hostname]] {
+        for fields in [
+            &[Field::Msg][..],
+            &[Field::Msg, Field::Hostname],
+            // A field most lines lack, between the others.
+            &[Field::Msg, Field::Sd("ex@1", "p"), Field::Hostname],
+        ] {
             let one_by_one = numbered(&patterns[k..], fields, usize::MAX);
             let grouped = numbered(&patterns[k..], fields, 2);
             if fields.len() == 1 {
@@ -95,30 +101,32 @@ fn rules_matched_as_a_group_route_exactly_as_one_by_one() {
 }
 
 #[test]
-fn groups_are_runs_of_regex_rules_on_one_field() {
+fn groups_gather_the_regex_rules_of_one_field_wherever_they_are() {
     let r = numbered(&["a", "b", "c", "d", "e"], &[Field::Msg], 4);
     assert_eq!(r.groups.len(), 1);
     assert_eq!(r.group_of, [Some(0); 5]);
-    // Alternating fields: no run is long enough.
+    // Alternating fields: a group for each field, its rules apart.
     let r = numbered(&["a", "b", "c", "d"], &[Field::Msg, Field::Hostname], 2);
-    assert!(r.groups.is_empty());
-    // Two runs of two on one field each, then one by one.
+    assert_eq!(r.group_of, [Some(0), Some(1), Some(0), Some(1)]);
+    assert_eq!(r.groups[1].members, [1, 3]);
+    // Too few on a field: one by one.
     let r = numbered(
         &["a", "b", "c", "d", "e"],
         &[
             Field::Msg,
             Field::Msg,
             Field::Hostname,
-            Field::Hostname,
+            Field::Msg,
             Field::Msg,
         ],
-        2,
+        4,
     );
-    assert_eq!(r.group_of, [Some(0), Some(0), Some(1), Some(1), None]);
-    assert_eq!(r.groups[1].first, 2);
-    // A regex that matches the empty string (a catch-all) is tried by itself.
+    assert_eq!(r.group_of, [Some(0), Some(0), None, Some(0), Some(0)]);
+    // A regex that matches the empty string (a catch-all) is tried by itself, in its place.
     let r = numbered(&["a", "b", ".*", "c", "d"], &[Field::Msg], 2);
-    assert_eq!(r.group_of, [Some(0), Some(0), None, Some(1), Some(1)]);
+    assert_eq!(r.group_of, [Some(0), Some(0), None, Some(0), Some(0)]);
+    assert_eq!(run(&r, "<13>a c").0[0].topic, "t0");
+    assert_eq!(run(&r, "<13>c").0[0].topic, "t2");
 }
 
 #[test]
