@@ -67,12 +67,18 @@ fn main() -> ExitCode {
     serve_exit(runtime::block_on(threads, server::run(config, options)))
 }
 
-/// `hotdog --check`: the configuration loaded; its warnings (rules that can never run).
+/// `hotdog --check`: the configuration loaded; its warnings (rules that can never run, regexes
+/// that cost far more than the others).
 fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
     let never = config.rules.never_run();
     for (rule, why) in &never {
         eprintln!("{}: warning: {why}", rule.origin);
     }
+    let slow = hotdog::offline::cost::slow_rules(&config.rules);
+    for (i, why) in &slow {
+        eprintln!("{}: warning: {why}", config.rules.rules()[*i].origin);
+    }
+    let warnings = never.len() + slow.len();
     if let Some(spool) = &config.global.spool {
         match hotdog::spool::check(spool) {
             Ok(notes) => notes.iter().for_each(|n| eprintln!("{file}: {n}")),
@@ -82,8 +88,8 @@ fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
             }
         }
     }
-    if strict && !never.is_empty() {
-        eprintln!("hotdog: {} warning(s) in {file} (--strict)", never.len());
+    if strict && warnings > 0 {
+        eprintln!("hotdog: {warnings} warning(s) in {file} (--strict)");
         return ExitCode::from(EXIT_CONFIG);
     }
     println!(

@@ -432,3 +432,33 @@ fn invalid_rule_test_files_exit_2_with_every_error_located() {
     }
     assert!(out.is_empty(), "no case runs: {out}");
 }
+
+/// `--check` warns about a regex that costs far more than a scan of the line (a counted
+/// repetition of a Unicode class), and not about ordinary ones; `--strict` fails on it.
+#[test]
+fn check_warns_about_a_regex_that_costs_far_more_than_a_scan() {
+    let rule = |regex: &str| format!("  - regex: '{regex}'\n    actions:\n      - type: stop\n");
+    let text = format!(
+        "global:\n  listen:\n    port: 1514\n  kafka:\n    conf:\n      bootstrap.servers: 'b:9092'\nrules:\n{}{}{}{}",
+        rule(r"disk \d+"),
+        rule(r"(?P<user>\w+) login"),
+        rule(r"\w{100}z"),
+        rule(r"(?-u:\w){100}z"),
+    );
+    let (code, out, path) = check(&text);
+    assert_eq!(code, 0, "{out}");
+    let warnings: Vec<&str> = out.lines().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "{path}:14: warning: the rule's regex costs about "
+        )) && warnings[0].contains("times a plain scan of the line"),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("hotdog.yml");
+    std::fs::write(&file, &text).expect("write config");
+    let (code, _, err) = run_hotdog(&["--check", "--strict", "-c", &file.to_string_lossy()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("1 warning(s)"), "{err}");
+}

@@ -375,3 +375,62 @@ fn a_reload_storm_while_lines_flow_loses_and_doubles_nothing() {
     numbers.dedup();
     assert_eq!(numbers.len(), total, "a line arrived twice");
 }
+
+/// Each rule counts the messages it matched: `rules.<name>.matched` in `/stats` and
+/// `hotdog_rule_matches_total{rule="<name>"}` in `/metrics`, a rule without a name by its index.
+/// After a reload, the rules that stayed the same keep their counts; a changed one starts again.
+#[test]
+fn each_rule_counts_what_it_matched_and_keeps_it_across_a_reload() {
+    let (_, topic) = fresh_topic("rule-counts");
+    let rules = |second: &str| {
+        format!(
+            "  - name: errors\n    regex: 'error'\n    actions:\n      - type: replace\n        template: '{{{{msg}}}}!'\n  - regex: '{second}'\n    actions:\n      - type: stop\n  - name: all\n    regex: '.'\n    actions:\n      - type: forward\n        topic: '{topic}'\n"
+        )
+    };
+    let yaml = |second: &str| config("    - port: 0\n", "", &rules(second));
+    let hotdog = Hotdog::start_config(&yaml("drop"));
+    let lines = |what: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("<13>Oct 11 22:14:15 host app: {what} {i}"))
+            .collect()
+    };
+    let mut input = lines("an error", 10);
+    input.extend(lines("please drop", 5));
+    input.extend(lines("plain", 20));
+    send_lines(&hotdog.addr(), &input);
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", 30, Duration::from_secs(20)),
+        30
+    );
+    assert!(wait_until(Duration::from_secs(10), || hotdog
+        .stat("rules.all.matched")
+        == 30));
+    assert_eq!(hotdog.stat("rules.errors.matched"), 10);
+    assert_eq!(hotdog.stat("rules.1.matched"), 5);
+    let (code, metrics) = hotdog.http_get("/metrics");
+    assert_eq!(code, 200);
+    for expected in [
+        "hotdog_rule_matches_total{rule=\"errors\"} 10\n",
+        "hotdog_rule_matches_total{rule=\"1\"} 5\n",
+        "hotdog_rule_matches_total{rule=\"all\"} 30\n",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
+
+    // Rule 1 changes; `errors` and `all` stay as they were.
+    hotdog.rewrite_config(&yaml("discard"));
+    let (code, report) = hotdog.reload();
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(
+        hotdog.stat("rules.1.matched"),
+        0,
+        "a changed rule starts again"
+    );
+    assert_eq!(hotdog.stat("rules.errors.matched"), 10, "kept");
+    send_lines(&hotdog.addr(), &lines("another error", 4));
+    assert!(wait_until(Duration::from_secs(10), || hotdog
+        .stat("rules.all.matched")
+        == 34));
+    assert_eq!(hotdog.stat("rules.errors.matched"), 14);
+    assert_eq!(hotdog.stat("rules.1.matched"), 0);
+}

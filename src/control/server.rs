@@ -187,6 +187,13 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
         metrics: metrics.clone(),
         outbox: outbox.clone(),
     });
+    // Weak: the metrics outlive nothing that holds them, and hold no rules alive.
+    let rules = Arc::downgrade(&shared);
+    metrics.watch_rules(Arc::new(move || {
+        rules
+            .upgrade()
+            .map_or_else(Vec::new, |shared| shared.rules.get().1.matches())
+    }));
     let mut running = Running {
         path: options.config_path,
         global,

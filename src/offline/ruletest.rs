@@ -30,7 +30,8 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 pub struct Results {
     pub outcomes: Vec<Outcome>,
-    /// The rules (`file:line:column`) that no case's input matched.
+    /// The rules (`file:line:column`, after the name of a named one) that no case's input
+    /// matched.
     pub uncovered: Vec<String>,
 }
 
@@ -106,7 +107,13 @@ pub fn run(
     }
     results.uncovered = (0..rules.rules().len())
         .filter(|r| !covered.contains(r))
-        .map(|r| rules.rules()[r].origin.clone())
+        .map(|r| {
+            let rule = &rules.rules()[r];
+            match &rule.name {
+                Some(name) => format!("{name} ({})", rule.origin),
+                None => rule.origin.clone(),
+            }
+        })
         .collect();
     let failed = results.failed();
     writeln!(

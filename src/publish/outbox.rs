@@ -10,11 +10,15 @@ use crate::spool;
 
 /// Counts the records waiting in the outbox, so that `buffer` bounds records, not batches. A
 /// sender takes room for a whole batch at once (or waits), and the publisher gives it back when
-/// it takes the batch out.
+/// it takes the batch out. Senders that wait (TCP, RELP) leave the last eighth to those that
+/// cannot (UDP): a TCP sender that keeps the outbox full while the publisher or the spool is
+/// behind does not make every datagram that comes meanwhile a dropped one.
 #[derive(Debug)]
 pub(super) struct Gate {
     pub(super) used: AtomicUsize,
     pub(super) capacity: usize,
+    /// What waiting senders leave free.
+    reserve: usize,
     pub(super) freed: Event,
 }
 
@@ -23,14 +27,21 @@ impl Gate {
         Gate {
             used: AtomicUsize::new(0),
             capacity,
+            reserve: capacity / 8,
             freed: Event::new(),
         }
     }
 
+    /// Takes room for `n` records if the outbox has it (all of it, for a sender that cannot
+    /// wait).
     pub(super) fn try_take(&self, n: usize) -> bool {
+        self.try_take_within(n, self.capacity)
+    }
+
+    fn try_take_within(&self, n: usize, limit: usize) -> bool {
         let mut used = self.used.load(Ordering::Acquire);
         loop {
-            if used + n > self.capacity {
+            if used + n > limit {
                 return false;
             }
             match self.used.compare_exchange_weak(
@@ -45,13 +56,16 @@ impl Gate {
         }
     }
 
+    /// Waits for room for `n` records, leaving the reserve free (unless the batch needs it to
+    /// fit at all).
     pub(super) async fn take(&self, n: usize) {
+        let limit = (self.capacity - self.reserve).max(n.min(self.capacity));
         loop {
-            if self.try_take(n) {
+            if self.try_take_within(n, limit) {
                 return;
             }
             let freed = self.freed.listen();
-            if self.try_take(n) {
+            if self.try_take_within(n, limit) {
                 return;
             }
             freed.await;

@@ -100,3 +100,26 @@ fn the_gate_counts_records_and_wakes_a_waiting_sender() {
     smol::block_on(waiting);
     assert_eq!(gate.used.load(Ordering::Relaxed), 7);
 }
+
+#[test]
+fn senders_that_wait_leave_the_last_eighth_to_those_that_cannot() {
+    let gate = Arc::new(Gate::new(80));
+    smol::block_on(gate.take(60));
+    // 60 + 10 would pass the 70 a waiting sender may fill.
+    let mut waiting = Box::pin(gate.take(11));
+    assert!(
+        smol::block_on(futures_lite::future::poll_once(&mut waiting)).is_none(),
+        "a waiting sender took the reserve"
+    );
+    assert!(
+        gate.try_take(20),
+        "the reserve is there for a sender that cannot wait"
+    );
+    assert!(!gate.try_take(1), "and no more than the capacity");
+    gate.give(21);
+    smol::block_on(waiting);
+    // A batch larger than what waiting senders may fill still goes in, alone.
+    let gate = Gate::new(8);
+    smol::block_on(gate.take(8));
+    assert_eq!(gate.used.load(Ordering::Relaxed), 8);
+}

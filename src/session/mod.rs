@@ -74,6 +74,18 @@ pub struct Pipeline {
     /// How many records the batch handed over last had: what the next one is given room for.
     last_batch: usize,
     counts: LineCounts,
+    /// The rules that matched the frame in hand (reused from frame to frame).
+    matched: Vec<usize>,
+    /// Per rule of `rules`, the messages it matched since they were last added to its counter,
+    /// and which rules those are.
+    tally: Vec<u64>,
+    tallied: Vec<usize>,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.count_rules();
+    }
 }
 
 impl Pipeline {
@@ -86,6 +98,9 @@ impl Pipeline {
             batch_max: shared.outbox.batch_max(),
             last_batch: 0,
             counts: LineCounts::default(),
+            matched: Vec::new(),
+            tally: Vec::new(),
+            tallied: Vec::new(),
             shared,
             origin,
         }
@@ -119,6 +134,8 @@ impl Pipeline {
             self.counts.unparsed += 1;
         }
         if self.shared.rules.generation() != self.generation {
+            // What the old rules matched is theirs to count.
+            self.count_rules();
             (self.generation, self.rules) = self.shared.rules.get();
         }
         if self.batch.capacity() == 0 {
@@ -127,7 +144,19 @@ impl Pipeline {
             // allocator's lock while it does.
             self.batch.reserve(self.last_batch.clamp(1, self.batch_max));
         }
-        let (routed, outcome) = self.rules.apply(&msg, &self.origin, None);
+        self.matched.clear();
+        let (routed, outcome) = self
+            .rules
+            .apply(&msg, &self.origin, Some(&mut self.matched));
+        for &i in &self.matched {
+            if self.tally.len() <= i {
+                self.tally.resize(self.rules.rules().len().max(i + 1), 0);
+            }
+            if self.tally[i] == 0 {
+                self.tallied.push(i);
+            }
+            self.tally[i] += 1;
+        }
         if let Some(routed) = routed {
             let ack = awaited.map(|a| a.share()).unwrap_or_default();
             self.batch
@@ -141,6 +170,15 @@ impl Pipeline {
         self.counts.invalid_topics += u64::from(outcome.invalid_topics);
         self.counts.render_errors += u64::from(outcome.render_errors);
         self.counts.merge_errors += u64::from(outcome.merge_errors);
+    }
+
+    /// Adds what each rule matched since the last time to its counter.
+    fn count_rules(&mut self) {
+        for i in self.tallied.drain(..) {
+            if let Some(n) = self.tally.get_mut(i) {
+                self.rules.count_matches(i, std::mem::take(n));
+            }
+        }
     }
 
     /// Notes the time of a read; the records of its lines carry it.
@@ -158,6 +196,7 @@ impl Pipeline {
     /// Like [`Pipeline::flush`], but never waits: when the outbox is full the batch is dropped
     /// (only UDP does this: it cannot push back). Returns how many records were dropped.
     pub fn try_flush(&mut self) -> usize {
+        self.count_rules();
         let counts = std::mem::take(&mut self.counts);
         if self.batch.is_empty() {
             self.shared.metrics.add_lines(&counts);
@@ -207,6 +246,7 @@ impl Pipeline {
     /// The lines are counted as read (`lines`) as they are handed over, or, with a spool, by
     /// the spool's writer once it has their records: a line that was counted survives a kill.
     pub async fn flush(&mut self) -> bool {
+        self.count_rules();
         let counts = std::mem::take(&mut self.counts);
         if self.batch.is_empty() {
             self.shared.metrics.add_lines(&counts);

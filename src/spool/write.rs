@@ -22,6 +22,57 @@ const FULL_WAIT: Duration = Duration::from_millis(20);
 /// for this long while records wait, it is away or stuck, and the spool takes the traffic.
 const STALL: Duration = Duration::from_millis(100);
 
+/// A file to make durable, its path for the log, and whether its metadata too (a directory).
+type Unsynced = (String, File, bool);
+
+/// Makes files durable on a thread of its own under `fsync: <duration>`: on a disk busy with
+/// other writers one `fsync` can take seconds, and the writer keeps taking batches meanwhile
+/// (with `fsync: always` it syncs each batch itself: that is what the setting promises).
+struct Syncer {
+    /// The files to sync, each with its path for the log.
+    tx: std::sync::mpsc::Sender<Vec<Unsynced>>,
+    /// A sync is under way; the next waits for it.
+    busy: Arc<AtomicBool>,
+}
+
+impl Syncer {
+    fn start() -> Syncer {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Unsynced>>();
+        let busy = Arc::new(AtomicBool::new(false));
+        let done = busy.clone();
+        let started = std::thread::Builder::new()
+            .name("spool-sync".into())
+            .spawn(move || {
+                for files in rx {
+                    sync_all(files);
+                    done.store(false, Release);
+                }
+            });
+        if let Err(e) = started {
+            // Its receiver is gone with it: the writer syncs itself.
+            log::warn!("spool: cannot start the thread that syncs: {e}; the writer syncs");
+        }
+        Syncer { tx, busy }
+    }
+
+    /// Hands `files` over; they come back when there is no syncer thread.
+    fn hand(&self, files: Vec<Unsynced>) -> Result<(), Vec<Unsynced>> {
+        self.busy.store(true, Release);
+        self.tx.send(files).map_err(|e| {
+            self.busy.store(false, Release);
+            e.0
+        })
+    }
+
+    /// Waits for the sync under way, if any (at shutdown).
+    fn wait(&self) {
+        let start = Instant::now();
+        while self.busy.load(Acquire) && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
 /// The writing side of a spool (see [`Spool::start`]).
 pub struct Writer {
     shared: Arc<Shared>,
@@ -36,6 +87,11 @@ pub struct Writer {
     last_sync: Instant,
     /// Written since the last sync: the current segment, and acknowledgements.
     dirty: bool,
+    syncer: Syncer,
+    /// Segments were made or deleted since the last sync: the directory is synced with it.
+    dir_dirty: bool,
+    /// Segments closed since the last sync: synced with the next.
+    closed: Vec<Unsynced>,
     /// Since when the spool has been full, and why.
     full: Option<String>,
     /// Writing acknowledgements failed last time (said once).
@@ -59,6 +115,9 @@ impl Spool {
             ids: Vec::new(),
             last_sync: Instant::now(),
             dirty: false,
+            syncer: Syncer::start(),
+            dir_dirty: false,
+            closed: Vec::new(),
             full: None,
             acks_failing: false,
             acked: 0,
@@ -189,10 +248,9 @@ impl Writer {
         };
         if roll {
             if let Some((base, file)) = self.current.take() {
-                // A segment is whole on disk before the next one begins.
-                if let Err(e) = file.sync_data() {
-                    log::warn!("spool: cannot sync {}: {e}", self.path(base));
-                }
+                // Made durable with the next sync, like the rest.
+                self.closed.push((self.path(base), file, false));
+                self.dirty = true;
                 if let Some(seg) = self.shared.state().segments.get_mut(&base) {
                     seg.sealed = true;
                 }
@@ -211,7 +269,12 @@ impl Writer {
                     return Err(Full(format!("cannot make {}: {e}", path.display())));
                 }
             };
-            sync_dir(&self.shared.dir);
+            if self.shared.fsync == Fsync::Always {
+                // The records synced into it must be found after a crash.
+                sync_dir(&self.shared.dir);
+            } else {
+                self.dir_dirty = true;
+            }
             let mut st = self.shared.state();
             st.segments.insert(first, Segment::new(first));
             st.bytes += format::HEADER_LEN as u64;
@@ -420,7 +483,9 @@ impl Writer {
             remove_segment(&self.shared.dir, *base);
         }
         if !done.is_empty() {
-            sync_dir(&self.shared.dir);
+            // With the next sync, not under the state's lock.
+            self.dir_dirty = true;
+            self.dirty = true;
         }
     }
 
@@ -454,19 +519,54 @@ impl Writer {
         }
     }
 
+    /// Hands what was written since the last sync to the syncer (or syncs it here when there
+    /// is no syncer); when a sync is still under way, it is tried again next time.
     fn sync(&mut self) {
+        if self.syncer.busy.load(Acquire) {
+            return;
+        }
+        let files = self.unsynced();
+        if let Err(files) = self.syncer.hand(files) {
+            sync_all(files);
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+    }
+
+    /// The files to make durable: the segments closed since the last sync, the current one,
+    /// and every acknowledgement file (each a handle of its own, so the state is not locked
+    /// while they are synced).
+    fn unsynced(&mut self) -> Vec<Unsynced> {
+        let mut files = std::mem::take(&mut self.closed);
         if let Some((base, file)) = &self.current {
-            if let Err(e) = file.sync_data() {
-                log::warn!("spool: cannot sync {}: {e}", self.path(*base));
+            if let Ok(f) = file.try_clone() {
+                files.push((self.path(*base), f, false));
             }
         }
         let st = self.shared.state();
-        for seg in st.segments.values() {
-            if let Some(f) = &seg.acks {
-                let _ = f.sync_data();
+        for (base, seg) in &st.segments {
+            if let Some(f) = seg.acks.as_ref().and_then(|f| f.try_clone().ok()) {
+                let path = acks_path(&self.shared.dir, *base).display().to_string();
+                files.push((path, f, false));
             }
         }
         drop(st);
+        if std::mem::take(&mut self.dir_dirty) {
+            match File::open(&self.shared.dir) {
+                Ok(dir) => files.push((self.shared.dir.display().to_string(), dir, true)),
+                Err(e) => log::warn!(
+                    "spool: cannot sync the directory {}: {e}",
+                    self.shared.dir.display()
+                ),
+            }
+        }
+        files
+    }
+
+    /// Makes everything durable now, here (at shutdown).
+    fn sync_now(&mut self) {
+        self.syncer.wait();
+        sync_all(self.unsynced());
         self.dirty = false;
         self.last_sync = Instant::now();
     }
@@ -475,13 +575,26 @@ impl Writer {
     /// made durable, and the feed is told that nothing more comes.
     pub fn drained(&mut self) {
         self.tend();
-        self.sync();
+        self.sync_now();
         self.mem.close();
     }
 
     /// Once the publisher is done: the last acknowledgements written down and made durable.
     pub fn finish(mut self) {
         self.tend();
-        self.sync();
+        self.sync_now();
+    }
+}
+
+fn sync_all(files: Vec<Unsynced>) {
+    for (path, file, all) in files {
+        let synced = if all {
+            file.sync_all()
+        } else {
+            file.sync_data()
+        };
+        if let Err(e) = synced {
+            log::warn!("spool: cannot sync {path}: {e}");
+        }
     }
 }

@@ -161,6 +161,8 @@ pub struct Metrics {
     pub latency: Histogram,
     topics: Mutex<HashMap<String, Arc<TopicCounters>>>,
     queues: std::sync::OnceLock<[Gauge; 2]>,
+    /// Every rule's label and matches, read from the rules in use.
+    rules: std::sync::OnceLock<Labelled>,
     errors: Mutex<BTreeMap<String, u64>>,
     dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
 }
@@ -303,6 +305,15 @@ impl Metrics {
         let _ = self.queues.set([outbox, librdkafka]);
     }
 
+    /// Lets reports read what each rule in use matched.
+    pub fn watch_rules(&self, rules: Labelled) {
+        let _ = self.rules.set(rules);
+    }
+
+    pub(super) fn rules_matched(&self) -> Vec<(String, u64)> {
+        self.rules.get().map_or_else(Vec::new, |r| r())
+    }
+
     fn queue(&self, i: usize) -> i64 {
         self.queues.get().map_or(0, |q| q[i]())
     }
@@ -315,7 +326,7 @@ impl Metrics {
         }
         for f in &FAMILIES {
             for (label, v) in (f.read)(self) {
-                s.insert(format!("{}.{label}", f.prefix), saturate(v));
+                s.insert(format!("{}.{label}{}", f.prefix, f.suffix), saturate(v));
             }
         }
         s
@@ -324,6 +335,9 @@ impl Metrics {
 
 /// A gauge read from another stage when a report is made.
 pub type Gauge = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// Counts by label read from another stage when a report is made.
+pub type Labelled = Arc<dyn Fn() -> Vec<(String, u64)> + Send + Sync>;
 
 fn saturate(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

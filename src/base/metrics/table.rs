@@ -27,6 +27,8 @@ pub struct Counter {
 /// and statsd, `<prometheus>{<label_name>="<label>"}` in `/metrics`.
 pub struct Family {
     pub prefix: &'static str,
+    /// After the label in `/stats` and statsd (`rules.<name>.matched`).
+    pub suffix: &'static str,
     pub prometheus: &'static str,
     pub label_name: &'static str,
     pub help: &'static str,
@@ -412,9 +414,10 @@ pub static COUNTERS: [Counter; 53] = [
 ];
 
 /// Every labelled family of values (see [`COUNTERS`]).
-pub static FAMILIES: [Family; 6] = [
+pub static FAMILIES: [Family; 7] = [
     Family {
         prefix: "kafka.submitted",
+        suffix: "",
         prometheus: "kafka_submitted_total",
         label_name: "topic",
         help: "Records handed to librdkafka.",
@@ -422,6 +425,7 @@ pub static FAMILIES: [Family; 6] = [
     },
     Family {
         prefix: "kafka.delivered",
+        suffix: "",
         prometheus: "kafka_delivered_total",
         label_name: "topic",
         help: "Records Kafka acknowledged.",
@@ -429,6 +433,7 @@ pub static FAMILIES: [Family; 6] = [
     },
     Family {
         prefix: "kafka.producer.error",
+        suffix: "",
         prometheus: "kafka_failed_total",
         label_name: "topic",
         help: "Records Kafka refused or librdkafka gave up on.",
@@ -436,6 +441,7 @@ pub static FAMILIES: [Family; 6] = [
     },
     Family {
         prefix: "kafka.producer.error",
+        suffix: "",
         prometheus: "kafka_errors_total",
         label_name: "code",
         help: "Records Kafka refused or librdkafka gave up on, by error code.",
@@ -443,6 +449,7 @@ pub static FAMILIES: [Family; 6] = [
     },
     Family {
         prefix: "kafka.dead_lettered",
+        suffix: "",
         prometheus: "dead_lettered_total",
         label_name: "topic",
         help:
@@ -451,9 +458,18 @@ pub static FAMILIES: [Family; 6] = [
     },
     Family {
         prefix: "kafka.dead_letter",
+        suffix: "",
         prometheus: "dead_letters_total",
         label_name: "reason",
         help: "Records sent to the dead-letter topic or file, by reason.",
         read: |m| entries(&m.dead_letter_reasons),
+    },
+    Family {
+        prefix: "rules",
+        suffix: ".matched",
+        prometheus: "rule_matches_total",
+        label_name: "rule",
+        help: "Messages each rule matched, by the rule's name (or its index when it has none); kept across reloads for the rules that stayed the same.",
+        read: |m| m.rules_matched(),
     },
 ];

@@ -57,6 +57,7 @@ fn busy() -> Metrics {
     m.config_reloads.store(1, Relaxed);
     m.config_reload_failed.store(1, Relaxed);
     m.watch_queues(Arc::new(|| 5), Arc::new(|| 6));
+    m.watch_rules(Arc::new(|| vec![("errors".into(), 4), ("1".into(), 2)]));
     m
 }
 
@@ -95,7 +96,7 @@ fn stats_metrics_and_statsd_list_the_same_values() {
         let values = (f.read)(&m);
         assert!(!values.is_empty(), "{} has no values to compare", f.prefix);
         for (label, _) in values {
-            assert!(stats.contains_key(&format!("{}.{label}", f.prefix)));
+            assert!(stats.contains_key(&format!("{}.{label}{}", f.prefix, f.suffix)));
             expected.push(format!(
                 "hotdog_{}{{{}=\"{label}\"}}",
                 f.prometheus, f.label_name

@@ -3,7 +3,9 @@
 
 use marked_yaml::Node;
 
-use super::yaml::{every, is_null, kind, list, position, scalar, unknown_name, Cx, Map};
+use super::yaml::{
+    every, fingerprint, is_null, kind, list, position, scalar, unknown_name, Cx, Map,
+};
 use crate::core::RecordFormat;
 use crate::route::template::{Template, Templates};
 use crate::route::{Action, Field, Matcher, MergeValue, Rule, Rules};
@@ -94,6 +96,27 @@ impl Memory {
     }
 }
 
+/// A rule's `name`: it labels the rule's counter in `/metrics` and `/stats`, so it is kept to
+/// what both show as it is.
+fn decode_name(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<String> {
+    let name = scalar(cx, node, what)?;
+    let legal = (1..=100).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    if !legal {
+        cx.error(
+            node,
+            format!(
+                "`{name}` is not a rule name: 1 to 100 of a-z A-Z 0-9 _ -, starting with a letter"
+            ),
+        );
+        return None;
+    }
+    Some(name)
+}
+
 fn mib(bytes: usize) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
@@ -115,11 +138,31 @@ const ACTION_KEYS: [&str; 6] = ["topic", "key", "headers", "format", "json", "te
 impl Compiler<'_, '_> {
     fn decode_rules(&mut self, node: &Node) -> Option<Vec<Rule>> {
         let seq = list(self.cx, node, "rules")?;
-        every(
+        let rules = every(
             seq.iter()
                 .enumerate()
                 .map(|(i, rule)| self.decode_rule(rule, i)),
-        )
+        )?;
+        // Each name counts one rule's matches: two rules cannot share one.
+        let mut seen: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+        let mut unique = true;
+        for (rule, node) in rules.iter().zip(seq.iter()) {
+            let Some(name) = rule.name.as_deref() else {
+                continue;
+            };
+            if let Some(first) = seen.insert(name, &rule.origin) {
+                let at = match node {
+                    Node::Mapping(m) => m.get("name").unwrap_or(node),
+                    _ => node,
+                };
+                self.cx.error(
+                    at,
+                    format!("rule name `{name}` is already the name of the rule at {first}"),
+                );
+                unique = false;
+            }
+        }
+        unique.then_some(rules)
     }
 
     fn decode_rule(&mut self, node: &Node, index: usize) -> Option<Rule> {
@@ -138,6 +181,10 @@ impl Compiler<'_, '_> {
         if let Some(Matcher::Regex(p)) = &matcher {
             self.memory.take(p.memory_usage(), origin.clone());
         }
+        let name = match m.get("name") {
+            None => Some(None),
+            Some(n) => decode_name(self.cx, n, &m.path("name")).map(Some),
+        };
         let field = match m.get("field") {
             None => Some(Field::Msg),
             Some(f) => decode_field(self.cx, f, &m.path("field")),
@@ -151,10 +198,12 @@ impl Compiler<'_, '_> {
         };
         m.finish(self.cx);
         Some(Rule {
+            name: name?,
             field: field?,
             matcher: matcher?,
             actions: actions?,
             origin,
+            fingerprint: fingerprint(node),
         })
     }
 

@@ -465,3 +465,66 @@ fn merge_values_keep_their_types() {
         ]
     );
 }
+
+#[test]
+fn rule_names_label_counters_are_checked_and_unique() {
+    let rule = |name: &str, regex: &str| {
+        format!("  - name: {name}\n    regex: '{regex}'\n    actions:\n      - type: stop\n")
+    };
+    let text = format!(
+        "{MINIMAL}rules:\n{}  - regex: 'b'\n    actions:\n      - type: stop\n",
+        rule("first-rule_1", "a")
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.rules.rules()[0].name.as_deref(), Some("first-rule_1"));
+    assert_eq!(c.rules.label(0), "first-rule_1");
+    assert_eq!(c.rules.label(1), "1", "a rule without a name by its index");
+    for bad in ["1st", "a.b", "'a b'", "''"] {
+        let errs = errors(&format!("{MINIMAL}rules:\n{}", rule(bad, "a")));
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(
+            errs[0].starts_with("test.yml:8:11: ")
+                && errs[0].contains("is not a rule name: 1 to 100 of a-z A-Z 0-9 _ -"),
+            "{bad}: {errs:?}"
+        );
+    }
+    let errs = errors(&format!(
+        "{MINIMAL}rules:\n{}{}",
+        rule("same", "a"),
+        rule("same", "b")
+    ));
+    assert_eq!(
+        errs,
+        vec!["test.yml:12:11: rule name `same` is already the name of the rule at test.yml:8"]
+    );
+}
+
+#[test]
+fn a_reloaded_rule_keeps_its_count_only_when_it_stayed_the_same() {
+    let text = |second: &str| {
+        format!(
+            "{MINIMAL}rules:\n  - name: kept\n    regex: 'a'\n    actions:\n      - type: stop\n  - regex: '{second}'\n    actions:\n      - type: stop\n  - regex: 'c'\n    actions:\n      - type: stop\n"
+        )
+    };
+    let old = parse(&text("b")).unwrap().rules;
+    for i in 0..3 {
+        old.count_matches(i, 10 + i as u64);
+    }
+    // The same text on other lines (a comment above) is the same rule.
+    let moved = text("b").replace("rules:\n", "# routing\nrules:\n");
+    let mut same = parse(&moved).unwrap().rules;
+    same.keep_counts(&old);
+    assert_eq!(
+        same.matches(),
+        vec![("kept".into(), 10), ("1".into(), 11), ("2".into(), 12)]
+    );
+    let mut changed = parse(&text("B")).unwrap().rules;
+    changed.keep_counts(&old);
+    assert_eq!(
+        changed.matches(),
+        vec![("kept".into(), 10), ("1".into(), 0), ("2".into(), 12)]
+    );
+    // Counted once, seen by both: the counter is shared, not copied.
+    changed.count_matches(0, 1);
+    assert_eq!(old.matches()[0].1, 11);
+}

@@ -109,6 +109,30 @@ pub(super) fn position(node: &Node) -> (usize, usize) {
         .unwrap_or((0, 0))
 }
 
+/// A hash of what `node` says, not where: the same for the same text on other lines.
+pub(super) fn fingerprint(node: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn feed(node: &Node, h: &mut std::collections::hash_map::DefaultHasher) {
+        match node {
+            Node::Scalar(s) => (0u8, s.as_str()).hash(h),
+            Node::Sequence(items) => {
+                (1u8, items.len()).hash(h);
+                items.iter().for_each(|i| feed(i, h));
+            }
+            Node::Mapping(map) => {
+                (2u8, map.len()).hash(h);
+                for (k, v) in map.iter() {
+                    k.as_str().hash(h);
+                    feed(v, h);
+                }
+            }
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    feed(node, &mut h);
+    h.finish()
+}
+
 pub(super) fn kind(node: &Node) -> &'static str {
     match node {
         Node::Scalar(_) => "a value",

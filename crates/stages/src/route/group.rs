@@ -1,7 +1,9 @@
 //! Rules matched as a group: the regex rules on one field, wherever they are in the rule set, are
 //! looked for in one pass (by their required literals, or one regex set), and only the
-//! candidates it finds are tried, in the rules' order.
+//! candidates it finds are tried, in the rules' order. So are the JMESPath rules on one field
+//! that name a path of fields (`meta.topic`): one walk of the line's JSON along their paths.
 
+use super::matcher::parsed_json;
 use super::*;
 
 /// Regex rules on one field (at least [`GROUP_MIN`], other rules possibly between them) looked
@@ -31,15 +33,111 @@ pub(super) enum Finder {
     },
     /// One multi-pattern regex says which rules match (their patterns have no such literals).
     Set(meta::Regex),
+    /// JMESPath rules that each name a path of fields: the paths as a tree, walked along the
+    /// line's JSON, say which find a value (a line costs what its JSON holds, not the rules).
+    Paths(Paths),
+}
+
+/// The field paths of JMESPath rules as a tree: node 0 is the document, each child one field
+/// name further.
+pub(super) struct Paths {
+    nodes: Vec<PathNode>,
+}
+
+#[derive(Default)]
+struct PathNode {
+    children: std::collections::HashMap<String, usize>,
+    /// The rules whose path ends here (indexes in the rule set).
+    rules: Vec<usize>,
+}
+
+impl Paths {
+    fn new(rules: &[(usize, &[String])]) -> Paths {
+        let mut nodes = vec![PathNode::default()];
+        for &(rule, path) in rules {
+            let mut at = 0;
+            for name in path {
+                at = match nodes[at].children.get(name) {
+                    Some(&child) => child,
+                    None => {
+                        nodes.push(PathNode::default());
+                        let child = nodes.len() - 1;
+                        nodes[at].children.insert(name.clone(), child);
+                        child
+                    }
+                };
+            }
+            nodes[at].rules.push(rule);
+        }
+        Paths { nodes }
+    }
+
+    /// The rules whose path finds a value that is not null in `json`, ascending.
+    fn found(&self, json: &Value) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.walk(0, json, &mut out);
+        out.sort_unstable();
+        out
+    }
+
+    fn walk(&self, at: usize, value: &Value, out: &mut Vec<usize>) {
+        let node = &self.nodes[at];
+        if !value.is_null() {
+            out.extend_from_slice(&node.rules);
+        }
+        let Value::Object(object) = value else {
+            return;
+        };
+        // Whichever is smaller is looked through: the document's fields, or the paths'.
+        if node.children.len() <= object.len() {
+            for (name, &child) in &node.children {
+                if let Some(v) = object.get(name) {
+                    self.walk(child, v, out);
+                }
+            }
+        } else {
+            for (name, v) in object {
+                if let Some(&child) = node.children.get(name) {
+                    self.walk(child, v, out);
+                }
+            }
+        }
+    }
+
+    pub(super) fn memory_usage(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| {
+                std::mem::size_of::<PathNode>()
+                    + n.rules.len() * std::mem::size_of::<usize>()
+                    + n.children
+                        .keys()
+                        .map(|k| k.len() + 2 * std::mem::size_of::<usize>() + 24)
+                        .sum::<usize>()
+            })
+            .sum()
+    }
 }
 
 impl Group {
     /// The indexes of the group's rules that may match `hay`, ascending, and whether they are
     /// known to match (a multi-pattern pass found them) rather than still to be confirmed by
     /// their own regexes.
-    pub(super) fn candidates(&self, hay: &str) -> (Vec<usize>, bool) {
+    ///
+    /// `parsed` is the line's field as JSON when a JMESPath rule parsed it already (for
+    /// [`Finder::Paths`], which parses it when none did, and keeps it for the rules).
+    pub(super) fn candidates(
+        &self,
+        hay: &str,
+        field: Field,
+        parsed: &mut Option<(Field, Option<Value>)>,
+    ) -> (Vec<usize>, bool) {
         match &self.finder {
             Finder::Set(set) => (self.matching(set, hay), true),
+            Finder::Paths(paths) => {
+                let json = parsed_json(hay, field, parsed);
+                (json.map_or_else(Vec::new, |json| paths.found(json)), true)
+            }
             Finder::Literals { ac, rule_of, set } => {
                 let mut found: Vec<usize> = Vec::new();
                 for m in ac.find_overlapping_iter(hay) {
@@ -70,6 +168,9 @@ impl Group {
 /// The most candidates whose own regexes are tried one by one; past that, one pass of the
 /// group's regexes as one says which match.
 pub(super) const ONE_BY_ONE: usize = 4;
+
+/// Literals one of which occurs in anything a rule matches (`None`: it has none to look for).
+type Literals = Option<Vec<Vec<u8>>>;
 
 /// The shortest literal worth looking for first: shorter ones occur in too many lines.
 pub(super) const MIN_LITERAL: usize = 3;
@@ -138,8 +239,19 @@ pub(super) fn matches_everything(rule: &Rule) -> bool {
 pub(super) fn groupable(rule: &Rule) -> bool {
     match &rule.matcher {
         Matcher::Regex(p) => !p.re.is_match(""),
-        Matcher::JmesPath(_) => false,
+        Matcher::JmesPath(q) => q.fields.is_some(),
     }
+}
+
+/// How a gathering's rules are looked for together.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Regexes, by their literals.
+    Literals,
+    /// Regexes without literals to look for: as one regex.
+    Set,
+    /// JMESPath paths of fields.
+    Paths,
 }
 
 /// Gathers the groupable regex rules by field and by whether they have literals to look for,
@@ -148,9 +260,9 @@ pub(super) fn groupable(rule: &Rule) -> bool {
 pub(super) fn group_rules(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option<usize>>) {
     struct Gathering {
         field: Field,
-        literal: bool,
+        kind: Kind,
         members: Vec<usize>,
-        literals: Vec<Option<Vec<Vec<u8>>>>,
+        literals: Vec<Literals>,
     }
     let mut gatherings: Vec<Gathering> = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
@@ -161,10 +273,14 @@ pub(super) fn group_rules(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option
             Matcher::Regex(p) => required_literals(p),
             Matcher::JmesPath(_) => None,
         };
-        let literal = literals.is_some();
+        let kind = match (&rule.matcher, &literals) {
+            (Matcher::JmesPath(_), _) => Kind::Paths,
+            (_, Some(_)) => Kind::Literals,
+            (_, None) => Kind::Set,
+        };
         match gatherings
             .iter_mut()
-            .find(|g| g.field == rule.field && g.literal == literal)
+            .find(|g| g.field == rule.field && g.kind == kind)
         {
             Some(g) => {
                 g.members.push(i);
@@ -172,7 +288,7 @@ pub(super) fn group_rules(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option
             }
             None => gatherings.push(Gathering {
                 field: rule.field,
-                literal,
+                kind,
                 members: vec![i],
                 literals: vec![literals],
             }),
@@ -181,33 +297,45 @@ pub(super) fn group_rules(rules: &[Rule], min: usize) -> (Vec<Group>, Vec<Option
     let mut groups = Vec::new();
     let mut group_of = vec![None; rules.len()];
     for g in gatherings.iter().filter(|g| g.members.len() >= min) {
-        for (members, literals) in g
+        let mut chunks: Vec<(&[usize], &[Literals])> = g
             .members
             .chunks(GROUP_MAX)
             .zip(g.literals.chunks(GROUP_MAX))
-        {
+            .collect();
+        chunks.reverse();
+        while let Some((members, literals)) = chunks.pop() {
             let of: Vec<&Rule> = members.iter().map(|&i| &rules[i]).collect();
-            let finder = if g.literal {
-                literal_finder(literals, &of)
-            } else {
-                set_finder(&of)
+            let finder = match g.kind {
+                Kind::Literals => literal_finder(literals, &of),
+                Kind::Set => set_finder(&of),
+                Kind::Paths => paths_finder(members, &of),
             };
-            // Too large to build (a size limit): the rules are tried one by one.
-            if let Some(finder) = finder {
-                for &i in members {
-                    group_of[i] = Some(groups.len());
+            match finder {
+                Some(finder) => {
+                    for &i in members {
+                        group_of[i] = Some(groups.len());
+                    }
+                    groups.push(Group {
+                        members: members.to_vec(),
+                        finder,
+                    });
                 }
-                groups.push(Group {
-                    members: members.to_vec(),
-                    finder,
-                });
+                // Too large to build (the regex engine's size limit: long counted
+                // repetitions): halves, each built by itself; the rules of a part too small
+                // to be a group are tried one by one.
+                None if members.len() / 2 >= min => {
+                    let half = members.len() / 2;
+                    chunks.push((&members[half..], &literals[half..]));
+                    chunks.push((&members[..half], &literals[..half]));
+                }
+                None => {}
             }
         }
     }
     (groups, group_of)
 }
 
-pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>], rules: &[&Rule]) -> Option<Finder> {
+pub(super) fn literal_finder(literals: &[Literals], rules: &[&Rule]) -> Option<Finder> {
     let mut all = Vec::new();
     let mut rule_of = Vec::new();
     for (r, lits) in literals.iter().enumerate() {
@@ -226,6 +354,19 @@ pub(super) fn literal_finder(literals: &[Option<Vec<Vec<u8>>>], rules: &[&Rule])
         None
     };
     Some(Finder::Literals { ac, rule_of, set })
+}
+
+/// The paths of JMESPath `rules` (at `members` in the rule set), each a path of fields.
+fn paths_finder(members: &[usize], rules: &[&Rule]) -> Option<Finder> {
+    let paths: Vec<(usize, &[String])> = members
+        .iter()
+        .zip(rules)
+        .map(|(&i, r)| match &r.matcher {
+            Matcher::JmesPath(q) => q.fields.as_deref().map(|f| (i, f)),
+            Matcher::Regex(_) => None,
+        })
+        .collect::<Option<_>>()?;
+    Some(Finder::Paths(Paths::new(&paths)))
 }
 
 pub(super) fn set_finder(rules: &[&Rule]) -> Option<Finder> {

@@ -123,6 +123,20 @@ impl Pattern {
         self.re.memory_usage() + self.source.len()
     }
 
+    /// Matches `hay` as a rule does (its captures looked for when it has named groups): what
+    /// `--check` times to find the regexes that cost far more than the others.
+    pub fn matches(&self, hay: &str) -> bool {
+        let input = Input::new(hay);
+        if !self.re.is_match(input.clone()) {
+            return false;
+        }
+        if self.has_names() {
+            let mut c = self.re.create_captures();
+            self.re.search_captures(&input, &mut c);
+        }
+        true
+    }
+
     pub(super) fn has_names(&self) -> bool {
         self.re
             .group_info()
@@ -241,10 +255,7 @@ impl Matcher {
                 })
             }
             Matcher::JmesPath(query) => {
-                if parsed.as_ref().is_none_or(|(f, _)| *f != field) {
-                    *parsed = Some((field, parse_json(hay)));
-                }
-                let json = parsed.as_ref().and_then(|(_, json)| json.as_ref())?;
+                let json = parsed_json(hay, field, parsed)?;
                 let value = query.find(json)?;
                 Some(Found {
                     captures: None,
@@ -254,6 +265,19 @@ impl Matcher {
             }
         }
     }
+}
+
+/// `hay` (the line's `field`) as JSON: the one `parsed` holds for that field, or parsed now
+/// and kept there for the next rule that asks.
+pub(super) fn parsed_json<'p>(
+    hay: &str,
+    field: Field,
+    parsed: &'p mut Option<(Field, Option<Value>)>,
+) -> Option<&'p Value> {
+    if parsed.as_ref().is_none_or(|(f, _)| *f != field) {
+        *parsed = Some((field, parse_json(hay)));
+    }
+    parsed.as_ref().and_then(|(_, json)| json.as_ref())
 }
 
 /// `hay` parsed as JSON, when it is an object or an array: only those can hold what an

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use regex_automata::util::captures::Captures;
@@ -64,11 +65,16 @@ pub enum Action {
 
 #[derive(Debug)]
 pub struct Rule {
+    /// The operator's name for the rule (`name`), which labels its counter.
+    pub name: Option<String>,
     pub field: Field,
     pub matcher: Matcher,
     pub actions: Vec<Action>,
     /// Where the rule is written (`file:line`), for `--test` output and logs.
     pub origin: String,
+    /// A hash of what the rule says (not where): a reloaded rule with the same label and the
+    /// same fingerprint stayed the same, and keeps its counter.
+    pub fingerprint: u64,
 }
 
 /// What a rule that forwards decided: where the record goes and what its payload is made of.
@@ -108,6 +114,9 @@ pub struct Rules {
     group_of: Vec<Option<usize>>,
     /// For every rule index `i` (and the end), the first rule at or after `i` in no group.
     next_alone: Vec<usize>,
+    /// For every rule, how many messages it matched: shared with the rule set before a
+    /// reload when the rule stayed the same ([`Rules::keep_counts`]).
+    matched: Vec<Arc<AtomicU64>>,
 }
 
 /// A group's candidates for one line (rule indexes, ascending) not yet reached, and whether a
@@ -154,8 +163,10 @@ impl Current {
     }
 
     /// Puts `rules` in use; returns their generation.
-    pub fn replace(&self, rules: Rules) -> u64 {
+    /// The rules that stayed the same keep their counters.
+    pub fn replace(&self, mut rules: Rules) -> u64 {
         let mut current = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        rules.keep_counts(&current);
         *current = Arc::new(rules);
         // Under the lock: `get` never pairs new rules with an old generation or the reverse.
         self.generation
@@ -205,12 +216,58 @@ impl Rules {
             };
         }
         Rules {
+            matched: rules.iter().map(|_| Arc::default()).collect(),
             rules,
             templates,
             default_topic: crate::route::template::forever(default_topic),
             groups,
             group_of,
             next_alone,
+        }
+    }
+
+    /// Rule `i`'s label for its counter: its `name`, or its index in the rule set.
+    pub fn label(&self, i: usize) -> Cow<'_, str> {
+        match self.rules.get(i).and_then(|r| r.name.as_deref()) {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(i.to_string()),
+        }
+    }
+
+    /// Adds `n` to the count of messages rule `i` matched.
+    pub fn count_matches(&self, i: usize, n: u64) {
+        if let Some(c) = self.matched.get(i) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Every rule's label and how many messages it matched, in rule order.
+    pub fn matches(&self) -> Vec<(String, u64)> {
+        self.matched
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (self.label(i).into_owned(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Takes over the counters of `old`'s rules that stayed the same: same label (name, or
+    /// index for a rule without one) and the same text.
+    pub fn keep_counts(&mut self, old: &Rules) {
+        let before: std::collections::HashMap<(Cow<'_, str>, u64), &Arc<AtomicU64>> =
+            (0..old.rules.len())
+                .map(|i| ((old.label(i), old.rules[i].fingerprint), &old.matched[i]))
+                .collect();
+        let kept: Vec<Option<Arc<AtomicU64>>> = (0..self.rules.len())
+            .map(|i| {
+                before
+                    .get(&(self.label(i), self.rules[i].fingerprint))
+                    .map(|c| Arc::clone(c))
+            })
+            .collect();
+        for (slot, kept) in self.matched.iter_mut().zip(kept) {
+            if let Some(c) = kept {
+                *slot = c;
+            }
         }
     }
 
@@ -243,6 +300,7 @@ impl Rules {
                         + rule_of.len() * std::mem::size_of::<usize>()
                         + set.as_ref().map_or(0, |s| s.memory_usage())
                 }
+                Finder::Paths(paths) => paths.memory_usage(),
             })
             .sum();
         patterns + finders
@@ -333,7 +391,8 @@ impl Rules {
             let mut confirmed = false;
             if let Some(g) = self.group_of[at] {
                 let c = pending[g].get_or_insert_with(|| {
-                    let (rules, confirmed) = self.groups[g].candidates(hay);
+                    let (rules, confirmed) =
+                        self.groups[g].candidates(hay, rule.field, &mut parsed);
                     Candidates {
                         rules: rules.into_iter().peekable(),
                         confirmed,

@@ -9,17 +9,20 @@ fn rules(defs: Vec<(Field, Matcher, Vec<Action>)>, t: Templates) -> Rules {
         .into_iter()
         .enumerate()
         .map(|(i, (field, matcher, actions))| Rule {
+            name: None,
             field,
             matcher,
             actions,
             origin: format!("test:{i}"),
+            fingerprint: i as u64,
         })
         .collect();
     Rules::new(rules, t, "default")
 }
 
 /// Rules where rule `i` forwards to topic `t{i}` (with `{{word}}` when it has that capture)
-/// and matches `patterns[i]` on `fields[i % fields.len()]`.
+/// and matches `patterns[i]` on `fields[i % fields.len()]` (a JMESPath expression when it
+/// begins with `jmespath:`).
 fn numbered(patterns: &[&str], fields: &[Field], group_min: usize) -> Rules {
     let mut t = Templates::new();
     let list = patterns
@@ -32,8 +35,12 @@ fn numbered(patterns: &[&str], fields: &[Field], group_min: usize) -> Rules {
                 format!("t{i}")
             };
             Rule {
+                name: None,
                 field: fields[i % fields.len()],
-                matcher: Matcher::Regex(Pattern::new(p).unwrap()),
+                matcher: match p.strip_prefix("jmespath:") {
+                    Some(q) => Matcher::JmesPath(Query::new(jmespath::compile(q).unwrap())),
+                    None => Matcher::Regex(Pattern::new(p).unwrap()),
+                },
                 actions: vec![Action::Forward {
                     topic: t.compile(&topic).unwrap(),
                     key: None,
@@ -41,6 +48,7 @@ fn numbered(patterns: &[&str], fields: &[Field], group_min: usize) -> Rules {
                     format: RecordFormat::Raw,
                 }],
                 origin: format!("test:{i}"),
+                fingerprint: i as u64,
             }
         })
         .collect();
@@ -98,6 +106,75 @@ fn rules_matched_as_a_group_route_exactly_as_one_by_one() {
             }
         }
     }
+}
+
+#[test]
+fn jmespath_paths_matched_as_a_group_route_exactly_as_one_by_one() {
+    let patterns = [
+        "jmespath:meta.topic",
+        "jmespath:meta",
+        "error",
+        "jmespath:a.b.c",
+        "jmespath:meta.missing",
+        "jmespath:n",
+        "jmespath:meta.topic.deeper",
+        "jmespath:a.b",
+        "jmespath:list",
+        "jmespath:meta.t7",
+        // Not a path of fields: tried by itself, in its place.
+        "jmespath:list[0]",
+        "jmespath:z",
+    ];
+    let lines = [
+        r#"<13>1 - h a - - - {"meta": {"topic": "orders"}, "n": 0}"#,
+        r#"<13>1 - h a - - - {"meta": {"topic": null, "t7": false}}"#,
+        r#"<13>1 - h a - - - {"a": {"b": {"c": [1]}}, "n": null}"#,
+        r#"<13>1 - h a - - - {"a": {"b": 3}, "list": [], "z": "error"}"#,
+        r#"<13>1 - h a - - - {"meta": "a string", "list": [{"x": 1}]}"#,
+        r#"<13>1 - h a - - - [{"meta": {"topic": "in an array"}}]"#,
+        "<13>1 - h a - - - not json at all: error",
+        r#"<13>1 - h a - - - {"meta": {"topic": {"deeper": "yes"}}, "z": 1}"#,
+        r#"<13>1 - h a - - - {"broken": "#,
+    ];
+    for k in 0..patterns.len() {
+        for fields in [&[Field::Msg][..], &[Field::Msg, Field::Hostname]] {
+            let one_by_one = numbered(&patterns[k..], fields, usize::MAX);
+            let grouped = numbered(&patterns[k..], fields, 2);
+            if k == 0 && fields.len() == 1 {
+                // The paths as one group; the regex and `list[0]` by themselves.
+                assert_eq!(grouped.groups.len(), 1);
+                assert_eq!(grouped.group_of[2], None);
+                assert_eq!(grouped.group_of[10], None);
+                assert!(grouped.group_of[11].is_some());
+            }
+            for line in lines {
+                assert_eq!(
+                    run(&grouped, line),
+                    run(&one_by_one, line),
+                    "patterns from {k}, fields {fields:?}, line {line:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_group_too_large_to_build_is_built_in_parts() {
+    // Each about 3.4 MB compiled: the four as one pass the regex engine's 10 MB limit.
+    let patterns = [r"\w{60}a", r"\w{60}b", r"\w{60}c", r"\w{60}d"];
+    let r = numbered(&patterns, &[Field::Msg], 2);
+    assert_eq!(r.groups.len(), 2, "two halves");
+    assert_eq!(r.group_of, [Some(0), Some(0), Some(1), Some(1)]);
+    let one_by_one = numbered(&patterns, &[Field::Msg], usize::MAX);
+    let long = "x".repeat(60);
+    for line in [
+        format!("<13>{long}c"),
+        format!("<13>{long}a"),
+        "<13>short".into(),
+    ] {
+        assert_eq!(run(&r, &line), run(&one_by_one, &line), "{line}");
+    }
+    assert_eq!(run(&r, &format!("<13>{long}c")).0[0].topic, "t2");
 }
 
 #[test]
@@ -162,7 +239,7 @@ fn rules_with_literals_are_found_by_them_and_the_rest_by_one_regex() {
     ));
     // Literals found say which rules to try: the one whose literal occurs.
     assert_eq!(
-        r.groups[0].candidates("a service-2 stopped, code=3xy"),
+        r.groups[0].candidates("a service-2 stopped, code=3xy", Field::Msg, &mut None),
         (vec![1, 2], false)
     );
     // ... and its regex decides: `code=3xy` has no word boundary after the x.
@@ -193,14 +270,14 @@ fn many_candidates_are_decided_by_one_pass_in_rule_order() {
     // Every rule's literal (`user=` and a digit) occurs; only rule 12 (`x12`) and rule 20
     // (`x1`, with no word boundary after it) match.
     assert_eq!(
-        r.groups[0].candidates("user=42 action=x12 done"),
+        r.groups[0].candidates("user=42 action=x12 done", Field::Msg, &mut None),
         (vec![12, 20], true)
     );
     assert_eq!(run(&r, "<13>user=42 action=x12 done").0[0].topic, "t12-x12");
     assert_eq!(run(&r, "<13>user=7 action=x1 done").0[0].topic, "t1-x1");
     // Nothing matches: no rule's regex runs by itself, and the line goes nowhere.
     assert_eq!(
-        r.groups[0].candidates("user=42 action=y1 done"),
+        r.groups[0].candidates("user=42 action=y1 done", Field::Msg, &mut None),
         (vec![], true)
     );
     assert!(run(&r, "<13>user=42 action=y1 done").0.is_empty());
