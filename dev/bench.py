@@ -524,7 +524,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", "--lines", type=int, default=300_000)
     ap.add_argument("-c", "--connections", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--tls", action="store_true", help="add hotdog over TLS rows")
+    ap.add_argument("--tls", action="store_true", help="add hotdog over TLS rows (and TLS spool rows, unless --no-spool-rows)")
     ap.add_argument("-r", "--repeat", type=int, default=1,
                     help="run every row this many times and report medians")
     ap.add_argument("--baseline", metavar="HOTDOG",
@@ -601,6 +601,11 @@ def main():
                                 global_extra=f"  spool:\n    path: '{spool}'\n{keys}"))
                     if args.tls:
                         rows.append(run_hotdog(broker, chunks, n, work, True))
+                        for label, keys in [] if args.no_spool_rows else SPOOL_ROWS:
+                            with tempfile.TemporaryDirectory(dir=args.spool_dir) as spool:
+                                rows.append(run_hotdog(
+                                    broker, chunks, n, work, True, None, f" spool {label}",
+                                    global_extra=f"  spool:\n    path: '{spool}'\n{keys}"))
                         if args.baseline:
                             rows.append(run_hotdog(broker, chunks, n, work, True, None,
                                                    " baseline", args.baseline))
@@ -745,10 +750,11 @@ def main():
                       f"{relp['lines_per_s']/tcp['lines_per_s']:.2f}x, hotdog CPU "
                       f"{relp['cpu_per_million']/tcp['cpu_per_million']:.2f}x{bound}")
     if not args.no_spool_rows:
-        for c in args.connections:
-            mem_name = f"hotdog ({c} conn)"
+        for c, tls in [(c, tls) for tls in ["", " TLS"][:1 + args.tls]
+                       for c in args.connections]:
+            mem_name = f"hotdog{tls} ({c} conn)"
             for label, _ in SPOOL_ROWS:
-                name = f"hotdog spool {label} ({c} conn)"
+                name = f"hotdog{tls} spool {label} ({c} conn)"
                 r, m = by[name], by[mem_name]
                 speed = r["lines_per_s"] / m["lines_per_s"]
                 cpu = r["cpu_per_million"] / m["cpu_per_million"]
@@ -757,7 +763,7 @@ def main():
                     met = speed >= 0.75 and cpu <= 1.3
                     verdict = (f"; target >= 0.75x lines/s, <= 1.3x CPU: "
                                f"{'met' if met else 'MISSED'}")
-                print(f"{c} conn: spool {label} / memory only: lines/s {speed:.2f}x, CPU "
+                print(f"{c} conn{tls}: spool {label} / memory only: lines/s {speed:.2f}x, CPU "
                       f"{cpu:.2f}x{per_run(name, mem_name)}{verdict}")
     if args.baseline:
         # Every row run with both binaries: this build's CPU and lines/s against the baseline's.
