@@ -97,14 +97,20 @@ fn rules_matched_as_a_group_route_exactly_as_one_by_one() {
                 assert!(!grouped.groups.is_empty() || patterns.len() - k < 2);
             }
             assert!(one_by_one.groups.is_empty());
-            for line in lines {
-                assert_eq!(
-                    run(&grouped, line),
-                    run(&one_by_one, line),
-                    "patterns from {k}, fields {fields:?}, line {line:?}"
-                );
-            }
+            let what = format!("patterns from {k}, fields {fields:?}");
+            assert_routes_alike(&grouped, &one_by_one, &lines, &what);
         }
+    }
+}
+
+/// Every line routes the same through `grouped` as through `one_by_one`.
+fn assert_routes_alike(grouped: &Rules, one_by_one: &Rules, lines: &[&str], what: &str) {
+    for line in lines {
+        assert_eq!(
+            run(grouped, line),
+            run(one_by_one, line),
+            "{what}, line {line:?}"
+        );
     }
 }
 
@@ -147,13 +153,8 @@ fn jmespath_paths_matched_as_a_group_route_exactly_as_one_by_one() {
                 assert_eq!(grouped.group_of[10], None);
                 assert!(grouped.group_of[11].is_some());
             }
-            for line in lines {
-                assert_eq!(
-                    run(&grouped, line),
-                    run(&one_by_one, line),
-                    "patterns from {k}, fields {fields:?}, line {line:?}"
-                );
-            }
+            let what = format!("patterns from {k}, fields {fields:?}");
+            assert_routes_alike(&grouped, &one_by_one, &lines, &what);
         }
     }
 }
