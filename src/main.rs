@@ -165,7 +165,7 @@ fn run_tests(
         return ExitCode::from(EXIT_CONFIG);
     }
     let mut stdout = std::io::stdout().lock();
-    let reading = ruletest::Reading::of(&config.global);
+    let reading = replay::Reading::of(&config.global);
     let results = match ruletest::run(&config.rules, &loaded, &reading, &mut stdout) {
         Ok(r) => r,
         Err(e) => {
@@ -198,8 +198,8 @@ fn replay_file(config: &Config, path: &std::path::Path, json: bool) -> ExitCode 
         }
     };
     let stdout = std::io::stdout().lock();
-    let max = ruletest::Reading::of(&config.global).max_message_size;
-    match replay::run(&config.rules, file, max, stdout, json) {
+    let reading = replay::Reading::of(&config.global);
+    match replay::run(&config.rules, file, &reading, stdout, json) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`hotdog -t log | head`): nothing more to say.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,

@@ -1,11 +1,13 @@
 //! End to end: syslog over TCP into hotdog, rules applied, records read back from a real broker.
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::util::{
-    broker, consume_all, create_topics, fresh_topic, send_lines, send_octet_counted, unique_topic,
-    Consumed, Hotdog,
+    broker, config_yaml, consume, consume_all, create_topics, fresh_topic, send_lines,
+    send_octet_counted, unique_topic, Consumed, Hotdog,
 };
 
 fn now_ms() -> i64 {
@@ -101,7 +103,9 @@ fn each_rule_and_action_kind_reaches_kafka() {
         got,
         vec![
             read(None, "no syslog header at all newline"),
-            read(None, "no syslog header at all octet")
+            // A count before what is no syslog message (no `<PRI>`) is not taken for one: the
+            // frame is a line, its digits and all.
+            read(None, "29 no syslog header at all octet")
         ]
     );
     // The debug lines were stopped, and so are counted as not forwarded.
@@ -349,4 +353,54 @@ fn forward_headers_reach_kafka() {
     assert_eq!(h[1], ("severity".to_string(), "err".to_string()));
     assert_eq!(h[2].0, "peer");
     assert!(h[2].1.starts_with("127.0.0.1:"), "{h:?}");
+}
+
+/// Framing as senders write it: NUL-terminated messages are messages of their own; a plain line
+/// that starts with digits and a space (`404 Not found`) is a line, not an octet count that
+/// swallows the next ones; octet counting still works; and `framing: lf` pins newlines (a NUL
+/// then stays inside the message).
+#[test]
+fn nul_terminated_and_digit_led_lines_are_framed_as_senders_mean() {
+    let (b, topic) = fresh_topic("framing");
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let hotdog = Hotdog::start(b, &rules);
+    let sent = b"<13>nul one\0<13>nul two\x00404 Not found on this host\n200 OK fine\n17 <13>octet counted<13>last line\n";
+    let mut s = TcpStream::connect(hotdog.addr()).expect("connect");
+    s.write_all(sent).expect("send");
+    drop(s);
+    let got: Vec<String> = consume(b, &topic, 6, Duration::from_secs(20))
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "nul one",
+            "nul two",
+            "404 Not found on this host",
+            "200 OK fine",
+            "octet counted",
+            "last line"
+        ]
+    );
+    drop(hotdog);
+
+    let (b, topic) = fresh_topic("framing-lf");
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let yaml = config_yaml(b, "", &rules).replace(
+        "    port: 0\n  kafka:",
+        "    port: 0\n    framing: lf\n  kafka:",
+    );
+    assert!(yaml.contains("framing: lf"), "{yaml}");
+    let hotdog = Hotdog::start_config(&yaml);
+    let mut s = TcpStream::connect(hotdog.addr()).expect("connect");
+    s.write_all(b"<13>a\0b\n<13>c\n").expect("send");
+    drop(s);
+    let got: Vec<String> = consume(b, &topic, 2, Duration::from_secs(20))
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(got, ["a\0b", "c"]);
 }

@@ -35,10 +35,16 @@ fn records_in(format: &str) -> Vec<Consumed> {
     let mut s = TcpStream::connect(hotdog.addr()).expect("connect");
     let lines = lines();
     for l in &lines {
-        // Octet-counted: any bytes can be in a frame.
-        s.write_all(format!("{} ", l.len()).as_bytes())
-            .expect("send");
-        s.write_all(l).expect("send");
+        if l.starts_with(b"<") {
+            // Octet-counted: any bytes can be in a frame.
+            s.write_all(format!("{} ", l.len()).as_bytes())
+                .expect("send");
+            s.write_all(l).expect("send");
+        } else {
+            // A count is taken for one only before a syslog message (`<PRI>`): this one is a line.
+            s.write_all(l).expect("send");
+            s.write_all(b"\n").expect("send");
+        }
     }
     s.shutdown(std::net::Shutdown::Write).expect("close");
     let _ = s.read_to_end(&mut Vec::new());

@@ -1,8 +1,8 @@
-//! Framing: any bytes, cut at any read boundaries, with any `max_message_size`, never panic, and
-//! every frame is at most `max` bytes.
+//! Framing: any bytes, cut at any read boundaries, with any `max_message_size` and any
+//! `framing`, never panic, and every frame is at most `max` bytes.
 #![no_main]
 
-use hotdog_stages::frame::lines::{Framer, Step};
+use hotdog_stages::frame::lines::{Framer, Framing, Step};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,12 @@ fuzz_target!(|data: &[u8]| {
     let max = usize::from(first) + 1;
     // The second byte picks how much arrives per read.
     let chunk = rest.first().map_or(1, |b| usize::from(*b) + 1);
-    let mut framer = Framer::new(max);
+    // The third picks the framing.
+    let framing = rest
+        .get(1)
+        .and_then(|b| Framing::from_name(Framing::NAMES[usize::from(*b) % Framing::NAMES.len()]))
+        .unwrap_or_default();
+    let mut framer = Framer::with(max, framing);
     let mut buf: Vec<u8> = Vec::new();
     for piece in rest.chunks(chunk) {
         buf.extend_from_slice(piece);

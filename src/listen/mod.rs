@@ -187,6 +187,7 @@ impl Listener {
                 max_message_size: l.max_message_size,
                 idle_timeout: l.idle_timeout,
                 answer_when_spooled: l.ack == RelpAck::Spool,
+                framing: l.framing,
             },
             max_connections: l.max_connections,
             max_per_source: l.max_connections_per_source,

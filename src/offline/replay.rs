@@ -1,6 +1,6 @@
 //! `hotdog -t LOGFILE`: every frame of a file through the rules, without Kafka, printing what
 //! matched and what would be sent. The file is cut into frames by the same framing code as a
-//! connection: newline or octet-counted frames, `max_message_size` truncation, trimming.
+//! connection of the first listener: its `framing`, `max_message_size` truncation, trimming.
 
 use std::io::{Read, Write};
 
@@ -9,36 +9,60 @@ use serde_json::{json, Value};
 use hotdog_stages::core::Origin;
 use hotdog_stages::core::Record;
 use hotdog_stages::encode;
-use hotdog_stages::frame::lines::{Framer, Step};
+use hotdog_stages::frame::lines::{Framer, Framing, Step};
 use hotdog_stages::parse::syslog::{self, Message};
 use hotdog_stages::route::Rules;
+
+/// How input is read without a connection (`hotdog test`, `-t`): as by the configuration's
+/// first listener.
+pub struct Reading {
+    /// Frames of at most this many bytes.
+    pub max_message_size: usize,
+    /// RFC 3164 timestamps in this zone (UTC when `None`).
+    pub zone: Option<jiff::tz::TimeZone>,
+    /// How the input is cut into frames.
+    pub framing: Framing,
+}
+
+impl Reading {
+    pub fn of(global: &hotdog_stages::config::Global) -> Reading {
+        let first = global.listen.first();
+        Reading {
+            max_message_size: first.map_or(64 * 1024, |l| l.max_message_size),
+            framing: first.map_or(Framing::Auto, |l| l.framing),
+            zone: first
+                .and_then(|l| l.timezone.as_ref())
+                .map(|t| t.zone.clone()),
+        }
+    }
+}
 
 /// Reads `input` frame by frame (frames of at most `max` bytes) and writes a report of each to
 /// `out`: readable text, or with `as_json` one JSON object per frame.
 pub fn run(
     rules: &Rules,
     input: impl Read,
-    max: usize,
+    reading: &Reading,
     mut out: impl Write,
     as_json: bool,
 ) -> std::io::Result<()> {
     let mut number = 0;
-    each_frame(input, max, |data, truncated| {
+    each_frame(input, reading, |data, truncated| {
         number += 1;
         report(rules, data, truncated, number, &mut out, as_json)
     })?;
     out.flush()
 }
 
-/// Cuts `input` into frames of at most `max` bytes, as a connection does (newline or
-/// octet-counted frames, trimming, the last frame without a terminator), and calls `f` with
-/// each and whether it was truncated.
+/// Cuts `input` into frames as a connection of the first listener does (its `framing` and
+/// `max_message_size`, trimming, the last frame without a terminator), and calls `f` with each
+/// and whether it was truncated.
 pub fn each_frame(
     mut input: impl Read,
-    max: usize,
+    reading: &Reading,
     mut f: impl FnMut(&[u8], bool) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let mut framer = Framer::new(max);
+    let mut framer = Framer::with(reading.max_message_size, reading.framing);
     let mut buf: Vec<u8> = Vec::new();
     let mut start = 0;
     let mut chunk = vec![0u8; 64 * 1024];

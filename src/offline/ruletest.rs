@@ -9,7 +9,7 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
-use crate::offline::replay;
+use crate::offline::replay::{self, Reading};
 use hotdog_stages::config::cases::{Case, Expect, Expected, Payload, TestFile};
 use hotdog_stages::core::Record;
 use hotdog_stages::encode;
@@ -38,27 +38,6 @@ pub struct Results {
 impl Results {
     pub fn failed(&self) -> usize {
         self.outcomes.iter().filter(|o| o.failure.is_some()).count()
-    }
-}
-
-/// How input is read without a connection (`hotdog test`, `-t`): as by the configuration's
-/// first listener.
-pub struct Reading {
-    /// Frames of at most this many bytes.
-    pub max_message_size: usize,
-    /// RFC 3164 timestamps in this zone (UTC when `None`).
-    pub zone: Option<jiff::tz::TimeZone>,
-}
-
-impl Reading {
-    pub fn of(global: &hotdog_stages::config::Global) -> Reading {
-        let first = global.listen.first();
-        Reading {
-            max_message_size: first.map_or(64 * 1024, |l| l.max_message_size),
-            zone: first
-                .and_then(|l| l.timezone.as_ref())
-                .map(|t| t.zone.clone()),
-        }
     }
 }
 
@@ -138,7 +117,7 @@ fn apply(rules: &Rules, case: &Case, reading: &Reading) -> (Vec<Record>, Vec<usi
     let mut origin = case.origin.clone();
     origin.zone = origin.zone.or_else(|| reading.zone.clone());
     // Reading from memory cannot fail, and the callback does not.
-    let _ = replay::each_frame(&case.input[..], reading.max_message_size, |data, _| {
+    let _ = replay::each_frame(&case.input[..], reading, |data, _| {
         let text = String::from_utf8_lossy(data);
         let msg = syslog::parse_frame(data, &text);
         let (routed, _) = rules.apply(&msg, &origin, Some(&mut matched));

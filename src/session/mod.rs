@@ -273,6 +273,8 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// RELP `ack: spool`: a message is answered once its records are in the spool.
     pub answer_when_spooled: bool,
+    /// How the stream is cut into frames (`framing`).
+    pub framing: hotdog_stages::frame::lines::Framing,
 }
 
 /// Why a connection ended without an error.

@@ -26,7 +26,7 @@ pub(super) async fn read_all<S: AsyncRead + Unpin>(
     shutdown: Shutdown,
 ) -> std::io::Result<End> {
     let max = limits.max_message_size;
-    let mut framer = Framer::new(max);
+    let mut framer = Framer::with(max, limits.framing);
     // Room for one whole frame of the largest size, its length prefix, and a read.
     let mut buf = ReadBuffer::new(max + 16 + READ_SIZE);
     let mut yielder = Yielder::default();

@@ -17,6 +17,7 @@ fn limits(max_message_size: usize) -> Limits {
         max_message_size,
         idle_timeout: None,
         answer_when_spooled: false,
+        framing: Default::default(),
     }
 }
 

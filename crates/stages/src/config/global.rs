@@ -1,5 +1,6 @@
 //! Decoding `global:`: listeners, Kafka, metrics, the status server, the shutdown timeout.
 
+use crate::frame::lines::Framing;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -286,6 +287,7 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
     let timezone = decode_timezone(cx, &mut m);
     let protocol = decode_protocol(cx, &mut m, what);
     let ack = decode_ack(cx, &mut m, protocol.as_ref());
+    let framing = decode_framing(cx, &mut m, protocol.as_ref());
     m.finish(cx);
     Some(Listen {
         address,
@@ -299,7 +301,38 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         proxy_protocol,
         timezone: timezone?,
         ack: ack?,
+        framing: framing?,
     })
+}
+
+/// A listener's `framing`: `auto`, `lf`, `octet_counted` or `nul`, for TCP and TLS listeners
+/// (UDP has a message per datagram, RELP its own frames).
+fn decode_framing(
+    cx: &mut Cx<'_>,
+    m: &mut Map<'_>,
+    protocol: Option<&Protocol>,
+) -> Option<Framing> {
+    let Some(n) = m.get("framing") else {
+        return Some(Framing::Auto);
+    };
+    let name = scalar(cx, n, &m.path("framing"))?;
+    let Some(framing) = Framing::from_name(&name) else {
+        cx.error(n, unknown_name("framing", &name, &Framing::NAMES));
+        return None;
+    };
+    if let Some(p) = protocol.filter(|p| matches!(p, Protocol::Udp | Protocol::Relp(_))) {
+        cx.error(
+            n,
+            format!(
+                "`{}` is for TCP and TLS listeners; this one is {} (which frames its messages \
+                 itself)",
+                m.path("framing"),
+                p.name()
+            ),
+        );
+        return None;
+    }
+    Some(framing)
 }
 
 /// A listener's `ack`: `kafka` or `spool`, for RELP listeners only.

@@ -147,6 +147,8 @@ pub struct Listen {
     pub timezone: Option<Timezone>,
     /// `ack` (RELP only): when a message is answered, `kafka` or `spool`. Default `kafka`.
     pub ack: RelpAck,
+    /// `framing` (TCP and TLS): how the stream is cut into frames. Default `auto`.
+    pub framing: crate::frame::lines::Framing,
 }
 
 /// A time zone by its IANA name.

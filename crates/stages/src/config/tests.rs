@@ -528,3 +528,31 @@ fn a_reloaded_rule_keeps_its_count_only_when_it_stayed_the_same() {
     changed.count_matches(0, 1);
     assert_eq!(old.matches()[0].1, 11);
 }
+
+#[test]
+fn a_listeners_framing_is_decoded_and_checked() {
+    use crate::frame::lines::Framing;
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.global.listen[0].framing, Framing::Auto);
+    let with = |framing: &str, extra: &str| {
+        MINIMAL.replace(
+            "    port: 1514\n",
+            &format!("    port: 1514\n    framing: {framing}\n{extra}"),
+        )
+    };
+    assert_eq!(
+        parse(&with("nul", "")).unwrap().global.listen[0].framing,
+        Framing::Nul
+    );
+    let errs = errors(&with("octet", ""));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("test.yml:4:14: unknown framing `octet`"),
+        "{errs:?}"
+    );
+    let errs = errors(&with("lf", "    protocol: udp\n"));
+    assert_eq!(
+        errs,
+        ["test.yml:4:14: `global.listen.framing` is for TCP and TLS listeners; this one is udp (which frames its messages itself)"]
+    );
+}

@@ -1,10 +1,12 @@
 //! Splitting a byte stream into syslog frames.
 //!
-//! Two framings are in use on TCP (RFC 6587): newline-delimited ("non-transparent framing", what
-//! `logger` and most plain senders do) and octet-counted (`LEN SP MSG`, what rsyslog and syslog-ng
-//! use for RFC 5425 / TLS). They are detected frame by frame: a frame that starts with a non-zero
-//! digit followed by more digits and a space is octet-counted, anything else runs up to the next
-//! `\n`.
+//! Two framings are in use on TCP (RFC 6587): delimited ("non-transparent framing": each message
+//! ends with `\n`, what `logger` and most plain senders do, or with a NUL, what some appliances
+//! and go-syslog senders do) and octet-counted (`LEN SP MSG`, what rsyslog and syslog-ng use for
+//! RFC 5425 / TLS). By default ([`Framing::Auto`]) they are told apart frame by frame: a frame that
+//! starts with a non-zero digit, more digits, a space and `<` (a syslog PRI) is octet-counted;
+//! anything else runs up to the next `\n` or NUL, so a plain line that begins `404 Not found` is a
+//! line. A listener may pin one framing.
 //!
 //! The framer never holds more than `max` bytes of a frame: a longer frame is cut to `max` bytes,
 //! handed out marked as truncated, and the rest of it is skipped.
@@ -40,18 +42,64 @@ enum State {
 /// The longest length prefix accepted: ten digits covers any frame a sender could mean.
 const MAX_LEN_DIGITS: usize = 10;
 
+/// How a listener cuts its stream into frames (its `framing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// Octet-counted where a frame starts `LEN SP <`, else up to the next `\n` or NUL.
+    #[default]
+    Auto,
+    /// Up to the next `\n` only (a NUL inside a message stays in it).
+    Lf,
+    /// `LEN SP MSG` whatever follows the space; a frame without a count runs up to the next
+    /// `\n`, as the sender that lost count most likely meant.
+    OctetCounted,
+    /// Up to the next NUL only (a `\n` inside a message stays in it: multi-line messages).
+    Nul,
+}
+
+impl Framing {
+    pub const NAMES: [&'static str; 4] = ["auto", "lf", "octet_counted", "nul"];
+
+    pub fn from_name(name: &str) -> Option<Framing> {
+        Some(match name {
+            "auto" => Framing::Auto,
+            "lf" => Framing::Lf,
+            "octet_counted" => Framing::OctetCounted,
+            "nul" => Framing::Nul,
+            _ => return None,
+        })
+    }
+
+    /// Where the delimited frame at the start of `buf` ends (its delimiter), if it does there.
+    fn delimiter(self, buf: &[u8]) -> Option<usize> {
+        match self {
+            Framing::Auto => memchr::memchr2(b'\n', b'\0', buf),
+            Framing::Lf | Framing::OctetCounted => memchr(b'\n', buf),
+            Framing::Nul => memchr(b'\0', buf),
+        }
+    }
+}
+
 /// Splits frames out of a byte buffer; keeps the little state needed between reads.
 #[derive(Debug, Clone)]
 pub struct Framer {
     max: usize,
+    framing: Framing,
     state: State,
 }
 
 impl Framer {
-    /// A framer that cuts frames to at most `max` bytes (at least 1).
+    /// A framer that cuts frames to at most `max` bytes (at least 1), telling the framings
+    /// apart frame by frame ([`Framing::Auto`]).
     pub fn new(max: usize) -> Self {
+        Self::with(max, Framing::Auto)
+    }
+
+    /// A framer that cuts frames as `framing` says, to at most `max` bytes (at least 1).
+    pub fn with(max: usize, framing: Framing) -> Self {
         Framer {
             max: max.max(1),
+            framing,
             state: State::Start,
         }
     }
@@ -62,7 +110,7 @@ impl Framer {
             return Step::NeedMore;
         }
         match self.state {
-            State::DiscardLine => match memchr(b'\n', buf) {
+            State::DiscardLine => match self.framing.delimiter(buf) {
                 Some(nl) => {
                     self.state = State::Start;
                     Step::Skip { consumed: nl + 1 }
@@ -92,7 +140,7 @@ impl Framer {
         if state != State::Start || buf.is_empty() {
             return None;
         }
-        let data = match octet_header(buf) {
+        let data = match self.octet_header(buf) {
             Some((hdr, _)) => &buf[hdr..],
             None => buf,
         };
@@ -114,10 +162,32 @@ impl Framer {
         if blank > 0 {
             return Step::Skip { consumed: blank };
         }
-        match octet_header(buf) {
+        match self.octet_header(buf) {
             Some((hdr, len)) => self.octet_counted(buf, hdr, len),
-            None if looks_like_partial_header(buf) => Step::NeedMore,
+            None if self.partial_header(buf) => Step::NeedMore,
             None => self.newline_delimited(buf),
+        }
+    }
+
+    /// The octet count at the start of `buf`, where this framing looks for one.
+    fn octet_header(&self, buf: &[u8]) -> Option<(usize, usize)> {
+        match self.framing {
+            Framing::Lf | Framing::Nul => None,
+            Framing::OctetCounted => octet_header(buf),
+            Framing::Auto => octet_header(buf).filter(|&(hdr, _)| buf.get(hdr) == Some(&b'<')),
+        }
+    }
+
+    /// True while `buf` could still become an octet count once more bytes arrive.
+    fn partial_header(&self, buf: &[u8]) -> bool {
+        match self.framing {
+            Framing::Lf | Framing::Nul => false,
+            Framing::OctetCounted => looks_like_partial_header(buf),
+            // The count and its space, and not yet what follows.
+            Framing::Auto => {
+                looks_like_partial_header(buf)
+                    || octet_header(buf).is_some_and(|(hdr, _)| hdr == buf.len())
+            }
         }
     }
 
@@ -146,7 +216,7 @@ impl Framer {
 
     fn newline_delimited<'a>(&mut self, buf: &'a [u8]) -> Step<'a> {
         let window = &buf[..buf.len().min(self.max + 1)];
-        match memchr(b'\n', window) {
+        match self.framing.delimiter(window) {
             Some(nl) if nl <= self.max => Step::Frame {
                 data: trim_frame(&buf[..nl]),
                 truncated: false,
@@ -215,7 +285,11 @@ mod tests {
 
     /// Feeds `input` in chunks of `chunk` bytes and collects (frame, truncated).
     fn frames(max: usize, input: &[u8], chunk: usize) -> Vec<(String, bool)> {
-        let mut framer = Framer::new(max);
+        framed(Framing::Auto, max, input, chunk)
+    }
+
+    fn framed(framing: Framing, max: usize, input: &[u8], chunk: usize) -> Vec<(String, bool)> {
+        let mut framer = Framer::with(max, framing);
         let mut buf = Vec::new();
         let mut out = Vec::new();
         for piece in input.chunks(chunk) {
@@ -320,7 +394,7 @@ mod tests {
 
     #[test]
     fn frame_of_exactly_max_is_not_truncated() {
-        let body = "z".repeat(16);
+        let body = format!("<13>{}", "z".repeat(12));
         assert_eq!(
             frames(16, format!("{body}\n16 {body}").as_bytes(), 5),
             plain(&[&body, &body])
@@ -329,8 +403,65 @@ mod tests {
 
     #[test]
     fn huge_length_prefix_does_not_allocate() {
-        let out = frames(16, b"9999999999 abc", 4);
-        assert_eq!(out, plain(&["abc"]));
+        let out = frames(16, b"9999999999 <13>abc", 4);
+        assert_eq!(out, plain(&["<13>abc"]));
+    }
+
+    #[test]
+    fn nul_terminated_messages_are_frames_of_their_own() {
+        let input = b"<13>one\0<13>two\0\0<13>three\n<13>four\0";
+        for chunk in 1..input.len() {
+            assert_eq!(
+                frames(1024, input, chunk),
+                plain(&["<13>one", "<13>two", "<13>three", "<13>four"]),
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_line_that_starts_with_digits_and_a_space_is_a_line() {
+        // `404 Not found` is no octet count: what follows the space is not a PRI.
+        let input = b"404 Not found here\n200 OK\n<13>next\n12 <13>counted";
+        for chunk in 1..input.len() {
+            assert_eq!(
+                frames(1024, input, chunk),
+                plain(&["404 Not found here", "200 OK", "<13>next", "<13>counted"]),
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pinned_framing_cuts_only_as_it_says() {
+        let input = b"11 <13>a\nb\0c\n9 nopri\0\n";
+        assert_eq!(
+            framed(Framing::Lf, 1024, input, 3),
+            plain(&["11 <13>a", "b\0c", "9 nopri"])
+        );
+        assert_eq!(
+            framed(Framing::Nul, 1024, input, 3),
+            plain(&["11 <13>a\nb", "c\n9 nopri"])
+        );
+        // Counted whatever follows the space; a frame without a count is a line.
+        assert_eq!(
+            framed(
+                Framing::OctetCounted,
+                1024,
+                b"5 nopri3 abcplain line\n4 <1>x",
+                2
+            ),
+            plain(&["nopri", "abc", "plain line", "<1>x"])
+        );
+        // Auto: the count takes its 11 bytes, delimiters and all.
+        assert_eq!(
+            framed(Framing::Auto, 1024, input, 3),
+            plain(&["<13>a\nb\0c\n9", " nopri"])
+        );
+        for name in Framing::NAMES {
+            assert!(Framing::from_name(name).is_some(), "{name}");
+        }
+        assert_eq!(Framing::from_name("octet"), None);
     }
 
     #[test]
