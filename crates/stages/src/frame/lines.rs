@@ -322,28 +322,23 @@ mod tests {
         list.iter().map(|s| (s.to_string(), false)).collect()
     }
 
+    /// `input` makes the frames `expected` however it is cut into reads.
+    fn in_any_chunking(input: &[u8], expected: &[&str]) {
+        for chunk in 1..input.len() {
+            assert_eq!(frames(1024, input, chunk), plain(expected), "chunk {chunk}");
+        }
+    }
+
     #[test]
     fn newline_frames_in_any_chunking() {
         let input = b"<13>one\n<13>two\r\n<13>three\0\n\n<13>four";
-        for chunk in 1..input.len() {
-            assert_eq!(
-                frames(1024, input, chunk),
-                plain(&["<13>one", "<13>two", "<13>three", "<13>four"]),
-                "chunk {chunk}"
-            );
-        }
+        in_any_chunking(input, &["<13>one", "<13>two", "<13>three", "<13>four"]);
     }
 
     #[test]
     fn octet_counted_frames_in_any_chunking() {
         let input = b"7 <13>one9 <13>t\nwo!8 <13>four\n";
-        for chunk in 1..input.len() {
-            assert_eq!(
-                frames(1024, input, chunk),
-                plain(&["<13>one", "<13>t\nwo!", "<13>four"]),
-                "chunk {chunk}"
-            );
-        }
+        in_any_chunking(input, &["<13>one", "<13>t\nwo!", "<13>four"]);
     }
 
     #[test]
@@ -410,26 +405,17 @@ mod tests {
     #[test]
     fn nul_terminated_messages_are_frames_of_their_own() {
         let input = b"<13>one\0<13>two\0\0<13>three\n<13>four\0";
-        for chunk in 1..input.len() {
-            assert_eq!(
-                frames(1024, input, chunk),
-                plain(&["<13>one", "<13>two", "<13>three", "<13>four"]),
-                "chunk {chunk}"
-            );
-        }
+        in_any_chunking(input, &["<13>one", "<13>two", "<13>three", "<13>four"]);
     }
 
     #[test]
     fn a_line_that_starts_with_digits_and_a_space_is_a_line() {
         // `404 Not found` is no octet count: what follows the space is not a PRI.
         let input = b"404 Not found here\n200 OK\n<13>next\n12 <13>counted";
-        for chunk in 1..input.len() {
-            assert_eq!(
-                frames(1024, input, chunk),
-                plain(&["404 Not found here", "200 OK", "<13>next", "<13>counted"]),
-                "chunk {chunk}"
-            );
-        }
+        in_any_chunking(
+            input,
+            &["404 Not found here", "200 OK", "<13>next", "<13>counted"],
+        );
     }
 
     #[test]
