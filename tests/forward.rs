@@ -404,3 +404,71 @@ fn nul_terminated_and_digit_led_lines_are_framed_as_senders_mean() {
         .collect();
     assert_eq!(got, ["a\0b", "c"]);
 }
+
+/// Every datagram a UDP listener loses is counted somewhere: hotdog is stopped (SIGSTOP) while a
+/// sender sends 3,000 datagrams into a 4 KiB receive buffer, so the kernel drops most of them;
+/// once it runs again, what it read plus `udp.dropped` plus `udp.kernel_dropped` is what was
+/// sent. Asking for more than `net.core.rmem_max` is said in the log.
+#[test]
+fn every_lost_datagram_is_counted_by_hotdog_or_the_kernel() {
+    const N: i64 = 3_000;
+    let (b, topic) = fresh_topic("udp-kernel");
+    let rules =
+        format!("  - regex: '.*'\n    actions:\n      - type: forward\n        topic: '{topic}'\n");
+    let udp = |buffer: &str| {
+        config_yaml(b, "", &rules)
+            .replace("  listen:\n    address:", "  listen:\n  - address:")
+            .replace(
+                "    port: 0\n  kafka:",
+                &format!("    port: 0\n  - address: '127.0.0.1'\n    port: 0\n    protocol: udp\n    receive_buffer: {buffer}\n  kafka:"),
+            )
+    };
+    let hotdog = Hotdog::start_config(&udp("4KiB"));
+    let port = hotdog.ports[1];
+    hotdog.signal("STOP");
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    for i in 0..N {
+        let line = format!("<13>Oct 11 22:14:15 host app: datagram {i} with some text to fill it");
+        s.send_to(line.as_bytes(), ("127.0.0.1", port))
+            .expect("send");
+    }
+    hotdog.signal("CONT");
+    let counted =
+        || hotdog.stat("lines") + hotdog.stat("udp.dropped") + hotdog.stat("udp.kernel_dropped");
+    assert!(
+        crate::util::wait_until(Duration::from_secs(20), || counted() == N),
+        "read {}, dropped {}, dropped by the kernel {}: not the {N} sent",
+        hotdog.stat("lines"),
+        hotdog.stat("udp.dropped"),
+        hotdog.stat("udp.kernel_dropped")
+    );
+    let (read, kernel) = (hotdog.stat("lines"), hotdog.stat("udp.kernel_dropped"));
+    eprintln!("{N} sent to a stopped hotdog: {read} read, {kernel} dropped by the kernel");
+    assert!(
+        kernel > 0 && read > 0,
+        "read {read}, kernel dropped {kernel}"
+    );
+    let (code, metrics) = hotdog.http_get("/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(&format!("hotdog_udp_kernel_dropped_total {kernel}\n")),
+        "{metrics}"
+    );
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", read, Duration::from_secs(20)),
+        read
+    );
+    drop(hotdog);
+
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .expect("rmem_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    let hotdog = Hotdog::start_config(&udp(&(rmem_max * 2).to_string()));
+    assert!(
+        hotdog.wait_log("net.core.rmem_max caps it", Duration::from_secs(5)),
+        "{}",
+        hotdog.stderr()
+    );
+}

@@ -263,6 +263,9 @@ fn start_publisher(global: &Global, metrics: &Arc<Metrics>) -> Result<(Publisher
         )
         .map_err(io("cannot start the health probe"))?;
     let waiting = outbox.clone();
+    metrics.watch_udp_kernel(Arc::new(|| {
+        i64::try_from(crate::listen::kernel_dropped()).unwrap_or(i64::MAX)
+    }));
     metrics.watch_queues(
         Arc::new(move || i64::try_from(waiting.waiting()).unwrap_or(i64::MAX)),
         publisher.queue_len(),

@@ -23,9 +23,7 @@ use tls::Acceptor;
 mod proxy;
 mod udp;
 
-/// The receive buffer asked for on a UDP socket; the kernel gives at most
-/// `net.core.rmem_max` of it.
-const UDP_RECV_BUFFER: usize = 8 << 20;
+pub use udp::kernel_dropped;
 
 use proxy::*;
 use udp::*;
@@ -153,8 +151,8 @@ impl Listener {
                     .await
                     .map_err(bind_error)?;
                 // Room for a burst while the executor is busy elsewhere: the kernel drops
-                // what does not fit, and nothing counts it but the kernel.
-                let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(UDP_RECV_BUFFER);
+                // what does not fit, and counts it (`udp.kernel_dropped`).
+                tune(&socket, l.receive_buffer, &format!("udp {address}"));
                 Socket::Udp(socket)
             }
             stream => {

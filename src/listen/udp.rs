@@ -69,3 +69,92 @@ pub(super) fn udp_flush(pipeline: &mut Pipeline, metrics: &crate::base::metrics:
         ));
     }
 }
+
+/// The UDP sockets bound so far, by the inode `/proc/net/udp` names them by.
+static SOCKETS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// The receive buffer a UDP listener asks for without `receive_buffer`: room for a burst while
+/// the executor is busy elsewhere.
+const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Asks the kernel for a receive buffer for `socket` (`asked`, or [`RECEIVE_BUFFER`]), says so
+/// when it gives less than the operator asked for (`net.core.rmem_max` caps what a process may
+/// ask for), and notes the socket so that what the kernel drops for it is counted.
+pub(super) fn tune(socket: &UdpSocket, asked: Option<usize>, name: &str) {
+    let bytes = asked.unwrap_or(RECEIVE_BUFFER);
+    let sock = socket2::SockRef::from(socket);
+    if let Err(e) = sock.set_recv_buffer_size(bytes) {
+        log::warn!("{name}: cannot set its receive buffer to {bytes} bytes: {e}");
+    }
+    // Linux reports twice what it gives (the other half is its own bookkeeping).
+    let given = sock.recv_buffer_size().map_or(0, |b| b / 2);
+    if given < bytes && asked.is_some() {
+        log::warn!(
+            "{name}: the kernel gave a receive buffer of {given} bytes for the {bytes} asked \
+             (receive_buffer): net.core.rmem_max caps it; `sysctl -w net.core.rmem_max={bytes}` \
+             raises the cap. Datagrams that arrive while it is full are dropped by the kernel \
+             and counted in udp.kernel_dropped"
+        );
+    }
+    if let Some(inode) = inode(socket) {
+        SOCKETS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(inode);
+    }
+}
+
+/// The inode of `socket`, from its `/proc/self/fd` link (`socket:[INODE]`).
+fn inode(socket: &UdpSocket) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Datagrams the kernel dropped for hotdog's UDP sockets that are still open (their receive
+/// buffers were full): the `drops` column of `/proc/net/udp` and `/proc/net/udp6`.
+pub fn kernel_dropped() -> u64 {
+    let sockets = SOCKETS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if sockets.is_empty() {
+        return 0;
+    }
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .map(|text| drops(&text, &sockets))
+        .sum()
+}
+
+/// The drops of the sockets `inodes` in a `/proc/net/udp` table: `sl local rem st tx:rx tr:when
+/// retrnsmt uid timeout inode ref pointer drops`.
+fn drops(table: &str, inodes: &[u64]) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = cols.get(9)?.parse().ok()?;
+            inodes
+                .contains(&inode)
+                .then(|| cols.get(12)?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn drops_are_read_for_the_sockets_asked_of() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  717: 0100007F:BB6D 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 123456 2 0000000000000000 42
+  718: 0100007F:BB6E 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 654321 2 0000000000000000 7
+";
+        assert_eq!(super::drops(table, &[123456]), 42);
+        assert_eq!(super::drops(table, &[123456, 654321]), 49);
+        assert_eq!(super::drops(table, &[1]), 0);
+    }
+}

@@ -163,6 +163,8 @@ pub struct Metrics {
     queues: std::sync::OnceLock<[Gauge; 2]>,
     /// Every rule's label and matches, read from the rules in use.
     rules: std::sync::OnceLock<Labelled>,
+    /// What the kernel dropped for the UDP listeners, read from the kernel.
+    udp_kernel: std::sync::OnceLock<Gauge>,
     errors: Mutex<BTreeMap<String, u64>>,
     dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
 }
@@ -303,6 +305,15 @@ impl Metrics {
     /// Lets reports read the depth of the outbox and of librdkafka's queue.
     pub fn watch_queues(&self, outbox: Gauge, librdkafka: Gauge) {
         let _ = self.queues.set([outbox, librdkafka]);
+    }
+
+    /// Lets reports read what the kernel dropped for the UDP listeners.
+    pub fn watch_udp_kernel(&self, dropped: Gauge) {
+        let _ = self.udp_kernel.set(dropped);
+    }
+
+    pub(super) fn udp_kernel_dropped(&self) -> i64 {
+        self.udp_kernel.get().map_or(0, |d| d())
     }
 
     /// Lets reports read what each rule in use matched.

@@ -37,7 +37,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 53] = [
+pub static COUNTERS: [Counter; 54] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -333,6 +333,13 @@ pub static COUNTERS: [Counter; 53] = [
         kind: Kind::Counter,
         help: "UDP messages dropped with the queue full.",
         read: |m| get(&m.udp_dropped),
+    },
+    Counter {
+        name: "udp.kernel_dropped",
+        prometheus: Some(("udp_kernel_dropped_total", "")),
+        kind: Kind::Counter,
+        help: "UDP datagrams the kernel dropped for the UDP listeners' sockets, their receive buffers full (from /proc/net/udp; a stopped listener's leave the count).",
+        read: |m| m.udp_kernel_dropped(),
     },
     Counter {
         name: "kafka.submitted",

@@ -58,6 +58,7 @@ fn busy() -> Metrics {
     m.config_reload_failed.store(1, Relaxed);
     m.watch_queues(Arc::new(|| 5), Arc::new(|| 6));
     m.watch_rules(Arc::new(|| vec![("errors".into(), 4), ("1".into(), 2)]));
+    m.watch_udp_kernel(Arc::new(|| 3));
     m
 }
 

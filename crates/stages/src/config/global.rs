@@ -288,6 +288,7 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
     let protocol = decode_protocol(cx, &mut m, what);
     let ack = decode_ack(cx, &mut m, protocol.as_ref());
     let framing = decode_framing(cx, &mut m, protocol.as_ref());
+    let receive_buffer = decode_receive_buffer(cx, &mut m, protocol.as_ref());
     m.finish(cx);
     Some(Listen {
         address,
@@ -302,7 +303,39 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         timezone: timezone?,
         ack: ack?,
         framing: framing?,
+        receive_buffer: receive_buffer?,
     })
+}
+
+/// The most a UDP listener asks for as its receive buffer.
+const MAX_RECEIVE_BUFFER: u64 = 1 << 30;
+
+/// A UDP listener's `receive_buffer`: a size, at most 1 GiB.
+fn decode_receive_buffer(
+    cx: &mut Cx<'_>,
+    m: &mut Map<'_>,
+    protocol: Option<&Protocol>,
+) -> Option<Option<usize>> {
+    let Some(n) = m.get("receive_buffer") else {
+        return Some(None);
+    };
+    let what = m.path("receive_buffer");
+    let bytes = size(cx, n, &what)?;
+    if !(1..=MAX_RECEIVE_BUFFER).contains(&bytes) {
+        cx.error(
+            n,
+            format!("`{what}` must be from 1 byte to 1GiB, found {bytes} bytes"),
+        );
+        return None;
+    }
+    if let Some(p) = protocol.filter(|p| !matches!(p, Protocol::Udp)) {
+        cx.error(
+            n,
+            format!("`{what}` is for UDP listeners; this one is {}", p.name()),
+        );
+        return None;
+    }
+    usize::try_from(bytes).ok().map(Some)
 }
 
 /// A listener's `framing`: `auto`, `lf`, `octet_counted` or `nul`, for TCP and TLS listeners

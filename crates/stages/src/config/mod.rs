@@ -149,6 +149,9 @@ pub struct Listen {
     pub ack: RelpAck,
     /// `framing` (TCP and TLS): how the stream is cut into frames. Default `auto`.
     pub framing: crate::frame::lines::Framing,
+    /// `receive_buffer` (UDP): the socket's receive buffer asked of the kernel, in bytes.
+    /// Default (`None`): 8 MiB, quietly capped by the kernel's `net.core.rmem_max`.
+    pub receive_buffer: Option<usize>,
 }
 
 /// A time zone by its IANA name.

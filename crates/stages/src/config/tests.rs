@@ -556,3 +556,21 @@ fn a_listeners_framing_is_decoded_and_checked() {
         ["test.yml:4:14: `global.listen.framing` is for TCP and TLS listeners; this one is udp (which frames its messages itself)"]
     );
 }
+
+#[test]
+fn a_udp_listeners_receive_buffer_is_a_size() {
+    let with =
+        |extra: &str| MINIMAL.replace("    port: 1514\n", &format!("    port: 1514\n{extra}"));
+    assert_eq!(
+        parse(MINIMAL).unwrap().global.listen[0].receive_buffer,
+        None
+    );
+    let c = parse(&with("    protocol: udp\n    receive_buffer: 16MiB\n")).unwrap();
+    assert_eq!(c.global.listen[0].receive_buffer, Some(16 << 20));
+    assert_eq!(
+        errors(&with("    receive_buffer: 1MiB\n")),
+        ["test.yml:4:21: `global.listen.receive_buffer` is for UDP listeners; this one is tcp"]
+    );
+    let errs = errors(&with("    protocol: udp\n    receive_buffer: 2GiB\n"));
+    assert!(errs[0].contains("must be from 1 byte to 1GiB"), "{errs:?}");
+}
