@@ -25,9 +25,10 @@ install_missing() {
 }
 
 # What the integration tests run besides hotdog: rsyslog with its TLS driver and omrelp (RELP), HAProxy (a load
-# balancer that sends PROXY headers), ss (to see socket options).
+# balancer that sends PROXY headers), ss (to see socket options), promtool (Debian's prometheus
+# package: it checks the shipped alerting rules).
 ensure_test_deps() {
-    install_missing rsyslog rsyslog-gnutls rsyslog-relp haproxy iproute2
+    install_missing rsyslog rsyslog-gnutls rsyslog-relp haproxy iproute2 prometheus
     ensure_python_test_deps
 }
 

@@ -168,3 +168,48 @@ fn the_status_server_survives_running_out_of_file_descriptors() {
     );
     assert_alive(&mut hotdog);
 }
+
+/// The alerting rules shipped in contrib/prometheus pass `promtool check rules`, and every
+/// metric they name is one a running hotdog's `/metrics` has (a histogram's by its name).
+#[test]
+fn the_shipped_alerting_rules_check_and_name_only_real_metrics() {
+    let rules = format!(
+        "{}/contrib/prometheus/hotdog-rules.yml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules", &rules])
+        .output()
+        .expect("promtool (Debian's prometheus package; dev/deps.sh installs it)");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let (_nowhere, hotdog) = start();
+    let (code, metrics) = http_get(&status_addr(&hotdog), "/metrics");
+    assert_eq!(code, 200);
+    let exposed: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let text = std::fs::read_to_string(&rules).expect("the rules file");
+    let mut named = 0;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("hotdog_") {
+            continue;
+        }
+        named += 1;
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| word.strip_suffix(s).filter(|f| exposed.contains(f)))
+            .unwrap_or(word);
+        assert!(
+            exposed.contains(family),
+            "{word} is not in /metrics: {exposed:?}"
+        );
+    }
+    assert!(named >= 10, "the rules name {named} metrics");
+}
