@@ -169,8 +169,37 @@ fn the_status_server_survives_running_out_of_file_descriptors() {
     assert_alive(&mut hotdog);
 }
 
+/// Every `hotdog_` metric `text` names (a histogram's series by the histogram), checked against
+/// the metric families `/metrics` of a running hotdog declares; how many there were.
+fn names_only_real_metrics(text: &str, what: &str) -> usize {
+    let (_nowhere, hotdog) = start();
+    let (code, metrics) = http_get(&status_addr(&hotdog), "/metrics");
+    assert_eq!(code, 200);
+    let exposed: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut named = 0;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("hotdog_") {
+            continue;
+        }
+        named += 1;
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| word.strip_suffix(s).filter(|f| exposed.contains(f)))
+            .unwrap_or(word);
+        assert!(
+            exposed.contains(family),
+            "{what}: {word} is not in /metrics: {exposed:?}"
+        );
+    }
+    named
+}
+
 /// The alerting rules shipped in contrib/prometheus pass `promtool check rules`, and every
-/// metric they name is one a running hotdog's `/metrics` has (a histogram's by its name).
+/// metric they name is one a running hotdog's `/metrics` has.
 #[test]
 fn the_shipped_alerting_rules_check_and_name_only_real_metrics() {
     let rules = format!(
@@ -187,29 +216,29 @@ fn the_shipped_alerting_rules_check_and_name_only_real_metrics() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    let (_nowhere, hotdog) = start();
-    let (code, metrics) = http_get(&status_addr(&hotdog), "/metrics");
-    assert_eq!(code, 200);
-    let exposed: std::collections::BTreeSet<&str> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
     let text = std::fs::read_to_string(&rules).expect("the rules file");
-    let mut named = 0;
-    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if !word.starts_with("hotdog_") {
-            continue;
-        }
-        named += 1;
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| word.strip_suffix(s).filter(|f| exposed.contains(f)))
-            .unwrap_or(word);
-        assert!(
-            exposed.contains(family),
-            "{word} is not in /metrics: {exposed:?}"
-        );
-    }
+    let named = names_only_real_metrics(&text, "hotdog-rules.yml");
     assert!(named >= 10, "the rules name {named} metrics");
+}
+
+/// The Grafana dashboard in contrib/grafana is a dashboard (JSON with panels, each with queries)
+/// whose queries name only metrics a running hotdog's `/metrics` has.
+#[test]
+fn the_shipped_dashboard_names_only_real_metrics() {
+    let path = format!("{}/contrib/grafana/hotdog.json", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("the dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let mut exprs = String::new();
+    for p in panels {
+        let targets = p["targets"].as_array().expect("a panel's targets");
+        assert!(!targets.is_empty(), "{} has no query", p["title"]);
+        for t in targets {
+            exprs.push_str(t["expr"].as_str().expect("a query"));
+            exprs.push('\n');
+        }
+    }
+    let named = names_only_real_metrics(&exprs, "hotdog.json");
+    assert!(named >= 20, "the dashboard names {named} metrics");
 }
