@@ -116,22 +116,28 @@ fn inode(socket: &UdpSocket) -> Option<u64> {
 }
 
 /// Datagrams the kernel dropped for hotdog's UDP sockets that are still open (their receive
-/// buffers were full): the `drops` column of `/proc/net/udp` and `/proc/net/udp6`.
+/// buffers were full): the `drops` column of `/proc/net/udp` and `/proc/net/udp6`. A socket
+/// found in neither is closed (a listener a reload stopped) and is forgotten, so that its inode,
+/// once the kernel gives it to another socket, is not counted.
 pub fn kernel_dropped() -> u64 {
-    let sockets = SOCKETS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut sockets = SOCKETS.lock().unwrap_or_else(|p| p.into_inner());
     if sockets.is_empty() {
         return 0;
     }
-    ["/proc/net/udp", "/proc/net/udp6"]
+    let tables: Vec<String> = ["/proc/net/udp", "/proc/net/udp6"]
         .iter()
         .filter_map(|table| std::fs::read_to_string(table).ok())
-        .map(|text| drops(&text, &sockets))
-        .sum()
+        .collect();
+    let found: Vec<(u64, u64)> = tables.iter().flat_map(|t| drops(t, &sockets)).collect();
+    if !tables.is_empty() {
+        sockets.retain(|inode| found.iter().any(|(i, _)| i == inode));
+    }
+    found.iter().map(|(_, d)| d).sum()
 }
 
-/// The drops of the sockets `inodes` in a `/proc/net/udp` table: `sl local rem st tx:rx tr:when
-/// retrnsmt uid timeout inode ref pointer drops`.
-fn drops(table: &str, inodes: &[u64]) -> u64 {
+/// The sockets of `inodes` found in a `/proc/net/udp` table, each with its drops: `sl local rem
+/// st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops`.
+fn drops(table: &str, inodes: &[u64]) -> Vec<(u64, u64)> {
     table
         .lines()
         .skip(1)
@@ -140,9 +146,9 @@ fn drops(table: &str, inodes: &[u64]) -> u64 {
             let inode: u64 = cols.get(9)?.parse().ok()?;
             inodes
                 .contains(&inode)
-                .then(|| cols.get(12)?.parse::<u64>().ok())?
+                .then(|| Some((inode, cols.get(12)?.parse::<u64>().ok()?)))?
         })
-        .sum()
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,8 +159,11 @@ mod tests {
   717: 0100007F:BB6D 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 123456 2 0000000000000000 42
   718: 0100007F:BB6E 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 654321 2 0000000000000000 7
 ";
-        assert_eq!(super::drops(table, &[123456]), 42);
-        assert_eq!(super::drops(table, &[123456, 654321]), 49);
-        assert_eq!(super::drops(table, &[1]), 0);
+        assert_eq!(super::drops(table, &[123456]), [(123456, 42)]);
+        assert_eq!(
+            super::drops(table, &[123456, 654321]),
+            [(123456, 42), (654321, 7)]
+        );
+        assert_eq!(super::drops(table, &[1]), []);
     }
 }

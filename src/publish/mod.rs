@@ -32,9 +32,7 @@ use crate::base::shutdown::Shutdown;
 use crate::base::throttle;
 use deadletter::Sink;
 use hotdog_stages::config;
-use hotdog_stages::core::{
-    self as record, Ack, AckClock, Batch, Block, DeadLetter, Name, Record, BATCH_MAX,
-};
+use hotdog_stages::core::{Ack, AckClock, Batch, Block, DeadLetter, Name, Record, BATCH_MAX};
 use producer::{flush_until, purge, Generation, Renewable, TestHook};
 
 mod dead_letter_topic;

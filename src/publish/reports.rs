@@ -132,20 +132,17 @@ impl ProducerContext for Reports {
                     m.topic()
                 ));
                 self.metrics.failed(m.topic(), &kind);
-                let mut record = record_of(m, lent, read_ms, false, ack);
-                if purged {
-                    // Shutdown ran out of time: not in Kafka, so a sender that waits for it
-                    // (RELP) is not answered, as for every record shutdown had no time for.
-                    record.ack.hold_sender();
-                }
-                let letter = DeadLetter {
-                    record,
-                    reason: if purged {
-                        record::SHUTDOWN_TIMEOUT.to_string()
-                    } else {
-                        kind
-                    },
-                    file_only: purged,
+                let record = record_of(m, lent, read_ms, false, ack);
+                // Purged once shutdown ran out of time: not in Kafka, so a sender that waits
+                // for it (RELP) is not answered, as for every record shutdown had no time for.
+                let letter = if purged {
+                    DeadLetter::shutdown_timeout(record)
+                } else {
+                    DeadLetter {
+                        record,
+                        reason: kind,
+                        file_only: false,
+                    }
                 };
                 smol::block_on(self.dead.send(letter));
             }

@@ -3,6 +3,7 @@
 
 use super::outbox::Gate;
 use super::*;
+use hotdog_stages::core as record;
 
 #[test]
 fn health_fails_while_a_producer_is_replaced_whatever_the_probe_says() {

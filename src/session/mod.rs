@@ -74,12 +74,9 @@ pub struct Pipeline {
     /// How many records the batch handed over last had: what the next one is given room for.
     last_batch: usize,
     counts: LineCounts,
-    /// The rules that matched the frame in hand (reused from frame to frame).
+    /// The rules that matched each frame since their counters were last added to (one entry
+    /// per match): as long as a batch at most, whatever the number of rules.
     matched: Vec<usize>,
-    /// Per rule of `rules`, the messages it matched since they were last added to its counter,
-    /// and which rules those are.
-    tally: Vec<u64>,
-    tallied: Vec<usize>,
 }
 
 impl Drop for Pipeline {
@@ -99,8 +96,6 @@ impl Pipeline {
             last_batch: 0,
             counts: LineCounts::default(),
             matched: Vec::new(),
-            tally: Vec::new(),
-            tallied: Vec::new(),
             shared,
             origin,
         }
@@ -144,19 +139,9 @@ impl Pipeline {
             // allocator's lock while it does.
             self.batch.reserve(self.last_batch.clamp(1, self.batch_max));
         }
-        self.matched.clear();
         let (routed, outcome) = self
             .rules
             .apply(&msg, &self.origin, Some(&mut self.matched));
-        for &i in &self.matched {
-            if self.tally.len() <= i {
-                self.tally.resize(self.rules.rules().len().max(i + 1), 0);
-            }
-            if self.tally[i] == 0 {
-                self.tallied.push(i);
-            }
-            self.tally[i] += 1;
-        }
         if let Some(routed) = routed {
             let ack = awaited.map(|a| a.share()).unwrap_or_default();
             self.batch
@@ -172,13 +157,13 @@ impl Pipeline {
         self.counts.merge_errors += u64::from(outcome.merge_errors);
     }
 
-    /// Adds what each rule matched since the last time to its counter.
+    /// Adds what each rule matched since the last time to its counter, once per rule.
     fn count_rules(&mut self) {
-        for i in self.tallied.drain(..) {
-            if let Some(n) = self.tally.get_mut(i) {
-                self.rules.count_matches(i, std::mem::take(n));
-            }
+        self.matched.sort_unstable();
+        for run in self.matched.chunk_by(|a, b| a == b) {
+            self.rules.count_matches(run[0], run.len() as u64);
         }
+        self.matched.clear();
     }
 
     /// Notes the time of a read; the records of its lines carry it.
