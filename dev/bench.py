@@ -25,6 +25,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOTDOG = f"{ROOT}/target/release/hotdog"
 TICK = os.sysconf("SC_CLK_TCK")
 # What a structured format may cost, in CPU per line against `raw`, end to end. It is judged on
 # rows paced at one rate, the same work for every format: flat out each row runs as fast as the
@@ -313,7 +314,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
                 f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
                 f"      batch.num.messages: '10000'\n{conf_extra}    topic: '{topic}'\n"
                 f"{global_extra}  status:\n    port: {status}\nrules:\n{rules}")
-    p = subprocess.Popen([binary or f"{ROOT}/target/release/hotdog", "-c", conf],
+    p = subprocess.Popen([binary or HOTDOG, "-c", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not wait_port(port):
         sys.exit("hotdog did not start")
@@ -367,7 +368,7 @@ def run_spool_drain(broker, n, workdir, spool_parent, rate=20_000, binary=None):
                     f"      bootstrap.servers: '{kafka}'\n    topic: '{topic}'\n"
                     f"  spool:\n    path: '{spool}'\n  shutdown_timeout: 1s\n"
                     f"  status:\n    port: {status}\nrules:\n{FORWARD_ALL.replace('TOPIC', topic)}")
-        p = subprocess.Popen([binary or f"{ROOT}/target/release/hotdog", "-c", conf],
+        p = subprocess.Popen([binary or HOTDOG, "-c", conf],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.time()
         while True:
@@ -527,6 +528,8 @@ def main():
     ap.add_argument("--tls", action="store_true", help="add hotdog over TLS rows (and TLS spool rows, unless --no-spool-rows)")
     ap.add_argument("-r", "--repeat", type=int, default=1,
                     help="run every row this many times and report medians")
+    ap.add_argument("--hotdog", metavar="HOTDOG", default=None,
+                    help="the hotdog binary measured as this build (default: target/release/hotdog)")
     ap.add_argument("--baseline", metavar="HOTDOG",
                     help="another hotdog binary (an earlier build): its forward-all rows run "
                          "beside this build's, interleaved, for a before/after comparison")
@@ -569,6 +572,9 @@ def main():
     ap.add_argument("--tansu", default="tansu")
     ap.add_argument("--librdkafka", required=True, help="folder holding a librdkafka.so.1 >= 2.1")
     args = ap.parse_args()
+    if args.hotdog:
+        global HOTDOG
+        HOTDOG = os.path.abspath(args.hotdog)
     n = args.lines
     all_lines = lines(n)
     with tempfile.TemporaryDirectory() as work:

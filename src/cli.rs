@@ -61,6 +61,37 @@ pub enum Command {
         #[arg(long, value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
         junit: Option<PathBuf>,
     },
+    /// Print the frames a running hotdog routes as they come, one JSON object per line (the
+    /// line, its source, the rules that matched, topic, key, headers, payload, and whether it
+    /// was routed), from its status server's /tap: found from -c CONFIG (`global.status`, its
+    /// `token_file`), or given with --url. Exits after --limit events or --duration.
+    Tap {
+        /// The status server, `http://HOST:PORT`, instead of the configuration's.
+        #[arg(long)]
+        url: Option<String>,
+        /// A file holding the status server's bearer token (default: the configuration's
+        /// `global.status.token_file`, when --url is not given).
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        token_file: Option<PathBuf>,
+        /// Only frames this rule (its name, or its index) matched.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only records for this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only frames from senders whose address (`IP:port`) starts with this.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only frames whose text matches this regex.
+        #[arg(long = "match", value_name = "REGEX")]
+        pattern: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Stop after this long (`30s`, `5m`; at most 1 h).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
     /// Look into a spool without changing it (it may be in use).
     Spool {
         #[command(subcommand)]

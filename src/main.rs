@@ -29,6 +29,9 @@ fn main() -> ExitCode {
     {
         return inspect(dir);
     }
+    if let Some(Command::Tap { url: Some(url), .. }) = &cli.command {
+        return tap(&cli, url, None);
+    }
     let config = match Config::load(&cli.config, &hotdog::control::outside()) {
         Ok(c) => c,
         Err(errors) => {
@@ -52,6 +55,24 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Tap { .. }) = &cli.command {
+        let Some(status) = &config.global.status else {
+            eprintln!("hotdog: {file} has no global.status; give the status server with --url");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        if status.tls.is_some() {
+            eprintln!("hotdog: hotdog tap does not speak TLS to the status server yet");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        // A server on every address is reached on this host's loopback.
+        let host = match status.address.as_str() {
+            "0.0.0.0" => "127.0.0.1",
+            "::" | "[::]" => "[::1]",
+            other => other,
+        };
+        let url = format!("http://{host}:{}", status.port);
+        return tap(&cli, &url, status.token_file.as_deref());
+    }
     if let Some(Command::Replay { file, json }) = &cli.command {
         return replay_file(&config, file, *json);
     }
@@ -68,7 +89,8 @@ fn main() -> ExitCode {
 }
 
 /// `hotdog --check`: the configuration loaded; its warnings (rules that can never run, regexes
-/// that cost far more than the others).
+/// that cost far more than the others, a status server whose `POST /reload` is off because other
+/// hosts reach it without authentication).
 fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
     let never = config.rules.never_run();
     for (rule, why) in &never {
@@ -78,7 +100,11 @@ fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
     for (i, why) in &slow {
         eprintln!("{}: warning: {why}", config.rules.rules()[*i].origin);
     }
-    let warnings = never.len() + slow.len();
+    let control_off = config.global.status.as_ref().and_then(|s| s.control_off());
+    if let Some(why) = &control_off {
+        eprintln!("{file}: warning: {why}");
+    }
+    let warnings = never.len() + slow.len() + usize::from(control_off.is_some());
     if let Some(spool) = &config.global.spool {
         match hotdog::spool::check(spool) {
             Ok(notes) => notes.iter().for_each(|n| eprintln!("{file}: {n}")),
@@ -97,6 +123,59 @@ fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
         config.rules.rules().len()
     );
     ExitCode::SUCCESS
+}
+
+/// `hotdog tap`: follows the status server at `url`, with the token in `--token-file` or else
+/// in `token_file`.
+fn tap(cli: &Cli, url: &str, token_file: Option<&std::path::Path>) -> ExitCode {
+    let Some(Command::Tap {
+        token_file: given,
+        rule,
+        topic,
+        source,
+        pattern,
+        limit,
+        duration,
+        ..
+    }) = &cli.command
+    else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    let Some(address) = url.strip_prefix("http://").map(|a| a.trim_end_matches('/')) else {
+        eprintln!("hotdog: --url must be http://HOST:PORT, found {url}");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let token = match given.as_deref().or(token_file).map(config::read_secret) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("hotdog: the token: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let ask = hotdog::control::tap::Ask {
+        rule: rule.clone(),
+        topic: topic.clone(),
+        source: source.clone(),
+        pattern: pattern.clone(),
+        limit: *limit,
+        duration: *duration,
+    };
+    let mut out = std::io::stdout().lock();
+    let followed = runtime::block_on(
+        1,
+        hotdog::control::tap::follow(address, token.as_deref(), &ask, &mut out),
+    );
+    match followed {
+        Ok(n) => {
+            eprintln!("hotdog: {n} events");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hotdog: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 /// `hotdog spool inspect DIR`.

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod access;
 mod cli;
 mod delivery;
 mod edges;
@@ -14,7 +15,9 @@ mod records;
 mod reload;
 mod relp;
 mod rsyslog;
+mod sasl;
 mod service;
 mod spool;
 mod status;
+mod tap;
 mod tls;

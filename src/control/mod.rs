@@ -1,9 +1,11 @@
 //! What runs the stages: the server that starts and stops them from a configuration and
 //! carries out what a reload changes, and the status server that shows them.
 
+pub mod access;
 pub mod reload;
 pub mod server;
 pub mod status;
+pub mod tap;
 
 use hotdog_stages::config::Outside;
 

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use crate::base::metrics::{self, Metrics};
 use crate::base::shutdown::{self, Shutdown};
 use crate::base::{runtime, throttle};
+use crate::control::access::Access;
 use crate::control::{reload, status};
 use crate::listen::tls::Acceptor;
 use crate::listen::{self, Listener};
@@ -34,6 +35,9 @@ pub enum Error {
     Listener(#[from] listen::Error),
     #[error(transparent)]
     Spool(#[from] crate::spool::Error),
+    /// The status server's token or TLS files would not load.
+    #[error("the status server: {0}")]
+    Status(String),
     /// Something the operating system would not give (a port, a thread, signal handlers).
     #[error("{what}: {source}")]
     Io {
@@ -51,6 +55,7 @@ impl Error {
             self,
             Error::Publisher(publish::Error::Conf(_) | publish::Error::DeadLetterFile(_))
                 | Error::Listener(listen::Error::Tls(_))
+                | Error::Status(_)
         ) || matches!(self, Error::Spool(e) if e.is_config())
     }
 }
@@ -165,7 +170,8 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
     let bound = bind_all(&global).await?;
     let (requests, requested) = reload::requests();
     let last_error = Arc::new(reload::LastError::default());
-    start_status(&global, &metrics, &health, &requests, &last_error)?;
+    let taps = crate::base::tap::Taps::new();
+    let status = start_status(&global, &metrics, &health, &requests, &last_error, &taps)?;
     let statsd = Statsd::start(&global, &metrics)?;
     announce(&bound, &rules);
     if options.watch || global.reload.watch {
@@ -186,6 +192,7 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
         rules: Current::new(rules),
         metrics: metrics.clone(),
         outbox: outbox.clone(),
+        taps: taps.clone(),
     });
     // Weak: the metrics outlive nothing that holds them, and hold no rules alive.
     let rules = Arc::downgrade(&shared);
@@ -203,6 +210,7 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
         shutdown: shutdown.clone(),
         done,
         last_error,
+        status,
     };
     for listener in bound {
         let started = running.start(listener);
@@ -307,6 +315,8 @@ struct Running {
     /// Every connection task holds a clone (see [`Listener::serve`]); dropped at shutdown.
     done: async_channel::Sender<()>,
     last_error: Arc<reload::LastError>,
+    /// The status server's access rules (its token and TLS files are read again on reload).
+    status: Option<Arc<Access>>,
 }
 
 /// A listener being served.
@@ -340,7 +350,14 @@ impl Running {
             .iter()
             .filter_map(|l| l.acceptor.clone())
             .collect();
-        smol::unblock(move || reload_tls(&acceptors)).await;
+        let status = self.status.clone();
+        smol::unblock(move || {
+            reload_tls(&acceptors);
+            if let Some(s) = status {
+                s.reload();
+            }
+        })
+        .await;
         let metrics = self.shared.metrics.clone();
         let outcome = self.try_reload().await;
         match &outcome {
@@ -491,21 +508,29 @@ fn start_status(
     health: &Arc<Health>,
     requests: &reload::Requests,
     last_error: &Arc<reload::LastError>,
-) -> Result<(), Error> {
+    taps: &Arc<crate::base::tap::Taps>,
+) -> Result<Option<Arc<Access>>, Error> {
     let Some(s) = &global.status else {
-        return Ok(());
+        return Ok(None);
     };
     let at = format!("{}:{}", s.address, s.port);
+    let access = Arc::new(Access::new(s).map_err(Error::Status)?);
     let sources = status::Sources {
         metrics: metrics.clone(),
         health: health.clone(),
         reload: requests.clone(),
         last_reload_error: last_error.clone(),
+        access: access.clone(),
+        taps: taps.clone(),
     };
     let bound = status::serve(&at, sources)
         .map_err(io(format!("cannot start the status server on {at}")))?;
-    log::info!("status server on http://{bound}/stats");
-    Ok(())
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
+    log::info!("status server on {scheme}://{bound}/stats");
+    if let Some(why) = s.control_off() {
+        log::warn!("{why}");
+    }
+    Ok(Some(access))
 }
 
 /// The statsd reporter thread, when `global.metrics.statsd` asks for one.

@@ -2,6 +2,11 @@
 //! text format, `/health`, and `POST /reload` (reloads the configuration, answers with the
 //! outcome).
 //!
+//! Who may ask what is [`crate::control::access`]'s: with `global.status.tls` the server speaks
+//! TLS (client certificates verified like a listener's), with `token_file` a request may carry
+//! `Authorization: Bearer TOKEN`; a request that needs either and has neither is answered 401
+//! and changes nothing.
+//!
 //! HTTP is hyper's (on smol through smol-hyper), on a thread and executor of its own so that a
 //! busy pipeline never delays `/health`. Nothing a client sends can stop or stall it: headers are
 //! limited to [`MAX_HEADER_BYTES`] (431), a request with a body is answered 413 without reading
@@ -19,15 +24,17 @@ use std::time::Duration;
 use futures_lite::FutureExt;
 use http_body_util::Full;
 use hyper::body::{Body, Bytes, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
+use smol::io::{AsyncRead, AsyncWrite};
 use smol::net::{TcpListener, TcpStream};
 use smol::LocalExecutor;
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use crate::base::metrics::Metrics;
 use crate::base::throttle;
+use crate::control::access::{Access, Asks, Verdict};
 use crate::publish::Health;
 
 /// Connections served at once; more are closed as soon as they are accepted.
@@ -46,7 +53,14 @@ pub struct Sources {
     /// Where `POST /reload` asks for a reload.
     pub reload: crate::control::reload::Requests,
     pub last_reload_error: Arc<crate::control::reload::LastError>,
+    /// Who may ask what, and the TLS to speak.
+    pub access: Arc<Access>,
+    /// What `GET /tap` streams.
+    pub taps: Arc<crate::base::tap::Taps>,
 }
+
+/// A response's body: whole, or a tap's stream.
+type Reply = http_body_util::Either<Full<Bytes>, crate::control::tap::TapBody>;
 
 #[derive(Serialize)]
 struct StatsBody {
@@ -106,17 +120,57 @@ async fn accept_loop(
         let sources = sources.clone();
         executor
             .spawn(async move {
-                serve_connection(stream, sources).await;
+                match sources.access.tls().cloned() {
+                    None => serve_connection(stream, sources, false).await,
+                    Some(tls) => serve_tls(stream, &tls, sources, peer).await,
+                }
                 open.set(open.get() - 1);
             })
             .detach();
     }
 }
 
-async fn serve_connection(stream: TcpStream, sources: Rc<Sources>) {
+/// Finishes a TLS handshake within the `tls` settings' handshake timeout, then serves the
+/// connection; `verified` when the client presented a certificate the CA vouches for.
+async fn serve_tls(
+    stream: TcpStream,
+    tls: &crate::listen::tls::Acceptor,
+    sources: Rc<Sources>,
+    peer: std::net::SocketAddr,
+) {
+    let timeout = tls.settings().handshake_timeout;
+    let handshake = async { Some(tls.get().accept(stream).await) }
+        .or(async {
+            smol::Timer::after(timeout).await;
+            None
+        })
+        .await;
+    match handshake {
+        Some(Ok(stream)) => {
+            let verified = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            serve_connection(stream, sources, verified).await;
+        }
+        Some(Err(e)) => log::debug!("status server: TLS handshake with {peer} failed: {e}"),
+        None => log::debug!("status server: {peer} did not finish its TLS handshake in time"),
+    }
+}
+
+async fn serve_connection<S>(stream: S, sources: Rc<Sources>, verified: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    // When the connection is cut off: CONNECTION_TIME from now, or later while a tap streams.
+    let until = Rc::new(std::cell::Cell::new(
+        std::time::Instant::now() + CONNECTION_TIME,
+    ));
+    let deadline = until.clone();
     let service = hyper::service::service_fn(move |request| {
-        let sources = sources.clone();
-        async move { Ok::<_, Infallible>(respond(&request, &sources).await) }
+        let (sources, until) = (sources.clone(), until.clone());
+        async move { Ok::<_, Infallible>(respond(&request, &sources, verified, &until).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(SmolTimer::new())
@@ -125,7 +179,10 @@ async fn serve_connection(stream: TcpStream, sources: Rc<Sources>) {
         .serve_connection(FuturesIo::new(stream), service);
     let served = async { Some(connection.await) }
         .or(async {
-            smol::Timer::after(CONNECTION_TIME).await;
+            // The deadline may move while this waits (a tap began): wait again until it holds.
+            while std::time::Instant::now() < deadline.get() {
+                smol::Timer::at(deadline.get()).await;
+            }
             None
         })
         .await;
@@ -134,7 +191,12 @@ async fn serve_connection(stream: TcpStream, sources: Rc<Sources>) {
     }
 }
 
-async fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+async fn respond(
+    request: &Request<Incoming>,
+    sources: &Sources,
+    verified: bool,
+    until: &std::cell::Cell<std::time::Instant>,
+) -> Response<Reply> {
     // No request takes a body: one announced is refused unread, and the connection closed, so
     // a client cannot make the server read or wait for it.
     let body = request.body();
@@ -146,8 +208,64 @@ async fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Ful
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
-        return response;
+        return response.map(Reply::Left);
     }
+    let asks = match (request.method(), request.uri().path()) {
+        (&Method::POST, "/reload") | (&Method::GET, "/tap") => Asks::Control,
+        _ => Asks::Read,
+    };
+    let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    match sources.access.judge(asks, authorization, verified) {
+        Verdict::Allow => {}
+        Verdict::Unauthorized => {
+            let mut response = text(
+                "authentication needed: a bearer token or a client certificate\n".into(),
+                StatusCode::UNAUTHORIZED,
+            );
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"hotdog\""),
+            );
+            return response.map(Reply::Left);
+        }
+        Verdict::Forbidden(why) => {
+            return text(format!("{why}\n"), StatusCode::FORBIDDEN).map(Reply::Left)
+        }
+    }
+    if (request.method(), request.uri().path()) == (&Method::GET, "/tap") {
+        return tap(request, sources, until);
+    }
+    answer(request, sources).await.map(Reply::Left)
+}
+
+/// `GET /tap`: streams what the tap keeps, and lets the connection live as long as it does.
+fn tap(
+    request: &Request<Incoming>,
+    sources: &Sources,
+    until: &std::cell::Cell<std::time::Instant>,
+) -> Response<Reply> {
+    let opened = crate::control::tap::parse(request.uri().query())
+        .map_err(|e| (e, StatusCode::BAD_REQUEST))
+        .and_then(|r| {
+            crate::control::tap::open(&sources.taps, r)
+                .map_err(|e| (e, StatusCode::TOO_MANY_REQUESTS))
+        });
+    match opened {
+        Ok((body, ends)) => {
+            until.set(until.get().max(ends + Duration::from_secs(5)));
+            let mut response = Response::new(Reply::Right(body));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            response
+        }
+        Err((e, code)) => text(format!("{e}\n"), code).map(Reply::Left),
+    }
+}
+
+/// The answers that are whole: everything but `/tap`.
+async fn answer(request: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/stats") => json(&StatsBody {
             message: "hotdog is running",
@@ -187,7 +305,7 @@ async fn respond(request: &Request<Incoming>, sources: &Sources) -> Response<Ful
         }
         (&Method::POST, "/reload") => reload(sources).await,
         (&Method::GET, "/") => text(
-            "hotdog status server: /stats /metrics /health; POST /reload\n".into(),
+            "hotdog status server: /stats /metrics /health /tap; POST /reload\n".into(),
             StatusCode::OK,
         ),
         _ => text("not found\n".into(), StatusCode::NOT_FOUND),

@@ -93,6 +93,9 @@ pub struct Health {
     fatal: Mutex<Option<String>>,
     /// The spool, when there is one: full is unavailable, damage is worth a note.
     spool: std::sync::OnceLock<crate::spool::Spool>,
+    /// The last time a broker refused hotdog's login (SASL), until a probe succeeds: why a
+    /// broker does not answer.
+    refused: Mutex<Option<String>>,
 }
 
 impl Default for Health {
@@ -102,6 +105,7 @@ impl Default for Health {
             state: Mutex::new(Some("no Kafka broker has answered yet".into())),
             fatal: Mutex::new(None),
             spool: std::sync::OnceLock::new(),
+            refused: Mutex::new(None),
         }
     }
 }
@@ -118,8 +122,18 @@ impl Health {
         }
         match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             None => Ok(()),
-            Some(reason) => Err(reason.clone()),
+            Some(reason) => match &*self.refused.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(login) => Err(format!("{reason}; {login}")),
+                None => Err(reason.clone()),
+            },
         }
+    }
+
+    /// A broker refused hotdog's login: said on `/health` while no broker answers.
+    pub(super) fn refused(&self, reason: &str) {
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+            "a broker refused hotdog's login (authentication failed): {reason}"
+        ));
     }
 
     /// What is worth saying beside the state, without making hotdog unavailable: damage the
@@ -129,6 +143,9 @@ impl Health {
     }
 
     fn set(&self, v: Option<String>) {
+        if v.is_none() {
+            *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = v;
     }
 
@@ -261,8 +278,10 @@ impl Publisher {
             hook: TestHook::from_env("HOTDOG_TEST_DEAD_LETTER_FATAL_AFTER"),
         });
         let pending: Pending<(u64, Record)> = Arc::default();
+        let health = Arc::new(Health::default());
         let producer = {
             let (metrics, dead, pending) = (metrics.clone(), dead.clone(), pending.clone());
+            let health = health.clone();
             Renewable::new("Kafka", wake.clone(), move |g| {
                 config.create_with_context(Reports {
                     metrics: metrics.clone(),
@@ -270,12 +289,12 @@ impl Publisher {
                     dead: dead.clone(),
                     generation: g,
                     pending: pending.clone(),
+                    health: health.clone(),
                 })
             })
             .map_err(Error::Conf)?
         };
         let topics = TopicCap::new(kafka.max_topics, &kafka.topic, &metrics);
-        let health = Arc::new(Health::default());
         if let Some(spool) = spool {
             let _ = health.spool.set(spool.clone());
         }

@@ -62,10 +62,15 @@ pub(super) struct Reports {
     pub(super) dead: Arc<DeadLetters>,
     pub(super) generation: Arc<Generation>,
     pub(super) pending: Pending<(u64, Record)>,
+    /// Told when a broker refuses hotdog's login.
+    pub(super) health: Arc<Health>,
 }
 
 impl ClientContext for Reports {
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Authentication) {
+            self.health.refused(reason);
+        }
         client_error(&self.generation, error, reason);
     }
 }

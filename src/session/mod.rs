@@ -59,6 +59,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The way to the publisher.
     pub outbox: Outbox,
+    /// What `hotdog tap` is shown.
+    pub taps: Arc<crate::base::tap::Taps>,
 }
 
 /// The per-connection state of the pipeline (everything but the socket).
@@ -139,13 +141,18 @@ impl Pipeline {
             // allocator's lock while it does.
             self.batch.reserve(self.last_batch.clamp(1, self.batch_max));
         }
+        let matched_before = self.matched.len();
         let (routed, outcome) = self
             .rules
             .apply(&msg, &self.origin, Some(&mut self.matched));
+        let made = routed.is_some();
         if let Some(routed) = routed {
             let ack = awaited.map(|a| a.share()).unwrap_or_default();
             self.batch
                 .push(encode::record(routed, &msg, &self.origin, ack));
+        }
+        if self.shared.taps.any() {
+            self.tap(&text, matched_before, made);
         }
         if outcome.forwarded {
             self.counts.forwarded += 1;
@@ -155,6 +162,18 @@ impl Pipeline {
         self.counts.invalid_topics += u64::from(outcome.invalid_topics);
         self.counts.render_errors += u64::from(outcome.render_errors);
         self.counts.merge_errors += u64::from(outcome.merge_errors);
+    }
+
+    /// Offers the frame just routed to the open taps: its text, the rules it matched (those
+    /// `matched` got from `matched_before` on) and the record made of it, when `made`.
+    fn tap(&self, text: &str, matched_before: usize, made: bool) {
+        let rules = self.matched[matched_before..]
+            .iter()
+            .map(|i| self.rules.label(*i).into_owned())
+            .collect();
+        let record = if made { self.batch.last() } else { None };
+        let event = crate::base::tap::Event::new(text, &self.origin, rules, record);
+        self.shared.taps.offer(&event, &self.shared.metrics);
     }
 
     /// Adds what each rule matched since the last time to its counter, once per rule.

@@ -74,6 +74,7 @@ fn setup(rules: &str, buffer: usize) -> (Arc<Shared>, Inbox) {
         rules: Current::new(config.rules),
         metrics,
         outbox,
+        taps: crate::base::tap::Taps::new(),
     });
     (shared, inbox)
 }

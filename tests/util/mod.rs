@@ -93,6 +93,12 @@ pub fn start_tansu(port: u16) -> Tansu {
 /// Starts a tansu broker listening on `port` that tells clients to connect to `advertised`
 /// (a proxy in front of it, for outage tests).
 pub fn start_tansu_advertising(port: u16, advertised: u16) -> Tansu {
+    start_tansu_with(port, advertised, "")
+}
+
+/// Starts a tansu broker as [`start_tansu_advertising`] does, with more `arguments`
+/// (`--authentication`).
+pub fn start_tansu_with(port: u16, advertised: u16, arguments: &str) -> Tansu {
     let tansu = tansu_binary().unwrap_or_else(|| {
         panic!(
             "no Kafka broker for the tests: set HOTDOG_TEST_KAFKA=host:port, or install tansu \
@@ -104,7 +110,7 @@ pub fn start_tansu_advertising(port: u16, advertised: u16) -> Tansu {
     // A watchdog shell ends the broker when the test process is gone, even after a panic.
     let script = format!(
         "'{}' broker --listener-url {url} --advertised-listener-url {advertised_url} \
-         --storage-engine memory://tansu/ >/dev/null 2>&1 & b=$!; \
+         --storage-engine memory://tansu/ {arguments} >/dev/null 2>&1 & b=$!; \
          trap 'kill $b 2>/dev/null' EXIT TERM; \
          while kill -0 {} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done",
         tansu.display(),
@@ -374,7 +380,8 @@ fn listening_ports(log: &str) -> Option<Vec<u16>> {
 /// The port in hotdog's "status server on http://127.0.0.1:P/stats" line; 0 without one.
 fn status_port(log: &str) -> u16 {
     log.lines()
-        .find_map(|l| l.split_once("status server on http://"))
+        .find_map(|l| l.split_once("status server on "))
+        .and_then(|(_, rest)| rest.split_once("://"))
         .and_then(|(_, rest)| rest.split('/').next())
         .and_then(|addr| addr.rsplit_once(':'))
         .and_then(|(_, p)| p.parse().ok())
@@ -576,19 +583,37 @@ pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect to the status server");
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("send request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read response");
+    let (code, _, body) = http_over(&mut s, method, path, "");
+    (code, body)
+}
+
+/// A minimal HTTP/1.0 request without a body over `s`, with `headers` (each ending in CRLF):
+/// (status code, the head, the body).
+pub fn http_over(
+    s: &mut (impl Read + Write),
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String, String) {
+    let request = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n");
+    // A server that refused us (a TLS client certificate it does not trust) answers nothing.
+    if s.write_all(request.as_bytes())
+        .and_then(|()| s.flush())
+        .is_err()
+    {
+        return (0, String::new(), String::new());
+    }
+    let mut bytes = Vec::new();
+    // A TLS peer may close without close_notify once it has answered: what was read counts.
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let code = text
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (code, head.to_string(), body.to_string())
 }
 
 /// Sends `lines` newline-delimited over one connection, then closes it.

@@ -115,6 +115,8 @@ pub struct Metrics {
     pub dead_letter_unwritten: AtomicU64,
     /// Status server connections closed at once, over its connection cap.
     pub status_refused: AtomicU64,
+    /// Tap events left out because the tap's reader was behind.
+    pub tap_dropped: AtomicU64,
     /// Records sent to `global.kafka.topic` because their own topic would have passed
     /// `global.kafka.max_topics`.
     pub topics_over_limit: AtomicU64,

@@ -37,7 +37,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 54] = [
+pub static COUNTERS: [Counter; 55] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -93,6 +93,13 @@ pub static COUNTERS: [Counter; 54] = [
         kind: Kind::Counter,
         help: "Status server connections closed at once, over its cap.",
         read: |m| get(&m.status_refused),
+    },
+    Counter {
+        name: "tap.dropped",
+        prometheus: Some(("tap_dropped_total", "")),
+        kind: Kind::Counter,
+        help: "Events a `hotdog tap` did not read in time, left out of its output (never records).",
+        read: |m| get(&m.tap_dropped),
     },
     Counter {
         name: "kafka.topics_over_limit",

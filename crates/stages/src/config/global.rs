@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use marked_yaml::Node;
 
-use super::yaml::{every, kind, scalar, unknown_name, Cx, Map};
+use super::tls::decode_tls;
+use super::yaml::{every, flag, kind, scalar, unknown_name, Cx, Map};
 use super::{
-    ClientAuth, DeadLetter, Fsync, Global, Kafka, Listen, Metrics, Outside, Protocol,
-    ProxyProtocol, Reload, RelpAck, Spool, Status, Tls, ENV_OVERRIDES,
+    DeadLetter, Fsync, Global, Kafka, Listen, Metrics, Outside, Protocol, ProxyProtocol, Reload,
+    RelpAck, Spool, Tls, ENV_OVERRIDES,
 };
 
 pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<Global> {
@@ -34,7 +35,7 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         None => Some(Metrics::default()),
     };
     let status = match g.get("status") {
-        Some(n) => decode_status(cx, n).map(Some),
+        Some(n) => super::status::decode(cx, n, outside).map(Some),
         None => Some(None),
     };
     let shutdown_timeout = g.duration_at_most(
@@ -125,24 +126,6 @@ fn decode_spool(cx: &mut Cx<'_>, node: &Node) -> Option<Spool> {
         fsync: fsync?,
         id_header: id_header?,
     })
-}
-
-/// A true-or-false setting (`true`/`yes`/`on`, `false`/`no`/`off`), `default` when absent.
-fn flag(cx: &mut Cx<'_>, node: Option<&Node>, what: &str, default: bool) -> Option<bool> {
-    let Some(n) = node else {
-        return Some(default);
-    };
-    match scalar(cx, n, what)?.as_str() {
-        "true" | "yes" | "on" => Some(true),
-        "false" | "no" | "off" => Some(false),
-        other => {
-            cx.error(
-                n,
-                format!("expected true or false for `{what}`, found `{other}`"),
-            );
-            None
-        }
-    }
 }
 
 /// A size in bytes: a whole number, or one with a unit (`KB`, `MB`, `GB`, `TB` in powers of
@@ -514,54 +497,8 @@ fn decode_proxy_protocol(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Pro
     Some(ProxyProtocol { from: from? })
 }
 
-/// `tls:` settings; `at` is where the `tls` key is, for errors about the files it names.
-fn decode_tls(cx: &mut Cx<'_>, node: &Node, what: &str, at: (usize, usize)) -> Option<Tls> {
-    let mut m = Map::new(cx, node, what)?;
-    let cert = m.required_string(cx, "cert");
-    let key = m.required_string(cx, "key");
-    let ca = m.string(cx, "ca").map(PathBuf::from);
-    let client_auth = match m.get("client_auth") {
-        None => Some(ClientAuth::Required),
-        Some(n) => match scalar(cx, n, &m.path("client_auth")).as_deref() {
-            Some("required") => Some(ClientAuth::Required),
-            Some("optional") => Some(ClientAuth::Optional),
-            Some(other) => {
-                cx.error(
-                    n,
-                    format!("unknown client_auth `{other}`; expected `required` or `optional`"),
-                );
-                None
-            }
-            None => None,
-        },
-    };
-    if ca.is_none() {
-        if let Some(n) = m.get("client_auth") {
-            cx.error(
-                n,
-                format!("`{what}.client_auth` needs a `ca` to verify clients against"),
-            );
-        }
-    }
-    let handshake_timeout = m.duration_at_most(
-        cx,
-        "handshake_timeout",
-        super::MAX_TIMEOUT,
-        Duration::from_secs(10),
-    );
-    m.finish(cx);
-    Some(Tls {
-        cert: cert?.into(),
-        key: key?.into(),
-        ca,
-        client_auth: client_auth?,
-        handshake_timeout: handshake_timeout?,
-        at,
-    })
-}
-
 /// `global.kafka.conf`: librdkafka's settings, as they are.
-fn decode_conf(cx: &mut Cx<'_>, c: &Node) -> BTreeMap<String, String> {
+fn decode_conf(cx: &mut Cx<'_>, c: &Node, outside: &Outside<'_>) -> BTreeMap<String, String> {
     let mut conf = BTreeMap::new();
     let Some(map) = c.as_mapping() else {
         cx.error(
@@ -575,8 +512,16 @@ fn decode_conf(cx: &mut Cx<'_>, c: &Node) -> BTreeMap<String, String> {
     };
     for (k, v) in map.iter() {
         let what = format!("global.kafka.conf.{}", k.as_str());
-        if let Some(v) = scalar(cx, v, &what) {
-            conf.insert(k.as_str().to_string(), v);
+        if let Some(value) = scalar(cx, v, &what) {
+            let key = Node::Scalar(k.clone());
+            if let Some((key, value)) = super::secrets::setting(cx, &key, v, value, outside) {
+                if conf.insert(key.clone(), value).is_some() {
+                    cx.error(
+                        v,
+                        format!("`global.kafka.conf` sets `{key}` twice (once from a file)"),
+                    );
+                }
+            }
         }
     }
     conf
@@ -609,7 +554,7 @@ fn decode_kafka(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Option<K
     let mut m = Map::new(cx, node, "global.kafka")?;
     let mut conf = m
         .get("conf")
-        .map(|c| decode_conf(cx, c))
+        .map(|c| decode_conf(cx, c, outside))
         .unwrap_or_default();
     // hotdog 0.3 and earlier wrote `brokers:`; accept it as `bootstrap.servers`.
     if let Some(b) = m.string(cx, "brokers") {
@@ -660,16 +605,6 @@ fn decode_metrics(cx: &mut Cx<'_>, node: &Node) -> Option<Metrics> {
     let statsd = m.string(cx, "statsd");
     m.finish(cx);
     Some(Metrics { statsd })
-}
-
-fn decode_status(cx: &mut Cx<'_>, node: &Node) -> Option<Status> {
-    let mut m = Map::new(cx, node, "global.status")?;
-    let address = m
-        .string(cx, "address")
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = m.number(cx, "port").unwrap_or(8585);
-    m.finish(cx);
-    Some(Status { address, port })
 }
 
 fn decode_reload(cx: &mut Cx<'_>, node: &Node) -> Option<Reload> {

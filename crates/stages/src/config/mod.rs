@@ -11,6 +11,9 @@
 pub mod cases;
 mod global;
 mod rules;
+mod secrets;
+mod status;
+mod tls;
 mod yaml;
 
 use std::collections::BTreeMap;
@@ -21,6 +24,7 @@ use marked_yaml::{LoaderOptions, Node};
 
 use crate::route::template::Templates;
 use crate::route::Rules;
+pub use secrets::{expand as expand_env, read as read_secret};
 pub use yaml::{ConfigError, ConfigErrors};
 use yaml::{Cx, Map};
 
@@ -293,6 +297,44 @@ pub struct Status {
     pub address: String,
     /// `port`: default 8585.
     pub port: u16,
+    /// `tls`: served over TLS with these files (the keys of a listener's `tls`); with `ca`,
+    /// a client with a verified certificate is authenticated.
+    pub tls: Option<Tls>,
+    /// `token_file`: a file holding the bearer token that authenticates a request
+    /// (`Authorization: Bearer TOKEN`); read at start and on every reload.
+    pub token_file: Option<PathBuf>,
+    /// `open`: whether `/`, `/health`, `/metrics` and `/stats` are answered without
+    /// authentication when some is configured (default true). `POST /reload` never is.
+    pub open: bool,
+}
+
+impl Status {
+    /// True when requests can prove who sent them: a token, or client certificates.
+    pub fn authenticates(&self) -> bool {
+        self.token_file.is_some() || self.tls.as_ref().is_some_and(|t| t.ca.is_some())
+    }
+
+    /// True when `address` is a loopback address (`localhost` included): only this host can
+    /// connect.
+    pub fn is_loopback(&self) -> bool {
+        let a = self.address.trim_start_matches('[').trim_end_matches(']');
+        a.eq_ignore_ascii_case("localhost")
+            || a.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Why `POST /reload` is turned off, when it is: the server is reachable from other hosts
+    /// and nothing authenticates a request.
+    pub fn control_off(&self) -> Option<String> {
+        (!self.is_loopback() && !self.authenticates()).then(|| {
+            format!(
+                "POST /reload is off: the status server listens on {}, not a loopback address, \
+                 and nothing authenticates its clients (set global.status.token_file, or \
+                 global.status.tls with a ca)",
+                self.address
+            )
+        })
+    }
 }
 
 /// `global.kafka.dead_letter:`

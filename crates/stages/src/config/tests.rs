@@ -574,3 +574,101 @@ fn a_udp_listeners_receive_buffer_is_a_size() {
     let errs = errors(&with("    protocol: udp\n    receive_buffer: 2GiB\n"));
     assert!(errs[0].contains("must be from 1 byte to 1GiB"), "{errs:?}");
 }
+
+#[test]
+fn kafka_secrets_come_from_the_environment_and_from_files_and_are_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "hunter2-from-a-file\n").unwrap();
+    let text = MINIMAL.replace(
+        "      bootstrap.servers: 'b:9092'\n",
+        &format!(
+            "      bootstrap.servers: '${{BROKER_HOST}}:9092'\n      sasl.username: 'user-$${{x}}'\n      \
+             sasl.password_file: '${{SECRETS}}/password'\n"
+        ),
+    );
+    let dir_text = dir.path().display().to_string();
+    let env = |k: &str| match k {
+        "BROKER_HOST" => Some("kafka.example".to_string()),
+        "SECRETS" => Some(dir_text.clone()),
+        _ => None,
+    };
+    let c = Config::parse("test.yml", &text, env).unwrap();
+    let conf = &c.global.kafka.conf;
+    assert_eq!(conf["bootstrap.servers"], "kafka.example:9092");
+    assert_eq!(conf["sasl.username"], "user-${x}");
+    assert_eq!(conf["sasl.password"], "hunter2-from-a-file");
+    assert!(!conf.contains_key("sasl.password_file"));
+
+    // Errors say which key and which variable or file, never a value.
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    let bad = MINIMAL.replace(
+        "      bootstrap.servers: 'b:9092'\n",
+        &format!(
+            "      bootstrap.servers: 'b:9092'\n      sasl.username: '${{NOT_SET}}'\n      \
+             sasl.password: '${{open'\n      ssl.key.password_file: '{dir_text}/missing'\n      \
+             sasl.oauthbearer.client.secret_file: '{dir_text}/empty'\n      \
+             client.id: hotdog\n      client.id_file: '{}'\n",
+            password.display()
+        ),
+    );
+    let e = match Config::parse("test.yml", &bad, |_| None) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    assert_eq!(e.len(), 5, "{e:#?}");
+    assert!(e[0].starts_with("test.yml:7:22: `global.kafka.conf.sasl.username` names the environment variable NOT_SET, which is not set"), "{e:#?}");
+    assert!(
+        e[1].contains("`global.kafka.conf.sasl.password` has a `${` without its `}`"),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].contains("`global.kafka.conf.ssl.key.password_file`: cannot read")
+            && e[2].contains("missing"),
+        "{e:#?}"
+    );
+    assert!(
+        e[3].contains("sasl.oauthbearer.client.secret_file`:") && e[3].ends_with("empty is empty"),
+        "{e:#?}"
+    );
+    assert!(e[4].contains("sets `client.id` twice"), "{e:#?}");
+    assert!(!e.iter().any(|m| m.contains("hunter2")), "{e:#?}");
+}
+
+#[test]
+fn the_status_server_takes_tls_a_token_file_and_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-token\n").unwrap();
+    let text = format!(
+        "{MINIMAL}  status:\n    address: 0.0.0.0\n    token_file: '{}'\n    open: false\n    tls:\n      cert: c.pem\n      key: k.pem\n",
+        token.display()
+    );
+    let s = parse(&text).unwrap().global.status.unwrap();
+    assert_eq!(s.token_file.as_deref(), Some(token.as_path()));
+    assert!(!s.open && s.authenticates() && !s.is_loopback() && s.control_off().is_none());
+    assert_eq!(s.tls.map(|t| t.cert), Some("c.pem".into()));
+    // hotdog 0.5's status keys alone: no authentication, reload off away from loopback.
+    let old = parse(&format!(
+        "{MINIMAL}  status:\n    address: 0.0.0.0\n    port: 8585\n"
+    ))
+    .unwrap()
+    .global
+    .status
+    .unwrap();
+    assert!(old.open && old.tls.is_none() && !old.authenticates());
+    assert!(old.control_off().is_some());
+    assert_eq!(
+        errors(&format!(
+            "{MINIMAL}  status:\n    token_file: '{}/none'\n    open: maybe\n",
+            dir.path().display()
+        )),
+        vec![
+            format!(
+                "test.yml:8:17: `global.status.token_file`: cannot read {}/none: No such file or directory (os error 2)",
+                dir.path().display()
+            ),
+            "test.yml:9:11: expected true or false for `global.status.open`, found `maybe`".to_string(),
+        ]
+    );
+}

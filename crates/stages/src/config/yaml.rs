@@ -402,3 +402,26 @@ pub(super) fn duration(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Durat
         }
     }
 }
+
+/// A true-or-false setting (`true`/`yes`/`on`, `false`/`no`/`off`), `default` when absent.
+pub(super) fn flag(
+    cx: &mut Cx<'_>,
+    node: Option<&Node>,
+    what: &str,
+    default: bool,
+) -> Option<bool> {
+    let Some(n) = node else {
+        return Some(default);
+    };
+    match scalar(cx, n, what)?.as_str() {
+        "true" | "yes" | "on" => Some(true),
+        "false" | "no" | "off" => Some(false),
+        other => {
+            cx.error(
+                n,
+                format!("expected true or false for `{what}`, found `{other}`"),
+            );
+            None
+        }
+    }
+}

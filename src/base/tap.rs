@@ -1,0 +1,241 @@
+//! Taps: what `hotdog tap` shows. A session offers every frame it routed (the line, its source,
+//! the rules that matched, the record made of it) to the taps open at that moment; each tap
+//! keeps what its filter asks for as one JSON line in a bounded queue that the status server
+//! streams to its client. A tap never slows the pipeline down: with no tap open, offering is
+//! one atomic load; a tap whose client reads too slowly loses events (counted in
+//! `tap.dropped`), never records.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use regex_automata::meta::Regex;
+use serde::Serialize;
+
+use crate::base::metrics::Metrics;
+use hotdog_stages::core::{Origin, Record};
+
+/// Taps open at once; one more is refused.
+pub const MAX_TAPS: usize = 8;
+/// Events a tap holds for its client; more are dropped and counted.
+pub const TAP_QUEUE: usize = 4096;
+
+/// What a tap keeps: every condition given must hold.
+#[derive(Debug, Default)]
+pub struct Filter {
+    /// A rule that matched the frame, by name (or index for a rule without one).
+    pub rule: Option<String>,
+    /// The record's topic.
+    pub topic: Option<String>,
+    /// The sender: its address (`IP:port`) starts with this.
+    pub source: Option<String>,
+    /// The frame's text matches this regex.
+    pub line: Option<Regex>,
+}
+
+/// One routed frame as a tap sees it.
+#[derive(Serialize)]
+pub struct Event<'a> {
+    /// The frame's text (invalid UTF-8 replaced).
+    pub line: &'a str,
+    pub source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_cn: Option<&'a str>,
+    /// The rules that matched, in order.
+    pub rules: Vec<String>,
+    /// `routed` (a record was made: it goes to Kafka) or `unrouted` (no rule forwarded it).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(&'a str, &'a str)>,
+    /// The record's payload (invalid UTF-8 replaced; `otlp_proto` shows as such).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl<'a> Event<'a> {
+    /// The event of a frame (`line`) from `origin`, that `rules` matched and that made
+    /// `record`, if any.
+    pub fn new(
+        line: &'a str,
+        origin: &'a Origin,
+        rules: Vec<String>,
+        record: Option<&'a Record>,
+    ) -> Event<'a> {
+        Event {
+            line,
+            source: origin.peer_addr.as_deref(),
+            tls_client_cn: origin.tls_client_cn.as_deref(),
+            rules,
+            outcome: if record.is_some() {
+                "routed"
+            } else {
+                "unrouted"
+            },
+            topic: record.map(|r| r.topic.as_ref()),
+            key: record.and_then(|r| r.key.as_deref()),
+            headers: record
+                .map(|r| {
+                    r.headers
+                        .iter()
+                        .map(|(k, v)| (k.as_ref(), v.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            payload: record.map(|r| r.payload_text()),
+        }
+    }
+}
+
+impl Filter {
+    fn keeps(&self, e: &Event<'_>) -> bool {
+        self.rule
+            .as_ref()
+            .is_none_or(|r| e.rules.iter().any(|m| m == r))
+            && self.topic.as_deref().is_none_or(|t| e.topic == Some(t))
+            && self
+                .source
+                .as_deref()
+                .is_none_or(|s| e.source.is_some_and(|a| a.starts_with(s)))
+            && self.line.as_ref().is_none_or(|r| r.is_match(e.line))
+    }
+}
+
+struct Tap {
+    filter: Filter,
+    queue: async_channel::Sender<String>,
+}
+
+/// The taps open now.
+#[derive(Default)]
+pub struct Taps {
+    open: AtomicUsize,
+    taps: Mutex<Vec<Tap>>,
+}
+
+impl Taps {
+    pub fn new() -> Arc<Taps> {
+        Arc::default()
+    }
+
+    /// True when a tap is open: only then is an event worth making.
+    pub fn any(&self) -> bool {
+        self.open.load(Relaxed) > 0
+    }
+
+    /// Opens a tap: the JSON lines of the events `filter` keeps. It closes when the receiver
+    /// is dropped. An error when [`MAX_TAPS`] are open.
+    pub fn open(&self, filter: Filter) -> Result<async_channel::Receiver<String>, String> {
+        let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+        taps.retain(|t| !t.queue.is_closed());
+        if taps.len() >= MAX_TAPS {
+            return Err(format!("{MAX_TAPS} taps are open already"));
+        }
+        let (queue, events) = async_channel::bounded(TAP_QUEUE);
+        taps.push(Tap { filter, queue });
+        self.open.store(taps.len(), Relaxed);
+        Ok(events)
+    }
+
+    /// Gives `event` to every open tap that keeps it; a tap that is full loses it (counted).
+    pub fn offer(&self, event: &Event<'_>, metrics: &Metrics) {
+        let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut json: Option<String> = None;
+        for tap in taps.iter().filter(|t| t.filter.keeps(event)) {
+            let line = json.get_or_insert_with(|| serde_json::to_string(event).unwrap_or_default());
+            if let Err(async_channel::TrySendError::Full(_)) = tap.queue.try_send(line.clone()) {
+                metrics.tap_dropped.fetch_add(1, Relaxed);
+            }
+        }
+        let before = taps.len();
+        taps.retain(|t| !t.queue.is_closed());
+        if taps.len() != before {
+            self.open.store(taps.len(), Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(
+        line: &'a str,
+        origin: &'a Origin,
+        rules: &[&str],
+        record: Option<&'a Record>,
+    ) -> Event<'a> {
+        Event::new(
+            line,
+            origin,
+            rules.iter().map(|r| r.to_string()).collect(),
+            record,
+        )
+    }
+
+    #[test]
+    fn taps_keep_what_their_filter_asks_for_and_drop_when_full() {
+        let taps = Taps::new();
+        let metrics = Metrics::new();
+        assert!(!taps.any());
+        let all = taps.open(Filter::default()).expect("tap");
+        let errors = taps
+            .open(Filter {
+                rule: Some("errors".into()),
+                line: Some(Regex::new("disk").expect("regex")),
+                source: Some("10.0.0.".into()),
+                ..Filter::default()
+            })
+            .expect("tap");
+        assert!(taps.any());
+        let origin = Origin {
+            peer_addr: Some("10.0.0.7:5140".into()),
+            ..Origin::default()
+        };
+        let record = Record {
+            topic: "logs".into(),
+            key: Some("k".into()),
+            payload: bytes::Bytes::from_static(b"payload"),
+            block: Default::default(),
+            headers: Vec::new(),
+            read_ms: 0,
+            ack: Default::default(),
+        };
+        taps.offer(
+            &event("disk full", &origin, &["errors"], Some(&record)),
+            &metrics,
+        );
+        taps.offer(&event("disk full", &origin, &["other"], None), &metrics);
+        taps.offer(&event("cpu hot", &origin, &["errors"], None), &metrics);
+        assert_eq!(all.len(), 3);
+        assert_eq!(errors.len(), 1);
+        let first: serde_json::Value =
+            serde_json::from_str(&errors.try_recv().expect("event")).expect("JSON");
+        assert_eq!(first["line"], "disk full");
+        assert_eq!(first["source"], "10.0.0.7:5140");
+        assert_eq!(first["rules"], serde_json::json!(["errors"]));
+        assert_eq!(first["outcome"], "routed");
+        assert_eq!(first["topic"], "logs");
+        assert_eq!(first["payload"], "payload");
+
+        // A tap whose reader is behind loses events, counted; the others get theirs.
+        for _ in 0..TAP_QUEUE {
+            taps.offer(&event("disk", &origin, &["errors"], None), &metrics);
+        }
+        assert_eq!(all.len(), TAP_QUEUE);
+        assert_eq!(metrics.tap_dropped.load(Relaxed), 3);
+        // A closed tap is let go; past the cap, a tap is refused.
+        drop(all);
+        drop(errors);
+        taps.offer(&event("x", &origin, &[], None), &metrics);
+        assert!(!taps.any());
+        let open: Vec<_> = (0..MAX_TAPS)
+            .map(|_| taps.open(Filter::default()).expect("tap"))
+            .collect();
+        assert!(taps.open(Filter::default()).is_err());
+        drop(open);
+    }
+}

@@ -1,0 +1,134 @@
+//! `hotdog tap` against a running hotdog: it shows the frames its filter keeps while traffic
+//! flows, never takes a record from Kafka, and needs the token where the status server has one.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::util::{consume_all, fresh_topic, run_hotdog, send_lines, Hotdog, HOTDOG};
+
+fn rules(topic: &str) -> String {
+    format!(
+        "  - name: errors\n    regex: 'error seq=(?P<seq>\\d+)'\n    actions:\n      - type: forward\n        \
+         topic: '{topic}'\n        key: '{{{{seq}}}}'\n  - name: rest\n    regex: 'seq=(?P<seq>\\d+)'\n    \
+         actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n"
+    )
+}
+
+/// Sends lines (every third an error) in batches of 30 until `stop`: how many were sent.
+fn keep_sending(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let lines: Vec<String> = (sent..sent + 30)
+                .map(|i| match i % 3 {
+                    0 => format!("<11>host app: error seq={i}"),
+                    _ => format!("<13>host app: fine seq={i}"),
+                })
+                .collect();
+            send_lines(&addr, &lines);
+            sent += 30;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sent
+    })
+}
+
+#[test]
+fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
+    let (broker, topic) = fresh_topic("tap");
+    // The status server on a port the configuration names, for `hotdog tap -c`.
+    let yaml = crate::util::config_yaml(broker, "", &rules(&topic)).replace(
+        "  status:\n    address: '127.0.0.1'\n    port: 0\n",
+        &format!(
+            "  status:\n    address: '127.0.0.1'\n    port: {}\n",
+            crate::util::free_port()
+        ),
+    );
+    let hotdog = Hotdog::start_config(&yaml);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(format!("127.0.0.1:{}", hotdog.port), stop.clone());
+    let config = hotdog.config.display().to_string();
+    let mut tap = Command::new(HOTDOG)
+        .args([
+            "tap",
+            "-c",
+            &config,
+            "--rule",
+            "errors",
+            "--match",
+            "seq=\\d*[05]$",
+        ])
+        .args(["--limit", "10", "--duration", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hotdog tap");
+    let out = tap.stdout.take().expect("stdout");
+    let events: Vec<serde_json::Value> = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let status = tap.wait().expect("tap exits");
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().expect("sender");
+    assert!(status.success(), "{status}");
+    assert_eq!(events.len(), 10, "{events:#?}");
+    for e in &events {
+        let line = e["line"].as_str().expect("line");
+        assert!(line.contains("error seq="), "{e}");
+        assert!(line.ends_with('0') || line.ends_with('5'), "{e}");
+        assert_eq!(e["rules"], serde_json::json!(["errors"]), "{e}");
+        assert_eq!(e["outcome"], "routed");
+        assert_eq!(e["topic"].as_str(), Some(topic.as_str()));
+        let seq = line.rsplit('=').next().expect("seq");
+        assert_eq!(e["key"].as_str(), Some(seq), "{e}");
+        assert!(
+            e["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("127.0.0.1:")),
+            "{e}"
+        );
+    }
+    // The tap took nothing from Kafka: every line sent is there, once.
+    assert_eq!(consume_all(broker, &topic, sent).len(), sent);
+    assert_eq!(hotdog.stat("tap.dropped"), 0);
+}
+
+#[test]
+fn tap_needs_the_token_where_the_status_server_has_one() {
+    let (broker, topic) = fresh_topic("tap-token");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "tap-secret\n").expect("write token");
+    let yaml = crate::util::config_yaml(broker, "", &rules(&topic)).replace(
+        "  status:\n    address: '127.0.0.1'\n    port: 0\n",
+        &format!(
+            "  status:\n    address: '127.0.0.1'\n    port: {}\n    token_file: '{}'\n",
+            crate::util::free_port(),
+            token.display()
+        ),
+    );
+    let hotdog = Hotdog::start_config(&yaml);
+    let url = format!("http://127.0.0.1:{}", hotdog.status_port);
+    let (code, _, err) = run_hotdog(&["tap", "--url", &url, "--limit", "1", "--duration", "2s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401"), "{err}");
+    // With the configuration, hotdog tap finds the server and its token: a quiet hotdog gives
+    // no event, and the tap ends at its duration.
+    let config = hotdog.config.display().to_string();
+    let (code, out, err) = run_hotdog(&["tap", "-c", &config, "--duration", "1s"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "");
+    assert!(err.contains("0 events"), "{err}");
+    // A wrong filter is refused with what is wrong.
+    let (code, _, err) = run_hotdog(&["tap", "-c", &config, "--match", "(", "--duration", "1s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("400") && err.contains("`match` is not a regex"),
+        "{err}"
+    );
+}
