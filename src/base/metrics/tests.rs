@@ -27,6 +27,7 @@ fn busy() -> Metrics {
         &m.dead_letter_write_failed,
         &m.dead_letter_unwritten,
         &m.status_refused,
+        &m.tap_dropped,
         &m.topics_over_limit,
         &m.producer_fatal,
         &m.producer_restarts,
