@@ -582,10 +582,8 @@ fn kafka_secrets_come_from_the_environment_and_from_files_and_are_never_shown() 
     std::fs::write(&password, "hunter2-from-a-file\n").unwrap();
     let text = MINIMAL.replace(
         "      bootstrap.servers: 'b:9092'\n",
-        &format!(
-            "      bootstrap.servers: '${{BROKER_HOST}}:9092'\n      sasl.username: 'user-$${{x}}'\n      \
-             sasl.password_file: '${{SECRETS}}/password'\n"
-        ),
+        "      bootstrap.servers: '${BROKER_HOST}:9092'\n      sasl.username: 'user-$${x}'\n      \
+         sasl.password_file: '${SECRETS}/password'\n",
     );
     let dir_text = dir.path().display().to_string();
     let env = |k: &str| match k {
