@@ -138,14 +138,7 @@ async fn serve_tls(
     sources: Rc<Sources>,
     peer: std::net::SocketAddr,
 ) {
-    let timeout = tls.settings().handshake_timeout;
-    let handshake = async { Some(tls.get().accept(stream).await) }
-        .or(async {
-            smol::Timer::after(timeout).await;
-            None
-        })
-        .await;
-    match handshake {
+    match tls.accept_within(stream).await {
         Some(Ok(stream)) => {
             let verified = stream
                 .get_ref()

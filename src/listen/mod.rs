@@ -409,13 +409,7 @@ where
     S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
 {
     let timeout = acceptor.settings().handshake_timeout;
-    let handshake = async { Some(acceptor.get().accept(stream).await) }
-        .or(async {
-            smol::Timer::after(timeout).await;
-            None
-        })
-        .await;
-    let stream = match handshake {
+    let stream = match acceptor.accept_within(stream).await {
         Some(Ok(s)) => s,
         Some(Err(e)) => {
             metrics.tls_handshake_failed.fetch_add(1, Relaxed);

@@ -123,6 +123,25 @@ impl Acceptor {
     pub fn settings(&self) -> &Tls {
         &self.settings
     }
+
+    /// The server side of a TLS handshake on `stream`, given `handshake_timeout` to finish:
+    /// `None` when it did not.
+    pub async fn accept_within<S>(
+        &self,
+        stream: S,
+    ) -> Option<std::io::Result<futures_rustls::server::TlsStream<S>>>
+    where
+        S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    {
+        use futures_lite::FutureExt;
+        let timeout = self.settings.handshake_timeout;
+        async { Some(self.get().accept(stream).await) }
+            .or(async {
+                smol::Timer::after(timeout).await;
+                None
+            })
+            .await
+    }
 }
 
 /// Reads the subject CN and SAN DNS names of the client's (verified) leaf certificate.

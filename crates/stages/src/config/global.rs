@@ -166,14 +166,7 @@ fn size(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<u64> {
 fn check_tls_files(cx: &mut Cx<'_>, listeners: &[Listen], outside: &Outside<'_>) {
     for (i, l) in listeners.iter().enumerate() {
         if let Some(t) = l.protocol.tls() {
-            if let Err(e) = (outside.check_tls)(t) {
-                cx.errors.push(super::ConfigError {
-                    file: cx.file.to_string(),
-                    line: t.at.0,
-                    column: t.at.1,
-                    message: format!("global.listen[{i}].tls: {e}"),
-                });
-            }
+            super::tls::check_files(cx, outside, t, &format!("global.listen[{i}].tls"));
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use marked_yaml::Node;
 
-use super::tls::decode_tls;
+use super::tls::{check_files, decode_tls};
 use super::yaml::{flag, Cx, Map};
 use super::{Outside, Status};
 
@@ -20,14 +20,7 @@ pub(super) fn decode(cx: &mut Cx<'_>, node: &Node, outside: &Outside<'_>) -> Opt
         Some(n) => decode_tls(cx, n, "global.status.tls", tls_at).map(Some),
     };
     if let Some(Some(t)) = &tls {
-        if let Err(e) = (outside.check_tls)(t) {
-            cx.errors.push(super::ConfigError {
-                file: cx.file.to_string(),
-                line: t.at.0,
-                column: t.at.1,
-                message: format!("global.status.tls: {e}"),
-            });
-        }
+        check_files(cx, outside, t, "global.status.tls");
     }
     let token_file = m.string(cx, "token_file").map(PathBuf::from);
     if let (Some(path), Some(n)) = (&token_file, m.get("token_file")) {

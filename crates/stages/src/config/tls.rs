@@ -6,7 +6,7 @@ use std::time::Duration;
 use marked_yaml::Node;
 
 use super::yaml::{scalar, Cx, Map};
-use super::{ClientAuth, Tls};
+use super::{ClientAuth, Outside, Tls};
 
 /// `tls:` settings; `at` is where the `tls` key is, for errors about the files it names.
 pub(super) fn decode_tls(
@@ -57,4 +57,17 @@ pub(super) fn decode_tls(
         handshake_timeout: handshake_timeout?,
         at,
     })
+}
+
+/// Whether the files `tls` names load (asked of `outside`); an error is located at its `tls`
+/// key and named `what`.
+pub(super) fn check_files(cx: &mut Cx<'_>, outside: &Outside<'_>, tls: &Tls, what: &str) {
+    if let Err(e) = (outside.check_tls)(tls) {
+        cx.errors.push(super::ConfigError {
+            file: cx.file.to_string(),
+            line: tls.at.0,
+            column: tls.at.1,
+            message: format!("{what}: {e}"),
+        });
+    }
 }
