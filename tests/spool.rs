@@ -138,7 +138,7 @@ fn broker_away_senders_are_not_held_back_and_every_line_arrives_once() {
     let yaml = with_spool(
         &config_yaml(&proxy.addr(), "", &forward_all(&topic)),
         spool.path(),
-        "",
+        "    id_header: true\n",
     )
     .replace(
         "    port: 0\n  kafka:",
@@ -222,7 +222,7 @@ fn killed_twice_during_an_outage_every_line_it_had_read_arrives() {
     let yaml = with_spool(
         &config_yaml(&proxy.addr(), "", &forward_all(&topic)),
         spool.path(),
-        "",
+        "    id_header: true\n",
     );
     for run in 0..2 {
         let mut hotdog = Hotdog::start_config(&yaml);
@@ -512,12 +512,16 @@ fn check_reports_the_spool_and_bad_spool_keys_name_their_line() {
     assert!(err.contains("`global.spool` is not set"), "{err}");
 }
 
-/// `id_header: false`: records go through the spool as before, without the `hotdog.id` header
-/// (and its cost); with the default, every record has one.
+/// By default records go through the spool without the `hotdog.id` header (and its cost), as
+/// with `id_header: false`; with `id_header: true`, every record has one.
 #[test]
-fn id_header_false_leaves_the_header_out() {
+fn id_header_true_adds_the_header() {
     const N: usize = 2_000;
-    for (extra, headers) in [("    id_header: false\n", 0), ("", N)] {
+    for (extra, headers) in [
+        ("", 0),
+        ("    id_header: false\n", 0),
+        ("    id_header: true\n", N),
+    ] {
         let (broker, topic) = fresh_topic("spool-noid");
         let spool = tempfile::tempdir().expect("spool dir");
         let yaml = with_spool(
@@ -577,7 +581,7 @@ fn plain_tcp_kill_mid_stream_with_a_spool_loses_only_what_was_not_read() {
         let (b, topic) = fresh_topic("spool-kill-tcp");
         let yaml = config_yaml(b, "", &forward_all(&topic));
         let yaml = if spooled {
-            with_spool(&yaml, spool.path(), "")
+            with_spool(&yaml, spool.path(), "    id_header: true\n")
         } else {
             yaml
         };

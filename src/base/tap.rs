@@ -5,6 +5,7 @@
 //! one atomic load; a tap whose client reads too slowly loses events (counted in
 //! `tap.dropped`), never records.
 
+use std::borrow::Cow;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,9 @@ pub struct Filter {
     pub line: Option<Regex>,
 }
 
-/// One routed frame as a tap sees it.
+/// One routed frame as a tap sees it. Made for every frame while a tap is open, so what costs
+/// (the payload as text, the headers) is only worked out for a tap that keeps it, when the
+/// event is written.
 #[derive(Serialize)]
 pub struct Event<'a> {
     /// The frame's text (invalid UTF-8 replaced).
@@ -42,18 +45,43 @@ pub struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_cn: Option<&'a str>,
     /// The rules that matched, in order.
-    pub rules: Vec<String>,
+    pub rules: Vec<Cow<'a, str>>,
     /// `routed` (a record was made: it goes to Kafka) or `unrouted` (no rule forwarded it).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(&'a str, &'a str)>,
+    #[serde(skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers<'a>,
     /// The record's payload (invalid UTF-8 replaced; `otlp_proto` shows as such).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload: Option<std::borrow::Cow<'a, str>>,
+    pub payload: Option<Payload<'a>>,
+}
+
+/// A record's headers, written as `[name, value]` pairs.
+pub struct Headers<'a>(Option<&'a Record>);
+
+impl Headers<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_none_or(|r| r.headers.is_empty())
+    }
+}
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let headers = self.0.map(|r| r.headers.as_slice()).unwrap_or_default();
+        s.collect_seq(headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
+    }
+}
+
+/// A record's payload, written as text.
+pub struct Payload<'a>(&'a Record);
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.payload_text())
+    }
 }
 
 impl<'a> Event<'a> {
@@ -62,7 +90,7 @@ impl<'a> Event<'a> {
     pub fn new(
         line: &'a str,
         origin: &'a Origin,
-        rules: Vec<String>,
+        rules: Vec<Cow<'a, str>>,
         record: Option<&'a Record>,
     ) -> Event<'a> {
         Event {
@@ -77,20 +105,14 @@ impl<'a> Event<'a> {
             },
             topic: record.map(|r| r.topic.as_ref()),
             key: record.and_then(|r| r.key.as_deref()),
-            headers: record
-                .map(|r| {
-                    r.headers
-                        .iter()
-                        .map(|(k, v)| (k.as_ref(), v.as_str()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            payload: record.map(|r| r.payload_text()),
+            headers: Headers(record),
+            payload: record.map(Payload),
         }
     }
 }
 
 impl Filter {
+    /// True when this filter keeps `e`.
     fn keeps(&self, e: &Event<'_>) -> bool {
         self.rule
             .as_ref()
@@ -165,13 +187,13 @@ mod tests {
     fn event<'a>(
         line: &'a str,
         origin: &'a Origin,
-        rules: &[&str],
+        rules: &[&'a str],
         record: Option<&'a Record>,
     ) -> Event<'a> {
         Event::new(
             line,
             origin,
-            rules.iter().map(|r| r.to_string()).collect(),
+            rules.iter().map(|r| Cow::Borrowed(*r)).collect(),
             record,
         )
     }

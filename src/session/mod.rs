@@ -169,7 +169,7 @@ impl Pipeline {
     fn tap(&self, text: &str, matched_before: usize, made: bool) {
         let rules = self.matched[matched_before..]
             .iter()
-            .map(|i| self.rules.label(*i).into_owned())
+            .map(|i| self.rules.label(*i))
             .collect();
         let record = if made { self.batch.last() } else { None };
         let event = crate::base::tap::Event::new(text, &self.origin, rules, record);

@@ -118,7 +118,7 @@ fn decode_spool(cx: &mut Cx<'_>, node: &Node) -> Option<Spool> {
                 Some(Fsync::Every(d))
             }),
     };
-    let id_header = flag(cx, m.get("id_header"), "global.spool.id_header", true);
+    let id_header = flag(cx, m.get("id_header"), "global.spool.id_header", false);
     m.finish(cx);
     Some(Spool {
         path: path?,
