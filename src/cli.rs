@@ -82,6 +82,9 @@ pub enum Command {
         /// Only frames from senders whose address (`IP:port`) starts with this.
         #[arg(long)]
         source: Option<String>,
+        /// Only frames that came in on this listener: its address (`IP:port`) or only its port.
+        #[arg(long)]
+        listener: Option<String>,
         /// Only frames whose text matches this regex.
         #[arg(long = "match", value_name = "REGEX")]
         pattern: Option<String>,

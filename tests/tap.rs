@@ -51,6 +51,7 @@ fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
     let stop = Arc::new(AtomicBool::new(false));
     let sender = keep_sending(format!("127.0.0.1:{}", hotdog.port), stop.clone());
     let config = hotdog.config.display().to_string();
+    let port = hotdog.port.to_string();
     let mut tap = Command::new(HOTDOG)
         .args([
             "tap",
@@ -60,6 +61,8 @@ fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
             "errors",
             "--match",
             "seq=\\d*[05]$",
+            "--listener",
+            &port,
         ])
         .args(["--limit", "10", "--duration", "60s"])
         .stdout(Stdio::piped())
@@ -92,6 +95,7 @@ fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
                 .is_some_and(|s| s.starts_with("127.0.0.1:")),
             "{e}"
         );
+        assert_eq!(e["listener"], format!("127.0.0.1:{port}"), "{e}");
     }
     // The tap took nothing from Kafka: every line sent is there, once.
     assert_eq!(consume_all(broker, &topic, sent).len(), sent);

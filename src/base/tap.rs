@@ -30,6 +30,8 @@ pub struct Filter {
     pub topic: Option<String>,
     /// The sender: its address (`IP:port`) starts with this.
     pub source: Option<String>,
+    /// The listener: its bound address (`IP:port`), or only its port.
+    pub listener: Option<String>,
     /// The frame's text matches this regex.
     pub line: Option<Regex>,
 }
@@ -42,6 +44,8 @@ pub struct Event<'a> {
     /// The frame's text (invalid UTF-8 replaced).
     pub line: &'a str,
     pub source: Option<&'a str>,
+    /// The listener's bound address (`IP:port`).
+    pub listener: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_cn: Option<&'a str>,
     /// The rules that matched, in order.
@@ -96,6 +100,7 @@ impl<'a> Event<'a> {
         Event {
             line,
             source: origin.peer_addr.as_deref(),
+            listener: origin.listener.as_deref(),
             tls_client_cn: origin.tls_client_cn.as_deref(),
             rules,
             outcome: if record.is_some() {
@@ -122,6 +127,11 @@ impl Filter {
                 .source
                 .as_deref()
                 .is_none_or(|s| e.source.is_some_and(|a| a.starts_with(s)))
+            && self.listener.as_deref().is_none_or(|l| {
+                e.listener.is_some_and(|a| {
+                    a == l || a.rsplit_once(':').is_some_and(|(_, port)| port == l)
+                })
+            })
             && self.line.as_ref().is_none_or(|r| r.is_match(e.line))
     }
 }
@@ -222,7 +232,7 @@ mod tests {
             key: Some("k".into()),
             payload: bytes::Bytes::from_static(b"payload"),
             block: Default::default(),
-            headers: Vec::new(),
+            headers: vec![("h".into(), "v".to_string())],
             read_ms: 0,
             ack: Default::default(),
         };
@@ -242,6 +252,7 @@ mod tests {
         assert_eq!(first["outcome"], "routed");
         assert_eq!(first["topic"], "logs");
         assert_eq!(first["payload"], "payload");
+        assert_eq!(first["headers"], serde_json::json!([["h", "v"]]));
 
         // A tap whose reader is behind loses events, counted; the others get theirs.
         for _ in 0..TAP_QUEUE {
@@ -259,5 +270,29 @@ mod tests {
             .collect();
         assert!(taps.open(Filter::default()).is_err());
         drop(open);
+    }
+
+    #[test]
+    fn a_listener_filter_keeps_its_listeners_frames_by_address_or_port() {
+        let on = |listener: Option<&str>| Origin {
+            listener: listener.map(Into::into),
+            ..Origin::default()
+        };
+        let keeps = |filter: &str, origin: &Origin| {
+            Filter {
+                listener: Some(filter.into()),
+                ..Filter::default()
+            }
+            .keeps(&event("x", origin, &[], None))
+        };
+        let syslog = on(Some("0.0.0.0:514"));
+        assert!(keeps("514", &syslog));
+        assert!(keeps("0.0.0.0:514", &syslog));
+        assert!(!keeps("51", &syslog));
+        assert!(!keeps("5140", &syslog));
+        assert!(!keeps("10.0.0.1:514", &syslog));
+        assert!(!keeps("514", &on(None)));
+        assert!(keeps("[::1]:6514", &on(Some("[::1]:6514"))));
+        assert!(keeps("6514", &on(Some("[::1]:6514"))));
     }
 }

@@ -46,6 +46,7 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
             "rule" => request.filter.rule = Some(value),
             "topic" => request.filter.topic = Some(value),
             "source" => request.filter.source = Some(value),
+            "listener" => request.filter.listener = Some(value),
             "match" => {
                 let regex = regex_automata::meta::Regex::new(&value)
                     .map_err(|e| format!("`match` is not a regex: {e}"))?;
@@ -65,7 +66,7 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
             }
             other => {
                 return Err(format!(
-                "unknown parameter `{other}`; expected rule, topic, source, match, limit, seconds"
+                "unknown parameter `{other}`; expected rule, topic, source, listener, match, limit, seconds"
             ))
             }
         }
@@ -104,6 +105,7 @@ pub struct Ask {
     pub rule: Option<String>,
     pub topic: Option<String>,
     pub source: Option<String>,
+    pub listener: Option<String>,
     pub pattern: Option<String>,
     pub limit: Option<u64>,
     pub duration: Duration,
@@ -117,6 +119,7 @@ impl Ask {
             ("rule", &self.rule),
             ("topic", &self.topic),
             ("source", &self.source),
+            ("listener", &self.listener),
             ("match", &self.pattern),
         ] {
             if let Some(v) = value {
@@ -195,9 +198,10 @@ mod tests {
     #[test]
     fn the_query_is_read_and_a_bad_one_says_what_is_wrong() {
         let r = parse(Some(
-            "rule=errors&topic=logs&source=10.0.&match=disk%20full&limit=5&seconds=7200",
+            "rule=errors&topic=logs&source=10.0.&listener=514&match=disk%20full&limit=5&seconds=7200",
         ))
         .expect("query");
+        assert_eq!(r.filter.listener.as_deref(), Some("514"));
         assert_eq!(r.filter.rule.as_deref(), Some("errors"));
         assert_eq!(r.filter.topic.as_deref(), Some("logs"));
         assert_eq!(r.filter.source.as_deref(), Some("10.0."));

@@ -51,6 +51,8 @@ struct Settings {
     proxy_protocol: Option<ProxyProtocol>,
     /// The `timezone` of its senders' RFC 3164 timestamps.
     zone: Option<jiff::tz::TimeZone>,
+    /// The `address:port` it is bound to, as its connections' origin says.
+    local: Arc<str>,
     /// RELP sessions, not syslog streams.
     relp: bool,
     /// Connections open now.
@@ -176,10 +178,11 @@ impl Listener {
             Socket::Stream(t, _) => t.local_addr(),
             Socket::Udp(u) => u.local_addr(),
         };
-        let name = match bound {
-            Ok(a) => format!("{protocol} {a}"),
-            Err(_) => format!("{protocol} {address}"),
+        let local: Arc<str> = match bound {
+            Ok(a) => a.to_string().into(),
+            Err(_) => address.to_string().into(),
         };
+        let name = format!("{protocol} {local}");
         let settings = Settings {
             limits: session::Limits {
                 max_message_size: l.max_message_size,
@@ -192,6 +195,7 @@ impl Listener {
             tcp_keepalive: l.tcp_keepalive,
             proxy_protocol: l.proxy_protocol.clone(),
             zone: l.timezone.as_ref().map(|t| t.zone.clone()),
+            local,
             relp: matches!(l.protocol, Protocol::Relp(_)),
             open: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
@@ -225,6 +229,7 @@ impl Listener {
                 let max = settings.limits.max_message_size;
                 let origin = Origin {
                     zone: settings.zone.clone(),
+                    listener: Some(settings.local.clone()),
                     ..Origin::default()
                 };
                 return udp(socket, shared, origin, max, shutdown).await;
@@ -392,6 +397,7 @@ fn origin(peer: SocketAddr, settings: &Settings) -> Origin {
     Origin {
         peer_addr: Some(peer.to_string()),
         zone: settings.zone.clone(),
+        listener: Some(settings.local.clone()),
         ..Origin::default()
     }
 }

@@ -134,6 +134,7 @@ fn decode_case(
             tls_client_san,
             clock: clock?,
             zone: None,
+            listener: None,
         },
         expect: expect?,
     })

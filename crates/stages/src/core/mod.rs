@@ -117,6 +117,8 @@ pub const SHUTDOWN_TIMEOUT: &str = "shutdown_timeout";
 pub struct Origin {
     /// The sender's `address:port`.
     pub peer_addr: Option<String>,
+    /// The `address:port` of the listener the message came in on.
+    pub listener: Option<std::sync::Arc<str>>,
     /// The subject common name of a verified TLS client certificate.
     pub tls_client_cn: Option<String>,
     /// Its subject alternative DNS names, comma-separated.

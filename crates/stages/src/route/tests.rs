@@ -328,6 +328,7 @@ fn run(r: &Rules, line: &str) -> (Vec<Routed>, Outcome) {
             tls_client_san: None,
             clock: None,
             zone: None,
+            listener: None,
         },
         None,
     );
