@@ -239,25 +239,37 @@ def run_kcat(broker, path, n):
     return dict(row("kcat -P (floor)", n, seconds, cpu, peak, records, present), judged=False)
 
 
-def run_rsyslog(broker, data_chunks, n, workdir):
-    topic = broker.topic(f"rsyslog-{int(time.time()*1000)}")
+def start_rsyslog(broker, workdir, kind):
+    """rsyslogd with one input of `kind` (imptcp or imudp) on a free port, every message's text
+    to a new topic through omkafka. Returns the process, the port and the topic, once it is
+    listening."""
+    topic = broker.topic(f"rsyslog-{kind}-{int(time.time()*1000)}")
     port = free_port()
-    conf = os.path.join(workdir, "rsyslog.conf")
+    conf = os.path.join(workdir, f"rsyslog-{kind}.conf")
     with open(conf, "w") as f:
         f.write(f'''global(workDirectory="{workdir}")
-module(load="imptcp")
+module(load="{kind}")
 module(load="omkafka")
 template(name="body" type="string" string="%msg%")
-input(type="imptcp" address="127.0.0.1" port="{port}")
+input(type="{kind}" address="127.0.0.1" port="{port}")
 *.* action(type="omkafka" broker=["{broker.addr}"] topic="{topic}" template="body"
   confParam=["linger.ms=5", "batch.num.messages=10000"]
   queue.type="LinkedList" queue.size="1000000")
 ''')
     env = dict(os.environ, LD_LIBRARY_PATH=broker.lib)
-    p = subprocess.Popen(["rsyslogd", "-n", "-f", conf, "-i", os.path.join(workdir, "rs.pid")],
+    p = subprocess.Popen(["rsyslogd", "-n", "-f", conf, "-i",
+                          os.path.join(workdir, f"rsyslog-{kind}.pid")],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_port(port):
-        sys.exit("rsyslogd did not start (is rsyslog-kafka installed?)")
+    end = time.time() + 30
+    while not (wait_port(port, 0.1) if kind == "imptcp" else udp_kernel_drops(port) is not None):
+        if time.time() > end or p.poll() is not None:
+            sys.exit("rsyslogd did not start (is rsyslog-kafka installed?)")
+        time.sleep(0.05)
+    return p, port, topic
+
+
+def run_rsyslog(broker, data_chunks, n, workdir):
+    p, port, topic = start_rsyslog(broker, workdir, "imptcp")
     time.sleep(0.5)
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
@@ -367,14 +379,15 @@ def udp_kernel_drops(port):
 
 
 def send_udp(port, datagrams, rate):
-    """Sends `datagrams` to 127.0.0.1:`port` at `rate` a second, paced every 1,000."""
+    """Sends `datagrams` to 127.0.0.1:`port` at `rate` a second, paced every 100 (bursts of
+    1,000 overflow a receive buffer of the kernel's default size at any rate)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     to = ("127.0.0.1", port)
     start = time.time()
-    for k in range(0, len(datagrams), 1000):
-        for d in datagrams[k:k + 1000]:
+    for k in range(0, len(datagrams), 100):
+        for d in datagrams[k:k + 100]:
             s.sendto(d, to)
-        ahead = start + (k + 1000) / rate - time.time()
+        ahead = start + (k + 100) / rate - time.time()
         if ahead > 0:
             time.sleep(ahead)
     s.close()
@@ -450,27 +463,7 @@ def run_udp(broker, n, rate, workdir, global_extra="", label="", binary=None):
 
 def run_rsyslog_udp(broker, n, rate, workdir):
     """rsyslog's imudp -> omkafka on the same datagrams; timed to its CPU going idle."""
-    topic = broker.topic(f"rsyslog-udp-{int(time.time()*1000)}")
-    port = free_port()
-    conf = os.path.join(workdir, "rsyslog-udp.conf")
-    with open(conf, "w") as f:
-        f.write(f'''global(workDirectory="{workdir}")
-module(load="imudp")
-module(load="omkafka")
-template(name="body" type="string" string="%msg%")
-input(type="imudp" address="127.0.0.1" port="{port}")
-*.* action(type="omkafka" broker=["{broker.addr}"] topic="{topic}" template="body"
-  confParam=["linger.ms=5", "batch.num.messages=10000"]
-  queue.type="LinkedList" queue.size="1000000")
-''')
-    env = dict(os.environ, LD_LIBRARY_PATH=broker.lib)
-    p = subprocess.Popen(["rsyslogd", "-n", "-f", conf, "-i", os.path.join(workdir, "rsu.pid")],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.time() + 30
-    while udp_kernel_drops(port) is None:
-        if time.time() > end or p.poll() is not None:
-            sys.exit("rsyslogd did not start (is rsyslog-kafka installed?)")
-        time.sleep(0.05)
+    p, port, topic = start_rsyslog(broker, workdir, "imudp")
     time.sleep(0.5)
     datagrams = [l.encode() for l in lines(n)]
     cpu0 = cpu_seconds(p.pid)
