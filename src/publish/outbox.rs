@@ -209,6 +209,12 @@ impl Inbox {
             Err(async_channel::TryRecvError::Closed) => Polled::Closed,
         }
     }
+
+    /// True when senders that cannot wait (UDP) are using the reserve the others leave them:
+    /// the outbox is about to drop datagrams.
+    pub fn pressed(&self) -> bool {
+        self.gate.used.load(Ordering::Acquire) > self.gate.capacity - self.gate.reserve
+    }
 }
 
 /// What [`Inbox::try_recv`] found.
@@ -272,6 +278,8 @@ pub(super) fn spooling(
                     }
                 };
                 if let Some((batch, counts)) = next {
+                    // Kafka's pace is not worth a dropped datagram: the batch stays on disk.
+                    writer.hurry(inbox.pressed());
                     writer.write(batch, &counts);
                 }
                 if tended.elapsed() >= TEND_EVERY {

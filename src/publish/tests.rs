@@ -124,3 +124,33 @@ fn senders_that_wait_leave_the_last_eighth_to_those_that_cannot() {
     smol::block_on(gate.take(8));
     assert_eq!(gate.used.load(Ordering::Relaxed), 8);
 }
+
+/// The spool's writer hurries (leaves batches on disk rather than wait for Kafka) once a sender
+/// that cannot wait is into the reserve, not while waiting senders fill what they may.
+#[test]
+fn the_outbox_is_pressed_once_the_reserve_is_in_use() {
+    let file = deadletter::start(None, Metrics::new()).expect("writer");
+    let (outbox, inbox) = outbox(80, file, true);
+    let batch = |n: usize| -> Batch {
+        (0..n)
+            .map(|_| Record {
+                topic: "t".into(),
+                key: None,
+                payload: "x".into(),
+                block: Block::default(),
+                headers: Vec::new(),
+                read_ms: 1,
+                ack: Default::default(),
+            })
+            .collect()
+    };
+    smol::block_on(outbox.send(batch(70), crate::base::metrics::LineCounts::default()))
+        .expect("room");
+    assert!(!inbox.pressed(), "waiting senders filled what they may");
+    assert!(outbox
+        .try_send(batch(1), crate::base::metrics::LineCounts::default())
+        .is_ok());
+    assert!(inbox.pressed(), "a datagram is in the reserve");
+    assert!(matches!(inbox.try_recv(), outbox::Polled::Batch(b, _) if b.len() == 70));
+    assert!(!inbox.pressed());
+}

@@ -100,6 +100,9 @@ pub struct Writer {
     /// records waited: how long Kafka has been silent.
     acked: u64,
     silent_since: Instant,
+    /// Leave batches on disk rather than wait for the publisher's memory, however Kafka answers
+    /// (senders that cannot wait would lose what they send meanwhile).
+    hurry: bool,
 }
 
 impl Spool {
@@ -122,6 +125,7 @@ impl Spool {
             acks_failing: false,
             acked: 0,
             silent_since: Instant::now(),
+            hurry: false,
         };
         (writer, Feed::new(self.shared.clone(), rx))
     }
@@ -131,6 +135,12 @@ impl Spool {
 struct Full(String);
 
 impl Writer {
+    /// With `true`, the next batches never wait for room in the publisher's memory: they stay
+    /// on disk when it is full (see [`Writer::write`]).
+    pub fn hurry(&mut self, hurry: bool) {
+        self.hurry = hurry;
+    }
+
     /// Writes `batch` to the spool, each record with its id, counts the lines it came from
     /// (`lines`) as read, and hands it on. Blocks while the spool is full (`max_size`, or the
     /// disk): the sessions then feel backpressure, as they do with a full outbox.
@@ -177,6 +187,9 @@ impl Writer {
     /// records (senders then go at Kafka's pace, as without a spool); returns at once when it
     /// has settled nothing for [`STALL`] while records waited, so that the batch stays on disk.
     fn wait_while_kafka_answers(&mut self) {
+        if self.hurry {
+            return;
+        }
         loop {
             {
                 let st = self.shared.state();
