@@ -309,6 +309,25 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
     return p, port
 
 
+def start_hotdog(workdir, name, conf_text, wait_for, binary=None):
+    """hotdog on the configuration `conf_text` (written to `name` in `workdir`), once port
+    `wait_for` answers; returns the process and a function that reads its /stats from the
+    status port the configuration names."""
+    conf = os.path.join(workdir, name)
+    with open(conf, "w") as f:
+        f.write(conf_text)
+    p = subprocess.Popen([binary or HOTDOG, "-c", conf],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait_port(wait_for):
+        sys.exit("hotdog did not start")
+    status = int(conf_text.split("  status:\n    port: ", 1)[1].split("\n", 1)[0])
+
+    def stats():
+        with urllib.request.urlopen(f"http://127.0.0.1:{status}/stats") as r:
+            return json.load(r)["stats"]
+    return p, stats
+
+
 def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, label="",
                binary=None, conf_extra="", relay=None, window=0, rate=0, global_extra=""):
     """One hotdog run. With `relay` ("omfwd" or "omrelp"), the senders write to an rsyslogd
@@ -322,21 +341,13 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
                f"      ca: '{ROOT}/certs/ca.pem'\n")
     rules = config_rules or FORWARD_ALL
     rules = rules.replace("TOPIC", topic)
-    conf = os.path.join(workdir, "hotdog.yml")
-    with open(conf, "w") as f:
-        listen = "    protocol: relp\n" if relay == "omrelp" else ""
-        f.write(f"global:\n  listen:\n    port: {port}\n{listen}{tls}  kafka:\n    conf:\n"
-                f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
-                f"      batch.num.messages: '10000'\n{conf_extra}    topic: '{topic}'\n"
-                f"{global_extra}  status:\n    port: {status}\nrules:\n{rules}")
-    p = subprocess.Popen([binary or HOTDOG, "-c", conf],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_port(port):
-        sys.exit("hotdog did not start")
-
-    def stats():
-        with urllib.request.urlopen(f"http://127.0.0.1:{status}/stats") as r:
-            return json.load(r)["stats"]
+    listen = "    protocol: relp\n" if relay == "omrelp" else ""
+    p, stats = start_hotdog(
+        workdir, "hotdog.yml",
+        f"global:\n  listen:\n    port: {port}\n{listen}{tls}  kafka:\n    conf:\n"
+        f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
+        f"      batch.num.messages: '10000'\n{conf_extra}    topic: '{topic}'\n"
+        f"{global_extra}  status:\n    port: {status}\nrules:\n{rules}", port, binary)
 
     relay_proc = None
     if relay:
@@ -418,22 +429,14 @@ def run_udp(broker, n, rate, workdir, global_extra="", label="", binary=None):
     to the last record delivered."""
     topic = broker.topic(f"udp-{int(time.time()*1000)}")
     port, status = free_port(), free_port()
-    conf = os.path.join(workdir, "udp.yml")
-    with open(conf, "w") as f:
-        f.write(f"global:\n  listen:\n  - address: '127.0.0.1'\n    port: {port}\n"
-                f"    protocol: udp\n  kafka:\n    conf:\n"
-                f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
-                f"      batch.num.messages: '10000'\n    topic: '{topic}'\n"
-                f"{global_extra}  status:\n    port: {status}\n"
-                f"rules:\n{FORWARD_ALL.replace('TOPIC', topic)}")
-    p = subprocess.Popen([binary or HOTDOG, "-c", conf],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_port(status):
-        sys.exit("hotdog did not start")
-
-    def stats():
-        with urllib.request.urlopen(f"http://127.0.0.1:{status}/stats") as r:
-            return json.load(r)["stats"]
+    p, stats = start_hotdog(
+        workdir, "udp.yml",
+        f"global:\n  listen:\n  - address: '127.0.0.1'\n    port: {port}\n"
+        f"    protocol: udp\n  kafka:\n    conf:\n"
+        f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
+        f"      batch.num.messages: '10000'\n    topic: '{topic}'\n"
+        f"{global_extra}  status:\n    port: {status}\n"
+        f"rules:\n{FORWARD_ALL.replace('TOPIC', topic)}", status, binary)
 
     datagrams = [l.encode() for l in lines(n)]
     time.sleep(0.5)
