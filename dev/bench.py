@@ -309,10 +309,10 @@ input(type="imptcp" address="127.0.0.1" port="{port}")
     return p, port
 
 
-def start_hotdog(workdir, name, conf_text, wait_for, binary=None):
+def start_hotdog(workdir, name, conf_text, wait_for, status, binary=None):
     """hotdog on the configuration `conf_text` (written to `name` in `workdir`), once port
-    `wait_for` answers; returns the process and a function that reads its /stats from the
-    status port the configuration names."""
+    `wait_for` answers; returns the process and a function that reads its /stats from
+    `status`, the status port the configuration names."""
     conf = os.path.join(workdir, name)
     with open(conf, "w") as f:
         f.write(conf_text)
@@ -320,7 +320,6 @@ def start_hotdog(workdir, name, conf_text, wait_for, binary=None):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not wait_port(wait_for):
         sys.exit("hotdog did not start")
-    status = int(conf_text.split("  status:\n    port: ", 1)[1].split("\n", 1)[0])
 
     def stats():
         with urllib.request.urlopen(f"http://127.0.0.1:{status}/stats") as r:
@@ -347,7 +346,7 @@ def run_hotdog(broker, data_chunks, n, workdir, use_tls, config_rules=None, labe
         f"global:\n  listen:\n    port: {port}\n{listen}{tls}  kafka:\n    conf:\n"
         f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
         f"      batch.num.messages: '10000'\n{conf_extra}    topic: '{topic}'\n"
-        f"{global_extra}  status:\n    port: {status}\nrules:\n{rules}", port, binary)
+        f"{global_extra}  status:\n    port: {status}\nrules:\n{rules}", port, status, binary)
 
     relay_proc = None
     if relay:
@@ -436,7 +435,7 @@ def run_udp(broker, n, rate, workdir, global_extra="", label="", binary=None):
         f"      bootstrap.servers: '{broker.addr}'\n      linger.ms: '5'\n"
         f"      batch.num.messages: '10000'\n    topic: '{topic}'\n"
         f"{global_extra}  status:\n    port: {status}\n"
-        f"rules:\n{FORWARD_ALL.replace('TOPIC', topic)}", status, binary)
+        f"rules:\n{FORWARD_ALL.replace('TOPIC', topic)}", status, status, binary)
 
     datagrams = [l.encode() for l in lines(n)]
     time.sleep(0.5)

@@ -210,10 +210,11 @@ impl Inbox {
         }
     }
 
-    /// True when senders that cannot wait (UDP) are using the reserve the others leave them:
-    /// the outbox is about to drop datagrams.
-    pub fn pressed(&self) -> bool {
-        self.gate.used.load(Ordering::Acquire) > self.gate.capacity - self.gate.reserve
+    /// Whether senders that cannot wait (UDP) are using the reserve the others leave them,
+    /// asked at any time: the outbox is about to drop datagrams.
+    pub fn pressure(&self) -> impl Fn() -> bool + Send + 'static {
+        let gate = self.gate.clone();
+        move || gate.used.load(Ordering::Acquire) > gate.capacity - gate.reserve
     }
 }
 
@@ -256,6 +257,8 @@ pub(super) fn spooling(
     inbox: Inbox,
 ) -> std::io::Result<(spool::Feed, std::thread::JoinHandle<spool::Writer>)> {
     let (mut writer, feed) = spool.start((inbox.gate.capacity / BATCH_MAX).max(64));
+    // Kafka's pace is not worth a dropped datagram: a batch that waits stays on disk instead.
+    writer.give_way_when(inbox.pressure());
     let thread = std::thread::Builder::new()
         .name("spool".into())
         .spawn(move || {
@@ -278,8 +281,6 @@ pub(super) fn spooling(
                     }
                 };
                 if let Some((batch, counts)) = next {
-                    // Kafka's pace is not worth a dropped datagram: the batch stays on disk.
-                    writer.hurry(inbox.pressed());
                     writer.write(batch, &counts);
                 }
                 if tended.elapsed() >= TEND_EVERY {

@@ -100,9 +100,9 @@ pub struct Writer {
     /// records waited: how long Kafka has been silent.
     acked: u64,
     silent_since: Instant,
-    /// Leave batches on disk rather than wait for the publisher's memory, however Kafka answers
-    /// (senders that cannot wait would lose what they send meanwhile).
-    hurry: bool,
+    /// When it says so, a batch stays on disk rather than wait for the publisher's memory,
+    /// however Kafka answers (senders that cannot wait would lose what they send meanwhile).
+    give_way: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
 impl Spool {
@@ -125,7 +125,7 @@ impl Spool {
             acks_failing: false,
             acked: 0,
             silent_since: Instant::now(),
-            hurry: false,
+            give_way: None,
         };
         (writer, Feed::new(self.shared.clone(), rx))
     }
@@ -135,10 +135,10 @@ impl Spool {
 struct Full(String);
 
 impl Writer {
-    /// With `true`, the next batches never wait for room in the publisher's memory: they stay
-    /// on disk when it is full (see [`Writer::write`]).
-    pub fn hurry(&mut self, hurry: bool) {
-        self.hurry = hurry;
+    /// From now on, a batch stops waiting for room in the publisher's memory as soon as
+    /// `now` says so, and stays on disk (see [`Writer::write`]).
+    pub fn give_way_when(&mut self, now: impl Fn() -> bool + Send + 'static) {
+        self.give_way = Some(Box::new(now));
     }
 
     /// Writes `batch` to the spool, each record with its id, counts the lines it came from
@@ -187,10 +187,10 @@ impl Writer {
     /// records (senders then go at Kafka's pace, as without a spool); returns at once when it
     /// has settled nothing for [`STALL`] while records waited, so that the batch stays on disk.
     fn wait_while_kafka_answers(&mut self) {
-        if self.hurry {
-            return;
-        }
         loop {
+            if self.give_way.as_ref().is_some_and(|now| now()) {
+                return;
+            }
             {
                 let st = self.shared.state();
                 let acked = self.shared.acked.load(Relaxed);
