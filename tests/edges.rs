@@ -564,10 +564,16 @@ fn a_connection_reset_by_its_peer_is_not_logged_at_info() {
             .expect("linger");
         drop(s);
     }
-    assert_eq!(hotdog.wait_stat("lines", 20, Duration::from_secs(10)), 20);
+    // A reset that arrives before hotdog read the line discards it in the kernel (CI saw 19 of 20),
+    // so what is counted is the connections, each of which ended in a reset.
+    assert_eq!(
+        hotdog.wait_stat("connections.total", 20, Duration::from_secs(10)),
+        20
+    );
     assert!(wait_until(Duration::from_secs(5), || hotdog
         .stat("connections")
         == 0));
+    assert!(hotdog.stat("lines") <= 20);
     let log = hotdog.stderr();
     assert!(
         !log.lines().any(|l| l.contains(" ended: ")),
