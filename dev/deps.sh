@@ -26,9 +26,9 @@ install_missing() {
 
 # What the integration tests run besides hotdog: rsyslog with its TLS driver and omrelp (RELP), HAProxy (a load
 # balancer that sends PROXY headers), ss (to see socket options), promtool (Debian's prometheus
-# package: it checks the shipped alerting rules).
+# package: it checks the shipped alerting rules), tmux (to drive `hotdog top` as a terminal).
 ensure_test_deps() {
-    install_missing rsyslog rsyslog-gnutls rsyslog-relp haproxy iproute2 prometheus
+    install_missing rsyslog rsyslog-gnutls rsyslog-relp haproxy iproute2 prometheus tmux
     ensure_python_test_deps
 }
 

@@ -95,11 +95,38 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
+    /// A terminal view of a running hotdog, refreshed every second: lines/s per listener, rule
+    /// and topic, the queues, delivery latency p50/p99, connections, the spool, and what was
+    /// lost by reason. `s` changes the order, `/` filters by name, `q` quits. The status server
+    /// is found as for `hotdog tap`.
+    Top {
+        /// The status server, `http://HOST:PORT`, instead of the configuration's.
+        #[arg(long)]
+        url: Option<String>,
+        /// A file holding the status server's bearer token (default: the configuration's
+        /// `global.status.token_file`, when --url is not given).
+        #[arg(long, value_hint = clap::ValueHint::FilePath)]
+        token_file: Option<PathBuf>,
+    },
     /// Look into a spool without changing it (it may be in use).
     Spool {
         #[command(subcommand)]
         action: SpoolAction,
     },
+}
+
+impl Command {
+    /// For the commands that ask a running hotdog's status server (`tap`, `top`): the server
+    /// given with `--url` (`None`: the configuration's) and the token file given.
+    pub fn asks_status(&self) -> Option<(Option<&str>, Option<&std::path::Path>)> {
+        match self {
+            Command::Tap {
+                url, token_file, ..
+            }
+            | Command::Top { url, token_file } => Some((url.as_deref(), token_file.as_deref())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -29,8 +29,8 @@ fn main() -> ExitCode {
     {
         return inspect(dir);
     }
-    if let Some(Command::Tap { url: Some(url), .. }) = &cli.command {
-        return tap(&cli, url, None);
+    if let Some((Some(url), given)) = cli.command.as_ref().and_then(|c| c.asks_status()) {
+        return ask_running(&cli, url, given);
     }
     let config = match Config::load(&cli.config, &hotdog::control::outside()) {
         Ok(c) => c,
@@ -55,13 +55,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::Tap { .. }) = &cli.command {
+    if let Some((_, given)) = cli.command.as_ref().and_then(|c| c.asks_status()) {
         let Some(status) = &config.global.status else {
             eprintln!("hotdog: {file} has no global.status; give the status server with --url");
             return ExitCode::from(EXIT_CONFIG);
         };
         if status.tls.is_some() {
-            eprintln!("hotdog: hotdog tap does not speak TLS to the status server yet");
+            eprintln!("hotdog: hotdog tap and top do not speak TLS to the status server yet");
             return ExitCode::from(EXIT_FAILURE);
         }
         // A server on every address is reached on this host's loopback.
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
             other => other,
         };
         let url = format!("http://{host}:{}", status.port);
-        return tap(&cli, &url, status.token_file.as_deref());
+        return ask_running(&cli, &url, given.or(status.token_file.as_deref()));
     }
     if let Some(Command::Replay { file, json }) = &cli.command {
         return replay_file(&config, file, *json);
@@ -125,28 +125,14 @@ fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `hotdog tap`: follows the status server at `url`, with the token in `--token-file` or else
-/// in `token_file`.
-fn tap(cli: &Cli, url: &str, token_file: Option<&std::path::Path>) -> ExitCode {
-    let Some(Command::Tap {
-        token_file: given,
-        rule,
-        topic,
-        source,
-        listener,
-        pattern,
-        limit,
-        duration,
-        ..
-    }) = &cli.command
-    else {
-        return ExitCode::from(EXIT_FAILURE);
-    };
+/// `hotdog tap` and `hotdog top`: ask the status server at `url` (`http://HOST:PORT`), with the
+/// token in `token_file`.
+fn ask_running(cli: &Cli, url: &str, token_file: Option<&std::path::Path>) -> ExitCode {
     let Some(address) = url.strip_prefix("http://").map(|a| a.trim_end_matches('/')) else {
         eprintln!("hotdog: --url must be http://HOST:PORT, found {url}");
         return ExitCode::from(EXIT_CONFIG);
     };
-    let token = match given.as_deref().or(token_file).map(config::read_secret) {
+    let token = match token_file.map(config::read_secret) {
         None => None,
         Some(Ok(t)) => Some(t),
         Some(Err(e)) => {
@@ -154,25 +140,38 @@ fn tap(cli: &Cli, url: &str, token_file: Option<&std::path::Path>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let ask = hotdog::control::tap::Ask {
-        rule: rule.clone(),
-        topic: topic.clone(),
-        source: source.clone(),
-        listener: listener.clone(),
-        pattern: pattern.clone(),
-        limit: *limit,
-        duration: *duration,
-    };
-    let mut out = std::io::stdout().lock();
-    let followed = runtime::block_on(
-        1,
-        hotdog::control::tap::follow(address, token.as_deref(), &ask, &mut out),
-    );
-    match followed {
-        Ok(n) => {
-            eprintln!("hotdog: {n} events");
-            ExitCode::SUCCESS
+    let asked = match &cli.command {
+        Some(Command::Top { .. }) => hotdog::control::top::run(address, token.as_deref()),
+        Some(Command::Tap {
+            rule,
+            topic,
+            source,
+            listener,
+            pattern,
+            limit,
+            duration,
+            ..
+        }) => {
+            let ask = hotdog::control::tap::Ask {
+                rule: rule.clone(),
+                topic: topic.clone(),
+                source: source.clone(),
+                listener: listener.clone(),
+                pattern: pattern.clone(),
+                limit: *limit,
+                duration: *duration,
+            };
+            let mut out = std::io::stdout().lock();
+            runtime::block_on(
+                1,
+                hotdog::control::tap::follow(address, token.as_deref(), &ask, &mut out),
+            )
+            .map(|n| eprintln!("hotdog: {n} events"))
         }
+        _ => Err("this command does not ask a running hotdog".into()),
+    };
+    match asked {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hotdog: {e}");
             ExitCode::from(EXIT_FAILURE)

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::proxy::connect_from;
 use crate::relp::Client;
 use crate::util::{
-    cert_path, config_yaml, forward_all, fresh_topic, http, missing_topics_fail_fast, run_hotdog,
-    unique_topic, wait_until, with_dead_letter_file, Hotdog, Proxy,
+    cert_path, config_yaml, forward_all, fresh_topic, http, missing_topics_fail_fast, rss,
+    run_hotdog, unique_topic, wait_until, with_dead_letter_file, Hotdog, Proxy,
 };
 
 /// A config with one TCP listener behind `proxy_protocol` (load balancer 127.0.0.1) and the
@@ -151,17 +151,6 @@ fn idle_timeout_closes_a_silent_connection_on_a_proxy_listener() {
     assert!(closed_within(&mut s, Duration::from_secs(10)).is_some());
     assert_eq!(hotdog.stat("connections.idle_timeout"), 2);
     assert_eq!(hotdog.stat("connections.refused.proxy_protocol"), 0);
-}
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
 }
 
 /// Finding 3: a RELP session kept the read buffer a 4 MB message grew until it closed (20

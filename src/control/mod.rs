@@ -2,10 +2,12 @@
 //! carries out what a reload changes, and the status server that shows them.
 
 pub mod access;
+pub mod client;
 pub mod reload;
 pub mod server;
 pub mod status;
 pub mod tap;
+pub mod top;
 
 use hotdog_stages::config::Outside;
 

@@ -67,9 +67,22 @@ struct StatsBody {
     message: &'static str,
     version: &'static str,
     stats: std::collections::BTreeMap<String, i64>,
+    /// The delivery latency histogram, as `/metrics` has it: `hotdog top` takes its
+    /// percentiles from the difference between two readings.
+    latency_ms: Latency,
     /// Why the last reload changed nothing, until one succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
     last_reload_error: Option<String>,
+}
+
+/// Line read → Kafka acknowledgement, in milliseconds, since start.
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct Latency {
+    /// `[upper bound, records at most that slow]`, cumulative, the last bound's count lower
+    /// than `count` by the records slower than every bound.
+    pub buckets: Vec<(u64, u64)>,
+    pub count: u64,
+    pub sum: u64,
 }
 
 /// The answer to `POST /reload`.
@@ -264,6 +277,14 @@ async fn answer(request: &Request<Incoming>, sources: &Sources) -> Response<Full
             message: "hotdog is running",
             version: env!("CARGO_PKG_VERSION"),
             stats: sources.metrics.snapshot(),
+            latency_ms: {
+                let (buckets, count, sum) = sources.metrics.latency.read();
+                Latency {
+                    buckets,
+                    count,
+                    sum,
+                }
+            },
             last_reload_error: sources.last_reload_error.get(),
         }),
         (&Method::GET, "/metrics") => with_type(

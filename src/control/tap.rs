@@ -145,40 +145,12 @@ pub async fn follow(
     out: &mut impl std::io::Write,
 ) -> Result<u64, String> {
     use http_body_util::BodyExt;
-    let stream = smol::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("cannot connect to the status server at {address}: {e}"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(stream))
-            .await
-            .map_err(|e| format!("status server at {address}: {e}"))?;
-    let driving = crate::base::runtime::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut request =
-        hyper::Request::get(format!("/tap?{}", ask.query())).header(hyper::header::HOST, address);
-    if let Some(t) = token {
-        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let request = request
-        .body(http_body_util::Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("status server at {address}: {e}"))?;
-    let status = response.status();
-    let mut body = response.into_body();
-    if !status.is_success() {
-        let text = body
-            .collect()
-            .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
-            .unwrap_or_default();
-        return Err(format!("the status server answered {status}: {text}"));
-    }
+    let mut answer = crate::control::client::get(address, token, &format!("/tap?{}", ask.query()))
+        .await?
+        .success()
+        .await?;
     let mut events = 0;
-    while let Some(frame) = body.frame().await {
+    while let Some(frame) = answer.body.frame().await {
         let frame = frame.map_err(|e| format!("the tap broke off: {e}"))?;
         if let Ok(data) = frame.into_data() {
             events += data.iter().filter(|b| **b == b'\n').count() as u64;
@@ -187,7 +159,6 @@ pub async fn follow(
                 .map_err(|e| format!("cannot write: {e}"))?;
         }
     }
-    drop(driving);
     Ok(events)
 }
 

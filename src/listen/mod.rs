@@ -224,6 +224,8 @@ impl Listener {
         done: async_channel::Sender<()>,
     ) {
         let settings = self.settings;
+        // Listed from the start, with 0 lines until a connection sends some.
+        shared.metrics.listener(&settings.local);
         let (listener, acceptor) = match self.socket {
             Socket::Udp(socket) => {
                 let max = settings.limits.max_message_size;

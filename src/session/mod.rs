@@ -79,6 +79,8 @@ pub struct Pipeline {
     /// The rules that matched each frame since their counters were last added to (one entry
     /// per match): as long as a batch at most, whatever the number of rules.
     matched: Vec<usize>,
+    /// The count of lines read by this connection's listener (`listener.<address>.lines`).
+    read_here: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Drop for Pipeline {
@@ -98,6 +100,10 @@ impl Pipeline {
             last_batch: 0,
             counts: LineCounts::default(),
             matched: Vec::new(),
+            read_here: origin
+                .listener
+                .as_deref()
+                .map(|l| shared.metrics.listener(l)),
             shared,
             origin,
         }
@@ -200,8 +206,7 @@ impl Pipeline {
     /// Like [`Pipeline::flush`], but never waits: when the outbox is full the batch is dropped
     /// (only UDP does this: it cannot push back). Returns how many records were dropped.
     pub fn try_flush(&mut self) -> usize {
-        self.count_rules();
-        let counts = std::mem::take(&mut self.counts);
+        let counts = self.take_counts();
         if self.batch.is_empty() {
             self.shared.metrics.add_lines(&counts);
             return 0;
@@ -215,6 +220,17 @@ impl Pipeline {
                 batch.len()
             }
         }
+    }
+
+    /// What was counted since the last flush, with the rules' matches and the listener's lines
+    /// added to their counters.
+    fn take_counts(&mut self) -> LineCounts {
+        self.count_rules();
+        let counts = std::mem::take(&mut self.counts);
+        if let Some(read) = self.read_here.as_ref().filter(|_| counts.lines > 0) {
+            read.fetch_add(counts.lines, Relaxed);
+        }
+        counts
     }
 
     /// The counts that go with a batch: with a spool, all of them (its writer counts them once
@@ -250,8 +266,7 @@ impl Pipeline {
     /// The lines are counted as read (`lines`) as they are handed over, or, with a spool, by
     /// the spool's writer once it has their records: a line that was counted survives a kill.
     pub async fn flush(&mut self) -> bool {
-        self.count_rules();
-        let counts = std::mem::take(&mut self.counts);
+        let counts = self.take_counts();
         if self.batch.is_empty() {
             self.shared.metrics.add_lines(&counts);
             return true;

@@ -965,3 +965,14 @@ pub fn proxied_broker(prefix: &str) -> (Proxy, Tansu, String, String) {
     create_topics(&proxy.addr(), &[&topic]);
     (proxy, tansu, topic, target)
 }
+
+/// Resident memory of a process, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}

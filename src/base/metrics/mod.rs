@@ -162,6 +162,8 @@ pub struct Metrics {
     /// Line read → Kafka acknowledgement, in milliseconds.
     pub latency: Histogram,
     topics: Mutex<HashMap<String, Arc<TopicCounters>>>,
+    /// Lines read by each listener, by its bound address.
+    listeners: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     queues: std::sync::OnceLock<[Gauge; 2]>,
     /// Every rule's label and matches, read from the rules in use.
     rules: std::sync::OnceLock<Labelled>,
@@ -239,6 +241,21 @@ impl Metrics {
             Some(t) => t.clone(),
             None => topics.entry(topic.to_string()).or_default().clone(),
         }
+    }
+
+    /// The count of lines read by the listener bound to `address`, created on first use.
+    pub fn listener(&self, address: &str) -> Arc<AtomicU64> {
+        lock(&self.listeners)
+            .entry(address.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub(super) fn listener_lines(&self) -> Vec<(String, u64)> {
+        lock(&self.listeners)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.load(Relaxed)))
+            .collect()
     }
 
     /// `n` records for the topic of `t` were handed to librdkafka.

@@ -428,7 +428,7 @@ pub static COUNTERS: [Counter; 55] = [
 ];
 
 /// Every labelled family of values (see [`COUNTERS`]).
-pub static FAMILIES: [Family; 7] = [
+pub static FAMILIES: [Family; 8] = [
     Family {
         prefix: "kafka.submitted",
         suffix: "",
@@ -485,5 +485,13 @@ pub static FAMILIES: [Family; 7] = [
         label_name: "rule",
         help: "Messages each rule matched, by the rule's name (or its index when it has none); kept across reloads for the rules that stayed the same.",
         read: |m| m.rules_matched(),
+    },
+    Family {
+        prefix: "listener",
+        suffix: ".lines",
+        prometheus: "listener_lines_total",
+        label_name: "listener",
+        help: "Lines read by each listener, by the address it is bound to; a UDP datagram dropped for a full outbox counts too.",
+        read: |m| m.listener_lines(),
     },
 ];

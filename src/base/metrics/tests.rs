@@ -60,6 +60,7 @@ fn busy() -> Metrics {
     m.watch_queues(Arc::new(|| 5), Arc::new(|| 6));
     m.watch_rules(Arc::new(|| vec![("errors".into(), 4), ("1".into(), 2)]));
     m.watch_udp_kernel(Arc::new(|| 3));
+    m.listener("127.0.0.1:514").fetch_add(7, Relaxed);
     m
 }
 
