@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, FutureExt};
-use smol::net::{TcpListener, TcpStream, UdpSocket};
+use smol::net::{TcpListener, TcpStream};
+use smol::Async;
+use std::net::UdpSocket;
 
 use crate::base::runtime;
 use crate::base::shutdown::Shutdown;
@@ -31,7 +33,7 @@ use udp::*;
 enum Socket {
     /// TCP, with TLS when there is an acceptor.
     Stream(TcpListener, Option<Arc<Acceptor>>),
-    Udp(UdpSocket),
+    Udp(Async<UdpSocket>),
 }
 
 /// A bound listener, ready to serve.
@@ -149,8 +151,11 @@ impl Listener {
         };
         let socket = match &l.protocol {
             Protocol::Udp => {
-                let socket = UdpSocket::bind(address.as_str())
+                // Resolving a name (`localhost`) reads /etc/hosts: off the executor.
+                let at = address.clone();
+                let socket = smol::unblock(move || UdpSocket::bind(at))
                     .await
+                    .and_then(Async::new)
                     .map_err(bind_error)?;
                 // Room for a burst while the executor is busy elsewhere: the kernel drops
                 // what does not fit, and counts it (`udp.kernel_dropped`).
@@ -176,7 +181,7 @@ impl Listener {
         // The address really bound (port 0 picks a free one).
         let bound = match &socket {
             Socket::Stream(t, _) => t.local_addr(),
-            Socket::Udp(u) => u.local_addr(),
+            Socket::Udp(u) => u.get_ref().local_addr(),
         };
         let local: Arc<str> = match bound {
             Ok(a) => a.to_string().into(),

@@ -1,12 +1,18 @@
 //! A UDP listener: each datagram one message, through the same pipeline; it cannot push back,
 //! so what the outbox has no room for is dropped and counted (`udp.dropped`).
 
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd as _;
+
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
 use super::*;
 
 /// One message per datagram (RFC 5426). UDP cannot push back: when the publisher's queue is full
-/// the datagram is dropped and counted in `udp.dropped`.
+/// the datagram is dropped and counted in `udp.dropped`. Datagrams are read [`BATCH`] at a time
+/// with one system call (`recvmmsg`).
 pub(super) async fn udp(
-    socket: UdpSocket,
+    socket: Async<UdpSocket>,
     shared: Arc<Shared>,
     origin: Origin,
     max: usize,
@@ -15,22 +21,26 @@ pub(super) async fn udp(
     let metrics = shared.metrics.clone();
     let mut pipeline = Pipeline::new(shared, origin);
     // One byte more than the limit tells a datagram that was cut.
-    let mut buf = vec![0u8; max.max(1) + 1];
+    let mut datagrams = Datagrams::new(max.max(1) + 1);
+    let mut peer: Option<SocketAddr> = None;
+    let mut since_yield = 0;
     loop {
         // Datagrams are batched like lines read from a stream; a batch waits at most
         // UDP_LINGER for more before it goes to the publisher.
         let pending = pipeline.has_pending();
         let received = shutdown
-            .unless(async { Some(socket.recv_from(&mut buf).await) }.or(async {
-                if pending {
-                    smol::Timer::after(UDP_LINGER).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-                None
-            }))
+            .unless(
+                async { Some(socket.read_with(|s| datagrams.receive(s)).await) }.or(async {
+                    if pending {
+                        smol::Timer::after(UDP_LINGER).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                    None
+                }),
+            )
             .await;
-        let (n, peer) = match received {
+        let count = match received {
             None => {
                 udp_flush(&mut pipeline, &metrics);
                 return;
@@ -39,22 +49,101 @@ pub(super) async fn udp(
                 udp_flush(&mut pipeline, &metrics);
                 continue;
             }
-            Some(Some(Ok(r))) => r,
+            Some(Some(Ok(n))) => n,
             Some(Some(Err(e))) => {
                 throttle::UDP_RECEIVE.warn(format_args!("udp receive failed: {e}"));
                 continue;
             }
         };
-        let Some((data, truncated)) = hotdog_stages::frame::lines::datagram(&buf[..n], max) else {
-            continue;
-        };
-        pipeline.origin_mut().peer_addr = Some(peer.to_string());
+        // Read by one call: one time for all.
         pipeline.stamp();
-        pipeline.frame(data, truncated);
-        if pipeline.batch_full() {
-            udp_flush(&mut pipeline, &metrics);
+        for i in 0..count {
+            let (bytes, from) = datagrams.get(i);
+            let Some((data, truncated)) = hotdog_stages::frame::lines::datagram(bytes, max) else {
+                continue;
+            };
+            // Most datagrams come from the sender before: its address is written once.
+            if from != peer {
+                peer = from;
+                pipeline.origin_mut().peer_addr = from.map(|a| a.to_string());
+            }
+            pipeline.frame(data, truncated);
+            if pipeline.batch_full() {
+                udp_flush(&mut pipeline, &metrics);
+            }
+        }
+        // A flood is always ready to read: give the other tasks their turn now and then.
+        since_yield += count;
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            smol::future::yield_now().await;
         }
     }
+}
+
+/// Datagrams read with one system call at most.
+const BATCH: usize = 32;
+/// Datagrams handled between two cooperative yields.
+const YIELD_EVERY: usize = 256;
+
+/// Room for [`BATCH`] datagrams and what `recvmmsg` said of each.
+struct Datagrams {
+    /// `BATCH` slots of `slot` bytes (zeroed lazily by the kernel: a slot's pages are only
+    /// touched as far as its datagrams reach).
+    buf: Vec<u8>,
+    slot: usize,
+    /// The length and sender of each datagram of the last read.
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl Datagrams {
+    fn new(slot: usize) -> Datagrams {
+        Datagrams {
+            buf: vec![0u8; slot * BATCH],
+            slot,
+            got: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Reads the datagrams waiting, up to [`BATCH`], without waiting for any: how many.
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        let mut slices: Vec<[IoSliceMut; 1]> = self
+            .buf
+            .chunks_mut(self.slot)
+            .map(|s| [IoSliceMut::new(s)])
+            .collect();
+        // Made for each call: they hold raw pointers, which a task that moves between threads
+        // may not keep across an await.
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let read = recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        self.got.clear();
+        for m in read {
+            self.got
+                .push((m.bytes, m.address.and_then(|a| std_address(&a))));
+        }
+        Ok(self.got.len())
+    }
+
+    /// The bytes and sender of datagram `i` of the last read.
+    fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        let (len, from) = self.got[i];
+        let at = i * self.slot;
+        (&self.buf[at..at + len.min(self.slot)], from)
+    }
+}
+
+fn std_address(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// How long a UDP batch waits for more datagrams.
@@ -80,7 +169,7 @@ const RECEIVE_BUFFER: usize = 8 << 20;
 /// Asks the kernel for a receive buffer for `socket` (`asked`, or [`RECEIVE_BUFFER`]), says so
 /// when it gives less than the operator asked for (`net.core.rmem_max` caps what a process may
 /// ask for), and notes the socket so that what the kernel drops for it is counted.
-pub(super) fn tune(socket: &UdpSocket, asked: Option<usize>, name: &str) {
+pub(super) fn tune(socket: &Async<UdpSocket>, asked: Option<usize>, name: &str) {
     let bytes = asked.unwrap_or(RECEIVE_BUFFER);
     let sock = socket2::SockRef::from(socket);
     if let Err(e) = sock.set_recv_buffer_size(bytes) {
@@ -105,8 +194,7 @@ pub(super) fn tune(socket: &UdpSocket, asked: Option<usize>, name: &str) {
 }
 
 /// The inode of `socket`, from its `/proc/self/fd` link (`socket:[INODE]`).
-fn inode(socket: &UdpSocket) -> Option<u64> {
-    use std::os::fd::AsRawFd as _;
+fn inode(socket: &Async<UdpSocket>) -> Option<u64> {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).ok()?;
     link.to_str()?
         .strip_prefix("socket:[")?
@@ -153,6 +241,39 @@ fn drops(table: &str, inodes: &[u64]) -> Vec<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_are_read_a_batch_at_a_time_with_their_senders_and_cut_to_the_slot() {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = socket.local_addr().expect("address");
+        let (a, b) = (
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+            UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        );
+        for i in 0..40 {
+            let sender = if i % 2 == 0 { &a } else { &b };
+            let text = if i == 5 {
+                "x".repeat(100)
+            } else {
+                format!("<13>datagram {i}")
+            };
+            sender.send_to(text.as_bytes(), to).expect("send");
+        }
+        let mut d = Datagrams::new(17);
+        // Loopback delivers at once: 40 are waiting, read 32 and then 8.
+        assert_eq!(d.receive(&socket).expect("read"), BATCH);
+        assert_eq!(d.get(0), (&b"<13>datagram 0"[..], a.local_addr().ok()));
+        assert_eq!(d.get(1), (&b"<13>datagram 1"[..], b.local_addr().ok()));
+        // Longer than its slot: cut to it, which tells the framer it was cut.
+        assert_eq!(d.get(5).0, "x".repeat(17).as_bytes());
+        assert_eq!(d.receive(&socket).expect("read"), 8);
+        assert_eq!(d.get(7).0, b"<13>datagram 39");
+        // Nothing left: the socket would block, which the caller waits on.
+        let e = d.receive(&socket).expect_err("nothing to read");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+    }
+
     #[test]
     fn drops_are_read_for_the_sockets_asked_of() {
         let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
