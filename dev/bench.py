@@ -388,6 +388,20 @@ def udp_kernel_drops(port):
     return None
 
 
+UDP_SIZE = 0
+
+
+def udp_datagrams(n):
+    """The bench lines as datagrams, each padded to at least UDP_SIZE bytes (--udp-size)."""
+    out = []
+    for l in lines(n):
+        d = l.encode()
+        if len(d) < UDP_SIZE:
+            d += b" " + b"x" * (UDP_SIZE - len(d) - 1)
+        out.append(d)
+    return out
+
+
 def send_udp(port, datagrams, rate):
     """Sends `datagrams` to 127.0.0.1:`port` at `rate` a second, paced every 100 (bursts of
     1,000 overflow a receive buffer of the kernel's default size at any rate)."""
@@ -437,7 +451,7 @@ def run_udp(broker, n, rate, workdir, global_extra="", label="", binary=None):
         f"{global_extra}  status:\n    port: {status}\n"
         f"rules:\n{FORWARD_ALL.replace('TOPIC', topic)}", status, status, binary)
 
-    datagrams = [l.encode() for l in lines(n)]
+    datagrams = udp_datagrams(n)
     time.sleep(0.5)
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
@@ -467,7 +481,7 @@ def run_rsyslog_udp(broker, n, rate, workdir):
     """rsyslog's imudp -> omkafka on the same datagrams; timed to its CPU going idle."""
     p, port, topic = start_rsyslog(broker, workdir, "imudp")
     time.sleep(0.5)
-    datagrams = [l.encode() for l in lines(n)]
+    datagrams = udp_datagrams(n)
     cpu0 = cpu_seconds(p.pid)
     t0 = time.time()
     send_udp(port, datagrams, rate)
@@ -704,9 +718,13 @@ def main():
                          "only and with a spool, rsyslog imudp unless --hotdog-only)")
     ap.add_argument("--udp-seconds", type=int, default=5, metavar="S",
                     help="how long each UDP row sends (R x S datagrams)")
+    ap.add_argument("--udp-size", type=int, default=0, metavar="BYTES",
+                    help="pad each UDP datagram to at least BYTES (the bench lines are 100-130)")
     ap.add_argument("--tansu", default="tansu")
     ap.add_argument("--librdkafka", required=True, help="folder holding a librdkafka.so.1 >= 2.1")
     args = ap.parse_args()
+    global UDP_SIZE
+    UDP_SIZE = args.udp_size
     if args.hotdog:
         global HOTDOG
         HOTDOG = os.path.abspath(args.hotdog)
@@ -802,6 +820,10 @@ def main():
                         rows.append(run_rsyslog_udp(broker, m, rate, work))
                     broker.restart()
                     rows.append(run_udp(broker, m, rate, work))
+                    if args.baseline:
+                        broker.restart()
+                        rows.append(run_udp(broker, m, rate, work, label=" baseline",
+                                            binary=args.baseline))
                     if not args.no_spool_rows:
                         broker.restart()
                         with tempfile.TemporaryDirectory(dir=args.spool_dir) as spool:

@@ -5,9 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::util::{consume_all, fresh_topic, run_hotdog, send_lines, Hotdog, HOTDOG};
+use crate::util::{consume_all, fresh_topic, keep_sending, run_hotdog, Hotdog, HOTDOG};
 
 fn rules(topic: &str) -> String {
     format!(
@@ -15,25 +14,6 @@ fn rules(topic: &str) -> String {
          topic: '{topic}'\n        key: '{{{{seq}}}}'\n  - name: rest\n    regex: 'seq=(?P<seq>\\d+)'\n    \
          actions:\n      - type: forward\n        topic: '{topic}'\n        key: '{{{{seq}}}}'\n"
     )
-}
-
-/// Sends lines (every third an error) in batches of 30 until `stop`: how many were sent.
-fn keep_sending(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
-    std::thread::spawn(move || {
-        let mut sent = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let lines: Vec<String> = (sent..sent + 30)
-                .map(|i| match i % 3 {
-                    0 => format!("<11>host app: error seq={i}"),
-                    _ => format!("<13>host app: fine seq={i}"),
-                })
-                .collect();
-            send_lines(&addr, &lines);
-            sent += 30;
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        sent
-    })
 }
 
 #[test]

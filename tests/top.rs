@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::util::{config_yaml, free_port, fresh_topic, send_lines, wait_until, Hotdog, HOTDOG};
+use crate::util::{config_yaml, free_port, fresh_topic, keep_sending, wait_until, Hotdog, HOTDOG};
 
 /// A tmux server of this test's own, ended when dropped.
 struct Tmux {
@@ -93,23 +93,7 @@ fn top_shows_live_figures_per_listener_rule_and_topic_and_sorts_and_filters() {
     let hotdog = Hotdog::start_config(&config_yaml(broker, "", &rules));
     let stop = Arc::new(AtomicBool::new(false));
     // About 1,500 lines/s, one in three an error, until the test is done.
-    let sender = {
-        let (addr, stop) = (hotdog.addr(), stop.clone());
-        std::thread::spawn(move || {
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let lines: Vec<String> = (sent..sent + 30)
-                    .map(|i| match i % 3 {
-                        0 => format!("<11>host app: error seq={i}"),
-                        _ => format!("<13>host app: fine seq={i}"),
-                    })
-                    .collect();
-                send_lines(&addr, &lines);
-                sent += 30;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let sender = keep_sending(hotdog.addr(), stop.clone());
     let listener = hotdog.addr();
     let top = Tmux::top("top", &format!("http://127.0.0.1:{}", hotdog.status_port));
 

@@ -976,3 +976,25 @@ pub fn rss(pid: u32) -> u64 {
         .expect("VmRSS")
         * 1024
 }
+
+/// Sends lines (every third an error) in batches of 30 until `stop`: how many were sent.
+pub fn keep_sending(
+    addr: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let lines: Vec<String> = (sent..sent + 30)
+                .map(|i| match i % 3 {
+                    0 => format!("<11>host app: error seq={i}"),
+                    _ => format!("<13>host app: fine seq={i}"),
+                })
+                .collect();
+            send_lines(&addr, &lines);
+            sent += 30;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sent
+    })
+}
