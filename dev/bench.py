@@ -436,7 +436,7 @@ def udp_row(name, n, seconds, cpu, rss, records, present, counted, judged):
     return r
 
 
-def run_udp(broker, n, rate, workdir, global_extra="", label="", binary=None):
+def run_udp(broker, n, rate, workdir, global_extra="", label="", binary=None, suffix=""):
     """hotdog with one UDP listener (default settings), `n` datagrams sent at `rate` a second
     from another process. lines/s is what arrived over the time from the first datagram sent
     to the last record delivered."""
@@ -473,7 +473,7 @@ def run_udp(broker, n, rate, workdir, global_extra="", label="", binary=None):
     p.terminate()
     p.wait()
     records, present = broker.count(topic, n)
-    return udp_row(f"hotdog UDP{label} at {rate:,}/s", n, t1 - t0, cpu, rss, records, present,
+    return udp_row(f"hotdog UDP{label} at {rate:,}/s{suffix}", n, t1 - t0, cpu, rss, records, present,
                    counted, True)
 
 
@@ -822,8 +822,8 @@ def main():
                     rows.append(run_udp(broker, m, rate, work))
                     if args.baseline:
                         broker.restart()
-                        rows.append(run_udp(broker, m, rate, work, label=" baseline",
-                                            binary=args.baseline))
+                        rows.append(run_udp(broker, m, rate, work, binary=args.baseline,
+                                            suffix=" baseline"))
                     if not args.no_spool_rows:
                         broker.restart()
                         with tempfile.TemporaryDirectory(dir=args.spool_dir) as spool:
@@ -959,9 +959,10 @@ def main():
         # Every row run with both binaries: this build's CPU and lines/s against the baseline's.
         for r in rows:
             name = r["name"]
-            if " baseline" in name or name.replace(" (", " baseline (", 1) not in by:
+            twin = name.replace(" (", " baseline (", 1) if " (" in name else name + " baseline"
+            if " baseline" in name or twin not in by:
                 continue
-            b = by[name.replace(" (", " baseline (", 1)]
+            b = by[twin]
             print(f"this build / baseline, {name}: CPU "
                   f"{r['cpu_per_million'] / b['cpu_per_million']:.2f}x"
                   f"{per_run(name, b['name'])}, lines/s {r['lines_per_s'] / b['lines_per_s']:.2f}x")
