@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::base::metrics::Metrics;
 use hotdog_stages::core::{Origin, Record};
+use hotdog_stages::route::Rules;
 
 /// Taps open at once; one more is refused.
 pub const MAX_TAPS: usize = 8;
@@ -49,7 +50,7 @@ pub struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_cn: Option<&'a str>,
     /// The rules that matched, in order.
-    pub rules: Vec<Cow<'a, str>>,
+    pub rules: Labels<'a>,
     /// `routed` (a record was made: it goes to Kafka) or `unrouted` (no rule forwarded it).
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,6 +62,29 @@ pub struct Event<'a> {
     /// The record's payload (invalid UTF-8 replaced; `otlp_proto` shows as such).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Payload<'a>>,
+}
+
+/// The rules a frame matched: given as labels, or as indexes into the rules in use, whose labels
+/// (the index itself for a rule without a name) are only made for an event a filter keeps.
+pub enum Labels<'a> {
+    Given(Vec<Cow<'a, str>>),
+    Of(&'a Rules, &'a [usize]),
+}
+
+impl Labels<'_> {
+    fn each(&self) -> impl Iterator<Item = Cow<'_, str>> {
+        let (given, of) = match self {
+            Labels::Given(v) => (Some(v.iter().map(|l| Cow::Borrowed(l.as_ref()))), None),
+            Labels::Of(rules, matched) => (None, Some(matched.iter().map(|i| rules.label(*i)))),
+        };
+        given.into_iter().flatten().chain(of.into_iter().flatten())
+    }
+}
+
+impl Serialize for Labels<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.each())
+    }
 }
 
 /// A record's headers, written as `[name, value]` pairs.
@@ -94,7 +118,7 @@ impl<'a> Event<'a> {
     pub fn new(
         line: &'a str,
         origin: &'a Origin,
-        rules: Vec<Cow<'a, str>>,
+        rules: Labels<'a>,
         record: Option<&'a Record>,
     ) -> Event<'a> {
         Event {
@@ -121,7 +145,7 @@ impl Filter {
     fn keeps(&self, e: &Event<'_>) -> bool {
         self.rule
             .as_ref()
-            .is_none_or(|r| e.rules.iter().any(|m| m == r))
+            .is_none_or(|r| e.rules.each().any(|m| m == r.as_str()))
             && self.topic.as_deref().is_none_or(|t| e.topic == Some(t))
             && self
                 .source
@@ -203,7 +227,7 @@ mod tests {
         Event::new(
             line,
             origin,
-            rules.iter().map(|r| Cow::Borrowed(*r)).collect(),
+            Labels::Given(rules.iter().map(|r| Cow::Borrowed(*r)).collect()),
             record,
         )
     }

@@ -19,6 +19,8 @@ use crate::base::tap::{Filter, Taps};
 
 /// How long a tap runs without `seconds`.
 pub const DEFAULT_TIME: Duration = Duration::from_secs(60);
+/// Events that come within this long of the first of them are written together.
+const GATHER: Duration = Duration::from_millis(100);
 /// The longest a tap runs.
 pub const MAX_TIME: Duration = Duration::from_secs(3600);
 
@@ -81,19 +83,41 @@ pub fn open(taps: &Taps, request: Request) -> Result<(TapBody, Instant), String>
     let until = Instant::now() + request.time;
     let left = request.limit.unwrap_or(u64::MAX);
     let stream = futures_lite::stream::unfold(
-        (events, smol::Timer::at(until), left),
-        |(events, mut timer, left)| async move {
-            if left == 0 {
+        (events, smol::Timer::at(until), left, false),
+        |(events, mut timer, left, over)| async move {
+            if left == 0 || over {
                 return None;
             }
-            let next = async { events.recv().await.ok() }
+            let first = async { events.recv().await.ok() }
                 .or(async {
                     (&mut timer).await;
                     None
                 })
                 .await?;
-            let frame = Frame::data(Bytes::from(next + "\n"));
-            Some((Ok(frame), (events, timer, left - 1)))
+            // What comes over the next moment goes out in the same write: a write (and a
+            // wake-up of the status server's thread) per event cost more than the tap itself.
+            let over = async {
+                smol::Timer::after(GATHER).await;
+                false
+            }
+            .or(async {
+                (&mut timer).await;
+                true
+            })
+            .await;
+            let mut chunk = first;
+            chunk.push('\n');
+            let mut taken = 1;
+            while taken < left {
+                let Ok(event) = events.try_recv() else {
+                    break;
+                };
+                chunk.push_str(&event);
+                chunk.push('\n');
+                taken += 1;
+            }
+            let frame = Frame::data(Bytes::from(chunk));
+            Some((Ok(frame), (events, timer, left - taken, over)))
         },
     );
     Ok((StreamBody::new(Box::pin(stream)), until))
@@ -165,6 +189,56 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::metrics::Metrics;
+    use crate::base::tap::{Event, Labels};
+    use http_body_util::BodyExt;
+
+    /// The lines a tap's body streams for a `query` when `n` frames are offered, and in how
+    /// many writes.
+    fn streamed(query: &str, n: usize) -> (Vec<String>, usize) {
+        let taps = Taps::default();
+        let (mut body, _) = open(&taps, parse(Some(query)).expect("query")).expect("open");
+        let (metrics, origin) = (Metrics::new(), hotdog_stages::core::Origin::default());
+        for i in 0..n {
+            let line = format!("frame {i}");
+            taps.offer(
+                &Event::new(&line, &origin, Labels::Given(Vec::new()), None),
+                &metrics,
+            );
+        }
+        let mut writes = Vec::new();
+        smol::block_on(async {
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.expect("frame").into_data() {
+                    writes.push(String::from_utf8_lossy(&data).into_owned());
+                }
+            }
+        });
+        let lines = writes
+            .iter()
+            .flat_map(|w| w.lines())
+            .map(String::from)
+            .collect();
+        (lines, writes.len())
+    }
+
+    #[test]
+    fn events_that_come_together_go_out_in_one_write_within_the_limit_and_the_time() {
+        // 8 waiting, a limit of 5: one write of 5, and the tap ends there.
+        let (lines, writes) = streamed("limit=5&seconds=5", 8);
+        assert_eq!((lines.len(), writes), (5, 1), "{lines:?}");
+        assert!(lines[0].contains("\"line\":\"frame 0\""), "{}", lines[0]);
+        assert!(lines[4].contains("frame 4"), "{}", lines[4]);
+        // No limit: what came is written, and the tap ends at its time.
+        let started = Instant::now();
+        let (lines, writes) = streamed("seconds=1", 3);
+        assert_eq!((lines.len(), writes), (3, 1), "{lines:?}");
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_secs(1)..Duration::from_secs(3)).contains(&took),
+            "{took:?}"
+        );
+    }
 
     #[test]
     fn the_query_is_read_and_a_bad_one_says_what_is_wrong() {

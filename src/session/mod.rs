@@ -10,6 +10,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::base::metrics::{LineCounts, Metrics};
 use crate::base::shutdown::Shutdown;
+use crate::base::tap::Labels;
 use crate::publish::Outbox;
 use hotdog_stages::core::Origin;
 use hotdog_stages::core::{Awaited, Batch, Standing};
@@ -173,10 +174,7 @@ impl Pipeline {
     /// Offers the frame just routed to the open taps: its text, the rules it matched (those
     /// `matched` got from `matched_before` on) and the record made of it, when `made`.
     fn tap(&self, text: &str, matched_before: usize, made: bool) {
-        let rules = self.matched[matched_before..]
-            .iter()
-            .map(|i| self.rules.label(*i))
-            .collect();
+        let rules = Labels::Of(&self.rules, &self.matched[matched_before..]);
         let record = if made { self.batch.last() } else { None };
         let event = crate::base::tap::Event::new(text, &self.origin, rules, record);
         self.shared.taps.offer(&event, &self.shared.metrics);
