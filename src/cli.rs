@@ -64,15 +64,11 @@ pub enum Command {
     /// Print the frames a running hotdog routes as they come, one JSON object per line (the
     /// line, its source, the rules that matched, topic, key, headers, payload, and whether it
     /// was routed), from its status server's /tap: found from -c CONFIG (`global.status`, its
-    /// `token_file`), or given with --url. Exits after --limit events or --duration.
+    /// `token_file`, HTTPS with its `tls`), or given with --url. Exits after --limit events or
+    /// --duration.
     Tap {
-        /// The status server, `http://HOST:PORT`, instead of the configuration's.
-        #[arg(long)]
-        url: Option<String>,
-        /// A file holding the status server's bearer token (default: the configuration's
-        /// `global.status.token_file`, when --url is not given).
-        #[arg(long, value_hint = clap::ValueHint::FilePath)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        status: StatusArgs,
         /// Only frames this rule (its name, or its index) matched.
         #[arg(long)]
         rule: Option<String>,
@@ -100,13 +96,8 @@ pub enum Command {
     /// lost by reason. `s` changes the order, `/` filters by name, `q` quits. The status server
     /// is found as for `hotdog tap`.
     Top {
-        /// The status server, `http://HOST:PORT`, instead of the configuration's.
-        #[arg(long)]
-        url: Option<String>,
-        /// A file holding the status server's bearer token (default: the configuration's
-        /// `global.status.token_file`, when --url is not given).
-        #[arg(long, value_hint = clap::ValueHint::FilePath)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        status: StatusArgs,
     },
     /// Look into a spool without changing it (it may be in use).
     Spool {
@@ -115,15 +106,35 @@ pub enum Command {
     },
 }
 
+/// How `hotdog tap` and `hotdog top` reach a running hotdog's status server.
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// The status server, `http://HOST:PORT` or `https://HOST:PORT`, instead of the
+    /// configuration's.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// A file holding the status server's bearer token (default: the configuration's
+    /// `global.status.token_file`, when --url is not given).
+    #[arg(long, value_hint = clap::ValueHint::FilePath)]
+    pub token_file: Option<PathBuf>,
+    /// Over HTTPS: the CA certificate that signed the status server's certificate (default:
+    /// the configuration's `global.status.tls.ca`, when --url is not given).
+    #[arg(long, value_hint = clap::ValueHint::FilePath)]
+    pub ca: Option<PathBuf>,
+    /// Over HTTPS: a client certificate to present (with --key), which authenticates where the
+    /// status server's `tls.ca` vouches for it.
+    #[arg(long, requires = "key", value_hint = clap::ValueHint::FilePath)]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert.
+    #[arg(long, requires = "cert", value_hint = clap::ValueHint::FilePath)]
+    pub key: Option<PathBuf>,
+}
+
 impl Command {
-    /// For the commands that ask a running hotdog's status server (`tap`, `top`): the server
-    /// given with `--url` (`None`: the configuration's) and the token file given.
-    pub fn asks_status(&self) -> Option<(Option<&str>, Option<&std::path::Path>)> {
+    /// For the commands that ask a running hotdog's status server (`tap`, `top`): how.
+    pub fn asks_status(&self) -> Option<&StatusArgs> {
         match self {
-            Command::Tap {
-                url, token_file, ..
-            }
-            | Command::Top { url, token_file } => Some((url.as_deref(), token_file.as_deref())),
+            Command::Tap { status, .. } | Command::Top { status } => Some(status),
             _ => None,
         }
     }

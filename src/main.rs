@@ -29,8 +29,10 @@ fn main() -> ExitCode {
     {
         return inspect(dir);
     }
-    if let Some((Some(url), given)) = cli.command.as_ref().and_then(|c| c.asks_status()) {
-        return ask_running(&cli, url, given);
+    if let Some(asked) = cli.command.as_ref().and_then(|c| c.asks_status()) {
+        if let Some(url) = &asked.url {
+            return ask_running(&cli, url, asked.token_file.as_deref(), asked.ca.as_deref());
+        }
     }
     let config = match Config::load(&cli.config, &hotdog::control::outside()) {
         Ok(c) => c,
@@ -55,23 +57,24 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some((_, given)) = cli.command.as_ref().and_then(|c| c.asks_status()) {
+    if let Some(asked) = cli.command.as_ref().and_then(|c| c.asks_status()) {
         let Some(status) = &config.global.status else {
             eprintln!("hotdog: {file} has no global.status; give the status server with --url");
             return ExitCode::from(EXIT_CONFIG);
         };
-        if status.tls.is_some() {
-            eprintln!("hotdog: hotdog tap and top do not speak TLS to the status server yet");
-            return ExitCode::from(EXIT_FAILURE);
-        }
         // A server on every address is reached on this host's loopback.
         let host = match status.address.as_str() {
             "0.0.0.0" => "127.0.0.1",
             "::" | "[::]" => "[::1]",
             other => other,
         };
-        let url = format!("http://{host}:{}", status.port);
-        return ask_running(&cli, &url, given.or(status.token_file.as_deref()));
+        let (scheme, ca) = match &status.tls {
+            Some(tls) => ("https", asked.ca.as_deref().or(tls.ca.as_deref())),
+            None => ("http", asked.ca.as_deref()),
+        };
+        let url = format!("{scheme}://{host}:{}", status.port);
+        let token_file = asked.token_file.as_deref().or(status.token_file.as_deref());
+        return ask_running(&cli, &url, token_file, ca);
     }
     if let Some(Command::Replay { file, json }) = &cli.command {
         return replay_file(&config, file, *json);
@@ -125,12 +128,30 @@ fn check(config: &Config, file: &str, strict: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `hotdog tap` and `hotdog top`: ask the status server at `url` (`http://HOST:PORT`), with the
-/// token in `token_file`.
-fn ask_running(cli: &Cli, url: &str, token_file: Option<&std::path::Path>) -> ExitCode {
-    let Some(address) = url.strip_prefix("http://").map(|a| a.trim_end_matches('/')) else {
-        eprintln!("hotdog: --url must be http://HOST:PORT, found {url}");
-        return ExitCode::from(EXIT_CONFIG);
+/// `hotdog tap` and `hotdog top`: ask the status server at `url` (`http://HOST:PORT` or
+/// `https://HOST:PORT`, whose certificate `ca` vouches for), with the token in `token_file`.
+fn ask_running(
+    cli: &Cli,
+    url: &str,
+    token_file: Option<&std::path::Path>,
+    ca: Option<&std::path::Path>,
+) -> ExitCode {
+    let identity = cli
+        .command
+        .as_ref()
+        .and_then(|c| c.asks_status())
+        .and_then(|a| a.cert.as_deref().zip(a.key.as_deref()));
+    let tls = || {
+        let ca =
+            ca.ok_or("an https status server needs --ca FILE, the CA that signed its certificate")?;
+        hotdog::listen::tls::client_config(ca, identity)
+    };
+    let server = match hotdog::control::client::Server::of(url, tls) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hotdog: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let token = match token_file.map(config::read_secret) {
         None => None,
@@ -141,7 +162,7 @@ fn ask_running(cli: &Cli, url: &str, token_file: Option<&std::path::Path>) -> Ex
         }
     };
     let asked = match &cli.command {
-        Some(Command::Top { .. }) => hotdog::control::top::run(address, token.as_deref()),
+        Some(Command::Top { .. }) => hotdog::control::top::run(&server, token.as_deref()),
         Some(Command::Tap {
             rule,
             topic,
@@ -164,7 +185,7 @@ fn ask_running(cli: &Cli, url: &str, token_file: Option<&std::path::Path>) -> Ex
             let mut out = std::io::stdout().lock();
             runtime::block_on(
                 1,
-                hotdog::control::tap::follow(address, token.as_deref(), &ask, &mut out),
+                hotdog::control::tap::follow(&server, token.as_deref(), &ask, &mut out),
             )
             .map(|n| eprintln!("hotdog: {n} events"))
         }

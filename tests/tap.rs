@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::util::{consume_all, fresh_topic, keep_sending, run_hotdog, Hotdog, HOTDOG};
+use crate::util::{cert_path, consume_all, fresh_topic, keep_sending, run_hotdog, Hotdog, HOTDOG};
 
 fn rules(topic: &str) -> String {
     format!(
@@ -115,4 +115,56 @@ fn tap_needs_the_token_where_the_status_server_has_one() {
         err.contains("400") && err.contains("`match` is not a regex"),
         "{err}"
     );
+}
+
+/// Over HTTPS: `hotdog tap -c` finds the server's CA in `global.status.tls.ca`, a client
+/// certificate that CA vouches for authenticates it, and without one the tap is refused (401).
+#[test]
+fn tap_speaks_tls_to_the_status_server_and_a_client_certificate_authenticates() {
+    let (broker, topic) = fresh_topic("taptls");
+    let port = crate::util::free_port();
+    let yaml = crate::util::config_yaml(broker, "", &rules(&topic)).replace(
+        "  status:\n    address: '127.0.0.1'\n    port: 0\n",
+        &format!(
+            "  status:\n    address: '127.0.0.1'\n    port: {port}\n    tls:\n      cert: '{}'\n      \
+             key: '{}'\n      ca: '{}'\n      client_auth: optional\n",
+            cert_path("server.pem"),
+            cert_path("server.key"),
+            cert_path("ca.pem")
+        ),
+    );
+    let hotdog = Hotdog::start_config(&yaml);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(hotdog.addr(), stop.clone());
+    let config = hotdog.config.display().to_string();
+    let (client, key) = (cert_path("client.pem"), cert_path("client.key"));
+    let tap = |extra: &[&str]| {
+        let mut args = vec!["tap", "-c", &config, "--rule", "errors", "--limit", "3"];
+        args.extend_from_slice(extra);
+        run_hotdog(&args)
+    };
+    let (code, out, err) = tap(&["--cert", &client, "--key", &key]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events.len(), 3, "{out}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["rules"] == serde_json::json!(["errors"])),
+        "{out}"
+    );
+    // No certificate and no token: the tap shows log records, so it is refused.
+    let (code, _, err) = tap(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401"), "{err}");
+    // An https URL without a CA to check the server against is a usage error.
+    let url = format!("https://127.0.0.1:{port}");
+    let (code, _, err) = run_hotdog(&["tap", "--url", &url, "--limit", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs --ca"), "{err}");
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
 }

@@ -1,10 +1,59 @@
 //! The commands that ask a running hotdog (`hotdog tap`, `hotdog top`): one `GET` to its status
-//! server over plain HTTP, with the bearer token where it has one.
+//! server over HTTP or HTTPS, with the bearer token where it has one.
 
+use std::sync::Arc;
+
+use futures_lite::{AsyncRead, AsyncWrite};
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
+use rustls::pki_types::ServerName;
 
 use crate::base::runtime;
+
+/// A status server: where it is, and the TLS to speak to it (HTTPS).
+pub struct Server {
+    /// `HOST:PORT`.
+    pub address: String,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Server {
+    /// The server of `url`, `http://HOST:PORT` or `https://HOST:PORT`; `tls` makes the client
+    /// configuration an `https` URL needs.
+    pub fn of(
+        url: &str,
+        tls: impl FnOnce() -> Result<Arc<rustls::ClientConfig>, String>,
+    ) -> Result<Server, String> {
+        let (address, secure) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(a), _) => (a, false),
+            (_, Some(a)) => (a, true),
+            _ => {
+                return Err(format!(
+                    "the status server's URL must be http://HOST:PORT or https://HOST:PORT, \
+                     found {url}"
+                ))
+            }
+        };
+        Ok(Server {
+            address: address.trim_end_matches('/').to_string(),
+            tls: if secure { Some(tls()?) } else { None },
+        })
+    }
+
+    /// The host part of the address, without the brackets of an IPv6 address: the name its
+    /// certificate must have.
+    fn host(&self) -> &str {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// A connection to the status server, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// An answer whose body is still to be read; the connection is driven until it is dropped.
 pub struct Answer {
@@ -38,13 +87,26 @@ impl Answer {
     }
 }
 
-/// `GET path` (with its query) from the status server at `address` (`HOST:PORT`).
-pub async fn get(address: &str, token: Option<&str>, path: &str) -> Result<Answer, String> {
+/// `GET path` (with its query) from `server`.
+pub async fn get(server: &Server, token: Option<&str>, path: &str) -> Result<Answer, String> {
+    let address = server.address.as_str();
     let stream = smol::net::TcpStream::connect(address)
         .await
         .map_err(|e| format!("cannot connect to the status server at {address}: {e}"))?;
+    let io: Box<dyn Io> = match &server.tls {
+        None => Box::new(stream),
+        Some(config) => {
+            let name = ServerName::try_from(server.host().to_string())
+                .map_err(|e| format!("{}: not a name to verify: {e}", server.host()))?;
+            let tls = futures_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS with the status server at {address}: {e}"))?;
+            Box::new(tls)
+        }
+    };
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(stream))
+        hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(io))
             .await
             .map_err(|e| format!("status server at {address}: {e}"))?;
     let driving = runtime::spawn(async move {
@@ -67,4 +129,25 @@ pub async fn get(address: &str, token: Option<&str>, path: &str) -> Result<Answe
         body: response.into_body(),
         _driving: driving,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_names_the_server_and_whether_it_speaks_tls() {
+        let none = || Err("no TLS asked for".to_string());
+        let plain = Server::of("http://127.0.0.1:8585/", none).expect("http");
+        assert_eq!(
+            (plain.address.as_str(), plain.tls.is_none()),
+            ("127.0.0.1:8585", true)
+        );
+        let e = Server::of("https://[::1]:8585", none).err();
+        assert_eq!(e.as_deref(), Some("no TLS asked for"));
+        let v6 = Server::of("http://[::1]:8585", none).expect("v6");
+        assert_eq!(v6.host(), "::1");
+        let e = Server::of("ftp://x:1", none).err().unwrap_or_default();
+        assert!(e.contains("http://HOST:PORT or https://HOST:PORT"), "{e}");
+    }
 }

@@ -158,18 +158,18 @@ impl Ask {
     }
 }
 
-/// `hotdog tap`: asks the status server at `address` (`HOST:PORT`, plain HTTP) for a tap and
+/// `hotdog tap`: asks the status `server` for a tap and
 /// writes its events to `out` as they come, until it ends (limit, duration) or the server
 /// closes. Returns how many events were written; an error says what went wrong (refused,
 /// 401, ...).
 pub async fn follow(
-    address: &str,
+    server: &crate::control::client::Server,
     token: Option<&str>,
     ask: &Ask,
     out: &mut impl std::io::Write,
 ) -> Result<u64, String> {
     use http_body_util::BodyExt;
-    let mut answer = crate::control::client::get(address, token, &format!("/tap?{}", ask.query()))
+    let mut answer = crate::control::client::get(server, token, &format!("/tap?{}", ask.query()))
         .await?
         .success()
         .await?;

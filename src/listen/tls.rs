@@ -83,6 +83,40 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// A client configuration for `hotdog tap` and `hotdog top` over HTTPS: it trusts the servers
+/// whose certificate `ca` vouches for, and presents `identity` (certificate and key files) when
+/// given.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key_file)) => {
+            let certs = read_certs(cert)?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&read(key_file, "a private key")?).map_err(|e| {
+                    format!("cannot read a private key from {}: {e}", key_file.display())
+                })?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                format!(
+                    "{} and {} do not make a usable certificate: {e}",
+                    cert.display(),
+                    key_file.display()
+                )
+            })?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// Whether the files `tls` names make a usable server configuration; for
 /// [`hotdog_stages::config::Config::load`], so that bad files are configuration errors with the others.
 pub fn check(tls: &Tls) -> Result<(), String> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 
-use crate::control::client;
+use crate::control::client::{self, Server};
 
 pub mod model;
 pub mod view;
@@ -19,21 +19,22 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// How long one reading may take before it counts as failed.
 const PATIENCE: Duration = Duration::from_secs(2);
 
-/// Shows the hotdog whose status server is at `address` (`HOST:PORT`) until the operator
+/// Shows the hotdog whose status server is `server` until the operator
 /// quits. An error is one of the terminal's; a status server that does not answer is shown on
 /// the screen and asked again.
-pub fn run(address: &str, token: Option<&str>) -> Result<(), String> {
+pub fn run(server: &Server, token: Option<&str>) -> Result<(), String> {
     let mut terminal = ratatui::try_init().map_err(|e| format!("cannot use the terminal: {e}"))?;
-    let shown = crate::base::runtime::block_on(1, show(&mut terminal, address, token));
+    let shown = crate::base::runtime::block_on(1, show(&mut terminal, server, token));
     ratatui::restore();
     shown
 }
 
 async fn show(
     terminal: &mut ratatui::DefaultTerminal,
-    address: &str,
+    server: &Server,
     token: Option<&str>,
 ) -> Result<(), String> {
+    let address = server.address.as_str();
     let mut choice = Choice::default();
     let mut before: Option<Reading> = None;
     let mut now: Option<Reading> = None;
@@ -42,7 +43,7 @@ async fn show(
     loop {
         if Instant::now() >= next {
             next = Instant::now() + REFRESH;
-            match read(address, token).await {
+            match read(server, token).await {
                 Ok(r) => {
                     before = now.replace(r);
                     trouble = None;
@@ -97,9 +98,10 @@ fn draw(
 }
 
 /// One reading of `/stats` and `/health`, or why there is none.
-async fn read(address: &str, token: Option<&str>) -> Result<Reading, String> {
+async fn read(server: &Server, token: Option<&str>) -> Result<Reading, String> {
+    let address = server.address.as_str();
     let asked = async {
-        let body = client::get(address, token, "/stats")
+        let body = client::get(server, token, "/stats")
             .await?
             .success()
             .await?
@@ -107,10 +109,7 @@ async fn read(address: &str, token: Option<&str>) -> Result<Reading, String> {
             .await?;
         let mut reading = Reading::parse(&body, Instant::now())?;
         // 503 says the broker is away: an answer to show, not a failure.
-        let health = client::get(address, token, "/health")
-            .await?
-            .bytes()
-            .await?;
+        let health = client::get(server, token, "/health").await?.bytes().await?;
         reading.health = String::from_utf8_lossy(&health)
             .lines()
             .next()
