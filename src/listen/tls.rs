@@ -41,24 +41,42 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// The private key in `path`: PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys are all recognized from
+/// their PEM labels.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_slice(&read(path, "a private key")?)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+}
+
+/// The CA certificates in `ca`, as the roots a peer's certificate is checked against.
+fn read_roots(ca: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+    }
+    Ok(roots)
+}
+
+fn unusable(cert: &Path, key: &Path, e: rustls::Error) -> String {
+    format!(
+        "{} and {} do not make a usable certificate: {e}",
+        cert.display(),
+        key.display()
+    )
+}
+
 /// Builds a server configuration from the files `tls` names. Reads the files every time, so that
 /// a reload sees new ones.
 pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(&tls.cert)?;
-    // PKCS#8, PKCS#1 (RSA) and SEC1 (EC) keys are all recognized from their PEM labels.
-    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key, "a private key")?)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", tls.key.display()))?;
+    let key = read_key(&tls.key)?;
     let builder = ServerConfig::builder();
     let builder = match &tls.ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
-            }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots));
+            let verifier = WebPkiClientVerifier::builder(Arc::new(read_roots(ca)?));
             let verifier = match tls.client_auth {
                 ClientAuth::Required => verifier,
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
@@ -69,13 +87,9 @@ pub fn server_config(tls: &Tls) -> Result<Arc<ServerConfig>, String> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| {
-        format!(
-            "{} and {} do not make a usable certificate: {e}",
-            tls.cert.display(),
-            tls.key.display()
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| unusable(&tls.cert, &tls.key, e))?;
     // No TLS 1.3 session tickets: syslog senders do not resume sessions, and a ticket the sender
     // never reads makes its kernel answer a plain close with a reset, which throws away the
     // lines still waiting in our receive buffer.
@@ -90,29 +104,12 @@ pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in read_certs(ca)? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let builder = rustls::ClientConfig::builder().with_root_certificates(read_roots(ca)?);
     let config = match identity {
         None => builder.with_no_client_auth(),
-        Some((cert, key_file)) => {
-            let certs = read_certs(cert)?;
-            let key =
-                PrivateKeyDer::from_pem_slice(&read(key_file, "a private key")?).map_err(|e| {
-                    format!("cannot read a private key from {}: {e}", key_file.display())
-                })?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                format!(
-                    "{} and {} do not make a usable certificate: {e}",
-                    cert.display(),
-                    key_file.display()
-                )
-            })?
-        }
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| unusable(cert, key, e))?,
     };
     Ok(Arc::new(config))
 }
