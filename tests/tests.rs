@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod edges;
 mod exactly_once;
+mod fairness;
 mod forward;
 mod limits;
 mod proxy;

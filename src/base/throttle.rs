@@ -37,8 +37,12 @@ pub static KAFKA_CLIENT: Throttle = Throttle::new("librdkafka errors");
 /// A RELP session closed for a frame or command that breaks the protocol.
 pub static RELP: Throttle = Throttle::new("RELP sessions refused");
 
+/// Lines dropped over a quota.
+pub static QUOTA: Throttle = Throttle::new("quota drop messages");
+
 /// Every throttle, for [`report_suppressed`].
-static ALL: [&Throttle; 11] = [
+static ALL: [&Throttle; 12] = [
+    &QUOTA,
     &KAFKA_CLIENT,
     &RELP,
     &KAFKA_REFUSED,

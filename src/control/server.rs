@@ -325,6 +325,8 @@ struct Listening {
     stop: shutdown::Trigger,
     task: Task<()>,
     acceptor: Option<Arc<Acceptor>>,
+    /// Its quota, which a reload replaces without a restart.
+    quota: Arc<crate::session::QuotaSlot>,
 }
 
 impl Running {
@@ -332,12 +334,14 @@ impl Running {
         let (stop, shutdown) = shutdown::child(&self.shutdown);
         let name = listener.name.clone();
         let acceptor = listener.acceptor();
+        let quota = listener.quota();
         let task = runtime::spawn(listener.serve(self.shared.clone(), shutdown, self.done.clone()));
         Listening {
             name,
             stop,
             task,
             acceptor,
+            quota,
         }
     }
 
@@ -446,7 +450,11 @@ impl Running {
         for (l, running) in new.listen.into_iter().zip(plan.listeners) {
             let kept = running.and_then(|o| Some((old[o].take()?, self.global.listen[o].clone())));
             match kept {
-                Some((listening, settings)) => {
+                Some((listening, mut settings)) => {
+                    // Quotas change in place: every connection takes the new one from its next
+                    // line on.
+                    listening.quota.set(l.quota.as_ref());
+                    settings.quota = l.quota;
                     self.listeners.push(listening);
                     listen.push(settings);
                 }

@@ -17,7 +17,7 @@ use std::net::UdpSocket;
 use crate::base::runtime;
 use crate::base::shutdown::Shutdown;
 use crate::base::throttle;
-use crate::session::{self, Pipeline, Shared};
+use crate::session::{self, Pipeline, QuotaSlot, Shared, Verdict};
 use hotdog_stages::config::{Listen, Protocol, ProxyProtocol, RelpAck};
 use hotdog_stages::core::Origin;
 use tls::Acceptor;
@@ -61,6 +61,8 @@ struct Settings {
     open: AtomicUsize,
     /// Connections open now per source address (only with `max_per_source`).
     per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Its `quota`, which a reload replaces.
+    quota: Arc<QuotaSlot>,
 }
 
 /// A connection's place under its listener's limits, given back when dropped.
@@ -204,6 +206,7 @@ impl Listener {
             relp: matches!(l.protocol, Protocol::Relp(_)),
             open: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
+            quota: Arc::new(QuotaSlot::new(l.quota.as_ref())),
         };
         Ok(Listener {
             socket,
@@ -218,6 +221,11 @@ impl Listener {
             Socket::Stream(_, a) => a.clone(),
             Socket::Udp(_) => None,
         }
+    }
+
+    /// Its quota, for a reload to replace.
+    pub fn quota(&self) -> Arc<QuotaSlot> {
+        self.settings.quota.clone()
     }
 
     /// Serves until shutdown begins. Every connection task holds a clone of `done`; the caller
@@ -239,7 +247,8 @@ impl Listener {
                     listener: Some(settings.local.clone()),
                     ..Origin::default()
                 };
-                return udp(socket, shared, origin, max, shutdown).await;
+                let quota = settings.quota.clone();
+                return udp(socket, shared, origin, quota, max, shutdown).await;
             }
             Socket::Stream(listener, acceptor) => (listener, acceptor),
         };
@@ -377,7 +386,8 @@ impl Connection {
         let metrics = self.shared.metrics.clone();
         metrics.connections.fetch_add(1, Relaxed);
         metrics.connections_total.fetch_add(1, Relaxed);
-        let pipeline = Pipeline::new(self.shared, origin);
+        let pipeline =
+            Pipeline::new(self.shared, origin).with_quota(self.slot.settings.quota.clone());
         let settings = &self.slot.settings;
         let ended = if settings.relp {
             session::run_relp(stream, pipeline, settings.limits, self.shutdown).await

@@ -15,11 +15,12 @@ pub(super) async fn udp(
     socket: Async<UdpSocket>,
     shared: Arc<Shared>,
     origin: Origin,
+    quota: Arc<QuotaSlot>,
     max: usize,
     shutdown: Shutdown,
 ) {
     let metrics = shared.metrics.clone();
-    let mut pipeline = Pipeline::new(shared, origin);
+    let mut pipeline = Pipeline::new(shared, origin).with_quota(quota);
     // One byte more than the limit tells a datagram that was cut.
     let mut datagrams = Datagrams::new(max.max(1) + 1);
     let mut peer: Option<SocketAddr> = None;
@@ -66,6 +67,11 @@ pub(super) async fn udp(
             if from != peer {
                 peer = from;
                 pipeline.origin_mut().peer_addr = from.map(|a| a.to_string());
+                pipeline.sender_changed();
+            }
+            // A UDP listener's quota can only drop (`over: wait` is refused for it).
+            if pipeline.admit(data.len()) == Verdict::Drop {
+                continue;
             }
             pipeline.frame(data, truncated);
             if pipeline.batch_full() {

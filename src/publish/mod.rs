@@ -37,6 +37,7 @@ use producer::{flush_until, purge, Generation, Renewable, TestHook};
 
 mod dead_letter_topic;
 mod outbox;
+mod pace;
 mod reports;
 
 use dead_letter_topic::*;
@@ -60,6 +61,9 @@ pub enum Error {
 
 /// Records produced between two cooperative yields.
 const YIELD_EVERY: usize = 256;
+
+/// Records produced between two looks at what librdkafka holds (see [`pace`]).
+const PACE_EVERY: u64 = 64;
 
 /// How long a producer that hit a fatal error is given to hear the answers to what it has in
 /// flight before those records are sent again on the new one (outside shutdown).
@@ -172,6 +176,8 @@ pub struct Publisher {
     /// The spool's writer thread, joined at the end for its last acknowledgements.
     spool_writer: Mutex<Option<std::thread::JoinHandle<crate::spool::Writer>>>,
     topics: TopicCap,
+    /// How much librdkafka may hold (see [`pace`]).
+    pace: pace::Pace,
 }
 
 /// Records in a row for the same topic, as [`Publisher::publish`] sees them.
@@ -302,6 +308,7 @@ impl Publisher {
             producer: Arc::new(producer),
             pending,
             produced: std::sync::atomic::AtomicU64::new(0),
+            pace: pace::Pace::new(0, Instant::now()),
             wake,
             health,
             hook: TestHook::from_env("HOTDOG_TEST_KAFKA_FATAL_AFTER"),
@@ -487,6 +494,9 @@ impl Publisher {
     ) -> Sent {
         let mut backoff = Duration::from_millis(1);
         let seq = self.produced.fetch_add(1, Ordering::Relaxed);
+        if seq % PACE_EVERY == 0 {
+            self.wait_for_pace(producer, shutdown).await;
+        }
         // The spool's `hotdog.id`, written here rather than kept with the record.
         let id = record
             .ack
@@ -532,6 +542,25 @@ impl Publisher {
                     return Sent::DeadLettered;
                 }
             }
+        }
+    }
+
+    /// Waits while librdkafka holds more than Kafka acknowledges in half a second (not
+    /// after the shutdown deadline).
+    async fn wait_for_pace(&self, producer: &ThreadedProducer<Reports>, shutdown: &Shutdown) {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let held = u64::try_from(producer.in_flight_count()).unwrap_or(0);
+            if held < pace::HELD_MIN || shutdown.expired() {
+                return;
+            }
+            let acked = self.metrics.delivered.load(Ordering::Relaxed)
+                + self.metrics.failed.load(Ordering::Relaxed);
+            if held < self.pace.room(acked, Instant::now()) {
+                return;
+            }
+            smol::Timer::after(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(10));
         }
     }
 

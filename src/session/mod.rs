@@ -11,6 +11,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::base::metrics::{LineCounts, Metrics};
 use crate::base::shutdown::Shutdown;
 use crate::base::tap::Labels;
+use crate::base::throttle;
 use crate::publish::Outbox;
 use hotdog_stages::core::Origin;
 use hotdog_stages::core::{Awaited, Batch, Standing};
@@ -20,11 +21,13 @@ use hotdog_stages::parse::syslog;
 use hotdog_stages::route::{Current, Rules};
 
 mod buffer;
+mod quota;
 mod relp;
 mod stream;
 
 use buffer::*;
 
+pub use quota::{QuotaSlot, Verdict};
 pub use relp::run_relp;
 pub use stream::run;
 
@@ -82,6 +85,8 @@ pub struct Pipeline {
     matched: Vec<usize>,
     /// The count of lines read by this connection's listener (`listener.<address>.lines`).
     read_here: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// The listener's quota, when it has one.
+    meter: Option<quota::Meter>,
 }
 
 impl Drop for Pipeline {
@@ -107,7 +112,51 @@ impl Pipeline {
                 .map(|l| shared.metrics.listener(l)),
             shared,
             origin,
+            meter: None,
         }
+    }
+
+    /// Holds the connection to its listener's quota (which a reload may change or remove).
+    pub fn with_quota(mut self, slot: Arc<QuotaSlot>) -> Self {
+        self.meter = Some(quota::Meter::new(slot));
+        self
+    }
+
+    /// What the quota says of a frame of `len` bytes, before it goes through the pipeline. A
+    /// dropped one is counted as read and as dropped (`quota.dropped`).
+    pub fn admit(&mut self, len: usize) -> Verdict {
+        let Some(meter) = &mut self.meter else {
+            return Verdict::Pass;
+        };
+        let verdict = meter.take(len, &self.origin);
+        if verdict == Verdict::Drop {
+            self.counts.lines += 1;
+            self.counts.quota_dropped += 1;
+        }
+        verdict
+    }
+
+    /// The sender changed (UDP): its quota's key may have too.
+    pub fn sender_changed(&mut self) {
+        if let Some(meter) = &mut self.meter {
+            meter.sender_changed();
+        }
+    }
+
+    /// Waits `wait` for the quota, having handed over what is batched (the sender is held back,
+    /// not its lines). Shutdown cuts the wait short. False when the publisher takes nothing more.
+    pub async fn wait_for_quota(&mut self, wait: Duration, shutdown: &Shutdown) -> bool {
+        if !self.flush().await {
+            return false;
+        }
+        let started = Instant::now();
+        shutdown.unless(smol::Timer::after(wait)).await;
+        let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.shared
+            .metrics
+            .quota_waited_ms
+            .fetch_add(waited, Relaxed);
+        true
     }
 
     /// Parses one frame and applies the rules to it.
@@ -225,6 +274,15 @@ impl Pipeline {
     fn take_counts(&mut self) -> LineCounts {
         self.count_rules();
         let counts = std::mem::take(&mut self.counts);
+        if let Some((key, lines, bytes)) = self.meter.as_mut().and_then(|m| m.take_dropped()) {
+            let listener = self.origin.listener.as_deref().unwrap_or("");
+            self.shared
+                .metrics
+                .quota_dropped(listener, &key, lines, bytes);
+            throttle::QUOTA.warn(format_args!(
+                "{listener}: dropped {lines} lines from `{key}` over its quota"
+            ));
+        }
         if let Some(read) = self.read_here.as_ref().filter(|_| counts.lines > 0) {
             read.fetch_add(counts.lines, Relaxed);
         }

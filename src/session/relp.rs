@@ -164,7 +164,7 @@ impl RelpSession {
                 Woke::Read(Ok(n)) => {
                     buf.read(n);
                     self.pipeline.stamp();
-                    let cut = self.commands(&mut buf, max, &mut reading, &mut yielder);
+                    let cut = self.commands(&mut buf, max, &mut reading, &mut yielder, shutdown);
                     if let Err(why) = cut.await {
                         return self.refuse(stream, why).await;
                     }
@@ -240,8 +240,10 @@ impl RelpSession {
         max: usize,
         reading: &mut bool,
         yielder: &mut Yielder,
+        shutdown: &Shutdown,
     ) -> Result<(), String> {
         loop {
+            let mut verdict = Verdict::Pass;
             let (frame, consumed) = match relp::cut(buf.data(), max) {
                 relp::Cut::Frame { frame, consumed } => (frame, consumed),
                 relp::Cut::NeedMore => return Ok(()),
@@ -255,8 +257,12 @@ impl RelpSession {
                     self.turns.push_back((txnr, Turn::Answer(response)));
                 }
                 relp::Step::Syslog(data) => {
+                    verdict = self.pipeline.admit(data.len());
                     let awaited = Awaited::answered(self.done.clone(), self.when_spooled);
-                    self.pipeline.awaited_frame(data, &awaited);
+                    // One dropped over the quota makes no record: it is answered at once.
+                    if verdict != Verdict::Drop {
+                        self.pipeline.awaited_frame(data, &awaited);
+                    }
                     awaited.release();
                     self.turns.push_back((txnr, Turn::Message(awaited)));
                     self.metrics.relp_messages.fetch_add(1, Relaxed);
@@ -268,7 +274,11 @@ impl RelpSession {
                 relp::Step::Hint => {}
             }
             buf.consume(consumed);
-            if self.pipeline.batch_full() && !self.pipeline.flush().await {
+            if let Verdict::PassThenWait(wait) = verdict {
+                if !self.pipeline.wait_for_quota(wait, shutdown).await {
+                    *reading = false;
+                }
+            } else if self.pipeline.batch_full() && !self.pipeline.flush().await {
                 *reading = false;
             }
             if !*reading {

@@ -39,7 +39,15 @@ pub(super) async fn read_all<S: AsyncRead + Unpin>(
             Ok(Read::Bytes(n)) => {
                 buf.read(n);
                 pipeline.stamp();
-                if !frames(&mut pipeline, &mut framer, &mut buf, &mut yielder).await {
+                if !frames(
+                    &mut pipeline,
+                    &mut framer,
+                    &mut buf,
+                    &mut yielder,
+                    &shutdown,
+                )
+                .await
+                {
                     return Ok(End::Shutdown);
                 }
             }
@@ -64,6 +72,7 @@ async fn frames(
     framer: &mut Framer,
     buf: &mut ReadBuffer,
     yielder: &mut Yielder,
+    shutdown: &Shutdown,
 ) -> bool {
     loop {
         match framer.next_frame(buf.data()) {
@@ -72,9 +81,16 @@ async fn frames(
                 truncated,
                 consumed,
             } => {
-                pipeline.frame(data, truncated);
+                let verdict = pipeline.admit(data.len());
+                if verdict != Verdict::Drop {
+                    pipeline.frame(data, truncated);
+                }
                 buf.consume(consumed);
-                if pipeline.batch_full() && !pipeline.flush().await {
+                if let Verdict::PassThenWait(wait) = verdict {
+                    if !pipeline.wait_for_quota(wait, shutdown).await {
+                        return false;
+                    }
+                } else if pipeline.batch_full() && !pipeline.flush().await {
                     return false;
                 }
                 yielder.tick().await;

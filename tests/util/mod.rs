@@ -664,6 +664,8 @@ pub struct Proxy {
     stop: Arc<std::sync::atomic::AtomicBool>,
     /// While set, what the target answers is thrown away (see [`Proxy::lose_answers`]).
     losing: Arc<std::sync::atomic::AtomicBool>,
+    /// A slow broker: answers delayed, requests paced (see [`Proxy::slow`]).
+    slow: Arc<Slow>,
     target: Arc<Mutex<Option<String>>>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
@@ -678,7 +680,9 @@ impl Proxy {
         let target: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let conns = Arc::new(Mutex::new(Vec::new()));
         let losing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slow = Arc::new(Slow::default());
         let (flag, to, open, lose) = (stop.clone(), target.clone(), conns.clone(), losing.clone());
+        let slowed = slow.clone();
         std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
@@ -696,7 +700,7 @@ impl Proxy {
                                 list.push(a);
                                 list.push(b);
                             }
-                            pipe(client, upstream, lose.clone());
+                            pipe(client, upstream, lose.clone(), slowed.clone());
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
@@ -707,6 +711,7 @@ impl Proxy {
             port,
             stop,
             losing,
+            slow,
             target,
             conns,
         }
@@ -749,6 +754,24 @@ impl Proxy {
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
+
+    /// From now on, every answer reaches the client `delay` after the target sent it, and
+    /// requests pass at most `bytes_per_second` per connection: a broker that is slow, as one
+    /// far away or overloaded is.
+    pub fn slow(&self, delay: Duration, bytes_per_second: u64) {
+        self.slow
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+        self.slow.rate.store(bytes_per_second, Ordering::Relaxed);
+    }
+}
+
+/// How slow a [`Proxy`] makes its target.
+#[derive(Default)]
+struct Slow {
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Bytes a second a connection's requests may pass; 0: as fast as they come.
+    rate: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Proxy {
@@ -758,17 +781,42 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies `client` → `upstream` and back; answers (upstream → client) are lost while `losing`.
-fn pipe(client: TcpStream, upstream: TcpStream, losing: Arc<std::sync::atomic::AtomicBool>) {
+/// Copies `client` → `upstream` and back; answers (upstream → client) are lost while `losing`,
+/// and both ways are as slow as `slow` says.
+fn pipe(
+    client: TcpStream,
+    upstream: TcpStream,
+    losing: Arc<std::sync::atomic::AtomicBool>,
+    slow: Arc<Slow>,
+) {
     let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
         return;
     };
     let mut requests = (client, u2);
+    let paced = slow.clone();
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut requests.0, &mut requests.1);
+        let mut buf = vec![0u8; 16 * 1024];
+        let started = Instant::now();
+        let mut passed = 0u64;
+        loop {
+            let n = match requests.0.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if requests.1.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            passed += n as u64;
+            let rate = paced.rate.load(Ordering::Relaxed);
+            if rate > 0 {
+                let due = started + Duration::from_secs_f64(passed as f64 / rate as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
         let _ = requests.1.shutdown(Shutdown::Both);
     });
     let (mut from, mut to) = (upstream, c2);
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         let mut lost = false;
@@ -778,7 +826,16 @@ fn pipe(client: TcpStream, upstream: TcpStream, losing: Arc<std::sync::atomic::A
                 Ok(n) => n,
             };
             lost = lost || losing.load(Ordering::Relaxed);
-            if !lost && to.write_all(&buf[..n]).is_err() {
+            if !lost && tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((at, bytes)) = rx.recv() {
+            let due = at + Duration::from_millis(slow.delay_ms.load(Ordering::Relaxed));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&bytes).is_err() {
                 break;
             }
         }

@@ -42,8 +42,10 @@ pub fn prometheus(m: &Metrics) -> String {
         for (label, v) in (f.read)(m) {
             let _ = writeln!(
                 out,
-                "hotdog_{}{{{}=\"{label}\"}} {v}",
-                f.prometheus, f.label_name
+                "hotdog_{}{{{}=\"{}\"}} {v}",
+                f.prometheus,
+                f.label_name,
+                escape_label(&label)
             );
         }
     }
@@ -60,6 +62,19 @@ pub fn prometheus(m: &Metrics) -> String {
     let _ = writeln!(out, "{name}_sum {}", sum_ms as f64 / 1000.0);
     let _ = writeln!(out, "{name}_count {count}");
     out
+}
+
+/// A label value as the Prometheus text format writes it: a quota's key is the sender's
+/// (a TLS client name may hold anything).
+fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
 }
 
 /// One value sent to statsd.

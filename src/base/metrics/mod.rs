@@ -14,6 +14,7 @@ use dipstick::{Input, InputScope, Prefixed, Statsd};
 
 mod export;
 mod table;
+mod top;
 
 use export::*;
 pub use export::{prometheus, report_to_statsd};
@@ -34,6 +35,8 @@ pub struct LineCounts {
     pub invalid_topics: u64,
     pub render_errors: u64,
     pub merge_errors: u64,
+    /// Lines dropped over their sender's quota (counted in `lines` too).
+    pub quota_dropped: u64,
 }
 
 /// Counts per Kafka topic.
@@ -159,8 +162,16 @@ pub struct Metrics {
     pub spool_corrupt: AtomicU64,
     /// Times the spool reached `max_size` (or the disk was full) and hotdog pushed back.
     pub spool_full: AtomicU64,
+    /// Lines dropped over their sender's quota (`quota` with `over: drop`).
+    pub quota_dropped: AtomicU64,
+    /// Their bytes.
+    pub quota_dropped_bytes: AtomicU64,
+    /// Time connections spent waiting for their quota (`over: wait`), in milliseconds.
+    pub quota_waited_ms: AtomicU64,
     /// Line read → Kafka acknowledgement, in milliseconds.
     pub latency: Histogram,
+    /// The keys that dropped the most lines over their quota, as `<listener>/<key>`.
+    quota_top: Mutex<top::TopN>,
     topics: Mutex<HashMap<String, Arc<TopicCounters>>>,
     /// Lines read by each listener, by its bound address.
     listeners: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
@@ -232,6 +243,23 @@ impl Metrics {
         add(&self.invalid_topics, c.invalid_topics);
         add(&self.render_errors, c.render_errors);
         add(&self.merge_errors, c.merge_errors);
+        add(&self.quota_dropped, c.quota_dropped);
+    }
+
+    /// `lines` lines of `bytes` bytes from `key` were dropped over the quota of `listener`
+    /// (the lines themselves are counted with the others, in [`LineCounts`]).
+    pub fn quota_dropped(&self, listener: &str, key: &str, lines: u64, bytes: u64) {
+        self.quota_dropped_bytes.fetch_add(bytes, Relaxed);
+        let key: Arc<str> = format!("{listener}/{key}").into();
+        lock(&self.quota_top).add(&key, lines);
+    }
+
+    pub(super) fn quota_top(&self) -> Vec<(String, u64)> {
+        lock(&self.quota_top)
+            .top()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect()
     }
 
     /// The counters of `topic`, created on first use.
@@ -291,14 +319,14 @@ impl Metrics {
     }
 
     /// Lines read that are neither delivered, dead-lettered, discarded (unrouted) nor dropped
-    /// (UDP): still on their way. By construction
+    /// (UDP, quota): still on their way. By construction
     /// `lines = delivered + dead_lettered + unrouted + dropped + in_flight`.
     pub fn in_flight(&self) -> i64 {
         let v = |a: &AtomicU64| i64::try_from(a.load(Relaxed)).unwrap_or(i64::MAX);
         let delivered = v(&self.delivered);
         let dead = v(&self.dead_lettered);
         let unrouted = v(&self.unrouted);
-        let dropped = v(&self.udp_dropped);
+        let dropped = v(&self.udp_dropped) + v(&self.quota_dropped);
         v(&self.lines) - delivered - dead - unrouted - dropped
     }
 

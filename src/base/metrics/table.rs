@@ -37,7 +37,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 55] = [
+pub static COUNTERS: [Counter; 58] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -342,6 +342,27 @@ pub static COUNTERS: [Counter; 55] = [
         read: |m| get(&m.udp_dropped),
     },
     Counter {
+        name: "quota.dropped",
+        prometheus: Some(("quota_dropped_lines_total", "")),
+        kind: Kind::Counter,
+        help: "Lines dropped over their sender's quota (a listener's quota with over: drop).",
+        read: |m| get(&m.quota_dropped),
+    },
+    Counter {
+        name: "quota.dropped_bytes",
+        prometheus: Some(("quota_dropped_bytes_total", "")),
+        kind: Kind::Counter,
+        help: "Bytes of the lines dropped over their sender's quota.",
+        read: |m| get(&m.quota_dropped_bytes),
+    },
+    Counter {
+        name: "quota.waited_ms",
+        prometheus: Some(("quota_waited_milliseconds_total", "")),
+        kind: Kind::Counter,
+        help: "Time connections were held back by their quota (over: wait), in milliseconds.",
+        read: |m| get(&m.quota_waited_ms),
+    },
+    Counter {
         name: "udp.kernel_dropped",
         prometheus: Some(("udp_kernel_dropped_total", "")),
         kind: Kind::Counter,
@@ -428,7 +449,7 @@ pub static COUNTERS: [Counter; 55] = [
 ];
 
 /// Every labelled family of values (see [`COUNTERS`]).
-pub static FAMILIES: [Family; 8] = [
+pub static FAMILIES: [Family; 9] = [
     Family {
         prefix: "kafka.submitted",
         suffix: "",
@@ -493,5 +514,13 @@ pub static FAMILIES: [Family; 8] = [
         label_name: "listener",
         help: "Lines read by each listener, by the address it is bound to; a UDP datagram dropped for a full outbox counts too.",
         read: |m| m.listener_lines(),
+    },
+    Family {
+        prefix: "quota.dropped_by",
+        suffix: "",
+        prometheus: "quota_dropped_top_lines",
+        label_name: "key",
+        help: "The senders that dropped the most lines over their quota, as <listener>/<key>: the top 10 of 64 tracked (Space-Saving; a key that took a place starts from the count of the one it replaced).",
+        read: |m| m.quota_top(),
     },
 ];

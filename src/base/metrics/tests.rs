@@ -39,6 +39,9 @@ fn busy() -> Metrics {
         &m.spool_replayed,
         &m.spool_corrupt,
         &m.spool_full,
+        &m.quota_dropped,
+        &m.quota_dropped_bytes,
+        &m.quota_waited_ms,
     ] {
         a.store(1000, Relaxed);
     }
@@ -61,6 +64,7 @@ fn busy() -> Metrics {
     m.watch_rules(Arc::new(|| vec![("errors".into(), 4), ("1".into(), 2)]));
     m.watch_udp_kernel(Arc::new(|| 3));
     m.listener("127.0.0.1:514").fetch_add(7, Relaxed);
+    m.quota_dropped("127.0.0.1:514", "10.0.0.9", 5, 500);
     m
 }
 
@@ -137,4 +141,24 @@ fn statsd_gets_gauges_as_values_and_counters_as_increments() {
     assert!(updates.contains(&("queue.channel".into(), Update::Gauge(5))));
     // Counters that did not move are not sent.
     assert!(!updates.iter().any(|(n, _)| n == "lines.unrouted"));
+}
+
+#[test]
+fn a_quota_key_is_escaped_in_metrics_and_the_top_keys_are_listed() {
+    let m = Metrics::default();
+    m.quota_dropped("0.0.0.0:6514", "cn=\"x\"\\y", 3, 30);
+    m.quota_dropped("0.0.0.0:6514", "10.0.0.1", 9, 90);
+    let text = prometheus(&m);
+    assert!(
+        text.contains("hotdog_quota_dropped_top_lines{key=\"0.0.0.0:6514/10.0.0.1\"} 9\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"hotdog_quota_dropped_top_lines{key="0.0.0.0:6514/cn=\"x\"\\y"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("hotdog_quota_dropped_bytes_total 120\n"),
+        "{text}"
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use marked_yaml::Node;
 
 use super::tls::decode_tls;
-use super::yaml::{every, flag, kind, scalar, unknown_name, Cx, Map};
+use super::yaml::{every, flag, kind, scalar, size, unknown_name, Cx, Map};
 use super::{
     DeadLetter, Fsync, Global, Kafka, Listen, Metrics, Outside, Protocol, ProxyProtocol, Reload,
     RelpAck, Spool, Tls, ENV_OVERRIDES,
@@ -128,40 +128,6 @@ fn decode_spool(cx: &mut Cx<'_>, node: &Node) -> Option<Spool> {
     })
 }
 
-/// A size in bytes: a whole number, or one with a unit (`KB`, `MB`, `GB`, `TB` in powers of
-/// 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024).
-fn size(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<u64> {
-    let text = scalar(cx, node, what)?;
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits);
-    let factor: Option<u64> = match unit.trim() {
-        "" | "B" => Some(1),
-        "KB" | "kB" => Some(1_000),
-        "MB" => Some(1_000_000),
-        "GB" => Some(1_000_000_000),
-        "TB" => Some(1_000_000_000_000),
-        "KiB" => Some(1 << 10),
-        "MiB" => Some(1 << 20),
-        "GiB" => Some(1 << 30),
-        "TiB" => Some(1 << 40),
-        _ => None,
-    };
-    match (number.parse::<u64>().ok(), factor) {
-        (Some(n), Some(f)) if n.checked_mul(f).is_some() => n.checked_mul(f),
-        _ => {
-            cx.error(
-                node,
-                format!(
-                    "expected a size for `{what}`: bytes, or a number with KB, MB, GB, TB, KiB, \
-                     MiB, GiB or TiB; found `{text}`"
-                ),
-            );
-            None
-        }
-    }
-}
-
 /// Whether the files every TLS listener names load; an error is located at its `tls` key.
 fn check_tls_files(cx: &mut Cx<'_>, listeners: &[Listen], outside: &Outside<'_>) {
     for (i, l) in listeners.iter().enumerate() {
@@ -265,6 +231,10 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
     let ack = decode_ack(cx, &mut m, protocol.as_ref());
     let framing = decode_framing(cx, &mut m, protocol.as_ref());
     let receive_buffer = decode_receive_buffer(cx, &mut m, protocol.as_ref());
+    let quota = match m.get("quota") {
+        None => Some(None),
+        Some(n) => super::quota::decode(cx, n, &m.path("quota"), protocol.as_ref()).map(Some),
+    };
     m.finish(cx);
     Some(Listen {
         address,
@@ -280,6 +250,7 @@ fn decode_listen(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<Listen> {
         ack: ack?,
         framing: framing?,
         receive_buffer: receive_buffer?,
+        quota: quota?,
     })
 }
 

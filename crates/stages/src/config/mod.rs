@@ -10,6 +10,7 @@
 
 pub mod cases;
 mod global;
+mod quota;
 mod rules;
 mod secrets;
 mod status;
@@ -24,6 +25,7 @@ use marked_yaml::{LoaderOptions, Node};
 
 use crate::route::template::Templates;
 use crate::route::Rules;
+pub use quota::{KeyPart, KeyVar, Over, Quota, QuotaKey};
 pub use secrets::{expand as expand_env, read as read_secret};
 pub use yaml::{ConfigError, ConfigErrors};
 use yaml::{Cx, Map};
@@ -157,6 +159,8 @@ pub struct Listen {
     /// `receive_buffer` (UDP): the socket's receive buffer asked of the kernel, in bytes.
     /// Default (`None`): 8 MiB, quietly capped by the kernel's `net.core.rmem_max`.
     pub receive_buffer: Option<usize>,
+    /// `quota`: lines and bytes a second per sender; reloadable. Default: none.
+    pub quota: Option<Quota>,
 }
 
 /// A time zone by its IANA name.

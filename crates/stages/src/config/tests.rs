@@ -670,3 +670,62 @@ fn the_status_server_takes_tls_a_token_file_and_open() {
         ]
     );
 }
+
+#[test]
+fn a_listeners_quota_is_decoded_and_checked() {
+    use super::{KeyPart, KeyVar, Over};
+    let with =
+        |extra: &str| MINIMAL.replace("    port: 1514\n", &format!("    port: 1514\n{extra}"));
+    assert_eq!(parse(MINIMAL).unwrap().global.listen[0].quota, None);
+    let c = parse(&with("    quota:\n      lines: 2000\n")).unwrap();
+    let q = c.global.listen[0].quota.clone().unwrap();
+    assert_eq!(q.lines, Some(2000));
+    assert_eq!(q.bytes, None);
+    assert_eq!(q.burst, std::time::Duration::from_secs(1));
+    assert_eq!(q.over, Over::Wait);
+    assert_eq!(q.key.parts, [KeyPart::Var(KeyVar::Source)]);
+    let c = parse(&with(
+        "    quota:\n      bytes: 1MB\n      burst: 250ms\n      over: drop\n      key: 'cn={{tls_client_cn}}'\n",
+    ))
+    .unwrap();
+    let q = c.global.listen[0].quota.clone().unwrap();
+    assert_eq!(q.bytes, Some(1_000_000));
+    assert_eq!(q.burst, std::time::Duration::from_millis(250));
+    assert_eq!(q.over, Over::Drop);
+    assert_eq!(
+        q.key.parts,
+        [
+            KeyPart::Text("cn=".into()),
+            KeyPart::Var(KeyVar::TlsClientCn)
+        ]
+    );
+    assert_eq!(
+        errors(&with("    protocol: udp\n    quota:\n      lines: 10\n")),
+        ["test.yml:6:12: `global.listen.quota.over` must be `drop` on a UDP listener (a datagram cannot be made to wait; the default, `wait`, is for TCP, TLS and RELP)"]
+    );
+    assert_eq!(
+        errors(&with("    quota:\n      over: drop\n")),
+        ["test.yml:5:11: `global.listen.quota` needs `lines`, `bytes` or both (per second, per key)"]
+    );
+    let errs = errors(&with(
+        "    quota:\n      lines: 0\n      key: '{{host}}'\n      ovr: drop\n",
+    ));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].contains("test.yml:5:14: `global.listen.quota.lines` must be from 1"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("test.yml:6:12: `global.listen.quota.key`: unknown key variable `host`"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[2].contains("unknown key `ovr` in `global.listen.quota`; did you mean `over`?"),
+        "{errs:?}"
+    );
+    let errs = errors(&with("    quota:\n      lines: 5\n      key: everyone\n"));
+    assert!(
+        errs[0].contains("names no fact of the connection"),
+        "{errs:?}"
+    );
+}

@@ -425,3 +425,37 @@ pub(super) fn flag(
         }
     }
 }
+
+/// A size in bytes: a whole number, or one with a unit (`KB`, `MB`, `GB`, `TB` in powers of
+/// 1000; `KiB`, `MiB`, `GiB`, `TiB` in powers of 1024).
+pub(super) fn size(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<u64> {
+    let text = scalar(cx, node, what)?;
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let factor: Option<u64> = match unit.trim() {
+        "" | "B" => Some(1),
+        "KB" | "kB" => Some(1_000),
+        "MB" => Some(1_000_000),
+        "GB" => Some(1_000_000_000),
+        "TB" => Some(1_000_000_000_000),
+        "KiB" => Some(1 << 10),
+        "MiB" => Some(1 << 20),
+        "GiB" => Some(1 << 30),
+        "TiB" => Some(1 << 40),
+        _ => None,
+    };
+    match (number.parse::<u64>().ok(), factor) {
+        (Some(n), Some(f)) if n.checked_mul(f).is_some() => n.checked_mul(f),
+        _ => {
+            cx.error(
+                node,
+                format!(
+                    "expected a size for `{what}`: bytes, or a number with KB, MB, GB, TB, KiB, \
+                     MiB, GiB or TiB; found `{text}`"
+                ),
+            );
+            None
+        }
+    }
+}
