@@ -239,3 +239,99 @@ fn a_flooder_does_not_starve_paced_senders_and_a_quota_holds_it_to_its_rate() {
     );
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// `over: drop` on a TCP and a UDP listener: a sender over its quota loses what is over it,
+/// counted and named in the top keys, and a sender under it loses nothing; every line read is
+/// delivered or dropped.
+#[test]
+fn a_quota_that_drops_counts_what_it_dropped_and_names_the_sender() {
+    let (broker, topic) = crate::util::fresh_topic("quota-drop");
+    let quota = "    quota:\n      lines: 100\n      over: drop\n";
+    let yaml = config_yaml(broker, "", &forward_all(&topic))
+        .replace("  listen:\n    address:", "  listen:\n  - address:")
+        .replace(
+            "    port: 0\n  kafka:",
+            &format!(
+                "    port: 0\n{quota}  - address: '127.0.0.1'\n    port: 0\n    protocol: udp\n{quota}  kafka:"
+            ),
+        );
+    let hotdog = Hotdog::start_config(&yaml);
+    let listener = format!("127.0.0.1:{}", hotdog.ports[0]);
+    // 1,000 lines at once from one source: about the burst (100) gets through.
+    let mut loud = connect_from("127.0.0.3", &hotdog.addr());
+    let text: String = (0..1_000)
+        .map(|i| format!("<13>loud app: over seq={}\n", 1_000 + i))
+        .collect();
+    loud.write_all(text.as_bytes()).expect("send");
+    // 50 from another: all of them.
+    let mut quiet = connect_from("127.0.0.4", &hotdog.addr());
+    let text: String = (0..50)
+        .map(|i| format!("<13>quiet app: under seq={}\n", 5_000 + i))
+        .collect();
+    quiet.write_all(text.as_bytes()).expect("send");
+    // 500 datagrams from one sender to the UDP listener.
+    let udp = std::net::UdpSocket::bind("127.0.0.5:0").expect("udp");
+    for i in 0..500 {
+        let line = format!("<13>udp app: datagram seq={}", 10_000 + i);
+        udp.send_to(line.as_bytes(), ("127.0.0.1", hotdog.ports[1]))
+            .expect("send");
+    }
+    drop((loud, quiet));
+    let all_read = || hotdog.stat("lines") == 1_550;
+    assert!(
+        crate::util::wait_until(Duration::from_secs(20), all_read),
+        "{} lines read",
+        hotdog.stat("lines")
+    );
+    let dropped = hotdog.stat("quota.dropped");
+    assert!(
+        crate::util::wait_until(Duration::from_secs(20), || hotdog.stat("kafka.delivered")
+            + dropped
+            == 1_550),
+        "delivered {} + dropped {dropped} != 1,550 read",
+        hotdog.stat("kafka.delivered")
+    );
+    let got = crate::util::consume_all(broker, &topic, (1_550 - dropped) as usize);
+    let from = |range: std::ops::Range<u64>| {
+        got.iter()
+            .filter(|r| {
+                r.key
+                    .as_deref()
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .is_some_and(|k| range.contains(&k))
+            })
+            .count() as i64
+    };
+    let (loud, quiet, datagrams) = (from(1_000..2_000), from(5_000..5_050), from(10_000..10_500));
+    assert_eq!(quiet, 50, "the quiet sender lost nothing");
+    assert!(
+        (100..=130).contains(&loud),
+        "{loud} of the loud sender's 1,000"
+    );
+    assert!(
+        (100..=130).contains(&datagrams),
+        "{datagrams} of 500 datagrams"
+    );
+    assert_eq!(dropped, (1_000 - loud) + (500 - datagrams));
+    // The two senders that dropped are the top keys, with their counts.
+    let (_, stats) = hotdog.http_get("/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("stats");
+    let top = |key: &str| stats["stats"][key].as_i64();
+    assert_eq!(
+        top(&format!("quota.dropped_by.{listener}/127.0.0.3")),
+        Some(1_000 - loud),
+        "{stats}"
+    );
+    let udp_listener = format!("127.0.0.1:{}", hotdog.ports[1]);
+    assert_eq!(
+        top(&format!("quota.dropped_by.{udp_listener}/127.0.0.5")),
+        Some(500 - datagrams)
+    );
+    assert_eq!(top(&format!("quota.dropped_by.{listener}/127.0.0.4")), None);
+    let (_, metrics) = hotdog.http_get("/metrics");
+    assert!(metrics.contains(&format!(
+        "hotdog_quota_dropped_top_lines{{key=\"{listener}/127.0.0.3\"}} {}",
+        1_000 - loud
+    )));
+    assert!(hotdog.wait_log("from `127.0.0.3` over its quota", Duration::from_secs(1)));
+}
