@@ -45,13 +45,19 @@ ensure_python_test_deps() {
 }
 
 # The tansu broker (a Kafka-compatible broker in Rust) in ~/.cargo/bin; built once (minutes).
+# With `libsql`: its SQLite storage keeps SCRAM users, for the test of a SASL login that
+# succeeds (tests/sasl.rs). A marker beside it says which features it was built with.
+TANSU_FEATURES=dynostore,libsql
 ensure_tansu() {
     export PATH="$HOME/.cargo/bin:$PATH"
-    if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    local marker="$HOME/.cargo/bin/.tansu-features"
+    if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION" &&
+        [ "$(cat "$marker" 2>/dev/null)" = "$TANSU_FEATURES" ]; then
         return 0
     fi
-    echo "building tansu $TANSU_VERSION once (about 13 minutes on 2 cores)" >&2
-    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+    echo "building tansu $TANSU_VERSION with $TANSU_FEATURES once (about 15 minutes on 2 cores)" >&2
+    cargo install tansu --version "$TANSU_VERSION" --locked --force --features "$TANSU_FEATURES"
+    echo "$TANSU_FEATURES" > "$marker"
 }
 
 # cargo-deb, which builds the Debian package (dev/package.sh); built once (a few minutes).

@@ -99,10 +99,26 @@ pub fn start_tansu_advertising(port: u16, advertised: u16) -> Tansu {
 /// Starts a tansu broker as [`start_tansu_advertising`] does, with more `arguments`
 /// (`--authentication`).
 pub fn start_tansu_with(port: u16, advertised: u16, arguments: &str) -> Tansu {
+    start_tansu_in(port, advertised, "memory://tansu/", arguments, None)
+}
+
+/// Starts a tansu broker on `port` whose storage is an SQLite file in `dir` (it keeps what it
+/// was given when started again there, SCRAM users included), with more `arguments`.
+pub fn start_tansu_sqlite(port: u16, dir: &Path, arguments: &str) -> Tansu {
+    start_tansu_in(port, port, "sqlite://tansu.db", arguments, Some(dir))
+}
+
+fn start_tansu_in(
+    port: u16,
+    advertised: u16,
+    storage: &str,
+    arguments: &str,
+    dir: Option<&Path>,
+) -> Tansu {
     let tansu = tansu_binary().unwrap_or_else(|| {
         panic!(
             "no Kafka broker for the tests: set HOTDOG_TEST_KAFKA=host:port, or install tansu \
-             (cargo install tansu --version 0.6.0 --locked --features dynostore)"
+             (cargo install tansu --version 0.6.0 --locked --features dynostore,libsql)"
         )
     });
     let url = format!("tcp://127.0.0.1:{port}");
@@ -110,18 +126,18 @@ pub fn start_tansu_with(port: u16, advertised: u16, arguments: &str) -> Tansu {
     // A watchdog shell ends the broker when the test process is gone, even after a panic.
     let script = format!(
         "'{}' broker --listener-url {url} --advertised-listener-url {advertised_url} \
-         --storage-engine memory://tansu/ {arguments} >/dev/null 2>&1 & b=$!; \
+         --storage-engine {storage} {arguments} >/dev/null 2>&1 & b=$!; \
          trap 'kill $b 2>/dev/null' EXIT TERM; \
          while kill -0 {} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done",
         tansu.display(),
         std::process::id()
     );
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start tansu");
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(script).stdin(Stdio::null());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let child = command.spawn().expect("start tansu");
     let addr = format!("127.0.0.1:{port}");
     let tansu = Tansu(child);
     assert!(

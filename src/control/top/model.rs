@@ -192,8 +192,9 @@ pub struct Screen {
 
 /// The counters that say something was lost, refused or set aside, and the families of them.
 /// Dead letters are listed by reason, not their total as well.
-const LOSSES: [&str; 16] = [
+const LOSSES: [&str; 17] = [
     "lines.unrouted",
+    "quota.dropped",
     "lines.truncated",
     "lines.invalid_utf8",
     "udp.dropped",
@@ -210,7 +211,12 @@ const LOSSES: [&str; 16] = [
     "spool.full",
     "status.refused",
 ];
-const LOSS_FAMILIES: [&str; 3] = ["kafka.dead_letter.", "connections.refused.", "error."];
+const LOSS_FAMILIES: [&str; 4] = [
+    "kafka.dead_letter.",
+    "connections.refused.",
+    "error.",
+    "quota.dropped_by.",
+];
 
 /// What `now` shows, with rates against `before` (none on the first reading).
 pub fn screen(before: Option<&Reading>, now: &Reading, choice: &Choice) -> Screen {
