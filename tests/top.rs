@@ -140,6 +140,32 @@ fn top_shows_live_figures_per_listener_rule_and_topic_and_sorts_and_filters() {
         "{screen}"
     );
 
+    // One connection to the status server, kept from one reading to the next: the same
+    // local port now and three readings later.
+    let port = hotdog.status_port;
+    let connections = || {
+        let out = std::process::Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( dport = :{port} )"),
+            ])
+            .output()
+            .expect("ss");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut local: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .collect();
+        local.sort();
+        local
+    };
+    let first = connections();
+    std::thread::sleep(Duration::from_millis(3_200));
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(connections(), first);
+
     // `q` quits, and the terminal is hotdog's no more.
     top.keys(&["q"]);
     assert!(wait_until(Duration::from_secs(5), || !top.running()));

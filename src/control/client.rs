@@ -65,11 +65,7 @@ pub struct Answer {
 impl Answer {
     /// The whole body, read.
     pub async fn bytes(self) -> Result<Bytes, String> {
-        self.body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| format!("the answer broke off: {e}"))
+        read_body(self.body).await
     }
 
     /// `Ok` when the server said yes; otherwise what it answered, as an error.
@@ -87,8 +83,15 @@ impl Answer {
     }
 }
 
-/// `GET path` (with its query) from `server`.
-pub async fn get(server: &Server, token: Option<&str>, path: &str) -> Result<Answer, String> {
+async fn read_body(body: Incoming) -> Result<Bytes, String> {
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| format!("the answer broke off: {e}"))
+}
+
+/// An HTTP/1.1 connection to `server`, and the task that drives it (it ends when dropped).
+async fn connect(server: &Server) -> Result<(Sender, smol::Task<()>), String> {
     let address = server.address.as_str();
     let stream = smol::net::TcpStream::connect(address)
         .await
@@ -105,13 +108,26 @@ pub async fn get(server: &Server, token: Option<&str>, path: &str) -> Result<Ans
             Box::new(tls)
         }
     };
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http1::handshake(smol_hyper::rt::FuturesIo::new(io))
             .await
             .map_err(|e| format!("status server at {address}: {e}"))?;
     let driving = runtime::spawn(async move {
         let _ = connection.await;
     });
+    Ok((sender, driving))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>;
+
+/// `GET path` on `sender`'s connection: the status and the body, still to be read.
+async fn request(
+    sender: &mut Sender,
+    server: &Server,
+    token: Option<&str>,
+    path: &str,
+) -> Result<(hyper::StatusCode, Incoming), String> {
+    let address = server.address.as_str();
     let mut request = hyper::Request::get(path).header(hyper::header::HOST, address);
     if let Some(t) = token {
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
@@ -123,12 +139,59 @@ pub async fn get(server: &Server, token: Option<&str>, path: &str) -> Result<Ans
         .send_request(request)
         .await
         .map_err(|e| format!("status server at {address}: {e}"))?;
-    let status = response.status();
+    Ok((response.status(), response.into_body()))
+}
+
+/// `GET path` (with its query) from `server`, on a connection of its own (a tap's answer
+/// lasts as long as the tap).
+pub async fn get(server: &Server, token: Option<&str>, path: &str) -> Result<Answer, String> {
+    let (mut sender, driving) = connect(server).await?;
+    let (status, body) = request(&mut sender, server, token, path).await?;
     Ok(Answer {
         status,
-        body: response.into_body(),
+        body,
         _driving: driving,
     })
+}
+
+/// Requests to one status server over one kept connection (`hotdog top` asks every second),
+/// made again when the server has closed it.
+pub struct Client<'s> {
+    server: &'s Server,
+    token: Option<&'s str>,
+    open: Option<(Sender, smol::Task<()>)>,
+}
+
+impl<'s> Client<'s> {
+    pub fn new(server: &'s Server, token: Option<&'s str>) -> Self {
+        Client {
+            server,
+            token,
+            open: None,
+        }
+    }
+
+    /// `GET path`: the status and the whole body.
+    pub async fn get(&mut self, path: &str) -> Result<(hyper::StatusCode, Bytes), String> {
+        // A kept connection the server closed meanwhile fails at once: once more on a new one.
+        for fresh in [false, true] {
+            let open = match self.open.take() {
+                Some(open) if !fresh && !open.0.is_closed() => open,
+                _ => connect(self.server).await?,
+            };
+            let (mut sender, driving) = open;
+            match request(&mut sender, self.server, self.token, path).await {
+                Ok((status, body)) => {
+                    let body = read_body(body).await?;
+                    self.open = Some((sender, driving));
+                    return Ok((status, body));
+                }
+                Err(e) if fresh => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Err("the status server closed the connection".into())
+    }
 }
 
 #[cfg(test)]

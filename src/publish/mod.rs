@@ -308,7 +308,7 @@ impl Publisher {
             producer: Arc::new(producer),
             pending,
             produced: std::sync::atomic::AtomicU64::new(0),
-            pace: pace::Pace::new(0, Instant::now()),
+            pace: pace::Pace::new(),
             wake,
             health,
             hook: TestHook::from_env("HOTDOG_TEST_KAFKA_FATAL_AFTER"),

@@ -18,8 +18,10 @@ pub(super) const HELD_MIN: u64 = 4_096;
 /// How often the pace is measured.
 const SAMPLE: Duration = Duration::from_millis(100);
 
-/// The pace of acknowledgements over the last second. (Kafka acknowledges a request's records
-/// at once, thousands together: a shorter window sees bursts, not a pace.)
+/// The pace of acknowledgements over the last second in which librdkafka held at least
+/// [`HELD_MIN`] records (Kafka acknowledges a request's records at once, thousands together: a
+/// shorter window sees bursts, not a pace; and while librdkafka holds little, acknowledgements
+/// say how much came, not how fast the broker goes).
 #[derive(Debug)]
 pub(super) struct Pace(Mutex<Measure>);
 
@@ -27,37 +29,51 @@ pub(super) struct Pace(Mutex<Measure>);
 struct Measure {
     /// When each of the last [`SAMPLES`] samples was taken, and the acknowledgements by then.
     samples: std::collections::VecDeque<(Instant, u64)>,
-    /// Acknowledgements a second over them.
-    rate: f64,
+    /// Acknowledgements a second over them; `None` before the first measure.
+    rate: Option<f64>,
 }
 
 /// Samples kept: a second's worth.
 const SAMPLES: usize = 10;
 
 impl Pace {
-    pub(super) fn new(acked: u64, now: Instant) -> Pace {
-        let mut samples = std::collections::VecDeque::with_capacity(SAMPLES + 1);
-        samples.push_back((now, acked));
-        Pace(Mutex::new(Measure { samples, rate: 0.0 }))
+    pub(super) fn new() -> Pace {
+        Pace(Mutex::new(Measure {
+            samples: std::collections::VecDeque::with_capacity(SAMPLES + 1),
+            rate: None,
+        }))
     }
 
     /// How many records librdkafka may hold now, `acked` being every acknowledgement so far.
+    /// Asked only while it holds at least [`HELD_MIN`].
     pub(super) fn room(&self, acked: u64, now: Instant) -> u64 {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let last = m.samples.back().map_or(now, |s| s.0);
-        if now.saturating_duration_since(last) >= SAMPLE {
-            m.samples.push_back((now, acked));
-            if m.samples.len() > SAMPLES + 1 {
-                m.samples.pop_front();
+        let last = m.samples.back().map(|s| s.0);
+        match last {
+            // Busy again after a while (or for the first time): the window starts again, and
+            // the pace measured before holds meanwhile.
+            None => m.samples.push_back((now, acked)),
+            Some(at) if now.saturating_duration_since(at) > SAMPLE * 3 => {
+                m.samples.clear();
+                m.samples.push_back((now, acked));
             }
-            if let Some(&(at, before)) = m.samples.front() {
-                let elapsed = now.saturating_duration_since(at).as_secs_f64();
-                if elapsed > 0.0 {
-                    m.rate = acked.saturating_sub(before) as f64 / elapsed;
+            Some(at) if now.saturating_duration_since(at) >= SAMPLE => {
+                m.samples.push_back((now, acked));
+                if m.samples.len() > SAMPLES + 1 {
+                    m.samples.pop_front();
+                }
+                if let Some(&(first, before)) = m.samples.front() {
+                    let elapsed = now.saturating_duration_since(first).as_secs_f64();
+                    m.rate = Some(acked.saturating_sub(before) as f64 / elapsed);
                 }
             }
+            Some(_) => {}
         }
-        ((m.rate * HOLD.as_secs_f64()) as u64).max(HELD_MIN)
+        match m.rate {
+            // Nothing measured yet: librdkafka's own limit.
+            None => u64::MAX,
+            Some(rate) => ((rate * HOLD.as_secs_f64()) as u64).max(HELD_MIN),
+        }
     }
 }
 
@@ -68,8 +84,9 @@ mod tests {
     #[test]
     fn librdkafka_holds_half_a_second_of_acknowledgements_and_never_less_than_the_minimum() {
         let t0 = Instant::now();
-        let pace = Pace::new(0, t0);
-        assert_eq!(pace.room(0, t0), HELD_MIN);
+        let pace = Pace::new();
+        // Nothing measured yet: no limit but librdkafka's.
+        assert_eq!(pace.room(0, t0), u64::MAX);
         // 100,000 a second: room for 50,000.
         assert_eq!(pace.room(10_000, t0 + SAMPLE), 50_000);
         // Within a sample nothing changes.
@@ -90,5 +107,10 @@ mod tests {
             room = pace.room(acked, t0 + SAMPLE * i);
         }
         assert_eq!(room, HELD_MIN);
+        // Idle for a while (not asked), then busy again: the window starts again, and the
+        // pace measured last holds until a new one is.
+        let later = t0 + SAMPLE * 100;
+        assert_eq!(pace.room(acked + 50_000, later), HELD_MIN);
+        assert_eq!(pace.room(acked + 60_000, later + SAMPLE), 50_000);
     }
 }

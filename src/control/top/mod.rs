@@ -40,10 +40,12 @@ async fn show(
     let mut now: Option<Reading> = None;
     let mut trouble: Option<String> = None;
     let mut next = Instant::now();
+    // One connection, kept from one reading to the next.
+    let mut client = client::Client::new(server, token);
     loop {
         if Instant::now() >= next {
             next = Instant::now() + REFRESH;
-            match read(server, token).await {
+            match read(&mut client, address).await {
                 Ok(r) => {
                     before = now.replace(r);
                     trouble = None;
@@ -98,18 +100,16 @@ fn draw(
 }
 
 /// One reading of `/stats` and `/health`, or why there is none.
-async fn read(server: &Server, token: Option<&str>) -> Result<Reading, String> {
-    let address = server.address.as_str();
+async fn read(client: &mut client::Client<'_>, address: &str) -> Result<Reading, String> {
     let asked = async {
-        let body = client::get(server, token, "/stats")
-            .await?
-            .success()
-            .await?
-            .bytes()
-            .await?;
+        let (status, body) = client.get("/stats").await?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body).trim().to_string();
+            return Err(format!("the status server answered {status}: {text}"));
+        }
         let mut reading = Reading::parse(&body, Instant::now())?;
         // 503 says the broker is away: an answer to show, not a failure.
-        let health = client::get(server, token, "/health").await?.bytes().await?;
+        let (_, health) = client.get("/health").await?;
         reading.health = String::from_utf8_lossy(&health)
             .lines()
             .next()
