@@ -9,12 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
-use crate::util::{config_yaml, forward_all, proxied_broker, unique_topic, Hotdog};
+use crate::util::{config_yaml, forward_all, proxied_broker, Hotdog};
 
 const PACED: usize = 20;
 const PACED_RATE: u64 = 500;
@@ -45,17 +42,9 @@ type Seen = HashMap<String, (i64, i64)>;
 
 /// Reads `topic` as records arrive, until `stop`.
 fn tail(broker: &str, topic: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Seen> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", unique_topic("tail"))
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("partition list");
-    consumer.assign(&tpl).expect("assign");
+    let mut config = crate::util::consumer_config(broker);
+    config.set("fetch.wait.max.ms", "10");
+    let consumer = crate::util::partition_consumer(config, topic);
     std::thread::spawn(move || {
         let mut seen = Seen::new();
         while !stop.load(Ordering::Relaxed) {
@@ -176,6 +165,18 @@ fn round(hotdog: &Hotdog, broker: &str, topic: &str, first_source: usize, base: 
     }
 }
 
+/// The paced senders of `r` that had less than 99% of their lines in Kafka within 2 s.
+fn late(name: &str, r: &Round) -> Vec<String> {
+    r.paced
+        .iter()
+        .enumerate()
+        .filter(|(_, (share, _))| *share < 0.99)
+        .map(|(s, (share, p99))| {
+            format!("{name}: paced sender {s}: {share:.4} within 2 s (p99 {p99} ms)")
+        })
+        .collect()
+}
+
 fn report(name: &str, r: &Round) {
     let worst_share = r.paced.iter().map(|p| p.0).fold(1.0, f64::min);
     let worst_p99 = r.paced.iter().map(|p| p.1).max().unwrap_or(0);
@@ -203,13 +204,7 @@ fn a_flooder_does_not_starve_paced_senders_and_a_quota_holds_it_to_its_rate() {
 
     let free = round(&hotdog, &target, &topic, 10, 500_000_000);
     report("no quota", &free);
-    for (s, (share, p99)) in free.paced.iter().enumerate() {
-        if *share < 0.99 {
-            failures.push(format!(
-                "no quota: paced sender {s}: {share:.4} within 2 s (p99 {p99} ms)"
-            ));
-        }
-    }
+    failures.extend(late("no quota", &free));
 
     // A quota on every source, which only the flooder reaches; a reload puts it in.
     let quota = format!("    quota:\n      lines: {QUOTA}\n      over: wait\n");
@@ -218,13 +213,7 @@ fn a_flooder_does_not_starve_paced_senders_and_a_quota_holds_it_to_its_rate() {
     assert_eq!(code, 200, "{answer}");
     let limited = round(&hotdog, &target, &topic, 40, 600_000_000);
     report("quota 2000 lines/s", &limited);
-    for (s, (share, p99)) in limited.paced.iter().enumerate() {
-        if *share < 0.99 {
-            failures.push(format!(
-                "quota: paced sender {s}: {share:.4} within 2 s (p99 {p99} ms)"
-            ));
-        }
-    }
+    failures.extend(late("quota", &limited));
     let (low, high) = (QUOTA as f64 * 0.95, QUOTA as f64 * 1.05);
     if !(low..=high).contains(&limited.flood_rate) {
         failures.push(format!(

@@ -8,10 +8,7 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::util::{free_port, start_tansu_sqlite, start_tansu_with, wait_until, Hotdog};
 
@@ -146,20 +143,13 @@ fn a_scram_login_delivers_every_line_and_a_wrong_password_is_refused_clearly() {
     let (code, health) = hotdog.http_get("/health");
     assert_eq!(code, 200, "{health}");
     // Read back by a consumer that logs in as well.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+    let mut config = crate::util::consumer_config(&format!("127.0.0.1:{port}"));
+    config
         .set("security.protocol", "SASL_PLAINTEXT")
         .set("sasl.mechanism", "SCRAM-SHA-512")
         .set("sasl.username", "hotdog")
-        .set("sasl.password", "s3cret-scram")
-        .set("group.id", crate::util::unique_topic("sasl"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("sasl-logs", 0, Offset::Beginning)
-        .expect("partition");
-    consumer.assign(&tpl).expect("assign");
+        .set("sasl.password", "s3cret-scram");
+    let consumer = crate::util::partition_consumer(config, "sasl-logs");
     let mut keys = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while keys.len() < 50 && std::time::Instant::now() < deadline {

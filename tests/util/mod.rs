@@ -233,6 +233,28 @@ pub fn consume(broker: &str, topic: &str, want: usize, timeout: Duration) -> Vec
     read_partition(broker, topic, timeout, |got, _| got >= want)
 }
 
+/// A consumer's settings for the tests: `broker`, a group of its own, no commits (groups are
+/// not relied on: consumers are assigned their partition).
+pub fn consumer_config(broker: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("hotdog-test-{}", unique_topic("g")))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    config
+}
+
+/// A consumer made of `config`, reading partition 0 of `topic` from the beginning.
+pub fn partition_consumer(config: ClientConfig, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition list");
+    consumer.assign(&tpl).expect("assign");
+    consumer
+}
+
 /// Reads partition 0 of `topic` from the beginning until `done(messages so far, time since
 /// the last one)` or `timeout`.
 fn read_partition(
@@ -241,17 +263,7 @@ fn read_partition(
     timeout: Duration,
     done: impl Fn(usize, Duration) -> bool,
 ) -> Vec<Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", format!("hotdog-test-{}", unique_topic("g")))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("partition list");
-    consumer.assign(&tpl).expect("assign");
+    let consumer = partition_consumer(consumer_config(broker), topic);
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut last = Instant::now();
