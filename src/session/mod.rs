@@ -136,11 +136,28 @@ impl Pipeline {
         verdict
     }
 
-    /// The sender changed (UDP): its quota's key may have too.
+    /// The sender changed (UDP): its quota's key may have too (what the last one dropped is
+    /// counted under its key first).
     pub fn sender_changed(&mut self) {
+        self.count_dropped();
         if let Some(meter) = &mut self.meter {
             meter.sender_changed();
         }
+    }
+
+    /// Adds what the quota dropped since the last time to its key's count, and says so in the
+    /// log (at most once every 10 s).
+    fn count_dropped(&mut self) {
+        let Some((key, lines, bytes)) = self.meter.as_mut().and_then(|m| m.take_dropped()) else {
+            return;
+        };
+        let listener = self.origin.listener.as_deref().unwrap_or("");
+        self.shared
+            .metrics
+            .quota_dropped(listener, &key, lines, bytes);
+        throttle::QUOTA.warn(format_args!(
+            "{listener}: dropped {lines} lines from `{key}` over its quota"
+        ));
     }
 
     /// Waits `wait` for the quota, having handed over what is batched (the sender is held back,
@@ -274,15 +291,7 @@ impl Pipeline {
     fn take_counts(&mut self) -> LineCounts {
         self.count_rules();
         let counts = std::mem::take(&mut self.counts);
-        if let Some((key, lines, bytes)) = self.meter.as_mut().and_then(|m| m.take_dropped()) {
-            let listener = self.origin.listener.as_deref().unwrap_or("");
-            self.shared
-                .metrics
-                .quota_dropped(listener, &key, lines, bytes);
-            throttle::QUOTA.warn(format_args!(
-                "{listener}: dropped {lines} lines from `{key}` over its quota"
-            ));
-        }
+        self.count_dropped();
         if let Some(read) = self.read_here.as_ref().filter(|_| counts.lines > 0) {
             read.fetch_add(counts.lines, Relaxed);
         }
