@@ -74,13 +74,15 @@ impl Answer {
             return Ok(self);
         }
         let status = self.status;
-        let text = self
-            .bytes()
-            .await
-            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-            .unwrap_or_default();
-        Err(format!("the status server answered {status}: {text}"))
+        let body = self.bytes().await.unwrap_or_default();
+        Err(refused(status, &body))
     }
+}
+
+/// What a status server that said no answered, as an error.
+pub fn refused(status: hyper::StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    format!("the status server answered {status}: {}", text.trim())
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, String> {

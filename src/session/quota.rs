@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::base::metrics::lock;
 use hotdog_stages::config::{Over, Quota};
 use hotdog_stages::core::Origin;
 
@@ -19,10 +20,6 @@ use hotdog_stages::core::Origin;
 const KEYS_MAX: usize = 100_000;
 /// The key of the bucket the senders past [`KEYS_MAX`] share.
 const OVERFLOW_KEY: &str = "(keys past 100000)";
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What a frame may do under its sender's quota.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -218,7 +218,8 @@ impl Histogram {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A lock that a panic elsewhere did not make unusable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves counters that are still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -104,8 +104,7 @@ async fn read(client: &mut client::Client<'_>, address: &str) -> Result<Reading,
     let asked = async {
         let (status, body) = client.get("/stats").await?;
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body).trim().to_string();
-            return Err(format!("the status server answered {status}: {text}"));
+            return Err(client::refused(status, &body));
         }
         let mut reading = Reading::parse(&body, Instant::now())?;
         // 503 says the broker is away: an answer to show, not a failure.

@@ -9,6 +9,7 @@ use marked_yaml::Node;
 use super::yaml::{scalar, size, unknown_name, Cx, Map};
 use super::Protocol;
 use crate::core::Origin;
+use crate::route::template::{Segment, Template, Templates};
 
 /// `global.listen[].quota`.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,33 +232,43 @@ fn decode_key(cx: &mut Cx<'_>, node: &Node, what: &str) -> Option<QuotaKey> {
             parts: vec![KeyPart::Var(v)],
         });
     }
-    let mut parts = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(open) = rest.find("{{") {
-        if open > 0 {
-            parts.push(KeyPart::Text(rest[..open].to_string()));
-        }
-        let after = &rest[open + 2..];
-        let Some(close) = after.find("}}") else {
-            cx.error(node, format!("`{what}`: a `{{{{` without its `}}}}`"));
-            return None;
-        };
-        let name = after[..close].trim();
-        let Some(v) = KeyVar::from_name(name) else {
+    // The rules' template syntax, compiled by the rules' compiler; a key takes plain
+    // `{{name}}` placeholders only (no helpers: it is made for every connection).
+    let segments = match Templates::new().compile(&text) {
+        Ok(Template::Simple(segments)) => segments,
+        Ok(Template::Literal(_) | Template::Text(_)) => Vec::new(),
+        Ok(Template::Handlebars(_)) => {
             cx.error(
                 node,
                 format!(
-                    "`{what}`: {}",
-                    unknown_name("key variable", name, &KeyVar::NAMES)
+                    "`{what}` may hold only `{{{{name}}}}` placeholders, not helpers or blocks"
                 ),
             );
             return None;
-        };
-        parts.push(KeyPart::Var(v));
-        rest = &after[close + 2..];
-    }
-    if !rest.is_empty() {
-        parts.push(KeyPart::Text(rest.to_string()));
+        }
+        Err(e) => {
+            cx.error(node, format!("`{what}`: {e}"));
+            return None;
+        }
+    };
+    let mut parts = Vec::new();
+    for segment in segments {
+        match segment {
+            Segment::Text(t) => parts.push(KeyPart::Text(t)),
+            Segment::Var(name) => match KeyVar::from_name(&name) {
+                Some(v) => parts.push(KeyPart::Var(v)),
+                None => {
+                    cx.error(
+                        node,
+                        format!(
+                            "`{what}`: {}",
+                            unknown_name("key variable", &name, &KeyVar::NAMES)
+                        ),
+                    );
+                    return None;
+                }
+            },
+        }
     }
     if !parts.iter().any(|p| matches!(p, KeyPart::Var(_))) {
         cx.error(
