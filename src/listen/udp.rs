@@ -25,6 +25,7 @@ pub(super) async fn udp(
     let mut datagrams = Datagrams::new(max.max(1) + 1);
     let mut peer: Option<SocketAddr> = None;
     let mut since_yield = 0;
+    let mut patient = true;
     loop {
         // Datagrams are batched like lines read from a stream; a batch waits at most
         // UDP_LINGER for more before it goes to the publisher.
@@ -43,11 +44,11 @@ pub(super) async fn udp(
             .await;
         let count = match received {
             None => {
-                udp_flush(&mut pipeline, &metrics);
+                udp_flush(&mut pipeline, &metrics, &mut patient).await;
                 return;
             }
             Some(None) => {
-                udp_flush(&mut pipeline, &metrics);
+                udp_flush(&mut pipeline, &metrics, &mut patient).await;
                 continue;
             }
             Some(Some(Ok(n))) => n,
@@ -75,7 +76,7 @@ pub(super) async fn udp(
             }
             pipeline.frame(data, truncated);
             if pipeline.batch_full() {
-                udp_flush(&mut pipeline, &metrics);
+                udp_flush(&mut pipeline, &metrics, &mut patient).await;
             }
         }
         // A flood is always ready to read: give the other tasks their turn now and then.
@@ -155,8 +156,27 @@ fn std_address(a: &SockaddrStorage) -> Option<SocketAddr> {
 /// How long a UDP batch waits for more datagrams.
 pub(super) const UDP_LINGER: Duration = Duration::from_millis(5);
 
-pub(super) fn udp_flush(pipeline: &mut Pipeline, metrics: &crate::base::metrics::Metrics) {
-    let dropped = pipeline.try_flush();
+/// How long a UDP batch may wait for room in the outbox (meanwhile datagrams wait in the
+/// kernel's receive buffer, which holds a quarter of a second of far more than a listener
+/// reads): a spool or publisher that is behind for a moment costs no datagram.
+const UDP_PATIENCE: Duration = Duration::from_millis(250);
+
+/// Hands the batch to the outbox; what finds no room within [`UDP_PATIENCE`] is dropped and
+/// counted. Once a batch was dropped, the next ones do not wait until one finds room again:
+/// an outbox that stays full (the broker away, no spool) does not slow reading down, and
+/// the kernel does not drop what hotdog would count.
+pub(super) async fn udp_flush(
+    pipeline: &mut Pipeline,
+    metrics: &crate::base::metrics::Metrics,
+    patient: &mut bool,
+) {
+    let patience = if *patient {
+        UDP_PATIENCE
+    } else {
+        Duration::ZERO
+    };
+    let dropped = pipeline.flush_within(patience).await;
+    *patient = dropped == 0;
     if dropped > 0 {
         metrics.udp_dropped.fetch_add(dropped as u64, Relaxed);
         throttle::UDP_DROPPED.warn(format_args!(

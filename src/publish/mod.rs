@@ -41,7 +41,7 @@ mod pace;
 mod reports;
 
 use dead_letter_topic::*;
-pub use outbox::{outbox, Inbox, Outbox};
+pub use outbox::{outbox, Inbox, Outbox, Polled};
 use outbox::{spooling, Input};
 use reports::*;
 

@@ -32,10 +32,25 @@ impl Gate {
         }
     }
 
-    /// Takes room for `n` records if the outbox has it (all of it, for a sender that cannot
-    /// wait).
-    pub(super) fn try_take(&self, n: usize) -> bool {
-        self.try_take_within(n, self.capacity)
+    /// Takes room for as many of `n` records as the outbox has (all of it: for a sender that
+    /// cannot wait); returns how many.
+    pub(super) fn take_some(&self, n: usize) -> usize {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            let some = n.min(self.capacity.saturating_sub(used));
+            if some == 0 {
+                return 0;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + some,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return some,
+                Err(now) => used = now,
+            }
+        }
     }
 
     fn try_take_within(&self, n: usize, limit: usize) -> bool {
@@ -157,21 +172,54 @@ impl Outbox {
         }
     }
 
-    /// Like [`Outbox::send`], but never waits: when the outbox is full (or closed), the batch
-    /// and counts are given back. Only UDP does this: it cannot push back.
-    pub fn try_send(&self, batch: Batch, counts: LineCounts) -> Result<(), Parcel> {
-        let n = batch.len();
-        if !self.gate.try_take(n) {
-            return Err((batch, counts));
-        }
-        match self.tx.try_send((batch, counts)) {
-            Ok(()) => {
+    /// For a sender that cannot push back (UDP): hands over as much of `batch` as the outbox
+    /// has room for, and waits for room for the rest at most `patience` (meanwhile what comes
+    /// waits in the kernel's receive buffer: a publisher or spool that is behind for a moment
+    /// costs no datagram). Gives back what found no room, to be dropped, with the counts when
+    /// no part was handed over (they go with the first part).
+    pub async fn send_within(
+        &self,
+        mut batch: Batch,
+        counts: LineCounts,
+        patience: Duration,
+    ) -> Result<(), Parcel> {
+        let mut counts = Some(counts);
+        let mut deadline: Option<smol::Timer> = None;
+        loop {
+            let some = self.gate.take_some(batch.len());
+            if some > 0 {
+                let rest = batch.split_off(some);
+                let part = (batch, counts.take().unwrap_or_default());
+                if let Err(e) = self.tx.try_send(part) {
+                    self.gate.give(some);
+                    let (mut part, counts) = e.into_inner();
+                    part.extend(rest);
+                    return Err((part, counts));
+                }
                 self.arrived();
-                Ok(())
+                batch = rest;
             }
-            Err(e) => {
-                self.gate.give(n);
-                Err(e.into_inner())
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let freed = self.gate.freed.listen();
+            if self.gate.used.load(Ordering::Acquire) < self.gate.capacity {
+                continue;
+            }
+            let timer = deadline.get_or_insert_with(|| smol::Timer::after(patience));
+            let timed_out = futures_lite::future::or(
+                async {
+                    freed.await;
+                    false
+                },
+                async {
+                    (&mut *timer).await;
+                    true
+                },
+            )
+            .await;
+            if timed_out {
+                return Err((batch, counts.unwrap_or_default()));
             }
         }
     }

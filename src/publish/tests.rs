@@ -87,10 +87,9 @@ fn topics_past_the_cap_are_refused_and_known_ones_and_the_fallback_always_admitt
 #[test]
 fn the_gate_counts_records_and_wakes_a_waiting_sender() {
     let gate = Arc::new(Gate::new(10));
-    assert!(gate.try_take(6));
-    assert!(!gate.try_take(5), "6 + 5 records do not fit in 10");
-    assert!(gate.try_take(4));
-    assert!(!gate.try_take(1));
+    assert_eq!(gate.take_some(6), 6);
+    assert_eq!(gate.take_some(5), 4, "of 6 + 5 records, 4 fit in 10");
+    assert_eq!(gate.take_some(1), 0);
     // Polled once: it waits (no room), and is woken by the room given back.
     let mut waiting = Box::pin(gate.take(3));
     assert!(
@@ -112,17 +111,64 @@ fn senders_that_wait_leave_the_last_eighth_to_those_that_cannot() {
         smol::block_on(futures_lite::future::poll_once(&mut waiting)).is_none(),
         "a waiting sender took the reserve"
     );
-    assert!(
-        gate.try_take(20),
+    assert_eq!(
+        gate.take_some(20),
+        20,
         "the reserve is there for a sender that cannot wait"
     );
-    assert!(!gate.try_take(1), "and no more than the capacity");
+    assert_eq!(gate.take_some(1), 0, "and no more than the capacity");
     gate.give(21);
     smol::block_on(waiting);
     // A batch larger than what waiting senders may fill still goes in, alone.
     let gate = Gate::new(8);
     smol::block_on(gate.take(8));
     assert_eq!(gate.used.load(Ordering::Relaxed), 8);
+}
+
+/// A sender that cannot wait hands over the part of a batch that fits, with the counts of all
+/// its lines (a spool's writer counts them once it has that part), and gets the rest back.
+#[test]
+fn a_batch_that_cannot_wait_goes_in_as_far_as_there_is_room() {
+    let file = deadletter::start(None, Metrics::new()).expect("writer");
+    let (outbox, inbox) = outbox(8, file, true);
+    let batch = |n: usize| -> Batch {
+        (0..n)
+            .map(|i| Record {
+                topic: "t".into(),
+                key: None,
+                payload: i.to_string().into(),
+                block: Block::default(),
+                headers: Vec::new(),
+                read_ms: 1,
+                ack: Default::default(),
+            })
+            .collect()
+    };
+    let counts = |lines| crate::base::metrics::LineCounts {
+        lines,
+        ..Default::default()
+    };
+    smol::block_on(outbox.send(batch(5), counts(5))).expect("room");
+    let (rest, rest_counts) =
+        smol::block_on(outbox.send_within(batch(6), counts(6), Duration::ZERO))
+            .expect_err("no room for all");
+    let payloads: Vec<_> = rest.iter().map(|r| r.payload.to_vec()).collect();
+    assert_eq!(payloads, [b"3".to_vec(), b"4".to_vec(), b"5".to_vec()]);
+    assert_eq!(
+        rest_counts.lines, 0,
+        "the counts went with the part that fit"
+    );
+    let mut got = Vec::new();
+    while let outbox::Polled::Batch(b, c) = inbox.try_recv() {
+        got.push((b.len(), c.lines));
+    }
+    assert_eq!(got, [(5, 5), (3, 6)]);
+    // With no room at all, the counts come back with the batch.
+    smol::block_on(outbox.send(batch(8), counts(8))).expect("room");
+    let (rest, rest_counts) =
+        smol::block_on(outbox.send_within(batch(2), counts(2), Duration::from_millis(20)))
+            .expect_err("no room");
+    assert_eq!((rest.len(), rest_counts.lines), (2, 2));
 }
 
 /// The spool's writer hurries (leaves batches on disk rather than wait for Kafka) once a sender
@@ -148,9 +194,12 @@ fn the_outbox_is_pressed_once_the_reserve_is_in_use() {
     smol::block_on(outbox.send(batch(70), crate::base::metrics::LineCounts::default()))
         .expect("room");
     assert!(!pressed(), "waiting senders filled what they may");
-    assert!(outbox
-        .try_send(batch(1), crate::base::metrics::LineCounts::default())
-        .is_ok());
+    assert!(smol::block_on(outbox.send_within(
+        batch(1),
+        crate::base::metrics::LineCounts::default(),
+        Duration::ZERO
+    ))
+    .is_ok());
     assert!(pressed(), "a datagram is in the reserve");
     assert!(matches!(inbox.try_recv(), outbox::Polled::Batch(b, _) if b.len() == 70));
     assert!(!pressed());

@@ -267,9 +267,10 @@ impl Pipeline {
         &mut self.origin
     }
 
-    /// Like [`Pipeline::flush`], but never waits: when the outbox is full the batch is dropped
-    /// (only UDP does this: it cannot push back). Returns how many records were dropped.
-    pub fn try_flush(&mut self) -> usize {
+    /// Like [`Pipeline::flush`], but waits for room at most `patience`: what the outbox has
+    /// no room for by then is dropped (only UDP does this: it cannot push back). Returns how
+    /// many records were dropped.
+    pub async fn flush_within(&mut self, patience: Duration) -> usize {
         let counts = self.take_counts();
         if self.batch.is_empty() {
             self.shared.metrics.add_lines(&counts);
@@ -277,7 +278,12 @@ impl Pipeline {
         }
         let batch = self.take_batch();
         let counts = self.hand_over(counts);
-        match self.shared.outbox.try_send(batch, counts) {
+        match self
+            .shared
+            .outbox
+            .send_within(batch, counts, patience)
+            .await
+        {
             Ok(()) => 0,
             Err((batch, counts)) => {
                 self.shared.metrics.add_lines(&counts);

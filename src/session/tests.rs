@@ -427,15 +427,45 @@ fn a_read_that_fills_the_buffer_doubles_it_up_to_a_read_and_only_a_long_frame_fu
 }
 
 #[test]
-fn without_room_a_datagram_batch_is_dropped_not_waited_for() {
-    let (shared, _inbox) = setup(FORWARD_ALL, 1);
+fn a_datagram_batch_waits_for_room_a_while_then_what_has_none_is_dropped() {
+    let (shared, inbox) = setup(FORWARD_ALL, 3);
     let mut pipeline = Pipeline::new(shared, Origin::default());
-    pipeline.frame(b"<13>route me 1", false);
-    assert_eq!(pipeline.try_flush(), 0);
-    pipeline.frame(b"<13>route me 2", false);
+    let frame = |p: &mut Pipeline, n: usize| {
+        for i in 0..n {
+            p.frame(format!("<13>route me {i}").as_bytes(), false);
+        }
+    };
+    frame(&mut pipeline, 2);
+    assert_eq!(smol::block_on(pipeline.flush_within(Duration::ZERO)), 0);
+    // Room for one of two: that one goes, the other is dropped at once without patience.
+    frame(&mut pipeline, 2);
+    assert_eq!(smol::block_on(pipeline.flush_within(Duration::ZERO)), 1);
+    // Full: with patience, the batch waits for the room the publisher gives back.
+    frame(&mut pipeline, 3);
+    let taken = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let first = smol::block_on(inbox.recv()).map_or(0, |b| b.len());
+        (first, inbox)
+    });
+    let start = Instant::now();
     assert_eq!(
-        pipeline.try_flush(),
+        smol::block_on(pipeline.flush_within(Duration::from_millis(300))),
         1,
-        "the outbox holds one record already"
+        "two of three found the room freed, the third none: the outbox stayed full"
+    );
+    let (first, inbox) = taken.join().expect("taker");
+    assert_eq!(first, 2);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "it waited its patience"
+    );
+    let queued: usize = std::iter::from_fn(|| match inbox.try_recv() {
+        publish::Polled::Batch(b, _) => Some(b.len()),
+        _ => None,
+    })
+    .sum();
+    assert_eq!(
+        queued, 3,
+        "the one of the second batch and two of the third"
     );
 }
