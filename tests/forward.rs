@@ -22,6 +22,7 @@ fn read(key: Option<&str>, payload: &str) -> Consumed {
         bytes: payload.as_bytes().to_vec(),
         headers: Vec::new(),
         timestamp: None,
+        offset: 0,
     }
 }
 

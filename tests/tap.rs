@@ -6,7 +6,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::util::{cert_path, consume_all, fresh_topic, keep_sending, run_hotdog, Hotdog, HOTDOG};
+use crate::util::{
+    cert_path, consume_all, fresh_topic, keep_sending, run_hotdog, send_lines, unique_topic,
+    unknown_topic_config, Hotdog, HOTDOG,
+};
 
 fn rules(topic: &str) -> String {
     format!(
@@ -65,7 +68,8 @@ fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
         assert!(line.contains("error seq="), "{e}");
         assert!(line.ends_with('0') || line.ends_with('5'), "{e}");
         assert_eq!(e["rules"], serde_json::json!(["errors"]), "{e}");
-        assert_eq!(e["outcome"], "routed");
+        assert_eq!(e["outcome"], "delivered", "{e}");
+        assert_eq!(e["partition"], 0, "{e}");
         assert_eq!(e["topic"].as_str(), Some(topic.as_str()));
         let seq = line.rsplit('=').next().expect("seq");
         assert_eq!(e["key"].as_str(), Some(seq), "{e}");
@@ -77,9 +81,52 @@ fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
         );
         assert_eq!(e["listener"], format!("127.0.0.1:{port}"), "{e}");
     }
-    // The tap took nothing from Kafka: every line sent is there, once.
-    assert_eq!(consume_all(broker, &topic, sent).len(), sent);
+    // The tap took nothing from Kafka: every line sent is there, once; and each event's
+    // offset is where its record is.
+    let got = consume_all(broker, &topic, sent);
+    assert_eq!(got.len(), sent);
+    for e in &events {
+        let at = got
+            .iter()
+            .find(|c| Some(c.offset) == e["offset"].as_i64())
+            .unwrap_or_else(|| panic!("no record at the offset of {e}"));
+        assert_eq!(at.key.as_deref(), e["key"].as_str(), "{e}");
+    }
     assert_eq!(hotdog.stat("tap.dropped"), 0);
+}
+
+/// A record Kafka refuses for good shows in the tap as a dead letter, with why and where it
+/// went.
+#[test]
+fn tap_shows_a_dead_letter_as_such() {
+    let (broker, dead) = fresh_topic("tap-dead");
+    let missing = unique_topic("tap-missing");
+    let hotdog = Hotdog::start_config(&unknown_topic_config(broker, &missing, &dead));
+    let url = format!("http://127.0.0.1:{}", hotdog.status_port);
+    let addr = hotdog.addr();
+    let sending = std::thread::spawn(move || {
+        for i in 0..20 {
+            send_lines(&addr, &[format!("<13>lost cause seq={i}")]);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let (code, out, err) = run_hotdog(&["tap", "--url", &url, "--limit", "2", "--duration", "30s"]);
+    sending.join().expect("sender");
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(events.len(), 2, "{out}");
+    for e in &events {
+        assert_eq!(e["outcome"], "dead_lettered", "{e}");
+        assert_eq!(e["topic"].as_str(), Some(missing.as_str()), "{e}");
+        assert!(
+            e["reason"].as_str().is_some_and(|r| r.contains("unknown")),
+            "{e}"
+        );
+        assert_eq!(e["dead_letter_to"].as_str(), Some(dead.as_str()), "{e}");
+    }
 }
 
 #[test]

@@ -1,14 +1,20 @@
 //! Taps: what `hotdog tap` shows. A session offers every frame it routed (the line, its source,
 //! the rules that matched, the record made of it) to the taps open at that moment; each tap
 //! keeps what its filter asks for as one JSON line in a bounded queue that the status server
-//! streams to its client. A tap never slows the pipeline down: with no tap open, offering is
-//! one atomic load; a tap whose client reads too slowly loses events (counted in
-//! `tap.dropped`), never records.
+//! streams to its client. A frame that made a record is held until the record is settled
+//! (delivered, with its partition and offset, or dead-lettered, with why), and then written
+//! with what became of it; one still in flight after [`HOLD`] is written as such. A tap never
+//! slows the pipeline down: with no tap open, offering is one atomic load; a tap whose client
+//! reads too slowly loses events (counted in `tap.dropped`), never records.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hotdog_stages::core::{Outcome, Watch};
 
 use regex_automata::meta::Regex;
 use serde::Serialize;
@@ -51,8 +57,10 @@ pub struct Event<'a> {
     pub tls_client_cn: Option<&'a str>,
     /// The rules that matched, in order.
     pub rules: Labels<'a>,
-    /// `routed` (a record was made: it goes to Kafka) or `unrouted` (no rule forwarded it).
-    pub outcome: &'static str,
+    /// `unrouted` (no rule forwarded it); for a frame that made a record, written once the
+    /// record is settled (see [`Watched`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,11 +135,7 @@ impl<'a> Event<'a> {
             listener: origin.listener.as_deref(),
             tls_client_cn: origin.tls_client_cn.as_deref(),
             rules,
-            outcome: if record.is_some() {
-                "routed"
-            } else {
-                "unrouted"
-            },
+            outcome: record.is_none().then_some("unrouted"),
             topic: record.map(|r| r.topic.as_ref()),
             key: record.and_then(|r| r.key.as_deref()),
             headers: Headers(record),
@@ -160,9 +164,104 @@ impl Filter {
     }
 }
 
+/// How long a frame that made a record is held for its outcome; then it is written as
+/// `in_flight` (the broker is slow or away: the tap still shows what comes).
+pub const HOLD: Duration = Duration::from_secs(5);
+
 struct Tap {
     filter: Filter,
     queue: async_channel::Sender<String>,
+    held: Arc<Held>,
+}
+
+/// A kept event waiting for its record's outcome: its JSON without the closing brace, taken
+/// out by whichever comes first, the outcome or the end of [`HOLD`].
+type Slot = Mutex<Option<String>>;
+
+/// A tap's events that wait for their records' outcomes, oldest first; at most [`TAP_QUEUE`].
+#[derive(Default)]
+pub struct Held(Mutex<VecDeque<(Instant, Arc<Slot>)>>);
+
+impl Held {
+    /// Holds `json` (an event without its closing brace); `None` when the tap holds as many
+    /// as it may.
+    fn hold(&self, json: String, now: Instant) -> Option<Arc<Slot>> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held.len() >= TAP_QUEUE {
+            held.retain(|(_, slot)| lock(slot).is_some());
+            if held.len() >= TAP_QUEUE {
+                return None;
+            }
+        }
+        let slot = Arc::new(Mutex::new(Some(json)));
+        held.push_back((now, slot.clone()));
+        Some(slot)
+    }
+
+    /// The events held for `hold` or longer that are still waiting, written as in flight (all
+    /// of them with no `hold`: the tap ends); those that were settled are let go.
+    pub fn expired(&self, hold: Duration) -> Vec<String> {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        while let Some((at, slot)) = held.front() {
+            let mut json = lock(slot);
+            if json.is_some() && at.elapsed() < hold {
+                break;
+            }
+            if let Some(mut json) = json.take() {
+                json.push_str(",\"outcome\":\"in_flight\"}");
+                out.push(json);
+            }
+            drop(json);
+            held.pop_front();
+        }
+        out
+    }
+
+    /// True when events wait for their outcomes.
+    #[cfg(test)]
+    pub fn any(&self) -> bool {
+        !self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+}
+
+/// A slot's lock, poisoned or not.
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<String>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a record that taps kept carries to its outcome: each tap's held event, written with
+/// the outcome into that tap's queue.
+struct Watched {
+    taps: Vec<(Arc<Slot>, async_channel::Sender<String>)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Watch for Watched {
+    fn outcome(&self, outcome: Outcome<'_>) {
+        let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let end = match outcome {
+            Outcome::Delivered { partition, offset } => format!(
+                ",\"outcome\":\"delivered\",\"partition\":{partition},\"offset\":{offset}}}"
+            ),
+            Outcome::DeadLettered { reason, to } => format!(
+                ",\"outcome\":\"dead_lettered\",\"reason\":{},\"dead_letter_to\":{}}}",
+                text(reason),
+                text(to)
+            ),
+            Outcome::Spooled => ",\"outcome\":\"spooled\"}".into(),
+            Outcome::NotSent => ",\"outcome\":\"not_sent\"}".into(),
+        };
+        for (slot, queue) in &self.taps {
+            let Some(mut json) = lock(slot).take() else {
+                continue;
+            };
+            json.push_str(&end);
+            if let Err(async_channel::TrySendError::Full(_)) = queue.try_send(json) {
+                self.metrics.tap_dropped.fetch_add(1, Relaxed);
+            }
+        }
+    }
 }
 
 /// The taps open now.
@@ -182,28 +281,53 @@ impl Taps {
         self.open.load(Relaxed) > 0
     }
 
-    /// Opens a tap: the JSON lines of the events `filter` keeps. It closes when the receiver
-    /// is dropped. An error when [`MAX_TAPS`] are open.
-    pub fn open(&self, filter: Filter) -> Result<async_channel::Receiver<String>, String> {
+    /// Opens a tap: the JSON lines of the events `filter` keeps, and the events it holds for
+    /// their outcomes. It closes when the receiver is dropped. An error when [`MAX_TAPS`] are
+    /// open.
+    pub fn open(
+        &self,
+        filter: Filter,
+    ) -> Result<(async_channel::Receiver<String>, Arc<Held>), String> {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         taps.retain(|t| !t.queue.is_closed());
         if taps.len() >= MAX_TAPS {
             return Err(format!("{MAX_TAPS} taps are open already"));
         }
         let (queue, events) = async_channel::bounded(TAP_QUEUE);
-        taps.push(Tap { filter, queue });
+        let held = Arc::new(Held::default());
+        taps.push(Tap {
+            filter,
+            queue,
+            held: held.clone(),
+        });
         self.open.store(taps.len(), Relaxed);
-        Ok(events)
+        Ok((events, held))
     }
 
     /// Gives `event` to every open tap that keeps it; a tap that is full loses it (counted).
-    pub fn offer(&self, event: &Event<'_>, metrics: &Metrics) {
+    /// An event with a record is held by each tap for the record's outcome: what to watch
+    /// the record with is returned.
+    pub fn offer(&self, event: &Event<'_>, metrics: &Arc<Metrics>) -> Option<Box<dyn Watch>> {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         let mut json: Option<String> = None;
+        let mut watched = Vec::new();
+        let now = Instant::now();
         for tap in taps.iter().filter(|t| t.filter.keeps(event)) {
             let line = json.get_or_insert_with(|| serde_json::to_string(event).unwrap_or_default());
-            if let Err(async_channel::TrySendError::Full(_)) = tap.queue.try_send(line.clone()) {
-                metrics.tap_dropped.fetch_add(1, Relaxed);
+            if event.outcome.is_some() {
+                if let Err(async_channel::TrySendError::Full(_)) = tap.queue.try_send(line.clone())
+                {
+                    metrics.tap_dropped.fetch_add(1, Relaxed);
+                }
+                continue;
+            }
+            // Without its closing brace: the outcome is written after it.
+            let open = line.strip_suffix('}').unwrap_or(line).to_string();
+            match tap.held.hold(open, now) {
+                Some(slot) => watched.push((slot, tap.queue.clone())),
+                None => {
+                    metrics.tap_dropped.fetch_add(1, Relaxed);
+                }
             }
         }
         let before = taps.len();
@@ -211,6 +335,12 @@ impl Taps {
         if taps.len() != before {
             self.open.store(taps.len(), Relaxed);
         }
+        (!watched.is_empty()).then(|| {
+            Box::new(Watched {
+                taps: watched,
+                metrics: metrics.clone(),
+            }) as Box<dyn Watch>
+        })
     }
 }
 
@@ -237,8 +367,8 @@ mod tests {
         let taps = Taps::new();
         let metrics = Metrics::new();
         assert!(!taps.any());
-        let all = taps.open(Filter::default()).expect("tap");
-        let errors = taps
+        let (all, _) = taps.open(Filter::default()).expect("tap");
+        let (errors, errors_held) = taps
             .open(Filter {
                 rule: Some("errors".into()),
                 line: Some(Regex::new("disk").expect("regex")),
@@ -260,12 +390,23 @@ mod tests {
             read_ms: 0,
             ack: Default::default(),
         };
-        taps.offer(
-            &event("disk full", &origin, &["errors"], Some(&record)),
-            &metrics,
-        );
-        taps.offer(&event("disk full", &origin, &["other"], None), &metrics);
+        let watch = taps
+            .offer(
+                &event("disk full", &origin, &["errors"], Some(&record)),
+                &metrics,
+            )
+            .expect("a record kept is watched");
+        assert!(errors_held.any(), "held for its outcome");
+        assert!(taps
+            .offer(&event("disk full", &origin, &["other"], None), &metrics)
+            .is_none());
         taps.offer(&event("cpu hot", &origin, &["errors"], None), &metrics);
+        assert_eq!(all.len(), 2, "the unrouted ones at once");
+        assert_eq!(errors.len(), 0);
+        watch.outcome(Outcome::Delivered {
+            partition: 2,
+            offset: 41,
+        });
         assert_eq!(all.len(), 3);
         assert_eq!(errors.len(), 1);
         let first: serde_json::Value =
@@ -273,10 +414,18 @@ mod tests {
         assert_eq!(first["line"], "disk full");
         assert_eq!(first["source"], "10.0.0.7:5140");
         assert_eq!(first["rules"], serde_json::json!(["errors"]));
-        assert_eq!(first["outcome"], "routed");
+        assert_eq!(first["outcome"], "delivered");
+        assert_eq!(
+            (first["partition"].clone(), first["offset"].clone()),
+            (2.into(), 41.into())
+        );
         assert_eq!(first["topic"], "logs");
         assert_eq!(first["payload"], "payload");
         assert_eq!(first["headers"], serde_json::json!([["h", "v"]]));
+        assert!(
+            errors_held.expired(Duration::ZERO).is_empty(),
+            "settled, not held"
+        );
 
         // A tap whose reader is behind loses events, counted; the others get theirs.
         for _ in 0..TAP_QUEUE {
@@ -294,6 +443,61 @@ mod tests {
             .collect();
         assert!(taps.open(Filter::default()).is_err());
         drop(open);
+    }
+
+    /// Each outcome is written as such; an event whose record is not settled within its hold
+    /// is written as in flight, and its outcome later is not written twice.
+    #[test]
+    fn a_held_event_is_written_with_its_outcome_or_as_in_flight() {
+        let taps = Taps::new();
+        let metrics = Metrics::new();
+        let (events, held) = taps.open(Filter::default()).expect("tap");
+        let origin = Origin::default();
+        let record = Record {
+            topic: "logs".into(),
+            key: None,
+            payload: bytes::Bytes::from_static(b"p"),
+            block: Default::default(),
+            headers: Vec::new(),
+            read_ms: 0,
+            ack: Default::default(),
+        };
+        let offer = || {
+            taps.offer(&event("x", &origin, &[], Some(&record)), &metrics)
+                .expect("watched")
+        };
+        let outcomes = [
+            Outcome::DeadLettered {
+                reason: "message_too_large",
+                to: "dead \"letters\"",
+            },
+            Outcome::Spooled,
+            Outcome::NotSent,
+        ];
+        for outcome in outcomes {
+            offer().outcome(outcome);
+        }
+        let got: Vec<serde_json::Value> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| serde_json::from_str(&e).expect("JSON"))
+            .collect();
+        assert_eq!(got[0]["outcome"], "dead_lettered");
+        assert_eq!(got[0]["reason"], "message_too_large");
+        assert_eq!(got[0]["dead_letter_to"], "dead \"letters\"");
+        assert_eq!(got[1]["outcome"], "spooled");
+        assert_eq!(got[2]["outcome"], "not_sent");
+        assert_eq!(got.len(), 3);
+        let late = offer();
+        assert!(
+            held.expired(Duration::from_secs(60)).is_empty(),
+            "within its hold"
+        );
+        let expired = held.expired(Duration::ZERO);
+        assert_eq!(expired.len(), 1);
+        let e: serde_json::Value = serde_json::from_str(&expired[0]).expect("JSON");
+        assert_eq!(e["outcome"], "in_flight");
+        late.outcome(Outcome::Spooled);
+        assert!(events.try_recv().is_err(), "written once");
+        assert!(!held.any());
     }
 
     #[test]

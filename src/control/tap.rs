@@ -33,6 +33,8 @@ pub struct Request {
     pub filter: Filter,
     pub limit: Option<u64>,
     pub time: Duration,
+    /// How long an event is held for its record's outcome ([`crate::base::tap::HOLD`]).
+    pub hold: Duration,
 }
 
 /// Reads `/tap`'s query; an error says which parameter is wrong.
@@ -41,6 +43,7 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
         filter: Filter::default(),
         limit: None,
         time: DEFAULT_TIME,
+        hold: crate::base::tap::HOLD,
     };
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let value = value.into_owned();
@@ -76,51 +79,130 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
     Ok(request)
 }
 
+/// How often a tap looks for events held too long for their outcomes.
+const SWEEP: Duration = Duration::from_millis(250);
+
+/// What woke a tap's stream.
+enum Wake {
+    Event(String),
+    /// Time to look for events held too long.
+    Sweep,
+    /// The tap's time is over (or its queue closed).
+    End,
+}
+
 /// Opens a tap for `request`: the body that streams it, and when it ends. An error when too
 /// many taps are open.
 pub fn open(taps: &Taps, request: Request) -> Result<(TapBody, Instant), String> {
-    let events = taps.open(request.filter)?;
+    let (events, held) = taps.open(request.filter)?;
     let until = Instant::now() + request.time;
     let left = request.limit.unwrap_or(u64::MAX);
+    let hold = request.hold;
     let stream = futures_lite::stream::unfold(
-        (events, smol::Timer::at(until), left, false),
-        |(events, mut timer, left, over)| async move {
+        (events, held, smol::Timer::at(until), left, false),
+        move |(events, held, mut timer, left, over)| async move {
             if left == 0 || over {
                 return None;
             }
-            let first = async { events.recv().await.ok() }
+            let mut chunk = Chunk::new(left);
+            // The first event, or events held too long, or the end.
+            let mut over = loop {
+                let wake = async { events.recv().await.map_or(Wake::End, Wake::Event) }
+                    .or(async {
+                        smol::Timer::after(SWEEP).await;
+                        Wake::Sweep
+                    })
+                    .or(async {
+                        (&mut timer).await;
+                        Wake::End
+                    })
+                    .await;
+                match wake {
+                    Wake::Event(event) => chunk.push(event),
+                    Wake::Sweep => chunk.extend(held.expired(hold)),
+                    Wake::End => break true,
+                }
+                if !chunk.is_empty() {
+                    break false;
+                }
+            };
+            if !over {
+                // What comes over the next moment goes out in the same write: a write (and a
+                // wake-up of the status server's thread) per event cost more than the tap
+                // itself.
+                over = async {
+                    smol::Timer::after(GATHER).await;
+                    false
+                }
                 .or(async {
                     (&mut timer).await;
-                    None
+                    true
                 })
-                .await?;
-            // What comes over the next moment goes out in the same write: a write (and a
-            // wake-up of the status server's thread) per event cost more than the tap itself.
-            let over = async {
-                smol::Timer::after(GATHER).await;
-                false
+                .await;
+                while let Ok(event) = events.try_recv() {
+                    if chunk.full() {
+                        break;
+                    }
+                    chunk.push(event);
+                }
+                chunk.extend(held.expired(hold));
             }
-            .or(async {
-                (&mut timer).await;
-                true
-            })
-            .await;
-            let mut chunk = first;
-            chunk.push('\n');
-            let mut taken = 1;
-            while taken < left {
-                let Ok(event) = events.try_recv() else {
-                    break;
-                };
-                chunk.push_str(&event);
-                chunk.push('\n');
-                taken += 1;
+            if over {
+                // Whatever still waits for its outcome is written as in flight.
+                chunk.extend(held.expired(Duration::ZERO));
             }
-            let frame = Frame::data(Bytes::from(chunk));
-            Some((Ok(frame), (events, timer, left - taken, over)))
+            if chunk.is_empty() {
+                return None;
+            }
+            let (taken, text) = chunk.done();
+            let frame = Frame::data(Bytes::from(text));
+            Some((Ok(frame), (events, held, timer, left - taken, over)))
         },
     );
     Ok((StreamBody::new(Box::pin(stream)), until))
+}
+
+/// The events of one write, at most as many as the tap has left.
+struct Chunk {
+    text: String,
+    taken: u64,
+    left: u64,
+}
+
+impl Chunk {
+    fn new(left: u64) -> Chunk {
+        Chunk {
+            text: String::new(),
+            taken: 0,
+            left,
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.taken >= self.left
+    }
+
+    fn is_empty(&self) -> bool {
+        self.taken == 0
+    }
+
+    fn push(&mut self, event: String) {
+        if !self.full() {
+            self.text.push_str(&event);
+            self.text.push('\n');
+            self.taken += 1;
+        }
+    }
+
+    fn extend(&mut self, events: Vec<String>) {
+        for event in events {
+            self.push(event);
+        }
+    }
+
+    fn done(self) -> (u64, String) {
+        (self.taken, self.text)
+    }
 }
 
 /// What `hotdog tap` asks a running hotdog for.
@@ -201,7 +283,7 @@ mod tests {
         let (metrics, origin) = (Metrics::new(), hotdog_stages::core::Origin::default());
         for i in 0..n {
             let line = format!("frame {i}");
-            taps.offer(
+            let _ = taps.offer(
                 &Event::new(&line, &origin, Labels::Given(Vec::new()), None),
                 &metrics,
             );
@@ -238,6 +320,86 @@ mod tests {
             (Duration::from_secs(1)..Duration::from_secs(3)).contains(&took),
             "{took:?}"
         );
+    }
+
+    /// The writes of a tap held `hold`, for `seconds`, to which `offer` offers (and maybe
+    /// settles) events once it is open; each write with when it came.
+    fn held_writes(
+        seconds: u64,
+        hold: Duration,
+        offer: impl FnOnce(&Taps, &dyn Fn(&Taps, &str) -> Box<dyn hotdog_stages::core::Watch>),
+    ) -> Vec<(Duration, String)> {
+        let taps = Taps::default();
+        let mut request = parse(Some(&format!("seconds={seconds}"))).expect("query");
+        request.hold = hold;
+        let (mut body, _) = open(&taps, request).expect("open");
+        let record = hotdog_stages::core::Record {
+            topic: "logs".into(),
+            key: None,
+            payload: Bytes::from_static(b"p"),
+            block: Default::default(),
+            headers: Vec::new(),
+            read_ms: 0,
+            ack: Default::default(),
+        };
+        let (metrics, origin) = (Metrics::new(), hotdog_stages::core::Origin::default());
+        offer(&taps, &|taps: &Taps, line: &str| {
+            taps.offer(
+                &Event::new(line, &origin, Labels::Given(Vec::new()), Some(&record)),
+                &metrics,
+            )
+            .expect("watched")
+        });
+        let started = Instant::now();
+        let mut writes = Vec::new();
+        smol::block_on(async {
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.expect("frame").into_data() {
+                    writes.push((
+                        started.elapsed(),
+                        String::from_utf8_lossy(&data).into_owned(),
+                    ));
+                }
+            }
+        });
+        writes
+    }
+
+    /// An event whose record is settled in time is written with its outcome; one still in
+    /// flight after its hold, or when the tap ends, is written as such.
+    #[test]
+    fn held_events_are_written_with_their_outcome_or_as_in_flight() {
+        let mut slow = None;
+        let writes = held_writes(2, Duration::from_millis(300), |taps, offer| {
+            let delivered = offer(taps, "delivered");
+            slow = Some(offer(taps, "slow"));
+            delivered.outcome(hotdog_stages::core::Outcome::Delivered {
+                partition: 0,
+                offset: 7,
+            });
+        });
+        assert_eq!(writes.len(), 2, "{writes:?}");
+        assert!(
+            writes[0].1.starts_with("{\"line\":\"delivered\""),
+            "{writes:?}"
+        );
+        assert!(writes[0]
+            .1
+            .ends_with(",\"outcome\":\"delivered\",\"partition\":0,\"offset\":7}\n"));
+        assert!(writes[1].1.starts_with("{\"line\":\"slow\""), "{writes:?}");
+        assert!(writes[1].1.ends_with(",\"outcome\":\"in_flight\"}\n"));
+        assert!(
+            (Duration::from_millis(250)..Duration::from_millis(1500)).contains(&writes[1].0),
+            "written after its hold, before the tap's end: {writes:?}"
+        );
+        // Held longer than the tap runs: written when it ends.
+        let mut last = None;
+        let writes = held_writes(1, Duration::from_secs(60), |taps, offer| {
+            last = Some(offer(taps, "last"));
+        });
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        assert!(writes[0].1.contains("\"outcome\":\"in_flight\""));
+        assert!(writes[0].0 >= Duration::from_millis(900), "{writes:?}");
     }
 
     #[test]

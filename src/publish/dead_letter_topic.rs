@@ -2,6 +2,7 @@
 //! producer of their own; what that topic refuses goes to the dead-letter file.
 
 use super::*;
+use hotdog_stages::core::Outcome;
 
 /// What the dead-letter producer keeps with each dead letter: the topic it was meant for and
 /// the time its line was read.
@@ -16,6 +17,15 @@ impl producer::OwnsPayload for Letter {
     fn payload(&self) -> &[u8] {
         &[]
     }
+}
+
+/// Why a dead letter is one, as its `hotdog-reason` header says.
+fn reason_of(m: &rdkafka::message::BorrowedMessage<'_>) -> String {
+    m.headers()
+        .and_then(|h| h.iter().find(|h| h.key == "hotdog-reason"))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
 }
 
 /// Counts delivery reports of the dead-letter topic; runs on its producer's thread. The opaque
@@ -51,22 +61,19 @@ impl ProducerContext for DeadLetterReports {
         match result {
             Ok(m) => {
                 self.metrics.dead_lettered(&original);
-                ack.settle();
+                ack.settle(Outcome::DeadLettered {
+                    reason: &reason_of(m),
+                    to: m.topic(),
+                });
                 throttle::DEAD_LETTER.warn(format_args!(
                     "dead letter for {original} written to {}",
                     m.topic()
                 ));
             }
             Err((e, m)) if to_resend(&self.generation, e, &self.expired) => {
-                let reason = m
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == "hotdog-reason"))
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
                 let letter = DeadLetter {
                     record: original_record(m, ack),
-                    reason,
+                    reason: reason_of(m),
                     file_only: false,
                 };
                 keep(&self.pending, letter);

@@ -343,7 +343,10 @@ impl Writer {
 
 /// A letter is where dead letters go: counted, and its sender told.
 fn settled(metrics: &Metrics, mut letter: DeadLetter) {
-    std::mem::take(&mut letter.record.ack).settle();
+    std::mem::take(&mut letter.record.ack).settle(hotdog_stages::core::Outcome::DeadLettered {
+        reason: &letter.reason,
+        to: "file",
+    });
     metrics.dead_letter_reason(&letter.reason);
     metrics.dead_lettered(&letter.record.topic);
 }

@@ -3,7 +3,7 @@
 //! that a replaced producer purged is sent again by the next.
 
 use super::*;
-use hotdog_stages::core::AckClock;
+use hotdog_stages::core::{AckClock, Outcome};
 
 /// What the publisher keeps with each record it hands to librdkafka, for its delivery report:
 /// its payload when it is lent (librdkafka reads it without a copy of its own until then), its
@@ -116,9 +116,12 @@ impl ProducerContext for Reports {
             ack,
         } = *tag;
         match result {
-            Ok(_) => {
+            Ok(m) => {
                 self.metrics.delivered(&counters);
-                ack.settle();
+                ack.settle(Outcome::Delivered {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                });
                 if read_ms > 0 {
                     let now = self.clock.now(read_ms);
                     self.metrics

@@ -239,11 +239,14 @@ impl Pipeline {
 
     /// Offers the frame just routed to the open taps: its text, the rules it matched (those
     /// `matched` got from `matched_before` on) and the record made of it, when `made`.
-    fn tap(&self, text: &str, matched_before: usize, made: bool) {
+    fn tap(&mut self, text: &str, matched_before: usize, made: bool) {
         let rules = Labels::Of(&self.rules, &self.matched[matched_before..]);
         let record = if made { self.batch.last() } else { None };
         let event = crate::base::tap::Event::new(text, &self.origin, rules, record);
-        self.shared.taps.offer(&event, &self.shared.metrics);
+        let watch = self.shared.taps.offer(&event, &self.shared.metrics);
+        if let (Some(watch), Some(record)) = (watch, self.batch.last_mut()) {
+            record.ack.watch(watch);
+        }
     }
 
     /// Adds what each rule matched since the last time to its counter, once per rule.

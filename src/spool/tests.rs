@@ -64,7 +64,10 @@ fn drain(feed: &Feed) -> Batch {
 
 fn settle_all(records: Batch) {
     for r in records {
-        r.ack.settle();
+        r.ack.settle(hotdog_stages::core::Outcome::Delivered {
+            partition: 0,
+            offset: 0,
+        });
     }
 }
 

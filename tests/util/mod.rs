@@ -219,6 +219,8 @@ pub struct Consumed {
     pub headers: Vec<(String, String)>,
     /// The Kafka message timestamp (ms), when it has one.
     pub timestamp: Option<i64>,
+    /// Where it is in its partition.
+    pub offset: i64,
 }
 
 impl PartialEq for Consumed {
@@ -286,6 +288,7 @@ fn read_partition(
                     bytes: m.payload().unwrap_or_default().to_vec(),
                     headers,
                     timestamp: m.timestamp().to_millis(),
+                    offset: m.offset(),
                 });
             }
             Some(Err(e)) => eprintln!("consumer error on {topic}: {e}"),

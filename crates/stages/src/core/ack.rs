@@ -56,6 +56,7 @@ impl Awaited {
             awaited: Some(self.clone()),
             spooled: None,
             early: self.early,
+            watcher: None,
         }
     }
 
@@ -99,12 +100,33 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     fn name(&self) -> Option<&str>;
 }
 
+/// What became of a record, for whoever [watches](Ack::watch) it (a `hotdog tap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// Kafka acknowledged it, at this partition and offset.
+    Delivered { partition: i32, offset: i64 },
+    /// Written as a dead letter, for this reason, to this topic (or `file`).
+    DeadLettered { reason: &'a str, to: &'a str },
+    /// Left on the spool's disk, to be read back and sent from there.
+    Spooled,
+    /// Not sent: shutdown ran out of time for it.
+    NotSent,
+}
+
+/// Told once what became of a watched record, on whatever thread settles it: cheap.
+pub trait Watch: Send + Sync {
+    fn outcome(&self, outcome: Outcome<'_>);
+}
+
+/// A [`Watch`] behind one pointer: a record that nobody watches pays a word for it.
+type Watcher = Option<Box<Box<dyn Watch>>>;
+
 /// What waits for a record to be safe: a share of an [`Awaited`] message (RELP), the spool
 /// that keeps it, both or nothing. Settled by the stage that last holds the record: the
 /// delivery report, the dead-letter topic's report or the dead-letter file. Dropped unsettled,
 /// it marks the message lost; the spool keeps the record, to send it again after a restart. A
-/// clone is one more share of the message, and not the spool's.
-#[derive(Debug, Default)]
+/// clone is one more share of the message, and not the spool's (nor its watcher's).
+#[derive(Default)]
 pub struct Ack {
     awaited: Option<Arc<Awaited>>,
     /// The spool's ledger and the record's id there.
@@ -112,15 +134,35 @@ pub struct Ack {
     /// The sender is answered once the record is in the spool (RELP `ack: spool`), not once it
     /// is in Kafka.
     early: bool,
+    watcher: Watcher,
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ack")
+            .field("awaited", &self.awaited)
+            .field("spooled", &self.spooled)
+            .field("early", &self.early)
+            .field("watched", &self.watcher.is_some())
+            .finish()
+    }
 }
 
 impl Ack {
-    /// The record is safe: in Kafka, or written as a dead letter.
-    pub fn settle(mut self) {
+    /// The record is safe: in Kafka, or written as a dead letter, as `outcome` says.
+    pub fn settle(mut self, outcome: Outcome<'_>) {
+        if let Some(w) = self.watcher.take() {
+            w.outcome(outcome);
+        }
         self.settle_sender();
         if let Some((ledger, id)) = self.spooled.take() {
             ledger.settled(id);
         }
+    }
+
+    /// `watch` is told what becomes of the record.
+    pub fn watch(&mut self, watch: Box<dyn Watch>) {
+        self.watcher = Some(Box::new(watch));
     }
 
     /// The record ran out of time at shutdown: Kafka does not have it, so its message is never
@@ -191,12 +233,20 @@ impl Clone for Ack {
             }),
             spooled: None,
             early: self.early,
+            watcher: None,
         }
     }
 }
 
 impl Drop for Ack {
     fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.outcome(if self.spooled.is_some() {
+                Outcome::Spooled
+            } else {
+                Outcome::NotSent
+            });
+        }
         self.forsake_sender();
     }
 }
@@ -214,6 +264,62 @@ impl Eq for Ack {}
 mod tests {
     use super::*;
 
+    const DELIVERED: Outcome<'static> = Outcome::Delivered {
+        partition: 0,
+        offset: 0,
+    };
+
+    /// Tells what it is told, once.
+    struct Told(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Watch for Told {
+        fn outcome(&self, outcome: Outcome<'_>) {
+            let mut told = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            told.push(format!("{outcome:?}"));
+        }
+    }
+
+    #[derive(Debug)]
+    struct NoLedger;
+
+    impl Ledger for NoLedger {
+        fn settled(&self, _: u64) {}
+        fn name(&self) -> Option<&str> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_watched_record_tells_its_outcome_once_and_a_clone_is_not_watched() {
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watched = || {
+            let mut ack = Ack::default();
+            ack.watch(Box::new(Told(told.clone())));
+            ack
+        };
+        let a = watched();
+        drop(a.clone());
+        a.settle(Outcome::DeadLettered {
+            reason: "r",
+            to: "file",
+        });
+        drop(watched());
+        let mut spooled = watched();
+        spooled.spooled(Arc::new(NoLedger), 7);
+        drop(spooled);
+        watched().withhold();
+        let told = told.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(
+            told,
+            [
+                "DeadLettered { reason: \"r\", to: \"file\" }",
+                "NotSent",
+                "Spooled",
+                "NotSent"
+            ]
+        );
+    }
+
     #[test]
     fn a_message_is_safe_once_its_session_and_every_record_let_go() {
         let done = Arc::new(event_listener::Event::new());
@@ -222,12 +328,12 @@ mod tests {
         let c = b.clone();
         m.release();
         assert_eq!(m.standing(), Standing::Waiting);
-        a.settle();
-        b.settle();
+        a.settle(DELIVERED);
+        b.settle(DELIVERED);
         assert_eq!(m.standing(), Standing::Waiting, "the clone is a share too");
         let heard = done.listen();
         m.watch();
-        c.settle();
+        c.settle(DELIVERED);
         assert_eq!(m.standing(), Standing::Safe);
         assert!(
             event_listener::Listener::wait_timeout(heard, std::time::Duration::from_secs(1))
@@ -262,7 +368,7 @@ mod tests {
         let (a, b) = (m.share(), m.share());
         m.release();
         drop(a);
-        b.settle();
+        b.settle(DELIVERED);
         assert_eq!(m.standing(), Standing::Lost);
         // An empty share is nobody's: dropping it changes nothing.
         drop(Ack::default());
@@ -274,7 +380,7 @@ mod tests {
         let (a, b) = (m.share(), m.share());
         m.release();
         a.withhold();
-        b.settle();
+        b.settle(DELIVERED);
         assert_eq!(m.standing(), Standing::Waiting);
     }
 }
