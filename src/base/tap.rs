@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use hotdog_stages::core::{Outcome, Watch};
 
-use regex_automata::meta::Regex;
+use regex_automata::meta::{Cache, Regex};
+use regex_automata::Input;
 use serde::Serialize;
 
 use crate::base::metrics::Metrics;
@@ -145,8 +146,8 @@ impl<'a> Event<'a> {
 }
 
 impl Filter {
-    /// True when this filter keeps `e`.
-    fn keeps(&self, e: &Event<'_>) -> bool {
+    /// True when this filter keeps `e`; `cache` is the session's for the filter's regex.
+    fn keeps(&self, e: &Event<'_>, cache: Option<&mut Cache>) -> bool {
         self.rule
             .as_ref()
             .is_none_or(|r| e.rules.each().any(|m| m == r.as_str()))
@@ -160,7 +161,13 @@ impl Filter {
                     a == l || a.rsplit_once(':').is_some_and(|(_, port)| port == l)
                 })
             })
-            && self.line.as_ref().is_none_or(|r| r.is_match(e.line))
+            && self.line.as_ref().is_none_or(|r| {
+                let input = Input::new(e.line).earliest(true);
+                match cache {
+                    Some(cache) => r.search_half_with(cache, &input).is_some(),
+                    None => r.is_match(input),
+                }
+            })
     }
 }
 
@@ -187,11 +194,12 @@ impl Held {
     /// as it may.
     fn hold(&self, json: String, now: Instant) -> Option<Arc<Slot>> {
         let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Those settled already go (most are: a delivery takes milliseconds).
+        while held.front().is_some_and(|(_, slot)| lock(slot).is_none()) {
+            held.pop_front();
+        }
         if held.len() >= TAP_QUEUE {
-            held.retain(|(_, slot)| lock(slot).is_some());
-            if held.len() >= TAP_QUEUE {
-                return None;
-            }
+            return None;
         }
         let slot = Arc::new(Mutex::new(Some(json)));
         held.push_back((now, slot.clone()));
@@ -268,7 +276,25 @@ impl Watch for Watched {
 #[derive(Default)]
 pub struct Taps {
     open: AtomicUsize,
-    taps: Mutex<Vec<Tap>>,
+    /// Changes whenever a tap opens or closes: a session's [`View`] is taken again then.
+    version: AtomicUsize,
+    taps: Mutex<Vec<Arc<Tap>>>,
+}
+
+/// The taps open when a session last looked, each with the session's cache for its filter's
+/// regex: offering a frame takes no lock, and a regex search no shared cache.
+pub struct View {
+    version: usize,
+    taps: Vec<(Arc<Tap>, Option<Cache>)>,
+}
+
+impl Default for View {
+    fn default() -> View {
+        View {
+            version: usize::MAX,
+            taps: Vec::new(),
+        }
+    }
 }
 
 impl Taps {
@@ -295,24 +321,65 @@ impl Taps {
         }
         let (queue, events) = async_channel::bounded(TAP_QUEUE);
         let held = Arc::new(Held::default());
-        taps.push(Tap {
+        taps.push(Arc::new(Tap {
             filter,
             queue,
             held: held.clone(),
-        });
-        self.open.store(taps.len(), Relaxed);
+        }));
+        self.changed(&taps);
         Ok((events, held))
     }
 
-    /// Gives `event` to every open tap that keeps it; a tap that is full loses it (counted).
-    /// An event with a record is held by each tap for the record's outcome: what to watch
-    /// the record with is returned.
-    pub fn offer(&self, event: &Event<'_>, metrics: &Arc<Metrics>) -> Option<Box<dyn Watch>> {
+    fn changed(&self, taps: &[Arc<Tap>]) {
+        self.open.store(taps.len(), Relaxed);
+        self.version.fetch_add(1, Relaxed);
+    }
+
+    /// Lets closed taps go.
+    fn prune(&self) {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+        let before = taps.len();
+        taps.retain(|t| !t.queue.is_closed());
+        if taps.len() != before {
+            self.changed(&taps);
+        }
+    }
+
+    /// `view` as the taps are now, taken again only when they changed.
+    fn look(&self, view: &mut View) {
+        let version = self.version.load(Relaxed);
+        if view.version == version {
+            return;
+        }
+        let taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+        view.taps = taps
+            .iter()
+            .map(|t| (t.clone(), t.filter.line.as_ref().map(Regex::create_cache)))
+            .collect();
+        view.version = version;
+    }
+
+    /// Gives `event` to every open tap that keeps it (`view` is the session's); a tap that is
+    /// full loses it (counted). An event with a record is held by each tap for the record's
+    /// outcome: what to watch the record with is returned.
+    pub fn offer(
+        &self,
+        view: &mut View,
+        event: &Event<'_>,
+        metrics: &Arc<Metrics>,
+    ) -> Option<Box<dyn Watch>> {
+        self.look(view);
         let mut json: Option<String> = None;
         let mut watched = Vec::new();
-        let now = Instant::now();
-        for tap in taps.iter().filter(|t| t.filter.keeps(event)) {
+        let mut closed = false;
+        for (tap, cache) in view.taps.iter_mut() {
+            if tap.queue.is_closed() {
+                closed = true;
+                continue;
+            }
+            if !tap.filter.keeps(event, cache.as_mut()) {
+                continue;
+            }
             let line = json.get_or_insert_with(|| serde_json::to_string(event).unwrap_or_default());
             if event.outcome.is_some() {
                 if let Err(async_channel::TrySendError::Full(_)) = tap.queue.try_send(line.clone())
@@ -323,17 +390,15 @@ impl Taps {
             }
             // Without its closing brace: the outcome is written after it.
             let open = line.strip_suffix('}').unwrap_or(line).to_string();
-            match tap.held.hold(open, now) {
+            match tap.held.hold(open, Instant::now()) {
                 Some(slot) => watched.push((slot, tap.queue.clone())),
                 None => {
                     metrics.tap_dropped.fetch_add(1, Relaxed);
                 }
             }
         }
-        let before = taps.len();
-        taps.retain(|t| !t.queue.is_closed());
-        if taps.len() != before {
-            self.open.store(taps.len(), Relaxed);
+        if closed {
+            self.prune();
         }
         (!watched.is_empty()).then(|| {
             Box::new(Watched {
@@ -366,6 +431,7 @@ mod tests {
     fn taps_keep_what_their_filter_asks_for_and_drop_when_full() {
         let taps = Taps::new();
         let metrics = Metrics::new();
+        let mut view = View::default();
         assert!(!taps.any());
         let (all, _) = taps.open(Filter::default()).expect("tap");
         let (errors, errors_held) = taps
@@ -392,15 +458,24 @@ mod tests {
         };
         let watch = taps
             .offer(
+                &mut view,
                 &event("disk full", &origin, &["errors"], Some(&record)),
                 &metrics,
             )
             .expect("a record kept is watched");
         assert!(errors_held.any(), "held for its outcome");
         assert!(taps
-            .offer(&event("disk full", &origin, &["other"], None), &metrics)
+            .offer(
+                &mut view,
+                &event("disk full", &origin, &["other"], None),
+                &metrics
+            )
             .is_none());
-        taps.offer(&event("cpu hot", &origin, &["errors"], None), &metrics);
+        taps.offer(
+            &mut view,
+            &event("cpu hot", &origin, &["errors"], None),
+            &metrics,
+        );
         assert_eq!(all.len(), 2, "the unrouted ones at once");
         assert_eq!(errors.len(), 0);
         watch.outcome(Outcome::Delivered {
@@ -429,14 +504,18 @@ mod tests {
 
         // A tap whose reader is behind loses events, counted; the others get theirs.
         for _ in 0..TAP_QUEUE {
-            taps.offer(&event("disk", &origin, &["errors"], None), &metrics);
+            taps.offer(
+                &mut view,
+                &event("disk", &origin, &["errors"], None),
+                &metrics,
+            );
         }
         assert_eq!(all.len(), TAP_QUEUE);
         assert_eq!(metrics.tap_dropped.load(Relaxed), 3);
         // A closed tap is let go; past the cap, a tap is refused.
         drop(all);
         drop(errors);
-        taps.offer(&event("x", &origin, &[], None), &metrics);
+        taps.offer(&mut view, &event("x", &origin, &[], None), &metrics);
         assert!(!taps.any());
         let open: Vec<_> = (0..MAX_TAPS)
             .map(|_| taps.open(Filter::default()).expect("tap"))
@@ -451,6 +530,7 @@ mod tests {
     fn a_held_event_is_written_with_its_outcome_or_as_in_flight() {
         let taps = Taps::new();
         let metrics = Metrics::new();
+        let mut view = View::default();
         let (events, held) = taps.open(Filter::default()).expect("tap");
         let origin = Origin::default();
         let record = Record {
@@ -462,9 +542,13 @@ mod tests {
             read_ms: 0,
             ack: Default::default(),
         };
-        let offer = || {
-            taps.offer(&event("x", &origin, &[], Some(&record)), &metrics)
-                .expect("watched")
+        let mut offer = || {
+            taps.offer(
+                &mut view,
+                &event("x", &origin, &[], Some(&record)),
+                &metrics,
+            )
+            .expect("watched")
         };
         let outcomes = [
             Outcome::DeadLettered {
@@ -511,7 +595,7 @@ mod tests {
                 listener: Some(filter.into()),
                 ..Filter::default()
             }
-            .keeps(&event("x", origin, &[], None))
+            .keeps(&event("x", origin, &[], None), None)
         };
         let syslog = on(Some("0.0.0.0:514"));
         assert!(keeps("514", &syslog));

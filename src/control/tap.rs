@@ -281,9 +281,11 @@ mod tests {
         let taps = Taps::default();
         let (mut body, _) = open(&taps, parse(Some(query)).expect("query")).expect("open");
         let (metrics, origin) = (Metrics::new(), hotdog_stages::core::Origin::default());
+        let mut view = crate::base::tap::View::default();
         for i in 0..n {
             let line = format!("frame {i}");
             let _ = taps.offer(
+                &mut view,
                 &Event::new(&line, &origin, Labels::Given(Vec::new()), None),
                 &metrics,
             );
@@ -343,8 +345,10 @@ mod tests {
             ack: Default::default(),
         };
         let (metrics, origin) = (Metrics::new(), hotdog_stages::core::Origin::default());
+        let view = std::cell::RefCell::new(crate::base::tap::View::default());
         offer(&taps, &|taps: &Taps, line: &str| {
             taps.offer(
+                &mut view.borrow_mut(),
                 &Event::new(line, &origin, Labels::Given(Vec::new()), Some(&record)),
                 &metrics,
             )

@@ -87,6 +87,8 @@ pub struct Pipeline {
     read_here: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// The listener's quota, when it has one.
     meter: Option<quota::Meter>,
+    /// The taps as this connection last saw them.
+    tap_view: crate::base::tap::View,
 }
 
 impl Drop for Pipeline {
@@ -113,6 +115,7 @@ impl Pipeline {
             shared,
             origin,
             meter: None,
+            tap_view: crate::base::tap::View::default(),
         }
     }
 
@@ -243,7 +246,10 @@ impl Pipeline {
         let rules = Labels::Of(&self.rules, &self.matched[matched_before..]);
         let record = if made { self.batch.last() } else { None };
         let event = crate::base::tap::Event::new(text, &self.origin, rules, record);
-        let watch = self.shared.taps.offer(&event, &self.shared.metrics);
+        let watch = self
+            .shared
+            .taps
+            .offer(&mut self.tap_view, &event, &self.shared.metrics);
         if let (Some(watch), Some(record)) = (watch, self.batch.last_mut()) {
             record.ack.watch(watch);
         }
