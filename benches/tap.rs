@@ -123,8 +123,8 @@ fn main() {
                 while let Polled::Batch(batch, _) = inbox.try_recv() {
                     drop(batch);
                 }
-                if let Some((events, _)) = tap {
-                    while events.try_recv().is_ok() {
+                if let Some(tap) = tap {
+                    while tap.events.try_recv().is_ok() {
                         kept += 1;
                     }
                 }
@@ -137,9 +137,9 @@ fn main() {
         }
     }
     for (i, (name, _, tap)) in cases.iter().enumerate() {
-        if let Some((_, held)) = tap {
+        if let Some(tap) = tap {
             assert!(
-                held.expired(Duration::ZERO).is_empty(),
+                tap.held.expired(Duration::ZERO).is_empty(),
                 "an event left held"
             );
         }

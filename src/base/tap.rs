@@ -272,6 +272,21 @@ impl Watch for Watched {
     }
 }
 
+/// An open tap: what it writes, and what it holds for outcomes. Dropped, it closes, and the
+/// sessions stop offering to it.
+pub struct Opened {
+    pub events: async_channel::Receiver<String>,
+    pub held: Arc<Held>,
+    taps: Arc<Taps>,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.events.close();
+        self.taps.prune();
+    }
+}
+
 /// The taps open now.
 #[derive(Default)]
 pub struct Taps {
@@ -308,12 +323,8 @@ impl Taps {
     }
 
     /// Opens a tap: the JSON lines of the events `filter` keeps, and the events it holds for
-    /// their outcomes. It closes when the receiver is dropped. An error when [`MAX_TAPS`] are
-    /// open.
-    pub fn open(
-        &self,
-        filter: Filter,
-    ) -> Result<(async_channel::Receiver<String>, Arc<Held>), String> {
+    /// their outcomes. It closes when they are dropped. An error when [`MAX_TAPS`] are open.
+    pub fn open(self: &Arc<Self>, filter: Filter) -> Result<Opened, String> {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         taps.retain(|t| !t.queue.is_closed());
         if taps.len() >= MAX_TAPS {
@@ -327,7 +338,11 @@ impl Taps {
             held: held.clone(),
         }));
         self.changed(&taps);
-        Ok((events, held))
+        Ok(Opened {
+            events,
+            held,
+            taps: self.clone(),
+        })
     }
 
     fn changed(&self, taps: &[Arc<Tap>]) {
@@ -372,24 +387,31 @@ impl Taps {
         let mut json: Option<String> = None;
         let mut watched = Vec::new();
         let mut closed = false;
+        // A tap's queue is only looked at when its filter keeps a frame: the status server's
+        // thread takes from it, and a look for every frame would pull its state to and fro
+        // between the threads.
         for (tap, cache) in view.taps.iter_mut() {
-            if tap.queue.is_closed() {
-                closed = true;
-                continue;
-            }
             if !tap.filter.keeps(event, cache.as_mut()) {
                 continue;
             }
             let line = json.get_or_insert_with(|| serde_json::to_string(event).unwrap_or_default());
             if event.outcome.is_some() {
-                if let Err(async_channel::TrySendError::Full(_)) = tap.queue.try_send(line.clone())
-                {
-                    metrics.tap_dropped.fetch_add(1, Relaxed);
+                match tap.queue.try_send(line.clone()) {
+                    Err(async_channel::TrySendError::Full(_)) => {
+                        metrics.tap_dropped.fetch_add(1, Relaxed);
+                    }
+                    Err(async_channel::TrySendError::Closed(_)) => closed = true,
+                    Ok(()) => {}
                 }
                 continue;
             }
+            if tap.queue.is_closed() {
+                closed = true;
+                continue;
+            }
             // Without its closing brace: the outcome is written after it.
-            let open = line.strip_suffix('}').unwrap_or(line).to_string();
+            let mut open = line.clone();
+            open.pop();
             match tap.held.hold(open, Instant::now()) {
                 Some(slot) => watched.push((slot, tap.queue.clone())),
                 None => {
@@ -433,8 +455,8 @@ mod tests {
         let metrics = Metrics::new();
         let mut view = View::default();
         assert!(!taps.any());
-        let (all, _) = taps.open(Filter::default()).expect("tap");
-        let (errors, errors_held) = taps
+        let all_tap = taps.open(Filter::default()).expect("tap");
+        let errors_tap = taps
             .open(Filter {
                 rule: Some("errors".into()),
                 line: Some(Regex::new("disk").expect("regex")),
@@ -442,6 +464,7 @@ mod tests {
                 ..Filter::default()
             })
             .expect("tap");
+        let (all, errors, errors_held) = (&all_tap.events, &errors_tap.events, &errors_tap.held);
         assert!(taps.any());
         let origin = Origin {
             peer_addr: Some("10.0.0.7:5140".into()),
@@ -513,8 +536,8 @@ mod tests {
         assert_eq!(all.len(), TAP_QUEUE);
         assert_eq!(metrics.tap_dropped.load(Relaxed), 3);
         // A closed tap is let go; past the cap, a tap is refused.
-        drop(all);
-        drop(errors);
+        drop(all_tap);
+        drop(errors_tap);
         taps.offer(&mut view, &event("x", &origin, &[], None), &metrics);
         assert!(!taps.any());
         let open: Vec<_> = (0..MAX_TAPS)
@@ -531,7 +554,8 @@ mod tests {
         let taps = Taps::new();
         let metrics = Metrics::new();
         let mut view = View::default();
-        let (events, held) = taps.open(Filter::default()).expect("tap");
+        let tap = taps.open(Filter::default()).expect("tap");
+        let (events, held) = (&tap.events, &tap.held);
         let origin = Origin::default();
         let record = Record {
             topic: "logs".into(),

@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{FutureExt, Stream};
@@ -93,14 +94,15 @@ enum Wake {
 
 /// Opens a tap for `request`: the body that streams it, and when it ends. An error when too
 /// many taps are open.
-pub fn open(taps: &Taps, request: Request) -> Result<(TapBody, Instant), String> {
-    let (events, held) = taps.open(request.filter)?;
+pub fn open(taps: &Arc<Taps>, request: Request) -> Result<(TapBody, Instant), String> {
+    let tap = taps.open(request.filter)?;
     let until = Instant::now() + request.time;
     let left = request.limit.unwrap_or(u64::MAX);
     let hold = request.hold;
     let stream = futures_lite::stream::unfold(
-        (events, held, smol::Timer::at(until), left, false),
-        move |(events, held, mut timer, left, over)| async move {
+        (tap, smol::Timer::at(until), left, false),
+        move |(tap, mut timer, left, over)| async move {
+            let (events, held) = (&tap.events, &tap.held);
             if left == 0 || over {
                 return None;
             }
@@ -156,7 +158,7 @@ pub fn open(taps: &Taps, request: Request) -> Result<(TapBody, Instant), String>
             }
             let (taken, text) = chunk.done();
             let frame = Frame::data(Bytes::from(text));
-            Some((Ok(frame), (events, held, timer, left - taken, over)))
+            Some((Ok(frame), (tap, timer, left - taken, over)))
         },
     );
     Ok((StreamBody::new(Box::pin(stream)), until))
@@ -278,7 +280,7 @@ mod tests {
     /// The lines a tap's body streams for a `query` when `n` frames are offered, and in how
     /// many writes.
     fn streamed(query: &str, n: usize) -> (Vec<String>, usize) {
-        let taps = Taps::default();
+        let taps = Taps::new();
         let (mut body, _) = open(&taps, parse(Some(query)).expect("query")).expect("open");
         let (metrics, origin) = (Metrics::new(), hotdog_stages::core::Origin::default());
         let mut view = crate::base::tap::View::default();
@@ -331,7 +333,7 @@ mod tests {
         hold: Duration,
         offer: impl FnOnce(&Taps, &dyn Fn(&Taps, &str) -> Box<dyn hotdog_stages::core::Watch>),
     ) -> Vec<(Duration, String)> {
-        let taps = Taps::default();
+        let taps = Taps::new();
         let mut request = parse(Some(&format!("seconds={seconds}"))).expect("query");
         request.hold = hold;
         let (mut body, _) = open(&taps, request).expect("open");
