@@ -226,7 +226,7 @@ fn a_broken_file_changes_nothing_and_says_where_it_is_broken() {
 }
 
 #[test]
-fn a_reload_starts_and_stops_listeners_and_names_what_needs_a_restart() {
+fn a_reload_starts_and_stops_listeners_and_makes_new_producers_for_new_kafka_settings() {
     let (b, topic) = fresh_topic("reload-listeners");
     let (p1, p2) = (free_port(), free_port());
     let hotdog = Hotdog::start_config(&config(
@@ -254,10 +254,8 @@ fn a_reload_starts_and_stops_listeners_and_names_what_needs_a_restart() {
         answer["stopped"],
         serde_json::json!([format!("tcp 127.0.0.1:{p1}")])
     );
-    assert_eq!(
-        answer["restart_needed"],
-        serde_json::json!(["global.kafka.conf"])
-    );
+    assert_eq!(answer["restart_needed"], serde_json::json!([]));
+    assert_eq!(answer["kafka_renewed"], true, "{answer}");
     // The removed listener's open connection finishes as at shutdown: what it sends now is
     // read, then, once it is quiet, hotdog closes it.
     open.write_all(b"<13>after 1\n")
@@ -284,11 +282,14 @@ fn a_reload_starts_and_stops_listeners_and_names_what_needs_a_restart() {
         .filter_map(|r| r.key)
         .collect();
     keys.sort();
+    // Through the new producer: every line once.
     assert_eq!(keys, ["after 1", "before 1", "before 2", "new listener"]);
     assert!(hotdog.wait_log(
-        "keep their old values until hotdog restarts: global.kafka.conf",
+        "the settings of the producer for Kafka (or the files they name) changed",
         Duration::from_secs(5)
     ));
+    assert_eq!(hotdog.stat("kafka.producer.restarts"), 1);
+    assert_eq!(hotdog.stat("kafka.producer.fatal"), 0);
 }
 
 #[test]

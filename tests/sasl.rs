@@ -176,4 +176,32 @@ fn a_scram_login_delivers_every_line_and_a_wrong_password_is_refused_clearly() {
         hotdog.wait_stat("lines.in_flight", 50, Duration::from_secs(10)),
         50
     );
+
+    // The password file is put right and hotdog reloaded: the file is read again, a new
+    // producer logs in with it, and the 50 lines that waited arrive.
+    std::fs::write(
+        &bad,
+        "s3cret-scram
+",
+    )
+    .expect("write");
+    let (code, answer) = hotdog.reload();
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["kafka_renewed"], true, "{answer}");
+    assert_eq!(
+        hotdog.wait_stat("kafka.delivered", 50, Duration::from_secs(60)),
+        50,
+        "{}",
+        hotdog.stderr()
+    );
+    assert!(wait_until(Duration::from_secs(10), || hotdog
+        .http_get("/health")
+        .0
+        == 200));
+    assert_eq!(hotdog.stat("lines.in_flight"), 0);
+    assert!(!hotdog.stderr().contains("s3cret-scram"));
+    // A reload that changes nothing makes no new producer.
+    let (code, answer) = hotdog.reload();
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["kafka_renewed"], false, "{answer}");
 }

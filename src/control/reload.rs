@@ -19,7 +19,7 @@ pub struct Plan {
     pub listeners: Vec<Option<usize>>,
     /// The old configuration's listeners that the new one does not have: they stop.
     pub stop: Vec<usize>,
-    /// Settings that changed but cannot change while hotdog runs (`global.kafka.conf`,
+    /// Settings that changed but cannot change while hotdog runs (`global.kafka.topic`,
     /// `global.listen[1].max_connections`, ...): the old values stay until a restart.
     pub restart: Vec<String>,
 }
@@ -45,7 +45,6 @@ pub fn plan(old: &Global, new: &Global) -> Plan {
     plan.stop = (0..old.listen.len()).filter(|&o| !taken[o]).collect();
     let (a, b) = (&old.kafka, &new.kafka);
     let fixed = [
-        ("global.kafka.conf", a.conf != b.conf),
         ("global.kafka.topic", a.topic != b.topic),
         ("global.kafka.buffer", a.buffer != b.buffer),
         ("global.kafka.timeout_ms", a.timeout_ms != b.timeout_ms),
@@ -105,6 +104,8 @@ pub struct Report {
     pub stopped: Vec<String>,
     /// Settings that changed in the file and keep their old values until a restart.
     pub restart_needed: Vec<String>,
+    /// `global.kafka.conf`, or a file it names, changed: new producers are made with it.
+    pub kafka_renewed: bool,
 }
 
 impl fmt::Display for Report {
@@ -115,6 +116,12 @@ impl fmt::Display for Report {
         }
         if !self.stopped.is_empty() {
             write!(f, "; stopped {}", self.stopped.join(", "))?;
+        }
+        if self.kafka_renewed {
+            write!(
+                f,
+                "; the Kafka settings or their files changed: new producers are made with them"
+            )?;
         }
         if !self.restart_needed.is_empty() {
             write!(
@@ -316,6 +323,7 @@ mod tests {
         assert_eq!(p.stop, vec![1]);
     }
 
+    /// `global.kafka.conf` is not among them: new producers are made with a new one.
     #[test]
     fn settings_that_need_a_restart_are_named() {
         let old = global(TWO, "");
@@ -326,7 +334,6 @@ mod tests {
         assert_eq!(
             plan(&old, &new).restart,
             vec![
-                "global.kafka.conf",
                 "global.kafka.topic",
                 "global.kafka.buffer",
                 "global.kafka.max_topics"

@@ -161,6 +161,7 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
     metrics.config_generation.store(1, Relaxed);
     let (publisher, outbox) = start_publisher(&global, &metrics)?;
     let health = publisher.health();
+    let kafka = publisher.reconfigure();
     let signals = async_signal::Signals::new([
         async_signal::Signal::Term,
         async_signal::Signal::Int,
@@ -211,6 +212,7 @@ pub async fn run(config: Config, options: Options) -> Result<Summary, Error> {
         done,
         last_error,
         status,
+        kafka,
     };
     for listener in bound {
         let started = running.start(listener);
@@ -317,6 +319,8 @@ struct Running {
     last_error: Arc<reload::LastError>,
     /// The status server's access rules (its token and TLS files are read again on reload).
     status: Option<Arc<Access>>,
+    /// The producers' settings, which a reload may change (and their files, read again).
+    kafka: crate::publish::Reconfigure,
 }
 
 /// A listener being served.
@@ -471,12 +475,17 @@ impl Running {
         }
         self.global.listen = listen;
         self.global.shutdown_timeout = new.shutdown_timeout;
+        let kafka = self.kafka.clone();
+        let conf = new.kafka.conf.clone();
+        let renewed = smol::unblock(move || kafka.apply(&conf)).await;
+        self.global.kafka.conf = new.kafka.conf;
         Ok(reload::Report {
             generation,
             rules: count,
             started,
             stopped,
             restart_needed: plan.restart,
+            kafka_renewed: renewed,
         })
     }
 

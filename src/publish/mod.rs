@@ -33,7 +33,7 @@ use crate::base::throttle;
 use deadletter::Sink;
 use hotdog_stages::config;
 use hotdog_stages::core::{Ack, AckClock, Batch, Block, DeadLetter, Name, Record, BATCH_MAX};
-use producer::{flush_until, purge, Generation, Renewable, TestHook};
+use producer::{flush_until, purge, Generation, Renewable, Settings, TestHook};
 
 mod dead_letter_topic;
 mod outbox;
@@ -68,6 +68,11 @@ const PACE_EVERY: u64 = 64;
 /// How long a producer that hit a fatal error is given to hear the answers to what it has in
 /// flight before those records are sent again on the new one (outside shutdown).
 const FATAL_DRAIN: Duration = Duration::from_secs(30);
+
+/// The same for a producer whose settings changed (a reload): a broker that answers does so in
+/// milliseconds, and one that refuses the old settings (a wrong password, an expired
+/// certificate) never will; what is still unanswered then is sent again on the new producer.
+const ASKED_DRAIN: Duration = Duration::from_secs(5);
 
 /// Records a producer did not deliver because it hit a fatal error, to be sent again on the
 /// next one.
@@ -159,7 +164,35 @@ impl Health {
 }
 
 /// The publisher task's side: the producers and the outbox's receiving end.
+/// What a reload changes in the publisher: its producers' settings. When they, or the files
+/// they name (keys, certificates, a password file's password), changed, the publisher makes
+/// new producers as it does after a fatal error: it waits for the answers to what the old
+/// ones have in flight, and sends again, in order, what they did not deliver.
+#[derive(Clone)]
+pub struct Reconfigure {
+    settings: Arc<Settings>,
+    /// Each producer's ask to be renewed.
+    asks: Vec<Arc<AtomicBool>>,
+    wake: Arc<Event>,
+}
+
+impl Reconfigure {
+    /// Takes a reload's `conf`; true when new producers are made for it.
+    pub fn apply(&self, conf: &std::collections::BTreeMap<String, String>) -> bool {
+        if !self.settings.update(conf) {
+            return false;
+        }
+        for ask in &self.asks {
+            ask.store(true, Ordering::Release);
+        }
+        self.wake.notify(usize::MAX);
+        true
+    }
+}
+
 pub struct Publisher {
+    /// Handed to the server for reloads (see [`Publisher::reconfigure`]).
+    reconfigure: Reconfigure,
     producer: Arc<Renewable<Reports>>,
     /// Records to send again on the next producer (see [`Publisher::renew_if_fatal`]), with
     /// the order they were first produced in.
@@ -240,7 +273,8 @@ impl Publisher {
         spool: Option<&crate::spool::Spool>,
         metrics: Arc<Metrics>,
     ) -> Result<(Publisher, Outbox), Error> {
-        let (config, idempotence_off) = producer::client_config(&kafka.conf);
+        let (_, idempotence_off) = producer::client_config(&kafka.conf);
+        let settings = Arc::new(Settings::new(&kafka.conf));
         if let Some(why) = idempotence_off {
             log::warn!(
                 "the idempotent producer is off because {why}: a record whose acknowledgement \
@@ -256,7 +290,7 @@ impl Publisher {
         let topic = match &kafka.dead_letter.topic {
             Some(topic) => {
                 let renewable = dead_letter_producer(
-                    &config,
+                    &settings,
                     wake.clone(),
                     metrics.clone(),
                     file.clone(),
@@ -287,9 +321,9 @@ impl Publisher {
         let health = Arc::new(Health::default());
         let producer = {
             let (metrics, dead, pending) = (metrics.clone(), dead.clone(), pending.clone());
-            let health = health.clone();
+            let (health, settings) = (health.clone(), settings.clone());
             Renewable::new("Kafka", wake.clone(), move |g| {
-                config.create_with_context(Reports {
+                settings.client_config().create_with_context(Reports {
                     metrics: metrics.clone(),
                     clock: AckClock::default(),
                     dead: dead.clone(),
@@ -304,7 +338,15 @@ impl Publisher {
         if let Some(spool) = spool {
             let _ = health.spool.set(spool.clone());
         }
+        let reconfigure = Reconfigure {
+            settings,
+            asks: std::iter::once(producer.asking())
+                .chain(dead.topic.iter().map(|(_, r)| r.asking()))
+                .collect(),
+            wake: wake.clone(),
+        };
         let publisher = Publisher {
+            reconfigure,
             producer: Arc::new(producer),
             pending,
             produced: std::sync::atomic::AtomicU64::new(0),
@@ -319,6 +361,11 @@ impl Publisher {
             topics,
         };
         Ok((publisher, outbox))
+    }
+
+    /// How a reload changes the producers' settings.
+    pub fn reconfigure(&self) -> Reconfigure {
+        self.reconfigure.clone()
     }
 
     /// What `/health` shows of Kafka: kept up to date by [`Publisher::watch_health`] and by
@@ -649,16 +696,28 @@ impl Publisher {
         shutdown: &Shutdown,
     ) {
         let what = renewable.what;
-        let reason = Renewable::fatal_error(&renewable.current());
-        log::error!(
-            "the producer for {what} hit a fatal error ({reason}): making a new one and sending \
-             again what it did not deliver"
-        );
-        self.metrics.producer_fatal.fetch_add(1, Ordering::Relaxed);
-        self.health.set_fatal(Some(format!(
-            "the producer for {what} hit a fatal error ({reason}); a new one is being made"
-        )));
-        renewable.renew(renew_deadline(shutdown)).await;
+        if renewable.is_asked() {
+            log::info!(
+                "the settings of the producer for {what} (or the files they name) changed: \
+                 making a new one, once the old one's records in flight are answered"
+            );
+        } else {
+            let reason = Renewable::fatal_error(&renewable.current());
+            log::error!(
+                "the producer for {what} hit a fatal error ({reason}): making a new one and \
+                 sending again what it did not deliver"
+            );
+            self.metrics.producer_fatal.fetch_add(1, Ordering::Relaxed);
+            self.health.set_fatal(Some(format!(
+                "the producer for {what} hit a fatal error ({reason}); a new one is being made"
+            )));
+        }
+        let drain = if renewable.is_asked() {
+            ASKED_DRAIN
+        } else {
+            FATAL_DRAIN
+        };
+        renewable.renew(renew_deadline(shutdown, drain)).await;
         self.metrics
             .producer_restarts
             .fetch_add(1, Ordering::Relaxed);
@@ -760,29 +819,31 @@ enum Sent {
 /// The producer of the dead-letter topic, renewed after a fatal error as the main one is; its
 /// reports count into `metrics` and fall back to the file.
 fn dead_letter_producer(
-    config: &rdkafka::ClientConfig,
+    settings: &Arc<Settings>,
     wake: Arc<Event>,
     metrics: Arc<Metrics>,
     file: Sink,
     pending: Pending<DeadLetter>,
     expired: Arc<AtomicBool>,
 ) -> Result<Renewable<DeadLetterReports>, Error> {
-    let config = config.clone();
+    let settings = settings.clone();
     Renewable::new("the dead-letter topic", wake, move |g| {
-        config.create_with_context(DeadLetterReports {
-            metrics: metrics.clone(),
-            file: file.clone(),
-            generation: g,
-            pending: pending.clone(),
-            expired: expired.clone(),
-        })
+        settings
+            .client_config()
+            .create_with_context(DeadLetterReports {
+                metrics: metrics.clone(),
+                file: file.clone(),
+                generation: g,
+                pending: pending.clone(),
+                expired: expired.clone(),
+            })
     })
     .map_err(Error::Conf)
 }
 
-/// How long a producer that hit a fatal error may wait for the answers to what it has in
-/// flight: [`FATAL_DRAIN`], or less when shutdown ends sooner.
-fn renew_deadline(shutdown: &Shutdown) -> Instant {
-    let drain = Instant::now() + FATAL_DRAIN;
+/// How long a producer to be renewed may wait for the answers to what it has in flight:
+/// `drain`, or less when shutdown ends sooner.
+fn renew_deadline(shutdown: &Shutdown, drain: Duration) -> Instant {
+    let drain = Instant::now() + drain;
     shutdown.deadline().map_or(drain, |d| d.min(drain))
 }

@@ -73,6 +73,58 @@ pub fn client_config(conf: &BTreeMap<String, String>) -> (ClientConfig, Option<S
     (config, off)
 }
 
+/// The producers' settings as the configuration has them now, and what the files they name
+/// (keys, certificates, CAs: every `*.location`, and `sasl.kerberos.keytab`) held when they
+/// were read. A new producer is made with them; a reload that changes either asks for one.
+pub struct Settings(Mutex<Read>);
+
+struct Read {
+    conf: BTreeMap<String, String>,
+    files: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Settings {
+    pub fn new(conf: &BTreeMap<String, String>) -> Settings {
+        Settings(Mutex::new(Read {
+            conf: conf.clone(),
+            files: named_files(conf),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Read> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The librdkafka settings a producer is made with now (see [`client_config`]).
+    pub fn client_config(&self) -> ClientConfig {
+        client_config(&self.lock().conf).0
+    }
+
+    /// Takes `conf` (a reload's) and reads the files it names again: true when either differs
+    /// from what the producers were made with.
+    pub fn update(&self, conf: &BTreeMap<String, String>) -> bool {
+        let files = named_files(conf);
+        let mut read = self.lock();
+        if read.conf == *conf && read.files == files {
+            return false;
+        }
+        *read = Read {
+            conf: conf.clone(),
+            files,
+        };
+        true
+    }
+}
+
+/// The files `conf` names and what they hold (`None`: unreadable now, which librdkafka says
+/// when it makes the producer).
+fn named_files(conf: &BTreeMap<String, String>) -> Vec<(String, Option<Vec<u8>>)> {
+    conf.iter()
+        .filter(|(k, _)| k.ends_with(".location") || k.as_str() == "sasl.kerberos.keytab")
+        .map(|(_, path)| (path.clone(), std::fs::read(path).ok()))
+        .collect()
+}
+
 /// The first key of `conf` that librdkafka does not allow with `enable.idempotence: true`
 /// (it refuses to start a producer with both), said as a reason; `None` when there is none.
 /// A configuration written before idempotence was the default keeps working this way.
@@ -170,6 +222,8 @@ pub struct Renewable<C: ProducerContext + 'static> {
     current: Mutex<(Arc<ThreadedProducer<C>>, Arc<Generation>)>,
     make: Make<C>,
     wake: Arc<Event>,
+    /// A new producer was asked for: its settings changed (see [`Renewable::ask`]).
+    asked: Arc<AtomicBool>,
 }
 
 impl<C: ProducerContext + 'static> Renewable<C> {
@@ -189,7 +243,19 @@ impl<C: ProducerContext + 'static> Renewable<C> {
             current: Mutex::new((Arc::new(producer), generation)),
             make: Box::new(make),
             wake,
+            asked: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// What asks this producer to be renewed (then wakes the publisher): its settings, or the
+    /// files they name, changed.
+    pub fn asking(&self) -> Arc<AtomicBool> {
+        self.asked.clone()
+    }
+
+    /// True when a new producer was asked for, not made necessary by a fatal error.
+    pub fn is_asked(&self) -> bool {
+        self.asked.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Arc<ThreadedProducer<C>>, Arc<Generation>)> {
@@ -201,8 +267,12 @@ impl<C: ProducerContext + 'static> Renewable<C> {
         self.lock().0.clone()
     }
 
-    /// True when the producer in use hit a fatal error and must be renewed.
+    /// True when the producer in use must be renewed: it hit a fatal error, or a new one was
+    /// asked for.
     pub fn is_fatal(&self) -> bool {
+        if self.is_asked() {
+            return true;
+        }
         // The producer is held while its handle is asked.
         let (_producer, generation) = self.lock().clone();
         generation.is_fatal()
@@ -225,6 +295,7 @@ impl<C: ProducerContext + 'static> Renewable<C> {
     where
         C: Send + Sync,
     {
+        self.asked.store(false, Ordering::Release);
         let old = self.current();
         let what = self.what;
         let drained = old.clone();

@@ -219,7 +219,7 @@ pub static COUNTERS: [Counter; 58] = [
         name: "kafka.producer.restarts",
         prometheus: Some(("kafka_producer_restarts_total", "")),
         kind: Kind::Counter,
-        help: "Kafka producers made again after a fatal error, their undelivered records sent again.",
+        help: "Kafka producers made again, after a fatal error or a reload that changed their settings or the files they name, their undelivered records sent again.",
         read: |m| get(&m.producer_restarts),
     },
     Counter {
