@@ -19,6 +19,13 @@ fn rules(topic: &str) -> String {
     )
 }
 
+/// The events a tap printed, one JSON object per line.
+fn events_of(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 #[test]
 fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
     let (broker, topic) = fresh_topic("tap");
@@ -113,10 +120,7 @@ fn tap_shows_a_dead_letter_as_such() {
     let (code, out, err) = run_hotdog(&["tap", "--url", &url, "--limit", "2", "--duration", "30s"]);
     sending.join().expect("sender");
     assert_eq!(code, 0, "{err}");
-    let events: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let events = events_of(&out);
     assert_eq!(events.len(), 2, "{out}");
     for e in &events {
         assert_eq!(e["outcome"], "dead_lettered", "{e}");
@@ -192,10 +196,7 @@ fn tap_speaks_tls_to_the_status_server_and_a_client_certificate_authenticates() 
     };
     let (code, out, err) = tap(&["--cert", &client, "--key", &key]);
     assert_eq!(code, 0, "{err}");
-    let events: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let events = events_of(&out);
     assert_eq!(events.len(), 3, "{out}");
     assert!(
         events

@@ -125,25 +125,27 @@ fn senders_that_wait_leave_the_last_eighth_to_those_that_cannot() {
     assert_eq!(gate.used.load(Ordering::Relaxed), 8);
 }
 
+/// `n` records for topic `t`, each with its number as its payload.
+fn batch(n: usize) -> Batch {
+    (0..n)
+        .map(|i| Record {
+            topic: "t".into(),
+            key: None,
+            payload: i.to_string().into(),
+            block: Block::default(),
+            headers: Vec::new(),
+            read_ms: 1,
+            ack: Default::default(),
+        })
+        .collect()
+}
+
 /// A sender that cannot wait hands over the part of a batch that fits, with the counts of all
 /// its lines (a spool's writer counts them once it has that part), and gets the rest back.
 #[test]
 fn a_batch_that_cannot_wait_goes_in_as_far_as_there_is_room() {
     let file = deadletter::start(None, Metrics::new()).expect("writer");
     let (outbox, inbox) = outbox(8, file, true);
-    let batch = |n: usize| -> Batch {
-        (0..n)
-            .map(|i| Record {
-                topic: "t".into(),
-                key: None,
-                payload: i.to_string().into(),
-                block: Block::default(),
-                headers: Vec::new(),
-                read_ms: 1,
-                ack: Default::default(),
-            })
-            .collect()
-    };
     let counts = |lines| crate::base::metrics::LineCounts {
         lines,
         ..Default::default()
@@ -177,19 +179,6 @@ fn a_batch_that_cannot_wait_goes_in_as_far_as_there_is_room() {
 fn the_outbox_is_pressed_once_the_reserve_is_in_use() {
     let file = deadletter::start(None, Metrics::new()).expect("writer");
     let (outbox, inbox) = outbox(80, file, true);
-    let batch = |n: usize| -> Batch {
-        (0..n)
-            .map(|_| Record {
-                topic: "t".into(),
-                key: None,
-                payload: "x".into(),
-                block: Block::default(),
-                headers: Vec::new(),
-                read_ms: 1,
-                ack: Default::default(),
-            })
-            .collect()
-    };
     let pressed = inbox.pressure();
     smol::block_on(outbox.send(batch(70), crate::base::metrics::LineCounts::default()))
         .expect("room");
