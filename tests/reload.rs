@@ -290,6 +290,27 @@ fn a_reload_starts_and_stops_listeners_and_makes_new_producers_for_new_kafka_set
     ));
     assert_eq!(hotdog.stat("kafka.producer.restarts"), 1);
     assert_eq!(hotdog.stat("kafka.producer.fatal"), 0);
+
+    // Settings librdkafka refuses fail the reload before anything changes (a producer that
+    // could not be made would leave none), naming the key, never its value.
+    hotdog.rewrite_config(&config(
+        &format!("    - port: {p2}\n      max_connections: 5\n"),
+        "      batch.size: 'not-a-number-secret'\n",
+        &to_topic(&topic),
+    ));
+    let (code, answer) = hotdog.reload();
+    assert_eq!(code, 422, "{answer}");
+    let text = answer.to_string();
+    assert!(text.contains("not accepted by librdkafka"), "{text}");
+    assert!(text.contains("batch.size"), "{text}");
+    assert!(!text.contains("not-a-number-secret"), "{text}");
+    send_lines(&format!("127.0.0.1:{p2}"), &["<13>still here".to_string()]);
+    assert_eq!(
+        consume_all(b, &topic, 5).len(),
+        5,
+        "the producer in use goes on"
+    );
+    assert_eq!(hotdog.stat("kafka.producer.restarts"), 1);
 }
 
 #[test]

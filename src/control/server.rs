@@ -429,6 +429,7 @@ impl Running {
             global: new,
             mut rules,
         } = config;
+        crate::publish::Reconfigure::check(&new.kafka.conf).map_err(|e| vec![e])?;
         let plan = reload::plan(&self.global, &new);
         // Every new listener binds before anything changes: one that cannot changes nothing.
         let mut bound = Vec::new();

@@ -52,11 +52,20 @@ mod tests;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// librdkafka refused the settings in `global.kafka.conf`.
-    #[error("global.kafka.conf is not accepted by librdkafka: {0}")]
+    #[error("global.kafka.conf is not accepted by librdkafka: {}", without_value(.0))]
     Conf(#[source] KafkaError),
     /// The dead-letter file could not be opened, or its writer's thread started.
     #[error("{0}")]
     DeadLetterFile(#[source] std::io::Error),
+}
+
+/// What librdkafka said of the settings, naming the key but never its value (it may be a
+/// password).
+fn without_value(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, desc, key, _) => format!("{key}: {desc}"),
+        e => e.to_string(),
+    }
 }
 
 /// Records produced between two cooperative yields.
@@ -177,6 +186,16 @@ pub struct Reconfigure {
 }
 
 impl Reconfigure {
+    /// Whether librdkafka takes `conf` (a reload's), before anything changes: a producer that
+    /// could not be made would leave none.
+    pub fn check(conf: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        producer::client_config(conf)
+            .0
+            .create_native_config()
+            .map(drop)
+            .map_err(|e| Error::Conf(e).to_string())
+    }
+
     /// Takes a reload's `conf`; true when new producers are made for it.
     pub fn apply(&self, conf: &std::collections::BTreeMap<String, String>) -> bool {
         if !self.settings.update(conf) {

@@ -581,6 +581,37 @@ mod tests {
             .collect()
     }
 
+    /// A reload asks for new producers when the settings changed, or what a file they name
+    /// holds (a rotated key, certificate or CA), and not otherwise.
+    #[test]
+    fn settings_change_with_the_conf_or_the_files_it_names() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (ca, key) = (dir.path().join("ca.pem"), dir.path().join("client.key"));
+        std::fs::write(&ca, "first CA").expect("write");
+        std::fs::write(&key, "first key").expect("write");
+        let text = |p: &std::path::Path| p.display().to_string();
+        let base = conf(&[
+            ("bootstrap.servers", "b:9092"),
+            ("ssl.ca.location", &text(&ca)),
+            ("ssl.key.location", &text(&key)),
+        ]);
+        let settings = Settings::new(&base);
+        assert!(!settings.update(&base), "nothing changed");
+        std::fs::write(&ca, "second CA").expect("write");
+        assert!(settings.update(&base), "the CA file was replaced");
+        assert!(!settings.update(&base), "and read once");
+        std::fs::remove_file(&key).expect("remove");
+        assert!(settings.update(&base), "the key is gone");
+        let mut other = base.clone();
+        other.insert("linger.ms".into(), "20".into());
+        assert!(settings.update(&other), "a new setting");
+        assert_eq!(
+            settings.client_config().get("linger.ms"),
+            Some("20"),
+            "new producers are made with it"
+        );
+    }
+
     #[test]
     fn idempotence_is_on_unless_the_operator_sets_it_or_a_key_that_excludes_it() {
         let get = |c: &ClientConfig| c.get("enable.idempotence").map(str::to_string);
