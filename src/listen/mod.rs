@@ -72,6 +72,13 @@ struct Slot {
 }
 
 impl Settings {
+    /// True when `peer` is a load balancer this listener takes PROXY headers from.
+    fn behind_balancer(&self, peer: SocketAddr) -> bool {
+        self.proxy_protocol
+            .as_ref()
+            .is_some_and(|p| p.trusts(peer.ip()))
+    }
+
     /// A place under `max_connections`, or `None` when the listener is full.
     fn admit(self: &Arc<Self>) -> Option<Slot> {
         self.open
@@ -271,12 +278,17 @@ impl Listener {
                     log::debug!("TCP keepalive on the connection from {peer}: {e}");
                 }
             }
-            let connection = Connection {
+            let mut connection = Connection {
                 shared: shared.clone(),
                 shutdown: shutdown.clone(),
                 slot,
                 _done: done.clone(),
             };
+            // A connection that is not a load balancer's is counted against its source here,
+            // in the order they were accepted: the newest over the limit is the one closed.
+            if !settings.behind_balancer(peer) && !connection.count_source(peer) {
+                return None;
+            }
             Some(connection.serve(stream, peer, acceptor.clone()))
         })
         .await
@@ -309,14 +321,12 @@ impl Connection {
         let metrics = self.shared.metrics.clone();
         let settings = self.slot.settings.clone();
         // A load balancer's connection is counted against the client its header names; any
-        // other at once, before it has said anything (it may say nothing for a long time).
+        // other was counted when it was accepted, before it had said anything (it may say
+        // nothing for a long time).
         let balancer = settings
             .proxy_protocol
             .as_ref()
             .filter(|p| p.trusts(peer.ip()));
-        if balancer.is_none() && !self.count_source(peer) {
-            return;
-        }
         let (peer, read) = match &settings.proxy_protocol {
             None => (peer, Vec::new()),
             Some(_) => {
