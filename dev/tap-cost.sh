@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # What an open `hotdog tap` costs: hotdog's CPU time (from /proc) for 400,000 lines sent at
 # 50,000 lines/s over one TCP connection, forward-all, to a local tansu, without and with a tap
-# that keeps 2% of the lines (about 1,000 a second), in pairs, RUNS pairs (default 10).
+# that keeps 2% of the lines (about 1,000 a second), in pairs, RUNS pairs (default 10). MATCH
+# is the tap's --match instead ('no line has this': a tap that keeps nothing).
 #
-#   dev/tap-cost.sh [RUNS]
+#   dev/tap-cost.sh [RUNS] [MATCH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -11,6 +12,7 @@ ensure_build_deps
 ensure_tansu
 cargo build --release --locked --bin hotdog
 runs=${1:-10}
+match=${2:-'number.[0-9]*[05]0.with'}
 hotdog=$PWD/target/release/hotdog
 work=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -60,7 +62,7 @@ one() { # one TAP: prints the CPU ticks of one run, with a tap (1) or without (0
     local pid=$! tap=""
     for _ in $(seq 50); do curl -sf "http://127.0.0.1:$status/health" > /dev/null && break; sleep 0.2; done
     if [ "$1" = 1 ]; then
-        "$hotdog" tap --url "http://127.0.0.1:$status" --match 'number.[0-9]*[05]0.with' \
+        "$hotdog" tap --url "http://127.0.0.1:$status" --match "$match" \
             --duration 30s > "$work/tap.out" 2>/dev/null &
         tap=$!
         sleep 0.3
