@@ -239,11 +239,15 @@ fn a_reload_starts_and_stops_listeners_and_makes_new_producers_for_new_kafka_set
         .expect("send");
     hotdog.wait_stat("lines", 2, Duration::from_secs(10));
 
-    hotdog.rewrite_config(&config(
-        &format!("    - port: {p2}\n      max_connections: 5\n"),
-        "      batch.size: '1000'\n",
-        &to_topic(&topic),
-    ));
+    // The file after the first reload: the listener moved to p2, with Kafka's `batch.size`.
+    let moved = |batch_size: &str| {
+        hotdog.rewrite_config(&config(
+            &format!("    - port: {p2}\n      max_connections: 5\n"),
+            &format!("      batch.size: '{batch_size}'\n"),
+            &to_topic(&topic),
+        ))
+    };
+    moved("1000");
     let (code, answer) = hotdog.reload();
     assert_eq!(code, 200, "{answer}");
     assert_eq!(
@@ -293,11 +297,7 @@ fn a_reload_starts_and_stops_listeners_and_makes_new_producers_for_new_kafka_set
 
     // Settings librdkafka refuses fail the reload before anything changes (a producer that
     // could not be made would leave none), naming the key, never its value.
-    hotdog.rewrite_config(&config(
-        &format!("    - port: {p2}\n      max_connections: 5\n"),
-        "      batch.size: 'not-a-number-secret'\n",
-        &to_topic(&topic),
-    ));
+    moved("not-a-number-secret");
     let (code, answer) = hotdog.reload();
     assert_eq!(code, 422, "{answer}");
     let text = answer.to_string();

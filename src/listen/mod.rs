@@ -323,16 +323,13 @@ impl Connection {
         // A load balancer's connection is counted against the client its header names; any
         // other was counted when it was accepted, before it had said anything (it may say
         // nothing for a long time).
-        let balancer = settings
-            .proxy_protocol
-            .as_ref()
-            .filter(|p| p.trusts(peer.ip()));
+        let balancer = settings.behind_balancer(peer);
         let (peer, read) = match &settings.proxy_protocol {
             None => (peer, Vec::new()),
             Some(_) => {
                 let idle = settings.limits.idle_timeout;
-                let trusted = balancer.is_some();
-                match proxy_header(&mut stream, peer, trusted, accepted, idle, &self.shutdown).await
+                match proxy_header(&mut stream, peer, balancer, accepted, idle, &self.shutdown)
+                    .await
                 {
                     Ok(found) => found,
                     Err(NoHeader::Gone) => return,
@@ -350,7 +347,7 @@ impl Connection {
                 }
             }
         };
-        if balancer.is_some() && !self.count_source(peer) {
+        if balancer && !self.count_source(peer) {
             return;
         }
         let stream = Rewound::new(read, stream);
