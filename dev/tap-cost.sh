@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# What an open `hotdog tap` costs: hotdog's CPU time (from /proc) for 400,000 lines sent at
-# 50,000 lines/s over one TCP connection, forward-all, to a local tansu, without and with a tap
-# that keeps 2% of the lines (about 1,000 a second), in pairs, RUNS pairs (default 10). MATCH
-# is the tap's --match instead ('no line has this': a tap that keeps nothing).
+# What an open `hotdog tap` costs: two hotdogs run side by side, fed the same lines at the same
+# time (400,000 150-byte lines at 50,000 lines/s, one TCP connection each, forward-all, to one
+# local tansu); one of them has a tap that keeps 2% of the lines (about 1,000 a second). The
+# ratio of their CPU times (the run time of each process's threads, from /proc) is taken within
+# the run, so a busy machine slows both alike. Which hotdog is tapped, and which is sent each
+# chunk first, change from run to run: each order alone shifts the ratio by a few percent.
+# RUNS runs (default 8); MATCH is the tap's --match instead ('no line has this': a tap that
+# keeps nothing; '-': no tap at all, the control that shows what the method itself reads).
 #
 #   dev/tap-cost.sh [RUNS] [MATCH]
 set -euo pipefail
@@ -11,23 +15,24 @@ cd "$(dirname "$0")/.."
 ensure_build_deps
 ensure_tansu
 cargo build --release --locked --bin hotdog
-runs=${1:-10}
+runs=${1:-8}
 match=${2:-'number.[0-9]*[05]0.with'}
 hotdog=$PWD/target/release/hotdog
 work=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-kafka=$(port); listen=$(port); status=$(port)
+kafka=$(port)
 tansu broker --listener-url "tcp://127.0.0.1:$kafka" --advertised-listener-url "tcp://127.0.0.1:$kafka" \
     --storage-engine memory://tansu/ > "$work/tansu.log" 2>&1 &
 broker=$!
 trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$kafka") 2>/dev/null && break; sleep 0.2; done
 tansu topic create tapcost --broker "tcp://127.0.0.1:$kafka" > /dev/null
-cat > "$work/hotdog.yml" <<YAML
+config() { # NAME LISTEN STATUS
+    cat > "$work/$1.yml" <<YAML
 global:
   listen:
     address: '127.0.0.1'
-    port: $listen
+    port: $2
   kafka:
     conf:
       bootstrap.servers: '127.0.0.1:$kafka'
@@ -36,49 +41,69 @@ global:
     topic: 'tapcost'
   status:
     address: '127.0.0.1'
-    port: $status
+    port: $3
 rules:
   - regex: '.*'
     actions:
       - type: forward
         topic: 'tapcost'
 YAML
+}
 cat > "$work/send.py" <<'PY'
+# The same chunks of 100 lines to each port in turn, paced to RATE lines/s for SECONDS.
 import socket, sys, time
-port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-s = socket.create_connection(("127.0.0.1", port))
+ports, rate, seconds = [int(p) for p in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
+socks = [socket.create_connection(("127.0.0.1", p)) for p in ports]
 lines = [(f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47 [ex@32473 iut="3"] '
           f'number {i} with seq={i} user login ok from 10.0.0.{i % 255}\n').encode() for i in range(10000)]
 start, n = time.time(), rate * seconds
 for k in range(0, n, 100):
-    s.sendall(b"".join(lines[(k + j) % 10000] for j in range(100)))
+    chunk = b"".join(lines[(k + j) % 10000] for j in range(100))
+    for s in socks:
+        s.sendall(chunk)
     ahead = start + (k + 100) / rate - time.time()
     if ahead > 0:
         time.sleep(ahead)
 PY
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-one() { # one TAP: prints the CPU ticks of one run, with a tap (1) or without (0)
-    "$hotdog" -c "$work/hotdog.yml" > "$work/hotdog.log" 2>&1 &
-    local pid=$! tap=""
-    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$status/health" > /dev/null && break; sleep 0.2; done
-    if [ "$1" = 1 ]; then
-        "$hotdog" tap --url "http://127.0.0.1:$status" --match "$match" \
-            --duration 30s > "$work/tap.out" 2>/dev/null &
-        tap=$!
-        sleep 0.3
-    fi
-    local c0; c0=$(ticks $pid)
-    python3 "$work/send.py" "$listen" 50000 8
-    sleep 1.5
-    echo $(( $(ticks $pid) - c0 ))
-    kill $pid; wait $pid 2>/dev/null || true
-    if [ -n "$tap" ]; then kill $tap 2>/dev/null; wait $tap 2>/dev/null || true; echo "  tap events: $(wc -l < "$work/tap.out")" >&2; fi
+cpu() { # PID: the run time of its threads so far, in µs
+    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ns += $1} END {printf "%d\n", ns / 1000}'
 }
+up() { for _ in $(seq 50); do curl -sf "http://127.0.0.1:$1/health" > /dev/null && return; sleep 0.2; done; }
+declare -A pid listen status
 ratios=()
 for i in $(seq "$runs"); do
-    off=$(one 0); on=$(one 1)
+    for name in a b; do
+        listen[$name]=$(port)
+        status[$name]=$(port)
+        config "$name" "${listen[$name]}" "${status[$name]}"
+        "$hotdog" -c "$work/$name.yml" > "$work/$name.log" 2>&1 &
+        pid[$name]=$!
+    done
+    up "${status[a]}"
+    up "${status[b]}"
+    # Runs 1 and 2: b tapped, then a, each time a sent first; runs 3 and 4 the same, b first.
+    if ((i % 2)); then tapped=b plain=a; else tapped=a plain=b; fi
+    if (((i - 1) / 2 % 2)); then order="${listen[b]},${listen[a]}"; else order="${listen[a]},${listen[b]}"; fi
+    if [ "$match" = - ]; then
+        sleep 30 > "$work/tap.out" &
+    else
+        "$hotdog" tap --url "http://127.0.0.1:${status[$tapped]}" --match "$match" \
+            --duration 30s > "$work/tap.out" 2>/dev/null &
+    fi
+    tap=$!
+    sleep 0.3
+    on0=$(cpu "${pid[$tapped]}")
+    off0=$(cpu "${pid[$plain]}")
+    python3 "$work/send.py" "$order" 50000 8
+    sleep 1.5
+    on=$(($(cpu "${pid[$tapped]}") - on0))
+    off=$(($(cpu "${pid[$plain]}") - off0))
+    kill "${pid[a]}" "${pid[b]}" 2>/dev/null || true
+    wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true
+    kill $tap 2>/dev/null || true
+    wait $tap 2>/dev/null || true
     ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
-    echo "run $i: CPU ticks without a tap $off, with $on: ${ratio}x"
+    echo "run $i: CPU without a tap $((off / 1000)) ms, with $((on / 1000)) ms ($(wc -l < "$work/tap.out") events): ${ratio}x"
     ratios+=("$ratio")
 done
-python3 -c "import statistics, sys; r = sorted(map(float, sys.argv[1:])); print(f'with a tap / without: median {statistics.median(r):.2f}x, {r[0]:.2f}x-{r[-1]:.2f}x over {len(r)} pairs')" "${ratios[@]}"
+python3 -c "import statistics, sys; r = sorted(map(float, sys.argv[1:])); print(f'with a tap / without: median {statistics.median(r):.3f}x, {r[0]:.3f}x-{r[-1]:.3f}x over {len(r)} runs')" "${ratios[@]}"

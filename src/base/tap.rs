@@ -238,38 +238,55 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<String>> {
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A tap's held event and the queue it is written to once its outcome is known.
+type Waiting = (Arc<Slot>, async_channel::Sender<String>);
+
 /// What a record that taps kept carries to its outcome: each tap's held event, written with
-/// the outcome into that tap's queue.
+/// the outcome into that tap's queue. The first tap's is kept in place: a record one tap keeps
+/// costs no list.
 struct Watched {
-    taps: Vec<(Arc<Slot>, async_channel::Sender<String>)>,
+    first: Waiting,
+    more: Vec<Waiting>,
     metrics: Arc<Metrics>,
 }
 
 impl Watch for Watched {
     fn outcome(&self, outcome: Outcome<'_>) {
-        let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let end = match outcome {
-            Outcome::Delivered { partition, offset } => format!(
-                ",\"outcome\":\"delivered\",\"partition\":{partition},\"offset\":{offset}}}"
-            ),
-            Outcome::DeadLettered { reason, to } => format!(
-                ",\"outcome\":\"dead_lettered\",\"reason\":{},\"dead_letter_to\":{}}}",
-                text(reason),
-                text(to)
-            ),
-            Outcome::Spooled => ",\"outcome\":\"spooled\"}".into(),
-            Outcome::NotSent => ",\"outcome\":\"not_sent\"}".into(),
-        };
-        for (slot, queue) in &self.taps {
+        for (slot, queue) in std::iter::once(&self.first).chain(&self.more) {
             let Some(mut json) = lock(slot).take() else {
                 continue;
             };
-            json.push_str(&end);
+            end(&mut json, outcome);
             if let Err(async_channel::TrySendError::Full(_)) = queue.try_send(json) {
                 self.metrics.tap_dropped.fetch_add(1, Relaxed);
             }
         }
     }
+}
+
+/// Room left in a held event for the end [`end`] writes (all but a dead letter's fit): the
+/// outcome is written in place, on librdkafka's thread, with no allocation.
+const END_ROOM: usize = 80;
+
+/// Ends a held event (`json`, without its closing brace) with `outcome`.
+fn end(json: &mut String, outcome: Outcome<'_>) {
+    use std::fmt::Write;
+    let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    // Writing to a String cannot fail.
+    let _ = match outcome {
+        Outcome::Delivered { partition, offset } => write!(
+            json,
+            ",\"outcome\":\"delivered\",\"partition\":{partition},\"offset\":{offset}}}"
+        ),
+        Outcome::DeadLettered { reason, to } => write!(
+            json,
+            ",\"outcome\":\"dead_lettered\",\"reason\":{},\"dead_letter_to\":{}}}",
+            text(reason),
+            text(to)
+        ),
+        Outcome::Spooled => write!(json, ",\"outcome\":\"spooled\"}}"),
+        Outcome::NotSent => write!(json, ",\"outcome\":\"not_sent\"}}"),
+    };
 }
 
 /// An open tap: what it writes, and what it holds for outcomes. Dropped, it closes, and the
@@ -301,6 +318,10 @@ pub struct Taps {
 pub struct View {
     version: usize,
     taps: Vec<(Arc<Tap>, Option<Cache>)>,
+    /// Where a kept event is written first: the JSON of each event a tap keeps is then made
+    /// in one allocation of its own size (writing it out in a growing string took eight, and
+    /// those past 1 KiB sent glibc's allocator sorting its free lists on the session's thread).
+    scratch: Vec<u8>,
 }
 
 impl Default for View {
@@ -308,6 +329,7 @@ impl Default for View {
         View {
             version: usize::MAX,
             taps: Vec::new(),
+            scratch: Vec::new(),
         }
     }
 }
@@ -384,19 +406,27 @@ impl Taps {
         metrics: &Arc<Metrics>,
     ) -> Option<Box<dyn Watch>> {
         self.look(view);
+        let View { taps, scratch, .. } = view;
+        // The event's JSON, written into the session's scratch buffer when a tap keeps it.
         let mut json: Option<String> = None;
-        let mut watched = Vec::new();
+        let (mut first, mut more) = (None, Vec::new());
         let mut closed = false;
         // A tap's queue is only looked at when its filter keeps a frame: the status server's
         // thread takes from it, and a look for every frame would pull its state to and fro
         // between the threads.
-        for (tap, cache) in view.taps.iter_mut() {
+        for (tap, cache) in taps.iter_mut() {
             if !tap.filter.keeps(event, cache.as_mut()) {
                 continue;
             }
-            let line = json.get_or_insert_with(|| serde_json::to_string(event).unwrap_or_default());
+            let line = json.get_or_insert_with(|| {
+                let mut buffer = std::mem::take(scratch);
+                buffer.clear();
+                // Serializing to memory fails only for a map with keys that are not strings.
+                let _ = serde_json::to_writer(&mut buffer, event);
+                String::from_utf8(buffer).unwrap_or_default()
+            });
             if event.outcome.is_some() {
-                match tap.queue.try_send(line.clone()) {
+                match tap.queue.try_send(line.to_owned()) {
                     Err(async_channel::TrySendError::Full(_)) => {
                         metrics.tap_dropped.fetch_add(1, Relaxed);
                     }
@@ -409,25 +439,34 @@ impl Taps {
                 closed = true;
                 continue;
             }
-            // Without its closing brace: the outcome is written after it.
-            let mut open = line.clone();
-            open.pop();
-            match tap.held.hold(open, Instant::now()) {
-                Some(slot) => watched.push((slot, tap.queue.clone())),
+            // Without its closing brace, and with room for the outcome written after it.
+            let open = line.strip_suffix('}').unwrap_or(line);
+            let mut held = String::with_capacity(open.len() + END_ROOM);
+            held.push_str(open);
+            match tap.held.hold(held, Instant::now()) {
+                Some(slot) => {
+                    let waiting = (slot, tap.queue.clone());
+                    match first {
+                        None => first = Some(waiting),
+                        Some(_) => more.push(waiting),
+                    }
+                }
                 None => {
                     metrics.tap_dropped.fetch_add(1, Relaxed);
                 }
             }
         }
+        if let Some(json) = json {
+            *scratch = json.into_bytes();
+        }
         if closed {
             self.prune();
         }
-        (!watched.is_empty()).then(|| {
-            Box::new(Watched {
-                taps: watched,
-                metrics: metrics.clone(),
-            }) as Box<dyn Watch>
-        })
+        Some(Box::new(Watched {
+            first: first?,
+            more,
+            metrics: metrics.clone(),
+        }))
     }
 }
 
