@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # What an open `hotdog tap` costs: two hotdogs run side by side, fed the same lines at the same
-# time (400,000 150-byte lines at 50,000 lines/s, one TCP connection each, forward-all, to one
-# local tansu); one of them has a tap that keeps 2% of the lines (about 1,000 a second). The
-# ratio of their CPU times (the run time of each process's threads, from /proc) is taken within
-# the run, so a busy machine slows both alike. Which hotdog is tapped, and which is sent each
-# chunk first, change from run to run: each order alone shifts the ratio by a few percent.
-# RUNS runs (default 8); MATCH is the tap's --match instead ('no line has this': a tap that
-# keeps nothing; '-': no tap at all, the control that shows what the method itself reads).
+# time (400,000 150-byte lines at 50,000 lines/s, one TCP connection each, to one local tansu,
+# with two rules: `fifty` forwards the 2% of lines whose number ends in 00 or 50, the other
+# the rest); one of them has a tap open. The ratio of their CPU times (the run time of each
+# process's threads, from /proc) is taken within the run, so a busy machine slows both alike.
+# Which hotdog is tapped changes from run to run, and each chunk of lines is sent first to one
+# and then the other by turns: the one sent a chunk first spends about 10% more on it.
+# RUNS runs (default 8). The tap's filter is the rest of the arguments, by default
+# `--match 'number.[0-9]*[05]0.with'`: 2% of the lines (about 1,000 a second), by a regex that
+# every line goes into. `--rule fifty` keeps the same lines by their rule; `--match 'no line
+# has this'` keeps nothing; `-` opens no tap at all, the control that shows what the method
+# itself reads.
 #
-#   dev/tap-cost.sh [RUNS] [MATCH]
+#   dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -16,7 +20,9 @@ ensure_build_deps
 ensure_tansu
 cargo build --release --locked --bin hotdog
 runs=${1:-8}
-match=${2:-'number.[0-9]*[05]0.with'}
+shift || true
+filter=("$@")
+[ ${#filter[@]} -gt 0 ] || filter=(--match 'number.[0-9]*[05]0.with')
 hotdog=$PWD/target/release/hotdog
 work=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -43,6 +49,11 @@ global:
     address: '127.0.0.1'
     port: $3
 rules:
+  - name: fifty
+    regex: 'number [0-9]*[05]0 with'
+    actions:
+      - type: forward
+        topic: 'tapcost'
   - regex: '.*'
     actions:
       - type: forward
@@ -50,7 +61,7 @@ rules:
 YAML
 }
 cat > "$work/send.py" <<'PY'
-# The same chunks of 100 lines to each port in turn, paced to RATE lines/s for SECONDS.
+# The same chunks of 100 lines to each port, paced to RATE lines/s for SECONDS.
 import socket, sys, time
 ports, rate, seconds = [int(p) for p in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
 socks = [socket.create_connection(("127.0.0.1", p)) for p in ports]
@@ -59,7 +70,8 @@ lines = [(f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47
 start, n = time.time(), rate * seconds
 for k in range(0, n, 100):
     chunk = b"".join(lines[(k + j) % 10000] for j in range(100))
-    for s in socks:
+    # Each port is sent every other chunk first: the one sent first costs about 10% more.
+    for s in (socks if k // 100 % 2 else socks[::-1]):
         s.sendall(chunk)
     ahead = start + (k + 100) / rate - time.time()
     if ahead > 0:
@@ -81,20 +93,19 @@ for i in $(seq "$runs"); do
     done
     up "${status[a]}"
     up "${status[b]}"
-    # Runs 1 and 2: b tapped, then a, each time a sent first; runs 3 and 4 the same, b first.
+    # Odd runs tap b, even runs a.
     if ((i % 2)); then tapped=b plain=a; else tapped=a plain=b; fi
-    if (((i - 1) / 2 % 2)); then order="${listen[b]},${listen[a]}"; else order="${listen[a]},${listen[b]}"; fi
-    if [ "$match" = - ]; then
+    if [ "${filter[*]}" = - ]; then
         sleep 30 > "$work/tap.out" &
     else
-        "$hotdog" tap --url "http://127.0.0.1:${status[$tapped]}" --match "$match" \
+        "$hotdog" tap --url "http://127.0.0.1:${status[$tapped]}" "${filter[@]}" \
             --duration 30s > "$work/tap.out" 2>/dev/null &
     fi
     tap=$!
     sleep 0.3
     on0=$(cpu "${pid[$tapped]}")
     off0=$(cpu "${pid[$plain]}")
-    python3 "$work/send.py" "$order" 50000 8
+    python3 "$work/send.py" "${listen[a]},${listen[b]}" 50000 8
     sleep 1.5
     on=$(($(cpu "${pid[$tapped]}") - on0))
     off=$(($(cpu "${pid[$plain]}") - off0))

@@ -88,6 +88,15 @@ impl Labels<'_> {
         };
         given.into_iter().flatten().chain(of.into_iter().flatten())
     }
+
+    /// True when one of the rules is labelled `label`: asked of every frame while a tap filters
+    /// by rule, so no label is made for it.
+    fn has(&self, label: &str) -> bool {
+        match self {
+            Labels::Given(v) => v.iter().any(|l| l == label),
+            Labels::Of(rules, matched) => matched.iter().any(|i| rules.is_labelled(*i, label)),
+        }
+    }
 }
 
 impl Serialize for Labels<'_> {
@@ -148,9 +157,7 @@ impl<'a> Event<'a> {
 impl Filter {
     /// True when this filter keeps `e`; `cache` is the session's for the filter's regex.
     fn keeps(&self, e: &Event<'_>, cache: Option<&mut Cache>) -> bool {
-        self.rule
-            .as_ref()
-            .is_none_or(|r| e.rules.each().any(|m| m == r.as_str()))
+        self.rule.as_ref().is_none_or(|r| e.rules.has(r))
             && self.topic.as_deref().is_none_or(|t| e.topic == Some(t))
             && self
                 .source

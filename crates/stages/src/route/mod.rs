@@ -234,6 +234,20 @@ impl Rules {
         }
     }
 
+    /// True when rule `i`'s [label](Rules::label) is `label`, with no label made for it.
+    pub fn is_labelled(&self, i: usize, label: &str) -> bool {
+        match self.rules.get(i).and_then(|r| r.name.as_deref()) {
+            Some(name) => name == label,
+            // The index as `label` writes it: digits, no leading zero.
+            None => {
+                i < self.rules.len()
+                    && label.bytes().all(|b| b.is_ascii_digit())
+                    && (label == "0" || !label.starts_with('0'))
+                    && label.parse::<usize>() == Ok(i)
+            }
+        }
+    }
+
     /// Adds `n` to the count of messages rule `i` matched.
     pub fn count_matches(&self, i: usize, n: u64) {
         if let Some(c) = self.matched.get(i) {

@@ -557,3 +557,20 @@ fn legal_topics() {
         assert!(!is_legal_topic(bad), "{bad}");
     }
 }
+
+#[test]
+fn a_rule_is_labelled_by_its_name_or_else_its_index_as_written() {
+    let mut list = numbered(&["a", "b", "c"], &[Field::Msg], usize::MAX);
+    list.rules[1].name = Some("named".into());
+    for i in 0..3 {
+        let label = list.label(i);
+        assert!(list.is_labelled(i, &label), "rule {i} is `{label}`");
+    }
+    assert!(list.is_labelled(0, "0"));
+    assert!(list.is_labelled(2, "2"));
+    assert!(!list.is_labelled(1, "1"), "a named rule is not its index");
+    for other in ["00", "02", "+2", " 2", "2 ", "3", "", "named"] {
+        assert!(!list.is_labelled(2, other), "`{other}` is not rule 2");
+    }
+    assert!(!list.is_labelled(3, "3"), "there is no rule 3");
+}
