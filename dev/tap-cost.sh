@@ -95,13 +95,13 @@ for i in $(seq "$runs"); do
     up "${status[b]}"
     # Odd runs tap b, even runs a.
     if ((i % 2)); then tapped=b plain=a; else tapped=a plain=b; fi
-    if [ "${filter[*]}" = - ]; then
-        sleep 30 > "$work/tap.out" &
-    else
+    : > "$work/tap.out"
+    tap=""
+    if [ "${filter[*]}" != - ]; then
         "$hotdog" tap --url "http://127.0.0.1:${status[$tapped]}" "${filter[@]}" \
             --duration 30s > "$work/tap.out" 2>/dev/null &
+        tap=$!
     fi
-    tap=$!
     sleep 0.3
     on0=$(cpu "${pid[$tapped]}")
     off0=$(cpu "${pid[$plain]}")
@@ -111,8 +111,7 @@ for i in $(seq "$runs"); do
     off=$(($(cpu "${pid[$plain]}") - off0))
     kill "${pid[a]}" "${pid[b]}" 2>/dev/null || true
     wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true
-    kill $tap 2>/dev/null || true
-    wait $tap 2>/dev/null || true
+    if [ -n "$tap" ]; then kill "$tap" 2>/dev/null || true; wait "$tap" 2>/dev/null || true; fi
     ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
     echo "run $i: CPU without a tap $((off / 1000)) ms, with $((on / 1000)) ms ($(wc -l < "$work/tap.out") events): ${ratio}x"
     ratios+=("$ratio")

@@ -228,7 +228,7 @@ impl Rules {
 
     /// Rule `i`'s label for its counter: its `name`, or its index in the rule set.
     pub fn label(&self, i: usize) -> Cow<'_, str> {
-        match self.rules.get(i).and_then(|r| r.name.as_deref()) {
+        match self.name(i) {
             Some(name) => Cow::Borrowed(name),
             None => Cow::Owned(i.to_string()),
         }
@@ -236,7 +236,7 @@ impl Rules {
 
     /// True when rule `i`'s [label](Rules::label) is `label`, with no label made for it.
     pub fn is_labelled(&self, i: usize, label: &str) -> bool {
-        match self.rules.get(i).and_then(|r| r.name.as_deref()) {
+        match self.name(i) {
             Some(name) => name == label,
             // The index as `label` writes it: digits, no leading zero.
             None => {
@@ -246,6 +246,11 @@ impl Rules {
                     && label.parse::<usize>() == Ok(i)
             }
         }
+    }
+
+    /// Rule `i`'s `name`, if it has one.
+    fn name(&self, i: usize) -> Option<&str> {
+        self.rules.get(i).and_then(|r| r.name.as_deref())
     }
 
     /// Adds `n` to the count of messages rule `i` matched.
