@@ -1,33 +1,38 @@
 //! Taps: what `hotdog tap` shows. A session offers every frame it routed (the line, its source,
-//! the rules that matched, the record made of it) to the taps open at that moment; each tap
-//! keeps what its filter asks for as one JSON line in a bounded queue that the status server
-//! streams to its client. A frame that made a record is held until the record is settled
-//! (delivered, with its partition and offset, or dead-lettered, with why), and then written
-//! with what became of it; one still in flight after [`HOLD`] is written as such. A tap never
-//! slows the pipeline down: with no tap open, offering is one atomic load; a tap whose client
-//! reads too slowly loses events (counted in `tap.dropped`), never records.
+//! the rules that matched, the record made of it) to the taps open at that moment; for a frame
+//! a tap's filter keeps, the session copies what the tap shows into one [`Kept`] and puts it in
+//! the tap's bounded queue. The status server's thread takes it from there, waits for its
+//! record's outcome (delivered, with its partition and offset, or dead-lettered, with why: set
+//! on the [`Kept`] by whichever thread settles the record) and writes it as one JSON line; one
+//! still in flight after [`HOLD`] is written as such. A tap never slows the pipeline down: with
+//! no tap open, offering is one atomic load; a tap whose client reads too slowly loses events
+//! (counted in `tap.dropped`), never records.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use hotdog_stages::core::{Outcome, Watch};
-
+use hotdog_stages::core::{Origin, Outcome, Record, Watch};
+use hotdog_stages::route::Rules;
 use regex_automata::meta::{Cache, Regex};
 use regex_automata::Input;
-use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
 
 use crate::base::metrics::Metrics;
-use hotdog_stages::core::{Origin, Record};
-use hotdog_stages::route::Rules;
 
 /// Taps open at once; one more is refused.
 pub const MAX_TAPS: usize = 8;
-/// Events a tap holds for its client; more are dropped and counted.
+/// Events a tap's queue holds for the status server's thread; more are dropped and counted.
+/// The thread holds as many again while they wait for their records' outcomes.
 pub const TAP_QUEUE: usize = 4096;
+
+/// How long an event whose frame made a record waits for the record's outcome; then it is
+/// written as `in_flight` (the broker is slow or away: the tap still shows what comes).
+pub const HOLD: Duration = Duration::from_secs(5);
 
 /// What a tap keeps: every condition given must hold.
 #[derive(Debug, Default)]
@@ -44,33 +49,16 @@ pub struct Filter {
     pub line: Option<Regex>,
 }
 
-/// One routed frame as a tap sees it. Made for every frame while a tap is open, so what costs
-/// (the payload as text, the headers) is only worked out for a tap that keeps it, when the
-/// event is written.
-#[derive(Serialize)]
+/// One routed frame as a tap's filter sees it: made for every frame while a tap is open, so it
+/// only borrows.
 pub struct Event<'a> {
     /// The frame's text (invalid UTF-8 replaced).
     pub line: &'a str,
-    pub source: Option<&'a str>,
-    /// The listener's bound address (`IP:port`).
-    pub listener: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_client_cn: Option<&'a str>,
+    pub origin: &'a Origin,
     /// The rules that matched, in order.
     pub rules: Labels<'a>,
-    /// `unrouted` (no rule forwarded it); for a frame that made a record, written once the
-    /// record is settled (see [`Watched`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub topic: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<&'a str>,
-    #[serde(skip_serializing_if = "Headers::is_empty")]
-    pub headers: Headers<'a>,
-    /// The record's payload (invalid UTF-8 replaced; `otlp_proto` shows as such).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Payload<'a>>,
+    /// The record made of it; `None`: no rule forwarded it.
+    pub record: Option<&'a Record>,
 }
 
 /// The rules a frame matched: given as labels, or as indexes into the rules in use, whose labels
@@ -89,6 +77,13 @@ impl Labels<'_> {
         given.into_iter().flatten().chain(of.into_iter().flatten())
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Labels::Given(v) => v.len(),
+            Labels::Of(_, matched) => matched.len(),
+        }
+    }
+
     /// True when one of the rules is labelled `label`: asked of every frame while a tap filters
     /// by rule, so no label is made for it.
     fn has(&self, label: &str) -> bool {
@@ -96,37 +91,6 @@ impl Labels<'_> {
             Labels::Given(v) => v.iter().any(|l| l == label),
             Labels::Of(rules, matched) => matched.iter().any(|i| rules.is_labelled(*i, label)),
         }
-    }
-}
-
-impl Serialize for Labels<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.each())
-    }
-}
-
-/// A record's headers, written as `[name, value]` pairs.
-pub struct Headers<'a>(Option<&'a Record>);
-
-impl Headers<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_none_or(|r| r.headers.is_empty())
-    }
-}
-
-impl Serialize for Headers<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let headers = self.0.map(|r| r.headers.as_slice()).unwrap_or_default();
-        s.collect_seq(headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
-    }
-}
-
-/// A record's payload, written as text.
-pub struct Payload<'a>(&'a Record);
-
-impl Serialize for Payload<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0.payload_text())
     }
 }
 
@@ -141,15 +105,9 @@ impl<'a> Event<'a> {
     ) -> Event<'a> {
         Event {
             line,
-            source: origin.peer_addr.as_deref(),
-            listener: origin.listener.as_deref(),
-            tls_client_cn: origin.tls_client_cn.as_deref(),
+            origin,
             rules,
-            outcome: record.is_none().then_some("unrouted"),
-            topic: record.map(|r| r.topic.as_ref()),
-            key: record.and_then(|r| r.key.as_deref()),
-            headers: Headers(record),
-            payload: record.map(Payload),
+            record,
         }
     }
 }
@@ -158,13 +116,18 @@ impl Filter {
     /// True when this filter keeps `e`; `cache` is the session's for the filter's regex.
     fn keeps(&self, e: &Event<'_>, cache: Option<&mut Cache>) -> bool {
         self.rule.as_ref().is_none_or(|r| e.rules.has(r))
-            && self.topic.as_deref().is_none_or(|t| e.topic == Some(t))
             && self
-                .source
+                .topic
                 .as_deref()
-                .is_none_or(|s| e.source.is_some_and(|a| a.starts_with(s)))
+                .is_none_or(|t| e.record.is_some_and(|r| r.topic == t))
+            && self.source.as_deref().is_none_or(|s| {
+                e.origin
+                    .peer_addr
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(s))
+            })
             && self.listener.as_deref().is_none_or(|l| {
-                e.listener.is_some_and(|a| {
+                e.origin.listener.as_deref().is_some_and(|a| {
                     a == l || a.rsplit_once(':').is_some_and(|(_, port)| port == l)
                 })
             })
@@ -178,129 +141,234 @@ impl Filter {
     }
 }
 
-/// How long a frame that made a record is held for its outcome; then it is written as
-/// `in_flight` (the broker is slow or away: the tap still shows what comes).
-pub const HOLD: Duration = Duration::from_secs(5);
-
-struct Tap {
-    filter: Filter,
-    queue: async_channel::Sender<String>,
-    held: Arc<Held>,
+/// What became of a kept frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// No rule forwarded it.
+    Unrouted,
+    Delivered {
+        partition: i32,
+        offset: i64,
+    },
+    DeadLettered {
+        reason: String,
+        to: String,
+    },
+    Spooled,
+    NotSent,
+    /// Its record was not settled within its hold, or when the tap ended.
+    InFlight,
 }
 
-/// A kept event waiting for its record's outcome: its JSON without the closing brace, taken
-/// out by whichever comes first, the outcome or the end of [`HOLD`].
-type Slot = Mutex<Option<String>>;
-
-/// A tap's events that wait for their records' outcomes, oldest first; at most [`TAP_QUEUE`].
-#[derive(Default)]
-pub struct Held(Mutex<VecDeque<(Instant, Arc<Slot>)>>);
-
-impl Held {
-    /// Holds `json` (an event without its closing brace); `None` when the tap holds as many
-    /// as it may.
-    fn hold(&self, json: String, now: Instant) -> Option<Arc<Slot>> {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Those settled already go (most are: a delivery takes milliseconds).
-        while held.front().is_some_and(|(_, slot)| lock(slot).is_none()) {
-            held.pop_front();
+impl From<Outcome<'_>> for Settled {
+    fn from(outcome: Outcome<'_>) -> Settled {
+        match outcome {
+            Outcome::Delivered { partition, offset } => Settled::Delivered { partition, offset },
+            Outcome::DeadLettered { reason, to } => Settled::DeadLettered {
+                reason: reason.to_owned(),
+                to: to.to_owned(),
+            },
+            Outcome::Spooled => Settled::Spooled,
+            Outcome::NotSent => Settled::NotSent,
         }
-        if held.len() >= TAP_QUEUE {
-            return None;
+    }
+}
+
+/// A frame a tap kept, copied by its session into one buffer: its JSON is written on the status
+/// server's thread, many events at a time (written on the session's thread, for one frame in
+/// fifty, the same code cost several times as much: it was never warm there). The same one goes
+/// to every tap that keeps the frame.
+pub struct Kept {
+    /// The event's text, one field after another (the payload as Kafka gets it, so maybe not
+    /// UTF-8); the ranges below are into it.
+    text: Vec<u8>,
+    line: Range<usize>,
+    source: Option<Range<usize>>,
+    listener: Option<Range<usize>>,
+    tls_client_cn: Option<Range<usize>>,
+    /// The rule labels, then each header's name and value.
+    parts: Vec<Range<usize>>,
+    rules: usize,
+    /// The record's topic, key and payload, when the frame made one.
+    record: Option<KeptRecord>,
+    /// Set once, by whichever thread settles the record (`Unrouted` from the start when there
+    /// is none).
+    settled: OnceLock<Settled>,
+}
+
+struct KeptRecord {
+    topic: Range<usize>,
+    key: Option<Range<usize>>,
+    payload: Range<usize>,
+}
+
+impl Kept {
+    /// The copy of `event`.
+    fn new(event: &Event<'_>) -> Kept {
+        let origin = event.origin;
+        let headers = event.record.map_or(&[][..], |r| r.headers.as_slice());
+        let size = event.line.len()
+            + [
+                &origin.peer_addr.as_deref(),
+                &origin.listener.as_deref(),
+                &origin.tls_client_cn.as_deref(),
+            ]
+            .iter()
+            .map(|s| s.map_or(0, str::len))
+            .sum::<usize>()
+            + event.rules.each().map(|l| l.len()).sum::<usize>()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + event.record.map_or(0, |r| {
+                r.topic.len() + r.key.as_ref().map_or(0, String::len) + r.payload.len()
+            });
+        let mut text = Vec::with_capacity(size);
+        let mut put = |bytes: &[u8]| {
+            let start = text.len();
+            text.extend_from_slice(bytes);
+            start..text.len()
+        };
+        let line = put(event.line.as_bytes());
+        let source = origin.peer_addr.as_deref().map(|s| put(s.as_bytes()));
+        let listener = origin.listener.as_deref().map(|s| put(s.as_bytes()));
+        let tls_client_cn = origin.tls_client_cn.as_deref().map(|s| put(s.as_bytes()));
+        let mut parts = Vec::with_capacity(event.rules.len() + 2 * headers.len());
+        parts.extend(event.rules.each().map(|l| put(l.as_bytes())));
+        let rules = parts.len();
+        for (name, value) in headers {
+            parts.push(put(name.as_bytes()));
+            parts.push(put(value.as_bytes()));
         }
-        let slot = Arc::new(Mutex::new(Some(json)));
-        held.push_back((now, slot.clone()));
-        Some(slot)
+        let record = event.record.map(|r| KeptRecord {
+            topic: put(r.topic.as_bytes()),
+            key: r.key.as_deref().map(|k| put(k.as_bytes())),
+            payload: put(&r.payload),
+        });
+        let settled = match record {
+            Some(_) => OnceLock::new(),
+            None => OnceLock::from(Settled::Unrouted),
+        };
+        Kept {
+            text,
+            line,
+            source,
+            listener,
+            tls_client_cn,
+            rules,
+            parts,
+            record,
+            settled,
+        }
     }
 
-    /// The events held for `hold` or longer that are still waiting, written as in flight (all
-    /// of them with no `hold`: the tap ends); those that were settled are let go.
-    pub fn expired(&self, hold: Duration) -> Vec<String> {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        while let Some((at, slot)) = held.front() {
-            let mut json = lock(slot);
-            if json.is_some() && at.elapsed() < hold {
-                break;
+    /// What became of it, once known.
+    pub fn settled(&self) -> Option<&Settled> {
+        self.settled.get()
+    }
+
+    /// Writes it as one JSON object (no newline), with `outcome`, to `out`.
+    pub fn write(&self, outcome: &Settled, out: &mut Vec<u8>) {
+        // Serializing to memory fails only for a map with keys that are not strings.
+        let _ = serde_json::to_writer(out, &Json(self, outcome));
+    }
+
+    fn text(&self, range: &Range<usize>) -> Cow<'_, str> {
+        let bytes = self.text.get(range.clone()).unwrap_or_default();
+        // Checked a word at a time; only a payload that is not UTF-8 is decoded byte by byte.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(bytes),
+        }
+    }
+}
+
+/// A [`Kept`] with its outcome, as JSON: `line`, `source`, `listener`, `tls_client_cn` (only
+/// with one), `rules`, then the record's `topic`, `key`, `headers`, `payload` (when there is
+/// one), then `outcome` and what goes with it.
+struct Json<'a>(&'a Kept, &'a Settled);
+
+impl Serialize for Json<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Json(k, outcome) = self;
+        let text = |r: &Option<Range<usize>>| r.as_ref().map(|r| k.text(r));
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("line", &k.text(&k.line))?;
+        m.serialize_entry("source", &text(&k.source))?;
+        m.serialize_entry("listener", &text(&k.listener))?;
+        if let Some(cn) = text(&k.tls_client_cn) {
+            m.serialize_entry("tls_client_cn", &cn)?;
+        }
+        let (rules, headers) = k.parts.split_at(k.rules.min(k.parts.len()));
+        m.serialize_entry("rules", &Texts(k, rules, 1))?;
+        if let Some(r) = &k.record {
+            m.serialize_entry("topic", &k.text(&r.topic))?;
+            if let Some(key) = text(&r.key) {
+                m.serialize_entry("key", &key)?;
             }
-            if let Some(mut json) = json.take() {
-                json.push_str(",\"outcome\":\"in_flight\"}");
-                out.push(json);
+            if !headers.is_empty() {
+                m.serialize_entry("headers", &Texts(k, headers, 2))?;
             }
-            drop(json);
-            held.pop_front();
+            m.serialize_entry("payload", &k.text(&r.payload))?;
         }
-        out
+        match outcome {
+            Settled::Unrouted => m.serialize_entry("outcome", "unrouted")?,
+            Settled::Delivered { partition, offset } => {
+                m.serialize_entry("outcome", "delivered")?;
+                m.serialize_entry("partition", partition)?;
+                m.serialize_entry("offset", offset)?;
+            }
+            Settled::DeadLettered { reason, to } => {
+                m.serialize_entry("outcome", "dead_lettered")?;
+                m.serialize_entry("reason", reason)?;
+                m.serialize_entry("dead_letter_to", to)?;
+            }
+            Settled::Spooled => m.serialize_entry("outcome", "spooled")?,
+            Settled::NotSent => m.serialize_entry("outcome", "not_sent")?,
+            Settled::InFlight => m.serialize_entry("outcome", "in_flight")?,
+        }
+        m.end()
     }
+}
 
-    /// True when events wait for their outcomes.
-    #[cfg(test)]
-    pub fn any(&self) -> bool {
-        !self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+/// Parts of a [`Kept`] as a list: of strings (`1`), or of `[name, value]` pairs (`2`).
+struct Texts<'a>(&'a Kept, &'a [Range<usize>], usize);
+
+impl Serialize for Texts<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let Texts(k, parts, by) = self;
+        let mut seq = s.serialize_seq(Some(parts.len() / by))?;
+        for part in parts.chunks(*by) {
+            match part {
+                [one] => seq.serialize_element(&k.text(one))?,
+                [name, value] => seq.serialize_element(&(k.text(name), k.text(value)))?,
+                _ => {}
+            }
+        }
+        seq.end()
     }
 }
 
-/// A slot's lock, poisoned or not.
-fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Option<String>> {
-    slot.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A tap's held event and the queue it is written to once its outcome is known.
-type Waiting = (Arc<Slot>, async_channel::Sender<String>);
-
-/// What a record that taps kept carries to its outcome: each tap's held event, written with
-/// the outcome into that tap's queue. The first tap's is kept in place: a record one tap keeps
-/// costs no list.
-struct Watched {
-    first: Waiting,
-    more: Vec<Waiting>,
-    metrics: Arc<Metrics>,
-}
+/// Tells a kept event what became of its record.
+struct Watched(Arc<Kept>);
 
 impl Watch for Watched {
     fn outcome(&self, outcome: Outcome<'_>) {
-        for (slot, queue) in std::iter::once(&self.first).chain(&self.more) {
-            let Some(mut json) = lock(slot).take() else {
-                continue;
-            };
-            end(&mut json, outcome);
-            if let Err(async_channel::TrySendError::Full(_)) = queue.try_send(json) {
-                self.metrics.tap_dropped.fetch_add(1, Relaxed);
-            }
-        }
+        // Set once: a record is settled once.
+        let _ = self.0.settled.set(Settled::from(outcome));
     }
 }
 
-/// Room left in a held event for the end [`end`] writes (all but a dead letter's fit): the
-/// outcome is written in place, on librdkafka's thread, with no allocation.
-const END_ROOM: usize = 80;
-
-/// Ends a held event (`json`, without its closing brace) with `outcome`.
-fn end(json: &mut String, outcome: Outcome<'_>) {
-    use std::fmt::Write;
-    let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    // Writing to a String cannot fail.
-    let _ = match outcome {
-        Outcome::Delivered { partition, offset } => write!(
-            json,
-            ",\"outcome\":\"delivered\",\"partition\":{partition},\"offset\":{offset}}}"
-        ),
-        Outcome::DeadLettered { reason, to } => write!(
-            json,
-            ",\"outcome\":\"dead_lettered\",\"reason\":{},\"dead_letter_to\":{}}}",
-            text(reason),
-            text(to)
-        ),
-        Outcome::Spooled => write!(json, ",\"outcome\":\"spooled\"}}"),
-        Outcome::NotSent => write!(json, ",\"outcome\":\"not_sent\"}}"),
-    };
+struct Tap {
+    filter: Filter,
+    queue: async_channel::Sender<Arc<Kept>>,
 }
 
-/// An open tap: what it writes, and what it holds for outcomes. Dropped, it closes, and the
-/// sessions stop offering to it.
+/// An open tap: the events it kept, oldest first. Dropped, it closes, and the sessions stop
+/// offering to it.
 pub struct Opened {
-    pub events: async_channel::Receiver<String>,
-    pub held: Arc<Held>,
+    pub events: async_channel::Receiver<Arc<Kept>>,
     taps: Arc<Taps>,
 }
 
@@ -325,10 +393,6 @@ pub struct Taps {
 pub struct View {
     version: usize,
     taps: Vec<(Arc<Tap>, Option<Cache>)>,
-    /// Where a kept event is written first: the JSON of each event a tap keeps is then made
-    /// in one allocation of its own size (writing it out in a growing string took eight, and
-    /// those past 1 KiB sent glibc's allocator sorting its free lists on the session's thread).
-    scratch: Vec<u8>,
 }
 
 impl Default for View {
@@ -336,7 +400,6 @@ impl Default for View {
         View {
             version: usize::MAX,
             taps: Vec::new(),
-            scratch: Vec::new(),
         }
     }
 }
@@ -351,8 +414,8 @@ impl Taps {
         self.open.load(Relaxed) > 0
     }
 
-    /// Opens a tap: the JSON lines of the events `filter` keeps, and the events it holds for
-    /// their outcomes. It closes when they are dropped. An error when [`MAX_TAPS`] are open.
+    /// Opens a tap: the events `filter` keeps. It closes when they are dropped. An error when
+    /// [`MAX_TAPS`] are open.
     pub fn open(self: &Arc<Self>, filter: Filter) -> Result<Opened, String> {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         taps.retain(|t| !t.queue.is_closed());
@@ -360,16 +423,10 @@ impl Taps {
             return Err(format!("{MAX_TAPS} taps are open already"));
         }
         let (queue, events) = async_channel::bounded(TAP_QUEUE);
-        let held = Arc::new(Held::default());
-        taps.push(Arc::new(Tap {
-            filter,
-            queue,
-            held: held.clone(),
-        }));
+        taps.push(Arc::new(Tap { filter, queue }));
         self.changed(&taps);
         Ok(Opened {
             events,
-            held,
             taps: self.clone(),
         })
     }
@@ -403,77 +460,39 @@ impl Taps {
         view.version = version;
     }
 
-    /// Gives `event` to every open tap that keeps it (`view` is the session's); a tap that is
-    /// full loses it (counted). An event with a record is held by each tap for the record's
-    /// outcome: what to watch the record with is returned.
+    /// Gives `event` to every open tap that keeps it (`view` is the session's); a tap whose
+    /// queue is full loses it (counted). For an event with a record, what to watch the record
+    /// with is returned: it tells the event its outcome.
     pub fn offer(
         &self,
         view: &mut View,
         event: &Event<'_>,
-        metrics: &Arc<Metrics>,
+        metrics: &Metrics,
     ) -> Option<Box<dyn Watch>> {
         self.look(view);
-        let View { taps, scratch, .. } = view;
-        // The event's JSON, written into the session's scratch buffer when a tap keeps it.
-        let mut json: Option<String> = None;
-        let (mut first, mut more) = (None, Vec::new());
-        let mut closed = false;
+        let mut kept: Option<Arc<Kept>> = None;
+        let (mut queued, mut closed) = (false, false);
         // A tap's queue is only looked at when its filter keeps a frame: the status server's
         // thread takes from it, and a look for every frame would pull its state to and fro
         // between the threads.
-        for (tap, cache) in taps.iter_mut() {
+        for (tap, cache) in view.taps.iter_mut() {
             if !tap.filter.keeps(event, cache.as_mut()) {
                 continue;
             }
-            let line = json.get_or_insert_with(|| {
-                let mut buffer = std::mem::take(scratch);
-                buffer.clear();
-                // Serializing to memory fails only for a map with keys that are not strings.
-                let _ = serde_json::to_writer(&mut buffer, event);
-                String::from_utf8(buffer).unwrap_or_default()
-            });
-            if event.outcome.is_some() {
-                match tap.queue.try_send(line.to_owned()) {
-                    Err(async_channel::TrySendError::Full(_)) => {
-                        metrics.tap_dropped.fetch_add(1, Relaxed);
-                    }
-                    Err(async_channel::TrySendError::Closed(_)) => closed = true,
-                    Ok(()) => {}
-                }
-                continue;
-            }
-            if tap.queue.is_closed() {
-                closed = true;
-                continue;
-            }
-            // Without its closing brace, and with room for the outcome written after it.
-            let open = line.strip_suffix('}').unwrap_or(line);
-            let mut held = String::with_capacity(open.len() + END_ROOM);
-            held.push_str(open);
-            match tap.held.hold(held, Instant::now()) {
-                Some(slot) => {
-                    let waiting = (slot, tap.queue.clone());
-                    match first {
-                        None => first = Some(waiting),
-                        Some(_) => more.push(waiting),
-                    }
-                }
-                None => {
+            let kept = kept.get_or_insert_with(|| Arc::new(Kept::new(event)));
+            match tap.queue.try_send(kept.clone()) {
+                Ok(()) => queued = true,
+                Err(async_channel::TrySendError::Full(_)) => {
                     metrics.tap_dropped.fetch_add(1, Relaxed);
                 }
+                Err(async_channel::TrySendError::Closed(_)) => closed = true,
             }
-        }
-        if let Some(json) = json {
-            *scratch = json.into_bytes();
         }
         if closed {
             self.prune();
         }
-        Some(Box::new(Watched {
-            first: first?,
-            more,
-            metrics: metrics.clone(),
-        }))
+        let kept = kept.filter(|_| queued && event.record.is_some())?;
+        Some(Box::new(Watched(kept)))
     }
 }
 
@@ -495,6 +514,13 @@ mod tests {
         )
     }
 
+    /// `kept` as JSON, with what became of it.
+    fn json(kept: &Kept) -> serde_json::Value {
+        let mut out = Vec::new();
+        kept.write(kept.settled().expect("settled"), &mut out);
+        serde_json::from_slice(&out).expect("JSON")
+    }
+
     #[test]
     fn taps_keep_what_their_filter_asks_for_and_drop_when_full() {
         let taps = Taps::new();
@@ -510,29 +536,32 @@ mod tests {
                 ..Filter::default()
             })
             .expect("tap");
-        let (all, errors, errors_held) = (&all_tap.events, &errors_tap.events, &errors_tap.held);
+        let (all, errors) = (&all_tap.events, &errors_tap.events);
         assert!(taps.any());
         let origin = Origin {
             peer_addr: Some("10.0.0.7:5140".into()),
+            listener: Some("0.0.0.0:514".into()),
             ..Origin::default()
         };
         let record = Record {
             topic: "logs".into(),
             key: Some("k".into()),
-            payload: bytes::Bytes::from_static(b"payload"),
+            payload: bytes::Bytes::from_static(b"pay\xffload"),
             block: Default::default(),
-            headers: vec![("h".into(), "v".to_string())],
+            headers: vec![
+                ("h".into(), "v".to_string()),
+                ("h2".into(), "w".to_string()),
+            ],
             read_ms: 0,
             ack: Default::default(),
         };
         let watch = taps
             .offer(
                 &mut view,
-                &event("disk full", &origin, &["errors"], Some(&record)),
+                &event("disk full", &origin, &["errors", "7"], Some(&record)),
                 &metrics,
             )
             .expect("a record kept is watched");
-        assert!(errors_held.any(), "held for its outcome");
         assert!(taps
             .offer(
                 &mut view,
@@ -545,34 +574,44 @@ mod tests {
             &event("cpu hot", &origin, &["errors"], None),
             &metrics,
         );
-        assert_eq!(all.len(), 2, "the unrouted ones at once");
-        assert_eq!(errors.len(), 0);
+        assert_eq!(all.len(), 3);
+        assert_eq!(errors.len(), 1);
+        let first = errors.try_recv().expect("event");
+        assert!(first.settled().is_none(), "waits for its outcome");
         watch.outcome(Outcome::Delivered {
             partition: 2,
             offset: 41,
         });
-        assert_eq!(all.len(), 3);
-        assert_eq!(errors.len(), 1);
-        let first: serde_json::Value =
-            serde_json::from_str(&errors.try_recv().expect("event")).expect("JSON");
+        // One copy for both taps: the outcome is the same for each.
+        let same = all.try_recv().expect("event");
+        assert!(Arc::ptr_eq(&first, &same));
+        let first = json(&first);
         assert_eq!(first["line"], "disk full");
         assert_eq!(first["source"], "10.0.0.7:5140");
-        assert_eq!(first["rules"], serde_json::json!(["errors"]));
+        assert_eq!(first["listener"], "0.0.0.0:514");
+        assert!(first.get("tls_client_cn").is_none(), "{first}");
+        assert_eq!(first["rules"], serde_json::json!(["errors", "7"]));
         assert_eq!(first["outcome"], "delivered");
         assert_eq!(
             (first["partition"].clone(), first["offset"].clone()),
             (2.into(), 41.into())
         );
         assert_eq!(first["topic"], "logs");
-        assert_eq!(first["payload"], "payload");
-        assert_eq!(first["headers"], serde_json::json!([["h", "v"]]));
-        assert!(
-            errors_held.expired(Duration::ZERO).is_empty(),
-            "settled, not held"
+        assert_eq!(first["key"], "k");
+        assert_eq!(first["payload"], "pay\u{fffd}load");
+        assert_eq!(
+            first["headers"],
+            serde_json::json!([["h", "v"], ["h2", "w"]])
         );
+        let unrouted = json(&all.try_recv().expect("event"));
+        assert_eq!(unrouted["outcome"], "unrouted");
+        assert_eq!(unrouted["rules"], serde_json::json!(["other"]));
+        for absent in ["topic", "key", "headers", "payload", "partition"] {
+            assert!(unrouted.get(absent).is_none(), "{unrouted}");
+        }
 
         // A tap whose reader is behind loses events, counted; the others get theirs.
-        for _ in 0..TAP_QUEUE {
+        for _ in 0..=TAP_QUEUE {
             taps.offer(
                 &mut view,
                 &event("disk", &origin, &["errors"], None),
@@ -580,7 +619,8 @@ mod tests {
             );
         }
         assert_eq!(all.len(), TAP_QUEUE);
-        assert_eq!(metrics.tap_dropped.load(Relaxed), 3);
+        assert_eq!(errors.len(), TAP_QUEUE);
+        assert_eq!(metrics.tap_dropped.load(Relaxed), 2 + 1);
         // A closed tap is let go; past the cap, a tap is refused.
         drop(all_tap);
         drop(errors_tap);
@@ -593,16 +633,17 @@ mod tests {
         drop(open);
     }
 
-    /// Each outcome is written as such; an event whose record is not settled within its hold
-    /// is written as in flight, and its outcome later is not written twice.
+    /// Each outcome is written as such, with what goes with it; a record is settled once.
     #[test]
-    fn a_held_event_is_written_with_its_outcome_or_as_in_flight() {
+    fn each_outcome_is_written_as_such_and_only_the_first_counts() {
         let taps = Taps::new();
         let metrics = Metrics::new();
         let mut view = View::default();
         let tap = taps.open(Filter::default()).expect("tap");
-        let (events, held) = (&tap.events, &tap.held);
-        let origin = Origin::default();
+        let origin = Origin {
+            tls_client_cn: Some("client \"one\"".into()),
+            ..Origin::default()
+        };
         let record = Record {
             topic: "logs".into(),
             key: None,
@@ -611,14 +652,6 @@ mod tests {
             headers: Vec::new(),
             read_ms: 0,
             ack: Default::default(),
-        };
-        let mut offer = || {
-            taps.offer(
-                &mut view,
-                &event("x", &origin, &[], Some(&record)),
-                &metrics,
-            )
-            .expect("watched")
         };
         let outcomes = [
             Outcome::DeadLettered {
@@ -629,29 +662,36 @@ mod tests {
             Outcome::NotSent,
         ];
         for outcome in outcomes {
-            offer().outcome(outcome);
+            let watch = taps
+                .offer(
+                    &mut view,
+                    &event("x", &origin, &[], Some(&record)),
+                    &metrics,
+                )
+                .expect("watched");
+            watch.outcome(outcome);
+            watch.outcome(Outcome::Delivered {
+                partition: 0,
+                offset: 1,
+            });
         }
-        let got: Vec<serde_json::Value> = std::iter::from_fn(|| events.try_recv().ok())
-            .map(|e| serde_json::from_str(&e).expect("JSON"))
+        let got: Vec<serde_json::Value> = std::iter::from_fn(|| tap.events.try_recv().ok())
+            .map(|k| json(&k))
             .collect();
+        assert_eq!(got.len(), 3);
         assert_eq!(got[0]["outcome"], "dead_lettered");
         assert_eq!(got[0]["reason"], "message_too_large");
         assert_eq!(got[0]["dead_letter_to"], "dead \"letters\"");
+        assert_eq!(got[0]["tls_client_cn"], "client \"one\"");
+        assert_eq!(got[0]["source"], serde_json::Value::Null);
+        assert!(got[0].get("key").is_none() && got[0].get("headers").is_none());
         assert_eq!(got[1]["outcome"], "spooled");
         assert_eq!(got[2]["outcome"], "not_sent");
-        assert_eq!(got.len(), 3);
-        let late = offer();
-        assert!(
-            held.expired(Duration::from_secs(60)).is_empty(),
-            "within its hold"
-        );
-        let expired = held.expired(Duration::ZERO);
-        assert_eq!(expired.len(), 1);
-        let e: serde_json::Value = serde_json::from_str(&expired[0]).expect("JSON");
-        assert_eq!(e["outcome"], "in_flight");
-        late.outcome(Outcome::Spooled);
-        assert!(events.try_recv().is_err(), "written once");
-        assert!(!held.any());
+        let mut out = Vec::new();
+        let kept = Kept::new(&event("late", &origin, &[], Some(&record)));
+        kept.write(&Settled::InFlight, &mut out);
+        let late: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(late["outcome"], "in_flight");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! regex on the line), `limit` (events, default unlimited), `seconds` (default 60, at most
 //! 3600).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use futures_lite::{FutureExt, Stream};
 use http_body_util::StreamBody;
 use hyper::body::{Bytes, Frame};
 
-use crate::base::tap::{Filter, Taps};
+use crate::base::tap::{Filter, Kept, Opened, Settled, Taps, TAP_QUEUE};
 
 /// How long a tap runs without `seconds`.
 pub const DEFAULT_TIME: Duration = Duration::from_secs(60);
@@ -80,16 +81,82 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
     Ok(request)
 }
 
-/// How often a tap looks for events held too long for their outcomes.
-const SWEEP: Duration = Duration::from_millis(250);
+/// What a tap's stream carries from one write to the next.
+struct State {
+    tap: Opened,
+    /// When the tap ends.
+    timer: smol::Timer,
+    /// Events it may still write.
+    left: u64,
+    hold: Duration,
+    /// Events taken from the tap's queue that wait for their records' outcomes, oldest first,
+    /// each with when it was taken; at most [`TAP_QUEUE`] (more wait in the queue).
+    waiting: VecDeque<(Instant, Arc<Kept>)>,
+    over: bool,
+}
 
-/// What woke a tap's stream.
-enum Wake {
-    Event(String),
-    /// Time to look for events held too long.
-    Sweep,
-    /// The tap's time is over (or its queue closed).
-    End,
+impl State {
+    /// Takes what the tap's queue holds, as far as there is room.
+    fn take(&mut self) {
+        let now = Instant::now();
+        while self.waiting.len() < TAP_QUEUE {
+            match self.tap.events.try_recv() {
+                Ok(kept) => self.waiting.push_back((now, kept)),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// The next write: the events settled by now, and those whose hold is over, or all when
+    /// the tap ends. `None` when it has ended.
+    async fn next(&mut self) -> Option<Chunk> {
+        if self.left == 0 || self.over {
+            return None;
+        }
+        let mut chunk = Chunk::new(self.left);
+        loop {
+            if self.waiting.is_empty() {
+                // Nothing to write until an event comes (or the end).
+                let (events, timer) = (&self.tap.events, &mut self.timer);
+                let first = async { events.recv().await.ok() }
+                    .or(async {
+                        timer.await;
+                        None
+                    })
+                    .await;
+                match first {
+                    Some(kept) => self.waiting.push_back((Instant::now(), kept)),
+                    None => self.over = true,
+                }
+            }
+            if !self.over {
+                // What comes over the next moment, and the outcomes that come meanwhile, go
+                // out in the same write: a write (and a wake-up of this thread) per event cost
+                // more than the tap itself.
+                let timer = &mut self.timer;
+                self.over = async {
+                    smol::Timer::after(GATHER).await;
+                    false
+                }
+                .or(async {
+                    timer.await;
+                    true
+                })
+                .await;
+            }
+            self.take();
+            let hold = if self.over { Duration::ZERO } else { self.hold };
+            chunk.write(&mut self.waiting, hold);
+            if !chunk.is_empty() || self.over {
+                break;
+            }
+        }
+        if chunk.is_empty() {
+            return None;
+        }
+        self.left -= chunk.taken;
+        Some(chunk)
+    }
 }
 
 /// Opens a tap for `request`: the body that streams it, and when it ends. An error when too
@@ -97,76 +164,24 @@ enum Wake {
 pub fn open(taps: &Arc<Taps>, request: Request) -> Result<(TapBody, Instant), String> {
     let tap = taps.open(request.filter)?;
     let until = Instant::now() + request.time;
-    let left = request.limit.unwrap_or(u64::MAX);
-    let hold = request.hold;
-    let stream = futures_lite::stream::unfold(
-        (tap, smol::Timer::at(until), left, false),
-        move |(tap, mut timer, left, over)| async move {
-            let (events, held) = (&tap.events, &tap.held);
-            if left == 0 || over {
-                return None;
-            }
-            let mut chunk = Chunk::new(left);
-            // The first event, or events held too long, or the end.
-            let mut over = loop {
-                let wake = async { events.recv().await.map_or(Wake::End, Wake::Event) }
-                    .or(async {
-                        smol::Timer::after(SWEEP).await;
-                        Wake::Sweep
-                    })
-                    .or(async {
-                        (&mut timer).await;
-                        Wake::End
-                    })
-                    .await;
-                match wake {
-                    Wake::Event(event) => chunk.push(event),
-                    Wake::Sweep => chunk.extend(held.expired(hold)),
-                    Wake::End => break true,
-                }
-                if !chunk.is_empty() {
-                    break false;
-                }
-            };
-            if !over {
-                // What comes over the next moment goes out in the same write: a write (and a
-                // wake-up of the status server's thread) per event cost more than the tap
-                // itself.
-                over = async {
-                    smol::Timer::after(GATHER).await;
-                    false
-                }
-                .or(async {
-                    (&mut timer).await;
-                    true
-                })
-                .await;
-                while let Ok(event) = events.try_recv() {
-                    if chunk.full() {
-                        break;
-                    }
-                    chunk.push(event);
-                }
-                chunk.extend(held.expired(hold));
-            }
-            if over {
-                // Whatever still waits for its outcome is written as in flight.
-                chunk.extend(held.expired(Duration::ZERO));
-            }
-            if chunk.is_empty() {
-                return None;
-            }
-            let (taken, text) = chunk.done();
-            let frame = Frame::data(Bytes::from(text));
-            Some((Ok(frame), (tap, timer, left - taken, over)))
-        },
-    );
+    let state = State {
+        tap,
+        timer: smol::Timer::at(until),
+        left: request.limit.unwrap_or(u64::MAX),
+        hold: request.hold,
+        waiting: VecDeque::new(),
+        over: false,
+    };
+    let stream = futures_lite::stream::unfold(state, |mut state| async move {
+        let chunk = state.next().await?;
+        Some((Ok(Frame::data(Bytes::from(chunk.text))), state))
+    });
     Ok((StreamBody::new(Box::pin(stream)), until))
 }
 
 /// The events of one write, at most as many as the tap has left.
 struct Chunk {
-    text: String,
+    text: Vec<u8>,
     taken: u64,
     left: u64,
 }
@@ -174,36 +189,34 @@ struct Chunk {
 impl Chunk {
     fn new(left: u64) -> Chunk {
         Chunk {
-            text: String::new(),
+            text: Vec::new(),
             taken: 0,
             left,
         }
-    }
-
-    fn full(&self) -> bool {
-        self.taken >= self.left
     }
 
     fn is_empty(&self) -> bool {
         self.taken == 0
     }
 
-    fn push(&mut self, event: String) {
-        if !self.full() {
-            self.text.push_str(&event);
-            self.text.push('\n');
+    /// Writes the events of `waiting` that are settled, or waited `hold` or longer (as in
+    /// flight), as far as the tap has events left; the others wait on.
+    fn write(&mut self, waiting: &mut VecDeque<(Instant, Arc<Kept>)>, hold: Duration) {
+        let now = Instant::now();
+        waiting.retain(|(at, kept)| {
+            if self.taken >= self.left {
+                return true;
+            }
+            let outcome = match kept.settled() {
+                Some(settled) => settled,
+                None if now.duration_since(*at) >= hold => &Settled::InFlight,
+                None => return true,
+            };
+            kept.write(outcome, &mut self.text);
+            self.text.push(b'\n');
             self.taken += 1;
-        }
-    }
-
-    fn extend(&mut self, events: Vec<String>) {
-        for event in events {
-            self.push(event);
-        }
-    }
-
-    fn done(self) -> (u64, String) {
-        (self.taken, self.text)
+            false
+        });
     }
 }
 
