@@ -1,12 +1,12 @@
 //! What an open `hotdog tap` costs a connection, in-process and on one core: the session's
 //! work per line (framing, parsing, rules, the record, handing batches to the outbox) without a
-//! tap, with a tap whose filter keeps nothing, and with the tap of `dev/tap-cost.sh`, which
-//! keeps 2% of the lines (its events held for the records' outcomes, then written). The
-//! difference per line, over hotdog's whole CPU time per line end to end (`dev/tap-cost.sh`'s
-//! runs without a tap), is what tapping costs; the end-to-end runs alone are too noisy to
-//! resolve 5%.
+//! tap, with a tap whose filter keeps nothing, and with the two taps of `dev/tap-cost.sh` that
+//! keep 2% of the lines, by rule and by regex; the records leave unsent, and each kept event is
+//! then written as JSON, as the status server's thread writes it. The difference per line, over
+//! hotdog's whole CPU time per line end to end (`dev/tap-cost.sh`'s runs without a tap), is
+//! what tapping costs a connection; the end-to-end runs alone are too noisy to resolve 5%.
 //!
-//! The three are run in turn, round after round, each timed by the thread's own CPU time (a
+//! The four are run in turn, round after round, each timed by the thread's own CPU time (a
 //! busy neighbour on the machine slows wall time far more): it prints each one's median and
 //! range per line, the median of the differences within a round, and the difference of the
 //! fastest rounds (what a busy machine cannot make faster).

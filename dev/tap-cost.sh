@@ -10,9 +10,10 @@
 # `--match 'number.[0-9]*[05]0.with'`: 2% of the lines (about 1,000 a second), by a regex that
 # every line goes into. `--rule fifty` keeps the same lines by their rule; `--match 'no line
 # has this'` keeps nothing; `-` opens no tap at all, the control that shows what the method
-# itself reads.
+# itself reads. CONNS (default 1) spreads the lines over that many TCP connections to each
+# hotdog, each chunk to the next connection.
 #
-#   dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -61,17 +62,20 @@ rules:
 YAML
 }
 cat > "$work/send.py" <<'PY'
-# The same chunks of 100 lines to each port, paced to RATE lines/s for SECONDS.
+# The same chunks of 100 lines to each port, paced to RATE lines/s for SECONDS, over CONNS
+# connections to each port, each chunk to the next one.
 import socket, sys, time
 ports, rate, seconds = [int(p) for p in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
-socks = [socket.create_connection(("127.0.0.1", p)) for p in ports]
+conns = int(sys.argv[4])
+socks = [[socket.create_connection(("127.0.0.1", p)) for p in ports] for _ in range(conns)]
 lines = [(f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47 [ex@32473 iut="3"] '
           f'number {i} with seq={i} user login ok from 10.0.0.{i % 255}\n').encode() for i in range(10000)]
 start, n = time.time(), rate * seconds
 for k in range(0, n, 100):
     chunk = b"".join(lines[(k + j) % 10000] for j in range(100))
     # Each port is sent every other chunk first: the one sent first costs about 10% more.
-    for s in (socks if k // 100 % 2 else socks[::-1]):
+    pair = socks[k // 100 % conns]
+    for s in (pair if k // 100 % 2 else pair[::-1]):
         s.sendall(chunk)
     ahead = start + (k + 100) / rate - time.time()
     if ahead > 0:
@@ -105,7 +109,7 @@ for i in $(seq "$runs"); do
     sleep 0.3
     on0=$(cpu "${pid[$tapped]}")
     off0=$(cpu "${pid[$plain]}")
-    python3 "$work/send.py" "${listen[a]},${listen[b]}" 50000 8
+    python3 "$work/send.py" "${listen[a]},${listen[b]}" 50000 8 "${CONNS:-1}"
     sleep 1.5
     on=$(($(cpu "${pid[$tapped]}") - on0))
     off=$(($(cpu "${pid[$plain]}") - off0))
