@@ -102,7 +102,7 @@ fn main() {
         .into_iter()
         .map(|(name, filter)| {
             let taps = Taps::new();
-            let tap = filter.map(|f| taps.open(f).expect("tap"));
+            let tap = filter.map(|f| taps.open(f, hotdog::base::tap::MAX_RATE).expect("tap"));
             let shared = Arc::new(Shared {
                 rules: Current::new(rules()),
                 metrics: metrics.clone(),

@@ -87,6 +87,10 @@ pub enum Command {
         /// Stop after this many events.
         #[arg(long)]
         limit: Option<u64>,
+        /// Keep at most this many events a second (default 1000, at most 100000): the tap
+        /// samples, and what it leaves out is counted in `tap.dropped`.
+        #[arg(long)]
+        rate: Option<u32>,
         /// Stop after this long (`30s`, `5m`; at most 1 h).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,

@@ -170,6 +170,7 @@ fn ask_running(
             listener,
             pattern,
             limit,
+            rate,
             duration,
             ..
         }) => {
@@ -180,6 +181,7 @@ fn ask_running(
                 listener: listener.clone(),
                 pattern: pattern.clone(),
                 limit: *limit,
+                rate: *rate,
                 duration: *duration,
             };
             let mut out = std::io::stdout().lock();

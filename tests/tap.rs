@@ -102,6 +102,35 @@ fn tap_shows_what_its_filter_keeps_while_every_record_still_reaches_kafka() {
     assert_eq!(hotdog.stat("tap.dropped"), 0);
 }
 
+/// A tap that keeps every frame of a hotdog busier than its rate samples: it prints at most
+/// its rate, counts what it left out, and every record still reaches Kafka.
+#[test]
+fn a_tap_keeps_at_most_its_rate_and_counts_the_rest() {
+    let (broker, topic) = fresh_topic("tap-rate");
+    let hotdog = Hotdog::start_config(&crate::util::config_yaml(broker, "", &rules(&topic)));
+    let url = format!("http://127.0.0.1:{}", hotdog.status_port);
+    let stop = Arc::new(AtomicBool::new(false));
+    // About 1,500 lines a second.
+    let sender = keep_sending(hotdog.addr(), stop.clone());
+    let (code, out, err) = run_hotdog(&["tap", "--url", &url, "--rate", "10", "--duration", "3s"]);
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().expect("sender");
+    assert_eq!(code, 0, "{err}");
+    let events = events_of(&out);
+    // 1 each 100 ms for 3 s, and the window the tap opened in.
+    assert!((10..=31).contains(&events.len()), "{} events", events.len());
+    assert_eq!(consume_all(broker, &topic, sent).len(), sent);
+    let left_out = hotdog.stat("tap.dropped");
+    // Every frame of the tap's 3 s was kept or left out: at least 2,000 even if a slow machine
+    // sends half as fast.
+    let seen = left_out + i64::try_from(events.len()).unwrap_or(0);
+    assert!(
+        seen >= 2000 && seen <= i64::try_from(sent).unwrap_or(i64::MAX),
+        "{left_out} left out and {} kept of {sent} sent",
+        events.len()
+    );
+}
+
 /// A record Kafka refuses for good shows in the tap as a dead letter, with why and where it
 /// went.
 #[test]

@@ -10,10 +10,10 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use hotdog_stages::core::{Origin, Outcome, Record, Watch};
 use hotdog_stages::route::Rules;
@@ -29,6 +29,15 @@ pub const MAX_TAPS: usize = 8;
 /// Events a tap's queue holds for the status server's thread; more are dropped and counted.
 /// The thread holds as many again while they wait for their records' outcomes.
 pub const TAP_QUEUE: usize = 4096;
+
+/// The events a tap keeps a second unless it asks for another rate; what its filter keeps
+/// beyond that is left out (counted in `tap.dropped`): a tap samples, so that one that keeps
+/// every frame of a busy hotdog costs no more than one that keeps this many.
+pub const DEFAULT_RATE: u32 = 1000;
+/// The most a tap may ask for.
+pub const MAX_RATE: u32 = 100_000;
+/// A tap's rate is kept over windows this long: `rate / 10` events each.
+const WINDOW_MS: u64 = 100;
 
 /// How long an event whose frame made a record waits for the record's outcome; then it is
 /// written as `in_flight` (the broker is slow or away: the tap still shows what comes).
@@ -363,6 +372,54 @@ impl Watch for Watched {
 struct Tap {
     filter: Filter,
     queue: async_channel::Sender<Arc<Kept>>,
+    budget: Budget,
+}
+
+/// What a tap may still keep in the current window, shared by the sessions: the window's
+/// number in the high 32 bits, the events kept in it in the low 32.
+struct Budget {
+    per_window: u64,
+    used: AtomicU64,
+}
+
+impl Budget {
+    fn new(rate: u32) -> Budget {
+        Budget {
+            per_window: (u64::from(rate) * WINDOW_MS).div_ceil(1000).max(1),
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one event from `window`'s share; false when it is spent.
+    fn take(&self, window: u64) -> bool {
+        let window = window & u64::from(u32::MAX);
+        let mut used = self.used.load(Relaxed);
+        loop {
+            let next = if used >> 32 != window {
+                (window << 32) | 1
+            } else if used & u64::from(u32::MAX) < self.per_window {
+                used + 1
+            } else {
+                return false;
+            };
+            match self
+                .used
+                .compare_exchange_weak(used, next, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// The rate window a frame read at `origin.clock` (now, without one) falls in.
+fn window_of(origin: &Origin) -> u64 {
+    let at = origin.clock.unwrap_or_else(SystemTime::now);
+    let ms = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    ms / WINDOW_MS
 }
 
 /// An open tap: the events it kept, oldest first. Dropped, it closes, and the sessions stop
@@ -389,10 +446,15 @@ pub struct Taps {
 }
 
 /// The taps open when a session last looked, each with the session's cache for its filter's
-/// regex: offering a frame takes no lock, and a regex search no shared cache.
+/// regex and the rate window in which the session found its budget spent: offering a frame
+/// takes no lock, a regex search no shared cache, and a frame past a tap's rate is left out
+/// without a look at the shared budget.
 pub struct View {
     version: usize,
-    taps: Vec<(Arc<Tap>, Option<Cache>)>,
+    taps: Vec<(Arc<Tap>, Option<Cache>, u64)>,
+    /// Events left out by the taps' rates, not yet added to `tap.dropped` (the session adds
+    /// them with its other counts: not a shared counter for each frame).
+    left_out: u64,
 }
 
 impl Default for View {
@@ -400,7 +462,15 @@ impl Default for View {
         View {
             version: usize::MAX,
             taps: Vec::new(),
+            left_out: 0,
         }
+    }
+}
+
+impl View {
+    /// The events left out by the taps' rates since the last time.
+    pub fn take_left_out(&mut self) -> u64 {
+        std::mem::take(&mut self.left_out)
     }
 }
 
@@ -415,15 +485,19 @@ impl Taps {
     }
 
     /// Opens a tap: the events `filter` keeps. It closes when they are dropped. An error when
-    /// [`MAX_TAPS`] are open.
-    pub fn open(self: &Arc<Self>, filter: Filter) -> Result<Opened, String> {
+    /// [`MAX_TAPS`] are open. At most `rate` events a second are kept.
+    pub fn open(self: &Arc<Self>, filter: Filter, rate: u32) -> Result<Opened, String> {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         taps.retain(|t| !t.queue.is_closed());
         if taps.len() >= MAX_TAPS {
             return Err(format!("{MAX_TAPS} taps are open already"));
         }
         let (queue, events) = async_channel::bounded(TAP_QUEUE);
-        taps.push(Arc::new(Tap { filter, queue }));
+        taps.push(Arc::new(Tap {
+            filter,
+            queue,
+            budget: Budget::new(rate),
+        }));
         self.changed(&taps);
         Ok(Opened {
             events,
@@ -455,7 +529,10 @@ impl Taps {
         let taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         view.taps = taps
             .iter()
-            .map(|t| (t.clone(), t.filter.line.as_ref().map(Regex::create_cache)))
+            .map(|t| {
+                let cache = t.filter.line.as_ref().map(Regex::create_cache);
+                (t.clone(), cache, u64::MAX)
+            })
             .collect();
         view.version = version;
     }
@@ -475,8 +552,15 @@ impl Taps {
         // A tap's queue is only looked at when its filter keeps a frame: the status server's
         // thread takes from it, and a look for every frame would pull its state to and fro
         // between the threads.
-        for (tap, cache) in view.taps.iter_mut() {
+        let mut window = None;
+        for (tap, cache, spent) in view.taps.iter_mut() {
             if !tap.filter.keeps(event, cache.as_mut()) {
+                continue;
+            }
+            let window = *window.get_or_insert_with(|| window_of(event.origin));
+            if *spent == window || !tap.budget.take(window) {
+                *spent = window;
+                view.left_out += 1;
                 continue;
             }
             let kept = kept.get_or_insert_with(|| Arc::new(Kept::new(event)));
@@ -527,14 +611,17 @@ mod tests {
         let metrics = Metrics::new();
         let mut view = View::default();
         assert!(!taps.any());
-        let all_tap = taps.open(Filter::default()).expect("tap");
+        let all_tap = taps.open(Filter::default(), MAX_RATE).expect("tap");
         let errors_tap = taps
-            .open(Filter {
-                rule: Some("errors".into()),
-                line: Some(Regex::new("disk").expect("regex")),
-                source: Some("10.0.0.".into()),
-                ..Filter::default()
-            })
+            .open(
+                Filter {
+                    rule: Some("errors".into()),
+                    line: Some(Regex::new("disk").expect("regex")),
+                    source: Some("10.0.0.".into()),
+                    ..Filter::default()
+                },
+                MAX_RATE,
+            )
             .expect("tap");
         let (all, errors) = (&all_tap.events, &errors_tap.events);
         assert!(taps.any());
@@ -627,10 +714,42 @@ mod tests {
         taps.offer(&mut view, &event("x", &origin, &[], None), &metrics);
         assert!(!taps.any());
         let open: Vec<_> = (0..MAX_TAPS)
-            .map(|_| taps.open(Filter::default()).expect("tap"))
+            .map(|_| taps.open(Filter::default(), MAX_RATE).expect("tap"))
             .collect();
-        assert!(taps.open(Filter::default()).is_err());
+        assert!(taps.open(Filter::default(), MAX_RATE).is_err());
         drop(open);
+    }
+
+    /// A tap keeps at most its rate, shared by every session, and the sessions count what it
+    /// left out; the next window has room again.
+    #[test]
+    fn a_tap_keeps_at_most_its_rate_and_counts_what_it_leaves_out() {
+        let taps = Taps::new();
+        let metrics = Metrics::new();
+        let (mut one, mut other) = (View::default(), View::default());
+        // 20 a second: 2 each 100 ms.
+        let tap = taps.open(Filter::default(), 20).expect("tap");
+        let wide = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        let at = |ms: u64| Origin {
+            clock: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)),
+            ..Origin::default()
+        };
+        let offer = |view: &mut View, origin: &Origin, line: &str| {
+            taps.offer(view, &event(line, origin, &[], None), &metrics);
+        };
+        let (early, late, next) = (at(0), at(99), at(100));
+        offer(&mut one, &early, "a");
+        offer(&mut other, &early, "b");
+        offer(&mut one, &late, "c");
+        offer(&mut other, &late, "d");
+        offer(&mut one, &next, "e");
+        let kept: Vec<String> = std::iter::from_fn(|| tap.events.try_recv().ok())
+            .map(|k| json(&k)["line"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(kept, ["a", "b", "e"]);
+        assert_eq!(wide.events.len(), 5, "another tap's rate is its own");
+        assert_eq!((one.take_left_out(), other.take_left_out()), (1, 1));
+        assert_eq!(one.take_left_out(), 0, "taken once");
     }
 
     /// Each outcome is written as such, with what goes with it; a record is settled once.
@@ -639,7 +758,7 @@ mod tests {
         let taps = Taps::new();
         let metrics = Metrics::new();
         let mut view = View::default();
-        let tap = taps.open(Filter::default()).expect("tap");
+        let tap = taps.open(Filter::default(), MAX_RATE).expect("tap");
         let origin = Origin {
             tls_client_cn: Some("client \"one\"".into()),
             ..Origin::default()

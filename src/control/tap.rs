@@ -3,9 +3,9 @@
 //! `seconds` passed. It shows log records, so it needs authentication wherever `POST /reload`
 //! does ([`crate::control::access`]).
 //!
-//! Query parameters (percent-encoded): `rule`, `topic`, `source` (address prefix), `match` (a
-//! regex on the line), `limit` (events, default unlimited), `seconds` (default 60, at most
-//! 3600).
+//! Query parameters (percent-encoded): `rule`, `topic`, `source` (address prefix), `listener`,
+//! `match` (a regex on the line), `limit` (events, default unlimited), `rate` (events a second,
+//! default 1000, at most 100,000: more are left out), `seconds` (default 60, at most 3600).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -34,6 +34,8 @@ pub type TapBody = StreamBody<Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Inf
 pub struct Request {
     pub filter: Filter,
     pub limit: Option<u64>,
+    /// The most events kept a second.
+    pub rate: u32,
     pub time: Duration,
     /// How long an event is held for its record's outcome ([`crate::base::tap::HOLD`]).
     pub hold: Duration,
@@ -44,6 +46,7 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
     let mut request = Request {
         filter: Filter::default(),
         limit: None,
+        rate: crate::base::tap::DEFAULT_RATE,
         time: DEFAULT_TIME,
         hold: crate::base::tap::HOLD,
     };
@@ -65,6 +68,18 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
                     .map_err(|_| format!("`limit` must be a whole number, found `{value}`"))?;
                 request.limit = Some(n);
             }
+            "rate" => {
+                request.rate = value
+                    .parse()
+                    .ok()
+                    .filter(|r| (1..=crate::base::tap::MAX_RATE).contains(r))
+                    .ok_or_else(|| {
+                        format!(
+                            "`rate` must be a whole number from 1 to {}, found `{value}`",
+                            crate::base::tap::MAX_RATE
+                        )
+                    })?;
+            }
             "seconds" => {
                 let s: u64 = value
                     .parse()
@@ -73,7 +88,7 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
             }
             other => {
                 return Err(format!(
-                "unknown parameter `{other}`; expected rule, topic, source, listener, match, limit, seconds"
+                "unknown parameter `{other}`; expected rule, topic, source, listener, match, limit, rate, seconds"
             ))
             }
         }
@@ -162,7 +177,7 @@ impl State {
 /// Opens a tap for `request`: the body that streams it, and when it ends. An error when too
 /// many taps are open.
 pub fn open(taps: &Arc<Taps>, request: Request) -> Result<(TapBody, Instant), String> {
-    let tap = taps.open(request.filter)?;
+    let tap = taps.open(request.filter, request.rate)?;
     let until = Instant::now() + request.time;
     let state = State {
         tap,
@@ -229,6 +244,7 @@ pub struct Ask {
     pub listener: Option<String>,
     pub pattern: Option<String>,
     pub limit: Option<u64>,
+    pub rate: Option<u32>,
     pub duration: Duration,
 }
 
@@ -249,6 +265,9 @@ impl Ask {
         }
         if let Some(n) = self.limit {
             q.append_pair("limit", &n.to_string());
+        }
+        if let Some(n) = self.rate {
+            q.append_pair("rate", &n.to_string());
         }
         q.append_pair("seconds", &self.duration.as_secs().max(1).to_string());
         q.finish()
@@ -424,7 +443,7 @@ mod tests {
     #[test]
     fn the_query_is_read_and_a_bad_one_says_what_is_wrong() {
         let r = parse(Some(
-            "rule=errors&topic=logs&source=10.0.&listener=514&match=disk%20full&limit=5&seconds=7200",
+            "rule=errors&topic=logs&source=10.0.&listener=514&match=disk%20full&limit=5&rate=50&seconds=7200",
         ))
         .expect("query");
         assert_eq!(r.filter.listener.as_deref(), Some("514"));
@@ -436,13 +455,21 @@ mod tests {
             .line
             .as_ref()
             .is_some_and(|re| re.is_match("a disk full here")));
-        assert_eq!((r.limit, r.time), (Some(5), MAX_TIME));
+        assert_eq!((r.limit, r.rate, r.time), (Some(5), 50, MAX_TIME));
         let d = parse(None).expect("no query");
-        assert_eq!((d.limit, d.time), (None, DEFAULT_TIME));
+        assert_eq!(
+            (d.limit, d.rate, d.time),
+            (None, crate::base::tap::DEFAULT_RATE, DEFAULT_TIME)
+        );
         for (q, why) in [
             ("match=(", "`match` is not a regex"),
             ("limit=x", "`limit` must be a whole number"),
             ("seconds=-1", "`seconds` must be a whole number"),
+            ("rate=0", "`rate` must be a whole number from 1 to 100000"),
+            (
+                "rate=100001",
+                "`rate` must be a whole number from 1 to 100000",
+            ),
             ("rules=x", "unknown parameter `rules`"),
         ] {
             let e = parse(Some(q)).expect_err(q);

@@ -307,6 +307,10 @@ impl Pipeline {
         self.count_rules();
         let counts = std::mem::take(&mut self.counts);
         self.count_dropped();
+        let left_out = self.tap_view.take_left_out();
+        if left_out > 0 {
+            self.shared.metrics.tap_dropped.fetch_add(left_out, Relaxed);
+        }
         if let Some(read) = self.read_here.as_ref().filter(|_| counts.lines > 0) {
             read.fetch_add(counts.lines, Relaxed);
         }
