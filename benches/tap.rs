@@ -1,12 +1,13 @@
 //! What an open `hotdog tap` costs a connection, in-process and on one core: the session's
 //! work per line (framing, parsing, rules, the record, handing batches to the outbox) without a
 //! tap, with a tap whose filter keeps nothing, and with the two taps of `dev/tap-cost.sh` that
-//! keep 2% of the lines, by rule and by regex; the records leave unsent, and each kept event is
+//! keep 2% of the lines, by rule and by regex, and with a tap that keeps every line, at the
+//! default rate of 1,000 a second; the records leave unsent, and each kept event is
 //! then written as JSON, as the status server's thread writes it. The difference per line, over
 //! hotdog's whole CPU time per line end to end (`dev/tap-cost.sh`'s runs without a tap), is
 //! what tapping costs a connection; the end-to-end runs alone are too noisy to resolve 5%.
 //!
-//! The four are run in turn, round after round, each timed by the thread's own CPU time (a
+//! The five are run in turn, round after round, each timed by the thread's own CPU time (a
 //! busy neighbour on the machine slows wall time far more): it prints each one's median and
 //! range per line, the median of the differences within a round, and the difference of the
 //! fastest rounds (what a busy machine cannot make faster).
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotdog::base::metrics::Metrics;
-use hotdog::base::tap::{Filter, Taps};
+use hotdog::base::tap::{Filter, Taps, DEFAULT_RATE, MAX_RATE};
 use hotdog::publish::{self, Polled};
 use hotdog::session::{Pipeline, Shared};
 use hotdog_stages::config::Config;
@@ -82,27 +83,38 @@ fn main() {
         line: Some(regex_automata::meta::Regex::new(pattern).expect("regex")),
         ..Filter::default()
     };
-    let cases: [(&str, Option<Filter>); 4] = [
-        ("no tap", None),
-        ("tap keeping nothing", Some(filter("no line has this"))),
+    let cases: [(&str, Option<Filter>, u32); 5] = [
+        ("no tap", None, 0),
+        (
+            "tap keeping nothing",
+            Some(filter("no line has this")),
+            MAX_RATE,
+        ),
         (
             "tap keeping 2% by rule",
             Some(Filter {
                 rule: Some("fifty".into()),
                 ..Filter::default()
             }),
+            MAX_RATE,
         ),
         (
             "tap keeping 2% by regex",
             Some(filter("number.[0-9]*[05]0.with")),
+            MAX_RATE,
+        ),
+        (
+            "tap keeping all, at 1,000 a second",
+            Some(Filter::default()),
+            DEFAULT_RATE,
         ),
     ];
     // Each case its own taps and pipeline, so that a tap is open only for its own.
     let cases: Vec<_> = cases
         .into_iter()
-        .map(|(name, filter)| {
+        .map(|(name, filter, rate)| {
             let taps = Taps::new();
-            let tap = filter.map(|f| taps.open(f, hotdog::base::tap::MAX_RATE).expect("tap"));
+            let tap = filter.map(|f| taps.open(f, rate).expect("tap"));
             let shared = Arc::new(Shared {
                 rules: Current::new(rules()),
                 metrics: metrics.clone(),
@@ -122,7 +134,11 @@ fn main() {
         for (i, (_, pipeline, tap)) in cases.iter_mut().enumerate() {
             let start = cpu();
             for _ in 0..5 {
-                for line in &lines {
+                for (n, line) in lines.iter().enumerate() {
+                    // A read of 100 lines at a time, as `dev/tap-cost.sh` sends them.
+                    if n % 100 == 0 {
+                        pipeline.stamp();
+                    }
                     pipeline.frame(line.as_bytes(), false);
                     if pipeline.batch_full() {
                         smol::block_on(pipeline.flush());
@@ -171,5 +187,5 @@ fn main() {
             lo - least
         );
     }
-    println!("events written by the 2% taps: {kept}");
+    println!("events written by the taps: {kept}");
 }
