@@ -108,7 +108,14 @@ pub fn serve(address: &str, sources: Sources) -> std::io::Result<String> {
         .spawn(move || {
             let sources = Rc::new(sources);
             let executor = Rc::new(LocalExecutor::new());
-            smol::block_on(executor.run(accept_loop(listener, executor.clone(), sources)));
+            // The accept loop is a task of its own, polled when a connection comes: as the
+            // future `run` waits for, it was polled whenever any task woke the thread (each
+            // write of a tap), and each poll cost an accept(2) that found nobody (for which
+            // the kernel makes and frees a socket).
+            executor
+                .spawn(accept_loop(listener, executor.clone(), sources))
+                .detach();
+            smol::block_on(executor.run(std::future::pending::<()>()));
         })?;
     Ok(bound)
 }
