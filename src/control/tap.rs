@@ -22,8 +22,8 @@ use crate::base::tap::{Filter, Kept, Opened, Settled, Taps, TAP_QUEUE};
 /// How long a tap runs without `seconds`.
 pub const DEFAULT_TIME: Duration = Duration::from_secs(60);
 /// Events are written together at most this often: each write wakes the status server's
-/// thread, and the reactor's for its timer, and each cost about as much as a hundred events
-/// (at 100 ms, a tap that kept 100 events a second cost about as much as one that kept 1,000).
+/// thread, and the reactor's for its timer, and costs about as much as a hundred events (a tap
+/// that kept 100 events a second cost hotdog 1.04x with writes every 100 ms, 1.02x every 250).
 const GATHER: Duration = Duration::from_millis(250);
 /// The longest a tap runs.
 pub const MAX_TIME: Duration = Duration::from_secs(3600);
