@@ -11,9 +11,11 @@
 # every line goes into. `--rule fifty` keeps the same lines by their rule; `--match 'no line
 # has this'` keeps nothing; `-` opens no tap at all, the control that shows what the method
 # itself reads. CONNS (default 1) spreads the lines over that many TCP connections to each
-# hotdog, each chunk to the next connection.
+# hotdog, each chunk to the next connection; TLS=1 sends them over TLS (certs/server.pem; in
+# its first runs one hotdog of a pair sometimes spent 500 ms more than the other, tapped or
+# not, so its ratios are not yet to be trusted).
 #
-#   [CONNS=N] dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] [TLS=1] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -34,12 +36,17 @@ broker=$!
 trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$kafka") 2>/dev/null && break; sleep 0.2; done
 tansu topic create tapcost --broker "tcp://127.0.0.1:$kafka" > /dev/null
+tls=""
+if [ "${TLS:-0}" = 1 ]; then
+    tls="    tls: {cert: '$PWD/certs/server.pem', key: '$PWD/certs/server.key'}"
+fi
 config() { # NAME LISTEN STATUS
     cat > "$work/$1.yml" <<YAML
 global:
   listen:
     address: '127.0.0.1'
     port: $2
+$tls
   kafka:
     conf:
       bootstrap.servers: '127.0.0.1:$kafka'
@@ -64,10 +71,14 @@ YAML
 cat > "$work/send.py" <<'PY'
 # The same chunks of 100 lines to each port, paced to RATE lines/s for SECONDS, over CONNS
 # connections to each port, each chunk to the next one.
-import socket, sys, time
+import socket, ssl, sys, time
 ports, rate, seconds = [int(p) for p in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
-conns = int(sys.argv[4])
-socks = [[socket.create_connection(("127.0.0.1", p)) for p in ports] for _ in range(conns)]
+conns, ca = int(sys.argv[4]), sys.argv[5]
+tls = ssl.create_default_context(cafile=ca) if ca else None
+def connect(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    return tls.wrap_socket(s, server_hostname="localhost") if tls else s
+socks = [[connect(p) for p in ports] for _ in range(conns)]
 lines = [(f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47 [ex@32473 iut="3"] '
           f'number {i} with seq={i} user login ok from 10.0.0.{i % 255}\n').encode() for i in range(10000)]
 start, n = time.time(), rate * seconds
@@ -109,7 +120,8 @@ for i in $(seq "$runs"); do
     sleep 0.3
     on0=$(cpu "${pid[$tapped]}")
     off0=$(cpu "${pid[$plain]}")
-    python3 "$work/send.py" "${listen[a]},${listen[b]}" 50000 8 "${CONNS:-1}"
+    python3 "$work/send.py" "${listen[a]},${listen[b]}" 50000 8 "${CONNS:-1}" \
+        "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")"
     sleep 1.5
     on=$(($(cpu "${pid[$tapped]}") - on0))
     off=$(($(cpu "${pid[$plain]}") - off0))
