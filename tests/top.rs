@@ -141,7 +141,10 @@ fn top_shows_live_figures_per_listener_rule_and_topic_and_sorts_and_filters() {
     );
 
     // One connection to the status server, kept from one reading to the next: the same
-    // local port now and three readings later.
+    // local port now and three readings later. The server cuts every connection after
+    // CONNECTION_TIME (30 s), and on a busy machine the test may reach this point near that
+    // age: of two windows of 3.2 s one after the other, at most one holds such a cut, so the
+    // other must show one connection throughout. A connection per reading fails both.
     let port = hotdog.status_port;
     let connections = || {
         let out = std::process::Command::new("ss")
@@ -161,10 +164,24 @@ fn top_shows_live_figures_per_listener_rule_and_topic_and_sorts_and_filters() {
         local.sort();
         local
     };
-    let first = connections();
-    std::thread::sleep(Duration::from_millis(3_200));
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!(connections(), first);
+    let mut windows = Vec::new();
+    for _ in 0..2 {
+        wait_until(Duration::from_secs(3), || connections().len() == 1);
+        let first = connections();
+        std::thread::sleep(Duration::from_millis(3_200));
+        let last = connections();
+        let kept = first.len() == 1 && last == first;
+        windows.push((first, last));
+        if kept {
+            break;
+        }
+    }
+    assert!(
+        windows
+            .iter()
+            .any(|(first, last)| first.len() == 1 && last == first),
+        "no window of 3.2 s kept one connection: {windows:?}"
+    );
 
     // `q` quits, and the terminal is hotdog's no more.
     top.keys(&["q"]);

@@ -103,24 +103,6 @@ impl Labels<'_> {
     }
 }
 
-impl<'a> Event<'a> {
-    /// The event of a frame (`line`) from `origin`, that `rules` matched and that made
-    /// `record`, if any.
-    pub fn new(
-        line: &'a str,
-        origin: &'a Origin,
-        rules: Labels<'a>,
-        record: Option<&'a Record>,
-    ) -> Event<'a> {
-        Event {
-            line,
-            origin,
-            rules,
-            record,
-        }
-    }
-}
-
 impl Filter {
     /// True when this filter keeps `e`; `cache` is the session's for the filter's regex.
     fn keeps(&self, e: &Event<'_>, cache: Option<&mut Cache>) -> bool {
@@ -216,23 +198,9 @@ impl Kept {
     fn new(event: &Event<'_>) -> Kept {
         let origin = event.origin;
         let headers = event.record.map_or(&[][..], |r| r.headers.as_slice());
-        let size = event.line.len()
-            + [
-                &origin.peer_addr.as_deref(),
-                &origin.listener.as_deref(),
-                &origin.tls_client_cn.as_deref(),
-            ]
-            .iter()
-            .map(|s| s.map_or(0, str::len))
-            .sum::<usize>()
-            + event.rules.each().map(|l| l.len()).sum::<usize>()
-            + headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
-            + event.record.map_or(0, |r| {
-                r.topic.len() + r.key.as_ref().map_or(0, String::len) + r.payload.len()
-            });
+        // Room for the line and the payload, the two that matter, and the few short fields;
+        // the rare event with long headers or many rules grows it once.
+        let size = event.line.len() + event.record.map_or(0, |r| r.payload.len()) + 256;
         let mut text = Vec::with_capacity(size);
         let mut put = |bytes: &[u8]| {
             let start = text.len();
@@ -284,12 +252,7 @@ impl Kept {
     }
 
     fn text(&self, range: &Range<usize>) -> Cow<'_, str> {
-        let bytes = self.text.get(range.clone()).unwrap_or_default();
-        // Checked a word at a time; only a payload that is not UTF-8 is decoded byte by byte.
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => String::from_utf8_lossy(bytes),
-        }
+        hotdog_stages::core::text_of(self.text.get(range.clone()).unwrap_or_default())
     }
 }
 
@@ -590,12 +553,12 @@ mod tests {
         rules: &[&'a str],
         record: Option<&'a Record>,
     ) -> Event<'a> {
-        Event::new(
+        Event {
             line,
             origin,
-            Labels::Given(rules.iter().map(|r| Cow::Borrowed(*r)).collect()),
+            rules: Labels::Given(rules.iter().map(|r| Cow::Borrowed(*r)).collect()),
             record,
-        )
+        }
     }
 
     /// `kept` as JSON, with what became of it.

@@ -327,7 +327,12 @@ mod tests {
             let line = format!("frame {i}");
             let _ = taps.offer(
                 &mut view,
-                &Event::new(&line, &origin, Labels::Given(Vec::new()), None),
+                &Event {
+                    line: &line,
+                    origin: &origin,
+                    rules: Labels::Given(Vec::new()),
+                    record: None,
+                },
                 &metrics,
             );
         }
@@ -390,7 +395,12 @@ mod tests {
         offer(&taps, &|taps: &Taps, line: &str| {
             taps.offer(
                 &mut view.borrow_mut(),
-                &Event::new(line, &origin, Labels::Given(Vec::new()), Some(&record)),
+                &Event {
+                    line,
+                    origin: &origin,
+                    rules: Labels::Given(Vec::new()),
+                    record: Some(&record),
+                },
                 &metrics,
             )
             .expect("watched")

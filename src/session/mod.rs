@@ -191,15 +191,10 @@ impl Pipeline {
     }
 
     fn frame_for(&mut self, data: &[u8], truncated: bool, awaited: Option<&Arc<Awaited>>) {
-        // Nearly every line is valid UTF-8, which `from_utf8` checks a word at a time; only
-        // the others are decoded byte by byte into their lossy text.
-        let text = match std::str::from_utf8(data) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
-            Err(_) => {
-                self.counts.invalid_utf8 += 1;
-                String::from_utf8_lossy(data)
-            }
-        };
+        let text = hotdog_stages::core::text_of(data);
+        if let std::borrow::Cow::Owned(_) = text {
+            self.counts.invalid_utf8 += 1;
+        }
         self.counts.lines += 1;
         self.counts.truncated += u64::from(truncated);
         let msg = syslog::parse_frame(data, &text);
@@ -245,7 +240,12 @@ impl Pipeline {
     fn tap(&mut self, text: &str, matched_before: usize, made: bool) {
         let rules = Labels::Of(&self.rules, &self.matched[matched_before..]);
         let record = if made { self.batch.last() } else { None };
-        let event = crate::base::tap::Event::new(text, &self.origin, rules, record);
+        let event = crate::base::tap::Event {
+            line: text,
+            origin: &self.origin,
+            rules,
+            record,
+        };
         let watch = self
             .shared
             .taps

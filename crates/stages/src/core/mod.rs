@@ -62,7 +62,17 @@ pub struct Record {
 impl Record {
     /// The payload as text (invalid UTF-8 replaced), for logs, tests and `-t`.
     pub fn payload_text(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(&self.payload)
+        text_of(&self.payload)
+    }
+}
+
+/// `bytes` as text: borrowed when they are UTF-8, which `std::str::from_utf8` checks a word at a
+/// time; only bytes that are not are decoded one by one, with each invalid sequence replaced,
+/// into an owned string. So `Cow::Owned` says the bytes were not UTF-8.
+pub fn text_of(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(bytes).into_owned()),
     }
 }
 
@@ -128,4 +138,17 @@ pub struct Origin {
     pub clock: Option<std::time::SystemTime>,
     /// The listener's `timezone`, for RFC 3164 timestamps (which have none); `None`: UTC.
     pub zone: Option<jiff::tz::TimeZone>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_of_borrows_utf8_and_owns_only_the_replaced_text_of_other_bytes() {
+        assert!(matches!(text_of("é ok".as_bytes()), Cow::Borrowed("é ok")));
+        let replaced = text_of(b"a\xffb\xc3");
+        assert!(matches!(&replaced, Cow::Owned(_)), "{replaced:?}");
+        assert_eq!(replaced, "a\u{fffd}b\u{fffd}");
+    }
 }
