@@ -13,9 +13,14 @@
 # itself reads. CONNS (default 1) spreads the lines over that many TCP connections to each
 # hotdog, each chunk to the next connection; TLS=1 sends them over TLS (certs/server.pem; in
 # its first runs one hotdog of a pair sometimes spent 500 ms more than the other, tapped or
-# not, so its ratios are not yet to be trusted).
+# not, so its ratios are not yet to be trusted). UDP=1 sends each line as a datagram instead.
+# LEN=N makes every line N bytes long (at least 80: the header and `number I with seq=I`,
+# padded with words); RATE=N sends N lines a second in place of 50,000 (for 8 s). RULES=N puts
+# N more rules before the others, named and forwarding, whose literals occur in no line.
+# SLOW=1 reads the tap slowly (1 KiB every 100 ms, through a pipe): its events back up into
+# hotdog, which leaves out what does not fit in the tap's queue.
 #
-#   [CONNS=N] [TLS=1] dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -39,7 +44,18 @@ tansu topic create tapcost --broker "tcp://127.0.0.1:$kafka" > /dev/null
 tls=""
 if [ "${TLS:-0}" = 1 ]; then
     tls="    tls: {cert: '$PWD/certs/server.pem', key: '$PWD/certs/server.key'}"
+elif [ "${UDP:-0}" = 1 ]; then
+    tls="    protocol: udp"
 fi
+more_rules=""
+for r in $(seq "${RULES:-0}"); do
+    more_rules+="  - name: never$r
+    regex: 'absent$r literal'
+    actions:
+      - type: forward
+        topic: 'tapcost'
+"
+done
 config() { # NAME LISTEN STATUS
     cat > "$work/$1.yml" <<YAML
 global:
@@ -57,7 +73,7 @@ $tls
     address: '127.0.0.1'
     port: $3
 rules:
-  - name: fifty
+$more_rules  - name: fifty
     regex: 'number [0-9]*[05]0 with'
     actions:
       - type: forward
@@ -70,24 +86,39 @@ YAML
 }
 cat > "$work/send.py" <<'PY'
 # The same chunks of 100 lines to each port, paced to RATE lines/s for SECONDS, over CONNS
-# connections to each port, each chunk to the next one.
+# connections to each port, each chunk to the next one (TCP), or each line a datagram (UDP).
 import socket, ssl, sys, time
 ports, rate, seconds = [int(p) for p in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
-conns, ca = int(sys.argv[4]), sys.argv[5]
+conns, ca, udp, size = int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", int(sys.argv[7] or 0)
 tls = ssl.create_default_context(cafile=ca) if ca else None
 def connect(port):
     s = socket.create_connection(("127.0.0.1", port))
     return tls.wrap_socket(s, server_hostname="localhost") if tls else s
-socks = [[connect(p) for p in ports] for _ in range(conns)]
-lines = [(f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47 [ex@32473 iut="3"] '
-          f'number {i} with seq={i} user login ok from 10.0.0.{i % 255}\n').encode() for i in range(10000)]
+def line(i):
+    if not size:
+        return (f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47 [ex@32473 iut="3"] '
+                f'number {i} with seq={i} user login ok from 10.0.0.{i % 255}')
+    text = f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47 - number {i} with seq={i}'
+    words = " user login ok from host"
+    return (text + words * (max(0, size - 1 - len(text)) // len(words) + 1))[:max(size - 1, len(text))]
+lines = [(line(i) + "\n").encode() for i in range(10000)]
 start, n = time.time(), rate * seconds
+if udp:
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pairs = [("127.0.0.1", p) for p in ports]
+else:
+    socks = [[connect(p) for p in ports] for _ in range(conns)]
 for k in range(0, n, 100):
-    chunk = b"".join(lines[(k + j) % 10000] for j in range(100))
+    chunk = [lines[(k + j) % 10000] for j in range(100)]
     # Each port is sent every other chunk first: the one sent first costs about 10% more.
-    pair = socks[k // 100 % conns]
-    for s in (pair if k // 100 % 2 else pair[::-1]):
-        s.sendall(chunk)
+    if udp:
+        for to in (pairs if k // 100 % 2 else pairs[::-1]):
+            for one in chunk:
+                out.sendto(one, to)
+    else:
+        pair = socks[k // 100 % conns]
+        for s in (pair if k // 100 % 2 else pair[::-1]):
+            s.sendall(b"".join(chunk))
     ahead = start + (k + 100) / rate - time.time()
     if ahead > 0:
         time.sleep(ahead)
@@ -113,15 +144,24 @@ for i in $(seq "$runs"); do
     : > "$work/tap.out"
     tap=""
     if [ "${filter[*]}" != - ]; then
-        "$hotdog" tap --url "http://127.0.0.1:${status[$tapped]}" "${filter[@]}" \
-            --duration 30s > "$work/tap.out" 2>/dev/null &
+        if [ "${SLOW:-0}" = 1 ]; then
+            "$hotdog" tap --url "http://127.0.0.1:${status[$tapped]}" "${filter[@]}" \
+                --duration 30s 2>/dev/null | python3 -c 'import sys, time
+while data := sys.stdin.buffer.read1(1024):
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    time.sleep(0.1)' > "$work/tap.out" &
+        else
+            "$hotdog" tap --url "http://127.0.0.1:${status[$tapped]}" "${filter[@]}" \
+                --duration 30s > "$work/tap.out" 2>/dev/null &
+        fi
         tap=$!
     fi
     sleep 0.3
     on0=$(cpu "${pid[$tapped]}")
     off0=$(cpu "${pid[$plain]}")
-    python3 "$work/send.py" "${listen[a]},${listen[b]}" 50000 8 "${CONNS:-1}" \
-        "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")"
+    python3 "$work/send.py" "${listen[a]},${listen[b]}" "${RATE:-50000}" 8 "${CONNS:-1}" \
+        "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}"
     sleep 1.5
     on=$(($(cpu "${pid[$tapped]}") - on0))
     off=$(($(cpu "${pid[$plain]}") - off0))

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use concurrent_queue::ConcurrentQueue;
 use hotdog_stages::core::{Origin, Outcome, Record, Watch};
 use hotdog_stages::route::Rules;
 use regex_automata::meta::{Cache, Regex};
@@ -38,6 +39,14 @@ pub const DEFAULT_RATE: u32 = 1000;
 pub const MAX_RATE: u32 = 100_000;
 /// A tap's rate is kept over windows this long: `rate / 10` events each.
 const WINDOW_MS: u64 = 100;
+
+/// Written events kept for the sessions to fill again, at most: a kept event costs no
+/// allocation, and no free on another thread, which cost its connection's thread more than the
+/// copy (the status server's thread freed them by the hundred, into the arena the connection's
+/// thread allocates from).
+const SPARE: usize = 1024;
+/// A written event whose buffer grew beyond this is freed, not kept spare.
+const SPARE_BYTES: usize = 8 * 1024;
 
 /// How long an event whose frame made a record waits for the record's outcome; then it is
 /// written as `in_flight` (the broker is slow or away: the tap still shows what comes).
@@ -84,13 +93,6 @@ impl Labels<'_> {
             Labels::Of(rules, matched) => (None, Some(matched.iter().map(|i| rules.label(*i)))),
         };
         given.into_iter().flatten().chain(of.into_iter().flatten())
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Labels::Given(v) => v.len(),
-            Labels::Of(_, matched) => matched.len(),
-        }
     }
 
     /// True when one of the rules is labelled `label`: asked of every frame while a tap filters
@@ -196,48 +198,56 @@ struct KeptRecord {
 impl Kept {
     /// The copy of `event`.
     fn new(event: &Event<'_>) -> Kept {
-        let origin = event.origin;
-        let headers = event.record.map_or(&[][..], |r| r.headers.as_slice());
         // Room for the line and the payload, the two that matter, and the few short fields;
         // the rare event with long headers or many rules grows it once.
         let size = event.line.len() + event.record.map_or(0, |r| r.payload.len()) + 256;
-        let mut text = Vec::with_capacity(size);
+        let mut kept = Kept {
+            text: Vec::with_capacity(size),
+            line: 0..0,
+            source: None,
+            listener: None,
+            tls_client_cn: None,
+            parts: Vec::new(),
+            rules: 0,
+            record: None,
+            settled: OnceLock::new(),
+        };
+        kept.fill(event);
+        kept
+    }
+
+    /// Makes this the copy of `event`, in the buffers it has.
+    fn fill(&mut self, event: &Event<'_>) {
+        let origin = event.origin;
+        let headers = event.record.map_or(&[][..], |r| r.headers.as_slice());
+        let text = &mut self.text;
+        text.clear();
         let mut put = |bytes: &[u8]| {
             let start = text.len();
             text.extend_from_slice(bytes);
             start..text.len()
         };
-        let line = put(event.line.as_bytes());
-        let source = origin.peer_addr.as_deref().map(|s| put(s.as_bytes()));
-        let listener = origin.listener.as_deref().map(|s| put(s.as_bytes()));
-        let tls_client_cn = origin.tls_client_cn.as_deref().map(|s| put(s.as_bytes()));
-        let mut parts = Vec::with_capacity(event.rules.len() + 2 * headers.len());
-        parts.extend(event.rules.each().map(|l| put(l.as_bytes())));
-        let rules = parts.len();
+        self.line = put(event.line.as_bytes());
+        self.source = origin.peer_addr.as_deref().map(|s| put(s.as_bytes()));
+        self.listener = origin.listener.as_deref().map(|s| put(s.as_bytes()));
+        self.tls_client_cn = origin.tls_client_cn.as_deref().map(|s| put(s.as_bytes()));
+        self.parts.clear();
+        self.parts
+            .extend(event.rules.each().map(|l| put(l.as_bytes())));
+        self.rules = self.parts.len();
         for (name, value) in headers {
-            parts.push(put(name.as_bytes()));
-            parts.push(put(value.as_bytes()));
+            self.parts.push(put(name.as_bytes()));
+            self.parts.push(put(value.as_bytes()));
         }
-        let record = event.record.map(|r| KeptRecord {
+        self.record = event.record.map(|r| KeptRecord {
             topic: put(r.topic.as_bytes()),
             key: r.key.as_deref().map(|k| put(k.as_bytes())),
             payload: put(&r.payload),
         });
-        let settled = match record {
+        self.settled = match self.record {
             Some(_) => OnceLock::new(),
             None => OnceLock::from(Settled::Unrouted),
         };
-        Kept {
-            text,
-            line,
-            source,
-            listener,
-            tls_client_cn,
-            rules,
-            parts,
-            record,
-            settled,
-        }
     }
 
     /// What became of it, once known.
@@ -392,6 +402,16 @@ pub struct Opened {
     taps: Arc<Taps>,
 }
 
+impl Opened {
+    /// `kept` was written: the sessions may fill it again, when no one else holds it and its
+    /// buffer is not too big to keep.
+    pub fn written(&self, mut kept: Arc<Kept>) {
+        if Arc::get_mut(&mut kept).is_some_and(|k| k.text.capacity() <= SPARE_BYTES) {
+            let _ = self.taps.spare.push(kept);
+        }
+    }
+}
+
 impl Drop for Opened {
     fn drop(&mut self) {
         self.events.close();
@@ -400,12 +420,24 @@ impl Drop for Opened {
 }
 
 /// The taps open now.
-#[derive(Default)]
 pub struct Taps {
     open: AtomicUsize,
     /// Changes whenever a tap opens or closes: a session's [`View`] is taken again then.
     version: AtomicUsize,
     taps: Mutex<Vec<Arc<Tap>>>,
+    /// Written events, for the sessions to fill again (see [`SPARE`]).
+    spare: ConcurrentQueue<Arc<Kept>>,
+}
+
+impl Default for Taps {
+    fn default() -> Taps {
+        Taps {
+            open: AtomicUsize::new(0),
+            version: AtomicUsize::new(0),
+            taps: Mutex::new(Vec::new()),
+            spare: ConcurrentQueue::bounded(SPARE),
+        }
+    }
 }
 
 /// The taps open when a session last looked, each with the session's cache for its filter's
@@ -481,6 +513,10 @@ impl Taps {
         if taps.len() != before {
             self.changed(&taps);
         }
+        if taps.is_empty() {
+            // No tap: no memory kept for one.
+            while self.spare.pop().is_ok() {}
+        }
     }
 
     /// `view` as the taps are now, taken again only when they changed.
@@ -498,6 +534,17 @@ impl Taps {
             })
             .collect();
         view.version = version;
+    }
+
+    /// The copy of `event`: in a spare written event, when there is one.
+    fn keep(&self, event: &Event<'_>) -> Arc<Kept> {
+        if let Ok(mut spare) = self.spare.pop() {
+            if let Some(kept) = Arc::get_mut(&mut spare) {
+                kept.fill(event);
+                return spare;
+            }
+        }
+        Arc::new(Kept::new(event))
     }
 
     /// Gives `event` to every open tap that keeps it (`view` is the session's); a tap whose
@@ -526,7 +573,7 @@ impl Taps {
                 view.left_out += 1;
                 continue;
             }
-            let kept = kept.get_or_insert_with(|| Arc::new(Kept::new(event)));
+            let kept = kept.get_or_insert_with(|| self.keep(event));
             match tap.queue.try_send(kept.clone()) {
                 Ok(()) => queued = true,
                 Err(async_channel::TrySendError::Full(_)) => {
@@ -566,6 +613,61 @@ mod tests {
         let mut out = Vec::new();
         kept.write(kept.settled().expect("settled"), &mut out);
         serde_json::from_slice(&out).expect("JSON")
+    }
+
+    #[test]
+    fn a_written_event_is_filled_again_with_nothing_left_of_the_one_before() {
+        let taps = Taps::new();
+        let (metrics, mut view) = (Metrics::new(), View::default());
+        let tap = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        let origin = Origin {
+            peer_addr: Some("10.0.0.7:5140".into()),
+            tls_client_cn: Some("client".into()),
+            ..Origin::default()
+        };
+        let record = Record {
+            topic: "logs".into(),
+            key: Some("k".into()),
+            payload: bytes::Bytes::from_static(b"payload"),
+            block: Default::default(),
+            headers: vec![("h".into(), "v".to_string())],
+            read_ms: 0,
+            ack: Default::default(),
+        };
+        let first = &event("first line", &origin, &["a", "b"], Some(&record));
+        let watch = taps.offer(&mut view, first, &metrics).expect("watched");
+        watch.outcome(Outcome::Delivered {
+            partition: 1,
+            offset: 9,
+        });
+        drop(watch);
+        let kept = tap.events.try_recv().expect("kept");
+        assert_eq!(json(&kept)["outcome"], "delivered");
+        let at = Arc::as_ptr(&kept);
+        tap.written(kept);
+
+        // The next event is made in the same one: unrouted, from another origin, one rule.
+        let plain = Origin::default();
+        let second = &event("second", &plain, &["c"], None);
+        assert!(taps.offer(&mut view, second, &metrics).is_none());
+        let again = tap.events.try_recv().expect("kept");
+        assert_eq!(Arc::as_ptr(&again), at, "the spare one was filled");
+        assert_eq!(
+            json(&again),
+            serde_json::json!({"line": "second", "source": null, "listener": null,
+                "rules": ["c"], "outcome": "unrouted"})
+        );
+
+        // One still held elsewhere (its record's watcher) is not taken back; with the last
+        // tap closed, no spare one is kept.
+        let held = taps.offer(&mut view, first, &metrics).expect("watched");
+        tap.written(tap.events.try_recv().expect("kept"));
+        assert!(taps.spare.is_empty());
+        drop(held);
+        tap.written(again);
+        assert_eq!(taps.spare.len(), 1);
+        drop(tap);
+        assert!(taps.spare.is_empty());
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl State {
             }
             self.take();
             let hold = if self.over { Duration::ZERO } else { self.hold };
-            chunk.write(&mut self.waiting, hold);
+            chunk.write(&mut self.waiting, hold, &self.tap);
             if !chunk.is_empty() || self.over {
                 break;
             }
@@ -222,23 +222,34 @@ impl Chunk {
     }
 
     /// Writes the events of `waiting` that are settled, or waited `hold` or longer (as in
-    /// flight), as far as the tap has events left; the others wait on.
-    fn write(&mut self, waiting: &mut VecDeque<(Instant, Arc<Kept>)>, hold: Duration) {
+    /// flight), as far as the tap has events left, and gives them back to `tap`; the others
+    /// wait on, in their order.
+    fn write(
+        &mut self,
+        waiting: &mut VecDeque<(Instant, Arc<Kept>)>,
+        hold: Duration,
+        tap: &Opened,
+    ) {
         let now = Instant::now();
-        waiting.retain(|(at, kept)| {
-            if self.taken >= self.left {
-                return true;
-            }
+        for _ in 0..waiting.len() {
+            let Some((at, kept)) = waiting.pop_front() else {
+                break;
+            };
             let outcome = match kept.settled() {
-                Some(settled) => settled,
-                None if now.duration_since(*at) >= hold => &Settled::InFlight,
-                None => return true,
+                _ if self.taken >= self.left => None,
+                Some(settled) => Some(settled),
+                None if now.duration_since(at) >= hold => Some(&Settled::InFlight),
+                None => None,
+            };
+            let Some(outcome) = outcome else {
+                waiting.push_back((at, kept));
+                continue;
             };
             kept.write(outcome, &mut self.text);
             self.text.push(b'\n');
             self.taken += 1;
-            false
-        });
+            tap.written(kept);
+        }
     }
 }
 
