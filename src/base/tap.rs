@@ -608,6 +608,26 @@ mod tests {
         }
     }
 
+    /// A record for topic `logs` of `payload`, with `key` and `headers`.
+    fn record(
+        payload: &'static [u8],
+        key: Option<&str>,
+        headers: &[(&'static str, &str)],
+    ) -> Record {
+        Record {
+            topic: "logs".into(),
+            key: key.map(str::to_string),
+            payload: bytes::Bytes::from_static(payload),
+            block: Default::default(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(*k), v.to_string()))
+                .collect(),
+            read_ms: 0,
+            ack: Default::default(),
+        }
+    }
+
     /// `kept` as JSON, with what became of it.
     fn json(kept: &Kept) -> serde_json::Value {
         let mut out = Vec::new();
@@ -625,15 +645,7 @@ mod tests {
             tls_client_cn: Some("client".into()),
             ..Origin::default()
         };
-        let record = Record {
-            topic: "logs".into(),
-            key: Some("k".into()),
-            payload: bytes::Bytes::from_static(b"payload"),
-            block: Default::default(),
-            headers: vec![("h".into(), "v".to_string())],
-            read_ms: 0,
-            ack: Default::default(),
-        };
+        let record = record(b"payload", Some("k"), &[("h", "v")]);
         let first = &event("first line", &origin, &["a", "b"], Some(&record));
         let watch = taps.offer(&mut view, first, &metrics).expect("watched");
         watch.outcome(Outcome::Delivered {
@@ -695,18 +707,7 @@ mod tests {
             listener: Some("0.0.0.0:514".into()),
             ..Origin::default()
         };
-        let record = Record {
-            topic: "logs".into(),
-            key: Some("k".into()),
-            payload: bytes::Bytes::from_static(b"pay\xffload"),
-            block: Default::default(),
-            headers: vec![
-                ("h".into(), "v".to_string()),
-                ("h2".into(), "w".to_string()),
-            ],
-            read_ms: 0,
-            ack: Default::default(),
-        };
+        let record = record(b"pay\xffload", Some("k"), &[("h", "v"), ("h2", "w")]);
         let watch = taps
             .offer(
                 &mut view,
@@ -828,15 +829,7 @@ mod tests {
             tls_client_cn: Some("client \"one\"".into()),
             ..Origin::default()
         };
-        let record = Record {
-            topic: "logs".into(),
-            key: None,
-            payload: bytes::Bytes::from_static(b"p"),
-            block: Default::default(),
-            headers: Vec::new(),
-            read_ms: 0,
-            ack: Default::default(),
-        };
+        let record = record(b"p", None, &[]);
         let outcomes = [
             Outcome::DeadLettered {
                 reason: "message_too_large",
