@@ -18,9 +18,11 @@
 # padded with words); RATE=N sends N lines a second in place of 50,000 (for 8 s). RULES=N puts
 # N more rules before the others, named and forwarding, whose literals occur in no line.
 # SLOW=1 reads the tap slowly (1 KiB every 100 ms, through a pipe): its events back up into
-# hotdog, which leaves out what does not fit in the tap's queue.
+# hotdog, which leaves out what does not fit in the tap's queue. APART=1 sends to each hotdog
+# from a process of its own, on the same schedule, so that a sender blocked on one hotdog's
+# full socket does not hold back the other's lines.
 #
-#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -87,9 +89,12 @@ YAML
 cat > "$work/send.py" <<'PY'
 # The same chunks of 100 lines to each port, paced to RATE lines/s for SECONDS, over CONNS
 # connections to each port, each chunk to the next one (TCP), or each line a datagram (UDP).
-import socket, ssl, sys, time
+# APART: one process for each port, each on the same schedule, so that neither waits for the
+# other's socket.
+import os, socket, ssl, sys, time
 ports, rate, seconds = [int(p) for p in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
 conns, ca, udp, size = int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", int(sys.argv[7] or 0)
+apart = sys.argv[8] == "1"
 tls = ssl.create_default_context(cafile=ca) if ca else None
 def connect(port):
     s = socket.create_connection(("127.0.0.1", port))
@@ -103,6 +108,18 @@ def line(i):
     return (text + words * (max(0, size - 1 - len(text)) // len(words) + 1))[:max(size - 1, len(text))]
 lines = [(line(i) + "\n").encode() for i in range(10000)]
 start, n = time.time(), rate * seconds
+if apart:
+    children = []
+    for p in ports:
+        pid = os.fork()
+        if pid == 0:
+            ports = [p]
+            break
+        children.append(pid)
+    else:
+        for pid in children:
+            os.waitpid(pid, 0)
+        sys.exit(0)
 if udp:
     out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     pairs = [("127.0.0.1", p) for p in ports]
@@ -161,7 +178,7 @@ while data := sys.stdin.buffer.read1(1024):
     on0=$(cpu "${pid[$tapped]}")
     off0=$(cpu "${pid[$plain]}")
     python3 "$work/send.py" "${listen[a]},${listen[b]}" "${RATE:-50000}" 8 "${CONNS:-1}" \
-        "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}"
+        "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}" "${APART:-0}"
     sleep 1.5
     on=$(($(cpu "${pid[$tapped]}") - on0))
     off=$(($(cpu "${pid[$plain]}") - off0))
