@@ -171,6 +171,7 @@ impl From<Outcome<'_>> for Settled {
 /// server's thread, many events at a time (written on the session's thread, for one frame in
 /// fifty, the same code cost several times as much: it was never warm there). The same one goes
 /// to every tap that keeps the frame.
+#[derive(Default)]
 pub struct Kept {
     /// The event's text, one field after another (the payload as Kafka gets it, so maybe not
     /// UTF-8); the ranges below are into it.
@@ -203,14 +204,7 @@ impl Kept {
         let size = event.line.len() + event.record.map_or(0, |r| r.payload.len()) + 256;
         let mut kept = Kept {
             text: Vec::with_capacity(size),
-            line: 0..0,
-            source: None,
-            listener: None,
-            tls_client_cn: None,
-            parts: Vec::new(),
-            rules: 0,
-            record: None,
-            settled: OnceLock::new(),
+            ..Kept::default()
         };
         kept.fill(event);
         kept
