@@ -20,9 +20,11 @@
 # SLOW=1 reads the tap slowly (1 KiB every 100 ms, through a pipe): its events back up into
 # hotdog, which leaves out what does not fit in the tap's queue. APART=1 sends to each hotdog
 # from a process of its own, on the same schedule, so that a sender blocked on one hotdog's
-# full socket does not hold back the other's lines.
+# full socket does not hold back the other's lines. THREADS=1 prints, for each run, the run
+# time and context switches of each hotdog's threads by name, without the tap and with it.
+# HOTDOG=PATH runs that build of hotdog instead of this tree's (to compare two builds).
 #
-#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] [THREADS=1] [HOTDOG=PATH] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -33,7 +35,7 @@ runs=${1:-8}
 shift || true
 filter=("$@")
 [ ${#filter[@]} -gt 0 ] || filter=(--match 'number.[0-9]*[05]0.with')
-hotdog=$PWD/target/release/hotdog
+hotdog=${HOTDOG:-$PWD/target/release/hotdog}
 work=$(mktemp -d)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 kafka=$(port)
@@ -143,6 +145,13 @@ PY
 cpu() { # PID: the run time of its threads so far, in µs
     cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ns += $1} END {printf "%d\n", ns / 1000}'
 }
+threads() { # PID: the run time (µs) and context switches so far of its threads by name, one
+    # `name µs switches` a line
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s %s\n' "$(tr ' ' _ < "$t/comm")" "$(awk '{print int($1 / 1000)}' "$t/schedstat")" \
+            "$(awk '/ctxt_switches/ {n += $2} END {print n}' "$t/status")"
+    done 2>/dev/null | awk '{us[$1] += $2; sw[$1] += $3} END {for (n in us) print n, us[n], sw[n]}' | sort
+}
 up() { for _ in $(seq 50); do curl -sf "http://127.0.0.1:$1/health" > /dev/null && return; sleep 0.2; done; }
 declare -A pid listen status
 ratios=()
@@ -177,11 +186,26 @@ while data := sys.stdin.buffer.read1(1024):
     sleep 0.3
     on0=$(cpu "${pid[$tapped]}")
     off0=$(cpu "${pid[$plain]}")
+    threads "${pid[$tapped]}" > "$work/on0"
+    threads "${pid[$plain]}" > "$work/off0"
     python3 "$work/send.py" "${listen[a]},${listen[b]}" "${RATE:-50000}" 8 "${CONNS:-1}" \
         "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}" "${APART:-0}"
     sleep 1.5
     on=$(($(cpu "${pid[$tapped]}") - on0))
     off=$(($(cpu "${pid[$plain]}") - off0))
+    if [ "${THREADS:-0}" = 1 ]; then
+        threads "${pid[$tapped]}" > "$work/on1"
+        threads "${pid[$plain]}" > "$work/off1"
+        # Each thread name's run time and context switches in this run, without and with the
+        # tap.
+        for f in off on; do
+            join -a1 -a2 -e0 -o 0,1.2,1.3,2.2,2.3 "$work/${f}0" "$work/${f}1" |
+                awk '{print $1, $4 - $2, $5 - $3}' > "$work/$f"
+        done
+        echo "    thread             without: ms switches    with: ms switches"
+        join -a1 -a2 -e0 -o 0,1.2,1.3,2.2,2.3 "$work/off" "$work/on" |
+            awk '$2 + $4 > 500 {printf "    %-18s %13.1f %8d %13.1f %8d\n", $1, $2 / 1000, $3, $4 / 1000, $5}'
+    fi
     kill "${pid[a]}" "${pid[b]}" 2>/dev/null || true
     wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true
     if [ -n "$tap" ]; then kill "$tap" 2>/dev/null || true; wait "$tap" 2>/dev/null || true; fi

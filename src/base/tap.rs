@@ -12,11 +12,11 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use concurrent_queue::ConcurrentQueue;
-use hotdog_stages::core::{Origin, Outcome, Record, Watch};
+use hotdog_stages::core::{Origin, Record, Settled, Watch};
 use hotdog_stages::route::Rules;
 use regex_automata::meta::{Cache, Regex};
 use regex_automata::Input;
@@ -134,37 +134,15 @@ impl Filter {
     }
 }
 
-/// What became of a kept frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settled {
+/// What a written event says became of its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown<'a> {
     /// No rule forwarded it.
     Unrouted,
-    Delivered {
-        partition: i32,
-        offset: i64,
-    },
-    DeadLettered {
-        reason: String,
-        to: String,
-    },
-    Spooled,
-    NotSent,
+    /// What became of its record.
+    Record(&'a Settled),
     /// Its record was not settled within its hold, or when the tap ended.
     InFlight,
-}
-
-impl From<Outcome<'_>> for Settled {
-    fn from(outcome: Outcome<'_>) -> Settled {
-        match outcome {
-            Outcome::Delivered { partition, offset } => Settled::Delivered { partition, offset },
-            Outcome::DeadLettered { reason, to } => Settled::DeadLettered {
-                reason: reason.to_owned(),
-                to: to.to_owned(),
-            },
-            Outcome::Spooled => Settled::Spooled,
-            Outcome::NotSent => Settled::NotSent,
-        }
-    }
 }
 
 /// A frame a tap kept, copied by its session into one buffer: its JSON is written on the status
@@ -185,9 +163,9 @@ pub struct Kept {
     rules: usize,
     /// The record's topic, key and payload, when the frame made one.
     record: Option<KeptRecord>,
-    /// Set once, by whichever thread settles the record (`Unrouted` from the start when there
-    /// is none).
-    settled: OnceLock<Settled>,
+    /// Told once what became of the record, by whichever thread settles it; the record holds
+    /// it too until then. Reset when the event is filled again.
+    watch: Arc<Watch>,
 }
 
 struct KeptRecord {
@@ -238,19 +216,23 @@ impl Kept {
             key: r.key.as_deref().map(|k| put(k.as_bytes())),
             payload: put(&r.payload),
         });
-        self.settled = match self.record {
-            Some(_) => OnceLock::new(),
-            None => OnceLock::from(Settled::Unrouted),
-        };
+        match Arc::get_mut(&mut self.watch) {
+            Some(watch) => watch.reset(),
+            // Its last record is still in flight, and holds the old one.
+            None => self.watch = Arc::default(),
+        }
     }
 
     /// What became of it, once known.
-    pub fn settled(&self) -> Option<&Settled> {
-        self.settled.get()
+    pub fn settled(&self) -> Option<Shown<'_>> {
+        match self.record {
+            None => Some(Shown::Unrouted),
+            Some(_) => self.watch.settled().map(Shown::Record),
+        }
     }
 
     /// Writes it as one JSON object (no newline), with `outcome`, to `out`.
-    pub fn write(&self, outcome: &Settled, out: &mut Vec<u8>) {
+    pub fn write(&self, outcome: Shown<'_>, out: &mut Vec<u8>) {
         // Serializing to memory fails only for a map with keys that are not strings.
         let _ = serde_json::to_writer(out, &Json(self, outcome));
     }
@@ -263,7 +245,7 @@ impl Kept {
 /// A [`Kept`] with its outcome, as JSON: `line`, `source`, `listener`, `tls_client_cn` (only
 /// with one), `rules`, then the record's `topic`, `key`, `headers`, `payload` (when there is
 /// one), then `outcome` and what goes with it.
-struct Json<'a>(&'a Kept, &'a Settled);
+struct Json<'a>(&'a Kept, Shown<'a>);
 
 impl Serialize for Json<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -289,20 +271,20 @@ impl Serialize for Json<'_> {
             m.serialize_entry("payload", &k.text(&r.payload))?;
         }
         match outcome {
-            Settled::Unrouted => m.serialize_entry("outcome", "unrouted")?,
-            Settled::Delivered { partition, offset } => {
+            Shown::Unrouted => m.serialize_entry("outcome", "unrouted")?,
+            Shown::InFlight => m.serialize_entry("outcome", "in_flight")?,
+            Shown::Record(Settled::Delivered { partition, offset }) => {
                 m.serialize_entry("outcome", "delivered")?;
                 m.serialize_entry("partition", partition)?;
                 m.serialize_entry("offset", offset)?;
             }
-            Settled::DeadLettered { reason, to } => {
+            Shown::Record(Settled::DeadLettered { reason, to }) => {
                 m.serialize_entry("outcome", "dead_lettered")?;
                 m.serialize_entry("reason", reason)?;
                 m.serialize_entry("dead_letter_to", to)?;
             }
-            Settled::Spooled => m.serialize_entry("outcome", "spooled")?,
-            Settled::NotSent => m.serialize_entry("outcome", "not_sent")?,
-            Settled::InFlight => m.serialize_entry("outcome", "in_flight")?,
+            Shown::Record(Settled::Spooled) => m.serialize_entry("outcome", "spooled")?,
+            Shown::Record(Settled::NotSent) => m.serialize_entry("outcome", "not_sent")?,
         }
         m.end()
     }
@@ -323,16 +305,6 @@ impl Serialize for Texts<'_> {
             }
         }
         seq.end()
-    }
-}
-
-/// Tells a kept event what became of its record.
-struct Watched(Arc<Kept>);
-
-impl Watch for Watched {
-    fn outcome(&self, outcome: Outcome<'_>) {
-        // Set once: a record is settled once.
-        let _ = self.0.settled.set(Settled::from(outcome));
     }
 }
 
@@ -543,13 +515,13 @@ impl Taps {
 
     /// Gives `event` to every open tap that keeps it (`view` is the session's); a tap whose
     /// queue is full loses it (counted). For an event with a record, what to watch the record
-    /// with is returned: it tells the event its outcome.
+    /// with is returned: it keeps the record's outcome for the event.
     pub fn offer(
         &self,
         view: &mut View,
         event: &Event<'_>,
         metrics: &Metrics,
-    ) -> Option<Box<dyn Watch>> {
+    ) -> Option<Arc<Watch>> {
         self.look(view);
         let mut kept: Option<Arc<Kept>> = None;
         let (mut queued, mut closed) = (false, false);
@@ -580,13 +552,14 @@ impl Taps {
             self.prune();
         }
         let kept = kept.filter(|_| queued && event.record.is_some())?;
-        Some(Box::new(Watched(kept)))
+        Some(kept.watch.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hotdog_stages::core::Outcome;
 
     fn event<'a>(
         line: &'a str,
@@ -642,7 +615,7 @@ mod tests {
         let record = record(b"payload", Some("k"), &[("h", "v")]);
         let first = &event("first line", &origin, &["a", "b"], Some(&record));
         let watch = taps.offer(&mut view, first, &metrics).expect("watched");
-        watch.outcome(Outcome::Delivered {
+        watch.tell(Outcome::Delivered {
             partition: 1,
             offset: 9,
         });
@@ -664,13 +637,26 @@ mod tests {
                 "rules": ["c"], "outcome": "unrouted"})
         );
 
-        // One still held elsewhere (its record's watcher) is not taken back; with the last
-        // tap closed, no spare one is kept.
+        // One another tap still holds is not taken back.
+        let other = again.clone();
+        tap.written(again);
+        assert!(taps.spare.is_empty());
+
+        // One whose record is still in flight is, and is filled with a watch of its own: the
+        // old record's outcome, when it comes, is not the new event's.
         let held = taps.offer(&mut view, first, &metrics).expect("watched");
         tap.written(tap.events.try_recv().expect("kept"));
-        assert!(taps.spare.is_empty());
-        drop(held);
-        tap.written(again);
+        assert_eq!(taps.spare.len(), 1);
+        let renewed = taps.offer(&mut view, first, &metrics).expect("watched");
+        assert!(!Arc::ptr_eq(&held, &renewed));
+        held.tell(Outcome::NotSent);
+        let kept = tap.events.try_recv().expect("kept");
+        assert_eq!(kept.settled(), None, "waits for its own record");
+        renewed.tell(Outcome::Spooled);
+        assert_eq!(json(&kept)["outcome"], "spooled");
+
+        // With the last tap closed, no spare one is kept.
+        tap.written(other);
         assert_eq!(taps.spare.len(), 1);
         drop(tap);
         assert!(taps.spare.is_empty());
@@ -725,7 +711,7 @@ mod tests {
         assert_eq!(errors.len(), 1);
         let first = errors.try_recv().expect("event");
         assert!(first.settled().is_none(), "waits for its outcome");
-        watch.outcome(Outcome::Delivered {
+        watch.tell(Outcome::Delivered {
             partition: 2,
             offset: 41,
         });
@@ -840,8 +826,8 @@ mod tests {
                     &metrics,
                 )
                 .expect("watched");
-            watch.outcome(outcome);
-            watch.outcome(Outcome::Delivered {
+            watch.tell(outcome);
+            watch.tell(Outcome::Delivered {
                 partition: 0,
                 offset: 1,
             });
@@ -860,7 +846,7 @@ mod tests {
         assert_eq!(got[2]["outcome"], "not_sent");
         let mut out = Vec::new();
         let kept = Kept::new(&event("late", &origin, &[], Some(&record)));
-        kept.write(&Settled::InFlight, &mut out);
+        kept.write(Shown::InFlight, &mut out);
         let late: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
         assert_eq!(late["outcome"], "in_flight");
     }

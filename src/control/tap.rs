@@ -17,7 +17,7 @@ use futures_lite::{FutureExt, Stream};
 use http_body_util::StreamBody;
 use hyper::body::{Bytes, Frame};
 
-use crate::base::tap::{Filter, Kept, Opened, Settled, Taps, TAP_QUEUE};
+use crate::base::tap::{Filter, Kept, Opened, Shown, Taps, TAP_QUEUE};
 
 /// How long a tap runs without `seconds`.
 pub const DEFAULT_TIME: Duration = Duration::from_secs(60);
@@ -238,7 +238,7 @@ impl Chunk {
             let outcome = match kept.settled() {
                 _ if self.taken >= self.left => None,
                 Some(settled) => Some(settled),
-                None if now.duration_since(at) >= hold => Some(&Settled::InFlight),
+                None if now.duration_since(at) >= hold => Some(Shown::InFlight),
                 None => None,
             };
             let Some(outcome) = outcome else {
@@ -386,7 +386,7 @@ mod tests {
     fn held_writes(
         seconds: u64,
         hold: Duration,
-        offer: impl FnOnce(&Taps, &dyn Fn(&Taps, &str) -> Box<dyn hotdog_stages::core::Watch>),
+        offer: impl FnOnce(&Taps, &dyn Fn(&Taps, &str) -> Arc<hotdog_stages::core::Watch>),
     ) -> Vec<(Duration, String)> {
         let taps = Taps::new();
         let mut request = parse(Some(&format!("seconds={seconds}"))).expect("query");
@@ -439,7 +439,7 @@ mod tests {
         let writes = held_writes(2, Duration::from_millis(300), |taps, offer| {
             let delivered = offer(taps, "delivered");
             slow = Some(offer(taps, "slow"));
-            delivered.outcome(hotdog_stages::core::Outcome::Delivered {
+            delivered.tell(hotdog_stages::core::Outcome::Delivered {
                 partition: 0,
                 offset: 7,
             });

@@ -2,7 +2,7 @@
 //! [`Awaited`], and every record it produced carries an [`Ack`] share of it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A message a sender waits to hear is safe (a RELP `syslog` command): safe once every record
 /// it produced is [settled](Ack::settle). Its session holds it, and each record carries an
@@ -113,13 +113,56 @@ pub enum Outcome<'a> {
     NotSent,
 }
 
-/// Told once what became of a watched record, on whatever thread settles it: cheap.
-pub trait Watch: Send + Sync {
-    fn outcome(&self, outcome: Outcome<'_>);
+/// [`Outcome`], kept: what a [`Watch`] was told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    Delivered { partition: i32, offset: i64 },
+    DeadLettered { reason: String, to: String },
+    Spooled,
+    NotSent,
+}
+
+impl From<Outcome<'_>> for Settled {
+    fn from(outcome: Outcome<'_>) -> Settled {
+        match outcome {
+            Outcome::Delivered { partition, offset } => Settled::Delivered { partition, offset },
+            Outcome::DeadLettered { reason, to } => Settled::DeadLettered {
+                reason: reason.to_owned(),
+                to: to.to_owned(),
+            },
+            Outcome::Spooled => Settled::Spooled,
+            Outcome::NotSent => Settled::NotSent,
+        }
+    }
+}
+
+/// Where what became of a watched record is kept: told once, on whatever thread settles the
+/// record, and read by the watcher (a `hotdog tap`) on its own. The record holds it by one thin
+/// pointer, and the watcher [resets](Watch::reset) it to watch another record once the record
+/// let go of it: watching allocates nothing, and frees nothing on the thread that settles (both
+/// cost the sessions' threads more than the rest of a tap's work).
+#[derive(Debug, Default)]
+pub struct Watch(OnceLock<Settled>);
+
+impl Watch {
+    /// Keeps `outcome`, unless one was kept already (a record is settled once).
+    pub fn tell(&self, outcome: Outcome<'_>) {
+        let _ = self.0.set(Settled::from(outcome));
+    }
+
+    /// What became of the record, once known.
+    pub fn settled(&self) -> Option<&Settled> {
+        self.0.get()
+    }
+
+    /// Forgets what it was told, to watch another record.
+    pub fn reset(&mut self) {
+        self.0.take();
+    }
 }
 
 /// A [`Watch`] behind one pointer: a record that nobody watches pays a word for it.
-type Watcher = Option<Box<Box<dyn Watch>>>;
+type Watcher = Option<Arc<Watch>>;
 
 /// What waits for a record to be safe: a share of an [`Awaited`] message (RELP), the spool
 /// that keeps it, both or nothing. Settled by the stage that last holds the record: the
@@ -152,7 +195,7 @@ impl Ack {
     /// The record is safe: in Kafka, or written as a dead letter, as `outcome` says.
     pub fn settle(mut self, outcome: Outcome<'_>) {
         if let Some(w) = self.watcher.take() {
-            w.outcome(outcome);
+            w.tell(outcome);
         }
         self.settle_sender();
         if let Some((ledger, id)) = self.spooled.take() {
@@ -161,8 +204,8 @@ impl Ack {
     }
 
     /// `watch` is told what becomes of the record.
-    pub fn watch(&mut self, watch: Box<dyn Watch>) {
-        self.watcher = Some(Box::new(watch));
+    pub fn watch(&mut self, watch: Arc<Watch>) {
+        self.watcher = Some(watch);
     }
 
     /// The record ran out of time at shutdown: Kafka does not have it, so its message is never
@@ -241,7 +284,7 @@ impl Clone for Ack {
 impl Drop for Ack {
     fn drop(&mut self) {
         if let Some(w) = self.watcher.take() {
-            w.outcome(if self.spooled.is_some() {
+            w.tell(if self.spooled.is_some() {
                 Outcome::Spooled
             } else {
                 Outcome::NotSent
@@ -269,16 +312,6 @@ mod tests {
         offset: 0,
     };
 
-    /// Tells what it is told, once.
-    struct Told(Arc<std::sync::Mutex<Vec<String>>>);
-
-    impl Watch for Told {
-        fn outcome(&self, outcome: Outcome<'_>) {
-            let mut told = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            told.push(format!("{outcome:?}"));
-        }
-    }
-
     #[derive(Debug)]
     struct NoLedger;
 
@@ -291,33 +324,39 @@ mod tests {
 
     #[test]
     fn a_watched_record_tells_its_outcome_once_and_a_clone_is_not_watched() {
-        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
         let watched = || {
+            let watch = Arc::new(Watch::default());
             let mut ack = Ack::default();
-            ack.watch(Box::new(Told(told.clone())));
-            ack
+            ack.watch(watch.clone());
+            (ack, watch)
         };
-        let a = watched();
+        let (a, told) = watched();
         drop(a.clone());
+        assert_eq!(told.settled(), None, "a clone is not watched");
         a.settle(Outcome::DeadLettered {
             reason: "r",
             to: "file",
         });
-        drop(watched());
-        let mut spooled = watched();
+        let dead = Settled::DeadLettered {
+            reason: "r".into(),
+            to: "file".into(),
+        };
+        assert_eq!(told.settled(), Some(&dead));
+        told.tell(DELIVERED);
+        assert_eq!(told.settled(), Some(&dead), "told once");
+        let (dropped, told) = watched();
+        drop(dropped);
+        assert_eq!(told.settled(), Some(&Settled::NotSent));
+        let (mut spooled, told) = watched();
         spooled.spooled(Arc::new(NoLedger), 7);
         drop(spooled);
-        watched().withhold();
-        let told = told.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        assert_eq!(
-            told,
-            [
-                "DeadLettered { reason: \"r\", to: \"file\" }",
-                "NotSent",
-                "Spooled",
-                "NotSent"
-            ]
-        );
+        assert_eq!(told.settled(), Some(&Settled::Spooled));
+        let (withheld, mut told) = watched();
+        withheld.withhold();
+        assert_eq!(told.settled(), Some(&Settled::NotSent));
+        let told = Arc::get_mut(&mut told).expect("the record let go of its watch");
+        told.reset();
+        assert_eq!(told.settled(), None, "reset, it watches another record");
     }
 
     #[test]

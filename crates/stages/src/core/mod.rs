@@ -11,7 +11,7 @@ mod ack;
 mod block;
 mod clock;
 
-pub use ack::{Ack, Awaited, Ledger, Outcome, Standing, Watch};
+pub use ack::{Ack, Awaited, Ledger, Outcome, Settled, Standing, Watch};
 pub use block::{blocks_alive, packed, packed_with, Block, LENT_BLOCKS_MAX};
 pub use clock::{earliest, epoch_ms, now, now_ms, AckClock};
 
