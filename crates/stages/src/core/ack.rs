@@ -139,8 +139,9 @@ impl From<Outcome<'_>> for Settled {
 /// Where what became of a watched record is kept: told once, on whatever thread settles the
 /// record, and read by the watcher (a `hotdog tap`) on its own. The record holds it by one thin
 /// pointer, and the watcher [resets](Watch::reset) it to watch another record once the record
-/// let go of it: watching allocates nothing, and frees nothing on the thread that settles (both
-/// cost the sessions' threads more than the rest of a tap's work).
+/// let go of it: watching allocates nothing, and frees nothing on the thread that settles (two
+/// boxes made for each watched record, and freed on librdkafka's thread, were about a third of
+/// what a tap cost the sessions' threads).
 #[derive(Debug, Default)]
 pub struct Watch(OnceLock<Settled>);
 
