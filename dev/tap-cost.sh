@@ -45,11 +45,11 @@ broker=$!
 trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$kafka") 2>/dev/null && break; sleep 0.2; done
 tansu topic create tapcost --broker "tcp://127.0.0.1:$kafka" > /dev/null
-tls=""
+transport=""
 if [ "${TLS:-0}" = 1 ]; then
-    tls="    tls: {cert: '$PWD/certs/server.pem', key: '$PWD/certs/server.key'}"
+    transport="    tls: {cert: '$PWD/certs/server.pem', key: '$PWD/certs/server.key'}"
 elif [ "${UDP:-0}" = 1 ]; then
-    tls="    protocol: udp"
+    transport="    protocol: udp"
 fi
 more_rules=""
 for r in $(seq "${RULES:-0}"); do
@@ -66,7 +66,7 @@ global:
   listen:
     address: '127.0.0.1'
     port: $2
-$tls
+$transport
   kafka:
     conf:
       bootstrap.servers: '127.0.0.1:$kafka'
@@ -142,15 +142,15 @@ for k in range(0, n, 100):
     if ahead > 0:
         time.sleep(ahead)
 PY
-cpu() { # PID: the run time of its threads so far, in µs
-    cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ns += $1} END {printf "%d\n", ns / 1000}'
-}
 threads() { # PID: the run time (µs) and context switches so far of its threads by name, one
-    # `name µs switches` a line
+    # `name µs switches` a line; a process's run time is their sum (see `total`)
     for t in /proc/"$1"/task/*; do
         printf '%s %s %s\n' "$(tr ' ' _ < "$t/comm")" "$(awk '{print int($1 / 1000)}' "$t/schedstat")" \
             "$(awk '/ctxt_switches/ {n += $2} END {print n}' "$t/status")"
     done 2>/dev/null | awk '{us[$1] += $2; sw[$1] += $3} END {for (n in us) print n, us[n], sw[n]}' | sort
+}
+total() { # FILE of `threads`: the process's run time, in µs
+    awk '{us += $2} END {printf "%d\n", us}' "$1"
 }
 up() { for _ in $(seq 50); do curl -sf "http://127.0.0.1:$1/health" > /dev/null && return; sleep 0.2; done; }
 declare -A pid listen status
@@ -184,18 +184,16 @@ while data := sys.stdin.buffer.read1(1024):
         tap=$!
     fi
     sleep 0.3
-    on0=$(cpu "${pid[$tapped]}")
-    off0=$(cpu "${pid[$plain]}")
     threads "${pid[$tapped]}" > "$work/on0"
     threads "${pid[$plain]}" > "$work/off0"
     python3 "$work/send.py" "${listen[a]},${listen[b]}" "${RATE:-50000}" 8 "${CONNS:-1}" \
         "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}" "${APART:-0}"
     sleep 1.5
-    on=$(($(cpu "${pid[$tapped]}") - on0))
-    off=$(($(cpu "${pid[$plain]}") - off0))
+    threads "${pid[$tapped]}" > "$work/on1"
+    threads "${pid[$plain]}" > "$work/off1"
+    on=$(($(total "$work/on1") - $(total "$work/on0")))
+    off=$(($(total "$work/off1") - $(total "$work/off0")))
     if [ "${THREADS:-0}" = 1 ]; then
-        threads "${pid[$tapped]}" > "$work/on1"
-        threads "${pid[$plain]}" > "$work/off1"
         # Each thread name's run time and context switches in this run, without and with the
         # tap.
         for f in off on; do

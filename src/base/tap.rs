@@ -2,11 +2,11 @@
 //! the rules that matched, the record made of it) to the taps open at that moment; for a frame
 //! a tap's filter keeps, the session copies what the tap shows into one [`Kept`] and puts it in
 //! the tap's bounded queue. The status server's thread takes it from there, waits for its
-//! record's outcome (delivered, with its partition and offset, or dead-lettered, with why: set
-//! on the [`Kept`] by whichever thread settles the record) and writes it as one JSON line; one
-//! still in flight after [`HOLD`] is written as such. A tap never slows the pipeline down: with
-//! no tap open, offering is one atomic load; a tap whose client reads too slowly loses events
-//! (counted in `tap.dropped`), never records.
+//! record's outcome (delivered, with its partition and offset, or dead-lettered, with why: kept
+//! in the [`Kept`]'s [`Watch`] by whichever thread settles the record) and writes it as one JSON
+//! line; one still in flight after [`HOLD`] is written as such. A tap never slows the pipeline
+//! down: with no tap open, offering is one atomic load; a tap whose client reads too slowly
+//! loses events (counted in `tap.dropped`), never records.
 
 use std::borrow::Cow;
 use std::ops::Range;
