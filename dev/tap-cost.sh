@@ -23,8 +23,10 @@
 # full socket does not hold back the other's lines. THREADS=1 prints, for each run, the run
 # time and context switches of each hotdog's threads by name, without the tap and with it.
 # HOTDOG=PATH runs that build of hotdog instead of this tree's (to compare two builds).
+# VERSUS=PATH runs that build as the tapped hotdog, so that with `-` (no tap) the ratio is
+# that build's CPU over the other's, within each run.
 #
-#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] [THREADS=1] [HOTDOG=PATH] dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] [THREADS=1] [HOTDOG=PATH] [VERSUS=PATH] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -156,17 +158,19 @@ up() { for _ in $(seq 50); do curl -sf "http://127.0.0.1:$1/health" > /dev/null 
 declare -A pid listen status
 ratios=()
 for i in $(seq "$runs"); do
+    # Odd runs tap b, even runs a.
+    if ((i % 2)); then tapped=b plain=a; else tapped=a plain=b; fi
     for name in a b; do
         listen[$name]=$(port)
         status[$name]=$(port)
         config "$name" "${listen[$name]}" "${status[$name]}"
-        "$hotdog" -c "$work/$name.yml" > "$work/$name.log" 2>&1 &
+        build=$hotdog
+        [ "$name" = "$tapped" ] && build=${VERSUS:-$hotdog}
+        "$build" -c "$work/$name.yml" > "$work/$name.log" 2>&1 &
         pid[$name]=$!
     done
     up "${status[a]}"
     up "${status[b]}"
-    # Odd runs tap b, even runs a.
-    if ((i % 2)); then tapped=b plain=a; else tapped=a plain=b; fi
     : > "$work/tap.out"
     tap=""
     if [ "${filter[*]}" != - ]; then
