@@ -24,14 +24,19 @@
 # time and context switches of each hotdog's threads by name, without the tap and with it.
 # HOTDOG=PATH runs that build of hotdog instead of this tree's (to compare two builds).
 # VERSUS=PATH runs that build as the tapped hotdog, so that with `-` (no tap) the ratio is
-# that build's CPU over the other's, within each run.
+# that build's CPU over the other's, within each run. SYSCALLS=1 counts, for each run, the
+# system calls that waiting for sockets and timers takes, and the context switches, of both
+# hotdogs while the lines are sent (perf's tracepoints; they count the same whatever the build's
+# layout, which moves CPU times by a few percent; counting costs CPU too, so take the ratios
+# from runs without it).
 #
-#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] [THREADS=1] [HOTDOG=PATH] [VERSUS=PATH] dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] [THREADS=1] [SYSCALLS=1] [HOTDOG=PATH] [VERSUS=PATH] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
 ensure_build_deps
 ensure_tansu
+[ "${SYSCALLS:-0}" = 1 ] && install_missing linux-perf
 cargo build --release --locked --bin hotdog
 runs=${1:-8}
 shift || true
@@ -190,6 +195,14 @@ while data := sys.stdin.buffer.read1(1024):
     sleep 0.3
     threads "${pid[$tapped]}" > "$work/on0"
     threads "${pid[$plain]}" > "$work/off0"
+    declare -A counting=()
+    if [ "${SYSCALLS:-0}" = 1 ]; then
+        for name in "$plain" "$tapped"; do
+            perf stat -x, -o "$work/perf.$name" -p "${pid[$name]}" -e "$(printf 'syscalls:sys_enter_%s,' \
+                recvfrom epoll_pwait timerfd_settime epoll_ctl write futex)sched:sched_switch" &
+            counting[$name]=$!
+        done
+    fi
     python3 "$work/send.py" "${listen[a]},${listen[b]}" "${RATE:-50000}" 8 "${CONNS:-1}" \
         "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}" "${APART:-0}"
     sleep 1.5
@@ -207,6 +220,15 @@ while data := sys.stdin.buffer.read1(1024):
         echo "    thread             without: ms switches    with: ms switches"
         join -a1 -a2 -e0 -o 0,1.2,1.3,2.2,2.3 "$work/off" "$work/on" |
             awk '$2 + $4 > 500 {printf "    %-18s %13.1f %8d %13.1f %8d\n", $1, $2 / 1000, $3, $4 / 1000, $5}'
+    fi
+    if [ "${SYSCALLS:-0}" = 1 ]; then
+        kill -INT "${counting[@]}"
+        wait "${counting[@]}" 2>/dev/null || true
+        # perf's CSV: count,unit,event,...; the counts without the tap, then with it.
+        echo "    event                       without         with"
+        join -t, -1 3 -2 3 -o 0,1.1,2.1 <(grep -v '^#' "$work/perf.$plain" | grep , | sort -t, -k3) \
+            <(grep -v '^#' "$work/perf.$tapped" | grep , | sort -t, -k3) |
+            awk -F, '{sub(/^syscalls:sys_enter_/, "", $1); printf "    %-22s %12d %12d\n", $1, $2, $3}'
     fi
     kill "${pid[a]}" "${pid[b]}" 2>/dev/null || true
     wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true

@@ -63,15 +63,53 @@ impl ReadBuffer {
         timeout.map(|t| self.last_data + t)
     }
 
-    /// When a buffer larger than [`SMALL`] with nothing in it is to be given back, if it is.
+    /// When a buffer larger than [`SMALL`] with nothing in it is to be given back, if it is:
+    /// [`SHRINK_AFTER`] after the last bytes came.
     pub(super) fn shrink_at(&self) -> Option<Instant> {
-        (self.start == self.end && self.buf.len() > SMALL).then(|| Instant::now() + SHRINK_AFTER)
+        (self.start == self.end && self.buf.len() > SMALL).then(|| self.last_data + SHRINK_AFTER)
     }
 
     /// Gives back a large buffer (nothing is in it: see [`ReadBuffer::shrink_at`]).
     pub(super) fn shrink(&mut self) {
         self.buf = vec![0u8; SMALL];
         (self.start, self.end) = (0, 0);
+    }
+}
+
+/// The one timer a read loop waits with, for its idle time and for giving back a grown buffer.
+/// It is set again only when it must ring earlier than it is set for: async-io wakes the
+/// thread that waits for events whenever a timer is made, so a timer made for every read (the
+/// idle time and the quiet second move on with every read) cost a busy connection one more
+/// wake-up of another thread for every read. One that rings early is set again then.
+pub(super) struct Alarm {
+    timer: smol::Timer,
+    /// When it rings; `None` once it rang (or before it was set).
+    at: Option<Instant>,
+}
+
+impl Default for Alarm {
+    fn default() -> Alarm {
+        Alarm {
+            timer: smol::Timer::never(),
+            at: None,
+        }
+    }
+}
+
+impl Alarm {
+    /// Waits until `wake`'s time and gives its `what`, or gives `None` when it rang for an
+    /// earlier time (one that moved on since); with no `wake`, it rings only if it was set.
+    pub(super) async fn until<T>(&mut self, wake: Option<(Instant, T)>) -> Option<T> {
+        if let Some((at, _)) = &wake {
+            if self.at.is_none_or(|set| set > *at) {
+                self.timer.set_at(*at);
+                self.at = Some(*at);
+            }
+        }
+        (&mut self.timer).await;
+        self.at = None;
+        wake.filter(|(at, _)| Instant::now() >= *at)
+            .map(|(_, what)| what)
     }
 }
 

@@ -47,6 +47,8 @@ pub(super) enum Woke {
     Idle,
     /// Time to give back a large read buffer (nothing was read).
     Shrink,
+    /// The alarm rang for a time that moved on: nothing is due yet.
+    Again,
 }
 
 /// One RELP session (librelp's client, rsyslog's omrelp): frames are cut with [`relp::cut`],
@@ -72,6 +74,7 @@ pub async fn run_relp<S: AsyncRead + AsyncWrite + Unpin>(
         out: Vec::new(),
         acks: 0,
         when_spooled: limits.answer_when_spooled,
+        alarm: Alarm::default(),
     };
     let result = session.serve(&mut stream, limits, &shutdown).await;
     session.pipeline.flush().await;
@@ -105,6 +108,8 @@ pub(super) struct RelpSession {
     pub(super) acks: u64,
     /// `ack: spool`: messages are answered once their records are in the spool.
     pub(super) when_spooled: bool,
+    /// What the waits for bytes are timed with.
+    pub(super) alarm: Alarm,
 }
 
 impl RelpSession {
@@ -151,7 +156,7 @@ impl RelpSession {
                 }
             };
             match woke {
-                Woke::Heard => {}
+                Woke::Heard | Woke::Again => {}
                 Woke::Shutdown => reading = false,
                 Woke::Deadline => {
                     return self.close_with(stream, SHUTTING_DOWN, End::Shutdown).await
@@ -228,7 +233,8 @@ impl RelpSession {
         // has been quiet, as a stream connection's is.
         let shrink = buf.shrink_at().map(|at| (at, Woke::Shrink));
         let wake = hotdog_stages::core::earliest(idle, shrink);
-        Some(wait_relp(stream, buf.room(), can_read, heard, shutdown, wake).await)
+        let alarm = (&mut self.alarm, wake);
+        Some(wait_relp(stream, buf.room(), can_read, heard, shutdown, alarm).await)
     }
 
     /// Every whole RELP frame in `buf`, each command taken in turn: `syslog` messages through
@@ -404,14 +410,14 @@ impl RelpSession {
 }
 
 /// Waits for what comes first: bytes (when `can_read`), a message settled, shutdown (or, once
-/// it began, its deadline), or the idle time.
+/// it began, its deadline), or the alarm, set for `wake` (the idle time, or a grown buffer's).
 pub(super) async fn wait_relp<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut [u8],
     can_read: bool,
     heard: event_listener::EventListener,
     shutdown: &Shutdown,
-    wake: Option<(Instant, Woke)>,
+    (alarm, wake): (&mut Alarm, Option<(Instant, Woke)>),
 ) -> Woke {
     use futures_lite::FutureExt;
     let read = async {
@@ -434,15 +440,7 @@ pub(super) async fn wait_relp<S: AsyncRead + Unpin>(
             }
         }
     };
-    let timer = async {
-        match wake {
-            Some((at, what)) => {
-                smol::Timer::at(at).await;
-                what
-            }
-            None => std::future::pending().await,
-        }
-    };
+    let timer = async { alarm.until(wake).await.unwrap_or(Woke::Again) };
     read.or(async {
         heard.await;
         Woke::Heard

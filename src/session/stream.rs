@@ -30,12 +30,13 @@ pub(super) async fn read_all<S: AsyncRead + Unpin>(
     // Room for one whole frame of the largest size, its length prefix, and a read.
     let mut buf = ReadBuffer::new(max + 16 + READ_SIZE);
     let mut yielder = Yielder::default();
+    let mut alarm = Alarm::default();
     let end = loop {
         buf.prepare();
         let idle = buf.idle_at(limits.idle_timeout).map(|at| (at, Read::Idle));
         let shrink = buf.shrink_at().map(|at| (at, Read::Shrink));
         let wake = hotdog_stages::core::earliest(idle, shrink);
-        match read(&mut stream, buf.room(), &shutdown, wake).await {
+        match read(&mut stream, buf.room(), &shutdown, (&mut alarm, wake)).await {
             Ok(Read::Bytes(n)) => {
                 buf.read(n);
                 pipeline.stamp();
@@ -52,6 +53,7 @@ pub(super) async fn read_all<S: AsyncRead + Unpin>(
                 }
             }
             Ok(Read::Shrink) => buf.shrink(),
+            Ok(Read::Again) => {}
             Ok(Read::Idle) => break End::Idle,
             Ok(Read::Quiet) => break End::Shutdown,
             Ok(Read::Closed) => break End::Closed,
@@ -122,29 +124,26 @@ pub(super) enum Read {
     Idle,
     /// Time to give back a large buffer (nothing was read).
     Shrink,
+    /// The alarm rang for a time that moved on: nothing is due yet.
+    Again,
 }
 
-/// One read, or what came first: shutdown (then reads go on until the peer is quiet), or `wake`
-/// (a time and what it means).
+/// One read, or what came first: shutdown (then reads go on until the peer is quiet), or the
+/// alarm, set for `wake` (a time and what it means).
 pub(super) async fn read<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut [u8],
     shutdown: &Shutdown,
-    wake: Option<(Instant, Read)>,
+    (alarm, wake): (&mut Alarm, Option<(Instant, Read)>),
 ) -> std::io::Result<Read> {
     use futures_lite::FutureExt;
     let bytes = |n: usize| if n == 0 { Read::Closed } else { Read::Bytes(n) };
     if !shutdown.is_triggered() {
         let r = shutdown
-            .unless(async { stream.read(&mut *buf).await.map(bytes) }.or(async {
-                match wake {
-                    Some((at, what)) => {
-                        smol::Timer::at(at).await;
-                        Ok(what)
-                    }
-                    None => std::future::pending().await,
-                }
-            }))
+            .unless(
+                async { stream.read(&mut *buf).await.map(bytes) }
+                    .or(async { Ok(alarm.until(wake).await.unwrap_or(Read::Again)) }),
+            )
             .await;
         if let Some(r) = r {
             return r;

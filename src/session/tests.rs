@@ -469,3 +469,36 @@ fn a_datagram_batch_waits_for_room_a_while_then_what_has_none_is_dropped() {
         "the one of the second batch and two of the third"
     );
 }
+
+#[test]
+fn a_read_loops_alarm_is_set_again_only_to_ring_earlier_and_says_when_it_rang_early() {
+    use futures_lite::future::poll_once;
+    let ms = Duration::from_millis;
+    smol::block_on(async {
+        let mut alarm = Alarm::default();
+        let start = Instant::now();
+        // Nothing to wait for: it does not ring.
+        assert!(poll_once(alarm.until::<()>(None)).await.is_none());
+        // Set for 50 ms: it rings then, with what was due.
+        assert_eq!(
+            alarm.until(Some((start + ms(50), "due"))).await,
+            Some("due")
+        );
+        assert!(start.elapsed() >= ms(50));
+        // Set for 100 ms, then asked for 1.5 s (a read moved the time on): it keeps 100 ms
+        // and rings early, with nothing due; set again, it rings at 1.5 s.
+        assert!(poll_once(alarm.until(Some((start + ms(100), 1))))
+            .await
+            .is_none());
+        assert_eq!(alarm.until(Some((start + ms(1500), 2))).await, None);
+        assert_eq!(alarm.until(Some((start + ms(1500), 2))).await, Some(2));
+        assert!(start.elapsed() >= ms(1500));
+        // Set for 3 s more, then asked for 200 ms more: it moves to ring earlier.
+        let now = Instant::now();
+        assert!(poll_once(alarm.until(Some((now + ms(3000), 3))))
+            .await
+            .is_none());
+        assert_eq!(alarm.until(Some((now + ms(200), 4))).await, Some(4));
+        assert!(now.elapsed() < ms(3000), "{:?}", now.elapsed());
+    });
+}
