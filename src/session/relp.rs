@@ -233,8 +233,8 @@ impl RelpSession {
         // has been quiet, as a stream connection's is.
         let shrink = buf.shrink_at().map(|at| (at, Woke::Shrink));
         let wake = hotdog_stages::core::earliest(idle, shrink);
-        let alarm = (&mut self.alarm, wake);
-        Some(wait_relp(stream, buf.room(), can_read, heard, shutdown, alarm).await)
+        let alarm = &mut self.alarm;
+        Some(wait_relp(stream, buf.room(), can_read, heard, shutdown, alarm, wake).await)
     }
 
     /// Every whole RELP frame in `buf`, each command taken in turn: `syslog` messages through
@@ -417,7 +417,8 @@ pub(super) async fn wait_relp<S: AsyncRead + Unpin>(
     can_read: bool,
     heard: event_listener::EventListener,
     shutdown: &Shutdown,
-    (alarm, wake): (&mut Alarm, Option<(Instant, Woke)>),
+    alarm: &mut Alarm,
+    wake: Option<(Instant, Woke)>,
 ) -> Woke {
     use futures_lite::FutureExt;
     let read = async {

@@ -36,7 +36,7 @@ pub(super) async fn read_all<S: AsyncRead + Unpin>(
         let idle = buf.idle_at(limits.idle_timeout).map(|at| (at, Read::Idle));
         let shrink = buf.shrink_at().map(|at| (at, Read::Shrink));
         let wake = hotdog_stages::core::earliest(idle, shrink);
-        match read(&mut stream, buf.room(), &shutdown, (&mut alarm, wake)).await {
+        match read(&mut stream, buf.room(), &shutdown, &mut alarm, wake).await {
             Ok(Read::Bytes(n)) => {
                 buf.read(n);
                 pipeline.stamp();
@@ -134,7 +134,8 @@ pub(super) async fn read<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut [u8],
     shutdown: &Shutdown,
-    (alarm, wake): (&mut Alarm, Option<(Instant, Read)>),
+    alarm: &mut Alarm,
+    wake: Option<(Instant, Read)>,
 ) -> std::io::Result<Read> {
     use futures_lite::FutureExt;
     let bytes = |n: usize| if n == 0 { Read::Closed } else { Read::Bytes(n) };
