@@ -1,5 +1,6 @@
 //! The read buffer every read loop uses (stream and RELP): small while a connection is quiet,
-//! grown for a burst or a long frame, and given back after a quiet second.
+//! grown for a burst or a long frame, and given back after a quiet second; and the one timer
+//! ([`Alarm`]) such a loop waits with for that second and for its idle time.
 
 use super::*;
 
