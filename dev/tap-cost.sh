@@ -14,6 +14,9 @@
 # hotdog, each chunk to the next connection; TLS=1 sends them over TLS (certs/server.pem; in
 # its first runs one hotdog of a pair sometimes spent 500 ms more than the other, tapped or
 # not, so its ratios are not yet to be trusted). UDP=1 sends each line as a datagram instead.
+# RELP=1 sends each line as a RELP message (the listener speaks RELP, and answers a message once
+# Kafka has its record): the sender keeps at most 10,000 unanswered and reads the answers
+# after each chunk.
 # LEN=N makes every line N bytes long (at least 80: the header and `number I with seq=I`,
 # padded with words); RATE=N sends N lines a second in place of 50,000 (for 8 s). RULES=N puts
 # N more rules before the others, named and forwarding, whose literals occur in no line.
@@ -30,7 +33,7 @@
 # layout, which moves CPU times by a few percent; counting costs CPU too, so take the ratios
 # from runs without it).
 #
-#   [CONNS=N] [TLS=1] [UDP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] [THREADS=1] [SYSCALLS=1] [HOTDOG=PATH] [VERSUS=PATH] dev/tap-cost.sh [RUNS] [FILTER...]
+#   [CONNS=N] [TLS=1] [UDP=1] [RELP=1] [LEN=N] [RATE=N] [RULES=N] [SLOW=1] [APART=1] [THREADS=1] [SYSCALLS=1] [HOTDOG=PATH] [VERSUS=PATH] dev/tap-cost.sh [RUNS] [FILTER...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . dev/deps.sh
@@ -57,6 +60,8 @@ if [ "${TLS:-0}" = 1 ]; then
     transport="    tls: {cert: '$PWD/certs/server.pem', key: '$PWD/certs/server.key'}"
 elif [ "${UDP:-0}" = 1 ]; then
     transport="    protocol: udp"
+elif [ "${RELP:-0}" = 1 ]; then
+    transport="    protocol: relp"
 fi
 more_rules=""
 for r in $(seq "${RULES:-0}"); do
@@ -103,11 +108,45 @@ cat > "$work/send.py" <<'PY'
 import os, socket, ssl, sys, time
 ports, rate, seconds = [int(p) for p in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
 conns, ca, udp, size = int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", int(sys.argv[7] or 0)
-apart = sys.argv[8] == "1"
+apart, relp = sys.argv[8] == "1", sys.argv[9] == "1"
 tls = ssl.create_default_context(cafile=ca) if ca else None
+class Relp:
+    # One RELP session: `open`, then each line a `syslog` message; `unanswered` counts those
+    # hotdog has not answered yet, and `answers` reads what it has (all of them, at the end).
+    WINDOW = 10000
+    def __init__(self, s):
+        self.s, self.txnr, self.unanswered, self.buf = s, 1, 0, b""
+        offer = b"relp_version=0\nrelp_software=tapcost\ncommands=syslog"
+        s.sendall(b"1 open %d %s\n" % (len(offer), offer))
+        self.unanswered = 1
+        self.answers(True, 0)
+    def sendall(self, data):
+        frames = []
+        for one in data.split(b"\n")[:-1]:
+            self.txnr += 1
+            frames.append(b"%d syslog %d %s\n" % (self.txnr, len(one), one))
+        self.s.sendall(b"".join(frames))
+        self.unanswered += len(frames)
+        self.answers(self.unanswered > self.WINDOW, self.WINDOW // 2)
+    def answers(self, wait, until):
+        self.s.setblocking(wait)
+        try:
+            while self.unanswered:
+                data = self.s.recv(1 << 20)
+                if not data:
+                    raise RuntimeError("hotdog closed the RELP session")
+                self.buf += data
+                *done, self.buf = self.buf.split(b"\n")
+                self.unanswered -= sum(1 for d in done if b" rsp " in d)
+                if not wait or self.unanswered <= until:
+                    break
+        except BlockingIOError:
+            pass
+        self.s.setblocking(True)
 def connect(port):
     s = socket.create_connection(("127.0.0.1", port))
-    return tls.wrap_socket(s, server_hostname="localhost") if tls else s
+    s = tls.wrap_socket(s, server_hostname="localhost") if tls else s
+    return Relp(s) if relp else s
 def line(i):
     if not size:
         return (f'<165>1 2024-05-01T12:00:00.123Z web{i % 7}.example.com app 1234 ID47 [ex@32473 iut="3"] '
@@ -148,6 +187,10 @@ for k in range(0, n, 100):
     ahead = start + (k + 100) / rate - time.time()
     if ahead > 0:
         time.sleep(ahead)
+if relp:
+    for pair in socks:
+        for s in pair:
+            s.answers(True, 0)
 PY
 threads() { # PID: the run time (µs) and context switches so far of its threads by name, one
     # `name µs switches` a line; a process's run time is their sum (see `total`)
@@ -204,7 +247,7 @@ while data := sys.stdin.buffer.read1(1024):
         done
     fi
     python3 "$work/send.py" "${listen[a]},${listen[b]}" "${RATE:-50000}" 8 "${CONNS:-1}" \
-        "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}" "${APART:-0}"
+        "$([ "${TLS:-0}" = 1 ] && echo "$PWD/certs/ca.pem")" "${UDP:-0}" "${LEN:-}" "${APART:-0}" "${RELP:-0}"
     sleep 1.5
     threads "${pid[$tapped]}" > "$work/on1"
     threads "${pid[$plain]}" > "$work/off1"
