@@ -56,12 +56,14 @@ trap 'kill $broker 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$kafka") 2>/dev/null && break; sleep 0.2; done
 tansu topic create tapcost --broker "tcp://127.0.0.1:$kafka" > /dev/null
 transport=""
-if [ "${TLS:-0}" = 1 ]; then
-    transport="    tls: {cert: '$PWD/certs/server.pem', key: '$PWD/certs/server.key'}"
-elif [ "${UDP:-0}" = 1 ]; then
+if [ "${UDP:-0}" = 1 ]; then
     transport="    protocol: udp"
 elif [ "${RELP:-0}" = 1 ]; then
     transport="    protocol: relp"
+fi
+if [ "${TLS:-0}" = 1 ]; then
+    transport+="
+    tls: {cert: '$PWD/certs/server.pem', key: '$PWD/certs/server.key'}"
 fi
 more_rules=""
 for r in $(seq "${RULES:-0}"); do
@@ -129,7 +131,8 @@ class Relp:
         self.unanswered += len(frames)
         self.answers(self.unanswered > self.WINDOW, self.WINDOW // 2)
     def answers(self, wait, until):
-        self.s.setblocking(wait)
+        # Waits at most 30 s for an answer: a hotdog that answers nothing fails the run.
+        self.s.settimeout(30 if wait else 0)
         try:
             while self.unanswered:
                 data = self.s.recv(1 << 20)
@@ -140,7 +143,7 @@ class Relp:
                 self.unanswered -= sum(1 for d in done if b" rsp " in d)
                 if not wait or self.unanswered <= until:
                     break
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             pass
         self.s.setblocking(True)
 def connect(port):
