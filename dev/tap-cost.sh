@@ -117,10 +117,9 @@ class Relp:
     # hotdog has not answered yet, and `answers` reads what it has (all of them, at the end).
     WINDOW = 10000
     def __init__(self, s):
-        self.s, self.txnr, self.unanswered, self.buf = s, 1, 0, b""
+        self.s, self.txnr, self.unanswered, self.buf = s, 1, 1, b""
         offer = b"relp_version=0\nrelp_software=tapcost\ncommands=syslog"
         s.sendall(b"1 open %d %s\n" % (len(offer), offer))
-        self.unanswered = 1
         self.answers(True, 0)
     def sendall(self, data):
         frames = []
@@ -140,7 +139,10 @@ class Relp:
                     raise RuntimeError("hotdog closed the RELP session")
                 self.buf += data
                 *done, self.buf = self.buf.split(b"\n")
-                self.unanswered -= sum(1 for d in done if b" rsp " in d)
+                answered = [d for d in done if b" rsp " in d]
+                if any(b" 200 OK" not in d for d in answered):
+                    raise RuntimeError(f"hotdog refused a message: {answered}")
+                self.unanswered -= len(answered)
                 if not wait or self.unanswered <= until:
                     break
         except (BlockingIOError, ssl.SSLWantReadError):
