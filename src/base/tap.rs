@@ -40,11 +40,20 @@ pub const MAX_RATE: u32 = 100_000;
 /// A tap's rate is kept over windows this long: `rate / 10` events each.
 const WINDOW_MS: u64 = 100;
 
-/// Written events kept for the sessions to fill again, at most: a kept event costs no
-/// allocation, and no free on another thread, which cost its connection's thread more than the
-/// copy (the status server's thread freed them by the hundred, into the arena the connection's
-/// thread allocates from).
+/// Spare events kept for the sessions to fill, at most: a kept event costs no allocation, and
+/// no free on another thread, which cost its connection's thread more than the copy (the status
+/// server's thread freed them by the hundred, into the arena the connection's thread allocates
+/// from). They are made on the status server's thread, as many as half a tap's rate: made on
+/// the connections' threads and kept, they had lain among what those threads allocate for
+/// every line, and cost them more than the tap itself did (over RELP, `dev/tap-cost.sh`: 30 ms
+/// more a run against 12, and 1.054x the CPU against 1.031x).
 const SPARE: usize = 1024;
+/// The fewest spare events kept for a tap, however low its rate.
+const SPARE_MIN: usize = 64;
+/// A spare event's room for its text, and for its rule labels and headers: what a line of
+/// 400 bytes needs; a longer one grows it, in the status server's thread's heap still.
+const SPARE_TEXT: usize = 1024;
+const SPARE_PARTS: usize = 4;
 /// A written event whose buffer grew beyond this is freed, not kept spare.
 const SPARE_BYTES: usize = 8 * 1024;
 
@@ -166,6 +175,9 @@ pub struct Kept {
     /// Told once what became of the record, by whichever thread settles it; the record holds
     /// it too until then. Reset when the event is filled again.
     watch: Arc<Watch>,
+    /// Made on the status server's thread, as a spare: filled again once written. One a
+    /// session made (there was no spare) is freed once written.
+    spare: bool,
 }
 
 struct KeptRecord {
@@ -175,6 +187,16 @@ struct KeptRecord {
 }
 
 impl Kept {
+    /// A spare event, for the sessions to fill (see [`SPARE`]).
+    fn spare() -> Kept {
+        Kept {
+            text: Vec::with_capacity(SPARE_TEXT),
+            parts: Vec::with_capacity(SPARE_PARTS),
+            spare: true,
+            ..Kept::default()
+        }
+    }
+
     /// The copy of `event`.
     fn new(event: &Event<'_>) -> Kept {
         // Room for the line and the payload, the two that matter, and the few short fields;
@@ -366,15 +388,23 @@ fn window_of(origin: &Origin) -> u64 {
 pub struct Opened {
     pub events: async_channel::Receiver<Arc<Kept>>,
     taps: Arc<Taps>,
+    /// The spare events kept for this tap (see [`SPARE`]).
+    stock: usize,
 }
 
 impl Opened {
-    /// `kept` was written: the sessions may fill it again, when no one else holds it and its
-    /// buffer is not too big to keep.
+    /// `kept` was written: the sessions may fill it again, when it is a spare one, no one else
+    /// holds it and its buffer is not too big to keep.
     pub fn written(&self, mut kept: Arc<Kept>) {
-        if Arc::get_mut(&mut kept).is_some_and(|k| k.text.capacity() <= SPARE_BYTES) {
+        if Arc::get_mut(&mut kept).is_some_and(|k| k.spare && k.text.capacity() <= SPARE_BYTES) {
             let _ = self.taps.spare.push(kept);
         }
+    }
+
+    /// Makes spare events for the sessions, on this thread, until there are as many as this
+    /// tap keeps: called after each write, for those written that were not kept.
+    pub fn restock(&self) {
+        self.taps.restock(self.stock);
     }
 }
 
@@ -460,10 +490,24 @@ impl Taps {
             budget: Budget::new(rate),
         }));
         self.changed(&taps);
+        drop(taps);
+        let stock = usize::try_from(rate / 2).map_or(SPARE, |n| n.clamp(SPARE_MIN, SPARE));
+        self.restock(stock);
         Ok(Opened {
             events,
             taps: self.clone(),
+            stock,
         })
+    }
+
+    /// Makes spare events until there are `stock` (or [`SPARE`]), on the caller's thread: the
+    /// status server's (see [`SPARE`]).
+    fn restock(&self, stock: usize) {
+        while self.spare.len() < stock {
+            if self.spare.push(Arc::new(Kept::spare())).is_err() {
+                break;
+            }
+        }
     }
 
     fn changed(&self, taps: &[Arc<Tap>]) {
@@ -603,6 +647,49 @@ mod tests {
     }
 
     #[test]
+    fn spare_events_are_made_when_a_tap_opens_and_made_again_after_a_write() {
+        let taps = Taps::new();
+        let (metrics, mut view) = (Metrics::new(), View::default());
+        // Half its rate, at least SPARE_MIN, at most SPARE.
+        let tap = taps.open(Filter::default(), 300).expect("tap");
+        assert_eq!(taps.spare.len(), 150);
+        let other = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        assert_eq!(taps.spare.len(), SPARE);
+        drop((tap, other));
+        assert!(
+            taps.spare.is_empty(),
+            "nothing kept once the last tap closed"
+        );
+        let tap2 = taps.open(Filter::default(), 100).expect("tap");
+        assert_eq!(taps.spare.len(), SPARE_MIN);
+
+        // A session fills the spare events; once written they are filled again.
+        let origin = Origin::default();
+        for line in ["a", "b", "c"] {
+            taps.offer(&mut view, &event(line, &origin, &[], None), &metrics);
+        }
+        assert_eq!(taps.spare.len(), SPARE_MIN - 3);
+        for _ in 0..3 {
+            let kept = tap2.events.try_recv().expect("kept");
+            assert!(kept.spare);
+            tap2.written(kept);
+        }
+        assert_eq!(taps.spare.len(), SPARE_MIN);
+
+        // With none left, the session makes one; it is not kept once written, and the status
+        // server's thread makes another in its place.
+        while taps.spare.pop().is_ok() {}
+        taps.offer(&mut view, &event("d", &origin, &[], None), &metrics);
+        let made = tap2.events.try_recv().expect("kept");
+        assert!(!made.spare);
+        tap2.written(made);
+        assert!(taps.spare.is_empty());
+        tap2.restock();
+        assert_eq!(taps.spare.len(), SPARE_MIN);
+        assert!(taps.spare.pop().is_ok_and(|k| k.spare));
+    }
+
+    #[test]
     fn a_written_event_is_filled_again_with_nothing_left_of_the_one_before() {
         let taps = Taps::new();
         let (metrics, mut view) = (Metrics::new(), View::default());
@@ -623,6 +710,8 @@ mod tests {
         let kept = tap.events.try_recv().expect("kept");
         assert_eq!(json(&kept)["outcome"], "delivered");
         let at = Arc::as_ptr(&kept);
+        // The others made when the tap opened out of the way: the next is filled in this one.
+        while taps.spare.pop().is_ok() {}
         tap.written(kept);
 
         // The next event is made in the same one: unrouted, from another origin, one rule.
@@ -644,6 +733,7 @@ mod tests {
 
         // One whose record is still in flight is, and is filled with a watch of its own: the
         // old record's outcome, when it comes, is not the new event's.
+        taps.restock(1);
         let held = taps.offer(&mut view, first, &metrics).expect("watched");
         tap.written(tap.events.try_recv().expect("kept"));
         assert_eq!(taps.spare.len(), 1);

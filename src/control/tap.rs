@@ -250,6 +250,7 @@ impl Chunk {
             self.taken += 1;
             tap.written(kept);
         }
+        tap.restock();
     }
 }
 
