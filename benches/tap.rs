@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotdog::base::metrics::Metrics;
-use hotdog::base::tap::{Filter, Taps, DEFAULT_RATE, MAX_RATE};
+use hotdog::base::tap::{Filter, Taps, DEFAULT_RATE, MAX_CPU, MAX_RATE};
 use hotdog::publish::{self, Polled};
 use hotdog::session::{Pipeline, Shared};
 use hotdog_stages::config::Config;
@@ -114,7 +114,7 @@ fn main() {
         .into_iter()
         .map(|(name, filter, rate)| {
             let taps = Taps::new();
-            let tap = filter.map(|f| taps.open(f, rate).expect("tap"));
+            let tap = filter.map(|f| taps.open(f, rate, MAX_CPU).expect("tap"));
             let shared = Arc::new(Shared {
                 rules: Current::new(rules()),
                 metrics: metrics.clone(),

@@ -278,11 +278,19 @@ while data := sys.stdin.buffer.read1(1024):
             <(grep -v '^#' "$work/perf.$tapped" | grep , | sort -t, -k3) |
             awk -F, '{sub(/^syscalls:sys_enter_/, "", $1); printf "    %-22s %12d %12d\n", $1, $2, $3}'
     fi
+    # What the tapped hotdog left out: by the tap's rate or a slow reader (dropped), and by its
+    # CPU budget (frames not looked at), and the last change the budget made.
+    counted=$(curl -sf "http://127.0.0.1:${status[$tapped]}/metrics" |
+        awk '$1 ~ /tap_dropped_total$/ {d = $2} $1 ~ /tap_skipped_total$/ {s = $2} END {printf "%d dropped, %d frames skipped", d, s}')
+    sampled=$(grep -o 'tap: its work was [0-9.]*%.*looks at [a-z]* frame[ a-z]*[0-9]*' "$work/$tapped.log" |
+        sed 's/tap: its work was \([0-9.]*%\).*looks at \(.*\)/\1 -> \2/; s/every frame/1/; s/one frame in //' |
+        paste -sd, - || true)
     kill "${pid[a]}" "${pid[b]}" 2>/dev/null || true
     wait "${pid[a]}" "${pid[b]}" 2>/dev/null || true
     if [ -n "$tap" ]; then kill "$tap" 2>/dev/null || true; wait "$tap" 2>/dev/null || true; fi
     ratio=$(python3 -c "print(f'{$on / $off:.3f}')")
-    echo "run $i: CPU without a tap $((off / 1000)) ms, with $((on / 1000)) ms ($(wc -l < "$work/tap.out") events): ${ratio}x"
+    echo "run $i: CPU without a tap $((off / 1000)) ms, with $((on / 1000)) ms ($(wc -l < "$work/tap.out") events, $counted): ${ratio}x"
+    [ -z "$sampled" ] || echo "    the tap's CPU budget, each change (its work's share -> one frame in N looked at): $sampled"
     ratios+=("$ratio")
 done
 python3 -c "import statistics, sys; r = sorted(map(float, sys.argv[1:])); print(f'with a tap / without: median {statistics.median(r):.3f}x, {r[0]:.3f}x-{r[-1]:.3f}x over {len(r)} runs')" "${ratios[@]}"

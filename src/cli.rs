@@ -91,6 +91,11 @@ pub enum Command {
         /// samples, and what it leaves out is counted in `tap.dropped`.
         #[arg(long)]
         rate: Option<u32>,
+        /// The most the taps may cost, in percent of the rest of hotdog's CPU time (default 3,
+        /// at most 100): past it, hotdog looks at only some of the frames, at random, and counts
+        /// the others in `tap.skipped`. 100 looks at every frame, whatever it costs.
+        #[arg(long, value_name = "PERCENT")]
+        cpu: Option<u32>,
         /// Stop after this long (`30s`, `5m`; at most 1 h).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,

@@ -171,6 +171,7 @@ fn ask_running(
             pattern,
             limit,
             rate,
+            cpu,
             duration,
             ..
         }) => {
@@ -182,6 +183,7 @@ fn ask_running(
                 pattern: pattern.clone(),
                 limit: *limit,
                 rate: *rate,
+                cpu: *cpu,
                 duration: *duration,
             };
             let mut out = std::io::stdout().lock();
@@ -189,7 +191,7 @@ fn ask_running(
                 1,
                 hotdog::control::tap::follow(&server, token.as_deref(), &ask, &mut out),
             )
-            .map(|n| eprintln!("hotdog: {n} events"))
+            .map(|followed| eprintln!("hotdog: {followed}"))
         }
         _ => Err("this command does not ask a running hotdog".into()),
     };

@@ -120,15 +120,65 @@ fn a_tap_keeps_at_most_its_rate_and_counts_the_rest() {
     // 1 each 100 ms for 3 s, and the window the tap opened in.
     assert!((10..=31).contains(&events.len()), "{} events", events.len());
     assert_eq!(consume_all(broker, &topic, sent).len(), sent);
-    let left_out = hotdog.stat("tap.dropped");
-    // Every frame of the tap's 3 s was kept or left out: at least 2,000 even if a slow machine
-    // sends half as fast.
-    let seen = left_out + i64::try_from(events.len()).unwrap_or(0);
+    let (left_out, skipped) = (hotdog.stat("tap.dropped"), hotdog.stat("tap.skipped"));
+    // Every frame of the tap's 3 s was kept, left out by the rate, or not looked at (the tap's
+    // CPU budget): at least 2,000 even if a slow machine sends half as fast.
+    let seen = left_out + skipped + i64::try_from(events.len()).unwrap_or(0);
     assert!(
         seen >= 2000 && seen <= i64::try_from(sent).unwrap_or(i64::MAX),
-        "{left_out} left out and {} kept of {sent} sent",
+        "{left_out} left out, {skipped} not looked at and {} kept of {sent} sent",
         events.len()
     );
+    // `hotdog tap` said what was left out while it ran.
+    assert!(
+        err.contains(&format!(
+            "{} events; meanwhile the taps left out ",
+            events.len()
+        )),
+        "{err}"
+    );
+}
+
+/// A tap whose filter costs more than its CPU budget looks at only some of the frames, at
+/// random, and counts the others; `hotdog tap` says so, and every record still reaches Kafka.
+#[test]
+fn a_tap_over_its_cpu_budget_looks_at_some_frames_and_counts_the_others() {
+    let (broker, topic) = fresh_topic("tap-cpu");
+    let hotdog = Hotdog::start_config(&crate::util::config_yaml(broker, "", &rules(&topic)));
+    let url = format!("http://127.0.0.1:{}", hotdog.status_port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(hotdog.addr(), stop.clone());
+    // A regex that every line runs through to its end (letters, then digits, then letters:
+    // never in these lines), within 1% of the rest of hotdog's CPU time.
+    let (code, out, err) = run_hotdog(&[
+        "tap",
+        "--url",
+        &url,
+        "--match",
+        r"(\w+\s){5}[a-z]+\d+[a-z]+",
+        "--cpu",
+        "1",
+        "--duration",
+        "3s",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().expect("sender");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(events_of(&out).len(), 0, "{out}");
+    let skipped = hotdog.stat("tap.skipped");
+    assert!(
+        skipped > 0 && skipped < i64::try_from(sent).unwrap_or(i64::MAX),
+        "{skipped} not looked at of {sent} sent"
+    );
+    assert!(
+        err.contains(" frames (to keep within their CPU budget"),
+        "{err}"
+    );
+    assert_eq!(hotdog.stat("tap.dropped"), 0);
+    assert_eq!(consume_all(broker, &topic, sent).len(), sent);
+    // The budget was logged as it changed.
+    let log = hotdog.stderr();
+    assert!(log.contains("tap: its work was "), "{log}");
 }
 
 /// A record Kafka refuses for good shows in the tap as a dead letter, with why and where it

@@ -5,15 +5,18 @@
 //! record's outcome (delivered, with its partition and offset, or dead-lettered, with why: kept
 //! in the [`Kept`]'s [`Watch`] by whichever thread settles the record) and writes it as one JSON
 //! line; one still in flight after [`HOLD`] is written as such. A tap never slows the pipeline
-//! down: with no tap open, offering is one atomic load; a tap whose client reads too slowly
-//! loses events (counted in `tap.dropped`), never records.
+//! down by more than its CPU budget: with no tap open, offering is one atomic load; a tap whose
+//! client reads too slowly loses events (counted in `tap.dropped`), never records; and when
+//! what the taps cost passes their budget (a regex that is dear on every line), the sessions
+//! look at only some of the frames, chosen at random, and count the others in `tap.skipped`
+//! (see [`Taps::govern`]).
 
 use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use concurrent_queue::ConcurrentQueue;
 use hotdog_stages::core::{Origin, Record, Settled, Watch};
@@ -39,6 +42,26 @@ pub const DEFAULT_RATE: u32 = 1000;
 pub const MAX_RATE: u32 = 100_000;
 /// A tap's rate is kept over windows this long: `rate / 10` events each.
 const WINDOW_MS: u64 = 100;
+
+/// The most CPU a tap may cost unless it asks for another budget, in percent of what hotdog
+/// spends on everything else: what the sessions spend offering frames to the taps (filters,
+/// copies) and the status server's thread writing events. Past it, the sessions look at only
+/// some of the frames (see [`Taps::govern`]).
+pub const DEFAULT_CPU: u32 = 3;
+/// The most a tap may ask for: a tap with this budget looks at every frame, whatever it costs.
+pub const MAX_CPU: u32 = 100;
+/// One offer in this many, chosen at random, is timed: what the sessions spend is estimated
+/// from those, for a clock read per 32 frames, not two per frame. While the sessions look at
+/// one frame in a stride, one in `TIMED / stride` of those is timed (every one from a stride of
+/// `TIMED` on): as many timings a second, for an estimate as good.
+const TIMED: u32 = 64;
+/// How often the taps' cost is weighed against their budget.
+const GOVERN_EVERY: Duration = Duration::from_millis(250);
+/// How soon it is weighed when the first tap opens, and after a weighing that found it over
+/// the budget: a filter that costs many times its budget does so for this long, a few times.
+const GOVERN_SOON: Duration = Duration::from_millis(50);
+/// The fewest frames the sessions look at: one in this many.
+const MAX_STRIDE: u32 = 1 << 16;
 
 /// Spare events kept for the sessions to fill, at most: a kept event costs no allocation, and
 /// no free on another thread, which cost its connection's thread more than the copy (the status
@@ -334,6 +357,8 @@ struct Tap {
     filter: Filter,
     queue: async_channel::Sender<Arc<Kept>>,
     budget: Budget,
+    /// Its CPU budget, in percent (see [`DEFAULT_CPU`]).
+    cpu: u32,
 }
 
 /// What a tap may still keep in the current window, shared by the sessions: the window's
@@ -383,6 +408,51 @@ fn window_of(origin: &Origin) -> u64 {
     ms / WINDOW_MS
 }
 
+/// The stride that brings the taps' `share` of the CPU within `budget` (fractions), `before`
+/// the share the weighing before found: raised at once in proportion when over the budget (to
+/// 80% of it, for room), lowered by a quarter when this weighing and the one before both found
+/// under half of that (one low weighing is as likely noise). The cost of looking at frames
+/// falls about in proportion to the stride; the rest (events written, at most their rate) does
+/// not, so the next weighing corrects what this one misjudged.
+fn next_stride(stride: u32, share: f64, before: f64, budget: f64) -> u32 {
+    let aim = budget * 0.8;
+    if share > budget {
+        let raised = (f64::from(stride) * share / aim).ceil();
+        if raised >= f64::from(MAX_STRIDE) {
+            MAX_STRIDE
+        } else {
+            // At least one more: a weighing over the budget always looks at fewer frames.
+            (raised as u32).max(stride + 1)
+        }
+    } else if stride > 1 && share.max(before) < aim / 2.0 {
+        stride - (stride / 4).max(1)
+    } else {
+        stride
+    }
+}
+
+/// What timing an offer adds to the time it reads, in nanoseconds: the least of a few timings
+/// of nothing.
+fn clock_cost() -> u64 {
+    (0..32)
+        .map(|_| {
+            let start = Instant::now();
+            u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+/// The CPU time the whole process has used, all its threads; `None` where the clock cannot
+/// be read (then the taps are not governed).
+fn process_cpu() -> Option<Duration> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?;
+    Some(Duration::new(
+        u64::try_from(t.tv_sec()).ok()?,
+        u32::try_from(t.tv_nsec()).ok()?,
+    ))
+}
+
 /// An open tap: the events it kept, oldest first. Dropped, it closes, and the sessions stop
 /// offering to it.
 pub struct Opened {
@@ -406,6 +476,17 @@ impl Opened {
     pub fn restock(&self) {
         self.taps.restock(self.stock);
     }
+
+    /// Weighs the taps' cost against their budget (see [`Taps::govern`]): called on the status
+    /// server's thread after each write, with what the write took.
+    pub fn govern(&self, write: Duration) {
+        self.taps.govern(write);
+    }
+
+    /// How long until the taps' cost is to be weighed again.
+    pub fn next_weighing(&self) -> Duration {
+        self.taps.next_weighing()
+    }
 }
 
 impl Drop for Opened {
@@ -423,6 +504,37 @@ pub struct Taps {
     taps: Mutex<Vec<Arc<Tap>>>,
     /// Written events, for the sessions to fill again (see [`SPARE`]).
     spare: ConcurrentQueue<Arc<Kept>>,
+    /// The sessions look at one frame in this many, chosen at random (see [`Taps::govern`]).
+    stride: AtomicU32,
+    /// What the sessions spent offering frames, in nanoseconds, since the last weighing: an
+    /// estimate from the offers timed (see [`TIMED`]), added with their other counts.
+    spent: AtomicU64,
+    /// What timing an offer adds to it, in nanoseconds: taken off each one timed.
+    clock: u64,
+    governor: Mutex<Governor>,
+}
+
+impl Default for Governor {
+    fn default() -> Governor {
+        Governor {
+            since: None,
+            written: Duration::ZERO,
+            share: f64::MAX,
+            next: GOVERN_SOON,
+        }
+    }
+}
+
+/// What the last weighing of the taps' cost left for the next.
+struct Governor {
+    /// When it was, and the process's CPU time then.
+    since: Option<(Instant, Duration)>,
+    /// The status server's thread's time writing events since then.
+    written: Duration,
+    /// The share it found (see [`next_stride`]).
+    share: f64,
+    /// How long after it the next is.
+    next: Duration,
 }
 
 impl Default for Taps {
@@ -432,6 +544,10 @@ impl Default for Taps {
             version: AtomicUsize::new(0),
             taps: Mutex::new(Vec::new()),
             spare: ConcurrentQueue::bounded(SPARE),
+            stride: AtomicU32::new(1),
+            spent: AtomicU64::new(0),
+            clock: clock_cost(),
+            governor: Mutex::default(),
         }
     }
 }
@@ -446,6 +562,14 @@ pub struct View {
     /// Events left out by the taps' rates, not yet added to `tap.dropped` (the session adds
     /// them with its other counts: not a shared counter for each frame).
     left_out: u64,
+    /// Frames not looked at (the taps' stride), not yet added to `tap.skipped`.
+    skipped: u64,
+    /// What offering cost, in nanoseconds, not yet added to [`Taps::spent`].
+    spent: u64,
+    /// What an offer timed here typically takes, in nanoseconds: a moving average.
+    typical: u64,
+    /// Picks the frames looked at, and those timed.
+    rng: fastrand::Rng,
 }
 
 impl Default for View {
@@ -454,14 +578,32 @@ impl Default for View {
             version: usize::MAX,
             taps: Vec::new(),
             left_out: 0,
+            skipped: 0,
+            spent: 0,
+            typical: 0,
+            rng: fastrand::Rng::new(),
         }
     }
 }
 
 impl View {
-    /// The events left out by the taps' rates since the last time.
-    pub fn take_left_out(&mut self) -> u64 {
-        std::mem::take(&mut self.left_out)
+    /// Adds what this session counted since the last time to the shared counters: the events
+    /// left out by the taps' rates, the frames not looked at, and what offering cost.
+    pub fn settle(&mut self, taps: &Taps, metrics: &Metrics) {
+        if self.left_out > 0 {
+            metrics
+                .tap_dropped
+                .fetch_add(std::mem::take(&mut self.left_out), Relaxed);
+        }
+        if self.skipped > 0 {
+            metrics
+                .tap_skipped
+                .fetch_add(std::mem::take(&mut self.skipped), Relaxed);
+        }
+        if self.spent > 0 {
+            taps.spent
+                .fetch_add(std::mem::take(&mut self.spent), Relaxed);
+        }
     }
 }
 
@@ -476,8 +618,9 @@ impl Taps {
     }
 
     /// Opens a tap: the events `filter` keeps. It closes when they are dropped. An error when
-    /// [`MAX_TAPS`] are open. At most `rate` events a second are kept.
-    pub fn open(self: &Arc<Self>, filter: Filter, rate: u32) -> Result<Opened, String> {
+    /// [`MAX_TAPS`] are open. At most `rate` events a second are kept, and the taps cost at most
+    /// `cpu` percent (see [`DEFAULT_CPU`]; the least of the open taps' budgets holds).
+    pub fn open(self: &Arc<Self>, filter: Filter, rate: u32, cpu: u32) -> Result<Opened, String> {
         let mut taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
         taps.retain(|t| !t.queue.is_closed());
         if taps.len() >= MAX_TAPS {
@@ -488,9 +631,16 @@ impl Taps {
             filter,
             queue,
             budget: Budget::new(rate),
+            cpu,
         }));
         self.changed(&taps);
         drop(taps);
+        let mut governor = self.governor.lock().unwrap_or_else(|p| p.into_inner());
+        if governor.since.is_none() {
+            // The first weighing is one period from now.
+            governor.since = process_cpu().map(|cpu| (Instant::now(), cpu));
+        }
+        drop(governor);
         let stock = usize::try_from(rate / 2).map_or(SPARE, |n| n.clamp(SPARE_MIN, SPARE));
         self.restock(stock);
         Ok(Opened {
@@ -524,9 +674,76 @@ impl Taps {
             self.changed(&taps);
         }
         if taps.is_empty() {
-            // No tap: no memory kept for one.
+            // No tap: no memory kept for one, and the next looks at every frame at first.
             while self.spare.pop().is_ok() {}
+            self.stride.store(1, Relaxed);
+            self.spent.store(0, Relaxed);
+            *self.governor.lock().unwrap_or_else(|p| p.into_inner()) = Governor::default();
         }
+    }
+
+    /// Weighs what the taps cost against their budget, at most once every [`GOVERN_EVERY`]:
+    /// called on the status server's thread after each write, with what the write took. The
+    /// cost is what the sessions spent offering frames (estimated from the offers timed) and
+    /// the status server's thread spent writing events, over the rest of the process's CPU
+    /// time. Over the least budget of the open taps, the sessions look at fewer frames, one in
+    /// [`Taps::stride`], chosen at random (a pattern in the traffic cannot hide from it); well
+    /// under, at more again.
+    fn govern(&self, write: Duration) {
+        let mut governor = self.governor.lock().unwrap_or_else(|p| p.into_inner());
+        governor.written += write;
+        let Some(cpu) = process_cpu() else {
+            return;
+        };
+        let now = Instant::now();
+        let Some((at, before)) = governor.since else {
+            governor.since = Some((now, cpu));
+            return;
+        };
+        if now.duration_since(at) < governor.next {
+            return;
+        }
+        let spent = Duration::from_nanos(self.spent.swap(0, Relaxed)) + governor.written;
+        let rest = cpu.saturating_sub(before).saturating_sub(spent);
+        let share = spent.as_secs_f64() / rest.as_secs_f64().max(1e-3);
+        let budget = {
+            let taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+            taps.iter().map(|t| t.cpu).min().unwrap_or(DEFAULT_CPU)
+        };
+        let stride = self.stride.load(Relaxed);
+        let next = next_stride(stride, share, governor.share, f64::from(budget) / 100.0);
+        *governor = Governor {
+            since: Some((now, cpu)),
+            written: Duration::ZERO,
+            share,
+            next: if next > stride {
+                GOVERN_SOON
+            } else {
+                GOVERN_EVERY
+            },
+        };
+        drop(governor);
+        if next != stride {
+            self.stride.store(next, Relaxed);
+            log::info!(
+                "tap: its work was {:.1}% of the rest of hotdog's CPU time (its budget {budget}%): \
+                 it now looks at {}",
+                share * 100.0,
+                if next == 1 {
+                    "every frame".to_string()
+                } else {
+                    format!("one frame in {next}, at random (the others counted in tap.skipped)")
+                }
+            );
+        }
+    }
+
+    /// How long until the taps' cost is to be weighed again (see [`Taps::govern`]).
+    fn next_weighing(&self) -> Duration {
+        let governor = self.governor.lock().unwrap_or_else(|p| p.into_inner());
+        governor.since.map_or(GOVERN_SOON, |(at, _)| {
+            governor.next.saturating_sub(at.elapsed())
+        })
     }
 
     /// `view` as the taps are now, taken again only when they changed.
@@ -561,6 +778,39 @@ impl Taps {
     /// queue is full loses it (counted). For an event with a record, what to watch the record
     /// with is returned: it keeps the record's outcome for the event.
     pub fn offer(
+        &self,
+        view: &mut View,
+        event: &Event<'_>,
+        metrics: &Metrics,
+    ) -> Option<Arc<Watch>> {
+        let stride = self.stride.load(Relaxed);
+        if stride > 1 && view.rng.u32(..stride) != 0 {
+            view.skipped += 1;
+            return None;
+        }
+        let every = (TIMED / stride).max(1);
+        if every > 1 && view.rng.u32(..every) != 0 {
+            return self.offer_to_each(view, event, metrics);
+        }
+        let start = Instant::now();
+        let watch = self.offer_to_each(view, event, metrics);
+        let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let took = took.saturating_sub(self.clock);
+        // A timing the thread's losing the CPU stretched (by a millisecond or more: a thousand
+        // offers' worth) is cut to 8 times what this session's offers typically take.
+        let took = match view.typical {
+            0 => took,
+            typical => took.min(typical.saturating_mul(8)),
+        };
+        view.typical = view.typical - view.typical / 8 + took.div_ceil(8);
+        view.spent = view
+            .spent
+            .saturating_add(took.saturating_mul(u64::from(every)));
+        watch
+    }
+
+    /// [`Taps::offer`], for a frame looked at.
+    fn offer_to_each(
         &self,
         view: &mut View,
         event: &Event<'_>,
@@ -651,16 +901,18 @@ mod tests {
         let taps = Taps::new();
         let (metrics, mut view) = (Metrics::new(), View::default());
         // Half its rate, at least SPARE_MIN, at most SPARE.
-        let tap = taps.open(Filter::default(), 300).expect("tap");
+        let tap = taps.open(Filter::default(), 300, DEFAULT_CPU).expect("tap");
         assert_eq!(taps.spare.len(), 150);
-        let other = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        let other = taps
+            .open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+            .expect("tap");
         assert_eq!(taps.spare.len(), SPARE);
         drop((tap, other));
         assert!(
             taps.spare.is_empty(),
             "nothing kept once the last tap closed"
         );
-        let tap2 = taps.open(Filter::default(), 100).expect("tap");
+        let tap2 = taps.open(Filter::default(), 100, DEFAULT_CPU).expect("tap");
         assert_eq!(taps.spare.len(), SPARE_MIN);
 
         // A session fills the spare events; once written they are filled again.
@@ -693,7 +945,9 @@ mod tests {
     fn a_written_event_is_filled_again_with_nothing_left_of_the_one_before() {
         let taps = Taps::new();
         let (metrics, mut view) = (Metrics::new(), View::default());
-        let tap = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        let tap = taps
+            .open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+            .expect("tap");
         let origin = Origin {
             peer_addr: Some("10.0.0.7:5140".into()),
             tls_client_cn: Some("client".into()),
@@ -758,7 +1012,9 @@ mod tests {
         let metrics = Metrics::new();
         let mut view = View::default();
         assert!(!taps.any());
-        let all_tap = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        let all_tap = taps
+            .open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+            .expect("tap");
         let errors_tap = taps
             .open(
                 Filter {
@@ -768,6 +1024,7 @@ mod tests {
                     ..Filter::default()
                 },
                 MAX_RATE,
+                DEFAULT_CPU,
             )
             .expect("tap");
         let (all, errors) = (&all_tap.events, &errors_tap.events);
@@ -850,9 +1107,12 @@ mod tests {
         taps.offer(&mut view, &event("x", &origin, &[], None), &metrics);
         assert!(!taps.any());
         let open: Vec<_> = (0..MAX_TAPS)
-            .map(|_| taps.open(Filter::default(), MAX_RATE).expect("tap"))
+            .map(|_| {
+                taps.open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+                    .expect("tap")
+            })
             .collect();
-        assert!(taps.open(Filter::default(), MAX_RATE).is_err());
+        assert!(taps.open(Filter::default(), MAX_RATE, DEFAULT_CPU).is_err());
         drop(open);
     }
 
@@ -864,8 +1124,10 @@ mod tests {
         let metrics = Metrics::new();
         let (mut one, mut other) = (View::default(), View::default());
         // 20 a second: 2 each 100 ms.
-        let tap = taps.open(Filter::default(), 20).expect("tap");
-        let wide = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        let tap = taps.open(Filter::default(), 20, DEFAULT_CPU).expect("tap");
+        let wide = taps
+            .open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+            .expect("tap");
         let at = |ms: u64| Origin {
             clock: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)),
             ..Origin::default()
@@ -884,8 +1146,122 @@ mod tests {
             .collect();
         assert_eq!(kept, ["a", "b", "e"]);
         assert_eq!(wide.events.len(), 5, "another tap's rate is its own");
-        assert_eq!((one.take_left_out(), other.take_left_out()), (1, 1));
-        assert_eq!(one.take_left_out(), 0, "taken once");
+        one.settle(&taps, &metrics);
+        assert_eq!(metrics.tap_dropped.load(Relaxed), 1);
+        other.settle(&taps, &metrics);
+        assert_eq!(metrics.tap_dropped.load(Relaxed), 2);
+        one.settle(&taps, &metrics);
+        assert_eq!(metrics.tap_dropped.load(Relaxed), 2, "added once");
+    }
+
+    #[test]
+    fn over_its_cpu_budget_a_tap_looks_at_fewer_frames_and_well_under_at_more() {
+        let low = 0.01;
+        // Within the budget, or a little under: as it is.
+        assert_eq!(next_stride(1, 0.049, low, 0.05), 1);
+        assert_eq!(
+            next_stride(4, 0.03, low, 0.05),
+            4,
+            "3% is over half of 80% of 5%"
+        );
+        // Over: in proportion, aiming at 80% of the budget, and always at least one more.
+        assert_eq!(next_stride(1, 0.08, low, 0.05), 2);
+        assert_eq!(next_stride(1, 0.80, low, 0.05), 20);
+        assert_eq!(next_stride(3, 0.0501, low, 0.05), 4);
+        assert_eq!(next_stride(1, 1e9, low, 0.05), MAX_STRIDE);
+        // Well under twice in a row: a quarter fewer skipped (at least one), down to none.
+        assert_eq!(next_stride(8, 0.01, low, 0.05), 6);
+        assert_eq!(next_stride(3, 0.0, low, 0.05), 2);
+        assert_eq!(next_stride(2, 0.0, 0.0, 0.05), 1);
+        assert_eq!(next_stride(1, 0.0, 0.0, 0.05), 1);
+        // Well under once, after a weighing that was not: as it is.
+        assert_eq!(next_stride(8, 0.01, 0.03, 0.05), 8);
+        assert_eq!(
+            next_stride(8, 0.01, f64::MAX, 0.05),
+            8,
+            "the first weighing"
+        );
+    }
+
+    #[test]
+    fn a_governed_tap_looks_at_frames_at_random_and_counts_the_others() {
+        let taps = Taps::new();
+        let (metrics, mut view) = (Metrics::new(), View::default());
+        let tap = taps
+            .open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+            .expect("tap");
+        let origin = Origin::default();
+        taps.stride.store(10, Relaxed);
+        // Every frame alike, and every tenth alike: a fixed step would see all or none of them.
+        for i in 0..10_000 {
+            let line = if i % 10 == 0 { "tenth" } else { "other" };
+            taps.offer(&mut view, &event(line, &origin, &[], None), &metrics);
+        }
+        view.settle(&taps, &metrics);
+        let (looked, skipped) = (tap.events.len(), metrics.tap_skipped.load(Relaxed));
+        assert_eq!(
+            looked as u64 + skipped,
+            10_000,
+            "each frame looked at or counted"
+        );
+        assert!(
+            (800..1200).contains(&looked),
+            "about one in ten looked at: {looked}"
+        );
+        let tenth = std::iter::from_fn(|| tap.events.try_recv().ok())
+            .filter(|k| json(k)["line"] == "tenth")
+            .count();
+        assert!((40..160).contains(&tenth), "the tenth frames too: {tenth}");
+        assert_eq!(metrics.tap_dropped.load(Relaxed), 0);
+        // What offering cost was estimated from the offers timed, and handed on.
+        assert!(taps.spent.load(Relaxed) > 0);
+
+        // Once the last tap closes, the next one looks at every frame at first.
+        drop(tap);
+        assert_eq!(taps.stride.load(Relaxed), 1);
+        assert_eq!(taps.spent.load(Relaxed), 0);
+        let tap = taps
+            .open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+            .expect("tap");
+        for _ in 0..100 {
+            taps.offer(&mut view, &event("x", &origin, &[], None), &metrics);
+        }
+        assert_eq!(tap.events.len(), 100);
+    }
+
+    #[test]
+    fn the_governor_weighs_the_taps_cost_each_period_against_the_least_budget() {
+        let taps = Taps::new();
+        let _wide = taps
+            .open(Filter::default(), MAX_RATE, MAX_CPU)
+            .expect("tap");
+        let tap = taps.open(Filter::default(), MAX_RATE, 1).expect("tap");
+        // The clock started when the first tap opened: nothing is weighed before it is due.
+        tap.govern(Duration::ZERO);
+        assert_eq!(taps.stride.load(Relaxed), 1);
+        // Then the sessions say they spent 10 s: far over 1% of the rest.
+        std::thread::sleep(GOVERN_SOON);
+        taps.spent.store(10_000_000_000, Relaxed);
+        tap.govern(Duration::ZERO);
+        assert_eq!(
+            taps.stride.load(Relaxed),
+            MAX_STRIDE,
+            "the least budget holds"
+        );
+        assert_eq!(taps.spent.load(Relaxed), 0, "taken for the weighing");
+        // Over the budget, the next weighing comes soon; within that, nothing changes; one
+        // weighing of nothing spent, after that one, does not either; a second lowers it by a
+        // quarter, and the one after comes a whole period later.
+        assert!(tap.next_weighing() <= GOVERN_SOON);
+        tap.govern(Duration::ZERO);
+        assert_eq!(taps.stride.load(Relaxed), MAX_STRIDE);
+        std::thread::sleep(GOVERN_SOON);
+        tap.govern(Duration::ZERO);
+        assert_eq!(taps.stride.load(Relaxed), MAX_STRIDE);
+        assert!(tap.next_weighing() > GOVERN_SOON);
+        std::thread::sleep(GOVERN_EVERY);
+        tap.govern(Duration::ZERO);
+        assert_eq!(taps.stride.load(Relaxed), MAX_STRIDE / 4 * 3);
     }
 
     /// Each outcome is written as such, with what goes with it; a record is settled once.
@@ -894,7 +1270,9 @@ mod tests {
         let taps = Taps::new();
         let metrics = Metrics::new();
         let mut view = View::default();
-        let tap = taps.open(Filter::default(), MAX_RATE).expect("tap");
+        let tap = taps
+            .open(Filter::default(), MAX_RATE, DEFAULT_CPU)
+            .expect("tap");
         let origin = Origin {
             tls_client_cn: Some("client \"one\"".into()),
             ..Origin::default()

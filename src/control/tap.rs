@@ -5,7 +5,9 @@
 //!
 //! Query parameters (percent-encoded): `rule`, `topic`, `source` (address prefix), `listener`,
 //! `match` (a regex on the line), `limit` (events, default unlimited), `rate` (events a second,
-//! default 1000, at most 100,000: more are left out), `seconds` (default 60, at most 3600).
+//! default 1000, at most 100,000: more are left out), `cpu` (the most the taps may cost, in
+//! percent of the rest of hotdog's CPU time, default 3, 100 to look at every frame whatever it
+//! costs), `seconds` (default 60, at most 3600).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -38,6 +40,8 @@ pub struct Request {
     pub limit: Option<u64>,
     /// The most events kept a second.
     pub rate: u32,
+    /// Its CPU budget, in percent ([`crate::base::tap::DEFAULT_CPU`]).
+    pub cpu: u32,
     pub time: Duration,
     /// How long an event is held for its record's outcome ([`crate::base::tap::HOLD`]).
     pub hold: Duration,
@@ -49,6 +53,7 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
         filter: Filter::default(),
         limit: None,
         rate: crate::base::tap::DEFAULT_RATE,
+        cpu: crate::base::tap::DEFAULT_CPU,
         time: DEFAULT_TIME,
         hold: crate::base::tap::HOLD,
     };
@@ -82,6 +87,18 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
                         )
                     })?;
             }
+            "cpu" => {
+                request.cpu = value
+                    .parse()
+                    .ok()
+                    .filter(|c| (1..=crate::base::tap::MAX_CPU).contains(c))
+                    .ok_or_else(|| {
+                        format!(
+                            "`cpu` must be a whole number of percent from 1 to {}, found `{value}`",
+                            crate::base::tap::MAX_CPU
+                        )
+                    })?;
+            }
             "seconds" => {
                 let s: u64 = value
                     .parse()
@@ -90,12 +107,20 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
             }
             other => {
                 return Err(format!(
-                "unknown parameter `{other}`; expected rule, topic, source, listener, match, limit, rate, seconds"
+                "unknown parameter `{other}`; expected rule, topic, source, listener, match, limit, rate, cpu, seconds"
             ))
             }
         }
     }
     Ok(request)
+}
+
+/// What a tap's stream woke for, while it waited for an event.
+enum Woke {
+    /// One came (`None`: the tap ended).
+    Event(Option<Arc<Kept>>),
+    /// Time to weigh the taps' cost.
+    Govern,
 }
 
 /// What a tap's stream carries from one write to the next.
@@ -137,16 +162,26 @@ impl State {
         loop {
             if self.waiting.is_empty() && !std::mem::take(&mut self.flowing) {
                 // Nothing to write until an event comes (or the end).
+                // Woken meanwhile when the taps' cost is to be weighed: a filter that keeps
+                // nothing can cost the most.
                 let (events, timer) = (&self.tap.events, &mut self.timer);
-                let first = async { events.recv().await.ok() }
+                let first = async { Woke::Event(events.recv().await.ok()) }
                     .or(async {
                         timer.await;
-                        None
+                        Woke::Event(None)
+                    })
+                    .or(async {
+                        smol::Timer::after(self.tap.next_weighing()).await;
+                        Woke::Govern
                     })
                     .await;
                 match first {
-                    Some(kept) => self.waiting.push_back((Instant::now(), kept)),
-                    None => self.over = true,
+                    Woke::Event(Some(kept)) => self.waiting.push_back((Instant::now(), kept)),
+                    Woke::Event(None) => self.over = true,
+                    Woke::Govern => {
+                        self.tap.govern(Duration::ZERO);
+                        continue;
+                    }
                 }
             }
             if !self.over {
@@ -183,7 +218,7 @@ impl State {
 /// Opens a tap for `request`: the body that streams it, and when it ends. An error when too
 /// many taps are open.
 pub fn open(taps: &Arc<Taps>, request: Request) -> Result<(TapBody, Instant), String> {
-    let tap = taps.open(request.filter, request.rate)?;
+    let tap = taps.open(request.filter, request.rate, request.cpu)?;
     let until = Instant::now() + request.time;
     let state = State {
         tap,
@@ -251,6 +286,7 @@ impl Chunk {
             tap.written(kept);
         }
         tap.restock();
+        tap.govern(now.elapsed());
     }
 }
 
@@ -264,6 +300,7 @@ pub struct Ask {
     pub pattern: Option<String>,
     pub limit: Option<u64>,
     pub rate: Option<u32>,
+    pub cpu: Option<u32>,
     pub duration: Duration,
 }
 
@@ -288,21 +325,62 @@ impl Ask {
         if let Some(n) = self.rate {
             q.append_pair("rate", &n.to_string());
         }
+        if let Some(n) = self.cpu {
+            q.append_pair("cpu", &n.to_string());
+        }
         q.append_pair("seconds", &self.duration.as_secs().max(1).to_string());
         q.finish()
     }
 }
 
+/// What `hotdog tap` wrote, and what the taps left out while it ran.
+#[derive(Debug)]
+pub struct Followed {
+    pub events: u64,
+    /// `tap.dropped` and `tap.skipped` went up by this much meanwhile (every tap's, counted
+    /// by hotdog as a whole); `None` when `/stats` could not be read.
+    pub left_out: Option<(i64, i64)>,
+}
+
+impl std::fmt::Display for Followed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} events", self.events)?;
+        match self.left_out {
+            Some((dropped, skipped)) if dropped > 0 || skipped > 0 => write!(
+                f,
+                "; meanwhile the taps left out {dropped} events (past their rate, or not read in \
+                 time: tap.dropped) and did not look at {skipped} frames (to keep within their \
+                 CPU budget, --cpu: tap.skipped)"
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `tap.dropped` and `tap.skipped`, from `server`'s `/stats`.
+async fn left_out(
+    server: &crate::control::client::Server,
+    token: Option<&str>,
+) -> Option<(i64, i64)> {
+    let answer = crate::control::client::get(server, token, "/stats")
+        .await
+        .ok()?;
+    let body = answer.success().await.ok()?.bytes().await.ok()?;
+    let stats = crate::control::top::model::Reading::parse(&body, Instant::now()).ok()?;
+    Some((stats.get("tap.dropped"), stats.get("tap.skipped")))
+}
+
 /// `hotdog tap`: asks the status `server` for a tap and
 /// writes its events to `out` as they come, until it ends (limit, duration) or the server
-/// closes. Returns how many events were written; an error says what went wrong (refused,
-/// 401, ...).
+/// closes. Returns how many events were written, and what the taps left out meanwhile; an
+/// error says what went wrong (refused, 401, ...).
 pub async fn follow(
     server: &crate::control::client::Server,
     token: Option<&str>,
     ask: &Ask,
     out: &mut impl std::io::Write,
-) -> Result<u64, String> {
+) -> Result<Followed, String> {
+    let before = left_out(server, token).await;
     use http_body_util::BodyExt;
     let mut answer = crate::control::client::get(server, token, &format!("/tap?{}", ask.query()))
         .await?
@@ -318,7 +396,11 @@ pub async fn follow(
                 .map_err(|e| format!("cannot write: {e}"))?;
         }
     }
-    Ok(events)
+    let after = left_out(server, token).await;
+    let left_out = before
+        .zip(after)
+        .map(|((d0, s0), (d1, s1))| (d1 - d0, s1 - s0));
+    Ok(Followed { events, left_out })
 }
 
 #[cfg(test)]
@@ -472,7 +554,7 @@ mod tests {
     #[test]
     fn the_query_is_read_and_a_bad_one_says_what_is_wrong() {
         let r = parse(Some(
-            "rule=errors&topic=logs&source=10.0.&listener=514&match=disk%20full&limit=5&rate=50&seconds=7200",
+            "rule=errors&topic=logs&source=10.0.&listener=514&match=disk%20full&limit=5&rate=50&cpu=20&seconds=7200",
         ))
         .expect("query");
         assert_eq!(r.filter.listener.as_deref(), Some("514"));
@@ -484,11 +566,19 @@ mod tests {
             .line
             .as_ref()
             .is_some_and(|re| re.is_match("a disk full here")));
-        assert_eq!((r.limit, r.rate, r.time), (Some(5), 50, MAX_TIME));
+        assert_eq!(
+            (r.limit, r.rate, r.cpu, r.time),
+            (Some(5), 50, 20, MAX_TIME)
+        );
         let d = parse(None).expect("no query");
         assert_eq!(
-            (d.limit, d.rate, d.time),
-            (None, crate::base::tap::DEFAULT_RATE, DEFAULT_TIME)
+            (d.limit, d.rate, d.cpu, d.time),
+            (
+                None,
+                crate::base::tap::DEFAULT_RATE,
+                crate::base::tap::DEFAULT_CPU,
+                DEFAULT_TIME
+            )
         );
         for (q, why) in [
             ("match=(", "`match` is not a regex"),
@@ -498,6 +588,18 @@ mod tests {
             (
                 "rate=100001",
                 "`rate` must be a whole number from 1 to 100000",
+            ),
+            (
+                "cpu=0",
+                "`cpu` must be a whole number of percent from 1 to 100",
+            ),
+            (
+                "cpu=5%",
+                "`cpu` must be a whole number of percent from 1 to 100",
+            ),
+            (
+                "cpu=101",
+                "`cpu` must be a whole number of percent from 1 to 100",
             ),
             ("rules=x", "unknown parameter `rules`"),
         ] {

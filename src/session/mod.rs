@@ -307,10 +307,8 @@ impl Pipeline {
         self.count_rules();
         let counts = std::mem::take(&mut self.counts);
         self.count_dropped();
-        let left_out = self.tap_view.take_left_out();
-        if left_out > 0 {
-            self.shared.metrics.tap_dropped.fetch_add(left_out, Relaxed);
-        }
+        self.tap_view
+            .settle(&self.shared.taps, &self.shared.metrics);
         if let Some(read) = self.read_here.as_ref().filter(|_| counts.lines > 0) {
             read.fetch_add(counts.lines, Relaxed);
         }

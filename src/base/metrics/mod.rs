@@ -120,6 +120,8 @@ pub struct Metrics {
     pub status_refused: AtomicU64,
     /// Tap events left out because the tap's reader was behind.
     pub tap_dropped: AtomicU64,
+    /// Frames the taps did not look at, to keep within their CPU budget.
+    pub tap_skipped: AtomicU64,
     /// Records sent to `global.kafka.topic` because their own topic would have passed
     /// `global.kafka.max_topics`.
     pub topics_over_limit: AtomicU64,

@@ -37,7 +37,7 @@ pub struct Family {
 
 /// Every single value hotdog reports; `/stats`, `/metrics` and statsd are all made from this
 /// table and [`FAMILIES`] (and `/metrics` adds the latency histogram).
-pub static COUNTERS: [Counter; 58] = [
+pub static COUNTERS: [Counter; 59] = [
     Counter {
         name: "connections",
         prometheus: Some(("connections", "")),
@@ -100,6 +100,13 @@ pub static COUNTERS: [Counter; 58] = [
         kind: Kind::Counter,
         help: "Events a `hotdog tap` did not read in time, left out of its output (never records).",
         read: |m| get(&m.tap_dropped),
+    },
+    Counter {
+        name: "tap.skipped",
+        prometheus: Some(("tap_skipped_total", "")),
+        kind: Kind::Counter,
+        help: "Frames the open taps did not look at, chosen at random, to keep within their CPU budget (never records).",
+        read: |m| get(&m.tap_skipped),
     },
     Counter {
         name: "kafka.topics_over_limit",

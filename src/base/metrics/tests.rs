@@ -28,6 +28,7 @@ fn busy() -> Metrics {
         &m.dead_letter_unwritten,
         &m.status_refused,
         &m.tap_dropped,
+        &m.tap_skipped,
         &m.topics_over_limit,
         &m.producer_fatal,
         &m.producer_restarts,

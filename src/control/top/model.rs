@@ -44,7 +44,8 @@ impl Reading {
         })
     }
 
-    fn get(&self, name: &str) -> i64 {
+    /// The value named `name` (0 when there is none).
+    pub fn get(&self, name: &str) -> i64 {
         self.stats.get(name).copied().unwrap_or(0)
     }
 
