@@ -44,8 +44,7 @@ impl Reading {
         })
     }
 
-    /// The value named `name` (0 when there is none).
-    pub fn get(&self, name: &str) -> i64 {
+    fn get(&self, name: &str) -> i64 {
         self.stats.get(name).copied().unwrap_or(0)
     }
 
