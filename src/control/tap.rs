@@ -75,29 +75,9 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
                     .map_err(|_| format!("`limit` must be a whole number, found `{value}`"))?;
                 request.limit = Some(n);
             }
-            "rate" => {
-                request.rate = value
-                    .parse()
-                    .ok()
-                    .filter(|r| (1..=crate::base::tap::MAX_RATE).contains(r))
-                    .ok_or_else(|| {
-                        format!(
-                            "`rate` must be a whole number from 1 to {}, found `{value}`",
-                            crate::base::tap::MAX_RATE
-                        )
-                    })?;
-            }
+            "rate" => request.rate = from_one(&key, &value, crate::base::tap::MAX_RATE, "")?,
             "cpu" => {
-                request.cpu = value
-                    .parse()
-                    .ok()
-                    .filter(|c| (1..=crate::base::tap::MAX_CPU).contains(c))
-                    .ok_or_else(|| {
-                        format!(
-                            "`cpu` must be a whole number of percent from 1 to {}, found `{value}`",
-                            crate::base::tap::MAX_CPU
-                        )
-                    })?;
+                request.cpu = from_one(&key, &value, crate::base::tap::MAX_CPU, " of percent")?;
             }
             "seconds" => {
                 let s: u64 = value
@@ -113,6 +93,18 @@ pub fn parse(query: Option<&str>) -> Result<Request, String> {
         }
     }
     Ok(request)
+}
+
+/// `value`, the query's `key`, as a whole number from 1 to `max` (of `unit`); the error says
+/// what it must be.
+fn from_one(key: &str, value: &str, max: u32, unit: &str) -> Result<u32, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            format!("`{key}` must be a whole number{unit} from 1 to {max}, found `{value}`")
+        })
 }
 
 /// What a tap's stream woke for, while it waited for an event.
