@@ -171,7 +171,7 @@ impl State {
                     Woke::Event(Some(kept)) => self.waiting.push_back((Instant::now(), kept)),
                     Woke::Event(None) => self.over = true,
                     Woke::Govern => {
-                        self.tap.govern(Duration::ZERO);
+                        self.tap.govern(Duration::ZERO, 0);
                         continue;
                     }
                 }
@@ -258,6 +258,7 @@ impl Chunk {
         tap: &Opened,
     ) {
         let now = Instant::now();
+        let taken_before = self.taken;
         for _ in 0..waiting.len() {
             let Some((at, kept)) = waiting.pop_front() else {
                 break;
@@ -278,7 +279,7 @@ impl Chunk {
             tap.written(kept);
         }
         tap.restock();
-        tap.govern(now.elapsed());
+        tap.govern(now.elapsed(), self.taken - taken_before);
     }
 }
 
