@@ -520,6 +520,19 @@ pub struct Taps {
     governor: Mutex<Governor>,
 }
 
+/// What the last weighing of the taps' cost left for the next.
+struct Governor {
+    /// When it was, and the process's CPU time then.
+    since: Option<(Instant, Duration)>,
+    /// The status server's thread's time writing events since then, with their cost that no
+    /// timing sees.
+    written: Duration,
+    /// The share it found (see [`next_stride`]).
+    share: f64,
+    /// How long after it the next is.
+    next: Duration,
+}
+
 impl Default for Governor {
     fn default() -> Governor {
         Governor {
@@ -529,18 +542,6 @@ impl Default for Governor {
             next: GOVERN_SOON,
         }
     }
-}
-
-/// What the last weighing of the taps' cost left for the next.
-struct Governor {
-    /// When it was, and the process's CPU time then.
-    since: Option<(Instant, Duration)>,
-    /// The status server's thread's time writing events since then.
-    written: Duration,
-    /// The share it found (see [`next_stride`]).
-    share: f64,
-    /// How long after it the next is.
-    next: Duration,
 }
 
 impl Default for Taps {
@@ -643,7 +644,7 @@ impl Taps {
         drop(taps);
         let mut governor = self.governor.lock().unwrap_or_else(|p| p.into_inner());
         if governor.since.is_none() {
-            // The first weighing is one period from now.
+            // The first weighing is GOVERN_SOON from now.
             governor.since = process_cpu().map(|cpu| (Instant::now(), cpu));
         }
         drop(governor);
@@ -688,14 +689,21 @@ impl Taps {
         }
     }
 
-    /// Weighs what the taps cost against their budget, at most once every [`GOVERN_EVERY`]:
-    /// called on the status server's thread after each write, with what the write took. The
+    /// Weighs what the taps cost against their budget, when it is due ([`GOVERN_SOON`] after
+    /// the first tap opens and after a weighing over the budget, [`GOVERN_EVERY`] otherwise):
+    /// called on the status server's thread after each write, with what the write cost. The
     /// cost is what the sessions spent offering frames (estimated from the offers timed) and
-    /// the status server's thread spent writing events, over the rest of the process's CPU
-    /// time. Over the least budget of the open taps, the sessions look at fewer frames, one in
+    /// the status server's thread spent writing events (with [`EVENT_COST`] each), over the
+    /// rest of the process's CPU time. Over the least budget of the open taps, the sessions look at fewer frames, one in
     /// [`Taps::stride`], chosen at random (a pattern in the traffic cannot hide from it); well
     /// under, at more again.
     fn govern(&self, write: Duration) {
+        // The taps' lock is never taken while the governor's is held: `prune` takes the
+        // governor's while it holds the taps'.
+        let budget = {
+            let taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
+            taps.iter().map(|t| t.cpu).min().unwrap_or(DEFAULT_CPU)
+        };
         let mut governor = self.governor.lock().unwrap_or_else(|p| p.into_inner());
         governor.written += write;
         let Some(cpu) = process_cpu() else {
@@ -712,10 +720,6 @@ impl Taps {
         let spent = Duration::from_nanos(self.spent.swap(0, Relaxed)) + governor.written;
         let rest = cpu.saturating_sub(before).saturating_sub(spent);
         let share = spent.as_secs_f64() / rest.as_secs_f64().max(1e-3);
-        let budget = {
-            let taps = self.taps.lock().unwrap_or_else(|p| p.into_inner());
-            taps.iter().map(|t| t.cpu).min().unwrap_or(DEFAULT_CPU)
-        };
         let stride = self.stride.load(Relaxed);
         let next = next_stride(stride, share, governor.share, f64::from(budget) / 100.0);
         *governor = Governor {
