@@ -798,7 +798,12 @@ impl Taps {
             view.skipped += 1;
             return None;
         }
-        let every = (TIMED / stride).max(1);
+        // No division for each frame while the sessions look at every one.
+        let every = if stride == 1 {
+            TIMED
+        } else {
+            (TIMED / stride).max(1)
+        };
         if every > 1 && view.rng.u32(..every) != 0 {
             return self.offer_to_each(view, event, metrics);
         }
